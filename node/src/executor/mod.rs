@@ -1,0 +1,1 @@
+//! Build executors: the `local` sandbox and the host `nix`.

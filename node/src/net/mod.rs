@@ -1,0 +1,1 @@
+//! The libp2p networking layer: one task owns the Swarm; a cloneable handle sends it commands.

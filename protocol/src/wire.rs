@@ -1,0 +1,1 @@
+//! TODO: see the module list in lib.rs.
