@@ -148,17 +148,16 @@ impl NixHash {
             let algo = HashAlgo::from_name(algo).ok_or_else(|| HashError::UnknownAlgo(algo.to_string()))?;
             return Self::parse_digest(s, algo, rest);
         }
-        if let Some((algo, rest)) = s.split_once('-') {
-            if let Some(algo) = HashAlgo::from_name(algo) {
-                let digest = BASE64
-                    .decode(rest)
-                    .map_err(|_| HashError::BadEncoding { input: s.to_string(), encoding: "base64" })?;
-                return NixHash::new(algo, digest).ok_or(HashError::BadLength {
-                    input: s.to_string(),
-                    algo,
-                    len: rest.len(),
-                });
-            }
+        if let Some((algo, rest)) = s.split_once('-')
+            && let Some(algo) = HashAlgo::from_name(algo)
+        {
+            let digest =
+                BASE64.decode(rest).map_err(|_| HashError::BadEncoding { input: s.to_string(), encoding: "base64" })?;
+            return NixHash::new(algo, digest).ok_or(HashError::BadLength {
+                input: s.to_string(),
+                algo,
+                len: rest.len(),
+            });
         }
         match implied {
             Some(algo) => Self::parse_digest(s, algo, s),

@@ -13,10 +13,12 @@
 //! - [`nar`]: Nix ARchive streaming writer and strict streaming reader, NarHash/NarSize.
 //! - [`nixkey`]: Nix key files `name:base64(...)` (secret 64 bytes, public 32 bytes).
 //! - [`narinfo`]: `.narinfo` parse/render, fingerprint, Sig lines.
+//! - [`id`]: `NodeId`, `JobId`, `ArtifactHash`, `MessageId` newtypes (text and binary forms).
 //! - [`identity`]: one ed25519 key per node: PeerId, mesh signatures and Nix signatures.
 //! - [`signed`]: `Signed<T>` with versioned domain separation.
 //! - [`wire`]: the mesh's message types and their canonical encoding with size limits.
 //! - [`placement`]: weighted rendezvous hashing with eligibility.
+//! - [`verdict`]: agreement of attestations under a trust policy (keys, quorum).
 //!
 //! ## Invariants
 //! - Anything hashed or signed has exactly one canonical byte encoding.
@@ -27,6 +29,7 @@
 
 pub mod derivation;
 pub mod hash;
+pub mod id;
 pub mod identity;
 pub mod nar;
 pub mod narinfo;
@@ -35,4 +38,5 @@ pub mod nixkey;
 pub mod placement;
 pub mod signed;
 pub mod store_path;
+pub mod verdict;
 pub mod wire;

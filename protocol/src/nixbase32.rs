@@ -72,9 +72,10 @@ pub fn decode(s: &str) -> Result<Vec<u8>, Nix32Error> {
     for n in 0..input.len() {
         let pos = input.len() - n - 1;
         let c = input[pos];
-        let digit = digit_of(c).ok_or_else(|| Nix32Error::InvalidChar {
-            found: s[pos..].chars().next().unwrap_or('\u{fffd}'),
-            offset: pos,
+        let digit = digit_of(c).ok_or_else(|| {
+            // `pos` may sit inside a multi-byte character: report the character that contains it.
+            let start = (0..=pos).rev().find(|&k| s.is_char_boundary(k)).unwrap_or(0);
+            Nix32Error::InvalidChar { found: s[start..].chars().next().unwrap_or('\u{fffd}'), offset: pos }
         })?;
         let b = n * 5;
         let i = b / 8;

@@ -77,7 +77,12 @@ fn check_name(name: &str, what: &'static str) -> Result<(), NixKeyError> {
 }
 
 fn fixed<const N: usize>(bytes: &[u8], what: &'static str, name: &str) -> Result<[u8; N], NixKeyError> {
-    bytes.try_into().map_err(|_| NixKeyError::BadLength { what, name: name.to_string(), found: bytes.len(), expected: N })
+    bytes.try_into().map_err(|_| NixKeyError::BadLength {
+        what,
+        name: name.to_string(),
+        found: bytes.len(),
+        expected: N,
+    })
 }
 
 /// A named Ed25519 secret key in Nix's format.
@@ -267,7 +272,8 @@ impl FromStr for NixSignature {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "cache.example.com-1:cCta2MEsRNuYCgWYyeRXLyfoFpKhQJKn8gLMeXWAb7vIpRKKo/3JoxJ24OYa3DxT2JVV38KjK/1ywHWuMe2JEw==";
+    const SECRET: &str =
+        "cache.example.com-1:cCta2MEsRNuYCgWYyeRXLyfoFpKhQJKn8gLMeXWAb7vIpRKKo/3JoxJ24OYa3DxT2JVV38KjK/1ywHWuMe2JEw==";
     const PUBLIC: &str = "cache.example.com-1:yKUSiqP9yaMSduDmGtw8U9iVVd/Coyv9csB1rjHtiRM=";
 
     #[test]
@@ -296,7 +302,10 @@ mod tests {
         assert!(matches!(PublicKey::parse("x:!!"), Err(NixKeyError::BadBase64 { .. })));
         assert!(matches!(PublicKey::parse(SECRET), Err(NixKeyError::BadLength { found: 64, .. })));
         assert!(matches!(SecretKey::parse(PUBLIC), Err(NixKeyError::BadLength { found: 32, .. })));
-        assert!(matches!(PublicKey::parse(":yKUSiqP9yaMSduDmGtw8U9iVVd/Coyv9csB1rjHtiRM="), Err(NixKeyError::BadName { .. })));
+        assert!(matches!(
+            PublicKey::parse(":yKUSiqP9yaMSduDmGtw8U9iVVd/Coyv9csB1rjHtiRM="),
+            Err(NixKeyError::BadName { .. })
+        ));
         // Flip one bit of the public half of the secret key.
         let mut raw = BASE64.decode(SECRET.split_once(':').unwrap().1).unwrap();
         raw[40] ^= 1;

@@ -126,10 +126,28 @@ impl fmt::Display for StoreDir {
 
 /// A store path without its store dir: the 20-byte digest and the name. `Display` prints the base
 /// name `<nix32>-<name>`; use [`StoreDir::display`] for the absolute path.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// `Ord` is the byte order of the base names (as Nix sorts `StorePath`s in a `.drv` or a
+/// `References` list), so a `BTreeMap<StorePath, _>` iterates in Nix's order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StorePath {
     digest: [u8; 20],
     name: String,
+}
+
+/// The nix32 alphabet is in ascending ASCII order and encodes the digest as one little-endian
+/// 160-bit number, most significant 5 bits first; so comparing hash parts as strings is comparing
+/// the digests' bytes from the last to the first. Equal hash parts (fixed length) leave the names.
+impl Ord for StorePath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.digest.iter().rev().cmp(other.digest.iter().rev()).then_with(|| self.name.cmp(&other.name))
+    }
+}
+
+impl PartialOrd for StorePath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl StorePath {
@@ -290,6 +308,20 @@ mod tests {
         for bad in ["", "/", "nix/store", "/nix/store/", "/nix//store", "/nix/../store"] {
             assert!(StoreDir::new(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ord_is_basename_order() {
+        let mut paths: Vec<StorePath> = (0u8..=255)
+            .map(|i| StorePath::new(compress_hash::<20>(&sha2::Sha256::digest([i])), "x").unwrap())
+            .collect();
+        paths.push(StorePath::new([9; 20], "a").unwrap());
+        paths.push(StorePath::new([9; 20], "b").unwrap());
+        let mut by_ord = paths.clone();
+        by_ord.sort();
+        let mut by_string = paths;
+        by_string.sort_by_key(|p| p.to_string());
+        assert_eq!(by_ord, by_string);
     }
 
     #[test]

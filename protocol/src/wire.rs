@@ -1,1 +1,0 @@
-//! TODO: see the module list in lib.rs.
