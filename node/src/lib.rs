@@ -6,13 +6,19 @@
 //!
 //! ## Layout
 //! - [`cli`]: one module per command group (`drv`, `nar`, `key`, `narinfo`, ...).
+//! - [`config`]: the TOML configuration and its validation.
 //! - [`nar_fs`]: NAR dump from and restore to the filesystem.
 //! - [`executor`]: build executors (`local` sandbox, host `nix`).
 //! - [`net`]: libp2p networking (one task owns the swarm).
+//! - [`store`]: the node's durable state (redb tables + content-addressed NAR blobs).
+//! - [`systems`]: native and binfmt_misc-emulated systems of this machine.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod cli;
+pub mod config;
 pub mod executor;
 pub mod nar_fs;
 pub mod net;
+pub mod store;
+pub mod systems;

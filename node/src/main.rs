@@ -26,6 +26,9 @@ enum Command {
     /// Sign and verify .narinfo files.
     #[command(subcommand)]
     Narinfo(cli::narinfo::Command),
+    /// Internal: the sandbox helper the `local` executor starts (runs one builder).
+    #[command(hide = true, name = "__sandbox-exec")]
+    SandboxExec(buildmesh::executor::SandboxExecArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Nar(c) => cli::nar::run(c),
         Command::Key(c) => cli::key::run(c),
         Command::Narinfo(c) => cli::narinfo::run(c),
+        Command::SandboxExec(a) => return buildmesh::executor::sandbox_exec_main(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

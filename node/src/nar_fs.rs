@@ -1,1 +1,542 @@
-//! NAR dump from and restore to the filesystem (the I/O side of `buildmesh_protocol::nar`).
+//! NAR dump from and restore to the filesystem: the I/O side of [`buildmesh_protocol::nar`].
+//!
+//! - [`dump_path`] writes the NAR of a path (what `nix-store --dump` writes) into any `Write`.
+//! - [`hash_path`] computes NarHash, NarSize and the blake3 content id of a path without writing the
+//!   NAR anywhere, reading files on one thread and hashing on another; [`nar_hash_path`] computes
+//!   only NarHash and NarSize (faster).
+//! - [`restore`] unpacks a NAR from any `BufRead` into a new directory, as `nix-store --restore`.
+//!
+//! Nix's rules: a regular file is executable when its owner-execute bit is set; directory entries
+//! are sorted by the bytes of their names; sockets, FIFOs and device files cannot be archived.
+//! Files are streamed in bounded chunks: memory use does not grow with file or tree size.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use buildmesh_protocol::hash::NixHash;
+use buildmesh_protocol::nar::{
+    NarDigest, NarEvent, NarHasher, NarLimits, NarReadError, NarReader, NarWriteError, NarWriter,
+};
+use sha2::Digest as _;
+use thiserror::Error;
+
+/// Read buffer for file contents.
+const READ_BUF: usize = 256 * 1024;
+/// Size of the chunks handed from the reading thread to the hashing thread.
+const CHUNK: usize = 1024 * 1024;
+/// Chunks in flight between the two threads.
+const QUEUE: usize = 4;
+
+/// Mode of restored regular files and directories: what `nix-store --restore` produces (it sets
+/// umask 022 and creates files 0666, executables and directories 0777).
+const MODE_FILE: u32 = 0o644;
+const MODE_EXEC: u32 = 0o755;
+const MODE_DIR: u32 = 0o755;
+
+/// Why a dump, hash or restore failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NarFsError {
+    /// A filesystem operation failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was attempted (`read directory`, `open`, `create`, ...).
+        op: &'static str,
+        /// The path it was attempted on.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The path is a socket, FIFO or device, which a NAR cannot hold.
+    #[error("cannot archive {}: it is a {kind} (only regular files, symlinks and directories can be archived)", path.display())]
+    UnsupportedFileType {
+        /// The path.
+        path: PathBuf,
+        /// `socket`, `FIFO`, `block device`, `character device` or `unknown file type`.
+        kind: &'static str,
+    },
+    /// A file changed while it was archived.
+    #[error("file {} changed while it was archived: {what}", path.display())]
+    Changed {
+        /// The path.
+        path: PathBuf,
+        /// What changed.
+        what: String,
+    },
+    /// The NAR writer rejected the tree (for example a name that cannot appear in a NAR), or
+    /// writing to the output failed.
+    #[error("cannot write the NAR of {}: {source}", path.display())]
+    Write {
+        /// The filesystem path being archived.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: NarWriteError,
+    },
+    /// The NAR being restored is malformed or hostile.
+    #[error(transparent)]
+    Read(#[from] NarReadError),
+    /// The restore target already exists.
+    #[error("restore target {} already exists", .0.display())]
+    TargetExists(PathBuf),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NarFsError + 'a {
+    move |source| NarFsError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// Write the NAR of `path` (a regular file, symlink or directory; symlinks are not followed) into
+/// `w`, byte-identical to `nix-store --dump`, and return `w` (flushed).
+pub fn dump_path<W: Write>(path: &Path, w: W) -> Result<W, NarFsError> {
+    let wr = |source| NarFsError::Write { path: path.to_path_buf(), source };
+    let mut nw = NarWriter::new(w).map_err(wr)?;
+    dump_node(path, &mut nw)?;
+    nw.finish().map_err(wr)
+}
+
+/// Write `path` as the node at the writer's current position (the root, or after
+/// [`NarWriter::entry`]); for embedding a filesystem tree in a larger archive.
+pub fn dump_node<W: Write>(path: &Path, nw: &mut NarWriter<W>) -> Result<(), NarFsError> {
+    let mut dumper = Dumper { copier: BufCopier(vec![0u8; READ_BUF]), path: path.to_path_buf() };
+    let md = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    dumper.node(md.file_type(), nw)
+}
+
+/// The NAR digest of `path`: NarHash (`sha256:<nix32>`), NarSize and blake3, without writing the
+/// archive anywhere.
+///
+/// Two threads share the work: this one walks the tree and reads files straight into a stream of
+/// 1 MiB chunks (the kernel work of opening and reading ~50k files is about as long as hashing
+/// them); a second one computes SHA-256 and blake3 over the chunks. At most `QUEUE + 3` chunks
+/// exist at a time, so memory stays bounded.
+pub fn hash_path(path: &Path) -> Result<NarDigest, NarFsError> {
+    hash_chunks(path, NarHasher::new(), |h, chunk| h.update(chunk)).map(|(h, _)| h.finish())
+}
+
+/// NarHash and NarSize of `path` only (what `nix hash path` computes), like [`hash_path`] without
+/// blake3: the SHA-256 thread has less to do, so this is faster.
+pub fn nar_hash_path(path: &Path) -> Result<(NixHash, u64), NarFsError> {
+    hash_chunks(path, sha2::Sha256::new(), |h, chunk| h.update(chunk))
+        .map(|(h, size)| (NixHash::sha256(h.finalize().into()), size))
+}
+
+/// Dump `path` into chunks that `update` folds into `state` on a second thread; returns the final
+/// state and the NarSize.
+fn hash_chunks<H: Send>(path: &Path, state: H, update: fn(&mut H, &[u8])) -> Result<(H, u64), NarFsError> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(QUEUE);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE + 2);
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut state = state;
+            for (chunk, len) in full_rx {
+                update(&mut state, &chunk[..len]);
+                let _ = empty_tx.try_send(chunk);
+            }
+            state
+        });
+        let sink = ChunkSink { buf: vec![0u8; CHUNK], filled: 0, full: full_tx, empty: empty_rx };
+        // The sink, with the sender, is dropped before the join (on success and on error), which
+        // ends the hashing thread's loop.
+        let result = (|| {
+            let wr = |source| NarFsError::Write { path: path.to_path_buf(), source };
+            let mut nw = NarWriter::new(sink).map_err(wr)?;
+            let md = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+            Dumper { copier: DirectCopier, path: path.to_path_buf() }.node(md.file_type(), &mut nw)?;
+            let size = nw.offset();
+            nw.finish().map_err(wr).map(|_| size)
+        })();
+        let state = hasher.join().map_err(|_| NarFsError::Io {
+            op: "hash",
+            path: path.to_path_buf(),
+            source: io::Error::other("the hashing thread panicked"),
+        })?;
+        result.map(|size| (state, size))
+    })
+}
+
+/// A `Write` that cuts the stream into chunks and sends them to the hashing thread, reusing the
+/// chunks that thread sends back. File contents are read straight into its chunks
+/// ([`ChunkSink::fill_from`]).
+struct ChunkSink {
+    /// Always `CHUNK` bytes long; `filled` of them are data.
+    buf: Vec<u8>,
+    filled: usize,
+    full: mpsc::SyncSender<(Vec<u8>, usize)>,
+    empty: mpsc::Receiver<Vec<u8>>,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> io::Result<()> {
+        let next = self.empty.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+        let chunk = std::mem::replace(&mut self.buf, next);
+        let len = std::mem::take(&mut self.filled);
+        self.full.send((chunk, len)).map_err(|_| io::Error::other("the hashing thread stopped"))
+    }
+
+    /// Read up to `max` bytes from `r` into the current chunk; `Ok(0)` at the end of `r`. A read
+    /// error is stored in `read_err` (and gives `Ok(0)`); `Err` means the hashing thread is gone.
+    fn fill_from(&mut self, r: &mut impl Read, max: u64, read_err: &mut Option<io::Error>) -> io::Result<usize> {
+        if self.filled == CHUNK {
+            self.send()?;
+        }
+        let room = usize::try_from(max).unwrap_or(usize::MAX).min(CHUNK - self.filled);
+        let n = loop {
+            match r.read(&mut self.buf[self.filled..self.filled + room]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    *read_err = Some(e);
+                    return Ok(0);
+                }
+            }
+        };
+        self.filled += n;
+        if self.filled == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.filled);
+        self.buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        if self.filled == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.filled > 0 { self.send() } else { Ok(()) }
+    }
+}
+
+/// How a regular file's contents get from the file into the writer's sink.
+trait Copier<W> {
+    /// Supply the next piece of the file's contents (at most what is still due) to `nw`; `Ok(0)`
+    /// at the end of the file.
+    fn copy_some(&mut self, f: &mut File, nw: &mut NarWriter<W>) -> Result<usize, CopyError>;
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(NarWriteError),
+}
+
+/// Read into an own buffer, then write to any sink.
+struct BufCopier(Vec<u8>);
+
+impl<W: Write> Copier<W> for BufCopier {
+    fn copy_some(&mut self, f: &mut File, nw: &mut NarWriter<W>) -> Result<usize, CopyError> {
+        // `write_contents_with` tells how much is due; read at most that much.
+        let buf = &mut self.0;
+        let mut result = Ok(0);
+        nw.write_contents_with(|w, due| {
+            let want = usize::try_from(due).unwrap_or(usize::MAX).min(buf.len());
+            let n = loop {
+                match f.read(&mut buf[..want]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        result = Err(CopyError::Read(e));
+                        return Ok(0);
+                    }
+                }
+            };
+            w.write_all(&buf[..n])?;
+            result = Ok(n);
+            Ok(n)
+        })
+        .map_err(CopyError::Write)?;
+        result
+    }
+}
+
+/// Read straight into the chunks of a [`ChunkSink`].
+struct DirectCopier;
+
+impl Copier<ChunkSink> for DirectCopier {
+    fn copy_some(&mut self, f: &mut File, nw: &mut NarWriter<ChunkSink>) -> Result<usize, CopyError> {
+        let mut read_err = None;
+        let n = nw.write_contents_with(|sink, due| sink.fill_from(f, due, &mut read_err)).map_err(CopyError::Write)?;
+        match read_err {
+            Some(e) => Err(CopyError::Read(e)),
+            None => Ok(n),
+        }
+    }
+}
+
+struct Dumper<C> {
+    copier: C,
+    /// The path of the node being dumped (entries are pushed and popped).
+    path: PathBuf,
+}
+
+impl<C> Dumper<C> {
+    fn wr(&self, source: NarWriteError) -> NarFsError {
+        NarFsError::Write { path: self.path.clone(), source }
+    }
+
+    fn node<W: Write>(&mut self, ft: fs::FileType, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
+    where
+        C: Copier<W>,
+    {
+        if ft.is_file() {
+            self.regular(nw)
+        } else if ft.is_dir() {
+            self.directory(nw)
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&self.path).map_err(io_err("read symlink", &self.path))?;
+            nw.symlink(target.as_os_str().as_bytes()).map_err(|e| self.wr(e))
+        } else {
+            let kind = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_block_device() {
+                "block device"
+            } else if ft.is_char_device() {
+                "character device"
+            } else {
+                "unknown file type"
+            };
+            Err(NarFsError::UnsupportedFileType { path: self.path.clone(), kind })
+        }
+    }
+
+    fn regular<W: Write>(&mut self, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
+    where
+        C: Copier<W>,
+    {
+        // O_NONBLOCK: if the file was replaced by a FIFO since the directory was read, opening it
+        // must not hang (the type check below then fails). O_NOFOLLOW: nor follow a new symlink.
+        let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW;
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits())
+            .open(&self.path)
+            .map_err(io_err("open", &self.path))?;
+        let md = f.metadata().map_err(io_err("stat", &self.path))?;
+        if !md.is_file() {
+            let what = "it is no longer a regular file".to_string();
+            return Err(NarFsError::Changed { path: self.path.clone(), what });
+        }
+        let len = md.len();
+        let executable = md.permissions().mode() & 0o100 != 0;
+        nw.begin_regular(executable, len).map_err(|e| self.wr(e))?;
+        let mut left = len;
+        while left > 0 {
+            match self.copier.copy_some(&mut f, nw) {
+                Ok(0) => {
+                    let what = format!("it shrank from {len} to {} bytes", len - left);
+                    return Err(NarFsError::Changed { path: self.path.clone(), what });
+                }
+                Ok(n) => left -= n as u64,
+                Err(CopyError::Read(e)) => return Err(io_err("read", &self.path)(e)),
+                Err(CopyError::Write(e)) => return Err(self.wr(e)),
+            }
+        }
+        nw.end_regular().map_err(|e| self.wr(e))
+    }
+
+    fn directory<W: Write>(&mut self, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
+    where
+        C: Copier<W>,
+    {
+        let mut entries: Vec<(Vec<u8>, fs::FileType)> = Vec::new();
+        for e in fs::read_dir(&self.path).map_err(io_err("read directory", &self.path))? {
+            let e = e.map_err(io_err("read directory", &self.path))?;
+            let ft = e.file_type().map_err(io_err("stat", &e.path()))?;
+            entries.push((e.file_name().into_vec(), ft));
+        }
+        // Nix sorts entries by the bytes of their names (a std::map<std::string, ...>).
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        nw.directory().map_err(|e| self.wr(e))?;
+        for (name, ft) in entries {
+            self.path.push(OsStr::from_bytes(&name));
+            let r = nw.entry(&name).map_err(|e| self.wr(e)).and_then(|()| self.node(ft, nw));
+            self.path.pop();
+            r?;
+        }
+        nw.end_directory().map_err(|e| self.wr(e))
+    }
+}
+
+trait IntoVec {
+    fn into_vec(self) -> Vec<u8>;
+}
+
+impl IntoVec for std::ffi::OsString {
+    fn into_vec(self) -> Vec<u8> {
+        std::os::unix::ffi::OsStringExt::into_vec(self)
+    }
+}
+
+/// What [`restore`] unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoreStats {
+    /// Bytes of NAR read (NarSize).
+    pub nar_size: u64,
+    /// Regular files created.
+    pub files: u64,
+    /// Directories created.
+    pub directories: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+}
+
+/// Unpack the NAR read from `r` at `target`, which must not exist (its parent must). Regular files
+/// get mode 0644 (0755 when executable) and directories 0755, whatever the umask, as with
+/// `nix-store --restore`. Nothing is written outside `target`: names are validated by the reader,
+/// and every file, directory and symlink is created exclusively (an existing path, for example from
+/// a name collision on a case-insensitive filesystem, is an error, never followed). On error the
+/// partly restored `target` is removed.
+pub fn restore<R: BufRead>(r: R, target: &Path, limits: NarLimits) -> Result<RestoreStats, NarFsError> {
+    match fs::symlink_metadata(target) {
+        Ok(_) => return Err(NarFsError::TargetExists(target.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("stat", target)(e)),
+    }
+    let mut created = false;
+    let result = restore_inner(NarReader::new(r).with_limits(limits), target, &mut created);
+    if result.is_err() && created {
+        let _ = remove_tree(target);
+    }
+    result
+}
+
+fn remove_tree(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => {
+            // Entries of restored directories are removable: directories are 0755.
+            fs::remove_dir_all(p)
+        }
+        Ok(_) => fs::remove_file(p),
+        Err(e) => Err(e),
+    }
+}
+
+fn restore_inner<R: BufRead>(
+    mut reader: NarReader<R>,
+    target: &Path,
+    created: &mut bool,
+) -> Result<RestoreStats, NarFsError> {
+    enum Ev {
+        Regular(bool, u64),
+        Symlink(Vec<u8>),
+        Dir,
+        Skip,
+    }
+    let mut stats = RestoreStats::default();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut path = PathBuf::new();
+    loop {
+        let ev = match reader.next()? {
+            None => break,
+            Some(NarEvent::Regular { executable, len }) => Ev::Regular(executable, len),
+            Some(NarEvent::Symlink { target }) => Ev::Symlink(target.to_vec()),
+            Some(NarEvent::DirectoryStart) => Ev::Dir,
+            Some(NarEvent::Entry { .. } | NarEvent::DirectoryEnd) => Ev::Skip,
+        };
+        if matches!(ev, Ev::Skip) {
+            continue;
+        }
+        // The reader validated every name: the node's path is target + "/a/b".
+        path.clear();
+        path.push(target);
+        if let Some(rel) = reader.path().strip_prefix(b"/") {
+            path.push(OsStr::from_bytes(rel));
+        }
+        match ev {
+            Ev::Dir => {
+                fs::create_dir(&path).map_err(io_err("create directory", &path))?;
+                *created = true;
+                fs::set_permissions(&path, fs::Permissions::from_mode(MODE_DIR))
+                    .map_err(io_err("set permissions of", &path))?;
+                stats.directories += 1;
+            }
+            Ev::Symlink(t) => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(&t), &path).map_err(io_err("create symlink", &path))?;
+                *created = true;
+                stats.symlinks += 1;
+            }
+            Ev::Regular(executable, len) => {
+                let mode = if executable { MODE_EXEC } else { MODE_FILE };
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&path)
+                    .map_err(io_err("create file", &path))?;
+                *created = true;
+                f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("set permissions of", &path))?;
+                let mut left = len;
+                while left > 0 {
+                    let n = reader.read_contents(&mut buf)?;
+                    f.write_all(&buf[..n]).map_err(io_err("write", &path))?;
+                    left -= n as u64;
+                }
+                stats.files += 1;
+            }
+            Ev::Skip => {}
+        }
+    }
+    stats.nar_size = reader.offset();
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_across_chunk_boundaries_matches_the_dump() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("t");
+        fs::create_dir(&root).unwrap();
+        for (i, len) in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 7].into_iter().enumerate() {
+            let data: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
+            fs::write(root.join(format!("f{i}")), data).unwrap();
+        }
+        let nar = dump_path(&root, Vec::new()).unwrap();
+        let want = NarHasher::digest_of(&nar);
+        assert_eq!(hash_path(&root).unwrap(), want);
+        assert_eq!(nar_hash_path(&root).unwrap(), (want.nar_hash.clone(), want.nar_size));
+        // A root that is a single large file.
+        let big = root.join("f5");
+        let want = NarHasher::digest_of(&dump_path(&big, Vec::new()).unwrap());
+        assert_eq!(hash_path(&big).unwrap(), want);
+    }
+
+    #[test]
+    fn restore_cleans_up_only_what_it_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Missing parent: nothing is created, nothing removed.
+        let e = restore(&b"garbage"[..], &tmp.path().join("no/such/dir"), NarLimits::default()).unwrap_err();
+        assert!(matches!(e, NarFsError::Read(_)), "{e}");
+        let good = buildmesh_protocol::nar::tree::Node::Regular { executable: true, contents: b"x".to_vec() };
+        let nar = good.to_nar().unwrap();
+        let e = restore(&nar[..], &tmp.path().join("no/such/dir"), NarLimits::default()).unwrap_err();
+        assert!(matches!(e, NarFsError::Io { op: "create file", .. }), "{e}");
+        let dst = tmp.path().join("exe");
+        restore(&nar[..], &dst, NarLimits::default()).unwrap();
+        assert_eq!(fs::metadata(&dst).unwrap().permissions().mode() & 0o777, 0o755);
+        // A truncated archive removes the partial tree.
+        let tree = buildmesh_protocol::nar::tree::Node::Directory(
+            [(b"a".to_vec(), good.clone()), (b"b".to_vec(), good)].into(),
+        );
+        let nar = tree.to_nar().unwrap();
+        let dst = tmp.path().join("partial");
+        assert!(restore(&nar[..nar.len() - 20], &dst, NarLimits::default()).is_err());
+        assert!(fs::symlink_metadata(&dst).is_err());
+    }
+}

@@ -1,0 +1,261 @@
+//! The node's configuration: one serde struct read from TOML, with command-line flags applied
+//! on top (`buildmesh node --config FILE --http ... --bootstrap ...`), validated in one place and
+//! printed back by `buildmesh check-config`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use buildmesh_protocol::nixkey::PublicKey;
+use buildmesh_protocol::store_path::StoreDir;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Which executor runs builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// buildmesh's own sandbox (mount + network namespaces, the node's store at the store dir).
+    Local,
+    /// The host's Nix: import the closure, `nix-store --realise`, read the outputs back.
+    Nix,
+}
+
+/// Why a configuration is unusable. Each variant names the field (and file) at fault.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema (the message names line and column).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// A field has an invalid value.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// The field name, as in the TOML file.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, message: message.into() }
+}
+
+/// Every setting of a node. Field names are the TOML keys; see the README's configuration reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the node keeps its redb database, NAR blobs, key and build scratch space.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP server (binary-cache gateway and JSON API).
+    pub http: SocketAddr,
+    /// The node's secret key file (Nix format `name:base64`); default `<data_dir>/node.key`,
+    /// created on first start.
+    pub key_file: Option<PathBuf>,
+    /// Key name used when the node creates its key (default `buildmesh-<first 8 chars of peer id>`).
+    pub key_name: Option<String>,
+    /// The logical store directory builds see (`/nix/store`, or `/gnu/store` for Guix).
+    pub store_dir: String,
+    /// Which executor runs builds.
+    pub executor: ExecutorKind,
+    /// How many builds may run at once (0 = number of CPUs).
+    pub slots: usize,
+    /// Per-build timeout in seconds.
+    pub build_timeout_secs: u64,
+    /// Cap on the kept log of one build, in bytes.
+    pub max_log_bytes: usize,
+    /// How many times a transiently failing build is tried in all.
+    pub max_attempts: u32,
+    /// Host paths visible read-only inside the `local` sandbox.
+    pub sandbox_paths: Vec<PathBuf>,
+    /// libp2p listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Bootstrap peers (multiaddrs ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Builder keys whose attestations count towards the quorum (`name:base64`). The node's own key
+    /// is always trusted.
+    pub trusted_keys: Vec<String>,
+    /// How many distinct trusted builders must attest the same NarHash before the gateway serves it.
+    pub quorum: usize,
+    /// Default replication factor: how many independent nodes build each derivation.
+    pub replicas: usize,
+    /// A label naming who operates this machine; placement prefers builders with distinct owners.
+    pub owner: Option<String>,
+    /// Extra system features this node supports (like Nix's `system-features`).
+    pub features: Vec<String>,
+    /// Features a derivation must require to be built here (like Nix's mandatory features).
+    pub mandatory_features: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: default_data_dir(),
+            http: SocketAddr::from(([127, 0, 0, 1], 7800)),
+            key_file: None,
+            key_name: None,
+            store_dir: "/nix/store".to_string(),
+            executor: ExecutorKind::Local,
+            slots: 0,
+            build_timeout_secs: 4 * 3600,
+            max_log_bytes: 4 << 20,
+            max_attempts: 3,
+            sandbox_paths: ["/bin", "/usr", "/lib", "/lib64"].iter().map(PathBuf::from).collect(),
+            listen: vec!["/ip4/0.0.0.0/tcp/7801".to_string(), "/ip4/0.0.0.0/udp/7801/quic-v1".to_string()],
+            bootstrap: Vec::new(),
+            mdns: true,
+            trusted_keys: Vec::new(),
+            quorum: 2,
+            replicas: 2,
+            owner: None,
+            features: Vec::new(),
+            mandatory_features: Vec::new(),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/buildmesh`, `~/.local/share/buildmesh`, or `/var/lib/buildmesh` for root
+/// without a home.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("buildmesh");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/buildmesh"),
+        None => PathBuf::from("/var/lib/buildmesh"),
+    }
+}
+
+impl Config {
+    /// Read a TOML file; missing keys take their defaults, unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
+            other => other,
+        })
+    }
+
+    /// Parse TOML text (see [`Config::from_file`]).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<string>"), message: e.to_string() })
+    }
+
+    /// The effective configuration as TOML (what `check-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// The key file: `key_file` or `<data_dir>/node.key`.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(|| self.data_dir.join("node.key"))
+    }
+
+    /// The effective number of build slots.
+    pub fn effective_slots(&self) -> usize {
+        if self.slots > 0 { self.slots } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
+    }
+
+    /// The store dir, validated.
+    pub fn store_dir(&self) -> Result<StoreDir, ConfigError> {
+        StoreDir::new(&self.store_dir).map_err(|e| invalid("store_dir", e.to_string()))
+    }
+
+    /// The trusted keys, parsed.
+    pub fn trusted_public_keys(&self) -> Result<Vec<PublicKey>, ConfigError> {
+        self.trusted_keys
+            .iter()
+            .map(|k| PublicKey::parse(k).map_err(|e| invalid("trusted_keys", format!("{k:?}: {e}"))))
+            .collect()
+    }
+
+    /// Check every field; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store_dir()?;
+        self.trusted_public_keys()?;
+        if self.quorum == 0 {
+            return Err(invalid("quorum", "must be at least 1"));
+        }
+        if self.replicas == 0 {
+            return Err(invalid("replicas", "must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("max_attempts", "must be at least 1"));
+        }
+        if self.build_timeout_secs == 0 {
+            return Err(invalid("build_timeout_secs", "must be at least 1"));
+        }
+        if self.max_log_bytes < 1024 {
+            return Err(invalid("max_log_bytes", "must be at least 1024"));
+        }
+        for addr in &self.listen {
+            addr.parse::<libp2p::Multiaddr>().map_err(|e| invalid("listen", format!("{addr:?}: {e}")))?;
+        }
+        for addr in &self.bootstrap {
+            let ma = addr.parse::<libp2p::Multiaddr>().map_err(|e| invalid("bootstrap", format!("{addr:?}: {e}")))?;
+            if !ma.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+                return Err(invalid("bootstrap", format!("{addr:?} must end in /p2p/<peer id>")));
+            }
+        }
+        for p in &self.sandbox_paths {
+            if !p.is_absolute() {
+                return Err(invalid("sandbox_paths", format!("{} is not an absolute path", p.display())));
+            }
+        }
+        if let Some(name) = &self.key_name
+            && (name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace))
+        {
+            return Err(invalid("key_name", format!("{name:?} must be non-empty without ':' or whitespace")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn partial_file_takes_defaults() {
+        let c = Config::from_toml("quorum = 3\nexecutor = \"nix\"\nbootstrap = []\n").unwrap();
+        assert_eq!(c.quorum, 3);
+        assert_eq!(c.executor, ExecutorKind::Nix);
+        assert_eq!(c.replicas, 2);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        let e = Config::from_toml("quorum = 2\nqourum = 3\n").unwrap_err().to_string();
+        assert!(e.contains("qourum") && e.contains("line 2"), "{e}");
+        let e = Config::from_toml("quorum = \"two\"\n").unwrap_err().to_string();
+        assert!(e.contains("quorum"), "{e}");
+        let c = Config { trusted_keys: vec!["nope".into()], ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("trusted_keys"));
+        let c = Config { bootstrap: vec!["/ip4/127.0.0.1/tcp/1".into()], ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("/p2p/"));
+        let c = Config { quorum: 0, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("quorum"));
+    }
+}
