@@ -1,0 +1,209 @@
+//! The composed libp2p behaviour and the construction of the swarm.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise,
+    ping, request_response, tcp, yamux,
+};
+
+use super::codec::LengthPrefixedCodec;
+use super::config::{NetConfig, RrLimits};
+use super::{RequestProtocol, SpawnError};
+
+/// Kademlia protocol name of the mesh (private: buildmesh nodes do not join the IPFS DHT).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/buildmesh/kad/1.0.0");
+/// Identify `protocol_version` of the mesh; peers announcing another value are disconnected.
+pub const ID_PROTOCOL_VERSION: &str = "/buildmesh/id/1.0.0";
+/// Identify `agent_version` of this build.
+pub const AGENT_VERSION: &str = concat!("buildmesh/", env!("CARGO_PKG_VERSION"));
+
+/// Everything the swarm runs. Field order is the order in which libp2p polls the behaviours.
+#[derive(NetworkBehaviour)]
+pub(crate) struct MeshBehaviour {
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) kad: kad::Behaviour<MemoryStore>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) closure: request_response::Behaviour<LengthPrefixedCodec>,
+    pub(crate) nar: request_response::Behaviour<LengthPrefixedCodec>,
+    pub(crate) sync: request_response::Behaviour<LengthPrefixedCodec>,
+}
+
+/// Content-addressed gossip message id: blake3 of the payload. Publishing the same bytes twice
+/// (on any topic) within the duplicate-cache window yields [`PublishError::Duplicate`](super::PublishError::Duplicate).
+pub fn message_id(data: &[u8]) -> gossipsub::MessageId {
+    gossipsub::MessageId::new(blake3::hash(data).as_bytes())
+}
+
+/// Bytes of protobuf framing (signature, key, topic, seqno) allowed on top of `max_gossip_size`.
+const GOSSIP_ENVELOPE_OVERHEAD: usize = 2048;
+
+fn gossipsub_behaviour(keypair: &Keypair, cfg: &NetConfig) -> Result<gossipsub::Behaviour, SpawnError> {
+    let gcfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(cfg.gossip_heartbeat)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(|m: &gossipsub::Message| message_id(&m.data))
+        .max_transmit_size(cfg.max_gossip_size + GOSSIP_ENVELOPE_OVERHEAD)
+        .build()
+        .map_err(|e| SpawnError::Behaviour(format!("gossipsub config: {e}")))?;
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gcfg)
+        .map_err(|e| SpawnError::Behaviour(format!("gossipsub: {e}")))?;
+    gossipsub
+        .with_peer_score(score_params(&cfg.topics), score_thresholds())
+        .map_err(|e| SpawnError::Behaviour(format!("gossipsub peer score: {e}")))?;
+    Ok(gossipsub)
+}
+
+/// Peer scoring: only invalid messages (validation `Reject`) count against a peer, strongly and with
+/// slow decay. Mesh-delivery penalties are off (topics are quiet by design) and so is the
+/// IP-colocation penalty (local meshes run many nodes on one address).
+fn score_params(topics: &[String]) -> gossipsub::PeerScoreParams {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        // One rejected message: -20 (below the gossip threshold); three: -180 (graylisted).
+        invalid_message_deliveries_weight: -20.0,
+        // Per decay interval (1 s): half-life of about 11.5 minutes.
+        invalid_message_deliveries_decay: 0.999,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let topics: HashMap<_, _> =
+        topics.iter().map(|t| (gossipsub::IdentTopic::new(t.clone()).hash(), topic.clone())).collect();
+    gossipsub::PeerScoreParams {
+        topics,
+        ip_colocation_factor_weight: 0.0,
+        app_specific_weight: 1.0,
+        ..gossipsub::PeerScoreParams::default()
+    }
+}
+
+fn score_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    }
+}
+
+fn rr_behaviour(
+    protocol: RequestProtocol,
+    limits: RrLimits,
+    cfg: &NetConfig,
+) -> request_response::Behaviour<LengthPrefixedCodec> {
+    let codec = LengthPrefixedCodec { max_request: limits.max_request, max_response: limits.max_response };
+    request_response::Behaviour::with_codec(
+        codec,
+        [(protocol.stream_protocol(), request_response::ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(cfg.request_timeout).with_max_concurrent_streams(64),
+    )
+}
+
+fn build_behaviour(keypair: &Keypair, cfg: &NetConfig) -> Result<MeshBehaviour, SpawnError> {
+    let peer_id = keypair.public().to_peer_id();
+
+    let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+    kad_cfg.set_query_timeout(cfg.kad_query_timeout);
+    let store_cfg = MemoryStoreConfig { max_provided_keys: cfg.max_provider_keys, ..MemoryStoreConfig::default() };
+    let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::with_config(peer_id, store_cfg), kad_cfg);
+    // Without a confirmed external address (never on loopback) kad would stay a client and
+    // answer no queries.
+    kad.set_mode(Some(kad::Mode::Server));
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(ID_PROTOCOL_VERSION.to_string(), keypair.public())
+            .with_agent_version(AGENT_VERSION.into()),
+    );
+
+    let mdns = if cfg.mdns {
+        let m = mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+            .map_err(|e| SpawnError::Behaviour(format!("mdns: {e}")))?;
+        Some(m)
+    } else {
+        None
+    };
+
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(cfg.max_connections))
+            .with_max_established_per_peer(Some(2))
+            .with_max_pending_incoming(Some(64))
+            .with_max_pending_outgoing(Some(64)),
+    );
+
+    Ok(MeshBehaviour {
+        blocked: allow_block_list::Behaviour::default(),
+        limits,
+        gossipsub: gossipsub_behaviour(keypair, cfg)?,
+        kad,
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new()),
+        mdns: Toggle::from(mdns),
+        closure: rr_behaviour(RequestProtocol::Closure, cfg.closure_limits, cfg),
+        nar: rr_behaviour(RequestProtocol::Nar, cfg.nar_limits, cfg),
+        sync: rr_behaviour(RequestProtocol::Sync, cfg.sync_limits, cfg),
+    })
+}
+
+/// Builds the swarm: TCP (noise + yamux) and QUIC transports, all behaviours, idle timeout.
+pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<MeshBehaviour>, SpawnError> {
+    // Build the behaviour outside the builder closure so errors stay typed.
+    let behaviour = build_behaviour(&keypair, cfg)?;
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| SpawnError::Transport(format!("tcp/noise: {e}")))?
+        .with_quic()
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| SpawnError::Behaviour(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
+        .build();
+    Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_is_blake3_of_data() {
+        let id = message_id(b"hello");
+        assert_eq!(id.0, blake3::hash(b"hello").as_bytes().to_vec());
+        assert_ne!(message_id(b"hello"), message_id(b"hello!"));
+    }
+
+    #[test]
+    fn score_params_are_accepted_by_gossipsub() {
+        let topics: Vec<String> = super::super::config::DEFAULT_TOPICS.iter().map(|t| t.to_string()).collect();
+        score_params(&topics).validate().unwrap();
+        score_thresholds().validate().unwrap();
+    }
+
+    #[test]
+    fn swarm_builds_with_and_without_mdns() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let cfg = NetConfig { mdns: false, ..NetConfig::default() };
+            let swarm = build_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
+            assert!(!swarm.behaviour().mdns.is_enabled());
+        });
+    }
+}

@@ -1,0 +1,787 @@
+//! The task that owns the Swarm.
+//!
+//! One `select!` (biased) serves, in order: the priority inbox (shutdown), the event backlog, the
+//! command channel (at most [`COMMAND_BURST`] in a row, so the swarm is never starved), the
+//! housekeeping tick and the swarm. When the application does not drain events and the backlog
+//! reaches `event_buffer`, the swarm is no longer polled (backpressure) but commands still are.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use libp2p::futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, trace, warn};
+
+use super::behaviour::{ID_PROTOCOL_VERSION, KAD_PROTOCOL, MeshBehaviour, MeshBehaviourEvent, build_swarm, message_id};
+use super::codec::FrameTooLarge;
+use super::config::{NetConfig, peer_id_of};
+use super::handle::{Command, DialError, HandleTimeouts, NetError, NetHandle, Priority, PublishError, Published};
+use super::handle::{RequestError, RespondError};
+use super::{GossipMessage, InboundId, NetEvent, RequestProtocol, SpawnError};
+
+/// Commands handled in a row before the swarm gets a turn.
+const COMMAND_BURST: u32 = 64;
+/// Housekeeping period (publish-queue expiry, redials).
+const TICK: Duration = Duration::from_millis(500);
+/// Providers dialled per `get_providers` query at most.
+const MAX_PROVIDER_DIALS: usize = 8;
+/// Capacity of the priority inbox.
+const PRIORITY_BUFFER: usize = 4;
+/// Tracing target of the machine-readable events tests and tools may assert on.
+const EVENTS: &str = "buildmesh::_events::net";
+
+type Reply<T> = oneshot::Sender<T>;
+type PendingRequests = HashMap<(RequestProtocol, OutboundRequestId), (PeerId, Reply<Result<Vec<u8>, RequestError>>)>;
+
+struct QueuedPublish {
+    data: Vec<u8>,
+    queued_at: Instant,
+}
+
+struct PendingProviders {
+    found: BTreeSet<PeerId>,
+    dialled: usize,
+    reply: Reply<Result<BTreeSet<PeerId>, NetError>>,
+}
+
+/// Owns the `Swarm<MeshBehaviour>`; created by [`spawn`](super::spawn), driven by [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<MeshBehaviour>,
+    cfg: NetConfig,
+    local_peer_id: PeerId,
+    commands: mpsc::Receiver<Command>,
+    priority: mpsc::Receiver<Priority>,
+    events: mpsc::Sender<NetEvent>,
+    events_closed: bool,
+    backlog: VecDeque<NetEvent>,
+    pending_dials: HashMap<ConnectionId, (Multiaddr, Reply<Result<PeerId, DialError>>)>,
+    pending_requests: PendingRequests,
+    pending_inbound: HashMap<InboundId, ResponseChannel<Vec<u8>>>,
+    pending_start_providing: HashMap<kad::QueryId, Reply<Result<(), NetError>>>,
+    pending_get_providers: HashMap<kad::QueryId, PendingProviders>,
+    publish_queue: HashMap<gossipsub::TopicHash, VecDeque<QueuedPublish>>,
+    queued_publishes: usize,
+    bootstrap: Vec<(PeerId, Multiaddr)>,
+    last_dial: HashMap<PeerId, Instant>,
+    last_redial: Instant,
+    kad_bootstrapped: bool,
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("local_peer_id", &self.local_peer_id)
+            .field("connected", &self.swarm.connected_peers().count())
+            .field("pending_requests", &self.pending_requests.len())
+            .field("pending_inbound", &self.pending_inbound.len())
+            .field("backlog", &self.backlog.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLoop {
+    /// Builds the swarm, starts listening, subscribes the configured topics and dials the
+    /// bootstrap peers; returns the loop (not yet running), its handle and the event receiver.
+    pub fn new(
+        keypair: Keypair,
+        cfg: NetConfig,
+    ) -> Result<(EventLoop, NetHandle, mpsc::Receiver<NetEvent>), SpawnError> {
+        cfg.validate()?;
+        let local_peer_id = keypair.public().to_peer_id();
+        let mut swarm = build_swarm(keypair, &cfg)?;
+        for addr in &cfg.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| SpawnError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+        }
+        for topic in &cfg.topics {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(topic.clone()))
+                .map_err(|e| SpawnError::Subscribe { topic: topic.clone(), reason: e.to_string() })?;
+        }
+        let mut bootstrap = Vec::new();
+        for addr in &cfg.bootstrap {
+            // validate() checked that every bootstrap address carries a peer id.
+            if let Some(peer) = peer_id_of(addr) {
+                bootstrap.push((peer, addr.clone()));
+            }
+        }
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(cfg.command_buffer);
+        let (prio_tx, prio_rx) = mpsc::channel(PRIORITY_BUFFER);
+        let (ev_tx, ev_rx) = mpsc::channel(cfg.event_buffer);
+        let handle = NetHandle {
+            commands: cmd_tx,
+            priority: prio_tx,
+            local_peer_id,
+            timeouts: HandleTimeouts {
+                request: cfg.request_timeout,
+                dial: cfg.dial_timeout,
+                kad: cfg.kad_query_timeout,
+            },
+        };
+        let mut event_loop = EventLoop {
+            swarm,
+            local_peer_id,
+            commands: cmd_rx,
+            priority: prio_rx,
+            events: ev_tx,
+            events_closed: false,
+            backlog: VecDeque::new(),
+            pending_dials: HashMap::new(),
+            pending_requests: HashMap::new(),
+            pending_inbound: HashMap::new(),
+            pending_start_providing: HashMap::new(),
+            pending_get_providers: HashMap::new(),
+            publish_queue: HashMap::new(),
+            queued_publishes: 0,
+            bootstrap,
+            last_dial: HashMap::new(),
+            last_redial: Instant::now(),
+            kad_bootstrapped: false,
+            cfg,
+        };
+        event_loop.dial_bootstrap_peers();
+        Ok((event_loop, handle, ev_rx))
+    }
+
+    /// Runs until shutdown is requested or every handle is dropped.
+    pub async fn run(mut self) {
+        info!(peer = %self.local_peer_id, "network event loop started");
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut burst = 0u32;
+        loop {
+            let swarm_ready = self.backlog.len() < self.cfg.event_buffer;
+            tokio::select! {
+                biased;
+                msg = self.priority.recv() => match msg {
+                    Some(Priority::Shutdown) | None => break,
+                },
+                // An owned permit, so that no borrow of `self` outlives the branch.
+                permit = self.events.clone().reserve_owned(), if !self.backlog.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(ev) = self.backlog.pop_front() {
+                            permit.send(ev);
+                        }
+                    }
+                    Err(_) => self.close_events(),
+                },
+                cmd = self.commands.recv(), if burst < COMMAND_BURST => {
+                    burst += 1;
+                    match cmd {
+                        Some(cmd) => self.handle_command(cmd),
+                        None => break,
+                    }
+                },
+                _ = tick.tick() => {
+                    burst = 0;
+                    self.housekeeping();
+                },
+                ev = self.swarm.select_next_some(), if swarm_ready => {
+                    burst = 0;
+                    self.handle_swarm_event(ev);
+                },
+            }
+        }
+        info!(peer = %self.local_peer_id, "network event loop stopped");
+    }
+
+    fn close_events(&mut self) {
+        if !self.events_closed {
+            debug!("event receiver dropped; discarding further events");
+        }
+        self.events_closed = true;
+        self.backlog.clear();
+    }
+
+    fn emit(&mut self, ev: NetEvent) {
+        if self.events_closed {
+            return;
+        }
+        if self.backlog.is_empty() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => self.backlog.push_back(ev),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.close_events(),
+            }
+        } else {
+            self.backlog.push_back(ev);
+        }
+    }
+
+    fn with_p2p(&self, addr: Multiaddr) -> Multiaddr {
+        if peer_id_of(&addr).is_some() { addr } else { addr.with(Protocol::P2p(self.local_peer_id)) }
+    }
+
+    // ---------------------------------------------------------------- dialling
+
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == self.local_peer_id || self.swarm.is_connected(&peer) {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(last) = self.last_dial.get(&peer)
+            && now.duration_since(*last) < self.cfg.redial_interval
+        {
+            return;
+        }
+        self.last_dial.insert(peer, now);
+        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, cause = %e, "dial not started");
+        }
+    }
+
+    fn dial_bootstrap_peers(&mut self) {
+        for (peer, addr) in self.bootstrap.clone() {
+            let mut plain = addr.clone();
+            if matches!(plain.iter().last(), Some(Protocol::P2p(_))) {
+                plain.pop();
+            }
+            self.swarm.behaviour_mut().kad.add_address(&peer, plain);
+            self.dial_peer(peer, vec![addr]);
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        // Expire queued publishes.
+        let ttl = self.cfg.publish_queue_ttl;
+        let mut expired = 0usize;
+        for queue in self.publish_queue.values_mut() {
+            while queue.front().is_some_and(|q| now.duration_since(q.queued_at) >= ttl) {
+                queue.pop_front();
+                expired += 1;
+            }
+        }
+        if expired > 0 {
+            self.queued_publishes -= expired;
+            self.publish_queue.retain(|_, q| !q.is_empty());
+            warn!(expired, "dropped queued gossip messages: no subscriber within publish_queue_ttl");
+        }
+        // Drop inbound requests whose requester is gone (libp2p also reports most of them).
+        self.pending_inbound.retain(|_, ch| ch.is_open());
+
+        if now.duration_since(self.last_redial) >= self.cfg.redial_interval {
+            self.last_redial = now;
+            let interval = self.cfg.redial_interval;
+            self.last_dial.retain(|_, t| now.duration_since(*t) < interval);
+            self.dial_bootstrap_peers();
+            self.top_up_peers();
+            self.rebootstrap_if_lonely();
+        }
+    }
+
+    /// Re-runs a Kademlia bootstrap while the node has fewer peers than it wants: the first
+    /// bootstrap may have raced with peers that joined the bootstrap node a moment later.
+    fn rebootstrap_if_lonely(&mut self) {
+        if self.swarm.connected_peers().count() < self.cfg.target_peers && self.swarm.connected_peers().count() > 0 {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    /// Dials routing-table peers while fewer than `target_peers` are connected.
+    fn top_up_peers(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected >= self.cfg.target_peers {
+            return;
+        }
+        let mut candidates = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                candidates.push((*entry.node.key.preimage(), entry.node.value.iter().cloned().collect::<Vec<_>>()));
+            }
+        }
+        let want = self.cfg.target_peers - connected;
+        candidates.retain(|(p, _)| !self.swarm.is_connected(p));
+        candidates.truncate(want);
+        for (peer, addrs) in candidates {
+            self.dial_peer(peer, addrs);
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Dial { addr, reply } => self.cmd_dial(addr, reply),
+            Command::AddPeerAddress { peer, addr, reply } => {
+                self.swarm.add_peer_address(peer, addr.clone());
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                let _ = reply.send(());
+            }
+            Command::Subscribe { topic, reply } => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&gossipsub::IdentTopic::new(topic))
+                    .map_err(|e| NetError::Gossipsub(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::Publish { topic, data, reply } => {
+                let _ = reply.send(self.cmd_publish(topic, data));
+            }
+            Command::ReportValidation { id, source, acceptance, reply } => {
+                debug!(target: EVENTS, event = "validation", msg_id = %id, %source, ?acceptance);
+                let found =
+                    self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+                let _ = reply.send(found);
+            }
+            Command::SendRequest { peer, protocol, data, reply } => self.cmd_send_request(peer, protocol, data, reply),
+            Command::Respond { id, data, reply } => {
+                let _ = reply.send(self.cmd_respond(id, data));
+            }
+            Command::StartProviding { key, reply } => {
+                match self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
+                    Ok(qid) => {
+                        self.pending_start_providing.insert(qid, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Kad(e.to_string())));
+                    }
+                }
+            }
+            Command::StopProviding { key, reply } => {
+                self.swarm.behaviour_mut().kad.stop_providing(&kad::RecordKey::new(&key));
+                let _ = reply.send(());
+            }
+            Command::GetProviders { key, reply } => {
+                let qid = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                self.pending_get_providers.insert(qid, PendingProviders { found: BTreeSet::new(), dialled: 0, reply });
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Addresses { reply } => {
+                let addrs: Vec<Multiaddr> =
+                    self.swarm.listeners().chain(self.swarm.external_addresses()).cloned().collect();
+                let mut full: Vec<Multiaddr> = addrs.into_iter().map(|a| self.with_p2p(a)).collect();
+                full.dedup();
+                let _ = reply.send(full);
+            }
+            Command::PeerScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+            Command::Disconnect { peer, reply } => {
+                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
+            }
+            Command::Block { peer, blocked, reply } => {
+                let list = &mut self.swarm.behaviour_mut().blocked;
+                let changed = if blocked { list.block_peer(peer) } else { list.unblock_peer(peer) };
+                debug!(target: EVENTS, event = "block_list", %peer, blocked, changed);
+                let _ = reply.send(changed);
+            }
+        }
+    }
+
+    fn cmd_dial(&mut self, addr: Multiaddr, reply: Reply<Result<PeerId, DialError>>) {
+        let peer = peer_id_of(&addr);
+        if let Some(peer) = peer
+            && self.swarm.is_connected(&peer)
+        {
+            let _ = reply.send(Ok(peer));
+            return;
+        }
+        let opts = match peer {
+            Some(peer) => {
+                DialOpts::peer_id(peer).addresses(vec![addr.clone()]).condition(PeerCondition::Always).build()
+            }
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let connection_id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.pending_dials.insert(connection_id, (addr, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(DialError::Failed { addr, reason: e.to_string() }));
+            }
+        }
+    }
+
+    fn cmd_publish(&mut self, topic: String, data: Vec<u8>) -> Result<Published, PublishError> {
+        if data.len() > self.cfg.max_gossip_size {
+            return Err(PublishError::TooLarge { len: data.len(), max: self.cfg.max_gossip_size });
+        }
+        let hash = gossipsub::IdentTopic::new(topic.clone()).hash();
+        // Keep FIFO order per topic: while older messages wait, newer ones wait behind them.
+        if self.publish_queue.get(&hash).is_some_and(|q| !q.is_empty()) {
+            return self.enqueue_publish(topic, hash, data);
+        }
+        match self.swarm.behaviour_mut().gossipsub.publish(hash.clone(), data.clone()) {
+            Ok(id) => {
+                debug!(target: EVENTS, event = "published", msg_id = %id, %topic, len = data.len());
+                Ok(Published::Sent(id))
+            }
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => self.enqueue_publish(topic, hash, data),
+            Err(gossipsub::PublishError::Duplicate) => Err(PublishError::Duplicate(message_id(&data))),
+            Err(gossipsub::PublishError::MessageTooLarge) => {
+                Err(PublishError::TooLarge { len: data.len(), max: self.cfg.max_gossip_size })
+            }
+            Err(gossipsub::PublishError::AllQueuesFull(n)) => Err(PublishError::AllQueuesFull(n)),
+            Err(e) => Err(PublishError::Other(e.to_string())),
+        }
+    }
+
+    fn enqueue_publish(
+        &mut self,
+        topic: String,
+        hash: gossipsub::TopicHash,
+        data: Vec<u8>,
+    ) -> Result<Published, PublishError> {
+        if self.queued_publishes >= self.cfg.publish_queue_cap {
+            return Err(PublishError::QueueFull { topic, cap: self.cfg.publish_queue_cap });
+        }
+        let id = message_id(&data);
+        debug!(target: EVENTS, event = "publish_queued", msg_id = %id, %topic, len = data.len());
+        self.publish_queue.entry(hash).or_default().push_back(QueuedPublish { data, queued_at: Instant::now() });
+        self.queued_publishes += 1;
+        Ok(Published::Queued(id))
+    }
+
+    /// Sends queued messages for `topic` now that a peer subscribed to it.
+    fn flush_publish_queue(&mut self, hash: &gossipsub::TopicHash) {
+        let Some(mut queue) = self.publish_queue.remove(hash) else { return };
+        while let Some(q) = queue.pop_front() {
+            match self.swarm.behaviour_mut().gossipsub.publish(hash.clone(), q.data.clone()) {
+                Ok(id) => {
+                    self.queued_publishes -= 1;
+                    debug!(target: EVENTS, event = "published", msg_id = %id, topic = %hash, len = q.data.len(), queued = true);
+                }
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                    // The subscriber is below the publish score threshold: keep waiting.
+                    queue.push_front(q);
+                    break;
+                }
+                Err(e) => {
+                    self.queued_publishes -= 1;
+                    warn!(topic = %hash, cause = %e, "dropping queued gossip message");
+                }
+            }
+        }
+        if !queue.is_empty() {
+            self.publish_queue.insert(hash.clone(), queue);
+        }
+    }
+
+    fn rr(&mut self, protocol: RequestProtocol) -> &mut request_response::Behaviour<super::codec::LengthPrefixedCodec> {
+        let b = self.swarm.behaviour_mut();
+        match protocol {
+            RequestProtocol::Closure => &mut b.closure,
+            RequestProtocol::Nar => &mut b.nar,
+            RequestProtocol::Sync => &mut b.sync,
+        }
+    }
+
+    fn cmd_send_request(
+        &mut self,
+        peer: PeerId,
+        protocol: RequestProtocol,
+        data: Vec<u8>,
+        reply: Reply<Result<Vec<u8>, RequestError>>,
+    ) {
+        let max = protocol.limits(&self.cfg).max_request;
+        if data.len() > max {
+            let _ = reply.send(Err(RequestError::RequestTooLarge { protocol, len: data.len(), max }));
+            return;
+        }
+        if peer == self.local_peer_id {
+            let _ = reply.send(Err(RequestError::DialFailure { protocol, peer }));
+            return;
+        }
+        let len = data.len();
+        let id = self.rr(protocol).send_request(&peer, data);
+        trace!(%peer, %protocol, request_id = %id, len, "request sent");
+        self.pending_requests.insert((protocol, id), (peer, reply));
+    }
+
+    fn cmd_respond(&mut self, id: InboundId, data: Vec<u8>) -> Result<(), RespondError> {
+        let channel = self.pending_inbound.remove(&id).ok_or(RespondError::UnknownRequest(id))?;
+        let max = id.protocol.limits(&self.cfg).max_response;
+        if data.len() > max {
+            // Dropping the channel makes libp2p close the stream: the requester gets an error.
+            drop(channel);
+            return Err(RespondError::TooLarge { protocol: id.protocol, len: data.len(), max });
+        }
+        self.rr(id.protocol).send_response(channel, data).map_err(|_| RespondError::ChannelClosed(id))
+    }
+
+    // ---------------------------------------------------------------- swarm events
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(ev) => self.handle_behaviour_event(ev),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let address = self.with_p2p(address);
+                info!(%address, "listening");
+                self.emit(NetEvent::NewListenAddr { address });
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if num_established.get() == 1 {
+                    let address = endpoint.get_remote_address().clone();
+                    debug!(target: EVENTS, event = "peer_connected", peer = %peer_id, %address);
+                    self.emit(NetEvent::PeerConnected { peer: peer_id, address });
+                }
+                if !self.kad_bootstrapped {
+                    self.kad_bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                debug!(target: EVENTS, event = "peer_disconnected", peer = %peer_id, cause = ?cause);
+                self.emit(NetEvent::PeerDisconnected { peer: peer_id });
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                debug!(peer = ?peer_id, cause = %error, "outgoing connection failed");
+                if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(DialError::Failed { addr, reason: error.to_string() }));
+                }
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                debug!(%send_back_addr, cause = %error, "incoming connection failed");
+            }
+            SwarmEvent::ListenerError { error, .. } => warn!(cause = %error, "listener error"),
+            SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                warn!(?addresses, ?reason, "listener closed");
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => debug!(%address, "listen address expired"),
+            _ => {}
+        }
+    }
+
+    fn handle_behaviour_event(&mut self, event: MeshBehaviourEvent) {
+        match event {
+            MeshBehaviourEvent::Gossipsub(ev) => self.on_gossipsub(ev),
+            MeshBehaviourEvent::Kad(ev) => self.on_kad(ev),
+            MeshBehaviourEvent::Identify(ev) => self.on_identify(ev),
+            MeshBehaviourEvent::Mdns(ev) => self.on_mdns(ev),
+            MeshBehaviourEvent::Closure(ev) => self.on_rr(RequestProtocol::Closure, ev),
+            MeshBehaviourEvent::Nar(ev) => self.on_rr(RequestProtocol::Nar, ev),
+            MeshBehaviourEvent::Sync(ev) => self.on_rr(RequestProtocol::Sync, ev),
+            MeshBehaviourEvent::Ping(ev) => {
+                if let Err(e) = ev.result {
+                    debug!(peer = %ev.peer, cause = %e, "ping failed");
+                }
+            }
+            MeshBehaviourEvent::Limits(never) | MeshBehaviourEvent::Blocked(never) => match never {},
+        }
+    }
+
+    fn on_gossipsub(&mut self, ev: gossipsub::Event) {
+        match ev {
+            gossipsub::Event::Message { propagation_source, message_id, message } => {
+                let topic = message.topic.into_string();
+                debug!(target: EVENTS, event = "gossip_received", msg_id = %message_id, %topic, from = %propagation_source, len = message.data.len());
+                self.emit(NetEvent::Gossip(GossipMessage {
+                    propagation_source,
+                    author: message.source,
+                    id: message_id,
+                    topic,
+                    data: message.data,
+                }));
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                debug!(target: EVENTS, event = "peer_subscribed", peer = %peer_id, %topic);
+                self.flush_publish_queue(&topic);
+                self.emit(NetEvent::PeerSubscribed { peer: peer_id, topic: topic.into_string() });
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                self.emit(NetEvent::PeerUnsubscribed { peer: peer_id, topic: topic.into_string() });
+            }
+            gossipsub::Event::GossipsubNotSupported { peer_id } => {
+                debug!(peer = %peer_id, "peer does not support gossipsub");
+            }
+            gossipsub::Event::SlowPeer { peer_id, failed_messages } => {
+                debug!(peer = %peer_id, ?failed_messages, "slow gossip peer");
+            }
+        }
+    }
+
+    fn on_kad(&mut self, ev: kad::Event) {
+        match ev {
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                kad::QueryResult::StartProviding(r) => {
+                    if let Some(reply) = self.pending_start_providing.remove(&id) {
+                        let _ = reply.send(r.map(|_| ()).map_err(|e| NetError::Kad(e.to_string())));
+                    }
+                }
+                kad::QueryResult::GetProviders(r) => self.on_get_providers(id, r, step.last),
+                kad::QueryResult::Bootstrap(r) => debug!(result = ?r.map(|ok| ok.num_remaining), "kad bootstrap step"),
+                other => trace!(?other, "kad query progressed"),
+            },
+            kad::Event::RoutingUpdated { peer, is_new_peer, addresses, .. } => {
+                trace!(%peer, is_new_peer, "kad routing updated");
+                if is_new_peer && self.swarm.connected_peers().count() < self.cfg.target_peers {
+                    self.dial_peer(peer, addresses.into_vec());
+                }
+            }
+            other => trace!(?other, "kad event"),
+        }
+    }
+
+    fn on_get_providers(
+        &mut self,
+        id: kad::QueryId,
+        r: Result<kad::GetProvidersOk, kad::GetProvidersError>,
+        last: bool,
+    ) {
+        let Some(mut pending) = self.pending_get_providers.remove(&id) else { return };
+        match r {
+            Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                for p in providers {
+                    if pending.found.insert(p) && pending.dialled < MAX_PROVIDER_DIALS && !self.swarm.is_connected(&p) {
+                        pending.dialled += 1;
+                        // The query still holds the provider's addresses: dial now so that a
+                        // following request can reach it.
+                        self.dial_peer(p, Vec::new());
+                    }
+                }
+            }
+            Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+            Err(kad::GetProvidersError::Timeout { .. }) => debug!(query = ?id, "get_providers timed out"),
+        }
+        if last {
+            debug!(target: EVENTS, event = "providers_found", query = ?id, count = pending.found.len());
+            let _ = pending.reply.send(Ok(pending.found));
+        } else {
+            self.pending_get_providers.insert(id, pending);
+        }
+    }
+
+    fn on_identify(&mut self, ev: identify::Event) {
+        let identify::Event::Received { peer_id, info, .. } = ev else { return };
+        if info.protocol_version != ID_PROTOCOL_VERSION {
+            warn!(peer = %peer_id, version = %info.protocol_version, "foreign protocol version; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+            return;
+        }
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            for addr in &info.listen_addrs {
+                if is_dialable(addr) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                }
+            }
+        }
+        self.emit(NetEvent::PeerIdentified {
+            peer: peer_id,
+            agent_version: info.agent_version,
+            listen_addrs: info.listen_addrs,
+        });
+    }
+
+    fn on_mdns(&mut self, ev: mdns::Event) {
+        match ev {
+            mdns::Event::Discovered(list) => {
+                for (peer, addr) in list {
+                    debug!(%peer, %addr, "mdns discovered");
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.dial_peer(peer, vec![addr]);
+                }
+            }
+            mdns::Event::Expired(list) => {
+                for (peer, addr) in list {
+                    trace!(%peer, %addr, "mdns expired");
+                }
+            }
+        }
+    }
+
+    fn on_rr(&mut self, protocol: RequestProtocol, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request_id, request, channel } => {
+                    let id = InboundId { protocol, id: request_id };
+                    if self.pending_inbound.len() >= self.cfg.max_pending_inbound {
+                        warn!(%peer, %protocol, "too many unanswered inbound requests; dropping one");
+                        drop(channel);
+                        return;
+                    }
+                    debug!(target: EVENTS, event = "inbound_request", %peer, %protocol, %id, len = request.len());
+                    self.pending_inbound.insert(id, channel);
+                    self.emit(NetEvent::InboundRequest { peer, protocol, id, data: request });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some((_, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                debug!(%peer, %protocol, cause = %error, "outbound request failed");
+                if let Some((_, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
+                    let _ = reply.send(Err(map_outbound_failure(protocol, peer, error)));
+                }
+            }
+            request_response::Event::InboundFailure { peer, request_id, error, .. } => {
+                debug!(%peer, %protocol, cause = %error, "inbound request failed");
+                self.pending_inbound.remove(&InboundId { protocol, id: request_id });
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+fn map_outbound_failure(protocol: RequestProtocol, peer: PeerId, error: OutboundFailure) -> RequestError {
+    match error {
+        OutboundFailure::DialFailure => RequestError::DialFailure { protocol, peer },
+        OutboundFailure::Timeout => RequestError::Timeout { protocol, peer },
+        OutboundFailure::ConnectionClosed => RequestError::ConnectionClosed { protocol, peer },
+        OutboundFailure::UnsupportedProtocols => RequestError::UnsupportedProtocol { protocol, peer },
+        OutboundFailure::Io(e) => match FrameTooLarge::from_io(&e) {
+            Some(t) if t.kind == super::FrameKind::Response => {
+                RequestError::ResponseTooLarge { protocol, len: t.len, max: t.max }
+            }
+            Some(t) => RequestError::RequestTooLarge { protocol, len: t.len as usize, max: t.max },
+            None => RequestError::Io { protocol, peer, reason: e.to_string() },
+        },
+    }
+}
+
+/// Whether an address a peer reports is worth storing (not unspecified, not empty).
+fn is_dialable(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => !ip.is_unspecified(),
+        Some(Protocol::Ip6(ip)) => !ip.is_unspecified(),
+        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialable_addresses() {
+        assert!(is_dialable(&"/ip4/127.0.0.1/tcp/1".parse().unwrap()));
+        assert!(!is_dialable(&"/ip4/0.0.0.0/tcp/1".parse().unwrap()));
+        assert!(!is_dialable(&Multiaddr::empty()));
+    }
+
+    #[test]
+    fn oversize_response_io_error_maps_to_typed_error() {
+        let peer = PeerId::random();
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            FrameTooLarge { kind: super::super::FrameKind::Response, len: 5_000_000, max: 1_000_000 },
+        );
+        assert_eq!(
+            map_outbound_failure(RequestProtocol::Nar, peer, OutboundFailure::Io(e)),
+            RequestError::ResponseTooLarge { protocol: RequestProtocol::Nar, len: 5_000_000, max: 1_000_000 }
+        );
+    }
+}
