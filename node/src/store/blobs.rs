@@ -1,0 +1,265 @@
+//! Content-addressed NAR blob files: `blobs/<2 hex>/<64 hex blake3>.nar.zst`.
+//!
+//! A blob is the zstd-compressed NAR, named after the blake3 of the *uncompressed* NAR. It is
+//! written to `blobs/.tmp-*` (same filesystem), fsynced, renamed into its shard directory and the
+//! directory fsynced, so a blob file under its final name is always complete. The database row in
+//! `blobs` is committed only after that, so a crash leaves at most an unreferenced temp file, which
+//! [`BlobDir::remove_temp_files`] deletes on the next open.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use buildmesh_protocol::hash::NixHash;
+use buildmesh_protocol::id::ArtifactHash;
+use buildmesh_protocol::nar::{NarDigest, NarHasher};
+
+use super::StoreError;
+
+/// Prefix of temporary blob files.
+const TEMP_PREFIX: &str = ".tmp-";
+/// Suffix of blob files.
+const BLOB_SUFFIX: &str = ".nar.zst";
+/// Read chunk size when streaming a NAR in.
+const CHUNK: usize = 256 * 1024;
+
+/// The blob directory.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobDir {
+    root: PathBuf,
+    level: i32,
+}
+
+/// What a size/hash check of an incoming NAR expects.
+#[derive(Debug, Clone)]
+pub(crate) struct Expected<'a> {
+    pub(crate) nar_hash: &'a NixHash,
+    pub(crate) nar_size: u64,
+}
+
+/// A blob written to its final name (not yet recorded in the database).
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub(crate) digest: NarDigest,
+    pub(crate) compressed_size: u64,
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// Counts bytes written through it.
+struct Counting<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobDir {
+    /// Open (creating) the blob directory.
+    pub(crate) fn open(root: PathBuf, level: i32) -> Result<BlobDir, StoreError> {
+        fs::create_dir_all(&root).map_err(io_err(&root, "create blob directory"))?;
+        Ok(BlobDir { root, level })
+    }
+
+    /// The final file name of a blob.
+    pub(crate) fn path_of(&self, id: &ArtifactHash) -> PathBuf {
+        let hex = id.to_string();
+        self.root.join(&hex[..2]).join(format!("{hex}{BLOB_SUFFIX}"))
+    }
+
+    /// Delete temp files left by a crash. Call only while holding the database (exclusive).
+    pub(crate) fn remove_temp_files(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.root).map_err(io_err(&self.root, "list blob directory"))? {
+            let entry = entry.map_err(io_err(&self.root, "list blob directory"))?;
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_err(&path, "remove temp blob"))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.root)?;
+        }
+        Ok(removed)
+    }
+
+    /// Stream `reader` into a new blob, hashing it on the way. With `expected`, stop as soon as the
+    /// NAR is longer than expected and check the NarHash at the end; on any error the temp file is
+    /// deleted and nothing becomes visible.
+    pub(crate) fn write(&self, reader: &mut dyn Read, expected: Option<Expected<'_>>) -> Result<Written, StoreError> {
+        let temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&self.root)
+            .map_err(io_err(&self.root, "create temp blob"))?;
+        let temp_path = temp.path().to_path_buf();
+        let file = temp.as_file().try_clone().map_err(io_err(&temp_path, "open temp blob"))?;
+        let counting = Counting { inner: BufWriter::with_capacity(CHUNK, file), count: 0 };
+        let mut encoder =
+            zstd::stream::Encoder::new(counting, self.level).map_err(io_err(&temp_path, "start zstd encoder"))?;
+        let mut hasher = NarHasher::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(StoreError::Input { source }),
+            };
+            hasher.update(&buf[..n]);
+            if let Some(exp) = &expected
+                && hasher.len() > exp.nar_size
+            {
+                return Err(StoreError::NarSizeMismatch { expected: exp.nar_size, actual_at_least: hasher.len() });
+            }
+            encoder.write_all(&buf[..n]).map_err(io_err(&temp_path, "write temp blob"))?;
+        }
+        let counting = encoder.finish().map_err(io_err(&temp_path, "finish zstd stream"))?;
+        let compressed_size = counting.count;
+        let file = counting.inner.into_inner().map_err(|e| StoreError::Io {
+            op: "flush temp blob",
+            path: temp_path.clone(),
+            source: e.into_error(),
+        })?;
+        let digest = hasher.finish();
+        if let Some(exp) = &expected {
+            if digest.nar_size != exp.nar_size {
+                return Err(StoreError::NarSizeMismatch { expected: exp.nar_size, actual_at_least: digest.nar_size });
+            }
+            if &digest.nar_hash != exp.nar_hash {
+                return Err(StoreError::NarHashMismatch {
+                    expected: exp.nar_hash.clone(),
+                    actual: digest.nar_hash.clone(),
+                });
+            }
+        }
+        file.sync_all().map_err(io_err(&temp_path, "fsync temp blob"))?;
+        drop(file);
+
+        let id = ArtifactHash::from_bytes(digest.blake3);
+        let final_path = self.path_of(&id);
+        let shard = final_path.parent().unwrap_or(&self.root).to_path_buf();
+        if !shard.is_dir() {
+            fs::create_dir_all(&shard).map_err(io_err(&shard, "create blob shard"))?;
+            sync_dir(&self.root)?;
+        }
+        // Replacing an existing file of the same name is harmless (same content) and repairs a
+        // damaged copy.
+        temp.persist(&final_path).map_err(|e| StoreError::Io {
+            op: "rename temp blob into place",
+            path: final_path.clone(),
+            source: e.error,
+        })?;
+        sync_dir(&shard)?;
+        Ok(Written { digest, compressed_size })
+    }
+
+    /// Open the compressed file of a blob.
+    pub(crate) fn open_compressed(&self, id: &ArtifactHash) -> Result<File, StoreError> {
+        let path = self.path_of(id);
+        File::open(&path).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                StoreError::BlobMissing { blob: *id, path }
+            } else {
+                StoreError::Io { op: "open blob", path, source }
+            }
+        })
+    }
+
+    /// A decompressing reader that checks blake3 and length at the end of the stream.
+    pub(crate) fn reader(&self, id: &ArtifactHash, nar_size: u64) -> Result<NarBlobReader, StoreError> {
+        let file = self.open_compressed(id)?;
+        let decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, file))
+            .map_err(io_err(&self.path_of(id), "start zstd decoder"))?;
+        Ok(NarBlobReader { decoder, id: *id, nar_size, hasher: blake3::Hasher::new(), read: 0, checked: false })
+    }
+
+    /// Re-read a blob completely and return its digest (for [`super::Store::verify_nar`]).
+    pub(crate) fn digest(&self, id: &ArtifactHash) -> Result<NarDigest, StoreError> {
+        let path = self.path_of(id);
+        let file = self.open_compressed(id)?;
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, file))
+            .map_err(io_err(&path, "start zstd decoder"))?;
+        let mut hasher = NarHasher::new();
+        io::copy(&mut decoder, &mut hasher)
+            .map_err(|e| StoreError::BlobCorrupt { blob: *id, reason: format!("cannot decompress: {e}") })?;
+        Ok(hasher.finish())
+    }
+}
+
+/// fsync a directory so a rename or create in it is durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "fsync directory"))
+}
+
+/// A stored NAR, decompressed as it is read. At the end of the stream it checks the length and the
+/// blake3 id and fails with [`io::ErrorKind::InvalidData`] on a mismatch, so a damaged blob never
+/// reads as a complete, valid NAR.
+pub struct NarBlobReader {
+    decoder: zstd::stream::read::Decoder<'static, BufReader<File>>,
+    id: ArtifactHash,
+    nar_size: u64,
+    hasher: blake3::Hasher,
+    read: u64,
+    checked: bool,
+}
+
+impl std::fmt::Debug for NarBlobReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NarBlobReader")
+            .field("id", &self.id)
+            .field("nar_size", &self.nar_size)
+            .field("read", &self.read)
+            .finish()
+    }
+}
+
+impl NarBlobReader {
+    /// The NAR's length (uncompressed).
+    pub fn nar_size(&self) -> u64 {
+        self.nar_size
+    }
+
+    fn corrupt(&self, reason: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, format!("NAR blob {} is corrupt: {reason}", self.id))
+    }
+}
+
+impl Read for NarBlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.decoder.read(buf).map_err(|e| self.corrupt(format!("cannot decompress: {e}")))?;
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            self.read += n as u64;
+            if self.read > self.nar_size {
+                return Err(self.corrupt(format!("longer than its NarSize {}", self.nar_size)));
+            }
+            return Ok(n);
+        }
+        if !self.checked {
+            if self.read != self.nar_size {
+                return Err(self.corrupt(format!("{} bytes, NarSize says {}", self.read, self.nar_size)));
+            }
+            if self.hasher.finalize().as_bytes() != self.id.as_bytes() {
+                return Err(self.corrupt("content does not hash to its id".to_string()));
+            }
+            self.checked = true;
+        }
+        Ok(0)
+    }
+}

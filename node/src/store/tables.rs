@@ -1,0 +1,87 @@
+//! Every redb table of the node's database, in one place.
+//!
+//! Naming: keys that name a store object are store path **basenames** (`<hash>-<name>`, no store
+//! directory), so one database works for `/nix/store` and `/gnu/store` alike. Ids (blake3 content
+//! ids, message ids, node ids) are their raw 32 bytes. Values that are records are
+//! [postcard](https://docs.rs/postcard) encodings of the types in [`super::records`]; postcard encodes
+//! enum variants by index, so variants and fields are only ever appended (bump [`SCHEMA_VERSION`]
+//! for anything else).
+//!
+//! Secondary indexes have `()` values: their keys are tuples whose last element points back at the
+//! primary row, and they are written in the same write transaction as that row.
+
+use redb::TableDefinition;
+
+/// Version of the table layout written by this build. [`super::Store::open`] refuses a database
+/// with a newer version.
+pub(crate) const SCHEMA_VERSION: u64 = 1;
+
+/// `meta`: node-level values, `name -> bytes`. Keys: [`META_SCHEMA_VERSION`] (u64 LE) and the
+/// counters below (u64 LE), the attestation/failure set fingerprints (32 bytes).
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// `meta` key: the schema version (u64 little-endian).
+pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
+/// `meta` key: the next attestation insertion sequence number.
+pub(crate) const META_NEXT_ATT_SEQ: &str = "next_attestation_seq";
+/// `meta` key: the next failure insertion sequence number.
+pub(crate) const META_NEXT_FAIL_SEQ: &str = "next_failure_seq";
+/// `meta` key: the next build queue sequence number (FIFO order within one priority).
+pub(crate) const META_NEXT_BUILD_SEQ: &str = "next_build_seq";
+/// `meta` key: XOR of all attestation ids (order-independent set fingerprint).
+pub(crate) const META_ATT_XOR: &str = "attestation_xor";
+/// `meta` key: XOR of all failure ids.
+pub(crate) const META_FAIL_XOR: &str = "failure_xor";
+
+/// `paths`: store path basename -> `PathInfo` (NarHash, NarSize, references, deriver, ca, blob).
+/// A row exists only once its blob is committed in [`BLOBS`]. Looking a path up by its 32-char
+/// hash part (narinfo requests) is a range scan over the prefix `<hash>-`.
+pub(crate) const PATHS: TableDefinition<&str, &[u8]> = TableDefinition::new("paths");
+
+/// `blobs`: blake3 of the uncompressed NAR (32 bytes) -> `BlobRecord` (NarHash, NarSize,
+/// compressed size). A row is committed only after the blob file was fsynced and renamed into place.
+pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+
+/// `blobs_by_nar_hash`: sha256 NarHash digest (32 bytes) -> blake3 of the same NAR. Serves
+/// `/nar/<nix32 NarHash>.nar` requests.
+pub(crate) const BLOBS_BY_NAR_HASH: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("blobs_by_nar_hash");
+
+/// `drvs`: `.drv` store path basename -> the derivation's ATerm bytes, exactly as submitted.
+pub(crate) const DRVS: TableDefinition<&str, &[u8]> = TableDefinition::new("drvs");
+
+/// `builds`: `.drv` basename -> `BuildRecord` (state, priority, attempts, times, last error, wanted
+/// outputs, replicas).
+pub(crate) const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("builds");
+
+/// `build_queue`: `(u32::MAX - (priority as sortable u32), queue_seq, drv basename) -> ()`, one row
+/// per build in state `Queued`: iterating it in key order yields the highest priority first, then
+/// the oldest.
+pub(crate) const BUILD_QUEUE: TableDefinition<(u32, u64, &str), ()> = TableDefinition::new("build_queue");
+
+/// `logs`: `.drv` basename -> zstd-compressed build log (capped at `StoreOptions::max_log_bytes`).
+pub(crate) const LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("logs");
+
+/// `attestations`: message id (32 bytes) -> `AttestationRow` (indexed fields given by the caller,
+/// insertion sequence number, and the opaque signed envelope bytes). Insert is a union merge: an id
+/// already present is left alone.
+pub(crate) const ATTESTATIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("attestations");
+
+/// `attestations_by_output`: `(output basename, builder node id, message id) -> ()`.
+pub(crate) const ATT_BY_OUTPUT: TableDefinition<(&str, &[u8; 32], &[u8; 32]), ()> =
+    TableDefinition::new("attestations_by_output");
+
+/// `attestations_by_drv`: `(drv basename, message id) -> ()`.
+pub(crate) const ATT_BY_DRV: TableDefinition<(&str, &[u8; 32]), ()> = TableDefinition::new("attestations_by_drv");
+
+/// `attestation_seq`: local insertion sequence number -> message id. Anti-entropy cursors are
+/// positions in this table (`ids_since`), so sync never re-sends what a peer already fetched.
+pub(crate) const ATT_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("attestation_seq");
+
+/// `failures`: message id -> `FailureRow` (drv, builder, attempt, seq, opaque signed bytes).
+pub(crate) const FAILURES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("failures");
+
+/// `failures_by_drv`: `(drv basename, message id) -> ()`.
+pub(crate) const FAIL_BY_DRV: TableDefinition<(&str, &[u8; 32]), ()> = TableDefinition::new("failures_by_drv");
+
+/// `failure_seq`: local insertion sequence number -> message id.
+pub(crate) const FAIL_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("failure_seq");

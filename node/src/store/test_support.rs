@@ -1,0 +1,65 @@
+//! Helpers for the store's unit tests.
+
+use buildmesh_protocol::id::{MessageId, NodeId};
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::store_path::StorePath;
+
+use super::{AttestationEntry, AttestedOutput, Store, StoreOptions};
+use buildmesh_protocol::hash::NixHash;
+
+/// A store with an in-memory database and blobs in a temp dir (kept alive by the returned guard).
+pub(crate) fn memory_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_with_backend(redb::backends::InMemoryBackend::new(), dir.path(), StoreOptions::default())
+        .expect("open in-memory store");
+    (store, dir)
+}
+
+/// A store path with digest byte `n` everywhere.
+pub(crate) fn path(n: u8, name: &str) -> StorePath {
+    StorePath::new([n; 20], name).expect("valid store path name")
+}
+
+/// A drv path numbered `n`.
+pub(crate) fn drv(n: u8) -> StorePath {
+    path(n, &format!("pkg{n}.drv"))
+}
+
+/// A valid node id numbered `n`.
+pub(crate) fn node(n: u8) -> NodeId {
+    NodeKey::from_seed("test", [n; 32]).expect("key").node_id()
+}
+
+/// Pseudo-random, somewhat compressible bytes (a deterministic xorshift stream).
+pub(crate) fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Small alphabet: compresses, like real NARs mostly do.
+        out.push(b'a' + (x % 16) as u8);
+    }
+    out
+}
+
+/// A deterministic attestation numbered `id`: the same number always gives the same entry, as a
+/// real message id (a hash of the content) would.
+pub(crate) fn attestation(id: u8, drv_n: u8, builder: u8, outputs: &[u8]) -> AttestationEntry {
+    AttestationEntry {
+        id: MessageId::from_bytes(*blake3::hash(&[id, drv_n, builder]).as_bytes()),
+        drv: drv(drv_n),
+        builder: node(builder),
+        outputs: outputs
+            .iter()
+            .map(|&o| AttestedOutput {
+                path: path(100 + o, &format!("out{o}")),
+                nar_hash: NixHash::sha256_of(&[o, builder]),
+                nar_size: 100 + u64::from(o),
+            })
+            .collect(),
+        received_at: u64::from(id) * 1000,
+        envelope: vec![id; 40],
+    }
+}
