@@ -15,6 +15,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod executor;

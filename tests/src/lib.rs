@@ -32,6 +32,9 @@ pub fn buildmesh_bin() -> PathBuf {
 pub fn require_nix() {
     for tool in ["nix-store", "nix"] {
         let ok = Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-        assert!(ok, "`{tool}` is not installed: run the tests through scripts/test.sh, which installs Debian's nix-bin");
+        assert!(
+            ok,
+            "`{tool}` is not installed: run the tests through scripts/test.sh, which installs Debian's nix-bin"
+        );
     }
 }
