@@ -21,15 +21,21 @@ pub mod realize;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::id::ArtifactHash;
-use buildmesh_protocol::store_path::StorePath;
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::FailureReason;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::ExecutorKind;
+use crate::store::Store;
+use crate::systems::Systems;
 
 /// One build to run: a derivation whose `.drv` (and whole closure) is in the store.
 #[derive(Debug, Clone)]
@@ -132,6 +138,19 @@ pub enum BuildError {
         /// The (capped) log.
         log: Vec<u8>,
     },
+    /// The builder produced an output that a rule rejects: a fixed output that is not what its
+    /// hash mode allows (flat: a non-executable regular file) or that refers to store paths, or an
+    /// output that breaks `allowedReferences`, `disallowedReferences`, `allowedRequisites` or
+    /// `disallowedRequisites`. Nothing is registered.
+    #[error("output `{output}` rejected: {reason}")]
+    OutputRejected {
+        /// The output name.
+        output: String,
+        /// Which rule and why (the offending paths).
+        reason: String,
+        /// The (capped) log.
+        log: Vec<u8>,
+    },
     /// The executor itself failed (sandbox setup, I/O, a `nix` command).
     #[error("executor error: {message}")]
     Executor {
@@ -160,6 +179,7 @@ impl BuildError {
             | BuildError::Timeout { log, .. }
             | BuildError::HashMismatch { log, .. }
             | BuildError::OutputMissing { log, .. }
+            | BuildError::OutputRejected { log, .. }
             | BuildError::Executor { log, .. } => log,
             BuildError::MissingInput { .. } | BuildError::Cancelled => &[],
         }
@@ -184,11 +204,15 @@ impl BuildError {
             BuildError::Timeout { limit, .. } => {
                 FailureReason::Timeout { limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX) }
             }
-            BuildError::HashMismatch { output, expected, actual, .. } => {
-                FailureReason::HashMismatch { output: output.clone(), expected: expected.clone(), actual: actual.clone() }
-            }
+            BuildError::HashMismatch { output, expected, actual, .. } => FailureReason::HashMismatch {
+                output: output.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
             BuildError::MissingInput { path } => FailureReason::MissingInput { path: path.clone() },
-            BuildError::OutputMissing { .. } | BuildError::Cancelled => FailureReason::Other { message: cut(self.to_string()) },
+            BuildError::OutputMissing { .. } | BuildError::OutputRejected { .. } | BuildError::Cancelled => {
+                FailureReason::Other { message: cut(self.to_string()) }
+            }
             BuildError::Executor { message, .. } => FailureReason::Executor { message: cut(message.clone()) },
         }
     }
@@ -206,4 +230,209 @@ pub trait Executor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Build `req`; stop early (returning [`BuildError::Cancelled`]) when `cancel` fires.
     fn build(&self, req: BuildRequest, cancel: CancellationToken) -> BuildFuture<'_>;
+}
+
+/// Name of the realised-path directory inside the data dir (`DATA/store`).
+pub const STORE_FS_DIR: &str = "store";
+/// Name of the per-build work directory inside the data dir (`DATA/builds`).
+pub const BUILDS_DIR: &str = "builds";
+
+/// What an executor needs, as plain data. [`ExecutorConfig::new`] fills in the defaults for a data
+/// dir; change the public fields as needed, then hand it to [`local::LocalExecutor::new`],
+/// [`nix::NixExecutor::new`] or [`make_executor`].
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The node's store (derivations, path registrations, NAR blobs).
+    pub store: Store,
+    /// Realised paths (`DATA/store`), which the `local` sandbox mounts as inputs.
+    pub store_fs: realize::StoreFs,
+    /// The logical store dir (`/nix/store`, `/gnu/store`); the `nix` executor needs `/nix/store`.
+    pub store_dir: StoreDir,
+    /// Per-build work dirs (`DATA/builds`); emptied when an executor is created, so create one
+    /// executor per data dir.
+    pub builds_dir: PathBuf,
+    /// `NIX_BUILD_CORES` (the `local` executor) or `--cores` (the `nix` executor).
+    pub cores: u32,
+    /// This machine's systems: a build for a system in `systems.emulated` is reported as emulated;
+    /// a system in neither set is refused.
+    pub systems: Systems,
+    /// Host paths visible read-only inside the `local` sandbox.
+    pub sandbox_paths: Vec<PathBuf>,
+    /// The `buildmesh` binary that runs the sandbox helper (`__sandbox-exec`); `None` = the
+    /// running executable.
+    pub sandbox_helper: Option<PathBuf>,
+    /// Delay between SIGTERM and SIGKILL on timeout or cancellation.
+    pub kill_grace: Duration,
+    /// Directory of the host's Nix commands (`nix-store`, `nix`) for the `nix` executor; `None` =
+    /// found through `PATH`.
+    pub nix_bin_dir: Option<PathBuf>,
+}
+
+impl ExecutorConfig {
+    /// Defaults for the data dir `data_dir`: realised paths in `DATA/store` (opened, leftovers
+    /// removed), work dirs in `DATA/builds`, all CPUs, detected systems, the default sandbox paths,
+    /// the running executable as sandbox helper, a 2 s kill grace, Nix from `PATH`.
+    pub fn new(store: Store, data_dir: &Path, store_dir: StoreDir) -> Result<ExecutorConfig, realize::RealizeError> {
+        let store_fs = realize::StoreFs::open(data_dir.join(STORE_FS_DIR))?;
+        Ok(ExecutorConfig {
+            store,
+            store_fs,
+            store_dir,
+            builds_dir: data_dir.join(BUILDS_DIR),
+            cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            systems: crate::systems::detect(),
+            sandbox_paths: crate::executor::DEFAULT_SANDBOX_PATHS.iter().map(PathBuf::from).collect(),
+            sandbox_helper: None,
+            kill_grace: crate::executor::DEFAULT_KILL_GRACE,
+            nix_bin_dir: None,
+        })
+    }
+}
+
+/// Why an executor could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecutorSetupError {
+    /// The configuration cannot work (wrong store dir for `nix`, no `nix-store`, ...).
+    #[error("{0}")]
+    Unusable(String),
+    /// Preparing a directory failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Cleaning a leftover work dir failed.
+    #[error(transparent)]
+    Realize(#[from] realize::RealizeError),
+}
+
+/// The executor of `kind` for `config`.
+pub fn make_executor(kind: ExecutorKind, config: ExecutorConfig) -> Result<Arc<dyn Executor>, ExecutorSetupError> {
+    Ok(match kind {
+        ExecutorKind::Local => Arc::new(local::LocalExecutor::new(config)?),
+        ExecutorKind::Nix => Arc::new(nix::NixExecutor::new(config)?),
+    })
+}
+
+/// Create `dir` and remove everything in it (work dirs of builds a crash interrupted).
+pub(crate) fn reset_builds_dir(dir: &Path) -> Result<(), ExecutorSetupError> {
+    std::fs::create_dir_all(dir).map_err(|source| ExecutorSetupError::Io { op: "create", path: dir.into(), source })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| ExecutorSetupError::Io { op: "list", path: dir.into(), source })?;
+    let mut removed = 0usize;
+    for entry in entries {
+        let entry = entry.map_err(|source| ExecutorSetupError::Io { op: "list", path: dir.into(), source })?;
+        realize::remove_tree(&entry.path())?;
+        removed += 1;
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed build dirs left by an earlier run");
+    }
+    Ok(())
+}
+
+/// The current time in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    crate::store::unix_ms()
+}
+
+/// Keep the first and last `max / 2` bytes of a log stream (for the `nix` executor; the sandbox
+/// runner caps its own).
+#[derive(Debug)]
+pub(crate) struct CappedLog {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    head_cap: usize,
+    tail_cap: usize,
+    total: u64,
+}
+
+impl CappedLog {
+    pub(crate) fn new(max: u64) -> CappedLog {
+        let max = usize::try_from(max).unwrap_or(usize::MAX / 4);
+        let head_cap = max / 2;
+        CappedLog {
+            head: Vec::new(),
+            tail: std::collections::VecDeque::new(),
+            head_cap,
+            tail_cap: max - head_cap,
+            total: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        let take = self.head_cap.saturating_sub(self.head.len()).min(data.len());
+        self.head.extend_from_slice(&data[..take]);
+        data = &data[take..];
+        if data.len() >= self.tail_cap {
+            self.tail.clear();
+            self.tail.extend(&data[data.len() - self.tail_cap..]);
+            return;
+        }
+        let overflow = (self.tail.len() + data.len()).saturating_sub(self.tail_cap);
+        self.tail.drain(..overflow);
+        self.tail.extend(data);
+    }
+
+    pub(crate) fn finish(self) -> Vec<u8> {
+        let kept = (self.head.len() + self.tail.len()) as u64;
+        let mut out = self.head;
+        if self.total > kept {
+            out.extend_from_slice(
+                format!("\n[buildmesh: log truncated: {} bytes omitted]\n", self.total - kept).as_bytes(),
+            );
+        }
+        out.extend(self.tail);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_log_keeps_head_and_tail() {
+        let mut l = CappedLog::new(10);
+        l.push(b"0123");
+        l.push(b"4567");
+        assert_eq!(l.finish(), b"01234567");
+        let mut l = CappedLog::new(10);
+        for chunk in b"abcdefghijklmnopqrstuvwxyz".chunks(3) {
+            l.push(chunk);
+        }
+        assert_eq!(l.finish(), b"abcde\n[buildmesh: log truncated: 16 bytes omitted]\nvwxyz");
+        let mut l = CappedLog::new(4);
+        l.push(b"abcdefgh");
+        assert_eq!(l.finish(), b"ab\n[buildmesh: log truncated: 4 bytes omitted]\ngh");
+    }
+
+    #[test]
+    fn failure_reasons() {
+        let h = NixHash::sha256([1; 32]);
+        let e = BuildError::HashMismatch { output: "out".into(), expected: h.clone(), actual: h.clone(), log: vec![1] };
+        assert!(!e.is_transient());
+        assert_eq!(e.log(), &[1]);
+        assert!(matches!(e.to_reason(), FailureReason::HashMismatch { .. }));
+        let e = BuildError::OutputRejected { output: "out".into(), reason: "x".repeat(5000), log: vec![] };
+        match e.to_reason() {
+            FailureReason::Other { message } => assert!(message.len() <= 1000 && message.contains("`out`")),
+            other => panic!("{other:?}"),
+        }
+        assert!(BuildError::Timeout { limit: Duration::from_secs(1), log: vec![] }.is_transient());
+        assert_eq!(
+            BuildError::Timeout { limit: Duration::from_secs(3), log: vec![] }.to_reason(),
+            FailureReason::Timeout { limit_ms: 3000 }
+        );
+        assert_eq!(
+            BuildError::BuilderExit { code: 3, log: vec![] }.to_reason(),
+            FailureReason::BuilderExit { code: 3 }
+        );
+    }
 }
