@@ -1,0 +1,565 @@
+//! Server-side acceptance of an upload: check everything, then store it in one transaction.
+//!
+//! Order of work (nothing is written to the store before step 6):
+//! 1. header: magic, length cap, JSON, store dir, counts, per-item and total size caps,
+//!    `Content-Length` = declared total, paths valid and unique;
+//! 2. `.drv` files: parse (canonical ATerm), recompute each store path from the bytes;
+//! 3. closure: every input derivation uploaded or stored here (stored ones are loaded to compute
+//!    output paths), every recorded output path (and output env var) equal to the computed one;
+//! 4. sources: every input source of an uploaded derivation, and every reference of an uploaded
+//!    source, uploaded or registered here; an uploaded source that is registered already must
+//!    have the same NarHash;
+//! 5. NARs: spooled (memory, or a temp file past [`SubmitLimits::spool_in_memory`]) while
+//!    hashing, each checked against its NarHash and NarSize; then the end of the body;
+//! 6. blobs written with [`Store::put_nar_expecting`] (skipped when the node has the NAR), then
+//!    ONE store transaction: `put_drv` for every `.drv`, `register_path` for every new source,
+//!    `enqueue` for every derivation of the closure that has a wanted output not registered.
+//!
+//! After step 6 only a database failure (or a concurrent upload registering the same source with
+//! another NarHash in between) can fail, and that may leave blobs without a path row behind.
+//!
+//! [`SubmitLimits::spool_in_memory`]: super::SubmitLimits::spool_in_memory
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Read, Seek, SeekFrom};
+
+use buildmesh_protocol::derivation::{Derivation, DrvSet};
+use buildmesh_protocol::hash::{HashAlgo, NixHash};
+use buildmesh_protocol::id::ArtifactHash;
+use buildmesh_protocol::nixbase32;
+use buildmesh_protocol::store_path::{StoreDir, StorePath, make_store_path, type_with_references};
+use sha2::Digest as _;
+use tempfile::SpooledTempFile;
+
+use super::server::SubmitContext;
+use super::wire::{BodyReader, SubmitHeader};
+use super::{OutputInfo, SubmitError, SubmitLimits, SubmitResponse};
+use crate::store::{BuildState, EnqueueRequest, PathInfo, Store};
+
+/// A source entry of the header, checked.
+#[derive(Debug)]
+struct SourcePlan {
+    path: StorePath,
+    nar_hash: NixHash,
+    nar_size: u64,
+    references: BTreeSet<StorePath>,
+    /// Already registered here (same NarHash): its NAR is read and checked but not stored.
+    registered: bool,
+}
+
+/// The header, checked.
+#[derive(Debug)]
+struct Plan {
+    requested: Vec<StorePath>,
+    drv_paths: Vec<StorePath>,
+    sources: Vec<SourcePlan>,
+}
+
+/// Check and store one upload read from `body` (see the module docs for the order of checks).
+/// `content_length` is the HTTP `Content-Length` when the client sent one; `now` is Unix ms.
+/// On error nothing of the upload is in the store.
+pub fn accept(
+    ctx: &SubmitContext,
+    body: &mut dyn Read,
+    content_length: Option<u64>,
+    now: u64,
+) -> Result<SubmitResponse, SubmitError> {
+    let sd = &ctx.store_dir;
+    let limits = &ctx.limits;
+    let store = &ctx.store;
+    let mut r = BodyReader::new(body);
+
+    // 1. Header.
+    let header = r.read_header(limits.max_header_bytes)?;
+    let plan = check_header(&header, sd, limits, store, r.bytes_read(), content_length)?;
+    let span = tracing::info_span!(
+        "submit",
+        requested = plan.requested.len(),
+        drvs = plan.drv_paths.len(),
+        sources = plan.sources.len()
+    );
+    let _enter = span.enter();
+
+    // 2. Derivations.
+    let mut set = DrvSet::new(sd.clone());
+    let mut uploaded: Vec<(StorePath, Vec<u8>)> = Vec::with_capacity(header.drvs.len());
+    for (entry, declared) in header.drvs.iter().zip(&plan.drv_paths) {
+        let bytes = r.read_drv(entry)?;
+        let malformed = |error| SubmitError::MalformedDrv { path: entry.path.clone(), error };
+        let drv = Derivation::parse(&bytes, sd).map_err(malformed)?;
+        let name = drv.name().map_err(malformed)?;
+        let computed = set.insert(name, drv).map_err(malformed)?;
+        if &computed != declared {
+            return Err(SubmitError::DrvPathMismatch { declared: entry.path.clone(), computed: sd.display(&computed) });
+        }
+        uploaded.push((computed, bytes));
+    }
+
+    // 3. Closure of derivations: load the stored ones that are needed.
+    let mut needed: Vec<(Option<StorePath>, StorePath)> = Vec::new();
+    for p in &plan.requested {
+        needed.push((None, p.clone()));
+    }
+    for (p, _) in &uploaded {
+        if let Some((_, drv)) = set.get(p) {
+            needed.extend(drv.input_drvs.keys().map(|i| (Some(p.clone()), i.clone())));
+        }
+    }
+    while let Some((by, p)) = needed.pop() {
+        if set.get(&p).is_some() {
+            continue;
+        }
+        let Some(bytes) = store.get_drv(&p)? else {
+            return Err(match by {
+                None => SubmitError::UnknownRequested { path: sd.display(&p) },
+                Some(by) => SubmitError::MissingInputDrv { drv: sd.display(&by), input: sd.display(&p) },
+            });
+        };
+        let corrupt = |reason: String| SubmitError::CorruptStoredDrv { path: sd.display(&p), reason };
+        let drv = Derivation::parse(&bytes, sd).map_err(|e| corrupt(e.to_string()))?;
+        let name = drv.name().map_err(|e| corrupt(e.to_string()))?;
+        let inputs: Vec<StorePath> = drv.input_drvs.keys().cloned().collect();
+        let computed = set.insert(name, drv).map_err(|e| corrupt(e.to_string()))?;
+        if computed != p {
+            return Err(corrupt(format!("its contents have store path {}", sd.display(&computed))));
+        }
+        needed.extend(inputs.into_iter().map(|i| (Some(p.clone()), i)));
+    }
+    for (p, _) in &uploaded {
+        let Some((name, drv)) = set.get(p) else { continue };
+        let (name, mut drv) = (name.to_string(), drv.clone());
+        set.fill_in(&mut drv, &name).map_err(|error| SubmitError::OutputPaths { drv: sd.display(p), error })?;
+    }
+
+    // 4. Sources.
+    let declared: BTreeMap<&StorePath, &SourcePlan> = plan.sources.iter().map(|s| (&s.path, s)).collect();
+    let mut registered_cache: HashMap<StorePath, bool> = HashMap::new();
+    let mut is_available = |p: &StorePath| -> Result<bool, SubmitError> {
+        if declared.contains_key(p) {
+            return Ok(true);
+        }
+        if let Some(&known) = registered_cache.get(p) {
+            return Ok(known);
+        }
+        let known = store.has_path(p)?;
+        registered_cache.insert(p.clone(), known);
+        Ok(known)
+    };
+    for (p, _) in &uploaded {
+        let Some((_, drv)) = set.get(p) else { continue };
+        for src in &drv.input_srcs {
+            if !is_available(src)? {
+                return Err(SubmitError::MissingSource { needed_by: sd.display(p), path: sd.display(src) });
+            }
+        }
+    }
+    for s in &plan.sources {
+        for r in &s.references {
+            if r != &s.path && !is_available(r)? {
+                return Err(SubmitError::MissingSource { needed_by: sd.display(&s.path), path: sd.display(r) });
+            }
+        }
+    }
+
+    // 5. NARs.
+    let mut spooled: Vec<Option<(SpooledTempFile, Option<String>)>> = Vec::with_capacity(plan.sources.len());
+    for (entry, s) in header.sources.iter().zip(&plan.sources) {
+        let mut sha = sha2::Sha256::new();
+        let mut spool = if s.registered {
+            None
+        } else {
+            Some(match &limits.spool_dir {
+                Some(dir) => tempfile::spooled_tempfile_in(limits.spool_in_memory, dir),
+                None => tempfile::spooled_tempfile(limits.spool_in_memory),
+            })
+        };
+        match spool.as_mut() {
+            Some(f) => r.copy_nar(entry, f, &mut |c| sha.update(c))?,
+            None => r.copy_nar(entry, &mut io::sink(), &mut |c| sha.update(c))?,
+        };
+        let digest: [u8; 32] = sha.finalize().into();
+        let actual = NixHash::sha256(digest);
+        if actual != s.nar_hash {
+            return Err(SubmitError::NarHashMismatch {
+                path: entry.path.clone(),
+                expected: s.nar_hash.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        spooled.push(match spool {
+            Some(mut f) => {
+                let ca = content_address(sd, s, &digest, &mut f).map_err(|source| SubmitError::Spool { source })?;
+                Some((f, ca))
+            }
+            None => None,
+        });
+    }
+    r.finish()?;
+
+    // Which derivations need building (reads only).
+    let builds = plan_builds(&mut set, &plan.requested, store, sd, &declared)?;
+
+    // 6. Blobs, then one transaction.
+    let mut new_paths: Vec<PathInfo> = Vec::new();
+    for (s, spool) in plan.sources.iter().zip(spooled) {
+        let Some((mut f, ca)) = spool else { continue };
+        let blob = match store.blob_by_nar_hash(&s.nar_hash)? {
+            Some(b) if b.nar_size == s.nar_size => b.blake3,
+            _ => {
+                f.seek(SeekFrom::Start(0)).map_err(|source| SubmitError::Spool { source })?;
+                store.put_nar_expecting(&mut f, &s.nar_hash, s.nar_size)?.blake3
+            }
+        };
+        new_paths.push(path_info(s, blob, ca, now));
+    }
+    let (drvs_stored, sources_registered) = store.write(|w| {
+        let mut drvs_stored = 0u64;
+        for (p, bytes) in &uploaded {
+            drvs_stored += u64::from(w.put_drv(p, bytes)?);
+        }
+        let mut sources_registered = 0u64;
+        for info in &new_paths {
+            sources_registered += u64::from(w.register_path(info)?);
+        }
+        for (drv, wanted) in &builds.to_build {
+            let req = EnqueueRequest {
+                drv: drv.clone(),
+                priority: header.priority,
+                wanted_outputs: wanted.clone(),
+                replicas: header.replicas.max(1),
+            };
+            let outcome = w.enqueue(&req, now)?;
+            if matches!(outcome.record().state, BuildState::Failed | BuildState::Cancelled) {
+                w.retry(drv)?;
+            }
+        }
+        Ok((drvs_stored, sources_registered))
+    })?;
+    tracing::info!(
+        queued = builds.to_build.len(),
+        drvs_stored,
+        sources_registered,
+        already_built = builds.already_built.len(),
+        "accepted a submission"
+    );
+    Ok(SubmitResponse {
+        accepted: plan.requested.iter().map(|p| sd.display(p)).collect(),
+        queued: builds.to_build.len() as u64,
+        already_built: builds.already_built.iter().map(|p| sd.display(p)).collect(),
+        outputs: builds.outputs,
+        drvs_stored,
+        sources_registered,
+    })
+}
+
+fn path_info(s: &SourcePlan, blob: ArtifactHash, ca: Option<String>, now: u64) -> PathInfo {
+    PathInfo {
+        path: s.path.clone(),
+        nar_hash: s.nar_hash.clone(),
+        nar_size: s.nar_size,
+        references: s.references.clone(),
+        deriver: None,
+        ca,
+        blob,
+        registered_at: now,
+    }
+}
+
+/// Check the header against the limits and the store dir, parse every path, and check the body
+/// length (bytes of the header already read: `prefix_len`).
+fn check_header(
+    header: &SubmitHeader,
+    sd: &StoreDir,
+    limits: &SubmitLimits,
+    store: &Store,
+    prefix_len: u64,
+    content_length: Option<u64>,
+) -> Result<Plan, SubmitError> {
+    if header.store_dir != sd.as_str() {
+        return Err(SubmitError::StoreDirMismatch { ours: sd.to_string(), theirs: header.store_dir.clone() });
+    }
+    if header.requested.is_empty() {
+        return Err(SubmitError::BadHeader { reason: "no derivation requested".to_string() });
+    }
+    if header.drvs.len() > limits.max_drvs {
+        return Err(SubmitError::TooMany { what: "derivations", count: header.drvs.len(), max: limits.max_drvs });
+    }
+    if header.sources.len() > limits.max_sources {
+        return Err(SubmitError::TooMany { what: "sources", count: header.sources.len(), max: limits.max_sources });
+    }
+    let parse =
+        |p: &str| sd.parse_path(p).map_err(|e| SubmitError::BadPath { path: p.to_string(), reason: e.to_string() });
+    let parse_drv = |p: &str| {
+        let path = parse(p)?;
+        if !path.is_derivation() {
+            return Err(SubmitError::BadPath { path: p.to_string(), reason: "not a .drv store path".to_string() });
+        }
+        Ok(path)
+    };
+    let mut seen: BTreeSet<StorePath> = BTreeSet::new();
+    let mut total = prefix_len;
+    let mut drv_total = 0u64;
+    let mut drv_paths = Vec::with_capacity(header.drvs.len());
+    for d in &header.drvs {
+        let path = parse_drv(&d.path)?;
+        let max = buildmesh_protocol::derivation::MAX_DRV_SIZE as u64;
+        if d.size > max {
+            return Err(SubmitError::TooLarge { what: "derivation", path: d.path.clone(), size: d.size, max });
+        }
+        if !seen.insert(path.clone()) {
+            return Err(SubmitError::Duplicate { path: d.path.clone() });
+        }
+        drv_total += d.size;
+        if drv_total > limits.max_drv_bytes {
+            return Err(SubmitError::TooLarge {
+                what: "sum of",
+                path: "all derivations".to_string(),
+                size: drv_total,
+                max: limits.max_drv_bytes,
+            });
+        }
+        drv_paths.push(path);
+    }
+    total = total.checked_add(drv_total).ok_or(SubmitError::SizeOverflow)?;
+    let mut sources = Vec::with_capacity(header.sources.len());
+    for s in &header.sources {
+        let path = parse(&s.path)?;
+        let bad = |reason: String| SubmitError::BadPath { path: s.path.clone(), reason };
+        let nar_hash = NixHash::parse(&s.nar_hash, None).map_err(|e| bad(format!("bad NarHash: {e}")))?;
+        if nar_hash.algo() != HashAlgo::Sha256 {
+            return Err(bad(format!("NarHash {} is not SHA-256", s.nar_hash)));
+        }
+        if s.nar_size == 0 {
+            return Err(bad("NarSize is 0".to_string()));
+        }
+        if s.nar_size > limits.max_nar_size {
+            return Err(SubmitError::TooLarge {
+                what: "source NAR",
+                path: s.path.clone(),
+                size: s.nar_size,
+                max: limits.max_nar_size,
+            });
+        }
+        if !seen.insert(path.clone()) {
+            return Err(SubmitError::Duplicate { path: s.path.clone() });
+        }
+        let references = s.references.iter().map(|r| parse(r)).collect::<Result<BTreeSet<_>, _>>()?;
+        total = total.checked_add(s.nar_size).ok_or(SubmitError::SizeOverflow)?;
+        let registered = match store.path_info(&path)? {
+            Some(info) if info.nar_hash != nar_hash => {
+                return Err(SubmitError::SourceConflict {
+                    path: s.path.clone(),
+                    registered: info.nar_hash.to_string(),
+                    offered: nar_hash.to_string(),
+                });
+            }
+            Some(_) => true,
+            None => false,
+        };
+        sources.push(SourcePlan { path, nar_hash, nar_size: s.nar_size, references, registered });
+    }
+    if total > limits.max_total_bytes {
+        return Err(SubmitError::TooLarge {
+            what: "body",
+            path: "of the upload".to_string(),
+            size: total,
+            max: limits.max_total_bytes,
+        });
+    }
+    if let Some(cl) = content_length
+        && cl != total
+    {
+        return Err(SubmitError::LengthMismatch { content_length: cl, declared: total });
+    }
+    let mut requested = Vec::with_capacity(header.requested.len());
+    for p in &header.requested {
+        let path = parse_drv(p)?;
+        if !requested.contains(&path) {
+            requested.push(path);
+        }
+    }
+    Ok(Plan { requested, drv_paths, sources })
+}
+
+/// Builds the closure needs.
+#[derive(Debug, Default)]
+struct BuildPlan {
+    /// Derivations to enqueue, with the outputs wanted (empty = all: the requested ones).
+    to_build: Vec<(StorePath, BTreeSet<String>)>,
+    /// Requested derivations whose outputs are all registered.
+    already_built: Vec<StorePath>,
+    /// Their outputs.
+    outputs: BTreeMap<String, BTreeMap<String, OutputInfo>>,
+}
+
+/// Walk the closure from the requested derivations, dependents before dependencies: a derivation
+/// is built when one of its wanted outputs (all for requested ones, the used ones for inputs) is
+/// not registered (or not known before building); then its inputs are wanted in turn.
+fn plan_builds(
+    set: &mut DrvSet,
+    requested: &[StorePath],
+    store: &Store,
+    sd: &StoreDir,
+    uploaded_sources: &BTreeMap<&StorePath, &SourcePlan>,
+) -> Result<BuildPlan, SubmitError> {
+    // Reverse post-order of a DFS from the requested derivations.
+    let mut order: Vec<StorePath> = Vec::new();
+    let mut visited: BTreeSet<StorePath> = BTreeSet::new();
+    for root in requested {
+        if !visited.insert(root.clone()) {
+            continue;
+        }
+        let mut stack: Vec<(StorePath, Vec<StorePath>)> = vec![(root.clone(), inputs_of(set, root))];
+        while let Some((node, children)) = stack.last_mut() {
+            match children.pop() {
+                Some(c) => {
+                    if visited.insert(c.clone()) {
+                        let grandchildren = inputs_of(set, &c);
+                        stack.push((c, grandchildren));
+                    }
+                }
+                None => {
+                    order.push(node.clone());
+                    stack.pop();
+                }
+            }
+        }
+    }
+    order.reverse();
+
+    let mut plan = BuildPlan::default();
+    let mut wanted: HashMap<StorePath, Option<BTreeSet<String>>> =
+        requested.iter().map(|p| (p.clone(), None)).collect();
+    for drv_path in &order {
+        let Some(want) = wanted.get(drv_path).cloned() else { continue };
+        let outputs = set
+            .member_output_paths(drv_path)
+            .map_err(|error| SubmitError::OutputPaths { drv: sd.display(drv_path), error })?;
+        let mut missing = false;
+        let mut infos = BTreeMap::new();
+        for (name, path) in &outputs {
+            if want.as_ref().is_some_and(|w| !w.contains(name)) {
+                continue;
+            }
+            match path {
+                Some(p) if uploaded_sources.contains_key(p) => {}
+                Some(p) => match store.path_info(p)? {
+                    Some(info) => {
+                        infos.insert(
+                            name.clone(),
+                            OutputInfo {
+                                path: sd.display(p),
+                                nar_hash: info.nar_hash.to_string(),
+                                nar_size: info.nar_size,
+                            },
+                        );
+                    }
+                    None => missing = true,
+                },
+                None => missing = true,
+            }
+        }
+        if !missing {
+            if want.is_none() {
+                plan.already_built.push(drv_path.clone());
+                plan.outputs.insert(sd.display(drv_path), infos);
+            }
+            continue;
+        }
+        plan.to_build.push((drv_path.clone(), want.unwrap_or_default()));
+        if let Some((_, drv)) = set.get(drv_path) {
+            for (input, outs) in &drv.input_drvs {
+                // `None`: requested itself, all outputs wanted already.
+                if let Some(w) = wanted.entry(input.clone()).or_insert_with(|| Some(BTreeSet::new())) {
+                    w.extend(outs.iter().cloned());
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn inputs_of(set: &DrvSet, p: &StorePath) -> Vec<StorePath> {
+    set.get(p).map(|(_, d)| d.input_drvs.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// NAR bytes of a regular, non-executable file up to its length field: `nix-archive-1`, `(`,
+/// `type`, `regular`, `contents` (each a padded string).
+fn flat_file_prefix() -> Vec<u8> {
+    let mut out = Vec::with_capacity(88);
+    for s in ["nix-archive-1", "(", "type", "regular", "contents"] {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+        out.resize(out.len().div_ceil(8) * 8, 0);
+    }
+    out
+}
+
+/// The content address of a source whose store path proves its content: a `source` path (NAR
+/// hash and references, Nix `addToStore`) gives `fixed:r:sha256:<nix32>`, a `text` path (a flat
+/// file, `builtins.toFile`) gives `text:sha256:<nix32>`. `None` when the path is neither.
+fn content_address(
+    sd: &StoreDir,
+    s: &SourcePlan,
+    nar_sha256: &[u8; 32],
+    spool: &mut SpooledTempFile,
+) -> io::Result<Option<String>> {
+    let self_ref = s.references.contains(&s.path);
+    let others: Vec<&StorePath> = s.references.iter().filter(|r| *r != &s.path).collect();
+    let source_type = type_with_references("source", sd, others.iter().copied(), self_ref);
+    if make_store_path(sd, &source_type, nar_sha256, s.path.name()).ok().as_ref() == Some(&s.path) {
+        return Ok(Some(format!("fixed:r:sha256:{}", nixbase32::encode(nar_sha256))));
+    }
+    let prefix = flat_file_prefix();
+    let head_len = prefix.len() as u64 + 8;
+    if self_ref || s.nar_size < head_len + 16 {
+        return Ok(None);
+    }
+    spool.seek(SeekFrom::Start(0))?;
+    let mut head = vec![0u8; head_len as usize];
+    spool.read_exact(&mut head)?;
+    if head[..prefix.len()] != prefix[..] {
+        return Ok(None);
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[prefix.len()..]);
+    let len = u64::from_le_bytes(len);
+    if len.div_ceil(8).checked_mul(8).and_then(|p| p.checked_add(head_len + 16)) != Some(s.nar_size) {
+        return Ok(None);
+    }
+    let mut sha = sha2::Sha256::new();
+    let mut reader = (&mut *spool).take(len);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    let content: [u8; 32] = sha.finalize().into();
+    let text_type = type_with_references("text", sd, others.iter().copied(), false);
+    if make_store_path(sd, &text_type, &content, s.path.name()).ok().as_ref() == Some(&s.path) {
+        return Ok(Some(format!("text:sha256:{}", nixbase32::encode(&content))));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_file_prefix_matches_a_real_nar() {
+        // The empty-file NAR: prefix, length 0, then ")".
+        let prefix = flat_file_prefix();
+        assert_eq!(prefix.len(), 88);
+        let mut nar = prefix.clone();
+        nar.extend_from_slice(&0u64.to_le_bytes());
+        nar.extend_from_slice(&1u64.to_le_bytes());
+        nar.extend_from_slice(b")\0\0\0\0\0\0\0");
+        let mut w = buildmesh_protocol::nar::NarWriter::new(Vec::new()).expect("writer");
+        w.regular(false, 0, &mut io::empty()).expect("file");
+        assert_eq!(w.finish().expect("finish"), nar);
+    }
+}
