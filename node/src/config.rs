@@ -65,7 +65,7 @@ pub struct Config {
     /// The node's secret key file (Nix format `name:base64`); default `<data_dir>/node.key`,
     /// created on first start.
     pub key_file: Option<PathBuf>,
-    /// Key name used when the node creates its key (default `buildmesh-<first 8 chars of peer id>`).
+    /// Key name used when the node creates its key (default `<hostname>-<first 10 hex digits of the node id>`).
     pub key_name: Option<String>,
     /// The logical store directory builds see (`/nix/store`, or `/gnu/store` for Guix).
     pub store_dir: String,

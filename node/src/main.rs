@@ -26,6 +26,27 @@ enum Command {
     /// Sign and verify .narinfo files.
     #[command(subcommand)]
     Narinfo(cli::narinfo::Command),
+    /// Run a node: binary cache, JSON API and build scheduler (until SIGINT/SIGTERM).
+    Node(cli::node::NodeArgs),
+    /// Validate the configuration (file plus flags) and print the effective one.
+    CheckConfig(cli::node::CheckConfigArgs),
+    /// Queue a failed or cancelled build again (and its failed inputs), through a node's API.
+    Retry(cli::node::BuildRefArgs),
+    /// Cancel a queued or running build, through a node's API.
+    Cancel(cli::node::BuildRefArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(cli::node::BenchCommand),
+    /// Submit derivations with their whole closure to a node for building.
+    Submit(cli::submit::Args),
+    /// Start a local mesh of several nodes, build a sample DAG on two builders each, audit and substitute.
+    Demo(cli::demo::DemoArgs),
+    /// Every attestation of an output or derivation, with the verdict (match, mismatch, single, none).
+    Query(cli::audit::QueryArgs),
+    /// Classify every output the node knows (match, mismatch, inconclusive) with per-builder statistics.
+    Audit(cli::audit::AuditArgs),
+    /// Re-check an attestation export (`/api/v1/attestations?format=jsonl`) offline.
+    Verify(cli::audit::VerifyArgs),
     /// Internal: the sandbox helper the `local` executor starts (runs one builder).
     #[command(hide = true, name = "__sandbox-exec")]
     SandboxExec(buildmesh::executor::SandboxExecArgs),
@@ -45,6 +66,16 @@ fn main() -> std::process::ExitCode {
         Command::Nar(c) => cli::nar::run(c),
         Command::Key(c) => cli::key::run(c),
         Command::Narinfo(c) => cli::narinfo::run(c),
+        Command::Submit(a) => cli::submit::run(a),
+        Command::Node(a) => cli::node::run_node(a),
+        Command::CheckConfig(a) => cli::node::run_check_config(a),
+        Command::Retry(a) => cli::node::run_build_action(a, false),
+        Command::Cancel(a) => cli::node::run_build_action(a, true),
+        Command::Bench(c) => cli::node::run_bench(c),
+        Command::Demo(a) => cli::demo::run(a),
+        Command::Query(a) => cli::audit::run_query(a),
+        Command::Audit(a) => cli::audit::run_audit(a),
+        Command::Verify(a) => cli::audit::run_verify(a),
         Command::SandboxExec(a) => return buildmesh::executor::sandbox_exec_main(a),
     };
     match result {

@@ -1,6 +1,10 @@
 //! Command-line front ends, one module per command group. Each exposes a clap type and a `run`.
 
+pub mod audit;
+pub mod demo;
 pub mod drv;
 pub mod key;
 pub mod nar;
 pub mod narinfo;
+pub mod node;
+pub mod submit;

@@ -1,0 +1,106 @@
+//! The auditor's JSON API routes, mounted by the node's HTTP server:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/v1/query?target=<store path or .drv path>` | [`super::OutputReport`]s (a list: one per output of a `.drv`, one for an output path) |
+//! | `GET /api/v1/audit` | [`super::AuditReport`] |
+//! | `GET /api/v1/attestations/export` | every signed attestation as JSON lines ([`super::export_jsonl`]) |
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+use serde::Deserialize;
+
+use crate::store::Store;
+
+/// What the audit routes need.
+#[derive(Debug, Clone)]
+pub struct AuditContext {
+    /// The node's store.
+    pub store: Store,
+    /// Its store directory (to parse full paths).
+    pub store_dir: StoreDir,
+}
+
+/// The audit routes with their state applied.
+pub fn router(ctx: AuditContext) -> Router {
+    Router::new()
+        .route("/api/v1/query", get(query))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/attestations/export", get(export))
+        .with_state(ctx)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Parse a full store path (`/nix/store/…`) or a bare base name.
+pub fn parse_target(store_dir: &StoreDir, target: &str) -> Result<StorePath, String> {
+    if target.starts_with('/') {
+        store_dir.parse_path(target).map_err(|e| format!("`{target}`: {e}"))
+    } else {
+        StorePath::from_basename(target).map_err(|e| format!("`{target}`: {e}"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryParams {
+    target: String,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, super::AuditError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("audit task failed: {e}"))),
+    }
+}
+
+async fn query(State(ctx): State<AuditContext>, Query(q): Query<QueryParams>) -> Response {
+    let path = match parse_target(&ctx.store_dir, &q.target) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let store = ctx.store.clone();
+    let r = blocking(move || {
+        if path.is_derivation() {
+            super::query_drv(&store, &path)
+        } else {
+            super::query_path(&store, &path).map(|r| vec![r])
+        }
+    })
+    .await;
+    match r {
+        Ok(reports) => Json(reports).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+async fn audit(State(ctx): State<AuditContext>) -> Response {
+    let store = ctx.store.clone();
+    match blocking(move || super::audit(&store)).await {
+        Ok(report) => Json(report).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+async fn export(State(ctx): State<AuditContext>) -> Response {
+    let store = ctx.store.clone();
+    match blocking(move || {
+        let mut out = Vec::new();
+        super::export_jsonl(&store, &mut out)?;
+        Ok(out)
+    })
+    .await
+    {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
+        Err(resp) => resp,
+    }
+}

@@ -1,0 +1,327 @@
+//! `buildmesh node`, `buildmesh check-config`, `buildmesh retry`, `buildmesh cancel` and
+//! `buildmesh bench gateway`.
+//!
+//! `node` and `check-config` read the TOML config (`--config FILE`, or `$BUILDMESH_CONFIG`), then
+//! apply the flags on top: a flag given on the command line always wins over the file; a list
+//! flag given at least once replaces the whole list of the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+
+use crate::config::{Config, ExecutorKind};
+use crate::runtime::Node;
+
+/// Flags that override the configuration file, one per [`Config`] field.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// The TOML configuration file (every field optional; see the README's reference).
+    #[arg(long, env = "BUILDMESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data dir: redb database, NAR blobs, realised paths, node key.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP address (binary cache + JSON API); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
+    /// The node's secret key file (Nix format); created on first start when missing.
+    #[arg(long = "key", value_name = "SECRET-KEY-FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Key name used when the node creates its key.
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
+    /// Logical store directory (`/nix/store`, `/gnu/store`).
+    #[arg(long, value_name = "DIR")]
+    pub store_dir: Option<String>,
+    /// Which executor runs builds.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    /// Builds run at once (0 = number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub slots: Option<usize>,
+    /// Per-build timeout in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub build_timeout_secs: Option<u64>,
+    /// Cap on the kept log of one build, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_log_bytes: Option<usize>,
+    /// Attempts in all for a transiently failing build.
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Host path visible read-only in the `local` sandbox (repeatable; replaces the list).
+    #[arg(long = "sandbox-path", value_name = "PATH")]
+    pub sandbox_paths: Vec<PathBuf>,
+    /// libp2p listen multiaddr (repeatable; replaces the list).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Bootstrap peer multiaddr ending in /p2p/<peer id> (repeatable; replaces the list).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long, value_name = "BOOL")]
+    pub mdns: Option<bool>,
+    /// Trusted builder key `name:base64` (repeatable; replaces the list).
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    pub trusted_keys: Vec<String>,
+    /// Distinct trusted builders that must agree before the gateway serves an output.
+    #[arg(long, value_name = "N")]
+    pub quorum: Option<usize>,
+    /// Default replication factor.
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<usize>,
+    /// Who operates this machine.
+    #[arg(long, value_name = "LABEL")]
+    pub owner: Option<String>,
+    /// Extra system feature (repeatable; replaces the list).
+    #[arg(long = "feature", value_name = "FEATURE")]
+    pub features: Vec<String>,
+    /// Mandatory system feature (repeatable; replaces the list).
+    #[arg(long = "mandatory-feature", value_name = "FEATURE")]
+    pub mandatory_features: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// The file (if any), then the flags, then validation. Errors name the file, line and field.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        self.apply(&mut c);
+        c.validate().with_context(|| match &self.config {
+            Some(p) => format!("invalid configuration (file {} plus flags)", p.display()),
+            None => "invalid configuration (defaults plus flags)".to_string(),
+        })?;
+        Ok(c)
+    }
+
+    /// Apply the flags given to `c`.
+    pub fn apply(&self, c: &mut Config) {
+        fn set<T: Clone>(dst: &mut T, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = v.clone();
+            }
+        }
+        fn set_list<T: Clone>(dst: &mut Vec<T>, src: &[T]) {
+            if !src.is_empty() {
+                *dst = src.to_vec();
+            }
+        }
+        set(&mut c.data_dir, &self.data_dir);
+        set(&mut c.http, &self.http);
+        if self.key_file.is_some() {
+            c.key_file = self.key_file.clone();
+        }
+        if self.key_name.is_some() {
+            c.key_name = self.key_name.clone();
+        }
+        set(&mut c.store_dir, &self.store_dir);
+        set(&mut c.executor, &self.executor);
+        set(&mut c.slots, &self.slots);
+        set(&mut c.build_timeout_secs, &self.build_timeout_secs);
+        set(&mut c.max_log_bytes, &self.max_log_bytes);
+        set(&mut c.max_attempts, &self.max_attempts);
+        set_list(&mut c.sandbox_paths, &self.sandbox_paths);
+        set_list(&mut c.listen, &self.listen);
+        set_list(&mut c.bootstrap, &self.bootstrap);
+        set(&mut c.mdns, &self.mdns);
+        set_list(&mut c.trusted_keys, &self.trusted_keys);
+        set(&mut c.quorum, &self.quorum);
+        set(&mut c.replicas, &self.replicas);
+        if self.owner.is_some() {
+            c.owner = self.owner.clone();
+        }
+        set_list(&mut c.features, &self.features);
+        set_list(&mut c.mandatory_features, &self.mandatory_features);
+    }
+}
+
+/// `buildmesh node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `buildmesh check-config`.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `buildmesh retry` / `buildmesh cancel`.
+#[derive(Debug, Args)]
+pub struct BuildRefArgs {
+    /// The derivation: a full `.drv` path or its base name.
+    pub drv: String,
+    /// The node's HTTP address.
+    #[arg(long, env = "BUILDMESH_API", default_value = "http://127.0.0.1:7800", value_name = "URL")]
+    pub api: String,
+    /// Print the node's JSON answer instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `buildmesh bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Compare the HTTP gateway with nginx on loopback (narinfo requests/s, NAR throughput, RSS).
+    Gateway(crate::http::bench::BenchArgs),
+}
+
+/// A tokio runtime sized for a node: two workers, a bounded blocking pool.
+pub fn node_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .thread_name("buildmesh")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+/// Run `buildmesh node` until SIGINT or SIGTERM.
+pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    let rt = node_runtime()?;
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let node = Node::start(config).await?;
+        let info = node.info();
+        // Machine-readable start lines (tests and scripts read them), on stdout.
+        println!("peer-id: {}", info.peer_id);
+        println!("public-key: {}", info.public_key);
+        println!("http: {}", node.http_url());
+        println!("data-dir: {}", node.data_dir().display());
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = node.stopped() => "a failed task",
+        };
+        tracing::info!(signal, "stopping");
+        eprintln!("buildmesh node: {signal}: shutting down");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    // Do not wait for blocking tasks of abandoned streams.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Run `buildmesh check-config`: print the effective configuration as TOML.
+pub fn run_check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    print!("{}", config.to_toml());
+    eprintln!("configuration is valid");
+    Ok(())
+}
+
+/// Run `buildmesh retry` (`cancel = false`) or `buildmesh cancel`.
+pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> {
+    let action = if cancel { "cancel" } else { "retry" };
+    let basename = args.drv.trim_end_matches('/').rsplit('/').next().unwrap_or(&args.drv);
+    if basename.is_empty() {
+        bail!("{:?} is not a derivation path", args.drv);
+    }
+    let url = format!(
+        "{}/api/v1/builds/{}/{action}",
+        args.api.trim_end_matches('/'),
+        crate::submit::client::encode_segment(basename)
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("cannot create an HTTP client")?;
+    let resp = client.post(&url).send().with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let body = resp.text().with_context(|| format!("reading the answer of POST {url}"))?;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
+    if !status.is_success() {
+        let msg = json.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or(body);
+        bail!("{action} {}: {status}: {msg}", args.drv);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let state = json.pointer("/build/state").and_then(|s| s.as_str()).unwrap_or("?");
+    let drv = json.pointer("/build/drv").and_then(|s| s.as_str()).unwrap_or(&args.drv);
+    if cancel {
+        let prev = json.get("previous_state").and_then(|s| s.as_str()).unwrap_or("?");
+        println!("{drv}: {prev} -> {state}");
+    } else {
+        println!("{drv}: {state}");
+        if let Some(list) = json.get("requeued").and_then(|r| r.as_array()) {
+            for d in list.iter().skip(1).filter_map(|d| d.as_str()) {
+                println!("  also queued again (failed input): {d}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run `buildmesh bench ...`.
+pub fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Gateway(a) => crate::http::bench::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        c: ConfigArgs,
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "slots = 3\nquorum = 3\nfeatures = [\"kvm\"]\nhttp = \"127.0.0.1:9000\"\n").unwrap();
+        let t = T::parse_from([
+            "x",
+            "--config",
+            file.to_str().unwrap(),
+            "--slots",
+            "5",
+            "--feature",
+            "big-parallel",
+            "--feature",
+            "benchmark",
+            "--executor",
+            "nix",
+        ]);
+        let c = t.c.load().unwrap();
+        assert_eq!(c.slots, 5);
+        assert_eq!(c.quorum, 3);
+        assert_eq!(c.features, vec!["big-parallel".to_string(), "benchmark".to_string()]);
+        assert_eq!(c.executor, ExecutorKind::Nix);
+        assert_eq!(c.http, "127.0.0.1:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "slots = 1\nsltos = 2\n").unwrap();
+        let e = format!("{:#}", T::parse_from(["x", "--config", file.to_str().unwrap()]).c.load().unwrap_err());
+        assert!(e.contains("bad.toml") && e.contains("sltos") && e.contains("line 2"), "{e}");
+        let e = format!("{:#}", T::parse_from(["x", "--quorum", "0"]).c.load().unwrap_err());
+        assert!(e.contains("quorum"), "{e}");
+    }
+}

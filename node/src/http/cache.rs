@@ -1,0 +1,353 @@
+//! The Nix binary-cache protocol: `/nix-cache-info`, `/<hash32>.narinfo` and `/nar/…`.
+//!
+//! A narinfo is served for a path only when it is registered in the node's store (the mesh's
+//! quorum rule will narrow this later). It points at the zstd file of the NAR blob
+//! (`URL: nar/<nix32 NarHash>.nar.zst`, `Compression: zstd`, `FileSize`), which is served as it
+//! is stored, without recompressing; Nix (2.8 and later) decompresses it and checks `NarHash`.
+//! The uncompressed `nar/<nix32 NarHash>.nar` is served too, decompressed on the fly: the blob
+//! reader checks the blob's blake3 id at the end of the stream, and the last chunk is held back
+//! until that check passed, so a damaged blob never arrives as a complete response (the
+//! connection is cut instead).
+//!
+//! Bodies are streamed from a blocking reader thread through a small bounded channel
+//! ([`IN_FLIGHT`] chunks of [`CHUNK`] bytes): a NAR is never held in memory whole.
+
+use std::io::{self, Read};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use buildmesh_protocol::hash::NixHash;
+use buildmesh_protocol::narinfo::{ContentAddress, Deriver, NarInfo};
+use buildmesh_protocol::nixbase32;
+use buildmesh_protocol::store_path::StorePath;
+use tokio::sync::mpsc;
+
+use super::AppState;
+use crate::store::{BlobInfo, PathInfo, StoreError};
+
+/// Bytes per streamed chunk.
+pub const CHUNK: usize = 1 << 20;
+/// Chunks buffered between the reader thread and the connection.
+pub const IN_FLIGHT: usize = 4;
+
+/// Rendered narinfos kept per generation of [`NarinfoCache`] (two generations: at most twice
+/// this many, about 1 KiB each).
+pub const NARINFO_CACHE_ENTRIES: usize = 4096;
+
+/// Signed narinfos by hash part, so that a hot narinfo costs neither a database read nor a
+/// signature. A registered path never changes (the store refuses to re-register it with another
+/// NarHash), so entries never go stale. Bounded: two generations of at most
+/// [`NARINFO_CACHE_ENTRIES`]; when the current one is full it becomes the old one and the oldest
+/// is dropped; a hit in the old generation moves the entry to the current one.
+#[derive(Debug, Default)]
+pub struct NarinfoCache {
+    inner: std::sync::Mutex<Generations>,
+}
+
+#[derive(Debug, Default)]
+struct Generations {
+    current: std::collections::HashMap<String, Bytes>,
+    old: std::collections::HashMap<String, Bytes>,
+}
+
+impl NarinfoCache {
+    /// The cached narinfo of `hash_part`.
+    pub fn get(&self, hash_part: &str) -> Option<Bytes> {
+        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = g.current.get(hash_part) {
+            return Some(b.clone());
+        }
+        let b = g.old.remove(hash_part)?;
+        g.insert(hash_part.to_string(), b.clone());
+        Some(b)
+    }
+
+    /// Remember the narinfo of `hash_part`.
+    pub fn insert(&self, hash_part: String, narinfo: Bytes) {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(hash_part, narinfo);
+    }
+
+    /// Entries held (both generations).
+    pub fn len(&self) -> usize {
+        let g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.current.len() + g.old.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Generations {
+    fn insert(&mut self, key: String, value: Bytes) {
+        if self.current.len() >= NARINFO_CACHE_ENTRIES {
+            self.old = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, value);
+    }
+}
+
+/// `Content-Type` of narinfos.
+const NARINFO_TYPE: &str = "text/x-nix-narinfo";
+/// `Content-Type` of NARs (whatever the compression).
+const NAR_TYPE: &str = "application/x-nix-nar";
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response {
+    let mut text = text.into();
+    text.push('\n');
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], text).into_response()
+}
+
+fn not_found() -> Response {
+    plain(StatusCode::NOT_FOUND, "404 not found")
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Response {
+    tracing::error!(cause = %e, what, "binary cache request failed");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
+}
+
+/// `GET /nix-cache-info`.
+pub(super) async fn nix_cache_info(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/x-nix-cache-info"))], state.inner.cache_info.clone())
+        .into_response()
+}
+
+/// `GET`/`HEAD /<hash32>.narinfo` (any other top-level name is a 404).
+#[tracing::instrument(level = "debug", skip_all, fields(file = %file))]
+pub(super) async fn narinfo(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    let Some(hash_part) = file.strip_suffix(".narinfo") else { return not_found() };
+    if hash_part.len() != 32 || nixbase32::decode_fixed::<20>(hash_part).is_err() {
+        return plain(StatusCode::BAD_REQUEST, format!("{file:?} is not <32-character nix32 hash>.narinfo"));
+    }
+    if let Some(text) = state.inner.narinfos.get(hash_part) {
+        return narinfo_response(text);
+    }
+    let hash_part = hash_part.to_string();
+    let st = state.clone();
+    let key = hash_part.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<(PathInfo, BlobInfo)>, StoreError> {
+        let Some(info) = st.store().path_by_hash_part(&hash_part)? else { return Ok(None) };
+        let Some(blob) = st.store().blob_info(&info.blob)? else {
+            tracing::warn!(path = %info.path, blob = %info.blob, "registered path without a blob record");
+            return Ok(None);
+        };
+        Ok(Some((info, blob)))
+    })
+    .await;
+    let (info, blob) = match found {
+        Ok(Ok(Some(v))) => v,
+        Ok(Ok(None)) => return not_found(),
+        Ok(Err(e)) => return internal("store", e),
+        Err(e) => return internal("task", e),
+    };
+    match render_narinfo(&state, &info, &blob) {
+        Ok(text) => {
+            let text = Bytes::from(text);
+            state.inner.narinfos.insert(key, text.clone());
+            narinfo_response(text)
+        }
+        Err(e) => internal("narinfo", e),
+    }
+}
+
+fn narinfo_response(text: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(NARINFO_TYPE))], text).into_response()
+}
+
+/// The signed narinfo of a registered path, pointing at the zstd blob.
+pub fn render_narinfo_for(
+    store_dir: &buildmesh_protocol::store_path::StoreDir,
+    key: &buildmesh_protocol::nixkey::SecretKey,
+    info: &PathInfo,
+    blob: &BlobInfo,
+) -> Result<String, String> {
+    let digest: [u8; 32] = sha256_digest(&info.nar_hash).ok_or_else(|| format!("{} is not sha256", info.nar_hash))?;
+    let references: Vec<StorePath> = info.references.iter().cloned().collect();
+    let mut ni = NarInfo::new(store_dir.clone(), info.path.clone(), digest, info.nar_size, references);
+    ni.url = format!("nar/{}.nar.zst", nixbase32::encode(&digest));
+    ni.compression = Some("zstd".to_string());
+    ni.file_size = Some(blob.compressed_size);
+    ni.deriver = info.deriver.clone().map(Deriver::Path);
+    ni.ca = info.ca.as_deref().and_then(|ca| ContentAddress::parse(ca).ok());
+    ni.sign(key).map_err(|e| e.to_string())?;
+    Ok(ni.to_string())
+}
+
+fn render_narinfo(state: &AppState, info: &PathInfo, blob: &BlobInfo) -> Result<String, String> {
+    render_narinfo_for(state.store_dir(), &state.inner.secret, info, blob)
+}
+
+fn sha256_digest(h: &NixHash) -> Option<[u8; 32]> {
+    (h.algo() == buildmesh_protocol::hash::HashAlgo::Sha256).then(|| h.digest().try_into().ok()).flatten()
+}
+
+/// A NAR to serve: its length and (for GET) the reader of its body.
+type Opened = (u64, Option<Box<dyn Read + Send>>);
+
+/// `GET`/`HEAD /nar/<nix32 NarHash>.nar` and `.nar.zst`.
+#[tracing::instrument(level = "debug", skip_all, fields(file = %file))]
+pub(super) async fn nar(State(state): State<AppState>, method: Method, Path(file): Path<String>) -> Response {
+    let (hash, compressed) = match file.strip_suffix(".nar.zst") {
+        Some(h) => (h, true),
+        None => match file.strip_suffix(".nar") {
+            Some(h) => (h, false),
+            None => return not_found(),
+        },
+    };
+    let Ok(digest) = nixbase32::decode_fixed::<32>(hash)
+        .map_err(|_| ())
+        .and_then(|d| if hash.len() == 52 { Ok(d) } else { Err(()) })
+    else {
+        return plain(StatusCode::BAD_REQUEST, format!("{file:?} is not nar/<52-character nix32 NarHash>.nar[.zst]"));
+    };
+    let head = method == Method::HEAD;
+    let st = state.clone();
+    let opened = tokio::task::spawn_blocking(move || -> Result<Option<Opened>, StoreError> {
+        let Some(blob) = st.store().blob_by_nar_hash(&NixHash::sha256(digest))? else { return Ok(None) };
+        if compressed {
+            let (file, _) = st.store().open_nar_compressed(&blob.blake3)?;
+            let len = file
+                .metadata()
+                .map_err(|source| StoreError::Io { op: "stat blob", path: blob.blake3.to_string().into(), source })?
+                .len();
+            Ok(Some((len, (!head).then(|| Box::new(file) as Box<dyn Read + Send>))))
+        } else if head {
+            Ok(Some((blob.nar_size, None)))
+        } else {
+            let reader = st.store().open_nar(&blob.blake3)?;
+            Ok(Some((blob.nar_size, Some(Box::new(reader) as Box<dyn Read + Send>))))
+        }
+    })
+    .await;
+    let (len, reader) = match opened {
+        Ok(Ok(Some(v))) => v,
+        Ok(Ok(None)) => return not_found(),
+        Ok(Err(StoreError::BlobMissing { blob, path })) => {
+            tracing::error!(%blob, path = %path.display(), "blob file missing");
+            return not_found();
+        }
+        Ok(Err(e)) => return internal("store", e),
+        Err(e) => return internal("task", e),
+    };
+    let body = match reader {
+        Some(r) => stream_body(r),
+        None => Body::empty(),
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(NAR_TYPE));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+/// A body fed by a blocking thread reading `reader` in [`CHUNK`]s, at most [`IN_FLIGHT`] ahead of
+/// the connection. The last chunk is sent only after the reader reported a clean end, so a
+/// reader that fails at its end (a blob whose hash check fails) never yields a complete body.
+pub fn stream_body(reader: Box<dyn Read + Send>) -> Body {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(IN_FLIGHT);
+    tokio::task::spawn_blocking(move || pump(reader, &tx));
+    let stream = libp2p::futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Body::from_stream(stream)
+}
+
+/// Read `reader` into `tx` (see [`stream_body`]). Returns when done, on error, or when the
+/// connection went away.
+fn pump(mut reader: Box<dyn Read + Send>, tx: &mpsc::Sender<io::Result<Bytes>>) {
+    let mut pending: Option<Bytes> = None;
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        let mut eof = false;
+        while filled < CHUNK {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!(cause = %e, "streaming a NAR failed; cutting the response");
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+        buf.truncate(filled);
+        if !buf.is_empty()
+            && let Some(prev) = pending.replace(Bytes::from(buf))
+            && tx.blocking_send(Ok(prev)).is_err()
+        {
+            return;
+        }
+        if eof {
+            if let Some(last) = pending.take() {
+                let _ = tx.blocking_send(Ok(last));
+            }
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FailAtEnd(io::Cursor<Vec<u8>>);
+    impl Read for FailAtEnd {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(io::Error::new(io::ErrorKind::InvalidData, "hash mismatch")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    fn collect(rx: &mut mpsc::Receiver<io::Result<Bytes>>) -> (usize, bool) {
+        let mut bytes = 0;
+        let mut failed = false;
+        while let Ok(item) = rx.try_recv() {
+            match item {
+                Ok(b) => bytes += b.len(),
+                Err(_) => failed = true,
+            }
+        }
+        (bytes, failed)
+    }
+
+    #[test]
+    fn narinfo_cache_is_bounded_and_keeps_hot_entries() {
+        let c = NarinfoCache::default();
+        assert!(c.is_empty());
+        c.insert("hot".into(), Bytes::from_static(b"h"));
+        for i in 0..NARINFO_CACHE_ENTRIES * 3 {
+            c.insert(format!("k{i}"), Bytes::from_static(b"x"));
+            if i % 100 == 0 {
+                assert_eq!(c.get("hot").as_deref(), Some(&b"h"[..]), "at {i}");
+            }
+        }
+        assert!(c.len() <= 2 * NARINFO_CACHE_ENTRIES);
+        assert!(c.get("k0").is_none());
+        assert!(c.get(&format!("k{}", NARINFO_CACHE_ENTRIES * 3 - 1)).is_some());
+    }
+
+    #[test]
+    fn pump_holds_back_the_last_chunk_of_a_failing_reader() {
+        let data = vec![7u8; CHUNK + 10];
+        let (tx, mut rx) = mpsc::channel(16);
+        pump(Box::new(io::Cursor::new(data.clone())), &tx);
+        assert_eq!(collect(&mut rx), (CHUNK + 10, false));
+        let (tx, mut rx) = mpsc::channel(16);
+        pump(Box::new(FailAtEnd(io::Cursor::new(data))), &tx);
+        let (bytes, failed) = collect(&mut rx);
+        assert!(failed);
+        assert!(bytes < CHUNK + 10, "the last chunk must not be sent: {bytes}");
+        let (tx, mut rx) = mpsc::channel(16);
+        pump(Box::new(io::Cursor::new(Vec::new())), &tx);
+        assert_eq!(collect(&mut rx), (0, false));
+    }
+}

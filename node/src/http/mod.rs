@@ -1,0 +1,121 @@
+//! The node's HTTP server (axum): the Nix binary-cache protocol, the JSON API and the submit
+//! endpoint, on one address.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /nix-cache-info` | `StoreDir`, `WantMassQuery: 1`, `Priority` |
+//! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a registered path, signed by the node key |
+//! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed and streamed from its blob |
+//! | `GET`, `HEAD /nar/<nix32 NarHash>.nar.zst` | the blob's zstd file as stored |
+//! | `GET /api/v1/node` | who this node is ([`crate::runtime::NodeInfo`]) |
+//! | `GET /api/v1/builds[?state=…]` | builds ([`api::BuildView`]) |
+//! | `GET /api/v1/builds/<drv>` | one build; `<drv>` is a base name or a full path, URL-encoded |
+//! | `GET /api/v1/builds/<drv>/log` | its log, `text/plain` |
+//! | `POST /api/v1/builds/<drv>/retry`, `…/cancel` | retry a failed/cancelled build, cancel one |
+//! | `GET /api/v1/attestations?path=…` / `?drv=…` / `?format=jsonl` | attestations |
+//! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
+//! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`crate::audit::http`]) |
+//!
+//! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status; the binary cache answers
+//! 404 for what it does not have and 400 for malformed names, with a plain-text body.
+
+pub mod api;
+pub mod bench;
+pub mod cache;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::nixkey::SecretKey;
+use buildmesh_protocol::store_path::StoreDir;
+
+use crate::runtime::{NodeInfo, SchedulerHandle};
+use crate::store::Store;
+use crate::submit::SubmitContext;
+
+/// `Priority` in `/nix-cache-info` (cache.nixos.org says 40; lower is preferred).
+pub const CACHE_PRIORITY: u32 = 40;
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    store_dir: StoreDir,
+    secret: SecretKey,
+    info: Arc<NodeInfo>,
+    scheduler: SchedulerHandle,
+    submit: SubmitContext,
+    cache_info: String,
+    narinfos: cache::NarinfoCache,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("store", &self.inner.store).field("info", &self.inner.info).finish()
+    }
+}
+
+impl AppState {
+    /// The state of one node's server.
+    pub fn new(
+        store: Store,
+        store_dir: StoreDir,
+        key: Arc<NodeKey>,
+        info: Arc<NodeInfo>,
+        scheduler: SchedulerHandle,
+        submit: SubmitContext,
+    ) -> AppState {
+        let cache_info = format!("StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {CACHE_PRIORITY}\n");
+        let secret = key.nix_secret_key();
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                store_dir,
+                secret,
+                info,
+                scheduler,
+                submit,
+                cache_info,
+                narinfos: cache::NarinfoCache::default(),
+            }),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.inner.store_dir
+    }
+}
+
+/// The whole router of a node: binary cache, JSON API and the submit endpoint.
+pub fn router(state: AppState) -> Router {
+    let submit = crate::submit::router(state.inner.submit.clone());
+    let audit = crate::audit::http::router(crate::audit::http::AuditContext {
+        store: state.inner.store.clone(),
+        store_dir: state.inner.store_dir.clone(),
+    });
+    Router::new()
+        .route("/nix-cache-info", get(cache::nix_cache_info))
+        .route("/{file}", get(cache::narinfo))
+        .route("/nar/{file}", get(cache::nar))
+        .route("/api/v1/node", get(api::node))
+        .route("/api/v1/builds", get(api::builds))
+        .route("/api/v1/builds/{drv}", get(api::build))
+        .route("/api/v1/builds/{drv}/log", get(api::log))
+        .route("/api/v1/builds/{drv}/retry", post(api::retry))
+        .route("/api/v1/builds/{drv}/cancel", post(api::cancel))
+        .route("/api/v1/attestations", get(api::attestations))
+        .fallback(api::not_found)
+        .with_state(state)
+        .merge(submit)
+        .merge(audit)
+}

@@ -1,0 +1,418 @@
+//! A running node: store, key, scheduler and HTTP server, started together and stopped together.
+//!
+//! [`Node::start`] does, in order:
+//! 1. validate the [`Config`];
+//! 2. load the node key, or create it on first start (`DATA/node.key`, see [`key`]);
+//! 3. open the [`Store`] (`DATA/state.redb`, `DATA/blobs`; the database is locked, so a second
+//!    node on the same data dir fails here);
+//! 4. requeue the builds a crash or shutdown interrupted ([`Store::requeue_interrupted`]) and
+//!    empty `DATA/builds` (work dirs of interrupted builds);
+//! 5. create the executor (`local` or `nix`, or the one given in [`NodeOptions`]);
+//! 6. bind the HTTP server ([`crate::http`]: binary cache, JSON API, submit endpoint);
+//! 7. start the [`scheduler`], which resumes the queue.
+//!
+//! Every task runs inside one `node` tracing span carrying the node's short id and key name, so
+//! several nodes in one process (tests, `buildmesh demo`) keep readable logs.
+//!
+//! [`Node::shutdown`] stops accepting connections, cancels running builds (they stay `Running`
+//! in the store and step 4 of the next start requeues them), waits for the tasks and closes the
+//! store. Dropping a [`Node`] without `shutdown` signals the tasks to stop but does not wait.
+
+pub mod key;
+pub mod plan;
+pub mod scheduler;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::store_path::StoreDir;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::build::{self, Executor, ExecutorConfig};
+use crate::config::{Config, ConfigError};
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::systems::Systems;
+
+pub use key::{KeyError, KeyOrigin};
+pub use scheduler::{ControlError, Scheduler, SchedulerHandle, SchedulerOptions};
+
+/// Name of the spool directory for uploads inside the data dir (emptied at start).
+pub const SPOOL_DIR: &str = "spool";
+/// How long shutdown waits for open HTTP connections (e.g. a NAR download) to finish.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The node key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store could not be opened or recovered.
+    #[error("data dir {}: {source}", data_dir.display())]
+    Store {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// What failed.
+        source: Box<StoreError>,
+    },
+    /// The executor could not be created.
+    #[error("cannot set up the `{executor}` executor: {message}")]
+    Executor {
+        /// Which executor.
+        executor: String,
+        /// What failed.
+        message: String,
+    },
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on http {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A filesystem operation in the data dir failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A startup task panicked.
+    #[error("startup task failed: {0}")]
+    Task(String),
+}
+
+/// What a node says about itself (`GET /api/v1/node`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// libp2p PeerId (`12D3KooW…`).
+    pub peer_id: String,
+    /// The key name (in `Sig:` lines).
+    pub key_name: String,
+    /// The Nix public key `name:base64` (what users put in `trusted-public-keys`).
+    pub public_key: String,
+    /// Systems built natively and through emulation.
+    pub systems: Systems,
+    /// The store directory (`/nix/store`).
+    pub store_dir: String,
+    /// `local` or `nix` (or a custom executor's name).
+    pub executor: String,
+    /// buildmesh version.
+    pub version: String,
+    /// The node's libp2p addresses (empty until the mesh is wired in).
+    pub addresses: Vec<String>,
+    /// The HTTP address the node listens on.
+    pub http: String,
+    /// Build slots.
+    pub slots: usize,
+}
+
+/// Ways to start a node other than from its [`Config`] alone (tests, the demo).
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Use this executor instead of the configured one.
+    pub executor: Option<Arc<dyn Executor>>,
+    /// Scheduler knobs not in the config (backoff); `slots`, `max_attempts`, `build_timeout` and
+    /// `max_log_bytes` are always taken from the config.
+    pub scheduler: Option<SchedulerOptions>,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("executor", &self.executor.as_ref().map(|e| e.name()))
+            .field("scheduler", &self.scheduler)
+            .finish()
+    }
+}
+
+/// A running node (see the module docs).
+#[derive(Debug)]
+pub struct Node {
+    info: Arc<NodeInfo>,
+    key: Arc<NodeKey>,
+    store: Store,
+    http_addr: SocketAddr,
+    data_dir: PathBuf,
+    scheduler: SchedulerHandle,
+    shutdown: CancellationToken,
+    http_task: Option<JoinHandle<()>>,
+    scheduler_task: Option<JoinHandle<()>>,
+    span: tracing::Span,
+}
+
+impl Node {
+    /// Start a node from its configuration (see the module docs).
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        Node::start_with(config, NodeOptions::default()).await
+    }
+
+    /// Start a node with extra options.
+    pub async fn start_with(config: Config, options: NodeOptions) -> Result<Node, StartError> {
+        config.validate()?;
+        let store_dir = config.store_dir()?;
+        let data_dir = config.data_dir.clone();
+        let prepared = {
+            let config = config.clone();
+            let store_dir = store_dir.clone();
+            let custom = options.executor.clone();
+            tokio::task::spawn_blocking(move || prepare(&config, &store_dir, custom))
+                .await
+                .map_err(|e| StartError::Task(e.to_string()))??
+        };
+        let Prepared { key, store, executor, systems } = prepared;
+        let key = Arc::new(key);
+        let span = tracing::info_span!("node", id = %key.node_id().fmt_short(), key = %key.name());
+
+        let mut sched_options = options.scheduler.unwrap_or_default();
+        sched_options.slots = config.effective_slots();
+        sched_options.max_attempts = config.max_attempts;
+        sched_options.build_timeout = Duration::from_secs(config.build_timeout_secs);
+        sched_options.max_log_bytes = config.max_log_bytes as u64;
+        let scheduler = Scheduler::new(
+            store.clone(),
+            store_dir.clone(),
+            key.clone(),
+            systems.clone(),
+            executor.clone(),
+            sched_options.clone(),
+        );
+        let handle = scheduler.handle();
+
+        let listener = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.http, source })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.http, source })?;
+
+        let info = Arc::new(NodeInfo {
+            peer_id: key.peer_id(),
+            key_name: key.name().to_string(),
+            public_key: key.nix_public_key().to_string(),
+            systems,
+            store_dir: store_dir.to_string(),
+            executor: executor.name().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            addresses: Vec::new(),
+            http: http_addr.to_string(),
+            slots: sched_options.slots,
+        });
+
+        let shutdown = CancellationToken::new();
+        let app = crate::http::router(crate::http::AppState::new(
+            store.clone(),
+            store_dir.clone(),
+            key.clone(),
+            info.clone(),
+            handle.clone(),
+            submit_context(&store, &store_dir, &data_dir, &handle),
+        ));
+        let http_task = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(
+                async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+                    if let Err(e) = serve.await {
+                        tracing::error!(cause = %e, "HTTP server failed; stopping the node");
+                        shutdown.cancel();
+                    }
+                }
+                .instrument(span.clone()),
+            )
+        };
+        let scheduler_task = tokio::spawn(scheduler.run(shutdown.clone()).instrument(span.clone()));
+        span.in_scope(|| {
+            tracing::info!(
+                peer_id = %info.peer_id, public_key = %info.public_key, http = %http_addr,
+                executor = %info.executor, slots = info.slots, "node started"
+            );
+        });
+        Ok(Node {
+            info,
+            key,
+            store,
+            http_addr,
+            data_dir,
+            scheduler: handle,
+            shutdown,
+            http_task: Some(http_task),
+            scheduler_task: Some(scheduler_task),
+            span,
+        })
+    }
+
+    /// What the node says about itself.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// The node key.
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The address the HTTP server listens on (the real port when the config said port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// `http://<http_addr>`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// The scheduler's handle (wake it after enqueueing builds; cancel and retry).
+    pub fn scheduler(&self) -> &SchedulerHandle {
+        &self.scheduler
+    }
+
+    /// The node's tracing span.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Resolves once the node stops (after [`Node::shutdown`] began, or a task died).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    /// Stop: no new connections, running builds cancelled (requeued at the next start), tasks
+    /// awaited, store closed when the last clone is dropped.
+    pub async fn shutdown(mut self) {
+        let span = self.span.clone();
+        async {
+            tracing::info!("node shutting down");
+            self.shutdown.cancel();
+            if let Some(t) = self.scheduler_task.take()
+                && let Err(e) = t.await
+            {
+                tracing::error!(cause = %e, "scheduler task failed");
+            }
+            if let Some(mut t) = self.http_task.take() {
+                match tokio::time::timeout(HTTP_DRAIN, &mut t).await {
+                    Ok(Err(e)) => tracing::error!(cause = %e, "HTTP task failed"),
+                    Ok(Ok(())) => {}
+                    Err(_) => {
+                        tracing::warn!("open HTTP connections did not finish in time; closing them");
+                        t.abort();
+                        let _ = t.await;
+                    }
+                }
+            }
+            tracing::info!("node stopped");
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+struct Prepared {
+    key: NodeKey,
+    store: Store,
+    executor: Arc<dyn Executor>,
+    systems: Systems,
+}
+
+/// The blocking part of startup: key, store, recovery, executor.
+fn prepare(config: &Config, store_dir: &StoreDir, custom: Option<Arc<dyn Executor>>) -> Result<Prepared, StartError> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| StartError::Io {
+        op: "create data dir",
+        path: data_dir.clone(),
+        source,
+    })?;
+    let (key, origin) = key::load_or_create(&config.key_path(), config.key_name.as_deref())?;
+    if origin == KeyOrigin::Created {
+        tracing::info!(file = %config.key_path().display(), public_key = %key.nix_public_key(), "created the node key");
+    }
+    let options = StoreOptions { max_log_bytes: config.max_log_bytes, ..StoreOptions::default() };
+    let store_err = |source| StartError::Store { data_dir: data_dir.clone(), source: Box::new(source) };
+    let store = Store::open_with(data_dir, options).map_err(store_err)?;
+    let requeued = store.requeue_interrupted().map_err(store_err)?;
+    if !requeued.is_empty() {
+        tracing::info!(count = requeued.len(), "requeued builds interrupted by the last shutdown or crash");
+    }
+    let builds_dir = data_dir.join(build::BUILDS_DIR);
+    build::reset_builds_dir(&builds_dir)
+        .map_err(|e| StartError::Executor { executor: "(any)".into(), message: e.to_string() })?;
+    reset_dir(&data_dir.join(SPOOL_DIR))?;
+    let systems = crate::systems::detect();
+    let executor = match custom {
+        Some(e) => e,
+        None => {
+            let kind = config.executor;
+            let name = format!("{kind:?}").to_lowercase();
+            let exec_err = |message: String| StartError::Executor { executor: name.clone(), message };
+            let mut ec =
+                ExecutorConfig::new(store.clone(), data_dir, store_dir.clone()).map_err(|e| exec_err(e.to_string()))?;
+            let slots = config.effective_slots().max(1);
+            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            ec.cores = u32::try_from((cpus / slots).max(1)).unwrap_or(1);
+            ec.systems = systems.clone();
+            ec.sandbox_paths = config.sandbox_paths.clone();
+            build::make_executor(kind, ec).map_err(|e| exec_err(e.to_string()))?
+        }
+    };
+    Ok(Prepared { key, store, executor, systems })
+}
+
+/// Create `dir` and delete what is in it.
+fn reset_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    let io = |op: &'static str| move |source| StartError::Io { op, path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(io("create"))?;
+    for entry in std::fs::read_dir(dir).map_err(io("list"))? {
+        let entry = entry.map_err(io("list"))?;
+        let path = entry.path();
+        let removed = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|source| StartError::Io { op: "remove", path: path.clone(), source })?;
+    }
+    Ok(())
+}
+
+fn submit_context(
+    store: &Store,
+    store_dir: &StoreDir,
+    data_dir: &std::path::Path,
+    handle: &SchedulerHandle,
+) -> crate::submit::SubmitContext {
+    let mut ctx = crate::submit::SubmitContext::new(store.clone(), store_dir.clone());
+    ctx.limits.spool_dir = Some(data_dir.join(SPOOL_DIR));
+    ctx.wake = handle.wake_notify();
+    ctx
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,35 @@
+//! `buildmesh demo` end to end: three real node processes build the vectors' DAG on two builders
+//! each, the offline audit finds the deliberately unreproducible derivations (and only those) as
+//! mismatches, and a real Nix client substitutes an output from a gateway.
+
+use std::process::Command;
+
+#[test]
+fn demo_builds_audits_and_substitutes() {
+    let nix = Command::new("nix-store").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(nix, "nix-store is not installed: run the tests through scripts/test.sh (it installs nix-bin)");
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/nix");
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_buildmesh"))
+        .args(["demo", "--nodes", "3", "--timeout-secs", "300"])
+        .arg("--vectors")
+        .arg(&vectors)
+        .arg("--dir")
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+
+    // Every mismatch is an unrepro-* derivation, and every unrepro-* output built twice is one.
+    let mismatches: Vec<&str> = stdout.lines().filter_map(|l| l.trim().strip_prefix("MISMATCH ")).collect();
+    assert!(!mismatches.is_empty(), "no mismatch found:\n{stdout}");
+    for m in &mismatches {
+        let name = m.rsplit('/').next().unwrap();
+        assert!(name.split_once('-').unwrap().1.starts_with("unrepro-"), "unexpected mismatch {m}\n{stdout}");
+    }
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(stdout.contains("= attested"), "no substitute fetch:\n{stdout}");
+    assert!(!stdout.contains("0 match,"), "nothing matched:\n{stdout}");
+}

@@ -1,0 +1,259 @@
+//! Helpers of the `node_*` integration tests: real `buildmesh node` processes on free ports with
+//! temp data dirs, HTTP helpers, and small derivations made on the fly (builders that sleep or
+//! fail), written as `.drv` files for `buildmesh submit --from`.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use buildmesh_protocol::derivation::{Derivation, DrvSet, Output};
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_buildmesh")
+}
+
+pub fn vectors() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/nix"))
+}
+
+pub fn sd() -> StoreDir {
+    StoreDir::nix()
+}
+
+/// A `buildmesh node` process; killed (SIGKILL) when dropped.
+pub struct NodeProc {
+    pub child: Option<Child>,
+    pub url: String,
+    pub public_key: String,
+    pub peer_id: String,
+    pub log: PathBuf,
+}
+
+impl NodeProc {
+    /// Start `buildmesh node --data-dir DATA --http 127.0.0.1:0 EXTRA...` and wait for its start
+    /// lines on stdout. Its stderr goes to `DATA/../node-<n>.log`.
+    pub fn start(data: &Path, extra: &[&str]) -> NodeProc {
+        match NodeProc::try_start(data, extra) {
+            Ok(n) => n,
+            Err((msg, log)) => panic!("node did not start: {msg}\n--- log ---\n{log}"),
+        }
+    }
+
+    /// Like [`NodeProc::start`]; on failure returns the reason and the log.
+    pub fn try_start(data: &Path, extra: &[&str]) -> Result<NodeProc, (String, String)> {
+        let parent = data.parent().expect("data dir has a parent");
+        let mut n = 0;
+        let log = loop {
+            let l = parent.join(format!("node-{n}.log"));
+            if !l.exists() {
+                break l;
+            }
+            n += 1;
+        };
+        let child = Command::new(bin())
+            .args(["node", "--data-dir"])
+            .arg(data)
+            .args(["--http", "127.0.0.1:0", "--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .env("BUILDMESH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn buildmesh node");
+        let mut child = child;
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut fields = BTreeMap::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some((k, v)) = line.split_once(": ") {
+                    fields.insert(k.to_string(), v.to_string());
+                }
+                if fields.contains_key("http") && fields.contains_key("public-key") && fields.contains_key("peer-id") {
+                    let _ = tx.send(fields.clone());
+                    fields.clear();
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(f) => Ok(NodeProc {
+                child: Some(child),
+                url: f["http"].clone(),
+                public_key: f["public-key"].clone(),
+                peer_id: f["peer-id"].clone(),
+                log,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                Err((format!("no start lines (exit {status:?})"), std::fs::read_to_string(&log).unwrap_or_default()))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send `signal` and wait (at most `within`) for the exit.
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal, within: Duration) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.pid());
+        nix::sys::signal::kill(pid, signal).expect("send signal");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node did not exit within {within:?} after {signal}\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+/// GET `url`, returning status and body.
+pub fn get(url: &str) -> (u16, Vec<u8>) {
+    let r = http().get(url).send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.bytes().expect("body").to_vec())
+}
+
+pub fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let (s, b) = get(url);
+    (
+        s,
+        serde_json::from_slice(&b)
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {}", String::from_utf8_lossy(&b))),
+    )
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, at most `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The state of a build through the API (`None` when unknown).
+pub fn build_state(url: &str, drv: &StorePath) -> Option<String> {
+    let (s, j) = get_json(&format!("{url}/api/v1/builds/{drv}"));
+    (s == 200).then(|| j["state"].as_str().expect("state").to_string())
+}
+
+pub fn build_json(url: &str, drv: &StorePath) -> serde_json::Value {
+    let (s, j) = get_json(&format!("{url}/api/v1/builds/{drv}"));
+    assert_eq!(s, 200, "{j}");
+    j
+}
+
+/// Wait until the build of `drv` is in `state`.
+pub fn wait_state(url: &str, drv: &StorePath, state: &str, limit: Duration) {
+    wait_for(&format!("{drv} to be {state}"), limit, || {
+        (build_state(url, drv).as_deref() == Some(state)).then_some(())
+    });
+}
+
+/// Run `buildmesh ARGS`, returning (status, stdout, stderr).
+pub fn cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(bin()).args(args).env("BUILDMESH_LOG", "warn").output().expect("run buildmesh");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Derivations made on the fly, written as `<name>.drv` files into `dir`.
+pub struct Drvs {
+    pub dir: PathBuf,
+    set: DrvSet,
+    pub paths: BTreeMap<String, (StorePath, StorePath)>,
+}
+
+impl Drvs {
+    pub fn new(dir: &Path) -> Drvs {
+        std::fs::create_dir_all(dir).expect("drv dir");
+        Drvs { dir: dir.to_path_buf(), set: DrvSet::new(sd()), paths: BTreeMap::new() }
+    }
+
+    /// A derivation `name` running `/bin/sh -c SCRIPT` that needs the `out` of each of `inputs`
+    /// (available to the script as `$input0`, `$input1`, ...). Returns (drv path, out path).
+    pub fn add(&mut self, name: &str, script: &str, inputs: &[&str]) -> (StorePath, StorePath) {
+        let mut d = Derivation {
+            system: b"x86_64-linux".to_vec(),
+            builder: b"/bin/sh".to_vec(),
+            args: vec![b"-c".to_vec(), script.as_bytes().to_vec()],
+            ..Default::default()
+        };
+        d.outputs.insert("out".into(), Output::input_addressed(None));
+        for (k, v) in
+            [("builder", "/bin/sh"), ("name", name), ("system", "x86_64-linux"), ("PATH", "/usr/bin:/bin"), ("out", "")]
+        {
+            d.env.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        for (i, input) in inputs.iter().enumerate() {
+            let (drv, out) = self.paths[*input].clone();
+            d.input_drvs.insert(drv, BTreeSet::from(["out".to_string()]));
+            d.env.insert(format!("input{i}").into_bytes(), sd().display(&out).into_bytes());
+        }
+        self.set.fill_in(&mut d, name).expect("output paths");
+        let drv = self.set.insert(name.to_string(), d.clone()).expect("drv path");
+        let out = d.outputs["out"].path.clone().expect("out path");
+        std::fs::write(self.dir.join(format!("{name}.drv")), d.to_aterm(&sd())).expect("write drv");
+        self.paths.insert(name.to_string(), (drv.clone(), out.clone()));
+        (drv, out)
+    }
+
+    pub fn drv(&self, name: &str) -> StorePath {
+        self.paths[name].0.clone()
+    }
+
+    pub fn out(&self, name: &str) -> StorePath {
+        self.paths[name].1.clone()
+    }
+}
+
+/// `buildmesh submit --api URL --from DIR DRV...` (without waiting).
+pub fn submit(url: &str, dir: &Path, drvs: &[StorePath], priority: i32) {
+    let mut args: Vec<String> = vec![
+        "submit".into(),
+        "--api".into(),
+        url.into(),
+        "--from".into(),
+        dir.display().to_string(),
+        "--priority".into(),
+        priority.to_string(),
+        "--json".into(),
+    ];
+    args.extend(drvs.iter().map(|d| sd().display(d)));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, out, err) = cli(&refs);
+    assert!(status.success(), "submit failed: {out}\n{err}");
+}
