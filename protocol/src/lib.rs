@@ -19,6 +19,7 @@
 //! - [`wire`]: the mesh's message types and their canonical encoding with size limits.
 //! - [`placement`]: weighted rendezvous hashing with eligibility.
 //! - [`verdict`]: agreement of attestations under a trust policy (keys, quorum).
+//! - [`mesh`]: the node's coordination state machine (membership, claims, takeover, quorum).
 //!
 //! ## Invariants
 //! - Anything hashed or signed has exactly one canonical byte encoding.
@@ -31,6 +32,7 @@ pub mod derivation;
 pub mod hash;
 pub mod id;
 pub mod identity;
+pub mod mesh;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;

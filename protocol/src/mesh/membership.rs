@@ -1,0 +1,254 @@
+//! The live view: members heard from within the TTL, with the data placement needs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::designate::{Cand, owner_key};
+use crate::id::NodeId;
+use crate::placement::{Member, PlacementKey, Requirements, View};
+use crate::wire::Announcement;
+
+/// How many view changes are remembered for incremental updates of rank windows.
+const CHANGE_LOG: usize = 1024;
+
+/// One member of the view.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberEntry {
+    /// Its latest announcement.
+    pub(crate) ann: Announcement,
+    /// A one-member view, to rank this member alone (its cost for a derivation does not depend on
+    /// the other members). `None` only if placement refused the member (it cannot: one member has
+    /// no duplicate).
+    solo: Option<View>,
+    /// Its owner group.
+    pub(crate) owner: u64,
+    /// When it was last heard from (local clock).
+    pub(crate) last_heard_ms: u64,
+    /// When it entered the view (local clock).
+    pub(crate) joined_at_ms: u64,
+    /// The epoch of its last change that placement sees (join, capabilities).
+    since_epoch: u64,
+}
+
+impl MemberEntry {
+    fn new(ann: Announcement, now_ms: u64, epoch: u64) -> MemberEntry {
+        let member = Member::from_announcement(&ann);
+        let owner = owner_key(&ann.node, &ann.owner);
+        let solo = View::new([member]).ok();
+        MemberEntry { ann, solo, owner, last_heard_ms: now_ms, joined_at_ms: now_ms, since_epoch: epoch }
+    }
+
+    /// This member as a candidate for a derivation, if eligible.
+    pub(crate) fn cand(&self, key: &PlacementKey, req: &Requirements) -> Option<Cand> {
+        let ranked = self.solo.as_ref()?.rank(key, req);
+        ranked.first().map(|r| Cand { node: r.node, mode: r.mode, cost: r.cost, owner: self.owner })
+    }
+}
+
+/// Whether two announcements of one node agree on everything placement uses.
+fn same_capabilities(a: &Announcement, b: &Announcement) -> bool {
+    a.slots == b.slots
+        && a.owner == b.owner
+        && a.native_systems == b.native_systems
+        && a.emulated_systems == b.emulated_systems
+        && a.features == b.features
+        && a.mandatory_features == b.mandatory_features
+}
+
+/// What happened to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// New in the view.
+    Joined,
+    /// Its capabilities changed.
+    Changed,
+    /// Its announcement was renewed without a change that placement sees.
+    Renewed,
+}
+
+/// The members and the derived placement view.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    members: BTreeMap<NodeId, MemberEntry>,
+    expiry: BTreeSet<(u64, NodeId)>,
+    ttl_ms: u64,
+    me: NodeId,
+    epoch: u64,
+    view: Option<View>,
+    /// (epoch, node) of every join or change, most recent last.
+    log: VecDeque<(u64, NodeId)>,
+    /// Every change after this epoch is in `log`.
+    log_floor: u64,
+}
+
+/// A prefix of a derivation's rank order, kept up to date with the view.
+#[derive(Debug, Clone)]
+pub(crate) struct Window {
+    epoch: u64,
+    pub(crate) order: Vec<Cand>,
+    pub(crate) complete: bool,
+}
+
+impl Membership {
+    pub(crate) fn new(me: NodeId, ttl_ms: u64) -> Membership {
+        Membership {
+            members: BTreeMap::new(),
+            expiry: BTreeSet::new(),
+            ttl_ms,
+            me,
+            epoch: 1,
+            view: None,
+            log: VecDeque::new(),
+            log_floor: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub(crate) fn get(&self, node: &NodeId) -> Option<&MemberEntry> {
+        self.members.get(node)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &MemberEntry> {
+        self.members.values()
+    }
+
+    /// The latest `seq` known for a node.
+    pub(crate) fn seq_of(&self, node: &NodeId) -> Option<u64> {
+        self.members.get(node).map(|m| m.ann.seq)
+    }
+
+    fn bump(&mut self, node: NodeId) -> u64 {
+        self.epoch += 1;
+        self.view = None;
+        self.log.push_back((self.epoch, node));
+        while self.log.len() > CHANGE_LOG {
+            if let Some((e, _)) = self.log.pop_front() {
+                self.log_floor = e;
+            }
+        }
+        self.epoch
+    }
+
+    /// Insert or renew a member from an announcement already checked for freshness. This node's
+    /// own entry never expires. A renewal that changes nothing placement uses copies no strings.
+    pub(crate) fn upsert(&mut self, ann: &Announcement, now_ms: u64) -> Change {
+        let node = ann.node;
+        let expires = now_ms.saturating_add(self.ttl_ms);
+        if let Some(m) = self.members.get_mut(&node) {
+            self.expiry.remove(&(m.last_heard_ms.saturating_add(self.ttl_ms), node));
+            m.last_heard_ms = now_ms;
+            if node != self.me {
+                self.expiry.insert((expires, node));
+            }
+            if same_capabilities(&m.ann, ann) {
+                m.ann.seq = ann.seq;
+                m.ann.timestamp_ms = ann.timestamp_ms;
+                m.ann.load = ann.load;
+                if m.ann.version != ann.version {
+                    m.ann.version.clone_from(&ann.version);
+                }
+                return Change::Renewed;
+            }
+            let joined = m.joined_at_ms;
+            let epoch = self.bump(node);
+            let mut entry = MemberEntry::new(ann.clone(), now_ms, epoch);
+            entry.joined_at_ms = joined;
+            self.members.insert(node, entry);
+            return Change::Changed;
+        }
+        let epoch = self.bump(node);
+        self.members.insert(node, MemberEntry::new(ann.clone(), now_ms, epoch));
+        if node != self.me {
+            self.expiry.insert((expires, node));
+        }
+        Change::Joined
+    }
+
+    /// The earliest expiry.
+    pub(crate) fn next_expiry(&self) -> Option<u64> {
+        self.expiry.first().map(|(t, _)| *t)
+    }
+
+    /// Remove the members not heard from within the TTL; returns them.
+    pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<NodeId> {
+        let mut gone = Vec::new();
+        while let Some(&(t, node)) = self.expiry.first() {
+            if t > now_ms {
+                break;
+            }
+            self.expiry.pop_first();
+            self.members.remove(&node);
+            self.epoch += 1;
+            self.view = None;
+            gone.push(node);
+        }
+        gone
+    }
+
+    /// The placement view of the current members (`None` only if placement refused the member
+    /// list, which it cannot: members are keyed by node id, so there is no duplicate).
+    pub(crate) fn view(&mut self) -> Option<&View> {
+        if self.view.is_none() {
+            self.view = View::new(self.members.values().map(|m| Member::from_announcement(&m.ann))).ok();
+        }
+        self.view.as_ref()
+    }
+
+    /// The first `len` entries of the rank order for a derivation, and whether that is all of it.
+    fn order(&mut self, key: &PlacementKey, req: &Requirements, len: usize) -> (Vec<Cand>, bool) {
+        let ranked = self.view().map(|v| v.rank(key, req)).unwrap_or_default();
+        let complete = ranked.len() <= len;
+        let order = ranked
+            .into_iter()
+            .take(len)
+            .map(|r| {
+                let owner = self.members.get(&r.node).map_or(0, |m| m.owner);
+                Cand { node: r.node, mode: r.mode, cost: r.cost, owner }
+            })
+            .collect();
+        (order, complete)
+    }
+
+    /// The whole rank order for a derivation.
+    pub(crate) fn full_order(&mut self, key: &PlacementKey, req: &Requirements) -> Vec<Cand> {
+        self.order(key, req, usize::MAX).0
+    }
+
+    /// A fresh window of the first `len` entries.
+    pub(crate) fn window(&mut self, key: &PlacementKey, req: &Requirements, len: usize) -> Window {
+        let (order, complete) = self.order(key, req, len);
+        Window { epoch: self.epoch, order, complete }
+    }
+
+    /// Bring a window up to date: members that left or changed force a recomputation (rare per
+    /// derivation); members that joined are ranked alone and inserted.
+    pub(crate) fn refresh(&mut self, w: &mut Window, key: &PlacementKey, req: &Requirements, len: usize) {
+        if w.epoch == self.epoch {
+            return;
+        }
+        let stale_entry = w.order.iter().any(|c| self.members.get(&c.node).is_none_or(|m| m.since_epoch > w.epoch));
+        if w.epoch < self.log_floor || stale_entry {
+            *w = self.window(key, req, len);
+            return;
+        }
+        let start = self.log.partition_point(|(e, _)| *e <= w.epoch);
+        for &(e, node) in self.log.range(start..) {
+            let Some(m) = self.members.get(&node) else { continue };
+            if m.since_epoch != e {
+                continue;
+            }
+            let Some(c) = m.cand(key, req) else { continue };
+            let pos = w.order.partition_point(|x| x.rank_cmp(&c).is_lt());
+            if pos < w.order.len() || w.complete {
+                w.order.insert(pos, c);
+                if w.order.len() > len {
+                    w.order.pop();
+                    w.complete = false;
+                }
+            }
+        }
+        w.epoch = self.epoch;
+    }
+}

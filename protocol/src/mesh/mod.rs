@@ -1,0 +1,422 @@
+//! The mesh coordination state machine: one [`Mesh`] per node, without I/O.
+//!
+//! The driver (the real node on libp2p, or the simulator) feeds it verified messages and local
+//! events with the current time, and executes what it asks for:
+//!
+//! ```text
+//! let mut mesh = Mesh::new(config, my_node_id, local_info, now)?;
+//! loop {
+//!     // 1. inputs: gossip (verified), executor results, user requests, the clock
+//!     mesh.handle(Input::Message(verified.into_value()), now)?;
+//!     if mesh.poll_timeout().is_some_and(|t| t <= now) { mesh.handle_timeout(now); }
+//!     // 2. effects
+//!     while let Some(out) = mesh.poll_output() {
+//!         match out {
+//!             Output::Publish(msg) => { /* persist if attestation; sign with the node key; gossip */ }
+//!             Output::StartBuild(order) => { /* queue the build */ }
+//!             Output::CancelBuild { drv, .. } => { /* kill it */ }
+//!             Output::RequestRetry { peer, drv } => { /* send to peer directly */ }
+//!             Output::Event(e) => { /* log, notify the gateway */ }
+//!         }
+//!     }
+//!     // 3. sleep until the next message or mesh.poll_timeout()
+//! }
+//! ```
+//!
+//! ## Roles
+//! - **Every node** announces itself every `announce_interval_ms` and keeps the *view*: the
+//!   members heard from within `member_ttl_ms`. It tracks every job it hears of and every
+//!   attestation, so it can answer quorum questions ([`Mesh::assess_output`]).
+//! - **The submitter** publishes a [`JobSubmission`] once the job's inputs are complete, and
+//!   republishes it every `resubmit_interval_ms` until k trusted builders attested it (so nodes that
+//!   missed it, restarted, or sat behind a partition learn it).
+//! - **Builders.** For each active job every node computes the *designated* builders
+//!   ([`designate`](self#designation)); a designated node claims (a [`Claim`] with a lease of
+//!   `lease_ms`), builds, renews the lease every `renew_interval_ms`, and on success publishes its
+//!   [`Attestation`] (persisted first), on failure a [`BuildFailure`].
+//!
+//! ## Designation
+//! From the rank order of the eligible live members (weighted rendezvous, native before emulated,
+//! [`crate::placement`]), drop the builders that already attested or failed the derivation; put
+//! live claimants first (claims are sticky), builders that lapsed last; take `k − trusted
+//! attesters` of them, preferring distinct owners. See `designate.rs` for the exact rule. Hence:
+//! - **Takeover**: a claimant that leaves the view or whose lease runs out (not renewed) is no
+//!   longer a claimant; a designated node that does not claim within `claim_timeout_ms` is marked
+//!   lapsed; the next node in rank order is designated and claims.
+//! - **Yield**: a node that holds a claim but is no longer designated (more than k − attested live
+//!   claims, e.g. after a partition heals; it ranks lowest among them) cancels its build and
+//!   publishes a *release*: a claim whose lease lasts 1 ms.
+//! - **Retry after failure**: a failed builder is excluded, so the next node is designated. A job
+//!   is given up when `failure_quorum` (2) distinct builders failed *deterministically* (builder
+//!   exit, hash mismatch: the derivation is broken) or `max_attempts` (4) distinct builders failed
+//!   for any reason.
+//! - **Targeted retry** ([`Input::Retry`]) makes a given node build regardless of placement.
+//!
+//! A job is **complete** when k distinct trusted builders attested it; then nobody else claims it
+//! and running builds are cancelled.
+//!
+//! ## Freshness, replays, bounds
+//! Announcements: highest `seq` per node; timestamps older than the TTL or further in the future
+//! than `max_clock_skew_ms` are dropped. Claims: latest `claimed_at_ms` per (drv, claimant); a lease
+//! is judged on the local clock (`min(received + lease, expiry + skew)`). Attestations and failures
+//! are a union (duplicates dropped). Every table is bounded ([`MeshConfig`]); finished derivations
+//! are evicted oldest first; outputs beyond `max_queued_outputs` refuse input
+//! ([`MeshError::Backpressure`]).
+//!
+//! Restart: the machine keeps nothing on disk. The driver feeds back its own persisted
+//! attestations ([`Input::RestoreAttestation`]) and its unfinished submissions; for
+//! `warmup_ms` after [`Mesh::new`] the node only listens (it learns the view and the live claims
+//! before claiming anything).
+
+mod config;
+mod designate;
+mod engine;
+mod io;
+mod membership;
+mod quorum;
+mod schedule;
+mod table;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub use config::{ConfigError, LocalInfo, MeshConfig, TrustConfig};
+pub use io::{BuildOrder, CancelReason, Disposition, Event, Ignored, Input, JobFailure, MeshError, Output};
+pub use quorum::{OutputClaim, assess_attestations, assess_output};
+
+use crate::id::{JobId, NodeId};
+use crate::store_path::StorePath;
+use crate::verdict::Assessment;
+use crate::wire::{Announcement, Message};
+#[allow(unused_imports)] // BuildFailure, Claim: for the docs above
+use crate::wire::{Attestation, BuildFailure, Claim, JobSubmission};
+
+use membership::Membership;
+use table::{DrvState, DrvTable};
+
+/// How long a release claim lasts: a claim whose lease is this short gives the derivation up.
+pub const RELEASE_LEASE_MS: u64 = 1;
+
+/// Counters for logs, metrics and the simulator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshStats {
+    /// Messages that changed state.
+    pub applied: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Stale messages dropped.
+    pub stale: u64,
+    /// Messages ignored for another reason.
+    pub ignored: u64,
+    /// Claims published (first claims, renewals and releases).
+    pub claims_published: u64,
+    /// Builds started.
+    pub builds_started: u64,
+    /// Builds cancelled.
+    pub builds_cancelled: u64,
+    /// Own results republished for nodes that did not know them.
+    pub republished: u64,
+}
+
+/// A derivation as [`Mesh::job`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobView {
+    /// The derivation.
+    pub drv: StorePath,
+    /// Every job id merged into it.
+    pub jobs: Vec<JobId>,
+    /// k, if a submission is known.
+    pub replicas: Option<u8>,
+    /// `active`, `complete` or `failed`.
+    pub state: &'static str,
+    /// Builders holding a live claim.
+    pub claimants: Vec<NodeId>,
+    /// Builders that attested it.
+    pub attesters: Vec<NodeId>,
+    /// Builders that failed it.
+    pub failed: Vec<NodeId>,
+    /// The designated builders at the last evaluation.
+    pub designated: Vec<NodeId>,
+    /// Whether this node is building it.
+    pub building: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    job: JobSubmission,
+    waiting: BTreeSet<StorePath>,
+}
+
+/// The state machine of one node. See the module docs.
+#[derive(Debug)]
+pub struct Mesh {
+    cfg: MeshConfig,
+    me: NodeId,
+    local: LocalInfo,
+    seq: u64,
+    now_ms: u64,
+    warmup_until_ms: u64,
+    warmup_done: bool,
+    next_announce_ms: u64,
+    members: Membership,
+    drvs: DrvTable,
+    pending: BTreeMap<JobId, Pending>,
+    /// Input drv -> local submissions waiting for it.
+    waiters: BTreeMap<StorePath, Vec<JobId>>,
+    /// Drv -> local submissions of it that wait for their inputs.
+    pending_by_drv: BTreeMap<StorePath, Vec<JobId>>,
+    outputs: VecDeque<Output>,
+    stats: MeshStats,
+}
+
+impl Mesh {
+    /// A machine for node `me` with capabilities `local`, started at `now_ms`. It announces itself
+    /// at once (the first output) and listens for `warmup_ms` before it claims anything.
+    pub fn new(cfg: MeshConfig, me: NodeId, local: LocalInfo, now_ms: u64) -> Result<Mesh, MeshError> {
+        cfg.validate()?;
+        local.validate()?;
+        let mut mesh = Mesh {
+            members: Membership::new(me, cfg.member_ttl_ms),
+            warmup_until_ms: now_ms.saturating_add(cfg.warmup_ms),
+            warmup_done: cfg.warmup_ms == 0,
+            next_announce_ms: now_ms,
+            cfg,
+            me,
+            local,
+            seq: 0,
+            now_ms,
+            drvs: DrvTable::default(),
+            pending: BTreeMap::new(),
+            waiters: BTreeMap::new(),
+            pending_by_drv: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            stats: MeshStats::default(),
+        };
+        mesh.announce(now_ms);
+        Ok(mesh)
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MeshConfig {
+        &self.cfg
+    }
+
+    /// What this node announces.
+    pub fn local(&self) -> &LocalInfo {
+        &self.local
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MeshStats {
+        self.stats
+    }
+
+    /// Handle one input at `now_ms`. Messages yield their [`Disposition`]; local inputs yield
+    /// `Disposition::Applied` or an error (and change nothing).
+    pub fn handle(&mut self, input: Input, now_ms: u64) -> Result<Disposition, MeshError> {
+        match input {
+            Input::Message(m) => self.handle_message(&m, now_ms),
+            Input::SetLocal(info) => self.set_local(info, now_ms).map(|()| Disposition::Applied),
+            Input::Submit { job, inputs } => self.submit(job, inputs, now_ms).map(|()| Disposition::Applied),
+            Input::CancelSubmission { job } => {
+                self.cancel_submission(&job);
+                Ok(Disposition::Applied)
+            }
+            Input::BuildFinished(a) => self.build_finished(a, now_ms, true).map(|()| Disposition::Applied),
+            Input::RestoreAttestation(a) => self.build_finished(a, now_ms, false).map(|()| Disposition::Applied),
+            Input::BuildFailed { drv, reason } => {
+                self.build_failed(&drv, reason, now_ms).map(|()| Disposition::Applied)
+            }
+            Input::Retry { drv, on } => self.retry(&drv, on, now_ms).map(|()| Disposition::Applied),
+        }
+    }
+
+    /// Handle a verified message (by reference, so a driver can share one message between nodes).
+    pub fn handle_message(&mut self, message: &Message, now_ms: u64) -> Result<Disposition, MeshError> {
+        self.check_backpressure()?;
+        let now = self.clock(now_ms);
+        let d = match message {
+            Message::Announcement(a) => self.on_announcement(a, now),
+            Message::JobSubmission(j) => self.on_submission(j, now),
+            Message::Claim(c) => self.on_claim(c, now),
+            Message::Attestation(a) => self.on_attestation(a, now),
+            Message::BuildFailure(f) => self.on_failure(f, now),
+        };
+        match d {
+            Disposition::Applied => self.stats.applied += 1,
+            Disposition::Duplicate => self.stats.duplicates += 1,
+            Disposition::Stale => self.stats.stale += 1,
+            Disposition::Own | Disposition::Ignored(_) => self.stats.ignored += 1,
+        }
+        Ok(d)
+    }
+
+    /// This node's build succeeded: `handle(Input::BuildFinished(attestation), now_ms)`.
+    pub fn handle_build_finished(&mut self, attestation: Attestation, now_ms: u64) -> Result<(), MeshError> {
+        self.build_finished(attestation, now_ms, true)
+    }
+
+    /// This node's build failed: `handle(Input::BuildFailed { drv, reason }, now_ms)`.
+    pub fn handle_build_failed(
+        &mut self,
+        drv: &StorePath,
+        reason: crate::wire::FailureReason,
+        now_ms: u64,
+    ) -> Result<(), MeshError> {
+        self.build_failed(drv, reason, now_ms)
+    }
+
+    /// The live view as placement sees it (this node included); `None` only
+    /// if placement refused the member list, which cannot happen (members are keyed by id).
+    pub fn view(&mut self) -> Option<&crate::placement::View> {
+        self.members.view()
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Mesh::handle_timeout`] should be called next (unix ms), if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let warmup = (!self.warmup_done).then_some(self.warmup_until_ms);
+        [Some(self.next_announce_ms), self.members.next_expiry(), warmup, self.drvs.timers.first().map(|(t, _)| *t)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Run the timers due at `now_ms`: announcement, member expiry, the end of the warm-up, lease
+    /// renewals, lapses and resubmissions. Stops early (and stays due) if the output queue is full.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let now = self.clock(now_ms);
+        if now >= self.next_announce_ms {
+            self.announce(now);
+        }
+        for node in self.members.expire(now) {
+            self.outputs.push_back(Output::Event(Event::MemberLeft { node }));
+            self.view_left(node, now);
+        }
+        if !self.warmup_done && now >= self.warmup_until_ms {
+            self.warmup_done = true;
+            let all: Vec<u32> = self.drvs.active.iter().copied().collect();
+            for slot in all {
+                self.evaluate(slot, now);
+            }
+        }
+        while let Some(&(t, slot)) = self.drvs.timers.first() {
+            if t > now || self.outputs.len() >= self.cfg.max_queued_outputs {
+                break;
+            }
+            self.drvs.set_deadline(slot, None);
+            self.evaluate(slot, now);
+        }
+    }
+
+    /// The live members' latest announcements (this node's included).
+    pub fn members(&self) -> impl Iterator<Item = &Announcement> {
+        self.members.iter().map(|m| &m.ann)
+    }
+
+    /// Number of live members (this node included).
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// What this node knows about a derivation.
+    pub fn job(&self, drv: &StorePath) -> Option<JobView> {
+        let e = self.drvs.get(self.drvs.lookup(drv)?)?;
+        let now = self.now_ms;
+        Some(JobView {
+            drv: e.drv.clone(),
+            jobs: e.jobs.clone(),
+            replicas: e.job.as_ref().map(|j| j.replicas),
+            state: match e.state {
+                DrvState::Active => "active",
+                DrvState::Complete { .. } => "complete",
+                DrvState::Failed { .. } => "failed",
+            },
+            claimants: e
+                .builders
+                .iter()
+                .filter(|b| b.claim.is_some_and(|c| c.local_expiry_ms > now))
+                .map(|b| b.node)
+                .collect(),
+            attesters: e.attesters(),
+            failed: e.builders.iter().filter(|b| b.failure.is_some()).map(|b| b.node).collect(),
+            designated: e.designated.clone(),
+            building: e.own_build.is_some(),
+        })
+    }
+
+    /// Number of derivations tracked (finished ones included) and of active ones.
+    pub fn drv_counts(&self) -> (usize, usize) {
+        (self.drvs.len(), self.drvs.active.len())
+    }
+
+    /// Number of local submissions waiting for their inputs.
+    pub fn pending_submissions(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The verdict on an output path from the attestations this node knows, under the trust
+    /// policy; `None` if no attestation names the path.
+    pub fn assess_output(&self, path: &StorePath) -> Option<Assessment<NodeId>> {
+        let e = self.drvs.get(self.drvs.by_path(path)?)?;
+        let results = e.attestations.iter().flat_map(|a| {
+            a.outputs.iter().filter(|o| o.path == *path).map(move |o| OutputClaim {
+                builder: &a.builder,
+                nar_hash: &o.nar_hash,
+                nar_size: o.nar_size,
+            })
+        });
+        let assessment = assess_output(results, &self.cfg.trust);
+        (!assessment.groups.is_empty()).then_some(assessment)
+    }
+
+    /// The NarHash and NarSize of `path` if the trust policy accepts one (what the gateway serves).
+    pub fn accepted(&self, path: &StorePath) -> Option<([u8; 32], u64)> {
+        let a = self.assess_output(path)?;
+        let (hash, size) = a.accepted?;
+        self.find_output(path, &hash, size)
+    }
+
+    /// The raw NarHash of `path` whose Nix form is `hash`.
+    fn find_output(&self, path: &StorePath, hash: &str, size: u64) -> Option<([u8; 32], u64)> {
+        let e = self.drvs.get(self.drvs.by_path(path)?)?;
+        e.attestations
+            .iter()
+            .flat_map(|a| a.outputs.iter())
+            .find(|o| {
+                o.path == *path && o.nar_size == size && crate::hash::NixHash::sha256(o.nar_hash).to_string() == hash
+            })
+            .map(|o| (o.nar_hash, o.nar_size))
+    }
+
+    fn clock(&mut self, now_ms: u64) -> u64 {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.now_ms
+    }
+
+    fn check_backpressure(&self) -> Result<(), MeshError> {
+        if self.outputs.len() >= self.cfg.max_queued_outputs {
+            return Err(MeshError::Backpressure { queued: self.outputs.len(), limit: self.cfg.max_queued_outputs });
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, m: impl Into<Message>) {
+        self.outputs.push_back(Output::Publish(m.into()));
+    }
+
+    fn event(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+}

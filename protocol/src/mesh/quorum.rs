@@ -1,0 +1,94 @@
+//! Whether an output may be served: a pure function over attestations and the trust policy.
+//!
+//! The gateway asks [`crate::mesh::Mesh::assess_output`], which runs [`assess_output`] over what the
+//! node knows; a node that keeps attestations elsewhere (its store) calls [`assess_attestations`]
+//! directly. Both count *distinct* builders and use [`crate::verdict::assess`].
+
+use std::collections::BTreeSet;
+
+use super::config::TrustConfig;
+use crate::hash::NixHash;
+use crate::id::NodeId;
+use crate::store_path::StorePath;
+use crate::verdict::{Assessment, Observation, TrustPolicy, assess};
+use crate::wire::Attestation;
+
+/// One builder's result for one output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputClaim<'a> {
+    /// The builder.
+    pub builder: &'a NodeId,
+    /// The NarHash it got (sha256 digest).
+    pub nar_hash: &'a [u8; 32],
+    /// The NarSize it got.
+    pub nar_size: u64,
+}
+
+/// The verdict on one output from the builders' results, under `trust`. `accepted` is set when
+/// exactly one NarHash has at least `trust.quorum` distinct trusted builders.
+pub fn assess_output<'a>(
+    results: impl IntoIterator<Item = OutputClaim<'a>>,
+    trust: &TrustConfig,
+) -> Assessment<NodeId> {
+    let observations: Vec<Observation<NodeId>> = results
+        .into_iter()
+        .map(|r| Observation {
+            builder: *r.builder,
+            nar_hash: NixHash::sha256(*r.nar_hash).to_string(),
+            nar_size: r.nar_size,
+        })
+        .collect();
+    // Only the builders seen matter: the trusted ones among them.
+    let trusted: BTreeSet<NodeId> = observations.iter().map(|o| o.builder).filter(|b| trust.is_trusted(b)).collect();
+    assess(observations.iter(), &TrustPolicy { trusted, quorum: trust.quorum })
+}
+
+/// The verdict on the output `path` from a set of attestations (of any derivations; those without
+/// the path are skipped).
+pub fn assess_attestations<'a>(
+    attestations: impl IntoIterator<Item = &'a Attestation>,
+    path: &StorePath,
+    trust: &TrustConfig,
+) -> Assessment<NodeId> {
+    let results = attestations.into_iter().flat_map(|a| {
+        a.outputs.values().filter(|o| o.path == *path).map(move |o| OutputClaim {
+            builder: &a.builder,
+            nar_hash: &o.nar_hash,
+            nar_size: o.nar_size,
+        })
+    });
+    assess_output(results, trust)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+    use crate::verdict::Verdict;
+
+    fn node(i: u8) -> NodeId {
+        NodeKey::from_seed("q", [i; 32]).unwrap().node_id()
+    }
+
+    #[test]
+    fn quorum_needs_distinct_trusted_builders() {
+        let (a, b, c) = (node(1), node(2), node(3));
+        let h1 = [1u8; 32];
+        let h2 = [2u8; 32];
+        let all = TrustConfig { trusted: None, quorum: 2 };
+        let r = |b: &'static NodeId, h: &'static [u8; 32]| OutputClaim { builder: b, nar_hash: h, nar_size: 9 };
+        let leak = |n: NodeId| -> &'static NodeId { Box::leak(Box::new(n)) };
+        let (a, b, c) = (leak(a), leak(b), leak(c));
+        let h1: &'static [u8; 32] = Box::leak(Box::new(h1));
+        let h2: &'static [u8; 32] = Box::leak(Box::new(h2));
+        assert_eq!(assess_output([r(a, h1), r(a, h1)], &all).accepted, None, "one builder twice is one");
+        let got = assess_output([r(a, h1), r(b, h1)], &all);
+        assert_eq!(got.verdict, Verdict::Match);
+        assert_eq!(got.accepted, Some((NixHash::sha256(*h1).to_string(), 9)));
+        let only_a = TrustConfig { trusted: Some([*a].into_iter().collect()), quorum: 2 };
+        assert_eq!(assess_output([r(a, h1), r(b, h1)], &only_a).accepted, None);
+        let got = assess_output([r(a, h1), r(b, h1), r(c, h2)], &all);
+        assert_eq!(got.verdict, Verdict::Mismatch);
+        assert!(got.accepted.is_some(), "one quorate hash is served, the mismatch is reported");
+    }
+}

@@ -1,0 +1,329 @@
+//! Per-derivation state and the bounded table that holds it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::JobFailure;
+use super::membership::Window;
+use crate::id::{JobId, NodeId};
+use crate::placement::{PlacementKey, Requirements};
+use crate::store_path::StorePath;
+use crate::wire::{Attestation, BuildFailure, BuildMode, FailureReason, JobSubmission};
+
+/// The submission a derivation is scheduled by, with its placement inputs.
+#[derive(Debug, Clone)]
+pub(crate) struct JobInfo {
+    /// The submission with the smallest job id (so every node picks the same one).
+    pub(crate) canonical: JobSubmission,
+    pub(crate) key: PlacementKey,
+    pub(crate) req: Requirements,
+    /// k: the largest `replicas` of the known submissions, capped by the config.
+    pub(crate) replicas: u8,
+}
+
+/// Where a derivation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DrvState {
+    Active,
+    Complete { at_ms: u64 },
+    Failed { at_ms: u64 },
+}
+
+/// A live claim of another builder as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClaimState {
+    /// When the lease ends on this node's clock.
+    pub(crate) local_expiry_ms: u64,
+    /// When it was received (local clock). A claim received before its claimant (re)joined the
+    /// view predates the claimant's absence and does not count.
+    pub(crate) received_ms: u64,
+    pub(crate) attempt: u32,
+}
+
+/// A failure of one builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FailureMark {
+    pub(crate) attempt: u32,
+    pub(crate) deterministic: bool,
+}
+
+/// What this node knows about one builder of one derivation.
+#[derive(Debug, Clone)]
+pub(crate) struct Builder {
+    pub(crate) node: NodeId,
+    /// The latest `claimed_at_ms` seen from it (older claims are stale).
+    pub(crate) last_claimed_at_ms: Option<u64>,
+    pub(crate) claim: Option<ClaimState>,
+    /// Its claim ran out, or it never claimed while designated.
+    pub(crate) lapsed_at_ms: Option<u64>,
+    /// Designated without a claim since.
+    pub(crate) waiting_since_ms: Option<u64>,
+    pub(crate) failure: Option<FailureMark>,
+    pub(crate) attested: bool,
+}
+
+impl Builder {
+    pub(crate) fn new(node: NodeId) -> Builder {
+        Builder {
+            node,
+            last_claimed_at_ms: None,
+            claim: None,
+            lapsed_at_ms: None,
+            waiting_since_ms: None,
+            failure: None,
+            attested: false,
+        }
+    }
+
+    pub(crate) fn excluded(&self) -> bool {
+        self.attested || self.failure.is_some()
+    }
+}
+
+/// One output as one builder attested it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutputResult {
+    pub(crate) name: String,
+    pub(crate) path: StorePath,
+    pub(crate) nar_hash: [u8; 32],
+    pub(crate) nar_size: u64,
+}
+
+/// The part of an attestation the machine keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttSummary {
+    pub(crate) builder: NodeId,
+    pub(crate) outputs: Vec<OutputResult>,
+}
+
+impl AttSummary {
+    pub(crate) fn of(a: &Attestation) -> AttSummary {
+        AttSummary {
+            builder: a.builder,
+            outputs: a
+                .outputs
+                .iter()
+                .map(|(name, o)| OutputResult {
+                    name: name.clone(),
+                    path: o.path.clone(),
+                    nar_hash: o.nar_hash,
+                    nar_size: o.nar_size,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// This node's own build of a derivation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OwnBuild {
+    pub(crate) attempt: u32,
+    pub(crate) mode: BuildMode,
+    pub(crate) forced: bool,
+    pub(crate) next_renew_ms: u64,
+}
+
+/// Everything known about one derivation.
+#[derive(Debug, Clone)]
+pub(crate) struct DrvEntry {
+    pub(crate) drv: StorePath,
+    pub(crate) job: Option<Box<JobInfo>>,
+    pub(crate) jobs: Vec<JobId>,
+    pub(crate) state: DrvState,
+    pub(crate) builders: Vec<Builder>,
+    pub(crate) attestations: Vec<AttSummary>,
+    pub(crate) first_deterministic: Option<Box<FailureReason>>,
+    /// Why the job was given up, once it was.
+    pub(crate) failure: Option<Box<JobFailure>>,
+    pub(crate) own_attestation: Option<Box<Attestation>>,
+    pub(crate) own_failure: Option<Box<BuildFailure>>,
+    pub(crate) own_job: Option<Box<JobSubmission>>,
+    pub(crate) own_build: Option<OwnBuild>,
+    /// The latest `claimed_at_ms` this node used for the derivation (its claims must increase).
+    pub(crate) own_last_claimed_at_ms: u64,
+    pub(crate) window: Option<Window>,
+    pub(crate) hold_until_ms: u64,
+    pub(crate) last_republish_ms: Option<u64>,
+    pub(crate) next_resubmit_ms: Option<u64>,
+    pub(crate) deadline: Option<u64>,
+    /// The designated builders at the last evaluation.
+    pub(crate) designated: Vec<NodeId>,
+    /// Whether every designated builder holds a live claim and their owners are distinct (joins
+    /// cannot change the designation).
+    pub(crate) settled: bool,
+    /// Digests of the output paths already reported as accepted / as mismatching (a few entries:
+    /// a vector is far smaller than a set).
+    pub(crate) reported_accepted: Vec<[u8; 20]>,
+    pub(crate) reported_mismatch: Vec<[u8; 20]>,
+}
+
+impl DrvEntry {
+    pub(crate) fn new(drv: StorePath) -> DrvEntry {
+        DrvEntry {
+            drv,
+            job: None,
+            jobs: Vec::new(),
+            state: DrvState::Active,
+            builders: Vec::new(),
+            attestations: Vec::new(),
+            first_deterministic: None,
+            failure: None,
+            own_attestation: None,
+            own_failure: None,
+            own_job: None,
+            own_build: None,
+            own_last_claimed_at_ms: 0,
+            window: None,
+            hold_until_ms: 0,
+            last_republish_ms: None,
+            next_resubmit_ms: None,
+            deadline: None,
+            designated: Vec::new(),
+            settled: false,
+            reported_accepted: Vec::new(),
+            reported_mismatch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn builder(&self, node: &NodeId) -> Option<&Builder> {
+        self.builders.iter().find(|b| b.node == *node)
+    }
+
+    /// The builder record of `node`, created if there is room.
+    pub(crate) fn builder_mut(&mut self, node: &NodeId, max: usize) -> Option<&mut Builder> {
+        let i = match self.builders.iter().position(|b| b.node == *node) {
+            Some(i) => i,
+            None if self.builders.len() < max => {
+                self.builders.push(Builder::new(*node));
+                self.builders.len() - 1
+            }
+            None => return None,
+        };
+        self.builders.get_mut(i)
+    }
+
+    /// Record that `path` was reported in `list`; `false` if it already was.
+    pub(crate) fn first_report(list: &mut Vec<[u8; 20]>, path: &StorePath) -> bool {
+        if list.contains(path.digest()) {
+            return false;
+        }
+        list.push(*path.digest());
+        true
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.state == DrvState::Active
+    }
+
+    /// Distinct attesters, trusted or not.
+    pub(crate) fn attesters(&self) -> Vec<NodeId> {
+        let set: BTreeSet<NodeId> = self.attestations.iter().map(|a| a.builder).collect();
+        set.into_iter().collect()
+    }
+}
+
+/// The bounded table of derivations: a slab with indexes by derivation, by output path digest,
+/// by deadline; the active set; finished entries in eviction order.
+#[derive(Debug, Default)]
+pub(crate) struct DrvTable {
+    slots: Vec<Option<DrvEntry>>,
+    free: Vec<u32>,
+    by_drv: BTreeMap<StorePath, u32>,
+    by_path: BTreeMap<[u8; 20], u32>,
+    pub(crate) timers: BTreeSet<(u64, u32)>,
+    pub(crate) active: BTreeSet<u32>,
+    finished: BTreeSet<(u64, u32)>,
+}
+
+impl DrvTable {
+    pub(crate) fn len(&self) -> usize {
+        self.by_drv.len()
+    }
+
+    pub(crate) fn lookup(&self, drv: &StorePath) -> Option<u32> {
+        self.by_drv.get(drv).copied()
+    }
+
+    pub(crate) fn by_path(&self, path: &StorePath) -> Option<u32> {
+        self.by_path.get(path.digest()).copied()
+    }
+
+    pub(crate) fn get(&self, slot: u32) -> Option<&DrvEntry> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn get_mut(&mut self, slot: u32) -> Option<&mut DrvEntry> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    /// The slot of `drv`, creating an entry if needed. When the table is full, the oldest
+    /// finished entry is evicted; `None` if every entry is still active.
+    pub(crate) fn get_or_insert(&mut self, drv: &StorePath, max: usize) -> Option<u32> {
+        if let Some(slot) = self.lookup(drv) {
+            return Some(slot);
+        }
+        if self.by_drv.len() >= max {
+            let (_, victim) = self.finished.pop_first()?;
+            self.remove(victim);
+        }
+        let entry = DrvEntry::new(drv.clone());
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(entry);
+                s
+            }
+            None => {
+                self.slots.push(Some(entry));
+                u32::try_from(self.slots.len() - 1).ok()?
+            }
+        };
+        self.by_drv.insert(drv.clone(), slot);
+        Some(slot)
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else { return };
+        self.by_drv.remove(&entry.drv);
+        for a in &entry.attestations {
+            for o in &a.outputs {
+                if self.by_path.get(o.path.digest()) == Some(&slot) {
+                    self.by_path.remove(o.path.digest());
+                }
+            }
+        }
+        if let Some(t) = entry.deadline {
+            self.timers.remove(&(t, slot));
+        }
+        self.active.remove(&slot);
+        self.free.push(slot);
+    }
+
+    pub(crate) fn index_path(&mut self, path: &StorePath, slot: u32) {
+        self.by_path.insert(*path.digest(), slot);
+    }
+
+    pub(crate) fn set_deadline(&mut self, slot: u32, deadline: Option<u64>) {
+        let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else { return };
+        if e.deadline == deadline {
+            return;
+        }
+        if let Some(t) = e.deadline {
+            self.timers.remove(&(t, slot));
+        }
+        e.deadline = deadline;
+        if let Some(t) = deadline {
+            self.timers.insert((t, slot));
+        }
+    }
+
+    /// The entry finished (complete or failed): it may be evicted from now on.
+    pub(crate) fn mark_finished(&mut self, slot: u32, at_ms: u64) {
+        self.active.remove(&slot);
+        self.finished.insert((at_ms, slot));
+        self.set_deadline(slot, None);
+    }
+
+    /// A finished entry became active again (a forced retry).
+    pub(crate) fn unmark_finished(&mut self, slot: u32, at_ms: u64) {
+        self.finished.remove(&(at_ms, slot));
+    }
+}

@@ -1,0 +1,842 @@
+//! Unit tests of the mesh state machine: a few machines wired by an in-memory, instantaneous
+//! network whose links can be cut, on a virtual clock.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::*;
+use crate::id::ArtifactHash;
+use crate::identity::NodeKey;
+use crate::placement::{PlacementKey, Requirements};
+use crate::store_path::StoreDir;
+use crate::wire::{BuildMode, FailureReason, OutputAttestation};
+
+const T0: u64 = 1_700_000_000_000;
+const SYS: &str = "x86_64-linux";
+
+fn key(i: usize) -> NodeKey {
+    let mut seed = [0x42u8; 32];
+    seed[0] = i as u8;
+    NodeKey::from_seed(&format!("node-{i}"), seed).unwrap()
+}
+
+fn drv(d: u8) -> StorePath {
+    StorePath::new([d; 20], &format!("pkg-{d}.drv")).unwrap()
+}
+
+fn out_path(d: u8) -> StorePath {
+    StorePath::new([d.wrapping_add(100); 20], &format!("pkg-{d}")).unwrap()
+}
+
+fn job(submitter: NodeId, d: u8, replicas: u8) -> JobSubmission {
+    JobSubmission {
+        job: JobId::derive(&submitter, &drv(d).to_string(), u64::from(d)),
+        submitter,
+        submitted_at_ms: 0,
+        store_dir: StoreDir::nix(),
+        drv: drv(d),
+        outputs: BTreeSet::new(),
+        system: SYS.to_string(),
+        required_features: BTreeSet::new(),
+        priority: 0,
+        replicas,
+    }
+}
+
+fn attestation(k: &NodeKey, d: u8, hash: [u8; 32], now: u64) -> Attestation {
+    let o = OutputAttestation::new_signed(
+        k,
+        &StoreDir::nix(),
+        out_path(d),
+        hash,
+        1234,
+        BTreeSet::new(),
+        ArtifactHash::from_bytes(hash),
+        Some(drv(d)),
+    )
+    .unwrap();
+    Attestation {
+        builder: k.node_id(),
+        store_dir: StoreDir::nix(),
+        drv: drv(d),
+        mode: BuildMode::Native,
+        started_at_ms: now - 10,
+        finished_at_ms: now,
+        outputs: [("out".to_string(), o)].into_iter().collect(),
+    }
+}
+
+/// Machines on an instantaneous network. `cut` holds directed links that drop messages.
+struct Net {
+    keys: Vec<NodeKey>,
+    nodes: Vec<Mesh>,
+    now: u64,
+    queue: VecDeque<(usize, Message)>,
+    log: Vec<(usize, Output)>,
+    cut: BTreeSet<(usize, usize)>,
+    /// Drop this node's claims (a builder whose renewals do not get through).
+    mute_claims: BTreeSet<usize>,
+}
+
+impl Net {
+    fn new(n: usize, cfg: MeshConfig) -> Net {
+        let keys: Vec<NodeKey> = (0..n).map(key).collect();
+        let nodes = keys
+            .iter()
+            .map(|k| Mesh::new(cfg.clone(), k.node_id(), LocalInfo::new("buildmesh test", [SYS], 2), T0).unwrap())
+            .collect();
+        let mut net = Net {
+            keys,
+            nodes,
+            now: T0,
+            queue: VecDeque::new(),
+            log: Vec::new(),
+            cut: BTreeSet::new(),
+            mute_claims: BTreeSet::new(),
+        };
+        net.drain();
+        net
+    }
+
+    fn id(&self, i: usize) -> NodeId {
+        self.keys[i].node_id()
+    }
+
+    fn index(&self, id: &NodeId) -> usize {
+        self.keys.iter().position(|k| k.node_id() == *id).unwrap()
+    }
+
+    /// Deliver everything until quiet.
+    fn drain(&mut self) {
+        loop {
+            for i in 0..self.nodes.len() {
+                while let Some(o) = self.nodes[i].poll_output() {
+                    match o {
+                        Output::Publish(m) => {
+                            if !(matches!(m, Message::Claim(_)) && self.mute_claims.contains(&i)) {
+                                self.queue.push_back((i, m));
+                            }
+                        }
+                        other => self.log.push((i, other)),
+                    }
+                }
+            }
+            let Some((from, m)) = self.queue.pop_front() else { break };
+            for to in 0..self.nodes.len() {
+                if to != from && !self.cut.contains(&(from, to)) {
+                    self.nodes[to].handle_message(&m, self.now).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Run every timer up to `to`.
+    fn advance_to(&mut self, to: u64) {
+        loop {
+            let next = self.nodes.iter().filter_map(Mesh::poll_timeout).min().unwrap_or(u64::MAX);
+            if next > to {
+                break;
+            }
+            self.now = self.now.max(next);
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
+                    self.nodes[i].handle_timeout(self.now);
+                }
+            }
+            self.drain();
+        }
+        self.now = to;
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.advance_to(self.now + ms);
+    }
+
+    fn input(&mut self, i: usize, input: Input) {
+        self.nodes[i].handle(input, self.now).unwrap();
+        self.drain();
+    }
+
+    fn take_log(&mut self) -> Vec<(usize, Output)> {
+        std::mem::take(&mut self.log)
+    }
+
+    fn started(log: &[(usize, Output)]) -> Vec<usize> {
+        log.iter().filter(|(_, o)| matches!(o, Output::StartBuild(_))).map(|(i, _)| *i).collect()
+    }
+
+    fn cancelled(log: &[(usize, Output)]) -> Vec<(usize, CancelReason)> {
+        log.iter()
+            .filter_map(|(i, o)| match o {
+                Output::CancelBuild { reason, .. } => Some((*i, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn finish(&mut self, i: usize, d: u8, hash: [u8; 32]) {
+        let a = attestation(&self.keys[i], d, hash, self.now);
+        self.input(i, Input::BuildFinished(a));
+    }
+
+    /// The rank order of all nodes for a derivation (every node is eligible and equal).
+    fn rank(&mut self, d: u8) -> Vec<usize> {
+        let members: Vec<_> = self.nodes[0].members().map(crate::placement::Member::from_announcement).collect();
+        let view = crate::placement::View::new(members).unwrap();
+        let r = view.rank(&PlacementKey::for_drv(&drv(d)), &Requirements::new(SYS, Vec::<String>::new()));
+        r.iter().map(|r| self.index(&r.node)).collect()
+    }
+}
+
+fn events(log: &[(usize, Output)]) -> Vec<(usize, &Event)> {
+    log.iter()
+        .filter_map(|(i, o)| match o {
+            Output::Event(e) => Some((*i, e)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn single_node_builds_and_completes() {
+    let cfg = MeshConfig { trust: TrustConfig { trusted: None, quorum: 1 }, ..MeshConfig::default() };
+    let mut net = Net::new(1, cfg.clone());
+    assert_eq!(net.nodes[0].member_count(), 1);
+    assert_eq!(net.nodes[0].view().map(|v| v.len()), Some(1));
+    let me = net.id(0);
+    net.input(0, Input::Submit { job: job(me, 1, 1), inputs: BTreeSet::new() });
+    // Warm-up: nothing is claimed before it ends.
+    assert!(Net::started(&net.log).is_empty());
+    net.advance(cfg.warmup_ms);
+    let log = net.take_log();
+    assert_eq!(Net::started(&log), vec![0]);
+    let Some((_, Output::StartBuild(order))) = log.iter().find(|(_, o)| matches!(o, Output::StartBuild(_))) else {
+        panic!()
+    };
+    assert_eq!((order.drv.clone(), order.attempt, order.mode, order.forced), (drv(1), 1, BuildMode::Native, false));
+    assert!(matches!(
+        net.nodes[0].handle_build_failed(&drv(9), FailureReason::Timeout { limit_ms: 1 }, net.now),
+        Err(MeshError::NotBuilding { .. })
+    ));
+    // Leases are renewed while building.
+    let before = net.nodes[0].stats().claims_published;
+    net.advance(3 * cfg.renew_interval_ms);
+    assert_eq!(net.nodes[0].stats().claims_published, before + 3);
+    net.finish(0, 1, [7; 32]);
+    let log = net.take_log();
+    let ev = events(&log);
+    assert!(ev.iter().any(|(_, e)| matches!(e, Event::OutputAccepted { nar_hash: [7, ..], .. })));
+    assert!(ev.iter().any(|(_, e)| matches!(e, Event::JobComplete { agreed: true, .. })));
+    assert_eq!(net.nodes[0].accepted(&out_path(1)), Some(([7; 32], 1234)));
+    assert_eq!(net.nodes[0].job(&drv(1)).unwrap().state, "complete");
+    // Nothing left to do but announce.
+    assert_eq!(net.nodes[0].poll_timeout(), Some(net.nodes[0].next_announce_ms));
+}
+
+#[test]
+fn two_nodes_both_build_and_agree() {
+    let mut net = Net::new(2, MeshConfig::default());
+    let a = net.id(0);
+    net.input(0, Input::Submit { job: job(a, 2, 2), inputs: BTreeSet::new() });
+    net.advance(MeshConfig::default().warmup_ms);
+    let log = net.take_log();
+    let mut started = Net::started(&log);
+    started.sort();
+    assert_eq!(started, vec![0, 1]);
+    for i in 0..2 {
+        assert_eq!(net.nodes[i].job(&drv(2)).unwrap().claimants.len(), 2);
+    }
+    net.finish(1, 2, [9; 32]);
+    assert!(net.nodes[0].accepted(&out_path(2)).is_none(), "one builder is not a quorum");
+    net.finish(0, 2, [9; 32]);
+    let log = net.take_log();
+    let complete: Vec<usize> = events(&log)
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::JobComplete { agreed: true, .. }))
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(complete.len(), 2);
+    for i in 0..2 {
+        assert_eq!(net.nodes[i].accepted(&out_path(2)), Some(([9; 32], 1234)));
+        let v = net.nodes[i].assess_output(&out_path(2)).unwrap();
+        assert_eq!(v.verdict, crate::verdict::Verdict::Match);
+    }
+    // A mismatch is reported, never accepted.
+    net.input(0, Input::Submit { job: job(a, 3, 2), inputs: BTreeSet::new() });
+    net.finish(0, 3, [1; 32]);
+    net.finish(1, 3, [2; 32]);
+    let log = net.take_log();
+    assert!(events(&log).iter().any(|(_, e)| matches!(e, Event::OutputMismatch { .. })));
+    assert!(events(&log).iter().any(|(_, e)| matches!(e, Event::JobComplete { agreed: false, .. })));
+    assert!(net.nodes[0].accepted(&out_path(3)).is_none());
+}
+
+impl Input {
+    fn clone_with_submitter(self, who: NodeId) -> Input {
+        match self {
+            Input::Submit { mut job, inputs } => {
+                job.submitter = who;
+                Input::Submit { job, inputs }
+            }
+            other => other,
+        }
+    }
+}
+
+#[test]
+fn takeover_after_lease_expiry() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(4, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let rank = net.rank(4);
+    let (first, second) = (rank[0], rank[1]);
+    let a = net.id(0);
+    net.input(0, Input::Submit { job: job(a, 4, 1), inputs: BTreeSet::new() });
+    assert_eq!(Net::started(&net.take_log()), vec![first]);
+    // The builder stays in the view (it announces) but its renewals never arrive.
+    net.mute_claims.insert(first);
+    net.advance(cfg.lease_ms - 1);
+    assert!(Net::started(&net.log).is_empty(), "no takeover while the lease holds");
+    net.advance(2);
+    assert_eq!(Net::started(&net.take_log()), vec![second]);
+    // The original builder comes back (its renewals arrive again): claims are sticky, but two
+    // live claims for one place resolve to the better ranked; the other yields.
+    net.mute_claims.clear();
+    net.advance(cfg.renew_interval_ms);
+    let log = net.take_log();
+    assert_eq!(Net::cancelled(&log), vec![(second, CancelReason::Yielded)]);
+    for i in 0..4 {
+        assert_eq!(net.nodes[i].job(&drv(4)).unwrap().claimants, vec![net.id(first)], "node {i}");
+    }
+}
+
+#[test]
+fn designated_node_that_never_claims_is_skipped() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(3, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let rank = net.rank(5);
+    // The best-ranked node cannot build (it has no slots left to announce? it announces, but its
+    // claims are lost): others take over after claim_timeout.
+    net.mute_claims.insert(rank[0]);
+    let a = net.id(rank[2]);
+    net.input(rank[2], Input::Submit { job: job(a, 5, 1), inputs: BTreeSet::new() }.clone_with_submitter(a));
+    assert_eq!(Net::started(&net.take_log()), vec![rank[0]]);
+    net.advance(cfg.claim_timeout_ms);
+    assert_eq!(Net::started(&net.take_log()), vec![rank[1]]);
+}
+
+#[test]
+fn failure_retries_on_another_node_and_deterministic_failures_end_the_job() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(5, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let rank = net.rank(6);
+    let a = net.id(0);
+    net.input(0, Input::Submit { job: job(a, 6, 1), inputs: BTreeSet::new() });
+    assert_eq!(Net::started(&net.take_log()), vec![rank[0]]);
+    // A timeout is worth retrying elsewhere.
+    net.input(rank[0], Input::BuildFailed { drv: drv(6), reason: FailureReason::Timeout { limit_ms: 5 } });
+    assert_eq!(Net::started(&net.take_log()), vec![rank[1]]);
+    // A builder exit is deterministic: one more builder confirms it, then the job is given up.
+    net.input(rank[1], Input::BuildFailed { drv: drv(6), reason: FailureReason::BuilderExit { code: 1 } });
+    assert_eq!(Net::started(&net.take_log()), vec![rank[2]]);
+    net.input(rank[2], Input::BuildFailed { drv: drv(6), reason: FailureReason::BuilderExit { code: 1 } });
+    let log = net.take_log();
+    assert!(Net::started(&log).is_empty());
+    let failed: Vec<usize> = events(&log)
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::JobFailed { failure: JobFailure::Deterministic { .. }, .. }))
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(failed.len(), 5, "every node gives the job up");
+    for i in 0..5 {
+        let v = net.nodes[i].job(&drv(6)).unwrap();
+        assert_eq!((v.state, v.failed.len()), ("failed", 3));
+    }
+    // Attempts run out after max_attempts transient failures.
+    let cfg2 = MeshConfig { max_attempts: 2, failure_quorum: 2, ..cfg.clone() };
+    let mut net = Net::new(4, cfg2.clone());
+    net.advance(cfg2.warmup_ms);
+    let rank = net.rank(7);
+    net.input(0, Input::Submit { job: job(a, 7, 1), inputs: BTreeSet::new() });
+    for r in &rank[..2] {
+        net.input(*r, Input::BuildFailed { drv: drv(7), reason: FailureReason::Timeout { limit_ms: 5 } });
+    }
+    let log = net.take_log();
+    assert!(
+        events(&log)
+            .iter()
+            .any(|(_, e)| matches!(e, Event::JobFailed { failure: JobFailure::AttemptsExhausted { .. }, .. }))
+    );
+    assert_eq!(Net::started(&log), vec![rank[0], rank[1]]);
+}
+
+#[test]
+fn rejoining_node_keeps_its_claim_and_the_stand_in_yields() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(4, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let rank = net.rank(8);
+    let (first, second) = (rank[0], rank[1]);
+    let submitter = rank[3];
+    let s = net.id(submitter);
+    net.input(submitter, Input::Submit { job: job(s, 8, 1), inputs: BTreeSet::new() }.clone_with_submitter(s));
+    assert_eq!(Net::started(&net.take_log()), vec![first]);
+    // Partition the builder away: the others drop it from the view and take over.
+    for j in 0..4 {
+        if j != first {
+            net.cut.insert((first, j));
+            net.cut.insert((j, first));
+        }
+    }
+    net.advance(cfg.member_ttl_ms + 1);
+    let log = net.take_log();
+    assert_eq!(Net::started(&log), vec![second]);
+    assert!(events(&log).iter().any(|(i, e)| *i == second && matches!(e, Event::MemberLeft { .. })));
+    // Heal: the builder's announcements and renewals reach the others again; the stand-in, ranked
+    // lower, yields; the builder never stops.
+    net.cut.clear();
+    net.advance(cfg.announce_interval_ms.max(cfg.renew_interval_ms) + 1);
+    let log = net.take_log();
+    assert_eq!(Net::cancelled(&log), vec![(second, CancelReason::Yielded)]);
+    assert!(Net::started(&log).is_empty());
+    net.finish(first, 8, [3; 32]);
+    assert_eq!(net.nodes[submitter].job(&drv(8)).unwrap().state, "complete");
+}
+
+#[test]
+fn a_join_does_not_cancel_a_running_build() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(6, cfg.clone());
+    // Node 5 is away at first.
+    for j in 0..5 {
+        net.cut.insert((5, j));
+        net.cut.insert((j, 5));
+    }
+    net.advance(cfg.member_ttl_ms + cfg.warmup_ms);
+    let a = net.id(0);
+    net.input(0, Input::Submit { job: job(a, 9, 2), inputs: BTreeSet::new() });
+    let started = Net::started(&net.take_log());
+    assert_eq!(started.len(), 2);
+    net.cut.clear();
+    net.advance(cfg.announce_interval_ms * 2);
+    let log = net.take_log();
+    assert!(Net::cancelled(&log).is_empty(), "{log:?}");
+    assert!(Net::started(&log).is_empty(), "node 5 learns the claims before it would claim: {log:?}");
+}
+
+#[test]
+fn replays_and_duplicates_are_ignored() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(2, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let b = net.id(1);
+    let ann = net.nodes[1].members().find(|m| m.node == b).unwrap().clone();
+    let mut old = ann.clone();
+    old.seq -= 1;
+    assert_eq!(net.nodes[0].handle_message(&Message::Announcement(old), net.now).unwrap(), Disposition::Stale);
+    assert_eq!(
+        net.nodes[0].handle_message(&Message::Announcement(ann.clone()), net.now).unwrap(),
+        Disposition::Duplicate
+    );
+    let mut ancient = ann.clone();
+    ancient.seq += 10;
+    ancient.timestamp_ms = net.now - cfg.member_ttl_ms - 1;
+    assert_eq!(net.nodes[0].handle_message(&Message::Announcement(ancient), net.now).unwrap(), Disposition::Stale);
+    let mut future = ann.clone();
+    future.seq += 10;
+    future.timestamp_ms = net.now + cfg.max_clock_skew_ms + 1;
+    assert_eq!(
+        net.nodes[0].handle_message(&Message::Announcement(future), net.now).unwrap(),
+        Disposition::Ignored(Ignored::FromTheFuture)
+    );
+    let a = net.id(0);
+    let mine = Message::Announcement(net.nodes[0].members().find(|m| m.node == a).unwrap().clone());
+    assert_eq!(net.nodes[0].handle_message(&mine, net.now).unwrap(), Disposition::Own);
+
+    let j = job(a, 10, 2);
+    net.input(0, Input::Submit { job: j.clone(), inputs: BTreeSet::new() });
+    let claim = |at: u64| {
+        Message::Claim(Claim {
+            job: j.job,
+            claimant: b,
+            store_dir: StoreDir::nix(),
+            drv: drv(10),
+            attempt: 1,
+            claimed_at_ms: at,
+            lease_expires_at_ms: at + cfg.lease_ms,
+        })
+    };
+    let now = net.now;
+    assert_eq!(net.nodes[0].handle_message(&claim(now + 5), now).unwrap(), Disposition::Applied);
+    assert_eq!(net.nodes[0].handle_message(&claim(now + 5), now).unwrap(), Disposition::Stale);
+    assert_eq!(net.nodes[0].handle_message(&claim(now + 1), now).unwrap(), Disposition::Stale);
+    let att = Message::Attestation(attestation(&net.keys[1], 10, [5; 32], now));
+    assert_eq!(net.nodes[0].handle_message(&att, now).unwrap(), Disposition::Applied);
+    assert_eq!(net.nodes[0].handle_message(&att, now).unwrap(), Disposition::Duplicate);
+    let mut resubmitted = j.clone();
+    resubmitted.submitter = b;
+    let mut other = j.clone();
+    other.store_dir = StoreDir::guix();
+    other.submitter = b;
+    assert_eq!(
+        net.nodes[0].handle_message(&Message::JobSubmission(other), now).unwrap(),
+        Disposition::Ignored(Ignored::OtherStoreDir)
+    );
+    assert_eq!(net.nodes[0].job(&drv(10)).unwrap().attesters, vec![b]);
+}
+
+#[test]
+fn dependents_wait_for_their_inputs() {
+    let cfg = MeshConfig { trust: TrustConfig { trusted: None, quorum: 1 }, ..MeshConfig::default() };
+    let mut net = Net::new(2, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let a = net.id(0);
+    let dep = job(a, 11, 1);
+    let top = job(a, 12, 1);
+    let bottom = job(a, 13, 1);
+    net.input(0, Input::Submit { job: dep.clone(), inputs: BTreeSet::new() });
+    net.input(0, Input::Submit { job: top.clone(), inputs: [drv(11)].into_iter().collect() });
+    net.input(0, Input::Submit { job: bottom.clone(), inputs: [drv(12)].into_iter().collect() });
+    assert_eq!(net.nodes[0].pending_submissions(), 2);
+    assert!(net.nodes[1].job(&drv(12)).is_none(), "not published yet");
+    let log = net.take_log();
+    let builder = Net::started(&log)[0];
+    net.finish(builder, 11, [1; 32]);
+    let log = net.take_log();
+    assert!(
+        events(&log).iter().any(|(i, e)| *i == 0 && matches!(e, Event::JobPublished { drv: d, .. } if *d == drv(12)))
+    );
+    assert_eq!(net.nodes[0].pending_submissions(), 1);
+    let builder = Net::started(&log)[0];
+    // The input fails: the dependent waiting for it fails too, without being published.
+    net.input(builder, Input::BuildFailed { drv: drv(12), reason: FailureReason::BuilderExit { code: 2 } });
+    let builder = Net::started(&net.take_log())[0];
+    net.input(builder, Input::BuildFailed { drv: drv(12), reason: FailureReason::BuilderExit { code: 2 } });
+    let log = net.take_log();
+    assert!(events(&log).iter().any(|(i, e)| *i == 0
+        && matches!(e, Event::JobFailed { drv: d, failure: JobFailure::InputFailed { .. }, .. } if *d == drv(13))));
+    assert_eq!(net.nodes[0].pending_submissions(), 0);
+    assert!(net.nodes[1].job(&drv(13)).is_none());
+}
+
+#[test]
+fn targeted_retry_forces_a_node() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(3, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let rank = net.rank(14);
+    let a = net.id(0);
+    net.input(0, Input::Submit { job: job(a, 14, 1), inputs: BTreeSet::new() });
+    assert_eq!(Net::started(&net.take_log()), vec![rank[0]]);
+    net.finish(rank[0], 14, [4; 32]);
+    // `retry --on` the last-ranked node, asked at node rank[0]: a request goes out.
+    let target = net.id(rank[2]);
+    net.input(rank[0], Input::Retry { drv: drv(14), on: target });
+    let log = net.take_log();
+    assert!(log.iter().any(|(_, o)| matches!(o, Output::RequestRetry { peer, .. } if *peer == target)));
+    // Its driver turns it into a local retry: it builds although the job is complete.
+    net.input(rank[2], Input::Retry { drv: drv(14), on: target });
+    let log = net.take_log();
+    let forced: Vec<bool> = log
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Output::StartBuild(b) => Some(b.forced),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(forced, vec![true]);
+    net.advance(cfg.lease_ms * 2);
+    assert!(Net::cancelled(&net.log).is_empty(), "a forced build is not yielded");
+    net.finish(rank[2], 14, [4; 32]);
+    assert_eq!(net.nodes[0].job(&drv(14)).unwrap().attesters.len(), 2);
+    assert_eq!(net.nodes[0].accepted(&out_path(14)), Some(([4; 32], 1234)));
+    let unknown = net.nodes[rank[2]].handle(Input::Retry { drv: drv(99), on: target }, net.now);
+    assert!(matches!(unknown, Err(MeshError::UnknownDrv { .. })));
+}
+
+#[test]
+fn restart_restores_own_results_and_answers_resubmissions() {
+    let cfg = MeshConfig { trust: TrustConfig { trusted: None, quorum: 1 }, ..MeshConfig::default() };
+    let mut net = Net::new(3, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let rank = net.rank(15);
+    let submitter = rank[2];
+    let s = net.id(submitter);
+    net.input(submitter, Input::Submit { job: job(s, 15, 1), inputs: BTreeSet::new() }.clone_with_submitter(s));
+    net.finish(rank[0], 15, [6; 32]);
+    let persisted = attestation(&net.keys[rank[0]], 15, [6; 32], net.now);
+    let _ = net.take_log();
+    // The submitter restarts and forgets everything; the builder restarts too.
+    for i in [submitter, rank[0]] {
+        net.nodes[i] = Mesh::new(cfg.clone(), net.id(i), LocalInfo::new("buildmesh test", [SYS], 2), net.now).unwrap();
+    }
+    net.nodes[rank[0]].handle(Input::RestoreAttestation(persisted), net.now).unwrap();
+    net.drain();
+    assert!(net.nodes[submitter].job(&drv(15)).is_none());
+    // The driver resubmits its unfinished job: the builder answers with its attestation instead
+    // of anyone building again.
+    net.input(submitter, Input::Submit { job: job(s, 15, 1), inputs: BTreeSet::new() }.clone_with_submitter(s));
+    net.advance(cfg.warmup_ms * 2);
+    let log = net.take_log();
+    assert!(Net::started(&log).is_empty(), "{log:?}");
+    assert_eq!(net.nodes[submitter].job(&drv(15)).unwrap().state, "complete");
+    assert!(net.nodes[rank[0]].stats().republished >= 1);
+}
+
+#[test]
+fn bounds_and_errors() {
+    let cfg = MeshConfig { max_drvs: 2, max_queued_outputs: 64, ..MeshConfig::default() };
+    let mut net = Net::new(1, cfg.clone());
+    let me = net.id(0);
+    let other = key(9).node_id();
+    assert!(matches!(
+        net.nodes[0].handle(Input::Submit { job: job(other, 1, 1), inputs: BTreeSet::new() }, net.now),
+        Err(MeshError::NotMine { .. })
+    ));
+    net.input(0, Input::Submit { job: job(me, 1, 1), inputs: BTreeSet::new() });
+    assert!(matches!(
+        net.nodes[0].handle(Input::Submit { job: job(me, 1, 1), inputs: BTreeSet::new() }, net.now),
+        Err(MeshError::DuplicateJob { .. })
+    ));
+    net.input(0, Input::Submit { job: job(me, 2, 1), inputs: BTreeSet::new() });
+    // Two active derivations fill the table: a third is refused, nothing is evicted.
+    assert!(matches!(
+        net.nodes[0].handle(Input::Submit { job: job(me, 3, 1), inputs: BTreeSet::new() }, net.now),
+        Err(MeshError::TableFull { .. })
+    ));
+    let m = Message::JobSubmission(job(other, 4, 1));
+    assert_eq!(net.nodes[0].handle_message(&m, net.now).unwrap(), Disposition::Ignored(Ignored::TableFull));
+    // Once one is finished, it makes room.
+    net.advance(cfg.warmup_ms);
+    net.finish(0, 1, [1; 32]);
+    assert_eq!(net.nodes[0].handle_message(&m, net.now).unwrap(), Disposition::Applied);
+    assert!(net.nodes[0].job(&drv(1)).is_none(), "evicted");
+    assert!(matches!(
+        net.nodes[0]
+            .handle(Input::BuildFailed { drv: drv(4), reason: FailureReason::Timeout { limit_ms: 1 } }, net.now),
+        Err(MeshError::NotBuilding { .. })
+    ));
+    // Backpressure: an undrained queue refuses input.
+    for _ in 0..64 {
+        net.nodes[0].outputs.push_back(Output::Event(Event::MemberJoined { node: me }));
+    }
+    assert!(matches!(net.nodes[0].handle_message(&m, net.now), Err(MeshError::Backpressure { .. })));
+    // Config validation names the field.
+    let bad = MeshConfig { renew_interval_ms: MeshConfig::default().lease_ms, ..MeshConfig::default() };
+    assert!(matches!(bad.validate(), Err(ConfigError::Invalid { field: "renew_interval_ms", .. })));
+    let mut local = LocalInfo::new("v", ["x86_64-linux"], 1);
+    local.emulated_systems.insert("x86_64-linux".into());
+    assert!(matches!(local.validate(), Err(ConfigError::Local { field: "emulated_systems", .. })));
+}
+
+#[test]
+fn emulated_builders_only_when_no_native_one() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(3, cfg.clone());
+    // Node 0 builds aarch64 natively, the others emulate it.
+    let mut native = LocalInfo::new("t", [SYS, "aarch64-linux"], 1);
+    native.owner = "alice".into();
+    net.input(0, Input::SetLocal(native));
+    for i in 1..3 {
+        let mut emu = LocalInfo::new("t", [SYS], 4);
+        emu.emulated_systems.insert("aarch64-linux".into());
+        net.input(i, Input::SetLocal(emu));
+    }
+    net.advance(cfg.warmup_ms);
+    let a = net.id(1);
+    let mut j = job(a, 16, 2);
+    j.system = "aarch64-linux".into();
+    j.submitter = a;
+    net.input(1, Input::Submit { job: j, inputs: BTreeSet::new() });
+    let log = net.take_log();
+    let modes: BTreeMap<usize, BuildMode> = log
+        .iter()
+        .filter_map(|(i, o)| match o {
+            Output::StartBuild(b) => Some((*i, b.mode)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(modes.len(), 2);
+    assert_eq!(modes.get(&0), Some(&BuildMode::Native));
+    assert_eq!(modes.values().filter(|m| **m == BuildMode::Emulated).count(), 1);
+}
+
+mod props {
+    use super::*;
+    use crate::nixkey::NixSignature;
+    use crate::signed::Envelope;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Announce { node: usize, slots: u32, owner: u8 },
+        Submit { node: usize, d: u8, replicas: u8 },
+        Claim { node: usize, d: u8, back_ms: u64, lease_ms: u64 },
+        Attest { node: usize, d: u8, hash: u8 },
+        Fail { node: usize, d: u8, attempt: u32, deterministic: bool },
+        LocalSubmit { d: u8, input: Option<u8> },
+        Finish { hash: u8 },
+        FailOwn,
+        Retry { d: u8 },
+        Advance { ms: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1usize..7, 0u32..3, 0u8..3).prop_map(|(node, slots, owner)| Op::Announce { node, slots, owner }),
+            (1usize..7, 0u8..8, 1u8..4).prop_map(|(node, d, replicas)| Op::Submit { node, d, replicas }),
+            (1usize..7, 0u8..8, 0u64..300_000, 1u64..200_000).prop_map(|(node, d, back_ms, lease_ms)| Op::Claim {
+                node,
+                d,
+                back_ms,
+                lease_ms
+            }),
+            (1usize..7, 0u8..8, 0u8..3).prop_map(|(node, d, hash)| Op::Attest { node, d, hash }),
+            (1usize..7, 0u8..8, 1u32..4, any::<bool>()).prop_map(|(node, d, attempt, deterministic)| Op::Fail {
+                node,
+                d,
+                attempt,
+                deterministic
+            }),
+            (0u8..8, proptest::option::of(0u8..8)).prop_map(|(d, input)| Op::LocalSubmit { d, input }),
+            (0u8..3).prop_map(|hash| Op::Finish { hash }),
+            Just(Op::FailOwn),
+            (0u8..8).prop_map(|d| Op::Retry { d }),
+            (0u64..200_000).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    fn other_attestation(node: NodeId, d: u8, hash: u8, now: u64) -> Attestation {
+        let mut a = attestation(&key(0), d, [hash; 32], now);
+        a.builder = node;
+        for o in a.outputs.values_mut() {
+            o.nix_signature = NixSignature::new("other", [hash; 64]).unwrap();
+        }
+        a
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// Whatever arrives, in whatever order: no panic, every bound holds, every published
+        /// message is one a receiver accepts (it signs and verifies), builds start and stop in
+        /// pairs, and the machine never asks to build something it has no job for.
+        #[test]
+        fn machine_survives_any_input(ops in proptest::collection::vec(op(), 1..60)) {
+            let cfg = MeshConfig {
+                max_members: 5,
+                max_drvs: 5,
+                max_builders_per_drv: 4,
+                max_replicas: 2,
+                max_jobs_per_drv: 2,
+                max_pending_submissions: 3,
+                ..MeshConfig::default()
+            };
+            let keys: Vec<NodeKey> = (0..7).map(key).collect();
+            let me = keys[0].node_id();
+            let mut now = T0;
+            let mut mesh = Mesh::new(cfg.clone(), me, LocalInfo::new("t", [SYS], 2), now).unwrap();
+            let mut building: BTreeMap<StorePath, u32> = BTreeMap::new();
+            let mut seqs = [0u64; 7];
+            for op in ops {
+                let r = match op {
+                    Op::Announce { node, slots, owner } => {
+                        seqs[node] += 1;
+                        let mut info = LocalInfo::new("t", [SYS], slots);
+                        info.owner = format!("o{owner}");
+                        let a = Announcement {
+                            node: keys[node].node_id(), seq: seqs[node], timestamp_ms: now, version: "t".into(),
+                            owner: info.owner.clone(), native_systems: info.native_systems.clone(),
+                            emulated_systems: BTreeSet::new(), features: BTreeSet::new(),
+                            mandatory_features: BTreeSet::new(), slots, load: 0,
+                        };
+                        mesh.handle_message(&Message::Announcement(a), now).map(|_| ())
+                    }
+                    Op::Submit { node, d, replicas } => {
+                        let mut j = job(keys[node].node_id(), d, replicas);
+                        j.submitted_at_ms = now;
+                        mesh.handle_message(&Message::JobSubmission(j), now).map(|_| ())
+                    }
+                    Op::Claim { node, d, back_ms, lease_ms } => {
+                        let at = now.saturating_sub(back_ms);
+                        let c = Claim { job: JobId::from_bytes([d; 32]), claimant: keys[node].node_id(),
+                            store_dir: StoreDir::nix(), drv: drv(d), attempt: 1, claimed_at_ms: at,
+                            lease_expires_at_ms: at + lease_ms };
+                        mesh.handle_message(&Message::Claim(c), now).map(|_| ())
+                    }
+                    Op::Attest { node, d, hash } => {
+                        let a = other_attestation(keys[node].node_id(), d, hash, now);
+                        mesh.handle_message(&Message::Attestation(a), now).map(|_| ())
+                    }
+                    Op::Fail { node, d, attempt, deterministic } => {
+                        let reason = if deterministic { FailureReason::BuilderExit { code: 1 } }
+                            else { FailureReason::Timeout { limit_ms: 1 } };
+                        let f = crate::wire::BuildFailure { builder: keys[node].node_id(), store_dir: StoreDir::nix(),
+                            drv: drv(d), attempt, mode: BuildMode::Native, at_ms: now, reason };
+                        mesh.handle_message(&Message::BuildFailure(f), now).map(|_| ())
+                    }
+                    Op::LocalSubmit { d, input } => {
+                        let inputs = input.filter(|i| *i != d).map(drv).into_iter().collect();
+                        match mesh.handle(Input::Submit { job: job(me, d, 2), inputs }, now) {
+                            Err(MeshError::DuplicateJob { .. } | MeshError::TableFull { .. }) => Ok(()),
+                            other => other.map(|_| ()),
+                        }
+                    }
+                    Op::Finish { hash } => match building.keys().next().cloned() {
+                        Some(p) => {
+                            let d = p.digest()[0];
+                            building.remove(&p);
+                            mesh.handle(Input::BuildFinished(attestation(&keys[0], d, [hash; 32], now)), now).map(|_| ())
+                        }
+                        None => Ok(()),
+                    },
+                    Op::FailOwn => match building.keys().next().cloned() {
+                        Some(p) => {
+                            building.remove(&p);
+                            mesh.handle(Input::BuildFailed { drv: p, reason: FailureReason::Timeout { limit_ms: 1 } }, now)
+                                .map(|_| ())
+                        }
+                        None => Ok(()),
+                    },
+                    Op::Retry { d } => match mesh.handle(Input::Retry { drv: drv(d), on: me }, now) {
+                        Err(MeshError::UnknownDrv { .. }) => Ok(()),
+                        other => other.map(|_| ()),
+                    },
+                    Op::Advance { ms } => {
+                        now += ms;
+                        while let Some(t) = mesh.poll_timeout().filter(|t| *t <= now) {
+                            mesh.handle_timeout(t.max(T0));
+                        }
+                        Ok(())
+                    }
+                };
+                prop_assert!(r.is_ok(), "{r:?}");
+                while let Some(o) = mesh.poll_output() {
+                    match o {
+                        Output::Publish(m) => {
+                            prop_assert_eq!(*m.author(), me);
+                            let env = Envelope::sign(&keys[0], &m);
+                            prop_assert!(env.is_ok(), "{:?} {:?}", env, m);
+                            prop_assert!(env.unwrap().verify().is_ok());
+                        }
+                        Output::StartBuild(b) => {
+                            prop_assert!(mesh.job(&b.drv).is_some_and(|j| j.replicas.is_some()));
+                            prop_assert!(building.insert(b.drv.clone(), b.attempt).is_none(), "started twice: {:?}", b.drv);
+                        }
+                        Output::CancelBuild { drv, .. } => {
+                            prop_assert!(building.remove(&drv).is_some(), "cancelled a build that was not running");
+                        }
+                        _ => {}
+                    }
+                }
+                prop_assert!(mesh.member_count() <= cfg.max_members);
+                prop_assert!(mesh.drv_counts().0 <= cfg.max_drvs);
+                prop_assert!(mesh.pending_submissions() <= cfg.max_pending_submissions);
+                if let Some(t) = mesh.poll_timeout() {
+                    prop_assert!(t > T0);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,779 @@
+//! The world: nodes running `protocol::mesh::Mesh`, a virtual clock, a virtual network, simulated
+//! executors, and the fault injector, driven by one event queue.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::rc::Rc;
+
+use anyhow::{Context, Result};
+use buildmesh_protocol::id::{ArtifactHash, JobId, NodeId};
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::mesh::{CancelReason, Event, Input, LocalInfo, Mesh, MeshConfig, Output, TrustConfig};
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+use buildmesh_protocol::wire::{
+    Attestation, BuildMode, Encode, FailureReason, JobSubmission, Message, OutputAttestation, Sink,
+};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::SimConfig;
+use crate::checkers::Checker;
+use crate::dag::{self, Dag};
+use crate::report::Report;
+use crate::rng::{between, chance, exponential, pick, unit};
+
+/// The virtual clock starts here (unix ms), so timestamps look real.
+pub const T0: u64 = 1_700_000_000_000;
+
+mod debug;
+
+#[derive(Debug)]
+enum Ev {
+    Deliver { to: u32, msg: Rc<Message> },
+    Timer { node: u32, inc: u32 },
+    BuildDone { node: u32, inc: u32, build: u64 },
+    Crash { node: u32 },
+    Restart { node: u32 },
+    PartitionStart { id: u32 },
+    Heal { id: u32 },
+    Submit,
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    time: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+/// Reversed: the heap pops the earliest (time, seq) first.
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Build {
+    id: u64,
+    drv: u32,
+    mode: BuildMode,
+    started_ms: u64,
+}
+
+#[derive(Debug)]
+struct SimNode {
+    key: NodeKey,
+    id: NodeId,
+    info: LocalInfo,
+    mesh: Option<Mesh>,
+    inc: u32,
+    timer_at: Option<u64>,
+    running: Vec<Build>,
+    queue: VecDeque<Build>,
+    /// What the driver persisted: its attestations (survive crashes).
+    persisted: Vec<Attestation>,
+    /// Client: the derivations it submits, and those resolved (complete or failed), persisted.
+    submits: Vec<u32>,
+    resolved: BTreeSet<u32>,
+    failed: BTreeSet<u32>,
+    byzantine: bool,
+}
+
+struct HashSink<'a>(&'a mut blake3::Hasher);
+
+impl Sink for HashSink<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// The simulated world. Build it with [`World::new`], then [`World::run`].
+#[derive(Debug)]
+pub struct World {
+    cfg: SimConfig,
+    mesh_cfg: MeshConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    nodes: Vec<SimNode>,
+    dag: Dag,
+    by_drv: BTreeMap<StorePath, u32>,
+    checker: Checker,
+    groups: Option<(u32, Vec<bool>)>,
+    last_disturbance: u64,
+    stable_window_ms: u64,
+    submitted: bool,
+    unresolved: usize,
+    done_at: Option<u64>,
+    next_build: u64,
+    trace: blake3::Hasher,
+    steps: u64,
+    messages: u64,
+    by_kind: [u64; 5],
+    deliveries: u64,
+    builds_started: u64,
+    cancelled: u64,
+    cancelled_by: [u64; 3],
+    cancelled_ms: u64,
+    failures: u64,
+    crashes: u64,
+    partitions: u64,
+    watch: Option<(u32, Vec<String>)>,
+    cancels: Vec<(u64, u32, u32, CancelReason)>,
+}
+
+impl World {
+    /// Create the world: workload, keys, nodes (each announces at once), and the fault schedule.
+    pub fn new(cfg: SimConfig) -> Result<World> {
+        cfg.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let byzantine: Vec<bool> = (0..cfg.nodes).map(|_| chance(&mut rng, cfg.byzantine)).collect();
+        let dag = dag::generate(&cfg, &byzantine, &mut rng);
+        let mut nodes = Vec::with_capacity(cfg.nodes);
+        for (i, &liar) in byzantine.iter().enumerate() {
+            let mut seed = [0u8; 32];
+            rng.fill_bytes(&mut seed);
+            let key = NodeKey::from_seed(&format!("sim-{i}"), seed).context("node key")?;
+            nodes.push(SimNode {
+                id: key.node_id(),
+                key,
+                info: dag::node_info(i, cfg.nodes),
+                mesh: None,
+                inc: 0,
+                timer_at: None,
+                running: Vec::new(),
+                queue: VecDeque::new(),
+                persisted: Vec::new(),
+                submits: Vec::new(),
+                resolved: BTreeSet::new(),
+                failed: BTreeSet::new(),
+                byzantine: liar,
+            });
+        }
+        let mut unresolved = 0;
+        for (c, drvs) in &dag.clients {
+            nodes[*c as usize].submits.extend(drvs.iter().copied());
+            unresolved += drvs.len();
+        }
+        let trusted: Option<BTreeSet<NodeId>> =
+            cfg.trust_honest_only.then(|| nodes.iter().filter(|n| !n.byzantine).map(|n| n.id).collect());
+        let mut mesh_cfg = cfg.mesh.clone();
+        mesh_cfg.trust = TrustConfig { trusted: trusted.clone(), quorum: cfg.quorum };
+        let checker = Checker::new(
+            &dag,
+            usize::from(cfg.replicas),
+            cfg.quorum,
+            trusted,
+            cfg.loss == 0.0,
+            2 * mesh_cfg.renew_interval_ms + 2 * cfg.latency_ms.1,
+        );
+        let by_drv = dag.drvs.iter().enumerate().map(|(i, d)| (d.path.clone(), i as u32)).collect();
+        let stable_window_ms = mesh_cfg.lease_ms.max(mesh_cfg.member_ttl_ms) + mesh_cfg.claim_timeout_ms;
+        let mut w = World {
+            mesh_cfg,
+            rng,
+            now: T0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            dag,
+            by_drv,
+            checker,
+            groups: None,
+            last_disturbance: T0,
+            stable_window_ms,
+            submitted: false,
+            unresolved,
+            done_at: None,
+            next_build: 0,
+            trace: blake3::Hasher::new(),
+            steps: 0,
+            messages: 0,
+            by_kind: [0; 5],
+            deliveries: 0,
+            builds_started: 0,
+            cancelled: 0,
+            cancelled_by: [0; 3],
+            cancelled_ms: 0,
+            failures: 0,
+            crashes: 0,
+            partitions: 0,
+            watch: None,
+            cancels: Vec::new(),
+            cfg,
+        };
+        for i in 0..w.nodes.len() as u32 {
+            w.start_node(i)?;
+            w.schedule_crash(i);
+        }
+        w.push(T0 + 1_000, Ev::Submit);
+        for id in 0..w.cfg.partitions as u32 {
+            let start = T0 + w.mesh_cfg.warmup_ms + pick(&mut w.rng, w.cfg.fault_window_ms.max(1) as usize) as u64;
+            let len = between(&mut w.rng, w.cfg.partition_ms);
+            w.push(start, Ev::PartitionStart { id });
+            w.push(start + len, Ev::Heal { id });
+        }
+        Ok(w)
+    }
+
+    fn push(&mut self, time: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Scheduled { time, seq: self.seq, ev });
+    }
+
+    fn trace(&mut self, node: u32, tag: u8, bytes: &[u8]) {
+        self.trace.update(&self.now.to_le_bytes());
+        self.trace.update(&node.to_le_bytes());
+        self.trace.update(&[tag]);
+        self.trace.update(bytes);
+    }
+
+    fn drv_index(&self, drv: &StorePath) -> Option<u32> {
+        self.by_drv.get(drv).copied()
+    }
+
+    fn stable_since(&self) -> Option<u64> {
+        let since = self.last_disturbance + self.stable_window_ms;
+        (self.groups.is_none() && self.now >= since).then_some(since)
+    }
+
+    fn linked(&self, a: u32, b: u32) -> bool {
+        self.groups.as_ref().is_none_or(|(_, g)| g[a as usize] == g[b as usize])
+    }
+
+    // ---- node lifecycle ----
+
+    fn start_node(&mut self, i: u32) -> Result<()> {
+        let now = self.now;
+        let n = &mut self.nodes[i as usize];
+        let mut mesh = Mesh::new(self.mesh_cfg.clone(), n.id, n.info.clone(), now).context("Mesh::new")?;
+        for a in &n.persisted {
+            mesh.handle(Input::RestoreAttestation(a.clone()), now).context("restore")?;
+        }
+        n.mesh = Some(mesh);
+        self.drain(i);
+        if self.submitted {
+            self.submit_all(i);
+        }
+        self.schedule_timer(i);
+        Ok(())
+    }
+
+    fn submit_all(&mut self, i: u32) {
+        let now = self.now;
+        let n = &self.nodes[i as usize];
+        let todo: Vec<u32> = n.submits.iter().copied().filter(|d| !n.resolved.contains(d)).collect();
+        let id = n.id;
+        for d in todo {
+            let spec = &self.dag.drvs[d as usize];
+            let job = JobSubmission {
+                job: JobId::derive(&id, &StoreDir::nix().display(&spec.path), now),
+                submitter: id,
+                submitted_at_ms: now,
+                store_dir: StoreDir::nix(),
+                drv: spec.path.clone(),
+                outputs: BTreeSet::new(),
+                system: spec.system.clone(),
+                required_features: spec.features.clone(),
+                priority: 0,
+                replicas: self.cfg.replicas,
+            };
+            // Like a real driver, list only inputs not known (persisted) to be complete; an input
+            // that failed fails the dependent at once.
+            let n = &self.nodes[i as usize];
+            if spec.deps.iter().any(|x| n.failed.contains(x)) {
+                self.resolve(i, d, true);
+                continue;
+            }
+            let inputs = spec
+                .deps
+                .iter()
+                .filter(|x| !n.resolved.contains(x))
+                .map(|x| self.dag.drvs[*x as usize].path.clone())
+                .collect();
+            self.input(i, Input::Submit { job, inputs });
+        }
+    }
+
+    fn schedule_crash(&mut self, i: u32) {
+        if self.cfg.churn > 0.0 {
+            let t = exponential(&mut self.rng, 3_600_000.0 / self.cfg.churn);
+            self.push(self.now + t.max(1), Ev::Crash { node: i });
+        }
+    }
+
+    // ---- talking to a machine ----
+
+    fn input(&mut self, i: u32, input: Input) {
+        let now = self.now;
+        let Some(mesh) = self.nodes[i as usize].mesh.as_mut() else { return };
+        if let Err(e) = mesh.handle(input, now) {
+            self.checker.violation(now, format!("node {i}: the machine refused a driver input: {e}"));
+        }
+        self.drain(i);
+        self.schedule_timer(i);
+    }
+
+    fn drain(&mut self, i: u32) {
+        let Some(mesh) = self.nodes[i as usize].mesh.as_mut() else { return };
+        let outs: Vec<Output> = std::iter::from_fn(|| mesh.poll_output()).collect();
+        for o in outs {
+            self.on_output(i, o);
+        }
+    }
+
+    fn schedule_timer(&mut self, i: u32) {
+        let now = self.now;
+        let n = &mut self.nodes[i as usize];
+        let Some(t) = n.mesh.as_ref().and_then(Mesh::poll_timeout) else { return };
+        let t = t.max(now);
+        if n.timer_at.is_none_or(|x| t < x) {
+            n.timer_at = Some(t);
+            let inc = n.inc;
+            self.push(t, Ev::Timer { node: i, inc });
+        }
+    }
+
+    fn on_output(&mut self, i: u32, o: Output) {
+        if self.watch.is_some() {
+            let drv = match &o {
+                Output::Publish(Message::Claim(c)) => Some(&c.drv),
+                Output::Publish(Message::JobSubmission(j)) => Some(&j.drv),
+                Output::Publish(Message::Attestation(a)) => Some(&a.drv),
+                Output::Publish(Message::BuildFailure(f)) => Some(&f.drv),
+                Output::StartBuild(b) => Some(&b.drv),
+                Output::CancelBuild { drv, .. } => Some(drv),
+                Output::Event(Event::JobComplete { drv, .. } | Event::JobFailed { drv, .. }) => Some(drv),
+                _ => None,
+            };
+            if let Some(p) = drv.cloned() {
+                let text = match &o {
+                    Output::Publish(Message::Claim(c)) => {
+                        format!("claim attempt {} lease {}", c.attempt, c.lease_expires_at_ms - c.claimed_at_ms)
+                    }
+                    other => format!("{other:?}").chars().take(160).collect(),
+                };
+                self.note(i, Some(&p), || text);
+            }
+        }
+        match o {
+            Output::Publish(m) => self.publish(i, m),
+            Output::StartBuild(order) => {
+                self.trace(i, 10, order.drv.digest());
+                let Some(d) = self.drv_index(&order.drv) else { return };
+                let stable = self.stable_since().is_some();
+                let deps = self.dag.drvs[d as usize].deps.clone();
+                self.checker.on_start(self.now, i, d, &deps, order.forced, stable);
+                self.builds_started += 1;
+                self.next_build += 1;
+                let b = Build { id: self.next_build, drv: d, mode: order.mode, started_ms: self.now };
+                self.nodes[i as usize].queue.push_back(b);
+                self.try_start(i);
+            }
+            Output::CancelBuild { drv, reason } => {
+                self.trace(i, 11, drv.digest());
+                let Some(d) = self.drv_index(&drv) else { return };
+                self.cancels.push((self.now - T0, i, d, reason));
+                let now = self.now;
+                let n = &mut self.nodes[i as usize];
+                n.queue.retain(|b| b.drv != d);
+                let lost: u64 = n.running.iter().filter(|b| b.drv == d).map(|b| now.saturating_sub(b.started_ms)).sum();
+                n.running.retain(|b| b.drv != d);
+                self.cancelled_ms += lost;
+                self.cancelled_by[match reason {
+                    CancelReason::Yielded => 0,
+                    CancelReason::Complete => 1,
+                    _ => 2,
+                }] += 1;
+                self.checker.on_stop(i, d);
+                self.cancelled += 1;
+                self.try_start(i);
+            }
+            Output::RequestRetry { drv, .. } => self.trace(i, 12, drv.digest()),
+            Output::Event(e) => self.on_event(i, e),
+        }
+    }
+
+    fn on_event(&mut self, i: u32, e: Event) {
+        let now = self.now;
+        match e {
+            Event::JobPublished { drv, .. } => {
+                self.trace(i, 20, drv.digest());
+                if let Some(d) = self.drv_index(&drv) {
+                    let deps = self.dag.drvs[d as usize].deps.clone();
+                    self.checker.on_published(now, i, d, &deps);
+                }
+            }
+            Event::OutputAccepted { drv, nar_hash, .. } => {
+                self.trace(i, 21, drv.digest());
+                if let Some(d) = self.drv_index(&drv) {
+                    let spec = &self.dag.drvs[d as usize];
+                    let (repro, truth) = (!spec.unreproducible, spec.true_hash);
+                    self.checker.on_accepted(now, i, d, &nar_hash, repro, &truth);
+                }
+            }
+            Event::JobComplete { drv, .. } => {
+                self.trace(i, 22, drv.digest());
+                if let Some(d) = self.drv_index(&drv) {
+                    self.checker.on_complete(now, i, d);
+                    self.resolve(i, d, false);
+                }
+            }
+            Event::JobFailed { drv, .. } => {
+                self.trace(i, 23, drv.digest());
+                if let Some(d) = self.drv_index(&drv) {
+                    self.resolve(i, d, true);
+                }
+            }
+            Event::MemberJoined { node } => self.trace(i, 24, node.as_bytes()),
+            Event::MemberLeft { node } => self.trace(i, 25, node.as_bytes()),
+            _ => self.trace(i, 26, &[]),
+        }
+    }
+
+    fn resolve(&mut self, i: u32, d: u32, failed: bool) {
+        let n = &mut self.nodes[i as usize];
+        if n.submits.binary_search(&d).is_ok() && n.resolved.insert(d) {
+            if failed {
+                n.failed.insert(d);
+            }
+            self.unresolved -= 1;
+            if self.unresolved == 0 {
+                self.done_at = Some(self.now);
+            }
+        }
+    }
+
+    fn publish(&mut self, from: u32, m: Message) {
+        self.messages += 1;
+        let kind = match &m {
+            Message::Announcement(_) => 0,
+            Message::JobSubmission(_) => 1,
+            Message::Claim(_) => 2,
+            Message::Attestation(_) => 3,
+            Message::BuildFailure(_) => 4,
+        };
+        self.by_kind[kind] += 1;
+        self.trace.update(&self.now.to_le_bytes());
+        self.trace.update(&from.to_le_bytes());
+        self.trace.update(&[m.kind().tag()]);
+        m.encode(&mut HashSink(&mut self.trace));
+        match &m {
+            Message::Attestation(a) => {
+                if let (Some(d), Some(o)) = (self.drv_index(&a.drv), a.outputs.values().next()) {
+                    self.checker.on_attestation(self.now, from, a.builder, d, o.nar_hash);
+                }
+            }
+            Message::BuildFailure(f) => {
+                if let Some(d) = self.drv_index(&f.drv) {
+                    self.failures += 1;
+                    self.checker.on_failure(from, f.builder, d);
+                }
+            }
+            _ => {}
+        }
+        let msg = Rc::new(m);
+        for to in 0..self.nodes.len() as u32 {
+            if to == from || !self.linked(from, to) || chance(&mut self.rng, self.cfg.loss) {
+                continue;
+            }
+            let latency = between(&mut self.rng, self.cfg.latency_ms);
+            self.push(self.now + latency, Ev::Deliver { to, msg: Rc::clone(&msg) });
+        }
+    }
+
+    // ---- the simulated executor ----
+
+    fn try_start(&mut self, i: u32) {
+        let now = self.now;
+        loop {
+            let n = &mut self.nodes[i as usize];
+            if n.running.len() >= n.info.slots as usize {
+                return;
+            }
+            let Some(mut b) = n.queue.pop_front() else { return };
+            b.started_ms = now;
+            n.running.push(b);
+            let inc = n.inc;
+            let spec = &self.dag.drvs[b.drv as usize];
+            let slow = if b.mode == BuildMode::Emulated { 3.0 } else { 1.0 };
+            let jitter = 0.8 + 0.45 * unit(&mut self.rng);
+            let t = (spec.duration_ms as f64 * slow * jitter) as u64;
+            self.push(now + t.max(1), Ev::BuildDone { node: i, inc, build: b.id });
+        }
+    }
+
+    fn build_done(&mut self, i: u32, inc: u32, build: u64) {
+        let now = self.now;
+        let n = &mut self.nodes[i as usize];
+        if n.inc != inc || n.mesh.is_none() {
+            return;
+        }
+        let Some(pos) = n.running.iter().position(|b| b.id == build) else { return };
+        let b = n.running.remove(pos);
+        let spec = &self.dag.drvs[b.drv as usize];
+        let input = if spec.broken {
+            Input::BuildFailed { drv: spec.path.clone(), reason: FailureReason::BuilderExit { code: 1 } }
+        } else if chance(&mut self.rng, self.cfg.flaky) {
+            Input::BuildFailed { drv: spec.path.clone(), reason: FailureReason::Timeout { limit_ms: spec.duration_ms } }
+        } else {
+            let n = &self.nodes[i as usize];
+            let hash = if n.byzantine {
+                blake3::derive_key("buildmesh-sim forged output", spec.path.digest())
+            } else if spec.unreproducible {
+                let mut h = blake3::Hasher::new_derive_key("buildmesh-sim unreproducible output");
+                h.update(spec.path.digest());
+                h.update(n.id.as_bytes());
+                *h.finalize().as_bytes()
+            } else {
+                spec.true_hash
+            };
+            let out = OutputAttestation::new_signed(
+                &n.key,
+                &StoreDir::nix(),
+                spec.out.clone(),
+                hash,
+                1 + u64::from(hash[0]) * 1000,
+                BTreeSet::new(),
+                ArtifactHash::from_bytes(hash),
+                Some(spec.path.clone()),
+            );
+            let out = match out {
+                Ok(o) => o,
+                Err(e) => {
+                    self.checker.violation(now, format!("node {i}: cannot sign output: {e}"));
+                    return;
+                }
+            };
+            let a = Attestation {
+                builder: n.id,
+                store_dir: StoreDir::nix(),
+                drv: spec.path.clone(),
+                mode: b.mode,
+                started_at_ms: b.started_ms,
+                finished_at_ms: now,
+                outputs: [("out".to_string(), out)].into_iter().collect(),
+            };
+            // Durable before announced: the driver persists, then the machine publishes.
+            self.nodes[i as usize].persisted.push(a.clone());
+            Input::BuildFinished(a)
+        };
+        self.input(i, input);
+        self.try_start(i);
+    }
+
+    // ---- the loop ----
+
+    /// Process one event; `false` when nothing is left or the work is done.
+    pub fn step(&mut self) -> bool {
+        if self.done_at.is_some() {
+            return false;
+        }
+        let Some(Scheduled { time, ev, .. }) = self.queue.pop() else { return false };
+        self.now = self.now.max(time);
+        self.steps += 1;
+        match ev {
+            Ev::Deliver { to, msg } => {
+                let now = self.now;
+                if let Some(mesh) = self.nodes[to as usize].mesh.as_mut() {
+                    self.deliveries += 1;
+                    if let Err(e) = mesh.handle_message(&msg, now) {
+                        self.checker.violation(now, format!("node {to}: message refused: {e}"));
+                    }
+                    self.drain(to);
+                    self.schedule_timer(to);
+                }
+            }
+            Ev::Timer { node, inc } => {
+                let n = &mut self.nodes[node as usize];
+                if n.inc == inc && n.timer_at == Some(time) {
+                    n.timer_at = None;
+                    if let Some(mesh) = n.mesh.as_mut() {
+                        mesh.handle_timeout(self.now);
+                    }
+                    self.drain(node);
+                    self.schedule_timer(node);
+                }
+            }
+            Ev::BuildDone { node, inc, build } => self.build_done(node, inc, build),
+            Ev::Crash { node } => self.crash(node),
+            Ev::Restart { node } => {
+                self.trace(node, 31, &[]);
+                self.note(node, None, || "RESTART".to_string());
+                self.last_disturbance = self.now;
+                if let Err(e) = self.start_node(node) {
+                    self.checker.violation(self.now, format!("node {node} cannot restart: {e:#}"));
+                }
+                self.schedule_crash(node);
+            }
+            Ev::PartitionStart { id } => {
+                if self.groups.is_none() {
+                    let frac = 0.1 + 0.3 * unit(&mut self.rng);
+                    let g: Vec<bool> = (0..self.nodes.len()).map(|_| chance(&mut self.rng, frac)).collect();
+                    self.trace(id, 32, &[]);
+                    self.groups = Some((id, g));
+                    self.partitions += 1;
+                    self.last_disturbance = self.now;
+                }
+            }
+            Ev::Heal { id } => {
+                if self.groups.as_ref().is_some_and(|(g, _)| *g == id) {
+                    self.trace(id, 33, &[]);
+                    self.groups = None;
+                    self.last_disturbance = self.now;
+                }
+            }
+            Ev::Submit => {
+                self.submitted = true;
+                for i in 0..self.nodes.len() as u32 {
+                    if !self.nodes[i as usize].submits.is_empty() {
+                        self.submit_all(i);
+                    }
+                }
+            }
+        }
+        if self.steps.is_multiple_of(4096) {
+            self.sample_gateway();
+        }
+        let stable = self.stable_since();
+        self.checker.after_step(self.now, stable);
+        true
+    }
+
+    fn crash(&mut self, i: u32) {
+        let n = &mut self.nodes[i as usize];
+        if n.mesh.is_none() {
+            return;
+        }
+        n.mesh = None;
+        n.inc += 1;
+        n.timer_at = None;
+        n.running.clear();
+        n.queue.clear();
+        self.note(i, None, || "CRASH".to_string());
+        self.checker.on_crash(i);
+        self.crashes += 1;
+        self.last_disturbance = self.now;
+        self.trace(i, 30, &[]);
+        let down = between(&mut self.rng, self.cfg.downtime_ms);
+        self.push(self.now + down, Ev::Restart { node: i });
+    }
+
+    /// What a gateway would serve: ask a random live node about a random output.
+    fn sample_gateway(&mut self) {
+        let i = pick(&mut self.rng, self.nodes.len());
+        let d = pick(&mut self.rng, self.dag.drvs.len()) as u32;
+        let spec = &self.dag.drvs[d as usize];
+        let Some(mesh) = self.nodes[i].mesh.as_ref() else { return };
+        if let Some((hash, _)) = mesh.accepted(&spec.out) {
+            let (repro, truth) = (!spec.unreproducible, spec.true_hash);
+            self.checker.on_accepted(self.now, i as u32, d, &hash, repro, &truth);
+        }
+    }
+
+    /// Run until every submission is resolved at its client, or the time limit; then check
+    /// liveness and report.
+    pub fn run(mut self) -> Report {
+        self.run_until(T0 + self.cfg.max_virtual_ms);
+        self.into_report()
+    }
+
+    /// The time limit of the run (virtual unix ms).
+    pub fn limit(&self) -> u64 {
+        T0 + self.cfg.max_virtual_ms
+    }
+
+    /// Step until the virtual time passes `limit` or the work is done.
+    pub fn run_until(&mut self, limit: u64) {
+        while self.now <= limit && self.step() {}
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Check liveness and build the report (after [`World::run_until`]).
+    pub fn into_report(mut self) -> Report {
+        let now = self.now;
+        if self.done_at.is_none() {
+            let missing: Vec<(u32, u32)> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, n)| n.submits.iter().filter(|d| !n.resolved.contains(d)).map(move |d| (i as u32, *d)))
+                .take(5)
+                .collect();
+            self.checker.violation(
+                now,
+                format!(
+                    "liveness: {} submissions unresolved at the time limit, e.g. (client, drv) {missing:?}",
+                    self.unresolved
+                ),
+            );
+        }
+        let max_attempts = self.mesh_cfg.max_attempts as usize;
+        let mut may_fail = vec![false; self.dag.drvs.len()];
+        for (d, spec) in self.dag.drvs.iter().enumerate() {
+            may_fail[d] = spec.expected_fail
+                || self.checker.truth[d].failures.len() >= max_attempts
+                || spec.deps.iter().any(|&x| may_fail[x as usize]);
+        }
+        let submitted: BTreeSet<u32> = self.nodes.iter().flat_map(|n| n.submits.iter().copied()).collect();
+        let failed: BTreeSet<u32> = self.nodes.iter().flat_map(|n| n.failed.iter().copied()).collect();
+        if self.done_at.is_some() {
+            for &d in &submitted {
+                if !may_fail[d as usize] && !self.checker.is_complete(d) {
+                    let n = self.checker.trusted_attesters(d);
+                    self.checker.violation(now, format!("liveness: drv {d} ended with {n} trusted attestations (< k)"));
+                }
+                if self.dag.drvs[d as usize].broken && self.checker.is_complete(d) {
+                    self.checker.violation(now, format!("broken drv {d} was attested"));
+                }
+            }
+        }
+        let k = usize::from(self.cfg.replicas);
+        let truth = &self.checker.truth;
+        Report {
+            seed: self.cfg.seed,
+            nodes: self.cfg.nodes,
+            drvs: self.cfg.drvs,
+            replicas: self.cfg.replicas,
+            completion_ms: self.done_at.map(|t| t - (T0 + 1_000)),
+            drvs_complete: submitted.iter().filter(|d| self.checker.is_complete(**d)).count(),
+            drvs_failed: failed.len(),
+            builds_started: self.builds_started,
+            attestations: truth.iter().map(|t| t.attesters.len() as u64).sum(),
+            duplicated_builds: truth.iter().map(|t| t.attesters.len().saturating_sub(k) as u64).sum(),
+            cancelled_builds: self.cancelled,
+            cancelled_by_reason: self.cancelled_by,
+            cancelled_build_ms: self.cancelled_ms,
+            failures: self.failures,
+            messages: self.messages,
+            messages_by_kind: self.by_kind,
+            deliveries: self.deliveries,
+            max_claims: self.checker.max_claims,
+            max_claims_stable: self.checker.max_claims_stable,
+            transient_overlaps: self.checker.transient_overlaps,
+            crashes: self.crashes,
+            partitions: self.partitions,
+            violations: self.checker.violation_count,
+            violation_log: self.checker.violations.clone(),
+            trace_hash: hex::encode(self.trace.finalize().as_bytes()),
+            steps: self.steps,
+        }
+    }
+}

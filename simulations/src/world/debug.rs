@@ -1,0 +1,95 @@
+//! Debugging aids: the history of one derivation and what every node knows about it.
+
+use buildmesh_protocol::id::NodeId;
+use buildmesh_protocol::mesh::CancelReason;
+use buildmesh_protocol::store_path::StorePath;
+
+use super::{T0, World};
+
+impl World {
+    /// Record everything that happens to derivation `d` (see [`World::watch_log`]).
+    pub fn watch(&mut self, d: u32) {
+        self.watch = Some((d, Vec::new()));
+    }
+
+    /// What was recorded for the watched derivation.
+    pub fn watch_log(&self) -> &[String] {
+        self.watch.as_ref().map_or(&[], |(_, l)| l.as_slice())
+    }
+
+    pub(super) fn note(&mut self, i: u32, drv: Option<&StorePath>, what: impl FnOnce() -> String) {
+        let Some((d, log)) = &mut self.watch else { return };
+        let hit = drv.is_none_or(|p| self.by_drv.get(p) == Some(d));
+        if hit {
+            log.push(format!("{:>9} node {i:>3}: {}", self.now - T0, what()));
+        }
+    }
+
+    /// What every live node knows about derivation `d`, and the ground truth (for debugging a
+    /// failing seed).
+    pub fn describe(&self, d: u32) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let Some(spec) = self.dag.drvs.get(d as usize) else { return s };
+        let t = &self.checker.truth[d as usize];
+        let _ = writeln!(
+            s,
+            "drv {d} {} system={} features={:?} deps={:?} broken={} attesters={} failures={} active={:?}",
+            spec.path,
+            spec.system,
+            spec.features,
+            spec.deps,
+            spec.broken,
+            t.attesters.len(),
+            t.failures.len(),
+            t.active
+        );
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(m) = &n.mesh else {
+                let _ = writeln!(s, "  node {i}: down");
+                continue;
+            };
+            let short = |v: &[NodeId]| v.iter().map(|x| self.index_of(x)).collect::<Vec<_>>();
+            match m.job(&spec.path) {
+                Some(j) => {
+                    let _ = writeln!(
+                        s,
+                        "  node {i}: {} jobs={} claimants={:?} attesters={:?} failed={:?} designated={:?} building={} members={}",
+                        j.state,
+                        j.jobs.len(),
+                        short(&j.claimants),
+                        short(&j.attesters),
+                        short(&j.failed),
+                        short(&j.designated),
+                        j.building,
+                        m.member_count()
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "  node {i}: unknown (members={}, pending={})",
+                        m.member_count(),
+                        m.pending_submissions()
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    /// Every cancellation so far: (virtual ms since start, node, drv, reason).
+    pub fn cancels(&self) -> &[(u64, u32, u32, CancelReason)] {
+        &self.cancels
+    }
+
+    /// Derivations attested by more than k builders so far (for debugging).
+    pub fn over_replicated(&self) -> Vec<u32> {
+        let k = usize::from(self.cfg.replicas);
+        (0..self.dag.drvs.len() as u32).filter(|d| self.checker.truth[*d as usize].attesters.len() > k).collect()
+    }
+
+    fn index_of(&self, id: &NodeId) -> usize {
+        self.nodes.iter().position(|n| n.id == *id).unwrap_or(usize::MAX)
+    }
+}
