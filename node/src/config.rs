@@ -100,6 +100,8 @@ pub struct Config {
     pub features: Vec<String>,
     /// Features a derivation must require to be built here (like Nix's mandatory features).
     pub mandatory_features: Vec<String>,
+    /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
+    pub mesh: crate::mesh::MeshSettings,
 }
 
 impl Default for Config {
@@ -125,6 +127,7 @@ impl Default for Config {
             owner: None,
             features: Vec::new(),
             mandatory_features: Vec::new(),
+            mesh: crate::mesh::MeshSettings::default(),
         }
     }
 }
@@ -188,6 +191,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store_dir()?;
         self.trusted_public_keys()?;
+        self.mesh.validate().map_err(|e| invalid("mesh", e.to_string()))?;
         if self.quorum == 0 {
             return Err(invalid("quorum", "must be at least 1"));
         }

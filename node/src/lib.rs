@@ -12,17 +12,19 @@
 //! - [`net`]: libp2p networking (one task owns the swarm).
 //! - [`runtime`]: a running node (key, store, scheduler, HTTP server) and its shutdown.
 //! - [`http`]: the HTTP server: Nix binary cache, JSON API, submit endpoint.
+//! - [`mesh`]: the mesh state machine driven over libp2p (gossip, fetches, sync, quorum gateway).
 //! - [`store`]: the node's durable state (redb tables + content-addressed NAR blobs).
 //! - [`systems`]: native and binfmt_misc-emulated systems of this machine.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs, unreachable_pub)]
 
-pub mod build;
 pub mod audit;
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod executor;
 pub mod http;
+pub mod mesh;
 pub mod nar_fs;
 pub mod net;
 pub mod runtime;

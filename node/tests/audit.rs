@@ -67,7 +67,8 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let keys: Vec<NodeKey> = (0..3).map(|i| NodeKey::from_seed(&format!("builder-{i}"), [i + 1; 32]).unwrap()).collect();
+    let keys: Vec<NodeKey> =
+        (0..3).map(|i| NodeKey::from_seed(&format!("builder-{i}"), [i + 1; 32]).unwrap()).collect();
     let drvs = vec![path('a', "same.drv"), path('b', "unrepro-x.drv"), path('c', "lonely.drv")];
     let outs = vec![path('d', "same"), path('f', "unrepro-x"), path('g', "lonely")];
     attest(&store, &keys[0], &drvs[0], &outs[0], 1, false);

@@ -26,8 +26,8 @@ use buildmesh_protocol::verdict::{Observation, TrustPolicy, Verdict, assess};
 use buildmesh_protocol::wire::{Attestation, BuildMode};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{StoreError, StoredAttestation};
 use crate::store::Store;
+use crate::store::{StoreError, StoredAttestation};
 
 /// Largest export line [`verify_export`] reads (an envelope is at most 63 KiB, base64 grows it).
 pub const MAX_EXPORT_LINE: usize = 256 * 1024;
@@ -137,11 +137,8 @@ pub fn views_of(att: &Verified<Attestation>) -> Vec<(StorePath, AttestationView)
         .values()
         .map(|o| {
             let key_name = o.nix_signature.key_name().to_string();
-            let builder_key = a
-                .builder
-                .nix_public_key(&key_name)
-                .map(|k| k.to_string())
-                .unwrap_or_else(|_| format!("{key_name}:?"));
+            let builder_key =
+                a.builder.nix_public_key(&key_name).map(|k| k.to_string()).unwrap_or_else(|_| format!("{key_name}:?"));
             let view = AttestationView {
                 builder_key,
                 peer_id: a.builder.to_peer_id(),
@@ -179,7 +176,9 @@ pub fn verdict_of(views: &[AttestationView]) -> Verdict {
 }
 
 fn report(path: String, mut views: Vec<AttestationView>) -> OutputReport {
-    views.sort_by(|a, b| (&a.builder_key, a.finished_at, &a.message_id).cmp(&(&b.builder_key, b.finished_at, &b.message_id)));
+    views.sort_by(|a, b| {
+        (&a.builder_key, a.finished_at, &a.message_id).cmp(&(&b.builder_key, b.finished_at, &b.message_id))
+    });
     views.dedup_by(|a, b| a.message_id == b.message_id && a.builder_key == b.builder_key);
     OutputReport { verdict: verdict_of(&views), path, attestations: views }
 }
@@ -265,10 +264,9 @@ pub fn audit_reports(outputs: Vec<OutputReport>) -> AuditReport {
         let majority = groups.iter().find(|(_, g)| g.len() * 2 > total).map(|(h, _)| *h);
         let keys: BTreeSet<&str> = out.attestations.iter().map(|v| v.builder_key.as_str()).collect();
         for key in keys {
-            let s = builders.entry(key.to_string()).or_insert_with(|| BuilderStats {
-                builder_key: key.to_string(),
-                ..BuilderStats::default()
-            });
+            let s = builders
+                .entry(key.to_string())
+                .or_insert_with(|| BuilderStats { builder_key: key.to_string(), ..BuilderStats::default() });
             s.outputs += 1;
             match out.verdict {
                 Verdict::Match => s.matched += 1,

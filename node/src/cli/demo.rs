@@ -156,7 +156,12 @@ fn place(nodes: &[DemoNode], drvs: &[(String, String)], k: usize) -> Result<Vec<
                 timestamp_ms: 0,
                 version: "demo".into(),
                 owner: n.name.clone(),
-                native_systems: BTreeSet::from([crate::systems::detect().native.iter().next().cloned().unwrap_or_default()]),
+                native_systems: BTreeSet::from([crate::systems::detect()
+                    .native
+                    .iter()
+                    .next()
+                    .cloned()
+                    .unwrap_or_default()]),
                 emulated_systems: BTreeSet::new(),
                 features: BTreeSet::new(),
                 mandatory_features: BTreeSet::new(),
@@ -169,7 +174,10 @@ fn place(nodes: &[DemoNode], drvs: &[(String, String)], k: usize) -> Result<Vec<
     let mut per_node = vec![Vec::new(); nodes.len()];
     for (file, path) in drvs {
         let sp = StoreDir::nix().parse_path(path)?;
-        let req = Requirements::new(&crate::systems::detect().native.iter().next().cloned().unwrap_or_default(), Vec::<String>::new());
+        let req = Requirements::new(
+            &crate::systems::detect().native.iter().next().cloned().unwrap_or_default(),
+            Vec::<String>::new(),
+        );
         for id in view.place(&PlacementKey::for_drv(&sp), &req, k) {
             if let Some(i) = nodes.iter().position(|n| n.id == id) {
                 per_node[i].push(file.clone());
@@ -189,7 +197,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     let drv_dir = args.vectors.join("drv");
     if !drv_dir.is_dir() {
-        bail!("{} is not a directory: pass --vectors DIR (a directory with drv/ and nar/, e.g. ../shared/vectors/nix)", drv_dir.display());
+        bail!(
+            "{} is not a directory: pass --vectors DIR (a directory with drv/ and nar/, e.g. ../shared/vectors/nix)",
+            drv_dir.display()
+        );
     }
     let exe = std::env::current_exe().context("finding the buildmesh binary")?;
     let tmp;
@@ -233,7 +244,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
             continue;
         }
         let c = closure::collect(mine, &origin, &sd)?;
-        let opts = ClientOptions { api: node.api.clone(), priority: 0, replicas: args.replicas as u32, progress: false };
+        let opts =
+            ClientOptions { api: node.api.clone(), priority: 0, replicas: args.replicas as u32, progress: false };
         let accepted = client::upload(&c, &opts).with_context(|| format!("submitting to {}", node.name))?;
         println!(
             "  {:<12} placed {:>3} derivations; closure of {} .drv files uploaded, {} builds queued",
@@ -250,8 +262,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     bar.set_style(indicatif::ProgressStyle::with_template("  {bar:40} {pos}/{len} nodes finished  {elapsed}")?);
     let mut results = Vec::new();
     for (node, c, accepted, opts) in &pending {
-        let r = client::wait(c, accepted, opts, Duration::from_millis(250), Some(Duration::from_secs(args.timeout_secs)))
-            .with_context(|| format!("waiting for {}", node.name))?;
+        let r =
+            client::wait(c, accepted, opts, Duration::from_millis(250), Some(Duration::from_secs(args.timeout_secs)))
+                .with_context(|| format!("waiting for {}", node.name))?;
         bar.inc(1);
         results.push((node.name.clone(), r));
     }
@@ -294,10 +307,22 @@ fn print_summary(report: &AuditReport, names: &BTreeMap<String, String>, valid: 
     println!("  {valid} signed attestations verified; per builder:");
     println!("    {:<12} {:>7} {:>7} {:>9} {:>7}", "builder", "outputs", "match", "mismatch", "single");
     for b in &report.builders {
-        println!("    {:<12} {:>7} {:>7} {:>9} {:>7}", name(&b.builder_key), b.outputs, b.matched, b.mismatched, b.single);
+        println!(
+            "    {:<12} {:>7} {:>7} {:>9} {:>7}",
+            name(&b.builder_key),
+            b.outputs,
+            b.matched,
+            b.mismatched,
+            b.single
+        );
     }
     let t = |k: &str| report.totals.get(k).copied().unwrap_or(0);
-    println!("  outputs: {} match, {} mismatch, {} inconclusive (one builder)", t("match"), t("mismatch"), t("inconclusive"));
+    println!(
+        "  outputs: {} match, {} mismatch, {} inconclusive (one builder)",
+        t("match"),
+        t("mismatch"),
+        t("inconclusive")
+    );
     for o in report.outputs.iter().filter(|o| o.verdict == Verdict::Mismatch) {
         println!("  MISMATCH {}", o.path);
         for a in &o.attestations {

@@ -63,6 +63,12 @@ pub struct ConfigArgs {
     /// Discover peers on the local network with mDNS.
     #[arg(long, value_name = "BOOL")]
     pub mdns: Option<bool>,
+    /// Do not discover peers with mDNS (same as `--mdns false`; wins over `--mdns`).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Join the mesh (also on when a bootstrap peer is given): gossip, placement, quorum gateway.
+    #[arg(long)]
+    pub mesh: bool,
     /// Trusted builder key `name:base64` (repeatable; replaces the list).
     #[arg(long = "trusted-key", value_name = "KEY")]
     pub trusted_keys: Vec<String>,
@@ -128,6 +134,12 @@ impl ConfigArgs {
         set_list(&mut c.listen, &self.listen);
         set_list(&mut c.bootstrap, &self.bootstrap);
         set(&mut c.mdns, &self.mdns);
+        if self.no_mdns {
+            c.mdns = false;
+        }
+        if self.mesh {
+            c.mesh.enabled = true;
+        }
         set_list(&mut c.trusted_keys, &self.trusted_keys);
         set(&mut c.quorum, &self.quorum);
         set(&mut c.replicas, &self.replicas);
@@ -166,6 +178,10 @@ pub struct BuildRefArgs {
     /// Print the node's JSON answer instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// (retry only) Have this mesh node build it: a peer id (`12D3Koo…`); the node at `--api`
+    /// relays the request.
+    #[arg(long, value_name = "PEER")]
+    pub on: Option<String>,
 }
 
 /// `buildmesh bench ...`.
@@ -229,6 +245,12 @@ pub fn run_check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
 /// Run `buildmesh retry` (`cancel = false`) or `buildmesh cancel`.
 pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> {
     let action = if cancel { "cancel" } else { "retry" };
+    if let Some(on) = &args.on {
+        if cancel {
+            bail!("--on applies to retry only");
+        }
+        return crate::mesh::cli::run_retry_on(&args.api, &args.drv, on, args.json);
+    }
     let basename = args.drv.trim_end_matches('/').rsplit('/').next().unwrap_or(&args.drv);
     if basename.is_empty() {
         bail!("{:?} is not a derivation path", args.drv);

@@ -31,9 +31,10 @@ pub struct Args {
     /// Priority of the builds (higher runs first); input derivations inherit it.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
-    /// How many independent builders should build each derivation.
-    #[arg(long, default_value_t = 1)]
-    pub replicas: u32,
+    /// How many independent builders should build each derivation (default: the node's
+    /// configured `replicas` on a mesh node, 1 on a standalone node).
+    #[arg(long)]
+    pub replicas: Option<u32>,
     /// Wait until every requested derivation is built or failed.
     #[arg(long)]
     pub wait: bool,
@@ -70,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let opts = ClientOptions {
         api: args.api.clone(),
         priority: args.priority,
-        replicas: args.replicas,
+        replicas: args.replicas.unwrap_or(0),
         progress: !args.json && std::io::stderr().is_terminal(),
     };
     let accepted = client::upload(&closure, &opts)?;

@@ -109,7 +109,11 @@ pub struct NodeView {
 pub(super) async fn node(State(state): State<AppState>) -> Result<Json<NodeView>, ApiError> {
     let st = state.clone();
     let (builds, paths) = blocking(move || Ok((st.store().build_counts()?, st.store().path_count()?))).await?;
-    Ok(Json(NodeView { info: (*state.inner.info).clone(), builds, paths }))
+    let mut info = (*state.inner.info).clone();
+    if let Some(m) = &state.inner.mesh {
+        info.addresses = m.addresses();
+    }
+    Ok(Json(NodeView { info, builds, paths }))
 }
 
 /// One build as the API shows it.

@@ -123,6 +123,14 @@ pub(super) async fn narinfo(State(state): State<AppState>, Path(file): Path<Stri
     if hash_part.len() != 32 || nixbase32::decode_fixed::<20>(hash_part).is_err() {
         return plain(StatusCode::BAD_REQUEST, format!("{file:?} is not <32-character nix32 hash>.narinfo"));
     }
+    if let Some(mesh) = &state.inner.mesh {
+        // A mesh node serves what the quorum accepts, nothing else.
+        return match mesh.gateway().narinfo(hash_part).await {
+            Ok(Some(text)) => narinfo_response(Bytes::from(text)),
+            Ok(None) => not_found(),
+            Err(e) => internal("quorum narinfo", e),
+        };
+    }
     if let Some(text) = state.inner.narinfos.get(hash_part) {
         return narinfo_response(text);
     }

@@ -53,6 +53,7 @@ struct Inner {
     submit: SubmitContext,
     cache_info: String,
     narinfos: cache::NarinfoCache,
+    mesh: Option<crate::mesh::MeshHandle>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -83,8 +84,19 @@ impl AppState {
                 submit,
                 cache_info,
                 narinfos: cache::NarinfoCache::default(),
+                mesh: None,
             }),
         }
+    }
+
+    /// Serve as a mesh node: quorum narinfos, the mesh API routes, submissions go to the mesh,
+    /// `addresses` in `/api/v1/node` from the mesh.
+    pub fn with_mesh(mut self, mesh: crate::mesh::MeshHandle) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.mesh = Some(mesh),
+            None => tracing::error!("AppState::with_mesh on a shared state; the mesh is not wired in"),
+        }
+        self
     }
 
     fn store(&self) -> &Store {
@@ -98,7 +110,11 @@ impl AppState {
 
 /// The whole router of a node: binary cache, JSON API and the submit endpoint.
 pub fn router(state: AppState) -> Router {
-    let submit = crate::submit::router(state.inner.submit.clone());
+    let submit = match &state.inner.mesh {
+        Some(m) => crate::submit::server::mesh_router(state.inner.submit.clone(), m.clone()),
+        None => crate::submit::router(state.inner.submit.clone()),
+    };
+    let mesh = state.inner.mesh.clone().map(crate::mesh::http::router);
     let audit = crate::audit::http::router(crate::audit::http::AuditContext {
         store: state.inner.store.clone(),
         store_dir: state.inner.store_dir.clone(),
@@ -118,4 +134,5 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .merge(submit)
         .merge(audit)
+        .merge(mesh.unwrap_or_default())
 }

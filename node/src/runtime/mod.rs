@@ -94,6 +94,9 @@ pub enum StartError {
     /// A startup task panicked.
     #[error("startup task failed: {0}")]
     Task(String),
+    /// The mesh (libp2p, driver) could not start.
+    #[error("cannot start the mesh: {0}")]
+    Mesh(#[from] crate::mesh::StartError),
 }
 
 /// What a node says about itself (`GET /api/v1/node`).
@@ -152,6 +155,8 @@ pub struct Node {
     shutdown: CancellationToken,
     http_task: Option<JoinHandle<()>>,
     scheduler_task: Option<JoinHandle<()>>,
+    mesh: Option<crate::mesh::MeshHandle>,
+    mesh_task: Option<JoinHandle<()>>,
     span: tracing::Span,
 }
 
@@ -183,7 +188,12 @@ impl Node {
         sched_options.max_attempts = config.max_attempts;
         sched_options.build_timeout = Duration::from_secs(config.build_timeout_secs);
         sched_options.max_log_bytes = config.max_log_bytes as u64;
-        let scheduler = Scheduler::new(
+        let mesh_on = config.mesh.is_enabled(&config);
+        if mesh_on {
+            // The mesh retries a failed build on another node.
+            sched_options.max_attempts = 1;
+        }
+        let mut scheduler = Scheduler::new(
             store.clone(),
             store_dir.clone(),
             key.clone(),
@@ -192,6 +202,27 @@ impl Node {
             sched_options.clone(),
         );
         let handle = scheduler.handle();
+        let shutdown = CancellationToken::new();
+        let (mesh, mesh_task) = if mesh_on {
+            let (tx, builds) = tokio::sync::mpsc::channel(crate::mesh::BUILD_EVENT_BUFFER);
+            scheduler = scheduler.with_build_events(tx);
+            let params = crate::mesh::MeshParams {
+                key: key.clone(),
+                store: store.clone(),
+                store_dir: store_dir.clone(),
+                data_dir: data_dir.clone(),
+                config: config.clone(),
+                settings: config.mesh.clone(),
+                systems: systems.clone(),
+                slots: sched_options.slots,
+                scheduler: handle.clone(),
+                builds,
+            };
+            let (mesh, task) = crate::mesh::start(params, shutdown.clone()).instrument(span.clone()).await?;
+            (Some(mesh), Some(task))
+        } else {
+            (None, None)
+        };
 
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
@@ -211,15 +242,18 @@ impl Node {
             slots: sched_options.slots,
         });
 
-        let shutdown = CancellationToken::new();
-        let app = crate::http::router(crate::http::AppState::new(
+        let mut app_state = crate::http::AppState::new(
             store.clone(),
             store_dir.clone(),
             key.clone(),
             info.clone(),
             handle.clone(),
             submit_context(&store, &store_dir, &data_dir, &handle),
-        ));
+        );
+        if let Some(m) = &mesh {
+            app_state = app_state.with_mesh(m.clone());
+        }
+        let app = crate::http::router(app_state);
         let http_task = {
             let shutdown = shutdown.clone();
             tokio::spawn(
@@ -250,6 +284,8 @@ impl Node {
             shutdown,
             http_task: Some(http_task),
             scheduler_task: Some(scheduler_task),
+            mesh,
+            mesh_task,
             span,
         })
     }
@@ -289,6 +325,11 @@ impl Node {
         &self.scheduler
     }
 
+    /// The mesh driver's handle, when the node runs the mesh.
+    pub fn mesh(&self) -> Option<&crate::mesh::MeshHandle> {
+        self.mesh.as_ref()
+    }
+
     /// The node's tracing span.
     pub fn span(&self) -> &tracing::Span {
         &self.span
@@ -310,6 +351,11 @@ impl Node {
                 && let Err(e) = t.await
             {
                 tracing::error!(cause = %e, "scheduler task failed");
+            }
+            if let Some(t) = self.mesh_task.take()
+                && let Err(e) = t.await
+            {
+                tracing::error!(cause = %e, "mesh task failed");
             }
             if let Some(mut t) = self.http_task.take() {
                 match tokio::time::timeout(HTTP_DRAIN, &mut t).await {

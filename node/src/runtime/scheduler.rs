@@ -249,6 +249,8 @@ pub struct Scheduler {
     handle: SchedulerHandle,
     /// Parsed derivations of pending builds and their inputs (derivations never change).
     drvs: Arc<Mutex<HashMap<StorePath, Arc<Derivation>>>>,
+    /// Where the end of every build is reported (the mesh driver), if anywhere.
+    events: Option<tokio::sync::mpsc::Sender<crate::mesh::BuildEvent>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -288,7 +290,13 @@ impl Scheduler {
                 running: Mutex::new(HashMap::new()),
             }),
         };
-        Scheduler { store, store_dir, key, systems, executor, options, handle, drvs: Arc::default() }
+        Scheduler { store, store_dir, key, systems, executor, options, handle, drvs: Arc::default(), events: None }
+    }
+
+    /// Report the end of every build on `events` (the mesh driver listens).
+    pub fn with_build_events(mut self, events: tokio::sync::mpsc::Sender<crate::mesh::BuildEvent>) -> Scheduler {
+        self.events = Some(events);
+        self
     }
 
     /// The handle for the API.
@@ -550,11 +558,25 @@ impl Scheduler {
         let token = s.token.clone();
         let result = self.execute(&s).await;
         let this = self.clone();
-        let finish = tokio::task::spawn_blocking(move || this.finish(&s, result, &shutdown)).await;
-        match finish {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(drv = %drv, cause = %e, "recording the build result failed"),
-            Err(e) => tracing::error!(drv = %drv, cause = %e, "recording the build result panicked"),
+        let finish = tokio::task::spawn_blocking(move || {
+            let mut outcome = None;
+            let r = this.finish(&s, result, &shutdown, &mut outcome);
+            (r, outcome)
+        })
+        .await;
+        let outcome = match finish {
+            Ok((Ok(()), o)) => o,
+            Ok((Err(e), o)) => {
+                tracing::error!(drv = %drv, cause = %e, "recording the build result failed");
+                o
+            }
+            Err(e) => {
+                tracing::error!(drv = %drv, cause = %e, "recording the build result panicked");
+                None
+            }
+        };
+        if let (Some(events), Some(outcome)) = (&self.events, outcome) {
+            let _ = events.send(crate::mesh::BuildEvent { drv: drv.clone(), outcome }).await;
         }
         token.cancel();
         self.handle.lock_running().remove(&drv);
@@ -603,19 +625,27 @@ impl Scheduler {
         s: &Started,
         result: Result<Option<BuildReport>, BuildError>,
         shutdown: &CancellationToken,
+        outcome: &mut Option<crate::mesh::BuildOutcome>,
     ) -> Result<(), String> {
+        use crate::mesh::BuildOutcome;
         let drv = &s.drv;
         let now = unix_ms();
         let attempt = s.record.attempts;
         match result {
             Ok(report) => {
+                *outcome = Some(BuildOutcome::Built(None));
                 if let Some(report) = &report {
                     // Durable before reported: the attestation commits before the build is done.
-                    let committed = commit_attestation(&self.store, &self.key, &self.store_dir, drv, report);
-                    if let Err(e) = committed {
-                        let reason = format!("committing the attestation failed: {e}");
-                        tracing::error!(reason, "build succeeded but could not be attested");
-                        return self.after_failure(drv, attempt, true, &reason, now);
+                    match commit_attestation(&self.store, &self.key, &self.store_dir, drv, report) {
+                        Ok(c) => *outcome = Some(BuildOutcome::Built(Some(Box::new(c.message)))),
+                        Err(e) => {
+                            let reason = format!("committing the attestation failed: {e}");
+                            tracing::error!(reason, "build succeeded but could not be attested");
+                            *outcome = Some(BuildOutcome::Failed(buildmesh_protocol::wire::FailureReason::Executor {
+                                message: reason.clone(),
+                            }));
+                            return self.after_failure(drv, attempt, true, &reason, now);
+                        }
                     }
                 }
                 match self.store.mark_done(drv, now) {
@@ -635,6 +665,7 @@ impl Scheduler {
                 Ok(())
             }
             Err(BuildError::Cancelled) => {
+                *outcome = Some(BuildOutcome::Cancelled);
                 let state = self.store.get_build(drv).map_err(|e| e.to_string())?.map(|r| r.state);
                 if state == Some(BuildState::Running) {
                     // Cancelled by something other than the API: record it as a failure.
@@ -645,6 +676,7 @@ impl Scheduler {
                 Ok(())
             }
             Err(err) => {
+                *outcome = Some(BuildOutcome::Failed(err.to_reason()));
                 let emulated = self.systems.is_emulated(&String::from_utf8_lossy(&s.derivation.system));
                 if let Err(e) =
                     commit_failure_in_mode(&self.store, &self.key, &self.store_dir, drv, attempt, &err, emulated, now)

@@ -64,6 +64,40 @@ pub fn accept(
     content_length: Option<u64>,
     now: u64,
 ) -> Result<SubmitResponse, SubmitError> {
+    accept_inner(ctx, body, content_length, now, true).map(|(r, _)| r)
+}
+
+/// What a mesh node hands to the mesh after [`accept_for_mesh`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshPlan {
+    /// The derivations to build, dependencies first: `(drv, outputs wanted (empty = all), its
+    /// input derivations that are built in the same plan)`.
+    pub jobs: Vec<(StorePath, BTreeSet<String>, Vec<StorePath>)>,
+    /// The requested priority.
+    pub priority: i32,
+    /// The requested replication factor (0 = the node's default).
+    pub replicas: u32,
+}
+
+/// [`accept`] for a mesh node: the same checks and the same single transaction storing the
+/// `.drv` files and sources, but nothing is queued locally; the derivations to build come back
+/// as a [`MeshPlan`] for the mesh.
+pub fn accept_for_mesh(
+    ctx: &SubmitContext,
+    body: &mut dyn Read,
+    content_length: Option<u64>,
+    now: u64,
+) -> Result<(SubmitResponse, MeshPlan), SubmitError> {
+    accept_inner(ctx, body, content_length, now, false)
+}
+
+fn accept_inner(
+    ctx: &SubmitContext,
+    body: &mut dyn Read,
+    content_length: Option<u64>,
+    now: u64,
+    enqueue: bool,
+) -> Result<(SubmitResponse, MeshPlan), SubmitError> {
     let sd = &ctx.store_dir;
     let limits = &ctx.limits;
     let store = &ctx.store;
@@ -221,7 +255,7 @@ pub fn accept(
         for info in &new_paths {
             sources_registered += u64::from(w.register_path(info)?);
         }
-        for (drv, wanted) in &builds.to_build {
+        for (drv, wanted) in builds.to_build.iter().filter(|_| enqueue) {
             let req = EnqueueRequest {
                 drv: drv.clone(),
                 priority: header.priority,
@@ -242,14 +276,29 @@ pub fn accept(
         already_built = builds.already_built.len(),
         "accepted a submission"
     );
-    Ok(SubmitResponse {
+    let planned: BTreeSet<&StorePath> = builds.to_build.iter().map(|(d, _)| d).collect();
+    let mesh_plan = MeshPlan {
+        jobs: builds
+            .to_build
+            .iter()
+            .rev()
+            .map(|(d, wanted)| {
+                let inputs = inputs_of(&set, d).into_iter().filter(|i| planned.contains(i)).collect();
+                (d.clone(), wanted.clone(), inputs)
+            })
+            .collect(),
+        priority: header.priority,
+        replicas: header.replicas,
+    };
+    let response = SubmitResponse {
         accepted: plan.requested.iter().map(|p| sd.display(p)).collect(),
         queued: builds.to_build.len() as u64,
         already_built: builds.already_built.iter().map(|p| sd.display(p)).collect(),
         outputs: builds.outputs,
         drvs_stored,
         sources_registered,
-    })
+    };
+    Ok((response, mesh_plan))
 }
 
 fn path_info(s: &SourcePlan, blob: ArtifactHash, ca: Option<String>, now: u64) -> PathInfo {

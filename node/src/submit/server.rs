@@ -55,6 +55,7 @@ impl SubmitContext {
 struct ServerState {
     ctx: SubmitContext,
     permits: Semaphore,
+    mesh: Option<crate::mesh::MeshHandle>,
 }
 
 /// The router serving `POST /api/v1/submit` (state applied; merge it into the gateway's router).
@@ -63,7 +64,18 @@ pub fn router(ctx: SubmitContext) -> Router {
     Router::new()
         .route(SUBMIT_PATH, post(submit))
         .layer(DefaultBodyLimit::disable())
-        .with_state(Arc::new(ServerState { ctx, permits }))
+        .with_state(Arc::new(ServerState { ctx, permits, mesh: None }))
+}
+
+/// The router of a mesh node: uploads are checked and stored as by [`router`], then every
+/// derivation to build becomes a mesh job ([`crate::mesh::MeshHandle::submit`]) instead of a
+/// local build.
+pub fn mesh_router(ctx: SubmitContext, mesh: crate::mesh::MeshHandle) -> Router {
+    let permits = Semaphore::new(ctx.limits.max_concurrent.max(1));
+    Router::new()
+        .route(SUBMIT_PATH, post(submit))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Arc::new(ServerState { ctx, permits, mesh: Some(mesh) }))
 }
 
 /// The JSON error body: `{"error": "...", "path": "/nix/store/..."}` (`path` when the error is
@@ -97,14 +109,39 @@ async fn submit(State(state): State<Arc<ServerState>>, headers: HeaderMap, body:
     };
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let worker_state = state.clone();
+    let mesh_mode = state.mesh.is_some();
     let task = tokio::task::spawn_blocking(move || {
         let mut reader = ChannelReader { rx, buf: Bytes::new() };
-        super::accept(&worker_state.ctx, &mut reader, content_length, unix_ms())
+        if mesh_mode {
+            super::accept::accept_for_mesh(&worker_state.ctx, &mut reader, content_length, unix_ms())
+                .map(|(r, p)| (r, Some(p)))
+        } else {
+            super::accept(&worker_state.ctx, &mut reader, content_length, unix_ms()).map(|r| (r, None))
+        }
     });
     forward(body, tx).await;
     let result = match task.await {
         Ok(r) => r,
         Err(e) => Err(SubmitError::Internal(format!("the submit task failed: {e}"))),
+    };
+    // A mesh node hands the derivations to build to the mesh.
+    let result = match (result, &state.mesh) {
+        (Ok((resp, Some(plan))), Some(mesh)) => {
+            let req = crate::mesh::SubmitRequest {
+                jobs: plan
+                    .jobs
+                    .into_iter()
+                    .map(|(drv, outputs, inputs)| crate::mesh::SubmitJob { drv, outputs, inputs })
+                    .collect(),
+                priority: plan.priority,
+                replicas: (plan.replicas > 0).then_some(plan.replicas),
+            };
+            match mesh.submit(req).await {
+                Ok(_) => Ok(resp),
+                Err(e) => Err(SubmitError::Internal(format!("the mesh did not take the submission: {e}"))),
+            }
+        }
+        (r, _) => r.map(|(resp, _)| resp),
     };
     match result {
         Ok(resp) => {

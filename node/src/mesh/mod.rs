@@ -1,0 +1,471 @@
+//! The mesh on a real node: the coordination state machine ([`buildmesh_protocol::mesh::Mesh`])
+//! driven over libp2p ([`crate::net`]), the store and the build scheduler.
+//!
+//! # Shape
+//! [`start`] spawns the network task and one *driver* task ([`driver`]) that owns the `Mesh`.
+//! The driver `select!`s over gossip and connection events, the scheduler's build results, requests
+//! from the HTTP API (through a [`MeshHandle`]), results of its own helper tasks and the state
+//! machine's next timer, and after every input executes what the machine asks for:
+//!
+//! | machine output | what the driver does |
+//! |---|---|
+//! | `Publish(m)` | signs `m` with the node key; an attestation or failure is committed to redb first; gossips it on `m`'s topic |
+//! | `StartBuild(order)` | a helper task fetches the `.drv` closure (from the submitter, `/buildmesh/closure/1`) and the input paths (from their attested builders or DHT providers, `/buildmesh/nar/1`, verified against the attested NarHash), then queues the build for the local scheduler |
+//! | `CancelBuild` | cancels the helper task and the local build |
+//! | `RequestRetry` | sends `SyncRequest::Retry` to the peer |
+//! | `Event(e)` | logs; for this node's own submissions, `JobComplete` fetches the outputs and records the build as done, `JobFailed` records it as failed |
+//!
+//! # Gossip validation ([`validate`])
+//! Every received message is size-checked, decoded, checked against its topic and verified; a bad
+//! one is rejected (gossipsub penalises the peer that forwarded it). Attestations and failures are
+//! committed to redb **before** the message is accepted, so gossipsub forwards only what is durable
+//! here. Then the machine judges it: applied or newly stored → accept (forward); duplicate, stale,
+//! own echo → ignore.
+//!
+//! # Other protocols
+//! - [`serve`]: answers closure, NAR-chunk and anti-entropy requests from the store;
+//! - [`sync`]: pulls missing attestations and failures from peers when they connect;
+//! - [`fetch`]: gets closures and NARs from peers, verified;
+//! - [`gateway`]: the quorum narinfo (served only when enough trusted builders agree).
+//!
+//! # Restart
+//! At start the driver verifies and feeds every stored attestation and failure to the machine
+//! (its own attestations as `RestoreAttestation`), then resubmits its own unfinished submissions
+//! ([`jobs`]). Registered outputs are announced as DHT provider records.
+
+pub mod cli;
+pub mod driver;
+pub mod fetch;
+pub mod gateway;
+pub mod http;
+pub mod jobs;
+pub mod rpc;
+pub mod serve;
+pub mod settings;
+pub mod sync;
+pub mod validate;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use buildmesh_protocol::id::NodeId;
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::signed::Verified;
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+use buildmesh_protocol::wire::{Attestation, FailureReason};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::{MeshSettings, SettingsError, net_config, trust_policy};
+
+use crate::config::Config;
+use crate::runtime::SchedulerHandle;
+use crate::store::Store;
+use crate::systems::Systems;
+
+/// Capacity of the build-event channel from the scheduler.
+pub const BUILD_EVENT_BUFFER: usize = 256;
+
+/// What became of a local build (sent by the scheduler to the driver).
+#[derive(Debug, Clone)]
+pub struct BuildEvent {
+    /// The derivation.
+    pub drv: StorePath,
+    /// Its end.
+    pub outcome: BuildOutcome,
+}
+
+/// The end of one local build attempt.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BuildOutcome {
+    /// Built; the committed attestation (`None`: it was built and attested before, nothing was
+    /// built again; the driver reads this node's attestation from the store).
+    Built(Option<Box<Verified<Attestation>>>),
+    /// Failed, for this reason (the scheduler committed its own signed failure already).
+    Failed(FailureReason),
+    /// Cancelled (by the API or the mesh) or interrupted by shutdown.
+    Cancelled,
+}
+
+/// One derivation of a submission, in dependency order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitJob {
+    /// The derivation (stored on this node).
+    pub drv: StorePath,
+    /// Outputs wanted (empty = all).
+    pub outputs: BTreeSet<String>,
+    /// Its input derivations that are part of the same submission (built first).
+    pub inputs: Vec<StorePath>,
+}
+
+/// A submission to the mesh (`POST /api/v1/submit` on a mesh node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitRequest {
+    /// The derivations to build, inputs before the derivations that need them.
+    pub jobs: Vec<SubmitJob>,
+    /// Priority.
+    pub priority: i32,
+    /// Replication factor; `None` = the node's configured default.
+    pub replicas: Option<u32>,
+}
+
+/// A peer as `GET /api/v1/peers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// The node's ed25519 public key, base64 (the same key signs its attestations and narinfos).
+    pub key: String,
+    /// `name:base64` when the key name is known (a configured trusted key).
+    pub public_key: Option<String>,
+    /// Whether its attestations count towards the quorum here.
+    pub trusted: bool,
+    /// Whether a connection to it is open.
+    pub connected: bool,
+    /// Whether it is in the mesh view (announced recently).
+    pub member: bool,
+    /// Native and emulated systems it announced.
+    pub systems: PeerSystems,
+    /// Features it announced.
+    pub features: Vec<String>,
+    /// Build slots it announced.
+    pub slots: u32,
+    /// Builds it was running at its last announcement.
+    pub load: u32,
+    /// Owner label.
+    pub owner: String,
+    /// Software version.
+    pub version: String,
+    /// Its addresses (as it reported them, or as seen on the connection).
+    pub addresses: Vec<String>,
+}
+
+/// Systems of a peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSystems {
+    /// Built natively.
+    pub native: Vec<String>,
+    /// Built under emulation.
+    pub emulated: Vec<String>,
+}
+
+/// Counters of the driver.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Gossip messages accepted (forwarded).
+    pub accepted: AtomicU64,
+    /// Gossip messages rejected (sender penalised).
+    pub rejected: AtomicU64,
+    /// Gossip messages ignored (duplicate, stale, echo).
+    pub ignored: AtomicU64,
+    /// Messages published.
+    pub published: AtomicU64,
+    /// Bytes of gossip payload received (every message handed to the driver).
+    pub bytes_in: AtomicU64,
+    /// Bytes of gossip payload published.
+    pub bytes_out: AtomicU64,
+    /// Anti-entropy runs finished.
+    pub sync_runs: AtomicU64,
+    /// Attestations received through anti-entropy.
+    pub synced_attestations: AtomicU64,
+    /// Failures received through anti-entropy.
+    pub synced_failures: AtomicU64,
+    /// Paths fetched from peers.
+    pub fetched_paths: AtomicU64,
+    /// Builds started for the mesh.
+    pub builds_started: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// `GET /api/v1/mesh`: the driver's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// Its listen addresses with `/p2p/<id>`.
+    pub addresses: Vec<String>,
+    /// Members in the view (this node included).
+    pub members: usize,
+    /// Peers connected.
+    pub connected: usize,
+    /// Derivations tracked by the state machine.
+    pub drvs_tracked: usize,
+    /// Of which active (not complete or failed).
+    pub drvs_active: usize,
+    /// Local submissions waiting for their inputs.
+    pub pending_submissions: usize,
+    /// This node's unfinished submissions.
+    pub own_submissions: usize,
+    /// Derivations this node is building for the mesh.
+    pub building: Vec<String>,
+    /// The quorum.
+    pub quorum: usize,
+    /// Trusted keys (node ids, hex).
+    pub trusted: Vec<String>,
+    /// Outputs named by stored attestations.
+    pub attested_outputs: usize,
+    /// Gossip accepted / rejected / ignored, messages published.
+    pub gossip: GossipCounts,
+    /// Anti-entropy.
+    pub sync: SyncCounts,
+    /// Paths fetched from peers.
+    pub fetched_paths: u64,
+    /// Builds started for the mesh.
+    pub builds_started: u64,
+    /// State machine counters.
+    pub machine: MachineCounts,
+}
+
+/// Gossip counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipCounts {
+    /// Accepted.
+    pub accepted: u64,
+    /// Rejected.
+    pub rejected: u64,
+    /// Ignored.
+    pub ignored: u64,
+    /// Published.
+    pub published: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes published.
+    pub bytes_out: u64,
+}
+
+/// Anti-entropy counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncCounts {
+    /// Runs finished.
+    pub runs: u64,
+    /// Attestations received.
+    pub attestations: u64,
+    /// Failures received.
+    pub failures: u64,
+}
+
+/// The state machine's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineCounts {
+    /// Messages that changed state.
+    pub applied: u64,
+    /// Duplicates.
+    pub duplicates: u64,
+    /// Stale messages.
+    pub stale: u64,
+    /// Ignored for another reason.
+    pub ignored: u64,
+    /// Claims published.
+    pub claims_published: u64,
+    /// Builds started.
+    pub builds_started: u64,
+    /// Builds cancelled.
+    pub builds_cancelled: u64,
+    /// Own results republished.
+    pub republished: u64,
+}
+
+/// Gossip delays kept for `GET /api/v1/mesh/delays` (the most recent ones).
+pub const MAX_DELAY_SAMPLES: usize = 4096;
+
+/// What the driver shares with its handles.
+#[derive(Debug, Default)]
+pub struct Shared {
+    peers: RwLock<Vec<PeerView>>,
+    status: RwLock<MeshStatus>,
+    counters: Counters,
+    delays: std::sync::Mutex<std::collections::VecDeque<u64>>,
+}
+
+impl Shared {
+    fn record_delay(&self, ms: u64) {
+        let mut d = self.delays.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if d.len() >= MAX_DELAY_SAMPLES {
+            d.pop_front();
+        }
+        d.push_back(ms);
+    }
+}
+
+/// Why a request to the mesh failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshApiError {
+    /// The driver has stopped.
+    #[error("the mesh driver has stopped")]
+    Stopped,
+    /// The request was refused, for this reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The network layer failed.
+    #[error("network: {0}")]
+    Net(String),
+}
+
+/// A request from a handle to the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Submit { req: SubmitRequest, reply: oneshot::Sender<Result<usize, String>> },
+    Retry { drv: StorePath, on: NodeId, reply: oneshot::Sender<Result<(), String>> },
+    Block { peer: PeerId, blocked: bool, reply: oneshot::Sender<Result<bool, String>> },
+}
+
+/// The API's side of the mesh driver. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MeshHandle {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    gateway: gateway::Gateway,
+    store_dir: StoreDir,
+}
+
+impl MeshHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, MeshApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| MeshApiError::Stopped)?;
+        rx.await.map_err(|_| MeshApiError::Stopped)?.map_err(MeshApiError::Refused)
+    }
+
+    /// Submit derivations to the mesh (stored on this node already). Returns how many jobs the
+    /// machine took.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<usize, MeshApiError> {
+        self.call(|reply| Command::Submit { req, reply }).await
+    }
+
+    /// `buildmesh retry DRV --on NODE`.
+    pub async fn retry(&self, drv: StorePath, on: NodeId) -> Result<(), MeshApiError> {
+        self.call(|reply| Command::Retry { drv, on, reply }).await
+    }
+
+    /// Block (`true`) or unblock a peer: its connections are closed and refused while blocked;
+    /// unblocking dials it again. Returns whether the block list changed.
+    pub async fn set_blocked(&self, peer: PeerId, blocked: bool) -> Result<bool, MeshApiError> {
+        self.call(|reply| Command::Block { peer, blocked, reply }).await
+    }
+
+    /// The known live peers.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.shared.peers.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The driver's state and counters.
+    pub fn status(&self) -> MeshStatus {
+        let mut s = self.shared.status.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let c = &self.shared.counters;
+        s.gossip = GossipCounts {
+            accepted: Counters::get(&c.accepted),
+            rejected: Counters::get(&c.rejected),
+            ignored: Counters::get(&c.ignored),
+            published: Counters::get(&c.published),
+            bytes_in: Counters::get(&c.bytes_in),
+            bytes_out: Counters::get(&c.bytes_out),
+        };
+        s.sync = SyncCounts {
+            runs: Counters::get(&c.sync_runs),
+            attestations: Counters::get(&c.synced_attestations),
+            failures: Counters::get(&c.synced_failures),
+        };
+        s.fetched_paths = Counters::get(&c.fetched_paths);
+        s.builds_started = Counters::get(&c.builds_started);
+        s.attested_outputs = self.gateway.index().len();
+        s
+    }
+
+    /// For the most recent attestations of other builders received by gossip: milliseconds
+    /// from the end of the build (the builder's clock) to their acceptance here (this node's
+    /// clock), oldest first.
+    pub fn attestation_delays(&self) -> Vec<u64> {
+        self.shared.delays.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
+    }
+
+    /// This node's libp2p addresses (`/…/p2p/<id>`).
+    pub fn addresses(&self) -> Vec<String> {
+        self.shared.status.read().unwrap_or_else(std::sync::PoisonError::into_inner).addresses.clone()
+    }
+
+    /// The quorum gateway.
+    pub fn gateway(&self) -> &gateway::Gateway {
+        &self.gateway
+    }
+
+    /// The store directory.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+}
+
+/// Everything [`start`] needs.
+#[derive(Debug)]
+pub struct MeshParams {
+    /// The node key (libp2p identity, mesh and Nix signatures).
+    pub key: Arc<NodeKey>,
+    /// The store.
+    pub store: Store,
+    /// The store directory.
+    pub store_dir: StoreDir,
+    /// The data dir (`DATA/mesh/` holds cursors, submissions and temp files).
+    pub data_dir: PathBuf,
+    /// The node configuration (listen, bootstrap, mdns, trusted keys, quorum, replicas, owner,
+    /// features, mesh timers in `settings`).
+    pub config: Config,
+    /// The mesh timers.
+    pub settings: MeshSettings,
+    /// What this machine builds.
+    pub systems: Systems,
+    /// Build slots.
+    pub slots: usize,
+    /// The local scheduler.
+    pub scheduler: SchedulerHandle,
+    /// Build results from the scheduler.
+    pub builds: mpsc::Receiver<BuildEvent>,
+}
+
+/// Why the mesh could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The network layer could not start.
+    #[error("network: {0}")]
+    Net(#[from] crate::net::SpawnError),
+    /// The state machine refused its configuration.
+    #[error("mesh state machine: {0}")]
+    Machine(#[from] buildmesh_protocol::mesh::MeshError),
+    /// The data dir could not be prepared.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Start the network and the driver. The driver stops when `shutdown` fires (and stops the
+/// network task); await the returned handle to know it has.
+pub async fn start(
+    params: MeshParams,
+    shutdown: CancellationToken,
+) -> Result<(MeshHandle, JoinHandle<()>), StartError> {
+    driver::start(params, shutdown).await
+}

@@ -1,0 +1,289 @@
+//! Bodies of the three request-response protocols, and their encoding.
+//!
+//! The net layer carries opaque, size-capped frames ([`crate::net::RrLimits`]); this module gives
+//! them meaning. Bodies are [postcard](https://docs.rs/postcard) encodings of the types below
+//! (unsigned: what they carry is either signed itself, an attestation or failure envelope, or
+//! checked against a hash the receiver already trusts, a `.drv` path or a NarHash). Decoding
+//! refuses bodies above the protocol's cap before parsing, and trailing bytes.
+//!
+//! | protocol | request | response |
+//! |---|---|---|
+//! | `/buildmesh/closure/1` | [`ClosureRequest`] | [`ClosureResponse`] |
+//! | `/buildmesh/nar/1` | [`NarRequest`] | [`NarResponse`] (one chunk) |
+//! | `/buildmesh/sync/1` | [`SyncRequest`] | [`SyncResponse`] |
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::store::SetSummary;
+
+/// Why a body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The body is larger than the protocol allows.
+    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Which body.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body does not decode.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// Which body.
+        what: &'static str,
+        /// The decoder's complaint.
+        reason: String,
+    },
+}
+
+/// Encode a body.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard only fails on types it cannot represent (none here) or a full buffer (a Vec grows).
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// Decode a body of at most `max` bytes; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8], max: usize) -> Result<T, RpcError> {
+    if bytes.len() > max {
+        return Err(RpcError::TooLarge { what, len: bytes.len(), max });
+    }
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(bytes).map_err(|e| RpcError::Malformed { what, reason: e.to_string() })?;
+    if !rest.is_empty() {
+        return Err(RpcError::Malformed { what, reason: format!("{} trailing bytes", rest.len()) });
+    }
+    Ok(value)
+}
+
+// ---- /buildmesh/closure/1 ----
+
+/// Ask for the `.drv` closure of a derivation (every `.drv` it needs, transitively) and the path
+/// infos of the input sources of that closure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosureRequest {
+    /// The derivation, as a base name (`<hash>-<name>.drv`).
+    pub drv: String,
+}
+
+/// An input source's registration (its NAR is fetched over `/buildmesh/nar/1` by NarHash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// Base name.
+    pub path: String,
+    /// `sha256:<nix32>`.
+    pub nar_hash: String,
+    /// NarSize.
+    pub nar_size: u64,
+    /// References, as base names.
+    pub references: Vec<String>,
+    /// Content address, when known.
+    pub ca: Option<String>,
+}
+
+/// The answer to a [`ClosureRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClosureResponse {
+    /// The closure: `(base name, ATerm bytes)` of every `.drv`, the requested one first, and the
+    /// input sources of all of them with their reference closures.
+    Found {
+        /// The `.drv` files.
+        drvs: Vec<(String, Vec<u8>)>,
+        /// The input sources.
+        sources: Vec<SourceInfo>,
+    },
+    /// The responder does not have the derivation or part of its closure.
+    NotFound {
+        /// What is missing.
+        missing: String,
+    },
+    /// The responder failed.
+    Error {
+        /// What failed.
+        message: String,
+    },
+}
+
+// ---- /buildmesh/nar/1 ----
+
+/// Ask for `len` bytes at `offset` of the NAR whose sha256 is `nar_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NarRequest {
+    /// sha256 of the NAR (its NarHash digest).
+    pub nar_hash: [u8; 32],
+    /// Offset of the chunk.
+    pub offset: u64,
+    /// Length of the chunk (at most [`crate::net::NAR_CHUNK_SIZE`]).
+    pub len: u32,
+}
+
+/// The answer to a [`NarRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NarResponse {
+    /// The chunk's bytes.
+    Chunk(#[serde(with = "serde_bytes_vec")] Vec<u8>),
+    /// The responder has no NAR with this hash.
+    NotFound,
+    /// The responder failed (or the range lies outside the NAR).
+    Error(String),
+}
+
+mod serde_bytes_vec {
+    //! `Vec<u8>` as one byte string (postcard: length + raw bytes, no per-byte overhead either
+    //! way, but explicit).
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+// ---- /buildmesh/sync/1 ----
+
+/// Most records a [`SyncResponse::Page`] carries.
+pub const MAX_PAGE_ITEMS: u32 = 1024;
+/// Most envelope bytes a [`SyncResponse::Page`] carries (well under the 16 MiB response cap).
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
+
+/// Anti-entropy and direct requests between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// The responder's set fingerprints.
+    Summary,
+    /// Attestations in the responder's insertion order, from sequence number `from` on.
+    Attestations {
+        /// First sequence number wanted.
+        from: u64,
+        /// Most records wanted (capped at [`MAX_PAGE_ITEMS`]).
+        limit: u32,
+    },
+    /// Build failures, like `Attestations`.
+    Failures {
+        /// First sequence number wanted.
+        from: u64,
+        /// Most records wanted.
+        limit: u32,
+    },
+    /// `buildmesh retry DRV --on <responder>`: build `drv` (base name) regardless of placement.
+    Retry {
+        /// The derivation.
+        drv: String,
+    },
+}
+
+/// A set fingerprint as sent over the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Number of records.
+    pub count: u64,
+    /// XOR of their message ids.
+    pub xor: [u8; 32],
+    /// The responder's next sequence number.
+    pub next_seq: u64,
+}
+
+impl From<SetSummary> for Summary {
+    fn from(s: SetSummary) -> Summary {
+        Summary { count: s.count, xor: s.xor, next_seq: s.next_seq }
+    }
+}
+
+impl Summary {
+    /// Whether two fingerprints describe the same set (count and XOR; sequence numbers are local).
+    pub fn same_set(&self, other: &Summary) -> bool {
+        self.count == other.count && self.xor == other.xor
+    }
+}
+
+/// The answer to a [`SyncRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// Fingerprints of the attestation and failure sets.
+    Summary {
+        /// Attestations.
+        attestations: Summary,
+        /// Failures.
+        failures: Summary,
+    },
+    /// A page of signed envelopes, `(sequence number, envelope bytes)`, in sequence order.
+    Page {
+        /// The records.
+        items: Vec<(u64, Vec<u8>)>,
+        /// Where the next page starts.
+        next: u64,
+        /// Whether more records follow.
+        more: bool,
+    },
+    /// The retry was taken (`Ok`) or refused with a reason.
+    Retry(Result<(), String>),
+    /// The responder failed.
+    Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn nar_chunks_are_raw_bytes() {
+        let r = NarResponse::Chunk(vec![7u8; 1000]);
+        let bytes = encode(&r);
+        assert!(bytes.len() < 1010, "{}", bytes.len());
+        assert_eq!(decode::<NarResponse>("nar response", &bytes, 2000).unwrap(), r);
+    }
+
+    #[test]
+    fn oversized_and_trailing_bodies_are_refused() {
+        let bytes = encode(&SyncRequest::Summary);
+        assert!(matches!(decode::<SyncRequest>("x", &bytes, 0), Err(RpcError::TooLarge { .. })));
+        let mut more = bytes.clone();
+        more.push(0);
+        assert!(matches!(decode::<SyncRequest>("x", &more, 100), Err(RpcError::Malformed { .. })));
+        assert!(matches!(decode::<SyncRequest>("x", &[0xff, 0xff], 100), Err(RpcError::Malformed { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn sync_round_trips(from in any::<u64>(), limit in any::<u32>(), items in proptest::collection::vec((any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)), 0..8), more in any::<bool>()) {
+            let req = SyncRequest::Attestations { from, limit };
+            prop_assert_eq!(decode::<SyncRequest>("r", &encode(&req), 1 << 20).unwrap(), req);
+            let resp = SyncResponse::Page { items, next: from, more };
+            prop_assert_eq!(decode::<SyncResponse>("r", &encode(&resp), 1 << 20).unwrap(), resp);
+        }
+
+        #[test]
+        fn nar_request_round_trips(h in any::<[u8; 32]>(), offset in any::<u64>(), len in any::<u32>()) {
+            let req = NarRequest { nar_hash: h, offset, len };
+            prop_assert_eq!(decode::<NarRequest>("r", &encode(&req), 4096).unwrap(), req);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<SyncResponse>("r", &bytes, 1 << 20);
+            let _ = decode::<ClosureResponse>("r", &bytes, 1 << 20);
+            let _ = decode::<NarResponse>("r", &bytes, 1 << 20);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Answering other nodes: `.drv` closures, NAR chunks and anti-entropy pages, from the store.
+//!
+//! Every answer is computed in a blocking task (store reads, decompression) and sent with
+//! [`NetHandle::respond`]. NAR chunks of one object usually arrive in order (the requester
+//! pipelines them), so the decompressing reader of the last chunk served is kept per (peer, NAR)
+//! and continued instead of decompressing the NAR from its start for every chunk.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Read;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use buildmesh_protocol::derivation::Derivation;
+use buildmesh_protocol::hash::NixHash;
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+use libp2p::PeerId;
+
+use super::rpc::{
+    self, ClosureRequest, ClosureResponse, MAX_PAGE_BYTES, MAX_PAGE_ITEMS, NarRequest, NarResponse, SourceInfo,
+    SyncRequest, SyncResponse,
+};
+use crate::net::{NAR_CHUNK_SIZE, NetConfig};
+use crate::store::{NarBlobReader, Store, StoreError};
+
+/// Open NAR readers kept for continuation.
+const READER_CACHE: usize = 8;
+/// Most `.drv` files in one closure answer.
+const MAX_CLOSURE_DRVS: usize = 100_000;
+
+/// Serves inbound requests from the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    store: Store,
+    store_dir: StoreDir,
+    readers: Arc<Mutex<VecDeque<CachedReader>>>,
+    limits: NetConfig,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+struct CachedReader {
+    peer: PeerId,
+    nar_hash: [u8; 32],
+    offset: u64,
+    reader: NarBlobReader,
+}
+
+impl Server {
+    /// A server over `store`.
+    pub fn new(store: Store, store_dir: StoreDir) -> Server {
+        Server { store, store_dir, readers: Arc::default(), limits: NetConfig::default() }
+    }
+
+    /// Answer a `/buildmesh/closure/1` request body (blocking).
+    pub fn closure(&self, body: &[u8]) -> Vec<u8> {
+        let resp = match rpc::decode::<ClosureRequest>("closure request", body, self.limits.closure_limits.max_request)
+        {
+            Err(e) => ClosureResponse::Error { message: e.to_string() },
+            Ok(req) => match StorePath::from_basename(&req.drv) {
+                Err(e) => ClosureResponse::Error { message: format!("{:?} is not a store path: {e}", req.drv) },
+                Ok(drv) => self.closure_of(&drv).unwrap_or_else(|e| ClosureResponse::Error { message: e.to_string() }),
+            },
+        };
+        let bytes = rpc::encode(&resp);
+        if bytes.len() > self.limits.closure_limits.max_response {
+            return rpc::encode(&ClosureResponse::Error {
+                message: format!("the closure is {} bytes, more than one response may carry", bytes.len()),
+            });
+        }
+        bytes
+    }
+
+    fn closure_of(&self, drv: &StorePath) -> Result<ClosureResponse, StoreError> {
+        let sd = &self.store_dir;
+        let mut drvs = Vec::new();
+        let mut srcs: BTreeSet<StorePath> = BTreeSet::new();
+        let mut seen = BTreeSet::from([drv.clone()]);
+        let mut todo = VecDeque::from([drv.clone()]);
+        while let Some(d) = todo.pop_front() {
+            let Some(bytes) = self.store.get_drv(&d)? else {
+                return Ok(ClosureResponse::NotFound { missing: sd.display(&d) });
+            };
+            let parsed = match Derivation::parse(&bytes, sd) {
+                Ok(p) => p,
+                Err(e) => return Ok(ClosureResponse::Error { message: format!("stored {d} does not parse: {e}") }),
+            };
+            srcs.extend(parsed.input_srcs.iter().cloned());
+            for input in parsed.input_drvs.keys() {
+                if seen.insert(input.clone()) {
+                    todo.push_back(input.clone());
+                }
+            }
+            drvs.push((d.to_string(), bytes));
+            if drvs.len() > MAX_CLOSURE_DRVS {
+                return Ok(ClosureResponse::Error {
+                    message: format!("closure has more than {MAX_CLOSURE_DRVS} drvs"),
+                });
+            }
+        }
+        // Sources with their reference closures.
+        let mut sources = Vec::new();
+        let mut done: BTreeSet<StorePath> = BTreeSet::new();
+        let mut todo: Vec<StorePath> = srcs.into_iter().collect();
+        while let Some(p) = todo.pop() {
+            if !done.insert(p.clone()) {
+                continue;
+            }
+            let Some(info) = self.store.path_info(&p)? else {
+                return Ok(ClosureResponse::NotFound { missing: sd.display(&p) });
+            };
+            todo.extend(info.references.iter().filter(|r| **r != p).cloned());
+            sources.push(SourceInfo {
+                path: p.to_string(),
+                nar_hash: info.nar_hash.to_string(),
+                nar_size: info.nar_size,
+                references: info.references.iter().map(|r| r.to_string()).collect(),
+                ca: info.ca.clone(),
+            });
+        }
+        Ok(ClosureResponse::Found { drvs, sources })
+    }
+
+    /// Answer a `/buildmesh/nar/1` request body from `peer` (blocking).
+    pub fn nar(&self, peer: PeerId, body: &[u8]) -> Vec<u8> {
+        let resp = match rpc::decode::<NarRequest>("NAR request", body, self.limits.nar_limits.max_request) {
+            Err(e) => NarResponse::Error(e.to_string()),
+            Ok(req) if req.len > NAR_CHUNK_SIZE || req.len == 0 => {
+                NarResponse::Error(format!("chunk length {} is outside 1..={NAR_CHUNK_SIZE}", req.len))
+            }
+            Ok(req) => self.chunk(peer, &req).unwrap_or_else(|e| NarResponse::Error(e.to_string())),
+        };
+        rpc::encode(&resp)
+    }
+
+    fn chunk(&self, peer: PeerId, req: &NarRequest) -> Result<NarResponse, StoreError> {
+        let cached = {
+            let mut cache = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            let pos = cache.iter().position(|c| c.peer == peer && c.nar_hash == req.nar_hash && c.offset == req.offset);
+            pos.and_then(|i| cache.remove(i))
+        };
+        let mut c = match cached {
+            Some(c) => c,
+            None => {
+                let Some(blob) = self.store.blob_by_nar_hash(&NixHash::sha256(req.nar_hash))? else {
+                    return Ok(NarResponse::NotFound);
+                };
+                if req.offset >= blob.nar_size {
+                    return Ok(NarResponse::Error(format!("offset {} is past the NAR's end", req.offset)));
+                }
+                let mut reader = self.store.open_nar(&blob.blake3)?;
+                let skipped = std::io::copy(&mut (&mut reader).take(req.offset), &mut std::io::sink())
+                    .map_err(|source| StoreError::Input { source })?;
+                if skipped != req.offset {
+                    return Ok(NarResponse::Error("NAR shorter than the requested offset".into()));
+                }
+                CachedReader { peer, nar_hash: req.nar_hash, offset: req.offset, reader }
+            }
+        };
+        let want = (c.reader.nar_size().saturating_sub(c.offset)).min(u64::from(req.len)) as usize;
+        let mut buf = vec![0u8; want];
+        c.reader.read_exact(&mut buf).map_err(|source| StoreError::Input { source })?;
+        c.offset += want as u64;
+        if c.offset < c.reader.nar_size() {
+            let mut cache = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.push_back(c);
+            while cache.len() > READER_CACHE {
+                cache.pop_front();
+            }
+        }
+        Ok(NarResponse::Chunk(buf))
+    }
+
+    /// Answer the anti-entropy part of a `/buildmesh/sync/1` request (blocking). Retry requests
+    /// need the state machine and are answered by the driver.
+    pub fn sync(&self, req: &SyncRequest) -> SyncResponse {
+        let r = match req {
+            SyncRequest::Summary => self.store.attestation_summary().and_then(|a| {
+                Ok(SyncResponse::Summary { attestations: a.into(), failures: self.store.failure_summary()?.into() })
+            }),
+            SyncRequest::Attestations { from, limit } => {
+                let limit = (*limit).clamp(1, MAX_PAGE_ITEMS) as usize;
+                self.store.attestations_since(*from, limit).and_then(|list| {
+                    let next_seq = self.store.attestation_summary()?.next_seq;
+                    Ok(page(list.into_iter().map(|a| (a.seq, a.entry.envelope)), *from, next_seq))
+                })
+            }
+            SyncRequest::Failures { from, limit } => {
+                let limit = (*limit).clamp(1, MAX_PAGE_ITEMS) as usize;
+                self.store.failures_since(*from, limit).and_then(|list| {
+                    let next_seq = self.store.failure_summary()?.next_seq;
+                    Ok(page(list.into_iter().map(|f| (f.seq, f.entry.envelope)), *from, next_seq))
+                })
+            }
+            SyncRequest::Retry { .. } => Ok(SyncResponse::Error("retry requests go to the driver".into())),
+        };
+        r.unwrap_or_else(|e| SyncResponse::Error(e.to_string()))
+    }
+}
+
+/// A page of at most [`MAX_PAGE_BYTES`] of envelopes.
+fn page(items: impl Iterator<Item = (u64, Vec<u8>)>, from: u64, next_seq: u64) -> SyncResponse {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = from;
+    for (seq, env) in items {
+        if !out.is_empty() && bytes + env.len() > MAX_PAGE_BYTES {
+            break;
+        }
+        bytes += env.len() + 16;
+        next = seq + 1;
+        out.push((seq, env));
+    }
+    SyncResponse::Page { more: next < next_seq && !out.is_empty(), items: out, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_bounded_and_say_where_to_go_on() {
+        let items = (0..10u64).map(|s| (s, vec![0u8; MAX_PAGE_BYTES / 4]));
+        let SyncResponse::Page { items, next, more } = page(items, 0, 10) else { panic!() };
+        assert!(items.len() < 5 && !items.is_empty());
+        assert_eq!(next, items.len() as u64);
+        assert!(more);
+        let SyncResponse::Page { items, next, more } = page(std::iter::empty(), 7, 7) else { panic!() };
+        assert!(items.is_empty() && next == 7 && !more);
+    }
+}

@@ -1,0 +1,229 @@
+//! [`MeshSettings`]: the `[mesh]` table of the node's configuration, and how it turns into the
+//! state machine's [`MeshConfig`] and the network layer's [`NetConfig`].
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use buildmesh_protocol::id::NodeId;
+use buildmesh_protocol::mesh::{MeshConfig, TrustConfig};
+use buildmesh_protocol::nixkey::PublicKey;
+use buildmesh_protocol::store_path::StoreDir;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::net::NetConfig;
+
+/// Timers of the mesh (`[mesh]` in the TOML file). Every time is in milliseconds; the defaults
+/// are the protocol's production values. Tests and small local meshes shorten them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshSettings {
+    /// Run the mesh (libp2p, gossip, placement). Also on whenever `bootstrap` is not empty.
+    pub enabled: bool,
+    /// How often the node announces itself.
+    pub announce_interval_ms: u64,
+    /// A member not heard from for this long leaves the view.
+    pub member_ttl_ms: u64,
+    /// Length of a build claim's lease.
+    pub lease_ms: u64,
+    /// How often a builder renews its lease.
+    pub renew_interval_ms: u64,
+    /// A designated builder that has not claimed within this long is skipped.
+    pub claim_timeout_ms: u64,
+    /// After start, how long the node only listens before it claims builds.
+    pub warmup_ms: u64,
+    /// A job learned this long after its publication waits one renewal interval before a claim.
+    pub fresh_job_ms: u64,
+    /// How often a submitter republishes an unfinished job.
+    pub resubmit_interval_ms: u64,
+    /// Least time between two republications of this node's own result for one derivation.
+    pub republish_interval_ms: u64,
+    /// How often the node compares its attestation set with a connected peer (anti-entropy),
+    /// besides on every new connection.
+    pub sync_interval_ms: u64,
+    /// How often disconnected bootstrap peers are dialled again.
+    pub redial_interval_ms: u64,
+    /// Gossipsub heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        let m = MeshConfig::default();
+        MeshSettings {
+            enabled: false,
+            announce_interval_ms: m.announce_interval_ms,
+            member_ttl_ms: m.member_ttl_ms,
+            lease_ms: m.lease_ms,
+            renew_interval_ms: m.renew_interval_ms,
+            claim_timeout_ms: m.claim_timeout_ms,
+            warmup_ms: m.warmup_ms,
+            fresh_job_ms: m.fresh_job_ms,
+            resubmit_interval_ms: m.resubmit_interval_ms,
+            republish_interval_ms: m.republish_interval_ms,
+            sync_interval_ms: 60_000,
+            redial_interval_ms: 30_000,
+            heartbeat_ms: 1_000,
+        }
+    }
+}
+
+/// A configuration the mesh cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A trusted key does not parse.
+    #[error("trusted key {key:?}: {reason}")]
+    TrustedKey {
+        /// The key as configured.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A listen or bootstrap multiaddr does not parse.
+    #[error("{field} address {addr:?}: {reason}")]
+    Multiaddr {
+        /// `listen` or `bootstrap`.
+        field: &'static str,
+        /// The address as configured.
+        addr: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The timers break a rule of the state machine.
+    #[error("[mesh] settings: {0}")]
+    Timers(String),
+    /// A zero interval.
+    #[error("[mesh] {field} must be above 0")]
+    Zero {
+        /// The field.
+        field: &'static str,
+    },
+}
+
+impl MeshSettings {
+    /// Whether a node with these settings and `config` runs the mesh: `enabled`, or some
+    /// bootstrap peer configured.
+    pub fn is_enabled(&self, config: &Config) -> bool {
+        self.enabled || !config.bootstrap.is_empty()
+    }
+
+    /// Check the timers against the state machine's rules.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        for (field, v) in [
+            ("sync_interval_ms", self.sync_interval_ms),
+            ("redial_interval_ms", self.redial_interval_ms),
+            ("heartbeat_ms", self.heartbeat_ms),
+        ] {
+            if v == 0 {
+                return Err(SettingsError::Zero { field });
+            }
+        }
+        self.mesh_config(StoreDir::nix(), TrustConfig::default())
+            .validate()
+            .map_err(|e| SettingsError::Timers(e.to_string()))
+    }
+
+    /// The state machine's configuration with these timers.
+    pub fn mesh_config(&self, store_dir: StoreDir, trust: TrustConfig) -> MeshConfig {
+        MeshConfig {
+            store_dir,
+            announce_interval_ms: self.announce_interval_ms,
+            member_ttl_ms: self.member_ttl_ms,
+            lease_ms: self.lease_ms,
+            renew_interval_ms: self.renew_interval_ms,
+            claim_timeout_ms: self.claim_timeout_ms,
+            warmup_ms: self.warmup_ms,
+            fresh_job_ms: self.fresh_job_ms,
+            resubmit_interval_ms: self.resubmit_interval_ms,
+            republish_interval_ms: self.republish_interval_ms,
+            // Clocks of one machine's processes agree; remote clocks get the default skew.
+            max_clock_skew_ms: MeshConfig::default().max_clock_skew_ms,
+            trust,
+            ..MeshConfig::default()
+        }
+    }
+}
+
+/// The trust policy of a node: the configured `trusted_keys` plus its own key, and `quorum`.
+/// Also returns the key names by node (for the API).
+pub fn trust_policy(
+    config: &Config,
+    me: NodeId,
+    my_key_name: &str,
+) -> Result<(TrustConfig, Vec<(NodeId, String)>), SettingsError> {
+    let mut trusted = BTreeSet::from([me]);
+    let mut names = vec![(me, my_key_name.to_string())];
+    for k in &config.trusted_keys {
+        let pk =
+            PublicKey::parse(k).map_err(|e| SettingsError::TrustedKey { key: k.clone(), reason: e.to_string() })?;
+        let id = NodeId::from_bytes(&pk.verifying_key().to_bytes())
+            .map_err(|e| SettingsError::TrustedKey { key: k.clone(), reason: e.to_string() })?;
+        trusted.insert(id);
+        names.push((id, pk.name().to_string()));
+    }
+    Ok((TrustConfig { trusted: Some(trusted), quorum: config.quorum.max(1) }, names))
+}
+
+/// The network configuration of a node: listen addresses, bootstrap peers and mDNS from
+/// `config`, gossip heartbeat and redial interval from its `[mesh]` settings `s`.
+pub fn net_config(config: &Config, s: &MeshSettings) -> Result<NetConfig, SettingsError> {
+    let parse = |field: &'static str, list: &[String]| -> Result<Vec<libp2p::Multiaddr>, SettingsError> {
+        list.iter()
+            .map(|a| {
+                a.parse::<libp2p::Multiaddr>().map_err(|e| SettingsError::Multiaddr {
+                    field,
+                    addr: a.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    };
+    Ok(NetConfig {
+        listen: parse("listen", &config.listen)?,
+        bootstrap: parse("bootstrap", &config.bootstrap)?,
+        mdns: config.mdns,
+        gossip_heartbeat: Duration::from_millis(s.heartbeat_ms.max(1)),
+        redial_interval: Duration::from_millis(s.redial_interval_ms.max(1)),
+        ..NetConfig::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_short_timers_too() {
+        MeshSettings::default().validate().unwrap();
+        let fast = MeshSettings {
+            announce_interval_ms: 1000,
+            member_ttl_ms: 4000,
+            lease_ms: 6000,
+            renew_interval_ms: 1500,
+            claim_timeout_ms: 3000,
+            warmup_ms: 1500,
+            ..MeshSettings::default()
+        };
+        fast.validate().unwrap();
+        let bad = MeshSettings { renew_interval_ms: 7000, lease_ms: 6000, ..fast.clone() };
+        assert!(matches!(bad.validate(), Err(SettingsError::Timers(m)) if m.contains("renew_interval_ms")));
+        let bad = MeshSettings { sync_interval_ms: 0, ..fast };
+        assert_eq!(bad.validate(), Err(SettingsError::Zero { field: "sync_interval_ms" }));
+    }
+
+    #[test]
+    fn trust_includes_own_key_and_configured_ones() {
+        let me = buildmesh_protocol::identity::NodeKey::from_seed("me", [1; 32]).unwrap();
+        let other = buildmesh_protocol::identity::NodeKey::from_seed("other", [2; 32]).unwrap();
+        let config = Config { trusted_keys: vec![other.nix_public_key().to_string()], quorum: 3, ..Config::default() };
+        let (trust, names) = trust_policy(&config, me.node_id(), "me").unwrap();
+        assert_eq!(trust.quorum, 3);
+        assert!(trust.is_trusted(&me.node_id()) && trust.is_trusted(&other.node_id()));
+        let stranger = buildmesh_protocol::identity::NodeKey::from_seed("x", [3; 32]).unwrap();
+        assert!(!trust.is_trusted(&stranger.node_id()));
+        assert!(names.contains(&(other.node_id(), "other".to_string())));
+        let bad = Config { trusted_keys: vec!["nope".into()], ..Config::default() };
+        assert!(matches!(trust_policy(&bad, me.node_id(), "me"), Err(SettingsError::TrustedKey { .. })));
+    }
+}

@@ -1,0 +1,184 @@
+//! Checking gossip before anything else sees it: size, envelope, topic, signature.
+//!
+//! [`check_gossip`] is the whole rule (pure, unit-tested): a message is valid when its bytes are
+//! at most [`MAX_MESSAGE_SIZE`], decode as an [`Envelope`] of a known protocol version, the kind
+//! belongs to the topic it arrived on, and [`Envelope::verify`] accepts it (signature under the
+//! kind's domain, payload decodes, author = signer, the kind's own checks such as an
+//! attestation's Nix signatures). Anything else is the sender's fault and the driver reports
+//! `Reject` (gossipsub lowers the forwarding peer's score). Duplicates and stale messages are
+//! judged later (the [`SeenCache`] and the state machine) and reported as `Ignore`.
+
+use std::collections::{HashSet, VecDeque};
+
+use buildmesh_protocol::id::MessageId;
+use buildmesh_protocol::signed::{Envelope, SignedError, Verified};
+use buildmesh_protocol::wire::{DecodeError, Kind, MAX_MESSAGE_SIZE, Message};
+
+/// The gossip topic of each message kind.
+pub fn topic_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Announcement => "buildmesh/announce/1",
+        Kind::Claim => "buildmesh/claim/1",
+        Kind::Attestation => "buildmesh/attest/1",
+        Kind::BuildFailure => "buildmesh/failure/1",
+        Kind::JobSubmission => "buildmesh/job/1",
+        // `Kind` is non-exhaustive; a kind without a topic of its own goes to the job topic,
+        // where receivers that do not know it reject it.
+        _ => "buildmesh/job/1",
+    }
+}
+
+/// Why a gossip message was rejected (each is grounds to penalise the sender).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Longer than [`MAX_MESSAGE_SIZE`].
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not an envelope (or an unknown version or kind).
+    #[error("malformed envelope: {0}")]
+    Envelope(DecodeError),
+    /// A message of one kind on another kind's topic.
+    #[error("{kind} message on topic {topic:?}")]
+    WrongTopic {
+        /// The kind claimed by the envelope.
+        kind: Kind,
+        /// The topic it came on.
+        topic: String,
+    },
+    /// Signature, payload, author or the kind's checks failed.
+    #[error(transparent)]
+    Invalid(#[from] SignedError),
+}
+
+/// Check one gossip message (see the module docs).
+pub fn check_gossip(topic: &str, data: &[u8]) -> Result<Verified<Message>, Rejection> {
+    if data.len() > MAX_MESSAGE_SIZE {
+        return Err(Rejection::TooLarge { len: data.len(), max: MAX_MESSAGE_SIZE });
+    }
+    let envelope = Envelope::decode(data).map_err(Rejection::Envelope)?;
+    if topic_of(envelope.kind()) != topic {
+        return Err(Rejection::WrongTopic { kind: envelope.kind(), topic: topic.to_string() });
+    }
+    Ok(envelope.verify()?)
+}
+
+/// The ids of the most recent messages seen, to drop replays cheaply (bounded, oldest forgotten
+/// first). The state machine's own rules catch replays older than the window.
+#[derive(Debug)]
+pub struct SeenCache {
+    order: VecDeque<MessageId>,
+    set: HashSet<MessageId>,
+    cap: usize,
+}
+
+impl SeenCache {
+    /// A cache of at most `cap` ids (at least 1).
+    pub fn new(cap: usize) -> SeenCache {
+        SeenCache { order: VecDeque::new(), set: HashSet::new(), cap: cap.max(1) }
+    }
+
+    /// Record `id`; `false` if it was already there.
+    pub fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Forget `id` (its processing failed; a later copy should be looked at again).
+    pub fn remove(&mut self, id: &MessageId) {
+        if self.set.remove(id) {
+            self.order.retain(|x| x != id);
+        }
+    }
+
+    /// Number of ids held.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use buildmesh_protocol::identity::NodeKey;
+    use buildmesh_protocol::wire::{Announcement, Encode as _};
+
+    use super::*;
+
+    fn announcement(key: &NodeKey, seq: u64) -> Announcement {
+        Announcement {
+            node: key.node_id(),
+            seq,
+            timestamp_ms: 1000,
+            version: "buildmesh 0.1.0".into(),
+            owner: String::new(),
+            native_systems: BTreeSet::from(["x86_64-linux".to_string()]),
+            emulated_systems: BTreeSet::new(),
+            features: BTreeSet::new(),
+            mandatory_features: BTreeSet::new(),
+            slots: 2,
+            load: 0,
+        }
+    }
+
+    #[test]
+    fn valid_message_on_its_topic_passes() {
+        let key = NodeKey::from_seed("a", [1; 32]).unwrap();
+        let bytes = Envelope::sign(&key, &announcement(&key, 1).into()).unwrap().to_bytes();
+        let v = check_gossip("buildmesh/announce/1", &bytes).unwrap();
+        assert_eq!(v.signer(), &key.node_id());
+    }
+
+    #[test]
+    fn forged_wrong_topic_oversized_and_garbage_are_rejected() {
+        let key = NodeKey::from_seed("a", [1; 32]).unwrap();
+        let mut bytes = Envelope::sign(&key, &announcement(&key, 1).into()).unwrap().to_bytes();
+        assert!(matches!(check_gossip("buildmesh/attest/1", &bytes), Err(Rejection::WrongTopic { .. })));
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(matches!(check_gossip("buildmesh/announce/1", &bytes), Err(Rejection::Invalid(_))));
+        assert!(matches!(
+            check_gossip("buildmesh/announce/1", &vec![1u8; MAX_MESSAGE_SIZE + 1]),
+            Err(Rejection::TooLarge { .. })
+        ));
+        assert!(matches!(check_gossip("buildmesh/announce/1", b"\x01\x01short"), Err(Rejection::Envelope(_))));
+        // Signed by one key but naming another author.
+        let other = NodeKey::from_seed("b", [2; 32]).unwrap();
+        let payload = announcement(&other, 1).to_bytes();
+        let forged = Envelope::sign_raw_payload(&key, Kind::Announcement, payload).to_bytes();
+        assert!(matches!(check_gossip("buildmesh/announce/1", &forged), Err(Rejection::Invalid(_))));
+    }
+
+    #[test]
+    fn seen_cache_is_bounded() {
+        let mut c = SeenCache::new(2);
+        let id = |b: u8| MessageId::from_bytes([b; 32]);
+        assert!(c.insert(id(1)));
+        assert!(!c.insert(id(1)));
+        assert!(c.insert(id(2)));
+        assert!(c.insert(id(3)));
+        assert_eq!(c.len(), 2);
+        assert!(c.insert(id(1)), "the oldest id was forgotten");
+        c.remove(&id(1));
+        assert!(c.insert(id(1)));
+    }
+}

@@ -1,0 +1,179 @@
+//! The mesh benchmark (ignored; run with
+//! `cargo test -p buildmesh --release --test mesh_bench -- --ignored --nocapture`). It prints:
+//!
+//! 1. in a 20-node local mesh (real `buildmesh node` processes on 127.0.0.1, second-scale timers),
+//!    with 20 independent jobs built twice each: the attestation propagation time (build end on
+//!    the builder to acceptance on every other node; median and p99) and the gossip messages and
+//!    payload bytes per node per job;
+//! 2. the catch-up time of a node that missed 10,000 attestations (anti-entropy from one peer).
+
+mod mesh_support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use buildmesh::mesh::sync::{Entry, entry_of};
+use buildmesh::store::Store;
+use buildmesh_protocol::id::ArtifactHash;
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::signed::Envelope;
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+use buildmesh_protocol::wire::{Attestation, BuildMode, Message, OutputAttestation};
+use mesh_support::*;
+
+const NODES: usize = 20;
+const JOBS: usize = 20;
+const MISSED: usize = 10_000;
+
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn synthetic_attestations(key: &NodeKey, n: usize) -> Vec<buildmesh::store::AttestationEntry> {
+    let sd = StoreDir::nix();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    (0..n)
+        .map(|i| {
+            let mut digest = [0u8; 20];
+            digest[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let path = StorePath::new(digest, "bench-out").unwrap();
+            digest[19] = 1;
+            let drv = StorePath::new(digest, "bench.drv").unwrap();
+            let mut h = [0u8; 32];
+            h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let o = OutputAttestation::new_signed(
+                key,
+                &sd,
+                path,
+                h,
+                128,
+                Default::default(),
+                ArtifactHash::from_bytes(h),
+                Some(drv.clone()),
+            )
+            .unwrap();
+            let a = Attestation {
+                builder: key.node_id(),
+                store_dir: sd.clone(),
+                drv,
+                mode: BuildMode::Native,
+                started_at_ms: now - 1000,
+                finished_at_ms: now,
+                outputs: BTreeMap::from([("out".to_string(), o)]),
+            };
+            let v = Envelope::sign(key, &Message::Attestation(a)).unwrap().verify().unwrap();
+            match entry_of(&v) {
+                Some(Entry::Attestation(e)) => e,
+                _ => unreachable!(),
+            }
+        })
+        .collect()
+}
+
+/// Rows of the table.
+type Rows = Vec<(String, String)>;
+
+#[test]
+#[ignore]
+fn mesh_bench() {
+    let part = std::env::var("MESH_BENCH_PART").unwrap_or_default();
+    let mut rows = Rows::new();
+    if part.is_empty() || part == "propagation" {
+        propagation(&mut rows);
+    }
+    if part.is_empty() || part == "catch-up" {
+        catch_up(&mut rows);
+    }
+    println!();
+    println!("| mesh benchmark | value |");
+    println!("|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+}
+
+fn propagation(rows: &mut Rows) {
+    // ---- 1. propagation and overhead in a 20-node mesh ----
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let c = Cluster::start(tmp.path(), NODES, &[]);
+    let startup = t0.elapsed();
+    let dir = tmp.path().join("drvs");
+    let mut d = Drvs::new(&dir);
+    let drvs: Vec<_> = (0..JOBS).map(|i| d.add(&format!("bench-job-{i}"), &format!("echo {i} > $out"), &[])).collect();
+    let before: Vec<serde_json::Value> = (0..NODES).map(|i| c.mesh(i)["gossip"].clone()).collect();
+    let t1 = Instant::now();
+    let abs: Vec<String> = drvs.iter().map(|(drv, _)| sd().display(drv)).collect();
+    c.submit(0, &dir, &abs, 2);
+    for (drv, _) in &drvs {
+        wait_state(&c.urls[0], drv, "done", Duration::from_secs(300));
+    }
+    let all_done = t1.elapsed();
+    // Let the last attestations reach everyone.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut delays: Vec<u64> = Vec::new();
+    let (mut msgs, mut bytes) = (0u64, 0u64);
+    for (i, prev) in before.iter().enumerate() {
+        let (_, j) = get_json(&format!("{}/api/v1/mesh/delays", c.urls[i]));
+        delays.extend(j["attestation_delay_ms"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
+        let g = c.mesh(i)["gossip"].clone();
+        let diff = |k: &str| g[k].as_u64().unwrap() - prev[k].as_u64().unwrap();
+        msgs += diff("accepted") + diff("ignored") + diff("rejected") + diff("published");
+        bytes += diff("bytes_in") + diff("bytes_out");
+    }
+    delays.sort_unstable();
+    let per = (NODES * JOBS) as f64;
+    rows.push((
+        format!("mesh start ({NODES} nodes on 127.0.0.1 see each other)"),
+        format!("{:.1} s", startup.as_secs_f64()),
+    ));
+    rows.push((
+        format!("{JOBS} jobs (k = 2) submitted to done on the submitter"),
+        format!("{:.1} s", all_done.as_secs_f64()),
+    ));
+    rows.push((
+        format!("attestation propagation, build end to accepted, median ({} samples)", delays.len()),
+        format!("{} ms", quantile(&delays, 0.5)),
+    ));
+    rows.push(("attestation propagation, p99".into(), format!("{} ms", quantile(&delays, 0.99))));
+    rows.push(("gossip messages per node per job (in + out)".into(), format!("{:.1}", msgs as f64 / per)));
+    rows.push(("gossip payload bytes per node per job (in + out)".into(), format!("{:.0}", bytes as f64 / per)));
+}
+
+fn catch_up(rows: &mut Rows) {
+    // ---- 2. catch-up after missing 10,000 attestations ----
+    let tmp2 = tempfile::tempdir().unwrap();
+    let mut c2 = Cluster::start(tmp2.path(), 2, &[]);
+    c2.nodes[1].as_mut().unwrap().stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+    c2.nodes[1] = None;
+    c2.nodes[0].as_mut().unwrap().stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20));
+    c2.nodes[0] = None;
+    let builder = NodeKey::from_seed("bench-builder", [77; 32]).unwrap();
+    let entries = synthetic_attestations(&builder, MISSED);
+    {
+        let store = Store::open(tmp2.path().join("node0")).unwrap();
+        assert_eq!(store.insert_attestations(&entries).unwrap(), MISSED);
+    }
+    c2.restart(0);
+    let t2 = Instant::now();
+    c2.restart(1);
+    let url = c2.urls[1].clone();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let m = get_json(&format!("{url}/api/v1/mesh")).1;
+        if m["sync"]["attestations"].as_u64().unwrap_or(0) >= MISSED as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lagging node did not catch up: {m}\n{}", c2.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let catch_up = t2.elapsed();
+    rows.push((
+        format!("catch-up of a node that missed {MISSED} attestations (restart to all synced)"),
+        format!("{:.1} s", catch_up.as_secs_f64()),
+    ));
+}

@@ -1,0 +1,249 @@
+//! Helpers of the `mesh_*` tests: a local mesh of real `buildmesh node` processes on loopback
+//! (no mDNS, every node bootstrapped to the first, every key trusted, quorum 2, short timers).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::store_path::StorePath;
+
+#[path = "../node_support/mod.rs"]
+pub mod node_support;
+
+pub use node_support::*;
+
+/// The `[mesh]` timers of the tests (seconds instead of minutes).
+pub const FAST_MESH: &str = "[mesh]
+enabled = true
+announce_interval_ms = 1000
+member_ttl_ms = 4000
+lease_ms = 6000
+renew_interval_ms = 1500
+claim_timeout_ms = 3000
+warmup_ms = 1500
+fresh_job_ms = 500
+resubmit_interval_ms = 4000
+republish_interval_ms = 2000
+sync_interval_ms = 2000
+redial_interval_ms = 1000
+heartbeat_ms = 200
+";
+
+/// A running local mesh.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<Option<NodeProc>>,
+    pub keys: Vec<NodeKey>,
+    pub urls: Vec<String>,
+    pub peer_ids: Vec<String>,
+    pub config: PathBuf,
+    pub bootstrap: String,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Start `n` nodes in `dir` (node 0 first, the others bootstrapped to it), each with `extra`
+    /// flags, and wait until every node sees every other one in its view.
+    pub fn start(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
+        let keys: Vec<NodeKey> =
+            (0..n).map(|i| NodeKey::from_seed(&format!("mesh-test-{i}"), [i as u8 + 1; 32]).unwrap()).collect();
+        let config = dir.join("mesh.toml");
+        std::fs::write(&config, FAST_MESH).unwrap();
+        let mut c = Cluster {
+            dir: dir.to_path_buf(),
+            nodes: Vec::new(),
+            keys,
+            urls: Vec::new(),
+            peer_ids: Vec::new(),
+            config,
+            bootstrap: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            let node = c.spawn(i);
+            c.urls.push(node.url.clone());
+            c.peer_ids.push(node.peer_id.clone());
+            if i == 0 {
+                c.bootstrap = libp2p_address(&node.url);
+            }
+            c.nodes.push(Some(node));
+        }
+        c.wait_members(n, Duration::from_secs(30));
+        c
+    }
+
+    fn key_file(&self, i: usize) -> PathBuf {
+        let path = self.dir.join(format!("key-{i}"));
+        if !path.exists() {
+            std::fs::write(&path, self.keys[i].to_file_string()).unwrap();
+        }
+        path
+    }
+
+    /// Start (or restart) node `i` with its data dir, key, the mesh config and every key trusted.
+    pub fn spawn(&mut self, i: usize) -> NodeProc {
+        let key = self.key_file(i);
+        let data = self.dir.join(format!("node{i}"));
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            self.config.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--quorum".into(),
+            "2".into(),
+            "--slots".into(),
+            "2".into(),
+            "--no-mdns".into(),
+        ];
+        for k in &self.keys {
+            args.push("--trusted-key".into());
+            args.push(k.nix_public_key().to_string());
+        }
+        if i > 0 {
+            args.push("--bootstrap".into());
+            args.push(self.bootstrap.clone());
+        }
+        args.extend(self.extra.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        NodeProc::start(&data, &refs)
+    }
+
+    /// Restart a stopped node (node 0 comes back on a new port: later nodes bootstrap to that).
+    pub fn restart(&mut self, i: usize) {
+        let node = self.spawn(i);
+        self.urls[i] = node.url.clone();
+        if i == 0 {
+            self.bootstrap = libp2p_address(&node.url);
+        }
+        self.nodes[i] = Some(node);
+    }
+
+    pub fn node(&self, i: usize) -> &NodeProc {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
+    }
+
+    /// Wait until every running node has `n` members in its view.
+    pub fn wait_members(&self, n: usize, limit: Duration) {
+        for i in self.running() {
+            let url = self.urls[i].clone();
+            wait_for(&format!("node {i} to see {n} members"), limit, || {
+                let (s, j) = get_json(&format!("{url}/api/v1/mesh"));
+                (s == 200 && j["members"].as_u64() == Some(n as u64)).then_some(())
+            });
+        }
+    }
+
+    pub fn mesh(&self, i: usize) -> serde_json::Value {
+        get_json(&format!("{}/api/v1/mesh", self.urls[i])).1
+    }
+
+    /// The builders (peer ids) of every attestation of `path` that node `i` holds, by NarHash.
+    pub fn attesters(&self, i: usize, path: &str) -> BTreeMap<String, BTreeSet<String>> {
+        let (s, j) = get_json(&format!("{}/api/v1/attestations?path={}", self.urls[i], path));
+        assert_eq!(s, 200, "{j}");
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for a in j.as_array().unwrap() {
+            out.entry(a["nar_hash"].as_str().unwrap().to_string())
+                .or_default()
+                .insert(a["peer_id"].as_str().unwrap().to_string());
+        }
+        out
+    }
+
+    /// The message ids of every attestation node `i` holds (from the export).
+    pub fn attestation_ids(&self, i: usize) -> BTreeSet<String> {
+        let (s, body) = get(&format!("{}/api/v1/attestations?format=jsonl", self.urls[i]));
+        assert_eq!(s, 200);
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.get("message_id").or_else(|| v.get("id")).and_then(|x| x.as_str()).unwrap_or(l).to_string()
+            })
+            .collect()
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(n) = n {
+                let log = n.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                s.push_str(&format!("\n--- node {i} ({}) ---\n", n.peer_id));
+                for l in tail.into_iter().rev() {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+            }
+        }
+        s
+    }
+
+    /// `buildmesh submit --api <node i> --from DIR --replicas K DRV...` (no wait).
+    pub fn submit(&self, i: usize, from: &Path, drvs: &[String], replicas: u32) {
+        let mut args: Vec<String> = vec![
+            "submit".into(),
+            "--api".into(),
+            self.urls[i].clone(),
+            "--from".into(),
+            from.display().to_string(),
+            "--replicas".into(),
+            replicas.to_string(),
+            "--json".into(),
+        ];
+        args.extend(drvs.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (st, out, err) = cli(&refs);
+        assert!(st.success(), "submit failed: {out}\n{err}\n{}", self.logs());
+    }
+
+    /// Block (or unblock) `peer` on node `i` through the API.
+    pub fn block(&self, i: usize, peer: &str, blocked: bool) {
+        let action = if blocked { "block" } else { "unblock" };
+        let r = http().post(format!("{}/api/v1/peers/{peer}/{action}", self.urls[i])).send().unwrap();
+        assert!(r.status().is_success(), "{action} {peer} on node {i}: {}", r.text().unwrap_or_default());
+    }
+}
+
+/// A node's first libp2p address (`/ip4/…/tcp/…/p2p/<id>`), from its API.
+pub fn libp2p_address(url: &str) -> String {
+    wait_for("a node's libp2p address", Duration::from_secs(20), || {
+        let (s, j) = get_json(&format!("{url}/api/v1/node"));
+        (s == 200)
+            .then(|| j["addresses"].as_array().and_then(|a| a.first()).and_then(|a| a.as_str()).map(String::from))
+            .flatten()
+    })
+}
+
+/// Rows of a vectors TSV file.
+pub fn tsv(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect()
+}
+
+/// The vector derivations by name: (drv path, output name -> output path).
+pub fn vector_drvs() -> BTreeMap<String, (String, BTreeMap<String, String>)> {
+    let mut out: BTreeMap<String, (String, BTreeMap<String, String>)> = BTreeMap::new();
+    for r in tsv(&vectors().join("drv/index.tsv")) {
+        let e = out.entry(r[0].clone()).or_insert_with(|| (r[1].clone(), BTreeMap::new()));
+        e.1.insert(r[2].clone(), r[3].clone());
+    }
+    out
+}
+
+pub fn base(p: &str) -> StorePath {
+    StorePath::from_basename(p.rsplit('/').next().unwrap()).unwrap()
+}
