@@ -22,8 +22,8 @@ fn pick_dag(v: &BTreeMap<String, (String, BTreeMap<String, String>)>) -> (Vec<St
     let nar_rows: BTreeSet<String> = tsv(&vectors().join("nar/index.tsv")).into_iter().map(|r| r[1].clone()).collect();
     let name_of: BTreeMap<&str, &str> = v.iter().map(|(n, (d, _))| (d.as_str(), n.as_str())).collect();
     let inputs: BTreeMap<&str, Vec<&str>> = v
-        .iter()
-        .map(|(n, _)| {
+        .keys()
+        .map(|n| {
             let bytes = std::fs::read(vectors().join("drv").join(format!("{n}.drv"))).unwrap();
             let drv = Derivation::parse(&bytes, &sd()).unwrap();
             let ins = drv.input_drvs.keys().filter_map(|p| name_of.get(sd().display(p).as_str()).copied()).collect();

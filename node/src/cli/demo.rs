@@ -1,17 +1,15 @@
 //! `buildmesh demo`: a local mesh doing real work, in one command.
 //!
-//! It starts several real `buildmesh node` processes (each with its own key, data dir and HTTP
-//! port), places every derivation of a sample DAG (the Nix vectors) on k = 2 of them by weighted
-//! rendezvous hashing, submits each node its share (with the whole closure), waits while the
-//! nodes build in their sandboxes, then plays the auditor: it gathers every node's signed
-//! attestation export, re-verifies it offline and prints what matched and what did not (the
-//! vectors' `unrepro-*` derivations are deliberately unreproducible). Finally a real Nix client
-//! substitutes an output from a node's binary-cache gateway and checks its NarHash.
-//!
-//! This demo coordinates placement from the outside (the same rendezvous function the mesh uses);
-//! gossip-based coordination between the nodes themselves is the mesh layer's job.
+//! It starts several real `buildmesh node` processes (each with its own key, data dir, HTTP port
+//! and libp2p address; all bootstrapped to the first, no mDNS, every demo key trusted, quorum 2),
+//! submits a sample DAG (the Nix vectors) once to the first node with k = 2, and lets the mesh do
+//! the rest: the nodes agree by rendezvous hashing who builds what, claim, fetch the closure and
+//! inputs from each other, build in their sandboxes and gossip signed attestations. Then it plays
+//! the auditor (the first node's signed export, re-verified offline: who built what, what matched,
+//! and the deliberate mismatches of the vectors' unreproducible `unrepro-*` derivations) and the
+//! user (a real Nix client substitutes an output through the first node's quorum gateway).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,10 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use buildmesh_protocol::id::NodeId;
 use buildmesh_protocol::identity::NodeKey;
-use buildmesh_protocol::placement::{Member, PlacementKey, Requirements, View};
 use buildmesh_protocol::store_path::StoreDir;
 use buildmesh_protocol::verdict::Verdict;
-use buildmesh_protocol::wire::Announcement;
 
 use crate::audit::{self, AuditReport};
 use crate::submit::client::{self, ClientOptions};
@@ -90,13 +86,33 @@ fn http() -> Result<reqwest::blocking::Client> {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().context("creating the HTTP client")
 }
 
-fn start_node(exe: &Path, work: &Path, i: usize, executor: &str) -> Result<DemoNode> {
-    let name = format!("demo-node-{i}");
-    let dir = work.join(&name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Timers of the demo's mesh: seconds instead of minutes, so a laptop demo finishes quickly.
+const DEMO_MESH: &str = "[mesh]
+enabled = true
+announce_interval_ms = 1000
+member_ttl_ms = 4000
+lease_ms = 6000
+renew_interval_ms = 1500
+claim_timeout_ms = 3000
+warmup_ms = 1500
+fresh_job_ms = 500
+resubmit_interval_ms = 4000
+republish_interval_ms = 2000
+sync_interval_ms = 2000
+redial_interval_ms = 1000
+heartbeat_ms = 200
+";
+
+fn make_key(i: usize) -> Result<NodeKey> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-    let key = NodeKey::from_seed(&name, seed)?;
+    Ok(NodeKey::from_seed(&format!("demo-node-{i}"), seed)?)
+}
+
+fn start_node(exe: &Path, work: &Path, key: &NodeKey, mesh_args: &[String], executor: &str) -> Result<DemoNode> {
+    let name = key.name().to_string();
+    let dir = work.join(&name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let key_file = dir.join("node.key");
     std::fs::write(&key_file, key.to_file_string()).with_context(|| format!("writing {}", key_file.display()))?;
     let port = free_port()?;
@@ -111,6 +127,7 @@ fn start_node(exe: &Path, work: &Path, i: usize, executor: &str) -> Result<DemoN
         .arg(&key_file)
         .arg("--executor")
         .arg(executor)
+        .args(mesh_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -145,46 +162,41 @@ fn wait_ready(node: &mut DemoNode) -> Result<()> {
     }
 }
 
-/// Places each derivation on `k` nodes with the mesh's rendezvous function.
-fn place(nodes: &[DemoNode], drvs: &[(String, String)], k: usize) -> Result<Vec<Vec<String>>> {
-    let members: Vec<Member> = nodes
-        .iter()
-        .map(|n| {
-            Member::from_announcement(&Announcement {
-                node: n.id,
-                seq: 1,
-                timestamp_ms: 0,
-                version: "demo".into(),
-                owner: n.name.clone(),
-                native_systems: BTreeSet::from([crate::systems::detect()
-                    .native
-                    .iter()
-                    .next()
-                    .cloned()
-                    .unwrap_or_default()]),
-                emulated_systems: BTreeSet::new(),
-                features: BTreeSet::new(),
-                mandatory_features: BTreeSet::new(),
-                slots: 2,
-                load: 0,
-            })
-        })
-        .collect();
-    let view = View::new(members)?;
-    let mut per_node = vec![Vec::new(); nodes.len()];
-    for (file, path) in drvs {
-        let sp = StoreDir::nix().parse_path(path)?;
-        let req = Requirements::new(
-            &crate::systems::detect().native.iter().next().cloned().unwrap_or_default(),
-            Vec::<String>::new(),
-        );
-        for id in view.place(&PlacementKey::for_drv(&sp), &req, k) {
-            if let Some(i) = nodes.iter().position(|n| n.id == id) {
-                per_node[i].push(file.clone());
+/// The node's first libp2p address (a full multiaddr with `/p2p/<id>`).
+fn p2p_address(node: &DemoNode) -> Result<String> {
+    let client = http()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_slice(&client.get(format!("{}/api/v1/node", node.api)).send()?.bytes()?)?;
+        if let Some(a) = v["addresses"].as_array().and_then(|a| a.first()).and_then(|a| a.as_str()) {
+            return Ok(a.to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("{} has no libp2p address; see {}", node.name, node.dir.join("node.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every node sees `n` members in its mesh view.
+fn wait_members(nodes: &[DemoNode], n: usize) -> Result<()> {
+    let client = http()?;
+    for node in nodes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: serde_json::Value =
+                serde_json::from_slice(&client.get(format!("{}/api/v1/mesh", node.api)).send()?.bytes()?)?;
+            if v["members"].as_u64() == Some(n as u64) {
+                break;
             }
+            if Instant::now() > deadline {
+                bail!("{} sees {} of {n} members after 30 s", node.name, v["members"]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
-    Ok(per_node)
+    Ok(())
 }
 
 /// Run `buildmesh demo`.
@@ -211,17 +223,45 @@ pub fn run(args: DemoArgs) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
+    std::fs::create_dir_all(&work)?;
     let t0 = Instant::now();
 
-    println!("== starting {} nodes in {}", args.nodes, work.display());
-    let mut nodes = Vec::new();
-    for i in 0..args.nodes {
-        nodes.push(start_node(&exe, &work, i, &args.executor)?);
+    println!("== starting a mesh of {} nodes in {}", args.nodes, work.display());
+    let config = work.join("mesh.toml");
+    std::fs::write(&config, DEMO_MESH).with_context(|| format!("writing {}", config.display()))?;
+    let keys: Vec<NodeKey> = (0..args.nodes).map(make_key).collect::<Result<_>>()?;
+    let mut mesh_args: Vec<String> = vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--no-mdns".into(),
+        "--quorum".into(),
+        "2".into(),
+        "--slots".into(),
+        "2".into(),
+        "--listen".into(),
+        "/ip4/127.0.0.1/tcp/0".into(),
+    ];
+    for k in &keys {
+        mesh_args.push("--trusted-key".into());
+        mesh_args.push(k.nix_public_key().to_string());
     }
-    for n in &mut nodes {
-        wait_ready(n)?;
+    let mut nodes = Vec::new();
+    let mut first = start_node(&exe, &work, &keys[0], &mesh_args, &args.executor)?;
+    wait_ready(&mut first)?;
+    let bootstrap = p2p_address(&first)?;
+    nodes.push(first);
+    mesh_args.push("--bootstrap".into());
+    mesh_args.push(bootstrap.clone());
+    for key in &keys[1..] {
+        let mut n = start_node(&exe, &work, key, &mesh_args, &args.executor)?;
+        wait_ready(&mut n)?;
+        nodes.push(n);
+    }
+    for n in &nodes {
         println!("  {:<12} {}  peer {}  key {}", n.name, n.api, n.id.to_peer_id(), n.public_key);
     }
+    wait_members(&nodes, args.nodes)?;
+    println!("  every node sees {} members (bootstrap {bootstrap})", args.nodes);
 
     // The sample DAG: every .drv of the vectors, by computed store path.
     let sd = StoreDir::nix();
@@ -232,71 +272,63 @@ pub fn run(args: DemoArgs) -> Result<()> {
     files.sort();
     let all: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     let origin = Origin::Directory { dir: drv_dir.clone(), sources: Vec::new() };
-    let whole = closure::collect(&all, &origin, &sd).context("reading the sample DAG")?;
-    let drvs: Vec<(String, String)> =
-        files.iter().zip(&whole.requested).map(|(f, p)| (f.display().to_string(), sd.display(p))).collect();
-    println!("\n== sample DAG: {} derivations from {}", drvs.len(), drv_dir.display());
+    let closure = closure::collect(&all, &origin, &sd).context("reading the sample DAG")?;
+    let submitter = &nodes[0];
+    let opts =
+        ClientOptions { api: submitter.api.clone(), priority: 0, replicas: args.replicas as u32, progress: false };
+    let accepted = client::upload(&closure, &opts).context("submitting the sample DAG")?;
+    println!(
+        "\n== submitted {} derivations (closure of {} .drv files, {} sources) once, to {}, with k = {}",
+        closure.requested.len(),
+        closure.drvs.len(),
+        closure.sources.len(),
+        submitter.name,
+        args.replicas
+    );
+    println!("  the nodes place each derivation on k builders by rendezvous hashing, claim, fetch inputs");
+    println!("  from each other, build in their sandboxes and gossip signed attestations");
 
-    let share = place(&nodes, &drvs, args.replicas.min(nodes.len()))?;
-    let mut pending = Vec::new();
-    for (node, mine) in nodes.iter().zip(&share) {
-        if mine.is_empty() {
-            continue;
-        }
-        let c = closure::collect(mine, &origin, &sd)?;
-        let opts =
-            ClientOptions { api: node.api.clone(), priority: 0, replicas: args.replicas as u32, progress: false };
-        let accepted = client::upload(&c, &opts).with_context(|| format!("submitting to {}", node.name))?;
-        println!(
-            "  {:<12} placed {:>3} derivations; closure of {} .drv files uploaded, {} builds queued",
-            node.name,
-            mine.len(),
-            c.drvs.len(),
-            accepted.queued
-        );
-        pending.push((node, c, accepted, opts));
-    }
-
-    println!("\n== building (each node in its own sandboxes)");
-    let bar = indicatif::ProgressBar::new(pending.len() as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("  {bar:40} {pos}/{len} nodes finished  {elapsed}")?);
-    let mut results = Vec::new();
-    for (node, c, accepted, opts) in &pending {
-        let r =
-            client::wait(c, accepted, opts, Duration::from_millis(250), Some(Duration::from_secs(args.timeout_secs)))
-                .with_context(|| format!("waiting for {}", node.name))?;
-        bar.inc(1);
-        results.push((node.name.clone(), r));
-    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message("building across the mesh");
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let result = client::wait(
+        &closure,
+        &accepted,
+        &opts,
+        Duration::from_millis(250),
+        Some(Duration::from_secs(args.timeout_secs)),
+    )
+    .context("waiting for the mesh")?;
     bar.finish_and_clear();
-    for (name, r) in &results {
-        println!("  {:<12} built {:>3} requested derivations, {} failed", name, r.done.len(), r.failed.len());
-        for (drv, why) in &r.failed {
-            println!("    failed: {drv}: {why}");
-        }
+    println!(
+        "  {} of {} derivations complete in the mesh after {:.1} s, {} failed",
+        result.done.len(),
+        closure.requested.len(),
+        t0.elapsed().as_secs_f64(),
+        result.failed.len()
+    );
+    for (drv, why) in &result.failed {
+        println!("    failed: {drv}: {why}");
     }
 
-    // The auditor's view: every node's signed export, re-verified offline.
-    println!("\n== auditing: every node's signed attestations, re-verified offline");
+    // The auditor's view: the submitter's signed export (gossip brought it every attestation),
+    // re-verified offline.
+    println!("\n== auditing: {}'s signed attestations, re-verified offline", submitter.name);
     let client = http()?;
-    let mut export = Vec::new();
-    for n in &nodes {
-        let body = client
-            .get(format!("{}/api/v1/attestations?format=jsonl", n.api))
-            .send()
-            .and_then(|r| r.error_for_status())
-            .and_then(|r| r.bytes())
-            .with_context(|| format!("fetching the attestation export of {}", n.name))?;
-        export.extend_from_slice(&body);
-    }
-    let report = audit::verify_export(&mut export.as_slice())?;
+    let export = client
+        .get(format!("{}/api/v1/attestations?format=jsonl", submitter.api))
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.bytes())
+        .with_context(|| format!("fetching the attestation export of {}", submitter.name))?;
+    let report = audit::verify_export(&mut export.as_ref())?;
     if !report.bad.is_empty() {
         bail!("{} attestations did not verify: {:?}", report.bad.len(), report.bad);
     }
     let names: BTreeMap<String, String> = nodes.iter().map(|n| (n.public_key.clone(), n.name.clone())).collect();
     print_summary(&report.audit, &names, report.valid);
 
-    substitute(&report.audit, &nodes, &work)?;
+    substitute(&report.audit, submitter, &keys, &work)?;
     println!("\n== done in {:.1} s", t0.elapsed().as_secs_f64());
     drop(nodes);
     Ok(())
@@ -333,7 +365,7 @@ fn print_summary(report: &AuditReport, names: &BTreeMap<String, String>, valid: 
 
 /// A real Nix client substitutes the matched output with the most references from a node that
 /// built it, then its NarHash is compared with the attested one.
-fn substitute(report: &AuditReport, nodes: &[DemoNode], work: &Path) -> Result<()> {
+fn substitute(report: &AuditReport, node: &DemoNode, keys: &[NodeKey], work: &Path) -> Result<()> {
     let Some(out) = report
         .outputs
         .iter()
@@ -344,10 +376,9 @@ fn substitute(report: &AuditReport, nodes: &[DemoNode], work: &Path) -> Result<(
         return Ok(());
     };
     let att = &out.attestations[0];
-    let Some(node) = nodes.iter().find(|n| n.public_key == att.builder_key) else {
-        bail!("no demo node has key {}", att.builder_key);
-    };
-    println!("\n== a Nix client substitutes {} from {}'s gateway", out.path, node.name);
+    let trusted: Vec<String> = keys.iter().map(|k| k.nix_public_key().to_string()).collect();
+    let trusted = trusted.join(" ");
+    println!("\n== a Nix client substitutes {} through {}'s quorum gateway", out.path, node.name);
     if Command::new("nix-store").arg("--version").output().is_err() {
         println!("  nix-store is not installed (apt-get install nix-bin); skipping the client fetch");
         return Ok(());
@@ -359,7 +390,7 @@ fn substitute(report: &AuditReport, nodes: &[DemoNode], work: &Path) -> Result<(
         .arg("--realise")
         .arg(&out.path)
         .args(["--option", "substituters", &node.api])
-        .args(["--option", "trusted-public-keys", &node.public_key])
+        .args(["--option", "trusted-public-keys", &trusted])
         .args(["--option", "build-users-group", ""])
         .args(["--option", "sandbox", "false"])
         .args(["--option", "max-jobs", "0"])
