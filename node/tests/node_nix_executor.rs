@@ -6,19 +6,9 @@
 mod node_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Command;
 
 use node_support::*;
-
-fn tsv(path: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split('\t').map(String::from).collect())
-        .collect()
-}
 
 #[test]
 fn nix_executor_builds_the_vectors_and_a_client_substitutes_them() {

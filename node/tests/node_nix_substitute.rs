@@ -14,15 +14,6 @@ use buildmesh_protocol::narinfo::NarInfo;
 use buildmesh_protocol::nixkey::PublicKey;
 use node_support::*;
 
-fn tsv(path: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split('\t').map(String::from).collect())
-        .collect()
-}
-
 fn nix_store(home: &Path, args: &[&str]) -> std::process::Output {
     Command::new("nix-store")
         .args(args)

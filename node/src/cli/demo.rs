@@ -86,8 +86,9 @@ fn http() -> Result<reqwest::blocking::Client> {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().context("creating the HTTP client")
 }
 
-/// Timers of the demo's mesh: seconds instead of minutes, so a laptop demo finishes quickly.
-const DEMO_MESH: &str = "[mesh]
+/// Timers of the demo's mesh (a `[mesh]` config table): seconds instead of minutes, so a laptop
+/// demo finishes quickly. The multi-node tests use the same timers.
+pub const DEMO_MESH: &str = "[mesh]
 enabled = true
 announce_interval_ms = 1000
 member_ttl_ms = 4000

@@ -522,37 +522,12 @@ fn source_hint(s: &SourceInfo, peer: PeerId) -> Option<(StorePath, PathSource)> 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
-    use buildmesh_protocol::id::ArtifactHash;
     use buildmesh_protocol::identity::NodeKey;
-    use buildmesh_protocol::wire::{BuildMode, OutputAttestation};
 
     use super::*;
 
-    fn att(key: &NodeKey, path: &StorePath, hash: u8) -> Attestation {
-        let sd = StoreDir::nix();
-        let o = OutputAttestation::new_signed(
-            key,
-            &sd,
-            path.clone(),
-            [hash; 32],
-            10,
-            BTreeSet::new(),
-            ArtifactHash::from_bytes([0; 32]),
-            None,
-        )
-        .unwrap();
-        Attestation {
-            builder: key.node_id(),
-            store_dir: sd,
-            drv: StorePath::from_basename("mh08qwc103ql42f2zc4ka9nhz976z7m8-x.drv").unwrap(),
-            mode: BuildMode::Native,
-            started_at_ms: 1,
-            finished_at_ms: 2,
-            outputs: BTreeMap::from([("out".to_string(), o)]),
-        }
-    }
+    use crate::mesh::test_util::att;
 
     #[test]
     fn source_choice_prefers_the_quorum_then_trusted_majority() {

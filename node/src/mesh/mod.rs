@@ -43,6 +43,8 @@ pub mod rpc;
 pub mod serve;
 pub mod settings;
 pub mod sync;
+#[cfg(test)]
+mod test_util;
 pub mod validate;
 
 use std::collections::BTreeSet;

@@ -15,21 +15,7 @@ pub mod node_support;
 pub use node_support::*;
 
 /// The `[mesh]` timers of the tests (seconds instead of minutes).
-pub const FAST_MESH: &str = "[mesh]
-enabled = true
-announce_interval_ms = 1000
-member_ttl_ms = 4000
-lease_ms = 6000
-renew_interval_ms = 1500
-claim_timeout_ms = 3000
-warmup_ms = 1500
-fresh_job_ms = 500
-resubmit_interval_ms = 4000
-republish_interval_ms = 2000
-sync_interval_ms = 2000
-redial_interval_ms = 1000
-heartbeat_ms = 200
-";
+pub const FAST_MESH: &str = buildmesh::cli::demo::DEMO_MESH;
 
 /// A running local mesh.
 pub struct Cluster {
@@ -222,16 +208,6 @@ pub fn libp2p_address(url: &str) -> String {
             .then(|| j["addresses"].as_array().and_then(|a| a.first()).and_then(|a| a.as_str()).map(String::from))
             .flatten()
     })
-}
-
-/// Rows of a vectors TSV file.
-pub fn tsv(path: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split('\t').map(String::from).collect())
-        .collect()
 }
 
 /// The vector derivations by name: (drv path, output name -> output path).

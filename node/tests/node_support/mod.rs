@@ -257,3 +257,13 @@ pub fn submit(url: &str, dir: &Path, drvs: &[StorePath], priority: i32) {
     let (status, out, err) = cli(&refs);
     assert!(status.success(), "submit failed: {out}\n{err}");
 }
+
+/// Rows of a vectors TSV file (the `#` header line skipped), split on TAB.
+pub fn tsv(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect()
+}
