@@ -28,7 +28,10 @@ fn whole_vector_closure_is_accepted_and_queued() {
     let args: Vec<&str> = drvs.iter().map(String::as_str).collect();
     let closure = vector_closure(&args);
     assert_eq!(closure.drvs.len(), drvs.len(), "every vector drv is in the closure");
-    assert!(closure.sources.len() >= 7, "the vectors have input sources");
+    let sources = DrvGraph::load().source_closure(&args);
+    assert!(!sources.is_empty(), "the vectors have input sources");
+    let got: BTreeSet<String> = closure.sources.keys().map(|p| sd().display(p)).collect();
+    assert_eq!(got, sources, "the input sources of every drv, with their references");
     let body = body_of(&closure, 5, 2);
 
     let resp = accept_body(&ctx, &body).expect("accepted");
@@ -78,19 +81,32 @@ fn inputs_inherit_priority_and_want_only_the_used_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    let bottom = &vector_drvs()["diamond-bottom"];
-    let closure = vector_closure(&[bottom]);
-    assert_eq!(closure.drvs.len(), 4, "diamond: bottom, left, right, top");
+    // A diamond: an input used by two derivations of the closure gets the union of what they use.
+    let g = DrvGraph::load();
+    let (root, shared) = g.diamond();
+    let members = g.closure(&root);
+    let closure = vector_closure(&[&root]);
+    let got: BTreeSet<String> = closure.drvs.keys().map(|p| sd().display(p)).collect();
+    assert_eq!(got, members, "the upload holds the whole closure");
     let resp = accept_body(&ctx, &body_of(&closure, -3, 1)).expect("accepted");
-    assert_eq!(resp.queued, 4);
-    let top = sd().parse_path(&vector_drvs()["diamond-top"]).unwrap();
-    let rec = store.get_build(&top).unwrap().expect("top queued");
-    assert_eq!(rec.priority, -3);
-    // left uses top.out and top.dev, right uses top.lib and top.out, bottom uses top.dev.
-    assert_eq!(rec.wanted_outputs, BTreeSet::from(["dev".to_string(), "lib".to_string(), "out".to_string()]));
-    let left = sd().parse_path(&vector_drvs()["diamond-left"]).unwrap();
-    let rec = store.get_build(&left).unwrap().expect("left queued");
-    assert_eq!(rec.wanted_outputs, BTreeSet::from(["doc".to_string(), "out".to_string()]));
+    assert_eq!(resp.queued as usize, members.len(), "nothing is built, so all of it is queued");
+    // Wanted outputs of an input: every output that a derivation of the closure uses of it.
+    let mut used: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for d in &members {
+        for (input, outs) in g.get(d).inputs() {
+            used.entry(input).or_default().extend(outs);
+        }
+    }
+    if let Some(shared) = &shared {
+        let users = members.iter().filter(|d| g.inputs(d).contains(shared)).count();
+        assert!(users >= 2, "{shared} is used by {users} derivation(s) of the diamond");
+    }
+    for d in &members {
+        let rec = store.get_build(&sd().parse_path(d).unwrap()).unwrap().unwrap_or_else(|| panic!("{d} queued"));
+        assert_eq!(rec.priority, -3, "{d} inherits the priority");
+        let want = if *d == root { BTreeSet::new() } else { used[d].clone() };
+        assert_eq!(rec.wanted_outputs, want, "{d}: requested = all (empty), inputs = the used outputs");
+    }
 
     // A second submission with a higher priority raises the whole closure.
     accept_body(&ctx, &body_of(&closure, 9, 1)).expect("accepted");
@@ -116,10 +132,34 @@ fn register_output(store: &buildmesh::store::Store, path: &str) {
         .unwrap();
 }
 
-fn output_of(drv_name: &str) -> String {
-    let bytes = std::fs::read(drv_dir().join(format!("{drv_name}.drv"))).unwrap();
-    let drv = Derivation::parse(&bytes, &sd()).unwrap();
-    sd().display(drv.outputs["out"].path.as_ref().unwrap())
+/// The derivations of `root`'s closure that must be built when the output paths in `registered`
+/// exist: `root` unless all its outputs do, then, for every derivation that is built, each input
+/// of which one of the outputs it uses is missing (worked out to a fixed point).
+fn expected_builds(g: &DrvGraph, root: &str, registered: &BTreeSet<String>) -> BTreeSet<String> {
+    let missing = |d: &str, outs: &BTreeSet<String>| {
+        g.get(d).outputs().iter().any(|(o, p)| outs.contains(o) && !registered.contains(p))
+    };
+    let mut build = BTreeSet::new();
+    if missing(root, &g.get(root).outputs().into_keys().collect()) {
+        build.insert(root.to_string());
+    }
+    loop {
+        let mut wanted: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+        for d in &build {
+            for (input, outs) in g.get(d).inputs() {
+                wanted.entry(input).or_default().extend(outs);
+            }
+        }
+        let next: BTreeSet<String> = build
+            .iter()
+            .cloned()
+            .chain(wanted.iter().filter(|(i, outs)| missing(i, outs)).map(|(i, _)| i.clone()))
+            .collect();
+        if next == build {
+            return build;
+        }
+        build = next;
+    }
 }
 
 #[test]
@@ -127,28 +167,39 @@ fn built_outputs_are_not_queued_and_already_built_ones_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    register_output(&store, &output_of("pipeline-s1"));
-    register_output(&store, &output_of("pipeline-s2"));
+    // A chain root -> ... -> built -> bottom: everything from `built` down is built already.
+    let g = DrvGraph::load();
+    let chain = g.chain();
+    let (root, built) = (chain[0].clone(), chain[chain.len() - 2].clone());
+    let mut registered = BTreeSet::new();
+    for d in g.closure(&built) {
+        for p in g.get(&d).outputs().into_values() {
+            register_output(&store, &p);
+            registered.insert(p);
+        }
+    }
 
-    let s5 = vector_drvs()["pipeline-s5"].clone();
-    let resp = accept_body(&ctx, &body_of(&vector_closure(&[&s5]), 0, 1)).expect("accepted");
-    assert_eq!(resp.queued, 3, "s3, s4, s5: s2 (and so s1) is built already");
-    let queued: BTreeSet<String> = store.queued_builds(0).unwrap().iter().map(|b| b.drv.name().to_string()).collect();
-    assert_eq!(
-        queued,
-        BTreeSet::from(["pipeline-s3.drv".to_string(), "pipeline-s4.drv".into(), "pipeline-s5.drv".into()])
-    );
+    let resp = accept_body(&ctx, &body_of(&vector_closure(&[&root]), 0, 1)).expect("accepted");
+    let expected = expected_builds(&g, &root, &registered);
+    assert!(expected.contains(&root) && !expected.contains(&built), "{expected:?}");
+    assert_eq!(resp.queued as usize, expected.len(), "{built} (and so its inputs) is built already");
+    let queued: BTreeSet<String> = store.queued_builds(0).unwrap().iter().map(|b| sd().display(&b.drv)).collect();
+    assert_eq!(queued, expected);
 
-    let s2 = vector_drvs()["pipeline-s2"].clone();
-    let resp = accept_body(&ctx, &body_of(&vector_closure(&[&s2]), 0, 1)).expect("accepted");
+    let resp = accept_body(&ctx, &body_of(&vector_closure(&[&built]), 0, 1)).expect("accepted");
     assert_eq!(resp.queued, 0);
-    assert_eq!(resp.already_built, vec![s2.clone()]);
-    let out = &resp.outputs[&s2]["out"];
-    let row = &nar_index()[&output_of("pipeline-s2")];
-    assert_eq!(
-        (out.path.as_str(), out.nar_hash.as_str(), out.nar_size),
-        (row.path.as_str(), row.nar_hash.as_str(), row.nar_size)
-    );
+    assert_eq!(resp.already_built, vec![built.clone()]);
+    let outputs = g.get(&built).outputs();
+    assert_eq!(resp.outputs[&built].len(), outputs.len(), "every output of {built}");
+    for (o, p) in outputs {
+        let out = &resp.outputs[&built][&o];
+        let row = g.nar(&p);
+        assert_eq!(
+            (out.path.as_str(), out.nar_hash.as_str(), out.nar_size),
+            (row.path.as_str(), row.nar_hash.as_str(), row.nar_size),
+            "{built} output {o}"
+        );
+    }
 }
 
 #[test]
@@ -156,10 +207,10 @@ fn failed_builds_are_retried_when_submitted_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    let hello = vector_drvs()["hello-2.12.1"].clone();
-    let body = body_of(&vector_closure(&[&hello]), 0, 1);
+    let leaf = DrvGraph::load().leaf();
+    let body = body_of(&vector_closure(&[&leaf]), 0, 1);
     accept_body(&ctx, &body).expect("accepted");
-    let p = sd().parse_path(&hello).unwrap();
+    let p = sd().parse_path(&leaf).unwrap();
     store.mark_running(&p, 1).unwrap();
     store.mark_failed(&p, 2, "boom").unwrap();
     accept_body(&ctx, &body).expect("accepted again");
@@ -183,11 +234,10 @@ fn assert_rejected(
     err
 }
 
-/// The closure of `name` with the .drv of `name` replaced by `bytes` (declared as `path`).
-fn with_drv_bytes(name: &str, bytes: Vec<u8>, path: &str) -> Vec<u8> {
-    let orig = vector_drvs()[name].clone();
-    let mut c = vector_closure(&[&orig]);
-    let orig_p = sd().parse_path(&orig).unwrap();
+/// The closure of the vector drv `orig` with its .drv replaced by `bytes` (declared as `path`).
+fn with_drv_bytes(orig: &str, bytes: Vec<u8>, path: &str) -> Vec<u8> {
+    let mut c = vector_closure(&[orig]);
+    let orig_p = sd().parse_path(orig).unwrap();
     c.drvs.remove(&orig_p);
     let new_p = sd().parse_path(path).unwrap();
     c.drvs.insert(new_p.clone(), bytes);
@@ -200,10 +250,10 @@ fn malformed_aterm_is_rejected_naming_the_drv() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    let path = vector_drvs()["hello-2.12.1"].clone();
-    let mut bytes = std::fs::read(drv_dir().join("hello-2.12.1.drv")).unwrap();
+    let path = DrvGraph::load().leaf();
+    let mut bytes = drv_bytes(&path);
     bytes.truncate(bytes.len() - 3);
-    let err = assert_rejected(&ctx, dir.path(), &with_drv_bytes("hello-2.12.1", bytes, &path), &path, |e| {
+    let err = assert_rejected(&ctx, dir.path(), &with_drv_bytes(&path, bytes, &path), &path, |e| {
         matches!(e, SubmitError::MalformedDrv { .. })
     });
     assert_eq!(err.status(), 400);
@@ -214,12 +264,15 @@ fn drv_declared_under_another_path_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    let other = vector_drvs()["argv-64"].clone();
-    let bytes = std::fs::read(drv_dir().join("hello-2.12.1.drv")).unwrap();
-    let err = assert_rejected(&ctx, dir.path(), &with_drv_bytes("hello-2.12.1", bytes, &other), &other, |e| {
+    // One leaf's bytes declared under another derivation's path (another leaf if there is one).
+    let g = DrvGraph::load();
+    let leaf = g.leaf();
+    let other = g.leaves().into_iter().chain(g.drvs.keys().cloned()).find(|p| *p != leaf).expect("two derivations");
+    let bytes = drv_bytes(&leaf);
+    let err = assert_rejected(&ctx, dir.path(), &with_drv_bytes(&leaf, bytes, &other), &other, |e| {
         matches!(e, SubmitError::DrvPathMismatch { .. })
     });
-    assert!(err.to_string().contains(&vector_drvs()["hello-2.12.1"]), "{err}");
+    assert!(err.to_string().contains(&leaf), "{err}");
 }
 
 #[test]
@@ -227,23 +280,21 @@ fn wrong_recorded_output_path_is_rejected_naming_output_and_both_paths() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    // pipeline-s2 with its output path (and the matching env var) changed.
-    let bytes = std::fs::read(drv_dir().join("pipeline-s2.drv")).unwrap();
-    let right = output_of("pipeline-s2");
+    // A derivation with an input derivation, one output path (and the matching env var) changed.
+    let g = DrvGraph::load();
+    let (orig, _) = g.dependent();
+    let bytes = drv_bytes(&orig);
+    let (output, right) = g.get(&orig).outputs().into_iter().next().expect("an output");
     let base = right.rsplit('/').next().unwrap();
     let wrong = format!("/nix/store/{}{}", "0".repeat(32), &base[32..]);
     let text = String::from_utf8(bytes).unwrap().replace(&right, &wrong);
     let drv = Derivation::parse(text.as_bytes(), &sd()).unwrap();
     let new_path = sd().display(&drv.drv_path(&sd(), &drv.name().unwrap()).unwrap());
-    let err = assert_rejected(
-        &ctx,
-        dir.path(),
-        &with_drv_bytes("pipeline-s2", text.into_bytes(), &new_path),
-        &new_path,
-        |e| matches!(e, SubmitError::OutputPaths { .. }),
-    );
+    let err = assert_rejected(&ctx, dir.path(), &with_drv_bytes(&orig, text.into_bytes(), &new_path), &new_path, |e| {
+        matches!(e, SubmitError::OutputPaths { .. })
+    });
     let msg = err.to_string();
-    assert!(msg.contains("\"out\"") && msg.contains(&wrong) && msg.contains(&right), "{msg}");
+    assert!(msg.contains(&format!("{output:?}")) && msg.contains(&wrong) && msg.contains(&right), "{msg}");
 }
 
 #[test]
@@ -251,19 +302,20 @@ fn missing_input_drv_is_rejected_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    let s2 = vector_drvs()["pipeline-s2"].clone();
-    let s1 = vector_drvs()["pipeline-s1"].clone();
-    let mut c = vector_closure(&[&s2]);
-    c.drvs.remove(&sd().parse_path(&s1).unwrap());
-    let err = assert_rejected(&ctx, dir.path(), &body_of(&c, 0, 1), &s1, |e| {
+    // `dep` depends on `input`, and nothing else in its closure does.
+    let g = DrvGraph::load();
+    let (dep, input) = g.dependent();
+    let mut c = vector_closure(&[&dep]);
+    c.drvs.remove(&sd().parse_path(&input).unwrap());
+    let err = assert_rejected(&ctx, dir.path(), &body_of(&c, 0, 1), &input, |e| {
         matches!(e, SubmitError::MissingInputDrv { .. })
     });
-    assert!(err.to_string().contains(&s2), "names the dependent too: {err}");
+    assert!(err.to_string().contains(&dep), "names the dependent too: {err}");
 
-    // Once s1 is on the node (an earlier submission), the same upload is accepted.
-    accept_body(&ctx, &body_of(&vector_closure(&[&s1]), 0, 1)).expect("s1 accepted");
-    accept_body(&ctx, &body_of(&c, 0, 1)).expect("s2 accepted, its input is stored");
-    assert_eq!(store.queued_builds(0).unwrap().len(), 2);
+    // Once the input is on the node (an earlier submission), the same upload is accepted.
+    accept_body(&ctx, &body_of(&vector_closure(&[&input]), 0, 1)).expect("input accepted");
+    accept_body(&ctx, &body_of(&c, 0, 1)).expect("dependent accepted, its input is stored");
+    assert_eq!(store.queued_builds(0).unwrap().len(), g.closure(&dep).len(), "the whole closure of {dep}");
 }
 
 #[test]
@@ -271,22 +323,28 @@ fn missing_source_is_rejected_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    let d = vector_drvs()["from-tofile"].clone();
+    let g = DrvGraph::load();
+    let d = g.with_sources();
     let mut c = vector_closure(&[&d]);
-    let (src, _) = c.sources.pop_first().expect("from-tofile has a source");
+    let (src, _) = c.sources.pop_first().expect("it has a source");
     let shown = sd().display(&src);
     assert_rejected(&ctx, dir.path(), &body_of(&c, 0, 1), &shown, |e| matches!(e, SubmitError::MissingSource { .. }));
 
     // A source whose reference is missing.
-    let d = vector_drvs()["tofile-chain"].clone();
+    let (d, lib) = g.source_with_referrer();
     let mut c = vector_closure(&[&d]);
-    let lib = c.sources.keys().find(|p| p.name() == "aurora-lib.sh").cloned().expect("aurora-lib.sh");
-    c.sources.remove(&lib);
-    let shown = sd().display(&lib);
-    let err = assert_rejected(&ctx, dir.path(), &body_of(&c, 0, 1), &shown, |e| {
-        matches!(e, SubmitError::MissingSource { .. })
-    });
-    assert!(err.to_string().contains("aurora-main.sh") || err.to_string().contains("tofile-chain"), "{err}");
+    assert!(c.sources.remove(&sd().parse_path(&lib).unwrap()).is_some(), "{lib} is uploaded with {d}");
+    let err =
+        assert_rejected(&ctx, dir.path(), &body_of(&c, 0, 1), &lib, |e| matches!(e, SubmitError::MissingSource { .. }));
+    // It names what needs it: a source referring to it, or a derivation having it as input.
+    let needers: Vec<String> = c
+        .sources
+        .values()
+        .filter(|s| s.references.contains(&sd().parse_path(&lib).unwrap()))
+        .map(|s| sd().display(&s.path))
+        .chain(g.closure(&d).into_iter().filter(|x| g.get(x).srcs().contains(&lib)))
+        .collect();
+    assert!(!needers.is_empty() && needers.iter().any(|n| err.to_string().contains(n)), "{err} / {needers:?}");
 }
 
 #[test]
@@ -294,7 +352,7 @@ fn nar_not_matching_its_hash_is_rejected_and_no_blob_is_left() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    let d = vector_drvs()["local-sources"].clone();
+    let d = DrvGraph::load().most_sources();
     let c = vector_closure(&[&d]);
     assert!(c.sources.len() >= 2, "several sources, so good NARs come before the bad one");
     // Flip one byte in the last NAR (same size, other hash).
@@ -311,8 +369,8 @@ fn nar_not_matching_its_hash_is_rejected_and_no_blob_is_left() {
 fn oversized_header_and_sizes_are_rejected_before_reading() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
-    let hello = vector_drvs()["hello-2.12.1"].clone();
-    let body = body_of(&vector_closure(&[&hello]), 0, 1);
+    let g = DrvGraph::load();
+    let body = body_of(&vector_closure(&[&g.leaf()]), 0, 1);
     let ctx = context(&store, SubmitLimits { max_header_bytes: 64, ..SubmitLimits::default() });
     let before = snapshot(&store, dir.path());
     let err = accept_body(&ctx, &body).expect_err("header too large");
@@ -323,13 +381,19 @@ fn oversized_header_and_sizes_are_rejected_before_reading() {
     huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
     assert!(matches!(accept(&ctx, &mut &huge[..], None, 0), Err(SubmitError::HeaderTooLarge { .. })));
 
-    let ctx = context(&store, SubmitLimits { max_total_bytes: 1000, ..SubmitLimits::default() });
-    let d = vector_drvs()["local-sources"].clone();
-    let err = accept_body(&ctx, &body_of(&vector_closure(&[&d]), 0, 1)).expect_err("body too large");
+    // Limits one byte below what the upload of a derivation with sources declares.
+    let c = vector_closure(&[&g.most_sources()]);
+    let body = body_of(&c, 0, 1);
+    let ctx = context(&store, SubmitLimits { max_total_bytes: body.len() as u64 - 1, ..SubmitLimits::default() });
+    let err = accept_body(&ctx, &body).expect_err("body too large");
     assert!(matches!(err, SubmitError::TooLarge { what: "body", .. }), "{err}");
-    let ctx = context(&store, SubmitLimits { max_nar_size: 100, ..SubmitLimits::default() });
-    let err = accept_body(&ctx, &body_of(&vector_closure(&[&d]), 0, 1)).expect_err("NAR too large");
-    assert!(matches!(err, SubmitError::TooLarge { what: "source NAR", .. }) && err.path().is_some(), "{err}");
+    let largest = c.sources.values().map(|s| s.nar_size).max().expect("sources");
+    let ctx = context(&store, SubmitLimits { max_nar_size: largest - 1, ..SubmitLimits::default() });
+    let err = accept_body(&ctx, &body).expect_err("NAR too large");
+    assert!(matches!(err, SubmitError::TooLarge { what: "source NAR", .. }), "{err}");
+    let too_large: Vec<String> =
+        c.sources.values().filter(|s| s.nar_size == largest).map(|s| sd().display(&s.path)).collect();
+    assert!(err.path().is_some_and(|p| too_large.iter().any(|t| t == p)), "{err}: names one of {too_large:?}");
     assert_eq!(snapshot(&store, dir.path()), before);
 }
 
@@ -338,7 +402,7 @@ fn body_framing_errors_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ctx = context(&store, SubmitLimits::default());
-    let d = vector_drvs()["from-tofile"].clone();
+    let d = DrvGraph::load().with_sources();
     let body = body_of(&vector_closure(&[&d]), 0, 1);
     let before = snapshot(&store, dir.path());
     // Truncated inside the NAR.
@@ -371,12 +435,13 @@ fn router_answers_json_and_wakes_the_scheduler() {
     let http = reqwest::blocking::Client::new();
     let url = format!("{}/api/v1/submit", server.url());
 
-    let hello = vector_drvs()["hello-2.12.1"].clone();
-    let body = body_of(&vector_closure(&[&hello]), 0, 1);
+    let g = DrvGraph::load();
+    let leaf = g.leaf();
+    let body = body_of(&vector_closure(&[&leaf]), 0, 1);
     let resp = http.post(&url).body(body).send().unwrap();
     assert_eq!(resp.status(), 200);
     let json: serde_json::Value = resp.json_or_text();
-    assert_eq!(json["accepted"], serde_json::json!([hello]));
+    assert_eq!(json["accepted"], serde_json::json!([leaf]));
     assert_eq!(json["queued"], 1);
     assert_eq!(json["already_built"], serde_json::json!([]));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -384,8 +449,7 @@ fn router_answers_json_and_wakes_the_scheduler() {
         .expect("the scheduler was woken");
 
     // A rejection early in a large body still reaches the client as JSON.
-    let d = vector_drvs()["from-tofile"].clone();
-    let mut c = vector_closure(&[&d]);
+    let mut c = vector_closure(&[&g.with_sources()]);
     let src = c.sources.pop_first().unwrap().0;
     let mut bad = body_of(&c, 0, 1);
     bad.extend(std::iter::repeat_n(0u8, 4 << 20));

@@ -70,20 +70,18 @@ impl Drop for Node {
     }
 }
 
-/// What `--wait --json` must print for `names`: their outputs with the vectors' NarHashes.
-fn expected_outputs(names: &[&str]) -> serde_json::Value {
-    let nars = nar_index();
+/// What `--wait --json` must print for the vector drvs `drvs` (store paths): their outputs with
+/// the vectors' NarHashes.
+fn expected_outputs(drvs: &[&str]) -> serde_json::Value {
+    let g = DrvGraph::load();
     let mut doc = serde_json::Map::new();
-    for name in names {
-        let bytes = std::fs::read(drv_dir().join(format!("{name}.drv"))).unwrap();
-        let drv = Derivation::parse(&bytes, &sd()).unwrap();
+    for d in drvs {
         let mut outs = serde_json::Map::new();
-        for (o, out) in &drv.outputs {
-            let p = sd().display(out.path.as_ref().unwrap());
-            let row = &nars[&p];
-            outs.insert(o.clone(), serde_json::json!({"path": p, "nar_hash": row.nar_hash, "nar_size": row.nar_size}));
+        for (o, p) in g.get(d).outputs() {
+            let row = g.nar(&p);
+            outs.insert(o, serde_json::json!({"path": p, "nar_hash": row.nar_hash, "nar_size": row.nar_size}));
         }
-        doc.insert(vector_drvs()[*name].clone(), serde_json::Value::Object(outs));
+        doc.insert(d.to_string(), serde_json::Value::Object(outs));
     }
     serde_json::Value::Object(doc)
 }
@@ -91,8 +89,11 @@ fn expected_outputs(names: &[&str]) -> serde_json::Value {
 #[test]
 fn from_dir_wait_json_prints_the_outputs() {
     let node = Node::start(SubmitLimits::default(), &[]);
-    let s5 = vector_drvs()["pipeline-s5"].clone();
-    let bottom = drv_dir().join("diamond-bottom.drv");
+    // The root of the longest chain by store path, and a diamond by its .drv file.
+    let g = DrvGraph::load();
+    let s5 = g.chain()[0].clone();
+    let (diamond, _) = g.diamond();
+    let bottom = drv_file(&diamond);
     let o = submit(&[
         "--api",
         &node.url(),
@@ -109,22 +110,23 @@ fn from_dir_wait_json_prints_the_outputs() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
-    assert_eq!(got, expected_outputs(&["pipeline-s5", "diamond-bottom"]));
+    assert_eq!(got, expected_outputs(&[&s5, &diamond]));
     assert!(o.stderr.is_empty(), "no progress bars when not on a terminal: {}", stderr(&o));
 
     // Submitting again: already built, answered from the submit response.
     let o = submit(&["--api", &node.url(), "--from", drv_dir().to_str().unwrap(), "--wait", "--json", &s5]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(got, expected_outputs(&["pipeline-s5"]));
+    assert_eq!(got, expected_outputs(&[&s5]));
 }
 
 #[test]
 fn wait_reports_a_failed_input_and_exits_non_zero() {
-    let s3 = vector_drvs()["pipeline-s3"].clone();
+    // A chain s5 -> ... -> s3 -> ... -> s1: s3 (in the middle) fails, s1 (the bottom) builds.
+    let chain = DrvGraph::load().chain();
+    let s3 = chain[(chain.len() - 1) / 2].clone();
+    let (s5, s1) = (chain[0].clone(), chain[chain.len() - 1].clone());
     let node = Node::start(SubmitLimits::default(), &[&s3]);
-    let s5 = vector_drvs()["pipeline-s5"].clone();
-    let s1 = vector_drvs()["pipeline-s1"].clone();
     let o = submit(&[
         "--api",
         &node.url(),
@@ -144,24 +146,27 @@ fn wait_reports_a_failed_input_and_exits_non_zero() {
     assert!(err.contains(&format!("build of {s5} failed")), "{err}");
     assert!(err.contains(&s3) && err.contains("builder failed with exit status 1"), "{err}");
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
-    assert_eq!(got, expected_outputs(&["pipeline-s1"]), "the successful build is still printed");
+    assert_eq!(got, expected_outputs(&[&s1]), "the successful build is still printed");
 }
 
 #[test]
 fn without_wait_the_node_answer_is_printed() {
     let node = Node::start(SubmitLimits::default(), &[]);
     node.stop.store(true, Ordering::Relaxed); // nothing gets built
-    let d = vector_drvs()["local-sources"].clone();
+    let g = DrvGraph::load();
+    let d = g.most_sources();
+    let (drvs, sources) = (g.closure(&d).len(), g.source_closure(&[&d]).len());
     let o = submit(&["--api", &node.url(), "--from", drv_dir().to_str().unwrap(), "--json", &d]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["accepted"], serde_json::json!([d]));
-    assert_eq!(v["queued"], 1);
-    assert!(v["sources_registered"].as_u64().unwrap() >= 2);
+    assert_eq!(v["queued"], drvs);
+    assert_eq!(v["sources_registered"], sources);
 
     let o = submit(&["--api", &node.url(), "--from", drv_dir().to_str().unwrap(), &d]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("accepted 1 derivation(s): 1 build(s) queued, 0 already built"), "{}", stdout(&o));
+    let want = format!("accepted 1 derivation(s): {drvs} build(s) queued, 0 already built");
+    assert!(stdout(&o).starts_with(&want), "{}", stdout(&o));
 }
 
 /// A directory with renamed .drv files and source NARs named after their store paths (no index).
@@ -170,21 +175,16 @@ fn dir_with_renamed_drvs_and_store_path_named_nars() {
     let node = Node::start(SubmitLimits::default(), &[]);
     node.stop.store(true, Ordering::Relaxed);
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(drv_dir().join("tofile-chain.drv"), tmp.path().join("whatever.drv")).unwrap();
+    // A derivation without input derivations with a source that refers to another source.
+    let (d, _) = DrvGraph::load().source_with_referrer();
+    std::fs::copy(drv_file(&d), tmp.path().join("whatever.drv")).unwrap();
     std::fs::write(tmp.path().join("junk.drv"), b"not a derivation").unwrap();
-    let chain = vector_closure(&[&vector_drvs()["tofile-chain"]]);
+    let chain = vector_closure(&[&d]);
     for s in chain.sources.values() {
         let row = &nar_index()[&sd().display(&s.path)];
         std::fs::copy(row.file(), tmp.path().join(format!("{}.nar", s.path))).unwrap();
     }
-    let o = submit(&[
-        "--api",
-        &node.url(),
-        "--from",
-        tmp.path().to_str().unwrap(),
-        "--json",
-        &vector_drvs()["tofile-chain"],
-    ]);
+    let o = submit(&["--api", &node.url(), "--from", tmp.path().to_str().unwrap(), "--json", &d]);
     assert!(o.status.success(), "{}", stderr(&o));
     for s in chain.sources.values() {
         let info = node.store.path_info(&s.path).unwrap().expect("source registered");
@@ -209,14 +209,17 @@ fn dir_with_renamed_drvs_and_store_path_named_nars() {
 #[test]
 fn client_side_errors_name_the_missing_path() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(drv_dir().join("pipeline-s2.drv"), tmp.path().join("s2.drv")).unwrap();
-    let o =
-        submit(&["--api", "http://127.0.0.1:9", "--from", tmp.path().to_str().unwrap(), &vector_drvs()["pipeline-s2"]]);
+    // A derivation without its input derivations.
+    let g = DrvGraph::load();
+    let (dep, _) = g.dependent();
+    std::fs::copy(drv_file(&dep), tmp.path().join("s2.drv")).unwrap();
+    let o = submit(&["--api", "http://127.0.0.1:9", "--from", tmp.path().to_str().unwrap(), &dep]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains(&vector_drvs()["pipeline-s1"]), "{}", stderr(&o));
+    assert!(g.inputs(&dep).iter().any(|i| stderr(&o).contains(i)), "names an input of {dep}: {}", stderr(&o));
 
     // A source that is nowhere.
-    std::fs::copy(drv_dir().join("from-tofile.drv"), tmp.path().join("f.drv")).unwrap();
+    let with_src = g.with_sources();
+    std::fs::copy(drv_file(&with_src), tmp.path().join("f.drv")).unwrap();
     let o = submit(&[
         "--api",
         "http://127.0.0.1:9",
@@ -224,13 +227,13 @@ fn client_side_errors_name_the_missing_path() {
         tmp.path().to_str().unwrap(),
         "--sources",
         tmp.path().to_str().unwrap(),
-        &vector_drvs()["from-tofile"],
+        &with_src,
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("needs source /nix/store/"), "{}", stderr(&o));
 
     // No node listening.
-    let o = submit(&["--api", "http://127.0.0.1:9", "--from", drv_dir().to_str().unwrap(), &vector_drvs()["argv-64"]]);
+    let o = submit(&["--api", "http://127.0.0.1:9", "--from", drv_dir().to_str().unwrap(), &g.leaf()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("POST http://127.0.0.1:9/api/v1/submit"), "{}", stderr(&o));
 }
@@ -238,7 +241,7 @@ fn client_side_errors_name_the_missing_path() {
 #[test]
 fn node_rejection_is_reported() {
     let node = Node::start(SubmitLimits { max_header_bytes: 64, ..SubmitLimits::default() }, &[]);
-    let o = submit(&["--api", &node.url(), "--from", drv_dir().to_str().unwrap(), &vector_drvs()["argv-64"]]);
+    let o = submit(&["--api", &node.url(), "--from", drv_dir().to_str().unwrap(), &DrvGraph::load().leaf()]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("rejected the submission (413)") && err.contains("more than the limit of 64"), "{err}");

@@ -45,6 +45,278 @@ pub fn vector_drvs() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The `drv/NAME.drv` file of the vector derivation at store path `drv_path` (NAME looked up in
+/// `drv/index.tsv`, never assumed).
+pub fn drv_file(drv_path: &str) -> PathBuf {
+    let name = vector_drvs()
+        .into_iter()
+        .find_map(|(n, p)| (p == drv_path).then_some(n))
+        .unwrap_or_else(|| panic!("{drv_path} is not in drv/index.tsv"));
+    drv_dir().join(format!("{name}.drv"))
+}
+
+/// The exact bytes of the vector derivation at store path `drv_path`.
+pub fn drv_bytes(drv_path: &str) -> Vec<u8> {
+    std::fs::read(drv_file(drv_path)).expect("read .drv")
+}
+
+/// One vector derivation, parsed from its ATerm.
+#[derive(Debug, Clone)]
+pub struct VectorDrv {
+    /// Column 1 of `drv/index.tsv` (the file stem in `drv/`); only the `unrepro-` prefix of it
+    /// means anything (see the vectors' README).
+    pub name: String,
+    /// Its store path.
+    pub path: String,
+    /// The `.drv` bytes.
+    pub bytes: Vec<u8>,
+    /// The parsed derivation.
+    pub drv: Derivation,
+}
+
+impl VectorDrv {
+    /// Input derivations (store paths) and the outputs of each that are used.
+    pub fn inputs(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.drv.input_drvs.iter().map(|(p, o)| (sd().display(p), o.clone())).collect()
+    }
+
+    /// Input sources (store paths).
+    pub fn srcs(&self) -> BTreeSet<String> {
+        self.drv.input_srcs.iter().map(|p| sd().display(p)).collect()
+    }
+
+    /// Output name -> recorded output path.
+    pub fn outputs(&self) -> BTreeMap<String, String> {
+        self.drv
+            .outputs
+            .iter()
+            .map(|(n, o)| (n.clone(), sd().display(o.path.as_ref().expect("vector outputs have paths"))))
+            .collect()
+    }
+}
+
+/// The vector derivations as a dependency graph, read from the `.drv` files listed in
+/// `drv/index.tsv`, with the selectors the tests use to pick derivations by structure (the hidden
+/// vector set has other names, hashes and counts). Ties are broken by store path, so a choice is
+/// stable for a given set.
+pub struct DrvGraph {
+    /// Every vector derivation by store path.
+    pub drvs: BTreeMap<String, VectorDrv>,
+    nars: BTreeMap<String, NarRow>,
+}
+
+impl DrvGraph {
+    pub fn load() -> DrvGraph {
+        let drvs = vector_drvs()
+            .into_iter()
+            .map(|(name, path)| {
+                let bytes = std::fs::read(drv_dir().join(format!("{name}.drv"))).expect("read .drv");
+                let drv = Derivation::parse(&bytes, &sd()).unwrap_or_else(|e| panic!("{name}: {e}"));
+                (path.clone(), VectorDrv { name, path, bytes, drv })
+            })
+            .collect();
+        DrvGraph { drvs, nars: nar_index() }
+    }
+
+    pub fn get(&self, path: &str) -> &VectorDrv {
+        self.drvs.get(path).unwrap_or_else(|| panic!("{path} is not a vector derivation"))
+    }
+
+    /// The input derivations of `path`.
+    pub fn inputs(&self, path: &str) -> BTreeSet<String> {
+        self.get(path).inputs().into_keys().collect()
+    }
+
+    /// `path` and every derivation it depends on, transitively.
+    pub fn closure(&self, path: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![path.to_string()];
+        while let Some(p) = todo.pop() {
+            if seen.insert(p.clone())
+                && let Some(d) = self.drvs.get(&p)
+            {
+                todo.extend(d.inputs().into_keys());
+            }
+        }
+        seen
+    }
+
+    /// The longest dependency chain from `path` down: `path` first, each next one an input
+    /// derivation of the one before, the last one without input derivations.
+    pub fn longest_chain(&self, path: &str) -> Vec<String> {
+        let mut best = Vec::new();
+        for i in self.inputs(path) {
+            let c = self.longest_chain(&i);
+            if c.len() > best.len() {
+                best = c;
+            }
+        }
+        let mut chain = vec![path.to_string()];
+        chain.extend(best);
+        chain
+    }
+
+    /// The input derivations of `root`'s closure that two different derivations of that closure
+    /// use (two paths from `root` to the same input: a diamond), most users first.
+    pub fn shared_inputs(&self, root: &str) -> Vec<String> {
+        let closure = self.closure(root);
+        let mut users: BTreeMap<String, usize> = BTreeMap::new();
+        for d in &closure {
+            for i in self.inputs(d) {
+                *users.entry(i).or_default() += 1;
+            }
+        }
+        let mut shared: Vec<(usize, String)> =
+            users.into_iter().filter(|(_, n)| *n >= 2).map(|(i, n)| (n, i)).collect();
+        shared.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        shared.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// The input sources of every derivation in the closures of `roots`, with the sources they
+    /// refer to (from `nar/index.tsv`), transitively.
+    pub fn source_closure(&self, roots: &[&str]) -> BTreeSet<String> {
+        let mut todo: Vec<String> =
+            roots.iter().flat_map(|r| self.closure(r)).flat_map(|d| self.get(&d).srcs()).collect();
+        let mut seen = BTreeSet::new();
+        while let Some(s) = todo.pop() {
+            if seen.insert(s.clone()) {
+                let row = self.nars.get(&s).unwrap_or_else(|| panic!("no NAR vector for source {s}"));
+                todo.extend(row.references.iter().filter(|r| **r != s).cloned());
+            }
+        }
+        seen
+    }
+
+    /// Whether every derivation of `path`'s closure is reproducible (no `unrepro-` name) and has a
+    /// NAR vector for each output, so its build result can be compared or faked.
+    pub fn deterministic(&self, path: &str) -> bool {
+        self.closure(path).iter().all(|d| {
+            let v = self.get(d);
+            !v.name.starts_with("unrepro-") && v.outputs().values().all(|o| self.nars.contains_key(o))
+        })
+    }
+
+    fn pick<K: Ord>(&self, keep: impl Fn(&VectorDrv) -> bool, key: impl Fn(&VectorDrv) -> K) -> Option<String> {
+        self.drvs.values().filter(|v| keep(v)).min_by_key(|v| (key(v), v.path.clone())).map(|v| v.path.clone())
+    }
+
+    /// Leaves: deterministic derivations with no input derivations and no input sources,
+    /// smallest `.drv` first.
+    pub fn leaves(&self) -> Vec<String> {
+        let mut l: Vec<&VectorDrv> = self
+            .drvs
+            .values()
+            .filter(|v| v.drv.input_drvs.is_empty() && v.drv.input_srcs.is_empty() && self.deterministic(&v.path))
+            .collect();
+        l.sort_by_key(|v| (v.bytes.len(), v.path.clone()));
+        l.into_iter().map(|v| v.path.clone()).collect()
+    }
+
+    /// The smallest leaf (see [`DrvGraph::leaves`]): "some simple derivation".
+    pub fn leaf(&self) -> String {
+        self.leaves().into_iter().next().expect("a leaf derivation (no input drvs, no input sources)")
+    }
+
+    /// The deterministic derivation with the longest dependency chain (fewest derivations in its
+    /// closure on a tie), as [`DrvGraph::longest_chain`] gives it: root first. At least three
+    /// long (the root's input has an input itself).
+    pub fn chain(&self) -> Vec<String> {
+        let root = self
+            .pick(
+                |v| self.deterministic(&v.path),
+                |v| (std::cmp::Reverse(self.longest_chain(&v.path).len()), self.closure(&v.path).len()),
+            )
+            .expect("a deterministic derivation");
+        let chain = self.longest_chain(&root);
+        assert!(chain.len() >= 3, "no derivation whose input derivation has an input derivation: {chain:?}");
+        chain
+    }
+
+    /// A deterministic diamond: the root with the largest closure among those with a shared
+    /// input (see [`DrvGraph::shared_inputs`]), and that input (the one with the most users).
+    /// When the set has no diamond, the deterministic derivation with the largest closure and
+    /// `None`.
+    pub fn diamond(&self) -> (String, Option<String>) {
+        let largest = |keep: &dyn Fn(&VectorDrv) -> bool| {
+            self.pick(|v| keep(v) && self.deterministic(&v.path), |v| std::cmp::Reverse(self.closure(&v.path).len()))
+        };
+        match largest(&|v| !self.shared_inputs(&v.path).is_empty()) {
+            Some(root) => {
+                let shared = self.shared_inputs(&root).into_iter().next();
+                (root, shared)
+            }
+            None => (largest(&|_| true).expect("a deterministic derivation"), None),
+        }
+    }
+
+    /// A derivation with input derivations and no input sources whose outputs are all
+    /// input-addressed and whose `.drv` is UTF-8 text (so an output path can be edited in it), with
+    /// the smallest closure; and one of its inputs that nothing else in that closure uses (so
+    /// leaving it out of an upload makes exactly that derivation miss it).
+    pub fn dependent(&self) -> (String, String) {
+        use buildmesh_protocol::derivation::OutputKind;
+        let sole_input = |d: &str| {
+            let closure = self.closure(d);
+            self.inputs(d).into_iter().find(|i| closure.iter().filter(|c| self.inputs(c).contains(i)).count() == 1)
+        };
+        let d = self
+            .pick(
+                |v| {
+                    !v.drv.input_drvs.is_empty()
+                        && v.drv.input_srcs.is_empty()
+                        && v.drv.outputs.values().all(|o| o.kind() == OutputKind::InputAddressed)
+                        && std::str::from_utf8(&v.bytes).is_ok()
+                        && sole_input(&v.path).is_some()
+                },
+                |v| self.closure(&v.path).len(),
+            )
+            .expect("an input-addressed derivation with an input derivation");
+        let i = sole_input(&d).expect("sole input");
+        (d, i)
+    }
+
+    /// A derivation with input sources and no input derivations, with the fewest sources in its
+    /// closure (then the smallest `.drv`).
+    pub fn with_sources(&self) -> String {
+        self.pick(
+            |v| v.drv.input_drvs.is_empty() && !v.drv.input_srcs.is_empty(),
+            |v| (self.source_closure(&[&v.path]).len(), v.bytes.len()),
+        )
+        .expect("a derivation with input sources and no input derivations")
+    }
+
+    /// The derivation with the most sources in its closure (then the fewest derivations).
+    pub fn most_sources(&self) -> String {
+        self.pick(
+            |v| !self.source_closure(&[&v.path]).is_empty(),
+            |v| (std::cmp::Reverse(self.source_closure(&[&v.path]).len()), self.closure(&v.path).len()),
+        )
+        .expect("a derivation with input sources")
+    }
+
+    /// A derivation with no input derivations whose sources include one that another of its
+    /// sources refers to (fewest sources first), and that referenced source.
+    pub fn source_with_referrer(&self) -> (String, String) {
+        let referenced = |d: &str| {
+            let srcs = self.source_closure(&[d]);
+            srcs.iter().find(|s| srcs.iter().any(|r| r != *s && self.nars[r].references.contains(s))).cloned()
+        };
+        let d = self
+            .pick(
+                |v| v.drv.input_drvs.is_empty() && referenced(&v.path).is_some(),
+                |v| self.source_closure(&[&v.path]).len(),
+            )
+            .expect("a derivation with a source that refers to another source");
+        let s = referenced(&d).expect("referenced source");
+        (d, s)
+    }
+
+    /// The NAR vector row of a store path (an output or a source).
+    pub fn nar(&self, path: &str) -> &NarRow {
+        self.nars.get(path).unwrap_or_else(|| panic!("no NAR vector for {path}"))
+    }
+}
+
 /// One row of `nar/index.tsv`.
 #[derive(Debug, Clone)]
 pub struct NarRow {
