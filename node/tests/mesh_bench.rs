@@ -4,7 +4,9 @@
 //! 1. in a 20-node local mesh (real `buildmesh node` processes on 127.0.0.1, second-scale timers),
 //!    with 20 independent jobs built twice each: the attestation propagation time (build end on
 //!    the builder to acceptance on every other node; median and p99) and the gossip messages and
-//!    payload bytes per node per job;
+//!    payload bytes per node per job; the gossipsub wire bytes (every copy sent or received,
+//!    duplicates included, from `GET /metrics`) per node per attestation against the mean encoded
+//!    size of an attestation (goal: at most 3x);
 //! 2. the catch-up time of a node that missed 10,000 attestations (anti-entropy from one peer).
 
 mod mesh_support;
@@ -24,6 +26,14 @@ use mesh_support::*;
 const NODES: usize = 20;
 const JOBS: usize = 20;
 const MISSED: usize = 10_000;
+
+/// The gossip topics (`buildmesh/<name>/1`).
+const TOPICS: [&str; 5] = ["announce", "job", "claim", "attest", "failure"];
+
+/// Node `i`'s metrics per topic, in the order of [`TOPICS`].
+fn topic_metrics(c: &Cluster, i: usize) -> Vec<BTreeMap<String, f64>> {
+    TOPICS.iter().map(|t| c.metrics(i, &format!("buildmesh/{t}/1"))).collect()
+}
 
 fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
@@ -105,7 +115,8 @@ fn propagation(rows: &mut Rows) {
     let dir = tmp.path().join("drvs");
     let mut d = Drvs::new(&dir);
     let drvs: Vec<_> = (0..JOBS).map(|i| d.add(&format!("bench-job-{i}"), &format!("echo {i} > $out"), &[])).collect();
-    let before: Vec<serde_json::Value> = (0..NODES).map(|i| c.mesh(i)["gossip"].clone()).collect();
+    let before: Vec<serde_json::Value> = (0..NODES).map(|i| c.mesh(i)).collect();
+    let metrics_before: Vec<_> = (0..NODES).map(|i| topic_metrics(&c, i)).collect();
     let t1 = Instant::now();
     let abs: Vec<String> = drvs.iter().map(|(drv, _)| sd().display(drv)).collect();
     c.submit(0, &dir, &abs, 2);
@@ -116,17 +127,49 @@ fn propagation(rows: &mut Rows) {
     // Let the last attestations reach everyone.
     std::thread::sleep(Duration::from_secs(2));
     let mut delays: Vec<u64> = Vec::new();
-    let (mut msgs, mut bytes) = (0u64, 0u64);
+    let (mut msgs, mut bytes, mut synced) = (0u64, 0u64, 0u64);
     for (i, prev) in before.iter().enumerate() {
         let (_, j) = get_json(&format!("{}/api/v1/mesh/delays", c.urls[i]));
         delays.extend(j["attestation_delay_ms"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()));
-        let g = c.mesh(i)["gossip"].clone();
-        let diff = |k: &str| g[k].as_u64().unwrap() - prev[k].as_u64().unwrap();
+        let now = c.mesh(i);
+        let diff = |k: &str| now["gossip"][k].as_u64().unwrap() - prev["gossip"][k].as_u64().unwrap();
         msgs += diff("accepted") + diff("ignored") + diff("rejected") + diff("published");
         bytes += diff("bytes_in") + diff("bytes_out");
+        synced += now["sync"]["attestations"].as_u64().unwrap() - prev["sync"]["attestations"].as_u64().unwrap();
     }
     delays.sort_unstable();
     let per = (NODES * JOBS) as f64;
+    let elapsed = t1.elapsed().as_secs_f64();
+    // Wire-level gossip per topic: every copy of every message, duplicates included.
+    let mut wire = BTreeMap::<(&str, &str), f64>::new();
+    for (i, before) in metrics_before.iter().enumerate() {
+        for (t, now) in TOPICS.iter().zip(topic_metrics(&c, i)) {
+            for (key, metric) in [
+                ("in", "gossipsub_topic_msg_recv_bytes_unfiltered_total"),
+                ("out", "gossipsub_topic_msg_sent_bytes_total"),
+                ("copies", "gossipsub_topic_msg_recv_counts_unfiltered_total"),
+                ("published", "gossipsub_topic_msg_published_total"),
+            ] {
+                let prev = before[TOPICS.iter().position(|x| x == t).unwrap()].get(metric).copied().unwrap_or(0.0);
+                *wire.entry((t, key)).or_default() += now.get(metric).copied().unwrap_or(0.0) - prev;
+            }
+        }
+    }
+    // Mean encoded size of the attestations these jobs produced (the signed envelope's bytes).
+    let (_, export) = get(&format!("{}/api/v1/attestations?format=jsonl", c.urls[0]));
+    let sizes: Vec<usize> = String::from_utf8(export)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let b64 = v["envelope"].as_str().unwrap();
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(b64).unwrap().len()
+        })
+        .collect();
+    let attestations = sizes.len() as f64;
+    let att_size = sizes.iter().sum::<usize>() as f64 / attestations.max(1.0);
+    let per_att = (NODES as f64) * attestations.max(1.0);
     rows.push((
         format!("mesh start ({NODES} nodes on 127.0.0.1 see each other)"),
         format!("{:.1} s", startup.as_secs_f64()),
@@ -140,8 +183,44 @@ fn propagation(rows: &mut Rows) {
         format!("{} ms", quantile(&delays, 0.5)),
     ));
     rows.push(("attestation propagation, p99".into(), format!("{} ms", quantile(&delays, 0.99))));
+    rows.push(("attestations that reached a node by anti-entropy rather than gossip".into(), format!("{synced}")));
     rows.push(("gossip messages per node per job (in + out)".into(), format!("{:.1}", msgs as f64 / per)));
     rows.push(("gossip payload bytes per node per job (in + out)".into(), format!("{:.0}", bytes as f64 / per)));
+    rows.push(("attestations produced / mean encoded size".to_string(), format!("{attestations} / {att_size:.0} B")));
+    let w = |t: &str, k: &str| wire.get(&(t, k)).copied().unwrap_or(0.0);
+    rows.push((
+        "gossipsub wire bytes received per node per attestation, attestation topic (duplicates included)".into(),
+        format!(
+            "{:.0} B in {:.2} copies = {:.2}x the attestation (goal <= 3x)",
+            w("attest", "in") / per_att,
+            w("attest", "copies") / per_att,
+            w("attest", "in") / per_att / att_size
+        ),
+    ));
+    for t in ["job", "claim", "failure"] {
+        rows.push((
+            format!("gossipsub wire bytes received per node per job, {t} topic"),
+            format!(
+                "{:.0} B in {:.2} copies of {:.2} messages",
+                w(t, "in") / per,
+                w(t, "copies") / per,
+                w(t, "published") / JOBS as f64
+            ),
+        ));
+    }
+    let job_total: f64 = ["job", "claim", "attest", "failure"].iter().map(|t| w(t, "in")).sum::<f64>() / per;
+    rows.push((
+        "all job gossip received per node per job (job + claims + k attestations + failures)".into(),
+        format!("{job_total:.0} B = {:.2}x one attestation", job_total / att_size),
+    ));
+    rows.push((
+        "gossipsub wire bytes received per node per second, announce topic (demo timers)".into(),
+        format!(
+            "{:.0} B in {:.2} copies",
+            w("announce", "in") / NODES as f64 / elapsed,
+            w("announce", "copies") / NODES as f64 / elapsed
+        ),
+    ));
 }
 
 fn catch_up(rows: &mut Rows) {

@@ -190,6 +190,12 @@ fn five_nodes_build_a_dag_twice_and_serve_it_by_quorum() {
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["mesh"]["members"], 5);
     assert_eq!(status["peers"].as_array().unwrap().len(), 4);
+    // `GET /metrics`: gossipsub counted the attestations every node received (Prometheus text).
+    for i in 0..5 {
+        let m = c.metrics(i, "buildmesh/attest/1");
+        let copies = m.get("gossipsub_topic_msg_recv_counts_unfiltered_total").copied().unwrap_or(0.0);
+        assert!(copies >= 1.0, "node {i} counted no attestation gossip: {m:?}");
+    }
     for i in 0..5 {
         let m = c.mesh(i);
         eprintln!(

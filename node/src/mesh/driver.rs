@@ -224,7 +224,8 @@ pub(crate) async fn start(
         server,
         serve_permits: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
     };
-    let handle = MeshHandle { commands: cmd_tx, shared, gateway, store_dir: params.store_dir.clone() };
+    let handle =
+        MeshHandle { commands: cmd_tx, shared, gateway, store_dir: params.store_dir.clone(), net: net.clone() };
     let driver = Driver {
         mesh,
         trust,

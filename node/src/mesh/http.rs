@@ -7,6 +7,7 @@
 //! | `GET /api/v1/mesh/delays` | `{"attestation_delay_ms": [..]}`: build end to acceptance here, recent gossip |
 //! | `POST /api/v1/mesh/retry` | `{"drv": "<drv>", "on": "<peer id>"}`: build `drv` on that node |
 //! | `POST /api/v1/peers/<peer id>/block`, `…/unblock` | close and refuse (or allow again) a peer's connections |
+//! | `GET /metrics` | libp2p counters in the Prometheus text format (gossipsub per topic, transport bytes) |
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -40,6 +41,7 @@ pub fn router(handle: MeshHandle) -> Router {
         .route("/api/v1/mesh/retry", post(retry))
         .route("/api/v1/peers/{peer}/block", post(block))
         .route("/api/v1/peers/{peer}/unblock", post(unblock))
+        .route("/metrics", get(metrics))
         .with_state(handle)
 }
 
@@ -49,6 +51,14 @@ async fn peers(State(h): State<MeshHandle>) -> Response {
 
 async fn status(State(h): State<MeshHandle>) -> Response {
     Json(h.status()).into_response()
+}
+
+async fn metrics(State(h): State<MeshHandle>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        h.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn delays(State(h): State<MeshHandle>) -> Response {

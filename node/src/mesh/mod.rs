@@ -334,9 +334,15 @@ pub struct MeshHandle {
     shared: Arc<Shared>,
     gateway: gateway::Gateway,
     store_dir: StoreDir,
+    net: crate::net::NetHandle,
 }
 
 impl MeshHandle {
+    /// The network's counters in the Prometheus text format ([`crate::net::NetHandle::metrics_text`]).
+    pub fn metrics_text(&self) -> String {
+        self.net.metrics_text()
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::metrics::Registry;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
@@ -44,24 +45,47 @@ pub fn message_id(data: &[u8]) -> gossipsub::MessageId {
     gossipsub::MessageId::new(blake3::hash(data).as_bytes())
 }
 
+/// Messages at least this large are announced with IDONTWANT to mesh peers on arrival.
+const IDONTWANT_THRESHOLD: usize = 0;
+
+/// Gossipsub mesh degree (target number of full-message peers per topic).
+const MESH_N: usize = 4;
+
 /// Bytes of protobuf framing (signature, key, topic, seqno) allowed on top of `max_gossip_size`.
 const GOSSIP_ENVELOPE_OVERHEAD: usize = 2048;
 
-fn gossipsub_behaviour(keypair: &Keypair, cfg: &NetConfig) -> Result<gossipsub::Behaviour, SpawnError> {
+fn gossipsub_behaviour(cfg: &NetConfig, registry: &mut Registry) -> Result<gossipsub::Behaviour, SpawnError> {
+    // Every payload is already a signed envelope (domain-separated, by the node key that is also
+    // the PeerId), so gossipsub's own author signature, key and sequence number would only add
+    // about 140 bytes to every copy on the wire: messages are anonymous, identified by content.
     let gcfg = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(cfg.gossip_heartbeat)
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .message_id_fn(|m: &gossipsub::Message| message_id(&m.data))
         .max_transmit_size(cfg.max_gossip_size + GOSSIP_ENVELOPE_OVERHEAD)
+        // Tell mesh peers "do not send me this" for every message as soon as it arrives: the
+        // validation below commits to redb before forwarding, which is time enough for those
+        // notices to stop most duplicate copies (the default only does so above 1 KB).
+        .idontwant_message_size_threshold(IDONTWANT_THRESHOLD)
+        // Publish to the mesh peers only: flooding one's own messages to every connected peer
+        // (gossipsub's default) makes each of them forward a copy the others already have.
+        .flood_publish(false)
+        // A sparser mesh than gossipsub's 6/5/12: every mesh link carries each message once (or
+        // twice in a race), so the degree is the number of copies a node receives; lazy gossip
+        // (IHAVE to non-mesh peers) and anti-entropy repair whatever the sparser mesh misses.
+        .mesh_n(MESH_N)
+        .mesh_n_low(MESH_N - 1)
+        .mesh_n_high(2 * MESH_N)
+        .mesh_outbound_min(MESH_N / 2)
         .build()
         .map_err(|e| SpawnError::Behaviour(format!("gossipsub config: {e}")))?;
-    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gcfg)
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
         .map_err(|e| SpawnError::Behaviour(format!("gossipsub: {e}")))?;
     gossipsub
         .with_peer_score(score_params(&cfg.topics), score_thresholds())
         .map_err(|e| SpawnError::Behaviour(format!("gossipsub peer score: {e}")))?;
-    Ok(gossipsub)
+    Ok(gossipsub.with_metrics(registry.sub_registry_with_prefix("gossipsub"), Default::default()))
 }
 
 /// Peer scoring: only invalid messages (validation `Reject`) count against a peer, strongly and with
@@ -117,7 +141,7 @@ fn rr_behaviour(
     )
 }
 
-fn build_behaviour(keypair: &Keypair, cfg: &NetConfig) -> Result<MeshBehaviour, SpawnError> {
+fn build_behaviour(keypair: &Keypair, cfg: &NetConfig, registry: &mut Registry) -> Result<MeshBehaviour, SpawnError> {
     let peer_id = keypair.public().to_peer_id();
 
     let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
@@ -152,7 +176,7 @@ fn build_behaviour(keypair: &Keypair, cfg: &NetConfig) -> Result<MeshBehaviour, 
     Ok(MeshBehaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits,
-        gossipsub: gossipsub_behaviour(keypair, cfg)?,
+        gossipsub: gossipsub_behaviour(cfg, registry)?,
         kad,
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),
@@ -164,14 +188,21 @@ fn build_behaviour(keypair: &Keypair, cfg: &NetConfig) -> Result<MeshBehaviour, 
 }
 
 /// Builds the swarm: TCP (noise + yamux) and QUIC transports, all behaviours, idle timeout.
-pub(crate) fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<MeshBehaviour>, SpawnError> {
+/// Gossipsub's counters (per topic: messages and bytes sent, received with and without
+/// duplicates, IDONTWANTs, ...) and the transports' byte counts are registered in `registry`.
+pub(crate) fn build_swarm(
+    keypair: Keypair,
+    cfg: &NetConfig,
+    registry: &mut Registry,
+) -> Result<Swarm<MeshBehaviour>, SpawnError> {
     // Build the behaviour outside the builder closure so errors stay typed.
-    let behaviour = build_behaviour(&keypair, cfg)?;
+    let behaviour = build_behaviour(&keypair, cfg, registry)?;
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| SpawnError::Transport(format!("tcp/noise: {e}")))?
         .with_quic()
+        .with_bandwidth_metrics(registry.sub_registry_with_prefix("libp2p"))
         .with_behaviour(|_| behaviour)
         .map_err(|e| SpawnError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
@@ -202,7 +233,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let cfg = NetConfig { mdns: false, ..NetConfig::default() };
-            let swarm = build_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
+            let swarm = build_swarm(Keypair::generate_ed25519(), &cfg, &mut Registry::default()).unwrap();
             assert!(!swarm.behaviour().mdns.is_enabled());
         });
     }

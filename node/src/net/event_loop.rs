@@ -96,7 +96,8 @@ impl EventLoop {
     ) -> Result<(EventLoop, NetHandle, mpsc::Receiver<NetEvent>), SpawnError> {
         cfg.validate()?;
         let local_peer_id = keypair.public().to_peer_id();
-        let mut swarm = build_swarm(keypair, &cfg)?;
+        let mut registry = libp2p::metrics::Registry::default();
+        let mut swarm = build_swarm(keypair, &cfg, &mut registry)?;
         for addr in &cfg.listen {
             swarm
                 .listen_on(addr.clone())
@@ -124,6 +125,7 @@ impl EventLoop {
             commands: cmd_tx,
             priority: prio_tx,
             local_peer_id,
+            metrics: std::sync::Arc::new(registry),
             timeouts: HandleTimeouts {
                 request: cfg.request_timeout,
                 dial: cfg.dial_timeout,
@@ -588,7 +590,6 @@ impl EventLoop {
                 debug!(target: EVENTS, event = "gossip_received", msg_id = %message_id, %topic, from = %propagation_source, len = message.data.len());
                 self.emit(NetEvent::Gossip(GossipMessage {
                     propagation_source,
-                    author: message.source,
                     id: message_id,
                     topic,
                     data: message.data,

@@ -357,6 +357,7 @@ pub struct NetHandle {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) priority: mpsc::Sender<Priority>,
     pub(crate) local_peer_id: PeerId,
+    pub(crate) metrics: std::sync::Arc<libp2p::metrics::Registry>,
     pub(crate) timeouts: HandleTimeouts,
 }
 
@@ -369,6 +370,17 @@ impl NetHandle {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// The network's counters in the Prometheus text format (OpenMetrics): gossipsub per topic
+    /// (`gossipsub_topic_msg_sent_bytes_total`, `gossipsub_topic_msg_recv_bytes_unfiltered_total`
+    /// with duplicates, IDONTWANTs, mesh peers, ...) and transport bytes per direction
+    /// (`libp2p_bandwidth_bytes_total`). Served at `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics);
+        out
     }
 
     async fn call<T>(

@@ -100,13 +100,13 @@ impl fmt::Display for InboundId {
     }
 }
 
-/// A gossip message waiting for [`NetHandle::report_validation`].
+/// A gossip message waiting for [`NetHandle::report_validation`]. Gossip is anonymous at the
+/// gossipsub level (no author, signature or sequence number): the payload carries its own signed
+/// envelope, which the receiver verifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GossipMessage {
     /// The peer that forwarded it to us (pass it back in `report_validation`).
     pub propagation_source: PeerId,
-    /// The signing author (gossipsub strict validation guarantees the signature matches).
-    pub author: Option<PeerId>,
     /// Content-addressed id ([`message_id`] of `data`).
     pub id: MessageId,
     /// Topic name.

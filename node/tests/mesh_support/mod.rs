@@ -129,6 +129,33 @@ impl Cluster {
         get_json(&format!("{}/api/v1/mesh", self.urls[i])).1
     }
 
+    /// Node `i`'s `GET /metrics` (Prometheus text): each series (name with labels) and its value.
+    pub fn metric_series(&self, i: usize) -> BTreeMap<String, f64> {
+        let (status, body) = get(&format!("{}/metrics", self.urls[i]));
+        assert_eq!(status, 200, "GET /metrics on node {i}");
+        String::from_utf8(body)
+            .expect("UTF-8 metrics")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("`series value` line");
+                (series.to_string(), value.parse::<f64>().unwrap_or(0.0))
+            })
+            .collect()
+    }
+
+    /// Node `i`'s metrics, each summed over the series whose labels contain `label` ("" for all).
+    pub fn metrics(&self, i: usize, label: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (series, value) in self.metric_series(i) {
+            let (name, labels) = series.split_once('{').unwrap_or((&series, ""));
+            if labels.contains(label) {
+                *out.entry(name.to_string()).or_insert(0.0) += value;
+            }
+        }
+        out
+    }
+
     /// The builders (peer ids) of every attestation of `path` that node `i` holds, by NarHash.
     pub fn attesters(&self, i: usize, path: &str) -> BTreeMap<String, BTreeSet<String>> {
         let (s, j) = get_json(&format!("{}/api/v1/attestations?path={}", self.urls[i], path));
