@@ -14,6 +14,8 @@ pub mod node_support;
 
 pub use node_support::*;
 
+pub mod netns;
+
 /// The `[mesh]` timers of the tests (seconds instead of minutes).
 pub const FAST_MESH: &str = buildmesh::cli::demo::DEMO_MESH;
 
@@ -27,12 +29,24 @@ pub struct Cluster {
     pub config: PathBuf,
     pub bootstrap: String,
     extra: Vec<String>,
+    /// When set, every node runs in its own network namespace.
+    pub netns: Option<netns::Netns>,
 }
 
 impl Cluster {
     /// Start `n` nodes in `dir` (node 0 first, the others bootstrapped to it), each with `extra`
     /// flags, and wait until every node sees every other one in its view.
     pub fn start(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(dir, n, extra, None)
+    }
+
+    /// Like [`Cluster::start`], each node in its own network namespace of `netns` (mesh traffic
+    /// over a bridge, the API over a control link).
+    pub fn start_in_namespaces(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(dir, n, extra, Some(netns::Netns::new(n)))
+    }
+
+    fn start_with(dir: &Path, n: usize, extra: &[&str], netns: Option<netns::Netns>) -> Cluster {
         let keys: Vec<NodeKey> =
             (0..n).map(|i| NodeKey::from_seed(&format!("mesh-test-{i}"), [i as u8 + 1; 32]).unwrap()).collect();
         let config = dir.join("mesh.toml");
@@ -46,6 +60,7 @@ impl Cluster {
             config,
             bootstrap: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns,
         };
         for i in 0..n {
             let node = c.spawn(i);
@@ -93,7 +108,10 @@ impl Cluster {
         }
         args.extend(self.extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        NodeProc::start(&data, &refs)
+        match &self.netns {
+            Some(ns) => NodeProc::start_with(&data, &ns.wrapper(i), &ns.http(i), &ns.listen(i), &refs),
+            None => NodeProc::start(&data, &refs),
+        }
     }
 
     /// Restart a stopped node (node 0 comes back on a new port: later nodes bootstrap to that).
@@ -249,4 +267,48 @@ pub fn vector_drvs() -> BTreeMap<String, (String, BTreeMap<String, String>)> {
 
 pub fn base(p: &str) -> StorePath {
     StorePath::from_basename(p.rsplit('/').next().unwrap()).unwrap()
+}
+
+/// The partition scenario shared by the partition tests: `cut(true)` splits the mesh into
+/// `left` and `right` (by whatever means), each side's view shrinks to itself and each side
+/// builds a job of its own with k = 2 that the other side cannot see; `cut(false)` heals it and
+/// every node ends with the same attestation set, both jobs attested by 2 builders everywhere.
+/// Returns the derivation directory (for further jobs).
+pub fn partition_and_heal(c: &Cluster, dir: &Path, left: &[usize], right: &[usize], cut: impl Fn(bool)) -> Drvs {
+    cut(true);
+    for (side, members) in [(left, left.len()), (right, right.len())] {
+        for &i in side {
+            let url = c.urls[i].clone();
+            wait_for(&format!("node {i} to see {members} members"), Duration::from_secs(30), || {
+                (get_json(&format!("{url}/api/v1/mesh")).1["members"] == members).then_some(())
+            });
+        }
+    }
+
+    let mut d = Drvs::new(dir);
+    let (x, x_out) = d.add("left-side-job", "echo left > $out", &[]);
+    let (y, y_out) = d.add("right-side-job", "echo right > $out", &[]);
+    c.submit(left[0], dir, &[sd().display(&x)], 2);
+    c.submit(right[0], dir, &[sd().display(&y)], 2);
+    wait_state(&c.urls[left[0]], &x, "done", Duration::from_secs(60));
+    wait_state(&c.urls[right[0]], &y, "done", Duration::from_secs(60));
+    let (x_out, y_out) = (sd().display(&x_out), sd().display(&y_out));
+    assert!(c.attesters(left[0], &y_out).is_empty(), "the left side cannot know the right side's result yet");
+    assert!(c.attesters(right[1], &x_out).is_empty(), "the right side cannot know the left side's result yet");
+
+    cut(false);
+    let n = left.len() + right.len();
+    c.wait_members(n, Duration::from_secs(60));
+    let all: Vec<BTreeSet<String>> =
+        wait_for("every node to hold the same attestations", Duration::from_secs(60), || {
+            let sets: Vec<BTreeSet<String>> = (0..n).map(|i| c.attestation_ids(i)).collect();
+            (sets.iter().all(|s| s == &sets[0]) && sets[0].len() >= 4).then_some(sets)
+        });
+    assert!(all[0].len() >= 4, "{:?}", all[0]);
+    for i in 0..n {
+        let bx: BTreeSet<String> = c.attesters(i, &x_out).values().flatten().cloned().collect();
+        let by: BTreeSet<String> = c.attesters(i, &y_out).values().flatten().cloned().collect();
+        assert!(bx.len() >= 2 && by.len() >= 2, "node {i}: {bx:?} {by:?}");
+    }
+    d
 }

@@ -45,6 +45,25 @@ impl NodeProc {
 
     /// Like [`NodeProc::start`]; on failure returns the reason and the log.
     pub fn try_start(data: &Path, extra: &[&str]) -> Result<NodeProc, (String, String)> {
+        NodeProc::try_start_with(data, &[], "127.0.0.1:0", "/ip4/127.0.0.1/tcp/0", extra)
+    }
+
+    /// Like [`NodeProc::start`] with the command run under `wrapper` (e.g. `ip netns exec NS`,
+    /// which execs it, so the pid is the node's) and the given `--http` and `--listen`.
+    pub fn start_with(data: &Path, wrapper: &[String], http: &str, listen: &str, extra: &[&str]) -> NodeProc {
+        match NodeProc::try_start_with(data, wrapper, http, listen, extra) {
+            Ok(n) => n,
+            Err((msg, log)) => panic!("node did not start: {msg}\n--- log ---\n{log}"),
+        }
+    }
+
+    fn try_start_with(
+        data: &Path,
+        wrapper: &[String],
+        http: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<NodeProc, (String, String)> {
         let parent = data.parent().expect("data dir has a parent");
         let mut n = 0;
         let log = loop {
@@ -54,10 +73,18 @@ impl NodeProc {
             }
             n += 1;
         };
-        let child = Command::new(bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .args(["node", "--data-dir"])
             .arg(data)
-            .args(["--http", "127.0.0.1:0", "--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--http", http, "--mdns", "false", "--listen", listen])
             .args(extra)
             .env("BUILDMESH_LOG", "info")
             .stdout(Stdio::piped())

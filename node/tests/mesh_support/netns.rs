@@ -1,0 +1,140 @@
+//! Separate network namespaces for mesh tests: each node gets its own namespace with two links,
+//! a "mesh" veth on a bridge (libp2p traffic only) and a point-to-point "control" veth to the
+//! test's namespace (the HTTP API). A partition moves mesh ports to a second bridge, which drops
+//! every packet between the sides as a real network split would; healing moves them back.
+//! Needs root and `ip` (iproute2); everything is removed on drop.
+
+use std::process::Command;
+
+/// The namespaces, bridges and addresses of one test.
+pub struct Netns {
+    /// Short unique tag in every interface and namespace name.
+    tag: String,
+    /// Second octet of the test's private addresses (10.`net`.x.y).
+    net: u8,
+    nodes: usize,
+}
+
+/// The `ip` program (in /usr/sbin on Debian, which a non-login PATH may lack).
+pub fn ip_program() -> String {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("ip")
+        .to_string()
+}
+
+/// Run `ip ARGS`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let o =
+        Command::new(ip_program()).args(args).output().expect("run `ip` (iproute2 is installed by scripts/test.sh)");
+    assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+}
+
+impl Netns {
+    /// Create namespaces for `nodes` nodes, every mesh port on bridge A.
+    pub fn new(nodes: usize) -> Netns {
+        assert!(nodes < 200);
+        let pid = std::process::id();
+        // A 10.x.0.0/16 that no route of this machine uses yet.
+        let routes =
+            Command::new(ip_program()).args(["-4", "route", "show", "table", "all"]).output().expect("ip route");
+        let routes = String::from_utf8_lossy(&routes.stdout).to_string();
+        let net = (0..100)
+            .map(|k| (100 + (pid + k) % 100) as u8)
+            .find(|net| !routes.contains(&format!("10.{net}.")))
+            .expect("a free 10.x.0.0/16");
+        let n = Netns { tag: format!("{:04x}", pid % 0xffff), net, nodes };
+        for bridge in [n.bridge('a'), n.bridge('b')] {
+            ip(&["link", "add", &bridge, "type", "bridge"]);
+            ip(&["link", "set", &bridge, "up"]);
+        }
+        for i in 0..nodes {
+            let ns = n.namespace(i);
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            // Mesh link: eth0 in the namespace, its peer a port of bridge A.
+            let port = n.port(i);
+            ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            ip(&["link", "set", &port, "master", &n.bridge('a')]);
+            ip(&["link", "set", &port, "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", n.mesh_ip(i)), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            // Control link: ctl0 in the namespace, point to point with the test's namespace.
+            let ctl = n.control(i);
+            ip(&["link", "add", &ctl, "type", "veth", "peer", "name", "ctl0", "netns", &ns]);
+            ip(&["addr", "add", &format!("10.{}.{i}.2/30", n.net), "dev", &ctl]);
+            ip(&["link", "set", &ctl, "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("10.{}.{i}.1/30", n.net), "dev", "ctl0"]);
+            ip(&["-n", &ns, "link", "set", "ctl0", "up"]);
+        }
+        n
+    }
+
+    fn bridge(&self, side: char) -> String {
+        format!("bm{}br{side}", self.tag)
+    }
+
+    fn port(&self, i: usize) -> String {
+        format!("bm{}m{i}", self.tag)
+    }
+
+    fn control(&self, i: usize) -> String {
+        format!("bm{}c{i}", self.tag)
+    }
+
+    /// Node `i`'s namespace.
+    pub fn namespace(&self, i: usize) -> String {
+        format!("bm{}-{i}", self.tag)
+    }
+
+    /// Node `i`'s address on the mesh bridge.
+    pub fn mesh_ip(&self, i: usize) -> String {
+        format!("10.{}.200.{}", self.net, i + 1)
+    }
+
+    /// The command prefix that runs a program in node `i`'s namespace.
+    pub fn wrapper(&self, i: usize) -> Vec<String> {
+        vec![ip_program(), "netns".into(), "exec".into(), self.namespace(i)]
+    }
+
+    /// `--http` of node `i`: its end of the control link.
+    pub fn http(&self, i: usize) -> String {
+        format!("10.{}.{i}.1:0", self.net)
+    }
+
+    /// `--listen` of node `i`: TCP on its mesh address only.
+    pub fn listen(&self, i: usize) -> String {
+        format!("/ip4/{}/tcp/0", self.mesh_ip(i))
+    }
+
+    /// Move the mesh ports of `side_b` to bridge B: packets between the sides are dropped.
+    pub fn partition(&self, side_b: &[usize]) {
+        for &i in side_b {
+            ip(&["link", "set", &self.port(i), "master", &self.bridge('b')]);
+        }
+    }
+
+    /// Every mesh port back on bridge A.
+    pub fn heal(&self) {
+        for i in 0..self.nodes {
+            ip(&["link", "set", &self.port(i), "master", &self.bridge('a')]);
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes both (a namespace can outlive `ip netns del`
+        // while something still refers to it, and its veths with it).
+        for i in 0..self.nodes {
+            for link in [self.port(i), self.control(i)] {
+                let _ = Command::new(ip_program()).args(["link", "del", &link]).output();
+            }
+            let _ = Command::new(ip_program()).args(["netns", "del", &self.namespace(i)]).output();
+        }
+        for side in ['a', 'b'] {
+            let _ = Command::new(ip_program()).args(["link", "del", &self.bridge(side)]).output();
+        }
+    }
+}
