@@ -272,6 +272,29 @@ async fn publish_without_subscribers_is_queued_then_delivered() {
     assert!(matches!(a.handle.publish(TOPIC, big).await, Err(buildmesh::net::PublishError::TooLarge { .. })));
 }
 
+#[tokio::test]
+async fn identical_bytes_can_be_republished_after_the_duplicate_window() {
+    let window = Duration::from_millis(800);
+    let cfg = || NetConfig { gossip_duplicate_cache: window, ..test_cfg(Transport::Tcp) };
+    let mut a = start(cfg()).await;
+    let mut b = start_with_bootstrap(cfg(), &[&a]).await;
+    wait_subscribed(&mut a, b.id()).await;
+    let data = b"a result republished byte for byte".to_vec();
+    a.handle.publish(TOPIC, data.clone()).await.unwrap();
+    receive_gossip(&mut b, &data, MessageAcceptance::Accept).await;
+    // Within the window the same bytes are a duplicate ...
+    assert!(matches!(a.handle.publish(TOPIC, data.clone()).await, Err(buildmesh::net::PublishError::Duplicate(_))));
+    // ... after it they travel again and the receiver sees them again. (Gossipsub forgets
+    // expired ids when it records the next message; a mesh always has some other traffic, such
+    // as announcements.)
+    tokio::time::sleep(window + Duration::from_millis(400)).await;
+    let other = b"some other traffic".to_vec();
+    a.handle.publish(TOPIC, other.clone()).await.unwrap();
+    receive_gossip(&mut b, &other, MessageAcceptance::Accept).await;
+    a.handle.publish(TOPIC, data.clone()).await.unwrap();
+    receive_gossip(&mut b, &data, MessageAcceptance::Ignore).await;
+}
+
 /// Serves requests on `node` until the channel closes: `f(protocol, request)` gives the response,
 /// `None` leaves the request unanswered.
 fn serve(

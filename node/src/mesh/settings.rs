@@ -165,8 +165,16 @@ pub fn trust_policy(
     Ok((TrustConfig { trusted: Some(trusted), quorum: config.quorum.max(1) }, names))
 }
 
+/// Gossipsub's duplicate window: half the shortest interval at which the mesh republishes
+/// identical bytes (own results, unfinished jobs), so a republication is never swallowed;
+/// between 1 s and gossipsub's default of 60 s. The driver's own seen set still drops echoes.
+pub fn duplicate_cache(s: &MeshSettings) -> Duration {
+    let shortest = s.republish_interval_ms.min(s.resubmit_interval_ms);
+    Duration::from_millis((shortest / 2).clamp(1_000, 60_000))
+}
+
 /// The network configuration of a node: listen addresses, bootstrap peers and mDNS from
-/// `config`, gossip heartbeat and redial interval from its `[mesh]` settings `s`.
+/// `config`; gossip heartbeat, duplicate window and redial interval from its `[mesh]` settings `s`.
 pub fn net_config(config: &Config, s: &MeshSettings) -> Result<NetConfig, SettingsError> {
     let parse = |field: &'static str, list: &[String]| -> Result<Vec<libp2p::Multiaddr>, SettingsError> {
         list.iter()
@@ -184,6 +192,7 @@ pub fn net_config(config: &Config, s: &MeshSettings) -> Result<NetConfig, Settin
         bootstrap: parse("bootstrap", &config.bootstrap)?,
         mdns: config.mdns,
         gossip_heartbeat: Duration::from_millis(s.heartbeat_ms.max(1)),
+        gossip_duplicate_cache: duplicate_cache(s),
         redial_interval: Duration::from_millis(s.redial_interval_ms.max(1)),
         ..NetConfig::default()
     })
@@ -210,6 +219,17 @@ mod tests {
         assert!(matches!(bad.validate(), Err(SettingsError::Timers(m)) if m.contains("renew_interval_ms")));
         let bad = MeshSettings { sync_interval_ms: 0, ..fast };
         assert_eq!(bad.validate(), Err(SettingsError::Zero { field: "sync_interval_ms" }));
+    }
+
+    #[test]
+    fn duplicate_window_is_shorter_than_republication() {
+        let d = MeshSettings::default();
+        let w = duplicate_cache(&d);
+        assert!(w.as_millis() < u128::from(d.republish_interval_ms.min(d.resubmit_interval_ms)), "{w:?}");
+        let fast = MeshSettings { republish_interval_ms: 2000, resubmit_interval_ms: 4000, ..d.clone() };
+        assert_eq!(duplicate_cache(&fast), Duration::from_secs(1));
+        let slow = MeshSettings { republish_interval_ms: 600_000, resubmit_interval_ms: 600_000, ..d };
+        assert_eq!(duplicate_cache(&slow), Duration::from_secs(60));
     }
 
     #[test]

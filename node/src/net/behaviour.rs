@@ -60,6 +60,7 @@ fn gossipsub_behaviour(cfg: &NetConfig, registry: &mut Registry) -> Result<gossi
     // about 140 bytes to every copy on the wire: messages are anonymous, identified by content.
     let gcfg = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(cfg.gossip_heartbeat)
+        .duplicate_cache_time(cfg.gossip_duplicate_cache)
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .message_id_fn(|m: &gossipsub::Message| message_id(&m.data))

@@ -41,6 +41,11 @@ pub struct NetConfig {
     pub idle_connection_timeout: Duration,
     /// Gossipsub heartbeat interval.
     pub gossip_heartbeat: Duration,
+    /// How long gossipsub remembers a message id: the same bytes published or received again
+    /// within this window are dropped as duplicates. It must be shorter than any interval at
+    /// which the application republishes identical bytes (ed25519 signatures are deterministic,
+    /// so a republished result is byte-identical); the application keeps its own seen set.
+    pub gossip_duplicate_cache: Duration,
     /// Largest gossip payload (the application bytes) that may be published or is accepted.
     pub max_gossip_size: usize,
     /// Topics subscribed at start.
@@ -95,6 +100,7 @@ impl Default for NetConfig {
             mdns: true,
             idle_connection_timeout: Duration::from_secs(60),
             gossip_heartbeat: Duration::from_secs(1),
+            gossip_duplicate_cache: Duration::from_secs(60),
             max_gossip_size: 64 * 1024,
             topics: DEFAULT_TOPICS.iter().map(|t| t.to_string()).collect(),
             closure_limits: RrLimits { max_request: 64 * 1024, max_response: 32 * 1024 * 1024 },
@@ -185,6 +191,7 @@ impl NetConfig {
         let durations = [
             ("idle_connection_timeout", self.idle_connection_timeout),
             ("gossip_heartbeat", self.gossip_heartbeat),
+            ("gossip_duplicate_cache", self.gossip_duplicate_cache),
             ("request_timeout", self.request_timeout),
             ("dial_timeout", self.dial_timeout),
             ("kad_query_timeout", self.kad_query_timeout),
