@@ -30,7 +30,8 @@ enum Command {
     Node(cli::node::NodeArgs),
     /// Validate the configuration (file plus flags) and print the effective one.
     CheckConfig(cli::node::CheckConfigArgs),
-    /// Queue a failed or cancelled build again (and its failed inputs), through a node's API.
+    /// Queue a failed or cancelled build again (and its failed inputs), through a node's API; on a
+    /// mesh node, a mesh job is claimed and built again by that node (`--on PEER`: by another).
     Retry(cli::node::BuildRefArgs),
     /// Cancel a queued or running build, through a node's API.
     Cancel(cli::node::BuildRefArgs),

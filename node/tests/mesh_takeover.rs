@@ -1,7 +1,8 @@
 //! A builder killed with SIGKILL in the middle of a build is replaced: its lease lapses (it left
 //! the view), the next node in placement order claims the job, and the derivation still ends up
 //! attested by two distinct nodes, neither of them the dead one. Then `buildmesh retry DRV --on
-//! PEER` makes a third node build it.
+//! PEER` makes a third node build it, and `buildmesh retry DRV` at a fourth makes that one build
+//! it for the mesh too.
 
 mod mesh_support;
 
@@ -84,5 +85,17 @@ fn a_builder_killed_mid_build_is_replaced() {
     assert!(st.success(), "retry --on: {out}\n{err}");
     wait_for("the targeted node to attest too", Duration::from_secs(60), || {
         c.attesters(0, &out_abs).values().flatten().any(|b| b == &c.peer_ids[target]).then_some(())
+    });
+
+    // Plain `buildmesh retry DRV` at a mesh node that has not built it: that node builds the
+    // mesh's job, and its attestation reaches the others by gossip.
+    let attested: BTreeSet<String> = c.attesters(0, &out_abs).values().flatten().cloned().collect();
+    let here = c.running().into_iter().find(|i| !attested.contains(&c.peer_ids[*i])).unwrap();
+    let (st, out, err) = cli(&["retry", &drv_abs, "--api", &c.urls[here], "--json"]);
+    assert!(st.success(), "retry: {out}\n{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["mesh"], true, "{answer}");
+    wait_for("the retrying node's attestation to reach node 0", Duration::from_secs(60), || {
+        c.attesters(0, &out_abs).values().flatten().any(|b| b == &c.peer_ids[here]).then_some(())
     });
 }

@@ -281,6 +281,8 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
     if cancel {
         let prev = json.get("previous_state").and_then(|s| s.as_str()).unwrap_or("?");
         println!("{drv}: {prev} -> {state}");
+    } else if json.get("mesh").and_then(|m| m.as_bool()) == Some(true) {
+        println!("{drv}: this node builds it again for the mesh (its attestation is gossiped)");
     } else {
         println!("{drv}: {state}");
         if let Some(list) = json.get("requeued").and_then(|r| r.as_array()) {

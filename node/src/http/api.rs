@@ -259,17 +259,35 @@ pub(super) async fn log(State(state): State<AppState>, Path(drv): Path<String>) 
 pub struct RetryView {
     /// Derivations queued again: the one asked for, then failed inputs it needs.
     pub requeued: Vec<String>,
-    /// The build after the retry.
-    pub build: BuildView,
+    /// The build after the retry (absent when a mesh node builds a job it had no record of).
+    pub build: Option<BuildView>,
+    /// Whether the retry went to the mesh: this node claims and builds the mesh's job, and its
+    /// attestation is gossiped (`false`: the node's own queue).
+    #[serde(default)]
+    pub mesh: bool,
 }
 
 pub(super) async fn retry(State(state): State<AppState>, Path(drv): Path<String>) -> Result<Json<RetryView>, ApiError> {
     let drv = parse_drv(state.store_dir(), &drv)?;
+    if let Some(mesh) = &state.inner.mesh {
+        let here = mesh
+            .retry_here(drv.clone())
+            .await
+            .map_err(|e| ApiError { status: StatusCode::CONFLICT, message: format!("mesh retry of {drv}: {e}") })?;
+        if here {
+            let build = one_build(&state, drv.clone()).await.ok();
+            return Ok(Json(RetryView { requeued: vec![state.store_dir().display(&drv)], build, mesh: true }));
+        }
+    }
     let sched = state.inner.scheduler.clone();
     let d = drv.clone();
     let requeued = blocking(move || Ok(sched.retry(&d)?)).await?;
     let build = one_build(&state, drv).await?;
-    Ok(Json(RetryView { requeued: requeued.iter().map(|p| state.store_dir().display(p)).collect(), build }))
+    Ok(Json(RetryView {
+        requeued: requeued.iter().map(|p| state.store_dir().display(p)).collect(),
+        build: Some(build),
+        mesh: false,
+    }))
 }
 
 /// Answer of `POST …/cancel`.

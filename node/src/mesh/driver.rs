@@ -727,6 +727,15 @@ impl Driver {
                 let r = self.input(Input::Retry { drv, on }).await.map(|_| ()).map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
+            Command::RetryHere { drv, reply } => {
+                let on = self.ctx.me;
+                let r = match self.input(Input::Retry { drv, on }).await {
+                    Ok(_) => Ok(true),
+                    Err(MeshError::UnknownDrv { .. }) => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
             Command::Block { peer, blocked, reply } => {
                 let r = self.ctx.net.set_blocked(peer, blocked).await.map_err(|e| e.to_string());
                 if !blocked && r.is_ok() {

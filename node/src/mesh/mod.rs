@@ -324,6 +324,7 @@ pub enum MeshApiError {
 pub(crate) enum Command {
     Submit { req: SubmitRequest, reply: oneshot::Sender<Result<usize, String>> },
     Retry { drv: StorePath, on: NodeId, reply: oneshot::Sender<Result<(), String>> },
+    RetryHere { drv: StorePath, reply: oneshot::Sender<Result<bool, String>> },
     Block { peer: PeerId, blocked: bool, reply: oneshot::Sender<Result<bool, String>> },
 }
 
@@ -361,6 +362,14 @@ impl MeshHandle {
     /// `buildmesh retry DRV --on NODE`.
     pub async fn retry(&self, drv: StorePath, on: NodeId) -> Result<(), MeshApiError> {
         self.call(|reply| Command::Retry { drv, on, reply }).await
+    }
+
+    /// `buildmesh retry DRV` (or `POST /api/v1/builds/<drv>/retry`) on a mesh node: when the
+    /// mesh has a job for `drv`, this node claims and builds it for the mesh whatever the
+    /// placement says, forgetting its own earlier failure, and its attestation is gossiped
+    /// (`true`). `false` when the mesh has no job for `drv` (the node's own queue retries it).
+    pub async fn retry_here(&self, drv: StorePath) -> Result<bool, MeshApiError> {
+        self.call(|reply| Command::RetryHere { drv, reply }).await
     }
 
     /// Block (`true`) or unblock a peer: its connections are closed and refused while blocked;
