@@ -22,6 +22,7 @@ pub mod audit;
 pub mod build;
 pub mod cli;
 pub mod config;
+pub mod content_address;
 pub mod executor;
 pub mod http;
 pub mod mesh;

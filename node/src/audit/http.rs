@@ -5,6 +5,7 @@
 //! | `GET /api/v1/query?target=<store path or .drv path>` | [`super::OutputReport`]s (a list: one per output of a `.drv`, one for an output path) |
 //! | `GET /api/v1/audit` | [`super::AuditReport`] |
 //! | `GET /api/v1/attestations/export` | every signed attestation as JSON lines ([`super::export_jsonl`]) |
+//! | `GET /api/v1/failures?drv=<.drv path>` | every signed build failure of a derivation ([`super::FailureView`]s) |
 
 use axum::Json;
 use axum::Router;
@@ -32,6 +33,7 @@ pub fn router(ctx: AuditContext) -> Router {
         .route("/api/v1/query", get(query))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/attestations/export", get(export))
+        .route("/api/v1/failures", get(failures))
         .with_state(ctx)
 }
 
@@ -79,6 +81,24 @@ async fn query(State(ctx): State<AuditContext>, Query(q): Query<QueryParams>) ->
     .await;
     match r {
         Ok(reports) => Json(reports).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FailuresParams {
+    drv: String,
+}
+
+async fn failures(State(ctx): State<AuditContext>, Query(q): Query<FailuresParams>) -> Response {
+    let drv = match parse_target(&ctx.store_dir, &q.drv) {
+        Ok(p) if p.is_derivation() => p,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("`{}` is not a .drv path", q.drv)),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let store = ctx.store.clone();
+    match blocking(move || super::failures_of(&store, &drv)).await {
+        Ok(list) => Json(list).into_response(),
         Err(resp) => resp,
     }
 }

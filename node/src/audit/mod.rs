@@ -23,11 +23,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use buildmesh_protocol::signed::{Signed, Verified};
 use buildmesh_protocol::store_path::StorePath;
 use buildmesh_protocol::verdict::{Observation, TrustPolicy, Verdict, assess};
-use buildmesh_protocol::wire::{Attestation, BuildMode};
+use buildmesh_protocol::wire::{Attestation, BuildFailure, BuildMode, FailureReason};
 use serde::{Deserialize, Serialize};
 
 use crate::store::Store;
-use crate::store::{StoreError, StoredAttestation};
+use crate::store::{StoreError, StoredAttestation, StoredFailure};
 
 /// Largest export line [`verify_export`] reads (an envelope is at most 63 KiB, base64 grows it).
 pub const MAX_EXPORT_LINE: usize = 256 * 1024;
@@ -155,6 +155,68 @@ pub fn views_of(att: &Verified<Attestation>) -> Vec<(StorePath, AttestationView)
             (o.path.clone(), view)
         })
         .collect()
+}
+
+/// One builder's signed statement that a build of a derivation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureView {
+    /// The builder's libp2p peer id.
+    pub peer_id: String,
+    /// The builder's ed25519 public key, base64.
+    pub public_key: String,
+    /// The derivation.
+    pub drv: String,
+    /// The builder's attempt number.
+    pub attempt: u32,
+    /// Built under emulation.
+    pub emulated: bool,
+    /// When it failed (Unix ms, the builder's clock).
+    pub at: u64,
+    /// Whether the same build elsewhere would fail the same way (builder exit, hash mismatch).
+    pub deterministic: bool,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// The failure reason in words.
+pub fn describe(reason: &FailureReason) -> String {
+    match reason {
+        FailureReason::BuilderExit { code } => format!("builder exited with code {code}"),
+        FailureReason::BuilderSignal { signal } => format!("builder killed by signal {signal}"),
+        FailureReason::Timeout { limit_ms } => format!("timed out after {} s", limit_ms / 1000),
+        FailureReason::HashMismatch { output, expected, actual } => {
+            format!("output {output}: hash mismatch: declared {expected}, got {actual}")
+        }
+        FailureReason::MissingInput { path } => format!("missing input {path}"),
+        FailureReason::Executor { message } => format!("executor: {message}"),
+        FailureReason::Other { message } => message.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Every failure of `drv` this node holds, each envelope verified again, oldest first.
+pub fn failures_of(store: &Store, drv: &StorePath) -> Result<Vec<FailureView>, AuditError> {
+    let mut out: Vec<FailureView> = store.failures_for_drv(drv)?.iter().map(failure_view).collect::<Result<_, _>>()?;
+    out.sort_by(|a, b| (a.at, &a.peer_id).cmp(&(b.at, &b.peer_id)));
+    Ok(out)
+}
+
+fn failure_view(stored: &StoredFailure) -> Result<FailureView, AuditError> {
+    let id = hex::encode(stored.entry.id.as_bytes());
+    let signed = Signed::<BuildFailure>::decode(&stored.entry.envelope)
+        .map_err(|e| AuditError::BadStored { id: id.clone(), reason: e.to_string() })?;
+    let v = signed.verify().map_err(|e| AuditError::BadStored { id, reason: e.to_string() })?;
+    let f = v.value();
+    Ok(FailureView {
+        peer_id: f.builder.to_peer_id(),
+        public_key: BASE64.encode(f.builder.as_bytes()),
+        drv: f.store_dir.display(&f.drv),
+        attempt: f.attempt,
+        emulated: f.mode == BuildMode::Emulated,
+        at: f.at_ms,
+        deterministic: f.reason.is_deterministic(),
+        reason: describe(&f.reason),
+    })
 }
 
 /// Decode and verify a stored attestation's envelope.

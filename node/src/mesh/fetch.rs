@@ -5,7 +5,9 @@
 //! [`Store::put_nar_expecting`], which refuses it unless it has the expected NarHash and NarSize.
 //! The expected NarHash of an output comes from signed attestations (the quorum-accepted one, or
 //! else the one most trusted builders attested); the NarHash of an input source comes from the
-//! closure's responder, which is the job's submitter (the node that signed the job).
+//! closure's responder, which is the job's submitter (the node that signed the job), and the
+//! fetched bytes must also hash to the source's store path ([`crate::content_address`]), so
+//! neither the submitter nor a peer can substitute other contents for a source.
 //!
 //! A NAR is fetched as a pipeline of chunk requests over `/buildmesh/nar/1`
 //! ([`NetHandle::fetch_chunked`]) into a temporary file, then stored.
@@ -59,6 +61,23 @@ pub enum FetchError {
         drv: String,
         /// Why.
         reason: String,
+    },
+    /// An input source's bytes do not hash to its store path (neither a `source` nor a `text`
+    /// path of them): whoever described or served it gave other contents.
+    #[error(
+        "input source {path}: its contents do not match its store path (not a content-addressed path of these bytes)"
+    )]
+    NotContentAddressed {
+        /// The path.
+        path: String,
+    },
+    /// Reading a stored NAR back failed.
+    #[error("reading the stored NAR of {path}: {source}")]
+    ReadBack {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// The local store failed.
     #[error(transparent)]
@@ -416,6 +435,7 @@ impl Fetcher {
             }
             let (store, trust, q) = (self.store.clone(), self.trust.clone(), p.clone());
             let attested = blocking(move || attested_source(&store, &trust, &q)).await?;
+            let is_source = attested.is_none();
             let mut source = match (attested, hints.get(&p)) {
                 (Some(a), _) => a,
                 (None, Some(h)) => h.clone(),
@@ -430,13 +450,15 @@ impl Fetcher {
                 }
             }
             let blob = self.fetch_nar(source.nar_hash, source.nar_size, &source.peers).await?;
+            let ca =
+                if is_source { Some(self.check_source(&p, &source, blob.blake3).await?) } else { source.ca.clone() };
             let info = PathInfo {
                 path: p.clone(),
                 nar_hash: NixHash::sha256(source.nar_hash),
                 nar_size: source.nar_size,
                 references: source.references.clone(),
                 deriver: source.deriver.clone(),
-                ca: source.ca.clone(),
+                ca,
                 blob: blob.blake3,
                 registered_at: unix_ms(),
             };
@@ -457,6 +479,24 @@ impl Fetcher {
             todo.extend(source.references.into_iter().filter(|r| *r != p));
         }
         Ok(fetched)
+    }
+
+    /// The content address of the input source `path` from its stored NAR `blob` (already
+    /// checked against `source`'s NarHash); an error when the bytes do not hash to the path.
+    async fn check_source(
+        &self,
+        path: &StorePath,
+        source: &PathSource,
+        blob: buildmesh_protocol::id::ArtifactHash,
+    ) -> Result<String, FetchError> {
+        let (store, sd, p, s) = (self.store.clone(), self.store_dir.clone(), path.clone(), source.clone());
+        let ca = blocking(move || {
+            let nar = store.open_nar(&blob)?;
+            crate::content_address::of_nar(&sd, &p, s.references, &s.nar_hash, s.nar_size, nar)
+                .map_err(|source| FetchError::ReadBack { path: sd.display(&p), source })
+        })
+        .await?;
+        ca.ok_or_else(|| FetchError::NotContentAddressed { path: self.store_dir.display(path) })
     }
 
     /// Everything a build of `drv` needs on this node: its `.drv` closure (from `closure_peers`),

@@ -26,8 +26,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use buildmesh_protocol::derivation::{Derivation, DrvSet};
 use buildmesh_protocol::hash::{HashAlgo, NixHash};
 use buildmesh_protocol::id::ArtifactHash;
-use buildmesh_protocol::nixbase32;
-use buildmesh_protocol::store_path::{StoreDir, StorePath, make_store_path, type_with_references};
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use sha2::Digest as _;
 use tempfile::SpooledTempFile;
 
@@ -222,7 +221,9 @@ fn accept_inner(
         }
         spooled.push(match spool {
             Some(mut f) => {
-                let ca = content_address(sd, s, &digest, &mut f).map_err(|source| SubmitError::Spool { source })?;
+                f.seek(SeekFrom::Start(0)).map_err(|source| SubmitError::Spool { source })?;
+                let ca = crate::content_address::of_nar(sd, &s.path, s.references.iter().cloned(), &digest, s.nar_size, &mut f)
+                    .map_err(|source| SubmitError::Spool { source })?;
                 Some((f, ca))
             }
             None => None,
@@ -532,83 +533,3 @@ fn inputs_of(set: &DrvSet, p: &StorePath) -> Vec<StorePath> {
     set.get(p).map(|(_, d)| d.input_drvs.keys().cloned().collect()).unwrap_or_default()
 }
 
-/// NAR bytes of a regular, non-executable file up to its length field: `nix-archive-1`, `(`,
-/// `type`, `regular`, `contents` (each a padded string).
-fn flat_file_prefix() -> Vec<u8> {
-    let mut out = Vec::with_capacity(88);
-    for s in ["nix-archive-1", "(", "type", "regular", "contents"] {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-        out.resize(out.len().div_ceil(8) * 8, 0);
-    }
-    out
-}
-
-/// The content address of a source whose store path proves its content: a `source` path (NAR
-/// hash and references, Nix `addToStore`) gives `fixed:r:sha256:<nix32>`, a `text` path (a flat
-/// file, `builtins.toFile`) gives `text:sha256:<nix32>`. `None` when the path is neither.
-fn content_address(
-    sd: &StoreDir,
-    s: &SourcePlan,
-    nar_sha256: &[u8; 32],
-    spool: &mut SpooledTempFile,
-) -> io::Result<Option<String>> {
-    let self_ref = s.references.contains(&s.path);
-    let others: Vec<&StorePath> = s.references.iter().filter(|r| *r != &s.path).collect();
-    let source_type = type_with_references("source", sd, others.iter().copied(), self_ref);
-    if make_store_path(sd, &source_type, nar_sha256, s.path.name()).ok().as_ref() == Some(&s.path) {
-        return Ok(Some(format!("fixed:r:sha256:{}", nixbase32::encode(nar_sha256))));
-    }
-    let prefix = flat_file_prefix();
-    let head_len = prefix.len() as u64 + 8;
-    if self_ref || s.nar_size < head_len + 16 {
-        return Ok(None);
-    }
-    spool.seek(SeekFrom::Start(0))?;
-    let mut head = vec![0u8; head_len as usize];
-    spool.read_exact(&mut head)?;
-    if head[..prefix.len()] != prefix[..] {
-        return Ok(None);
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&head[prefix.len()..]);
-    let len = u64::from_le_bytes(len);
-    if len.div_ceil(8).checked_mul(8).and_then(|p| p.checked_add(head_len + 16)) != Some(s.nar_size) {
-        return Ok(None);
-    }
-    let mut sha = sha2::Sha256::new();
-    let mut reader = (&mut *spool).take(len);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        sha.update(&buf[..n]);
-    }
-    let content: [u8; 32] = sha.finalize().into();
-    let text_type = type_with_references("text", sd, others.iter().copied(), false);
-    if make_store_path(sd, &text_type, &content, s.path.name()).ok().as_ref() == Some(&s.path) {
-        return Ok(Some(format!("text:sha256:{}", nixbase32::encode(&content))));
-    }
-    Ok(None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flat_file_prefix_matches_a_real_nar() {
-        // The empty-file NAR: prefix, length 0, then ")".
-        let prefix = flat_file_prefix();
-        assert_eq!(prefix.len(), 88);
-        let mut nar = prefix.clone();
-        nar.extend_from_slice(&0u64.to_le_bytes());
-        nar.extend_from_slice(&1u64.to_le_bytes());
-        nar.extend_from_slice(b")\0\0\0\0\0\0\0");
-        let mut w = buildmesh_protocol::nar::NarWriter::new(Vec::new()).expect("writer");
-        w.regular(false, 0, &mut io::empty()).expect("file");
-        assert_eq!(w.finish().expect("finish"), nar);
-    }
-}

@@ -233,6 +233,17 @@ impl Drvs {
     /// A derivation `name` running `/bin/sh -c SCRIPT` that needs the `out` of each of `inputs`
     /// (available to the script as `$input0`, `$input1`, ...). Returns (drv path, out path).
     pub fn add(&mut self, name: &str, script: &str, inputs: &[&str]) -> (StorePath, StorePath) {
+        self.add_with_sources(name, script, inputs, &[])
+    }
+
+    /// Like [`Drvs::add`], with input sources too (available as `$src0`, `$src1`, ...).
+    pub fn add_with_sources(
+        &mut self,
+        name: &str,
+        script: &str,
+        inputs: &[&str],
+        sources: &[StorePath],
+    ) -> (StorePath, StorePath) {
         let mut d = Derivation {
             system: b"x86_64-linux".to_vec(),
             builder: b"/bin/sh".to_vec(),
@@ -249,6 +260,10 @@ impl Drvs {
             let (drv, out) = self.paths[*input].clone();
             d.input_drvs.insert(drv, BTreeSet::from(["out".to_string()]));
             d.env.insert(format!("input{i}").into_bytes(), sd().display(&out).into_bytes());
+        }
+        for (i, src) in sources.iter().enumerate() {
+            d.input_srcs.insert(src.clone());
+            d.env.insert(format!("src{i}").into_bytes(), sd().display(src).into_bytes());
         }
         self.set.fill_in(&mut d, name).expect("output paths");
         let drv = self.set.insert(name.to_string(), d.clone()).expect("drv path");
