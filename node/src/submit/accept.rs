@@ -222,8 +222,15 @@ fn accept_inner(
         spooled.push(match spool {
             Some(mut f) => {
                 f.seek(SeekFrom::Start(0)).map_err(|source| SubmitError::Spool { source })?;
-                let ca = crate::content_address::of_nar(sd, &s.path, s.references.iter().cloned(), &digest, s.nar_size, &mut f)
-                    .map_err(|source| SubmitError::Spool { source })?;
+                let ca = crate::content_address::of_nar(
+                    sd,
+                    &s.path,
+                    s.references.iter().cloned(),
+                    &digest,
+                    s.nar_size,
+                    &mut f,
+                )
+                .map_err(|source| SubmitError::Spool { source })?;
                 Some((f, ca))
             }
             None => None,
@@ -532,4 +539,3 @@ fn plan_builds(
 fn inputs_of(set: &DrvSet, p: &StorePath) -> Vec<StorePath> {
     set.get(p).map(|(_, d)| d.input_drvs.keys().cloned().collect()).unwrap_or_default()
 }
-
