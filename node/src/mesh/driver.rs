@@ -220,7 +220,7 @@ pub(crate) async fn start(
         shared: shared.clone(),
         internal: int_tx,
         synced: synced_tx,
-        cursors: Arc::new(Cursors::load(mesh_dir.join("sync-cursors.json"))),
+        cursors: Arc::new(Cursors::load(params.store.clone(), &mesh_dir.join("sync-cursors.json")).map_err(Box::new)?),
         server,
         serve_permits: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
     };
@@ -243,7 +243,7 @@ pub(crate) async fn start(
         addresses: Vec::new(),
         submitters: HashMap::new(),
         building: HashMap::new(),
-        submissions: Submissions::load(mesh_dir.join("submissions.json")),
+        submissions: Submissions::load(params.store.clone(), &mesh_dir.join("submissions.json")).map_err(Box::new)?,
         finishing: HashSet::new(),
         syncing: HashSet::new(),
         sync_turn: 0,

@@ -476,6 +476,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The mesh state kept in the store (sync cursors, own submissions) could not be loaded.
+    #[error("mesh state in the store: {0}")]
+    Store(#[from] Box<crate::store::StoreError>),
 }
 
 /// Start the network and the driver. The driver stops when `shutdown` fires (and stops the

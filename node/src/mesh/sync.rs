@@ -11,7 +11,9 @@
 //! connection, so both converge. A cursor beyond the peer's next sequence number (the peer lost
 //! its database) is reset to 0.
 //!
-//! Cursors live in `DATA/mesh/sync-cursors.json`, written atomically (temp file, fsync, rename).
+//! Cursors live in the store's redb database (table `sync_cursors`, one row per peer), each set in
+//! its own durable transaction. An older build kept them in `DATA/mesh/sync-cursors.json`:
+//! [`Cursors::load`] imports that file once and renames it (see `import_legacy_json`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use buildmesh_protocol::signed::{Envelope, Verified};
 use buildmesh_protocol::wire::{Kind, Message};
 use libp2p::PeerId;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::rpc::{self, MAX_PAGE_ITEMS, Summary, SyncRequest, SyncResponse};
@@ -52,74 +55,129 @@ pub enum SyncError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The cursor file could not be written.
-    #[error("writing {path}: {source}")]
-    Cursors {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
     /// A blocking task died.
     #[error("task failed: {0}")]
     Task(String),
 }
 
-/// Per-peer positions in the peer's sequences.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    /// Next attestation sequence number to fetch.
-    pub attestations: u64,
-    /// Next failure sequence number to fetch.
-    pub failures: u64,
-}
+/// Per-peer positions in the peer's sequences (the store's `sync_cursors` row).
+pub use crate::store::SyncCursor as Cursor;
 
-/// The persisted cursors of every peer.
+/// The persisted cursors of every peer: rows of the store's `sync_cursors` table, with an
+/// in-memory copy of those already read.
 #[derive(Debug)]
 pub struct Cursors {
-    path: PathBuf,
+    store: Store,
+    /// Cursors read or written so far, by base58 peer id (always equal to the stored row).
     map: Mutex<BTreeMap<String, Cursor>>,
 }
 
 impl Cursors {
-    /// Load `path` (a missing or unreadable file starts empty, which only costs a full re-sync).
-    pub fn load(path: PathBuf) -> Cursors {
-        let map = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(file = %path.display(), cause = %e, "sync cursor file unreadable; starting over");
-                BTreeMap::new()
-            }),
-            Err(_) => BTreeMap::new(),
-        };
-        Cursors { path, map: Mutex::new(map) }
+    /// The cursors kept in `store` (blocking). First imports `legacy_file`, the JSON file in which
+    /// older builds kept them (`DATA/mesh/sync-cursors.json`), when it exists: see
+    /// `import_legacy_json`. Fails only when the store does (or the imported file cannot be set
+    /// aside).
+    pub fn load(store: Store, legacy_file: &Path) -> Result<Cursors, StoreError> {
+        import_legacy_json(legacy_file, "sync cursor", |map: BTreeMap<String, Cursor>| {
+            store.write(|w| {
+                for (peer, cursor) in &map {
+                    w.put_sync_cursor(peer, cursor)?;
+                }
+                Ok(map.len())
+            })
+        })?;
+        Ok(Cursors { store, map: Mutex::new(BTreeMap::new()) })
     }
 
-    /// The cursor for `peer`.
+    /// The cursor for `peer` (the first call per peer reads the store). A stored cursor that cannot
+    /// be read is logged and treated as absent (a full re-sync with that peer); its row stays until
+    /// the next [`Cursors::set`] replaces it.
     pub fn get(&self, peer: &PeerId) -> Cursor {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner).get(&peer.to_base58()).copied().unwrap_or_default()
+        let key = peer.to_base58();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = map.get(&key) {
+            return *c;
+        }
+        match self.store.get_sync_cursor(&key) {
+            Ok(c) => *map.entry(key).or_insert(c.unwrap_or_default()),
+            Err(e) => {
+                tracing::warn!(%peer, cause = %e, "sync cursor unreadable; pulling from this peer from the start");
+                Cursor::default()
+            }
+        }
     }
 
-    /// Set and persist the cursor for `peer` (blocking).
+    /// Set and persist the cursor for `peer` (blocking): committed to the store before it returns.
     pub fn set(&self, peer: &PeerId, cursor: Cursor) -> Result<(), SyncError> {
-        let json = {
-            let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-            map.insert(peer.to_base58(), cursor);
-            serde_json::to_vec_pretty(&*map).unwrap_or_default()
-        };
-        write_atomically(&self.path, &json).map_err(|source| SyncError::Cursors { path: self.path.clone(), source })
+        let key = peer.to_base58();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        self.store.put_sync_cursor(&key, &cursor)?;
+        map.insert(key, cursor);
+        Ok(())
     }
 }
 
-/// Write `bytes` to `path` so that a crash leaves either the old or the new contents.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+/// Move a JSON state file written by an older build (before that state moved into the store) into
+/// the store, once (blocking). `what` names the content in log lines.
+///
+/// - The file does not exist: nothing to do.
+/// - It parses as `T`: `import` commits its content to the store (in one transaction; entries
+///   replace stored ones with the same key), then the file is renamed to `<name>.imported` (never
+///   deleted) and the directory synced.
+/// - It cannot be read or does not parse: a warning names the file, which is renamed to
+///   `<name>.unreadable` and left for the operator; the store's content is used as it is.
+///
+/// A name already taken gets a numeric suffix (`<name>.imported.1`, ...), so nothing earlier is
+/// overwritten. When the file cannot be renamed this fails: it must not be imported again over
+/// newer state at the next start. A crash between the import and the rename imports the same
+/// content again, which changes nothing.
+pub(crate) fn import_legacy_json<T: DeserializeOwned>(
+    file: &Path,
+    what: &str,
+    import: impl FnOnce(T) -> Result<usize, StoreError>,
+) -> Result<(), StoreError> {
+    let parsed = match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice::<T>(&bytes).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let aside = |suffix: &'static str| {
+        set_aside(file, suffix).map_err(|source| StoreError::Io {
+            op: "set aside a legacy state file",
+            path: file.to_path_buf(),
+            source,
+        })
+    };
+    match parsed {
+        Ok(value) => {
+            let n = import(value)?;
+            let to = aside("imported")?;
+            tracing::info!(file = %file.display(), renamed_to = %to.display(), entries = n, "imported the {what} file into the store");
+        }
+        Err(cause) => {
+            let to = aside("unreadable")?;
+            tracing::warn!(file = %file.display(), renamed_to = %to.display(), %cause, "{what} file unreadable; kept it aside, not imported");
+        }
+    }
+    Ok(())
+}
+
+/// Rename `file` to `<file>.<suffix>` (or `<file>.<suffix>.<n>` when taken) and sync its directory.
+fn set_aside(file: &Path, suffix: &str) -> std::io::Result<PathBuf> {
+    let mut base = file.as_os_str().to_os_string();
+    base.push(format!(".{suffix}"));
+    let mut target = PathBuf::from(&base);
+    let mut n = 0u32;
+    while target.symlink_metadata().is_ok() {
+        n += 1;
+        let mut name = base.clone();
+        name.push(format!(".{n}"));
+        target = PathBuf::from(name);
+    }
+    std::fs::rename(file, &target)?;
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(target)
 }
 
 /// What a run pulled.
@@ -315,16 +373,83 @@ pub async fn sync_with(
 mod tests {
     use super::*;
 
+    use crate::store::test_support::{memory_store, put_raw_row};
+
+    fn legacy(dir: &Path) -> PathBuf {
+        dir.join("mesh/sync-cursors.json")
+    }
+
     #[test]
-    fn cursors_persist_and_survive_a_bad_file() {
+    fn cursors_round_trip_through_a_reopened_store() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mesh/sync-cursors.json");
         let peer = PeerId::random();
-        let c = Cursors::load(path.clone());
+        {
+            let c = Cursors::load(Store::open(dir.path()).unwrap(), &legacy(dir.path())).unwrap();
+            assert_eq!(c.get(&peer), Cursor::default());
+            c.set(&peer, Cursor { attestations: 5, failures: 2 }).unwrap();
+            assert_eq!(c.get(&peer), Cursor { attestations: 5, failures: 2 });
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get_sync_cursor(&peer.to_base58()).unwrap(), Some(Cursor { attestations: 5, failures: 2 }));
+        let c = Cursors::load(store, &legacy(dir.path())).unwrap();
+        assert_eq!(c.get(&peer), Cursor { attestations: 5, failures: 2 });
+        assert_eq!(c.get(&PeerId::random()), Cursor::default());
+    }
+
+    #[test]
+    fn legacy_cursor_file_is_imported_then_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, p2) = (PeerId::random(), PeerId::random());
+        let file = legacy(dir.path());
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let old = BTreeMap::from([
+            (p1.to_base58(), Cursor { attestations: 9, failures: 1 }),
+            (p2.to_base58(), Cursor { attestations: 3, failures: 4 }),
+        ]);
+        std::fs::write(&file, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+        let c = Cursors::load(Store::open(dir.path()).unwrap(), &file).unwrap();
+        assert_eq!(c.get(&p1), Cursor { attestations: 9, failures: 1 });
+        assert!(!file.exists());
+        let imported = dir.path().join("mesh/sync-cursors.json.imported");
+        assert_eq!(std::fs::read(&imported).unwrap(), serde_json::to_vec_pretty(&old).unwrap());
+        drop(c);
+        // The store has them; a later file does not overwrite the earlier backup.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list_sync_cursors().unwrap().len(), 2);
+        std::fs::write(&file, b"{}").unwrap();
+        let c = Cursors::load(store, &file).unwrap();
+        assert_eq!(c.get(&p2), Cursor { attestations: 3, failures: 4 });
+        assert!(imported.exists());
+        assert!(dir.path().join("mesh/sync-cursors.json.imported.1").exists());
+    }
+
+    #[test]
+    fn unreadable_legacy_cursor_file_is_kept_and_load_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = PeerId::random();
+        let file = legacy(dir.path());
+        let store = Store::open(dir.path()).unwrap();
+        store.put_sync_cursor(&peer.to_base58(), &Cursor { attestations: 2, failures: 0 }).unwrap();
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"{not json").unwrap();
+        let c = Cursors::load(store, &file).unwrap();
+        assert_eq!(c.get(&peer), Cursor { attestations: 2, failures: 0 });
+        assert!(!file.exists());
+        assert_eq!(std::fs::read(dir.path().join("mesh/sync-cursors.json.unreadable")).unwrap(), b"{not json");
+    }
+
+    #[test]
+    fn corrupt_stored_cursor_means_a_full_resync_until_set() {
+        let (store, dir) = memory_store();
+        let peer = PeerId::random();
+        put_raw_row(&store, "sync_cursors", &peer.to_base58(), &[0xff; 3]);
+        let c = Cursors::load(store.clone(), &legacy(dir.path())).unwrap();
         assert_eq!(c.get(&peer), Cursor::default());
-        c.set(&peer, Cursor { attestations: 5, failures: 2 }).unwrap();
-        assert_eq!(Cursors::load(path.clone()).get(&peer), Cursor { attestations: 5, failures: 2 });
-        std::fs::write(&path, b"{not json").unwrap();
-        assert_eq!(Cursors::load(path).get(&peer), Cursor::default());
+        assert!(matches!(
+            store.get_sync_cursor(&peer.to_base58()),
+            Err(StoreError::Corrupt { table: "sync_cursors", .. })
+        ));
+        c.set(&peer, Cursor { attestations: 1, failures: 1 }).unwrap();
+        assert_eq!(store.get_sync_cursor(&peer.to_base58()).unwrap(), Some(Cursor { attestations: 1, failures: 1 }));
     }
 }

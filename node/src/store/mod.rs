@@ -27,6 +27,7 @@
 
 mod blobs;
 mod builds;
+mod mesh;
 mod paths;
 mod records;
 mod signed;
@@ -46,7 +47,8 @@ use thiserror::Error;
 pub use blobs::NarBlobReader;
 pub use records::{
     AttestationEntry, AttestedOutput, BlobInfo, BuildCounts, BuildFilter, BuildRecord, BuildState, EnqueueOutcome,
-    EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure,
+    EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,
+    SyncCursor,
 };
 
 use blobs::BlobDir;
@@ -324,6 +326,8 @@ impl Store {
         txn.open_table(FAILURES).ctx("creating table failures")?;
         txn.open_table(FAIL_BY_DRV).ctx("creating table failures_by_drv")?;
         txn.open_table(FAIL_SEQ).ctx("creating table failure_seq")?;
+        txn.open_table(SYNC_CURSORS).ctx("creating table sync_cursors")?;
+        txn.open_table(MESH_SUBMISSIONS).ctx("creating table mesh_submissions")?;
         txn.commit().ctx("committing the schema transaction")?;
         // The database is open exclusively, so temp blobs are leftovers of a crash.
         let removed = blobs.remove_temp_files()?;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use buildmesh_protocol::hash::NixHash;
-use buildmesh_protocol::id::{ArtifactHash, MessageId, NodeId};
+use buildmesh_protocol::id::{ArtifactHash, JobId, MessageId, NodeId};
 use buildmesh_protocol::store_path::StorePath;
 use serde::{Deserialize, Serialize};
 
@@ -284,6 +284,34 @@ pub struct SetSummary {
 }
 
 // ---- on-disk rows ----
+
+/// A per-peer anti-entropy position (the `sync_cursors` row): the next sequence numbers of the
+/// peer's attestation and failure sequences this node has not fetched yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncCursor {
+    /// Next attestation sequence number to fetch.
+    pub attestations: u64,
+    /// Next failure sequence number to fetch.
+    pub failures: u64,
+}
+
+/// One of this node's own submissions to the mesh that is not decided yet (the
+/// `mesh_submissions` row; the key is the `.drv` basename).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmittedJob {
+    /// The job id.
+    pub job: JobId,
+    /// When it was first submitted (Unix ms).
+    pub submitted_at_ms: u64,
+    /// Priority.
+    pub priority: i32,
+    /// Replication factor.
+    pub replicas: u8,
+    /// Outputs wanted (empty = all).
+    pub outputs: BTreeSet<String>,
+    /// Input derivations (base names) that had to be built first.
+    pub inputs: BTreeSet<String>,
+}
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct AttestationRow {

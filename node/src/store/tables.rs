@@ -14,6 +14,10 @@ use redb::TableDefinition;
 
 /// Version of the table layout written by this build. [`super::Store::open`] refuses a database
 /// with a newer version.
+///
+/// Adding a table does not change the version: opening a database creates every table it lacks
+/// (so a database written before [`SYNC_CURSORS`] and [`MESH_SUBMISSIONS`] existed gains them
+/// empty), and an older build ignores tables it does not know.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
 
 /// `meta`: node-level values, `name -> bytes`. Keys: [`META_SCHEMA_VERSION`] (u64 LE) and the
@@ -85,3 +89,12 @@ pub(crate) const FAIL_BY_DRV: TableDefinition<(&str, &[u8; 32]), ()> = TableDefi
 
 /// `failure_seq`: local insertion sequence number -> message id.
 pub(crate) const FAIL_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("failure_seq");
+
+/// `sync_cursors`: peer id (base58) -> `SyncCursor` (the next attestation and failure sequence
+/// numbers to pull from that peer; see `mesh::sync`). Losing a row costs one full re-sync with that
+/// peer.
+pub(crate) const SYNC_CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("sync_cursors");
+
+/// `mesh_submissions`: `.drv` basename -> `SubmittedJob`: this node's own submissions to the mesh
+/// that are not decided yet, resubmitted after a restart (see `mesh::jobs`).
+pub(crate) const MESH_SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("mesh_submissions");
