@@ -60,8 +60,10 @@ fn a_source_whose_bytes_do_not_match_its_path_is_refused_by_other_builders() {
     });
 
     // Some node other than the submitter was designated for the forged job, and refused it.
-    let failures = wait_for("a builder to refuse the forged source", Duration::from_secs(60), || {
-        let (s, j) = get_json(&format!("{}/api/v1/failures?drv={}", c.urls[0], sd().display(&bad)));
+    let url = format!("{}/api/v1/failures?drv={}", c.urls[0], sd().display(&bad));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let failures = loop {
+        let (s, j) = get_json(&url);
         assert_eq!(s, 200, "{j}");
         let refusals: Vec<serde_json::Value> = j
             .as_array()
@@ -71,8 +73,17 @@ fn a_source_whose_bytes_do_not_match_its_path_is_refused_by_other_builders() {
             .filter(|f| f["reason"].as_str().unwrap().contains("do not match its store path"))
             .cloned()
             .collect();
-        (!refusals.is_empty()).then_some(refusals)
-    });
+        if !refusals.is_empty() {
+            break refusals;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no builder refused the forged source; failures: {j}\nmesh: {}\n{}",
+            c.mesh(0),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let reason = failures[0]["reason"].as_str().unwrap();
     assert!(reason.contains(&forged.to_string()), "the failure names the source: {reason}");
     // No node but the submitter holds an attestation of the forged job's output.

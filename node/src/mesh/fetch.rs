@@ -39,13 +39,13 @@ const MAX_CANDIDATES: usize = 8;
 #[non_exhaustive]
 pub enum FetchError {
     /// No peer could provide it (each attempt's failure is logged).
-    #[error("no peer could provide {what} (asked {asked} peer(s); last error: {last})")]
+    #[error("no peer could provide {what} (asked {asked} peer(s): {last})")]
     Unavailable {
         /// What was wanted.
         what: String,
         /// How many peers were asked.
         asked: usize,
-        /// The last failure.
+        /// The failure (for a closure: every peer's answer, the informative ones first).
         last: String,
     },
     /// No signed record says what the path should contain, so it cannot be verified.
@@ -334,18 +334,25 @@ impl Fetcher {
             return Ok(HashMap::new());
         }
         let me = self.net.local_peer_id();
-        let mut last = format!("missing {}", self.store_dir.display(&missing[0]));
-        let mut asked = 0;
+        // Every peer's answer is kept: the one that says why (e.g. a source whose bytes do not
+        // match its path) matters more than the peers that simply lack the closure.
+        let mut errors: Vec<String> = Vec::new();
         for peer in peers.iter().filter(|p| **p != me).take(MAX_CANDIDATES) {
-            asked += 1;
             match self.closure_from(*peer, drv).await {
                 Ok(hints) => return Ok(hints),
                 Err(e) => {
                     tracing::debug!(%peer, drv = %drv, cause = %e, "closure fetch failed");
-                    last = format!("{peer}: {e}");
+                    errors.push(format!("{peer}: {e}"));
                 }
             }
         }
+        let asked = errors.len();
+        errors.sort_by_key(|e| e.contains("peer lacks"));
+        let last = if errors.is_empty() {
+            format!("missing {}", self.store_dir.display(&missing[0]))
+        } else {
+            errors.join("; ")
+        };
         Err(FetchError::Unavailable { what: format!("the closure of {}", self.store_dir.display(drv)), asked, last })
     }
 
