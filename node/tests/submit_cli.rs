@@ -86,6 +86,25 @@ fn expected_outputs(drvs: &[&str]) -> serde_json::Value {
     serde_json::Value::Object(doc)
 }
 
+/// `buildmesh submit --api URL --from <vector drvs> --wait --json` (fast polling, 60 s) of `drvs`.
+fn submit_wait_json(url: &str, drvs: &[&str]) -> Output {
+    let dir = drv_dir();
+    let mut args = vec![
+        "--api",
+        url,
+        "--from",
+        dir.to_str().unwrap(),
+        "--wait",
+        "--json",
+        "--poll-interval",
+        "0.05",
+        "--timeout",
+        "60",
+    ];
+    args.extend_from_slice(drvs);
+    submit(&args)
+}
+
 #[test]
 fn from_dir_wait_json_prints_the_outputs() {
     let node = Node::start(SubmitLimits::default(), &[]);
@@ -94,20 +113,7 @@ fn from_dir_wait_json_prints_the_outputs() {
     let s5 = g.chain()[0].clone();
     let (diamond, _) = g.diamond();
     let bottom = drv_file(&diamond);
-    let o = submit(&[
-        "--api",
-        &node.url(),
-        "--from",
-        drv_dir().to_str().unwrap(),
-        "--wait",
-        "--json",
-        "--poll-interval",
-        "0.05",
-        "--timeout",
-        "60",
-        &s5,
-        bottom.to_str().unwrap(),
-    ]);
+    let o = submit_wait_json(&node.url(), &[&s5, bottom.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
     assert_eq!(got, expected_outputs(&[&s5, &diamond]));
@@ -127,20 +133,7 @@ fn wait_reports_a_failed_input_and_exits_non_zero() {
     let s3 = chain[(chain.len() - 1) / 2].clone();
     let (s5, s1) = (chain[0].clone(), chain[chain.len() - 1].clone());
     let node = Node::start(SubmitLimits::default(), &[&s3]);
-    let o = submit(&[
-        "--api",
-        &node.url(),
-        "--from",
-        drv_dir().to_str().unwrap(),
-        "--wait",
-        "--json",
-        "--poll-interval",
-        "0.05",
-        "--timeout",
-        "60",
-        &s5,
-        &s1,
-    ]);
+    let o = submit_wait_json(&node.url(), &[&s5, &s1]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains(&format!("build of {s5} failed")), "{err}");

@@ -335,23 +335,24 @@ impl Fetcher {
         }
         let me = self.net.local_peer_id();
         // Every peer's answer is kept: the one that says why (e.g. a source whose bytes do not
-        // match its path) matters more than the peers that simply lack the closure.
-        let mut errors: Vec<String> = Vec::new();
+        // match its path) matters more than the peers that simply lack the closure, so answers
+        // that are `Unavailable` sort after typed verification failures.
+        let mut errors: Vec<(bool, String)> = Vec::new();
         for peer in peers.iter().filter(|p| **p != me).take(MAX_CANDIDATES) {
             match self.closure_from(*peer, drv).await {
                 Ok(hints) => return Ok(hints),
                 Err(e) => {
                     tracing::debug!(%peer, drv = %drv, cause = %e, "closure fetch failed");
-                    errors.push(format!("{peer}: {e}"));
+                    errors.push((matches!(e, FetchError::Unavailable { .. }), format!("{peer}: {e}")));
                 }
             }
         }
         let asked = errors.len();
-        errors.sort_by_key(|e| e.contains("peer lacks"));
+        errors.sort_by_key(|(unavailable, _)| *unavailable);
         let last = if errors.is_empty() {
             format!("missing {}", self.store_dir.display(&missing[0]))
         } else {
-            errors.join("; ")
+            errors.into_iter().map(|(_, text)| text).collect::<Vec<_>>().join("; ")
         };
         Err(FetchError::Unavailable { what: format!("the closure of {}", self.store_dir.display(drv)), asked, last })
     }
