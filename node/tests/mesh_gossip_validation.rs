@@ -1,6 +1,7 @@
 //! Gossip validation of a real node, attacked through the net layer directly: valid messages are
-//! accepted (and an attestation stored), a stale replay is ignored, and an oversized message, a
-//! forged signature and a message on the wrong topic are rejected; after those rejections the node
+//! accepted (an attestation stored, both jobs of a batch tracked), a stale replay is ignored, and
+//! an oversized message, a forged signature, a message on the wrong topic and a batch on the wrong
+//! topic are rejected; after those rejections the node
 //! takes nothing more from the attacker (its gossipsub score fell below the graylist threshold),
 //! neither an attestation framing another node nor a valid message. The framing attestation is
 //! rejected by `check_gossip` too (unit test in `mesh::validate`).
@@ -12,11 +13,13 @@ use std::time::Duration;
 
 use buildmesh::net::{MessageAcceptance, NetConfig, NetEvent, NetHandle, keypair_from_seed};
 use buildmesh_protocol::id::ArtifactHash;
+use buildmesh_protocol::id::JobId;
 use buildmesh_protocol::identity::NodeKey;
-use buildmesh_protocol::signed::Envelope;
+use buildmesh_protocol::signed::{Envelope, Signed};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
-    Announcement, Attestation, BuildMode, Encode as _, Kind, MAX_MESSAGE_SIZE, Message, OutputAttestation,
+    Announcement, Attestation, Batch, BuildMode, Claim, Encode as _, JobSubmission, Kind, MAX_MESSAGE_SIZE, Message,
+    OutputAttestation,
 };
 use libp2p::PeerId;
 use mesh_support::*;
@@ -68,6 +71,27 @@ fn attestation(key: &NodeKey, builder: buildmesh_protocol::id::NodeId, path: &St
         finished_at_ms: now,
         outputs: BTreeMap::from([("out".to_string(), o)]),
     }
+}
+
+/// A job for a system no node has, so that nobody tries to build it.
+fn job(submitter: buildmesh_protocol::id::NodeId, i: u8) -> JobSubmission {
+    JobSubmission {
+        job: JobId::from_bytes([i; 32]),
+        submitter,
+        submitted_at_ms: now_ms(),
+        store_dir: StoreDir::nix(),
+        drv: StorePath::new([i; 20], &format!("batched-{i}.drv")).unwrap(),
+        outputs: BTreeSet::new(),
+        system: "riscv64-linux".into(),
+        required_features: BTreeSet::new(),
+        priority: 0,
+        replicas: 2,
+    }
+}
+
+/// Derivations with a job and no outcome yet (the status is refreshed every few hundred ms).
+fn drvs_active(url: &str) -> u64 {
+    get_json(&format!("{url}/api/v1/mesh")).1["drvs_active"].as_u64().unwrap()
 }
 
 fn gossip_counts(url: &str) -> (u64, u64, u64) {
@@ -129,13 +153,20 @@ fn forged_replayed_and_oversized_messages_are_rejected() {
     wait_for("two accepted messages", Duration::from_secs(20), || (gossip_counts(&url).0 >= 2).then_some(()));
     let stored = c.attesters(0, &sd().display(&path));
     assert_eq!(stored.len(), 1, "the valid attestation is stored: {stored:?}");
+    // A batch of two job submissions is one message, and both jobs become known.
+    assert_eq!(drvs_active(&url), 0, "no job known before the batch");
+    let batch = Batch::new(vec![job(me, 1).into(), job(me, 2).into()]).unwrap();
+    publish(TOPICS[4], Signed::sign(&key, &batch).unwrap().to_bytes());
+    wait_for("the batch accepted", Duration::from_secs(20), || (gossip_counts(&url).0 >= 3).then_some(()));
+    wait_for("both jobs of the batch active", Duration::from_secs(20), || (drvs_active(&url) == 2).then_some(()));
 
     // 2. A replay of an older announcement (valid signature, lower seq) is ignored, not rejected.
     publish(TOPICS[0], Envelope::sign(&key, &Message::Announcement(announcement(me, seq - 5))).unwrap().to_bytes());
     wait_for("a stale replay to be ignored", Duration::from_secs(20), || (gossip_counts(&url).2 >= 1).then_some(()));
     assert_eq!(gossip_counts(&url).1, 0, "nothing rejected so far");
 
-    // 3. Forgeries, each rejected: an oversized message, a flipped signature bit, the wrong topic.
+    // 3. Forgeries, each rejected: an oversized message, a flipped signature bit, a batch of claims
+    // on the job topic, a message on the wrong topic.
     publish(TOPICS[2], vec![1u8; MAX_MESSAGE_SIZE + 200]);
     wait_for("the oversized message rejected", Duration::from_secs(20), || (gossip_counts(&url).1 >= 1).then_some(()));
     let mut forged = Envelope::sign(&key, &Message::Announcement(announcement(me, seq + 1))).unwrap().to_bytes();
@@ -143,13 +174,28 @@ fn forged_replayed_and_oversized_messages_are_rejected() {
     forged[last] ^= 0x40;
     publish(TOPICS[0], forged);
     wait_for("the forged signature rejected", Duration::from_secs(20), || (gossip_counts(&url).1 >= 2).then_some(()));
+    let claim = Claim {
+        job: JobId::from_bytes([1; 32]),
+        claimant: me,
+        store_dir: StoreDir::nix(),
+        drv: job(me, 1).drv,
+        attempt: 1,
+        claimed_at_ms: now_ms(),
+        lease_expires_at_ms: now_ms() + 60_000,
+    };
+    let claims = Batch::new(vec![claim.clone().into(), Claim { attempt: 2, ..claim }.into()]).unwrap();
+    publish(TOPICS[4], Signed::sign(&key, &claims).unwrap().to_bytes());
+    wait_for("a batch of claims on the job topic rejected", Duration::from_secs(20), || {
+        (gossip_counts(&url).1 >= 3).then_some(())
+    });
     let wrong_topic = Envelope::sign(&key, &Message::Announcement(announcement(me, seq + 2))).unwrap().to_bytes();
     publish(TOPICS[2], wrong_topic);
-    wait_for("the wrong topic rejected", Duration::from_secs(20), || (gossip_counts(&url).1 >= 3).then_some(()));
+    wait_for("the wrong topic rejected", Duration::from_secs(20), || (gossip_counts(&url).1 >= 4).then_some(()));
 
-    // 4. Three rejections put the attacker below the graylist threshold: an attestation framing
-    // another node (signed by the attacker, naming node 0 as builder) is not stored, and even a
-    // valid message is no longer taken.
+    // 4. Four rejections (the penalty grows with the square of the count per topic) put the
+    // attacker below the graylist threshold: an attestation framing another node (signed by the
+    // attacker, naming node 0 as builder) is not stored, and even a valid message is no longer
+    // taken.
     let (accepted_before, _, _) = gossip_counts(&url);
     let node0 = c.keys[0].node_id();
     let other_path = StorePath::from_basename("wm32icn8hzjm0kah51xh8nv14dn4crdz-framed").unwrap();

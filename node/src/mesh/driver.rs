@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use buildmesh_protocol::derivation::Derivation;
-use buildmesh_protocol::id::{JobId, NodeId};
+use buildmesh_protocol::id::{JobId, MessageId, NodeId};
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::mesh::{
     BuildOrder, Disposition, Event, Input, LocalInfo, Mesh, MeshError, Output, TrustConfig,
@@ -23,8 +23,8 @@ use buildmesh_protocol::mesh::{
 use buildmesh_protocol::signed::{Envelope, Signed, Verified};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
-    Attestation, Encode as _, FailureReason, JobSubmission, MAX_REPLICAS, MAX_TEXT_LEN, Message, validate_feature,
-    validate_system,
+    Attestation, Batch, Encode as _, FailureReason, JobSubmission, Kind, MAX_REPLICAS, MAX_TEXT_LEN, Message,
+    validate_feature, validate_system,
 };
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Semaphore, mpsc};
@@ -38,7 +38,7 @@ use super::jobs::{Submissions, SubmittedJob};
 use super::rpc::{self, SyncRequest, SyncResponse};
 use super::serve::Server;
 use super::sync::{Cursors, SyncReport};
-use super::validate::{SeenCache, check_gossip, topic_of};
+use super::validate::{Checked, SeenCache, check_gossip, topic_of};
 use super::{
     BuildEvent, BuildOutcome, Command, Counters, MachineCounts, MeshHandle, MeshParams, MeshStatus, PeerSystems,
     PeerView, Shared, StartError, SubmitRequest, net_config, trust_policy,
@@ -341,10 +341,13 @@ impl Driver {
         }
     }
 
-    /// Execute every output the machine has queued.
+    /// Execute every output the machine has queued. Job submissions and claims queued together
+    /// are published together, as [`Batch`]es (one signature and one gossip message each).
     async fn drain(&mut self) {
+        let mut batchable: Vec<Message> = Vec::new();
         while let Some(out) = self.mesh.poll_output() {
             match out {
+                Output::Publish(m) if Batch::is_batchable(m.kind()) => batchable.push(m),
                 Output::Publish(m) => self.publish(m).await,
                 Output::StartBuild(order) => self.start_build(order),
                 Output::CancelBuild { drv, reason } => {
@@ -353,6 +356,44 @@ impl Driver {
                 }
                 Output::RequestRetry { peer, drv } => self.request_retry(peer, drv),
                 Output::Event(e) => self.on_event(e),
+            }
+        }
+        if !batchable.is_empty() {
+            self.publish_batched(batchable).await;
+        }
+    }
+
+    /// Publish job submissions and claims, as few messages as fit: one [`Batch`] per kind (more if
+    /// one would exceed the size limit), or the message itself when it is alone.
+    async fn publish_batched(&mut self, messages: Vec<Message>) {
+        let (jobs, claims): (Vec<Message>, Vec<Message>) =
+            messages.into_iter().partition(|m| m.kind() == Kind::JobSubmission);
+        for group in [jobs, claims] {
+            let batches = match Batch::pack(group) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(cause = %e, "cannot batch messages of the state machine");
+                    continue;
+                }
+            };
+            for batch in batches {
+                if batch.items().len() == 1 {
+                    if let Some(m) = batch.into_items().pop() {
+                        self.publish(m).await;
+                    }
+                    continue;
+                }
+                let kind = batch.kind();
+                if kind == Kind::Claim && !self.known.values().any(|k| k.connected) {
+                    continue; // alone: see `publish`
+                }
+                match Signed::sign(&self.ctx.key, &batch) {
+                    Ok(signed) => {
+                        Counters::bump(&self.ctx.shared.counters.batched_items, batch.items().len() as u64);
+                        self.send(kind, signed.into_envelope()).await;
+                    }
+                    Err(e) => tracing::error!(%kind, cause = %e, "cannot sign a batch"),
+                }
             }
         }
     }
@@ -397,6 +438,11 @@ impl Driver {
                 self.index.add(a);
             }
         }
+        self.send(kind, envelope).await;
+    }
+
+    /// Gossip a signed envelope on the topic of `kind` (the items' kind for a batch).
+    async fn send(&mut self, kind: Kind, envelope: Envelope) {
         self.seen.insert(envelope.id());
         let bytes = envelope.to_bytes();
         let len = bytes.len();
@@ -813,8 +859,10 @@ impl Driver {
                 },
             );
             taken += 1;
-            self.drain().await;
         }
+        // One drain for the whole submission, so that its jobs (and this node's claims) go out
+        // as one batch each.
+        self.drain().await;
         self.save_submissions();
         self.provide(provided);
         self.dirty = true;
@@ -888,17 +936,25 @@ impl Driver {
 
     /// Judge one gossip message (see the module docs of [`super::validate`]).
     async fn judge_gossip(&mut self, topic: &str, data: &[u8]) -> MessageAcceptance {
-        let verified = match check_gossip(topic, data) {
+        let checked = match check_gossip(topic, data) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(target: EVENTS, event = "gossip_rejected", topic, cause = %e);
                 return MessageAcceptance::Reject;
             }
         };
-        let id = verified.id();
+        let id = checked.id();
         if !self.seen.insert(id) {
             return MessageAcceptance::Ignore;
         }
+        match checked {
+            Checked::One(verified) => self.judge_one(id, verified).await,
+            Checked::Batch(verified) => self.judge_batch(id, verified.into_value()).await,
+        }
+    }
+
+    /// Judge a single message whose envelope verified.
+    async fn judge_one(&mut self, id: MessageId, verified: Verified<Message>) -> MessageAcceptance {
         let mut stored_new = false;
         if matches!(verified.value(), Message::Attestation(_) | Message::BuildFailure(_)) {
             let store = self.ctx.store.clone();
@@ -919,14 +975,7 @@ impl Driver {
         }
         match verified.value() {
             Message::Attestation(a) => self.index.add(a),
-            Message::JobSubmission(j) => {
-                if self.submitters.len() >= MAX_SUBMITTER_ENTRIES
-                    && let Some(k) = self.submitters.keys().next().cloned()
-                {
-                    self.submitters.remove(&k);
-                }
-                self.submitters.entry(j.drv.clone()).or_default().insert(j.submitter);
-            }
+            Message::JobSubmission(j) => self.note_submitter(j),
             Message::Announcement(_) => self.dirty = true,
             _ => {}
         }
@@ -948,6 +997,46 @@ impl Driver {
                 MessageAcceptance::Ignore
             }
         }
+    }
+
+    /// Judge a batch whose envelope verified: each item goes to the machine as if it came alone.
+    /// The batch is forwarded when at least one item was news; when the machine refused an item
+    /// (a full table), a later copy is looked at again.
+    async fn judge_batch(&mut self, id: MessageId, batch: Batch) -> MessageAcceptance {
+        let (mut applied, mut refused) = (false, false);
+        for m in batch.into_items() {
+            if let Message::JobSubmission(j) = &m {
+                self.note_submitter(j);
+            }
+            let mut result = self.mesh.handle_message(&m, unix_ms());
+            if matches!(result, Err(MeshError::Backpressure { .. })) {
+                self.drain().await;
+                result = self.mesh.handle_message(&m, unix_ms());
+            }
+            match result {
+                Ok(Disposition::Applied) => applied = true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(cause = %e, "the machine refused an item of a batch");
+                    refused = true;
+                }
+            }
+        }
+        if refused {
+            self.seen.remove(&id);
+        }
+        if applied { MessageAcceptance::Accept } else { MessageAcceptance::Ignore }
+    }
+
+    /// Remember who submitted a derivation (they hold its closure).
+    fn note_submitter(&mut self, j: &JobSubmission) {
+        if self.submitters.len() >= MAX_SUBMITTER_ENTRIES
+            && !self.submitters.contains_key(&j.drv)
+            && let Some(k) = self.submitters.keys().next().cloned()
+        {
+            self.submitters.remove(&k);
+        }
+        self.submitters.entry(j.drv.clone()).or_default().insert(j.submitter);
     }
 
     async fn on_request(&mut self, peer: PeerId, protocol: RequestProtocol, id: InboundId, data: Vec<u8>) {

@@ -172,6 +172,8 @@ pub struct Counters {
     pub bytes_in: AtomicU64,
     /// Bytes of gossip payload published.
     pub bytes_out: AtomicU64,
+    /// Job submissions and claims published inside batches (a batch is one published message).
+    pub batched_items: AtomicU64,
     /// Anti-entropy runs finished.
     pub sync_runs: AtomicU64,
     /// Attestations received through anti-entropy.
@@ -248,6 +250,10 @@ pub struct GossipCounts {
     pub bytes_in: u64,
     /// Payload bytes published.
     pub bytes_out: u64,
+    /// Job submissions and claims published inside batches (each batch counts once in
+    /// `published`).
+    #[serde(default)]
+    pub batched_items: u64,
 }
 
 /// Anti-entropy counters.
@@ -394,6 +400,7 @@ impl MeshHandle {
             published: Counters::get(&c.published),
             bytes_in: Counters::get(&c.bytes_in),
             bytes_out: Counters::get(&c.bytes_out),
+            batched_items: Counters::get(&c.batched_items),
         };
         s.sync = SyncCounts {
             runs: Counters::get(&c.sync_runs),

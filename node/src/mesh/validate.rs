@@ -4,7 +4,9 @@
 //! at most [`MAX_MESSAGE_SIZE`], decode as an [`Envelope`] of a known protocol version, the kind
 //! belongs to the topic it arrived on, and [`Envelope::verify`] accepts it (signature under the
 //! kind's domain, payload decodes, author = signer, the kind's own checks such as an
-//! attestation's Nix signatures). Anything else is the sender's fault and the driver reports
+//! attestation's Nix signatures). A [`Batch`] of job submissions or claims travels on its items'
+//! topic and is verified as a whole (one signature, one author, every item valid); its items are
+//! then judged one by one like single messages. Anything else is the sender's fault and the driver reports
 //! `Reject` (gossipsub lowers the forwarding peer's score). Duplicates and stale messages are
 //! judged later (the [`SeenCache`] and the state machine) and reported as `Ignore`.
 
@@ -12,7 +14,7 @@ use std::collections::{HashSet, VecDeque};
 
 use buildmesh_protocol::id::MessageId;
 use buildmesh_protocol::signed::{Envelope, SignedError, Verified};
-use buildmesh_protocol::wire::{DecodeError, Kind, MAX_MESSAGE_SIZE, Message};
+use buildmesh_protocol::wire::{Batch, DecodeError, Kind, MAX_MESSAGE_SIZE, Message};
 
 /// The gossip topic of each message kind.
 pub fn topic_of(kind: Kind) -> &'static str {
@@ -56,16 +58,42 @@ pub enum Rejection {
     Invalid(#[from] SignedError),
 }
 
+/// A gossip message that passed [`check_gossip`].
+#[derive(Debug, Clone)]
+pub enum Checked {
+    /// One message.
+    One(Verified<Message>),
+    /// Several job submissions or claims by one author.
+    Batch(Verified<Batch>),
+}
+
+impl Checked {
+    /// The envelope's message id.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Checked::One(v) => v.id(),
+            Checked::Batch(v) => v.id(),
+        }
+    }
+}
+
 /// Check one gossip message (see the module docs).
-pub fn check_gossip(topic: &str, data: &[u8]) -> Result<Verified<Message>, Rejection> {
+pub fn check_gossip(topic: &str, data: &[u8]) -> Result<Checked, Rejection> {
     if data.len() > MAX_MESSAGE_SIZE {
         return Err(Rejection::TooLarge { len: data.len(), max: MAX_MESSAGE_SIZE });
     }
     let envelope = Envelope::decode(data).map_err(Rejection::Envelope)?;
+    if envelope.kind() == Kind::Batch {
+        let verified = envelope.verify_as::<Batch>()?;
+        if topic_of(verified.kind()) != topic {
+            return Err(Rejection::WrongTopic { kind: verified.kind(), topic: topic.to_string() });
+        }
+        return Ok(Checked::Batch(verified));
+    }
     if topic_of(envelope.kind()) != topic {
         return Err(Rejection::WrongTopic { kind: envelope.kind(), topic: topic.to_string() });
     }
-    Ok(envelope.verify()?)
+    Ok(Checked::One(envelope.verify()?))
 }
 
 /// The ids of the most recent messages seen, to drop replays cheaply (bounded, oldest forgotten
@@ -119,8 +147,11 @@ impl SeenCache {
 mod tests {
     use std::collections::BTreeSet;
 
+    use buildmesh_protocol::id::JobId;
     use buildmesh_protocol::identity::NodeKey;
-    use buildmesh_protocol::wire::{Announcement, Encode as _};
+    use buildmesh_protocol::signed::Signed;
+    use buildmesh_protocol::store_path::{StoreDir, StorePath};
+    use buildmesh_protocol::wire::{Announcement, Claim, Encode as _};
 
     use super::*;
 
@@ -144,8 +175,43 @@ mod tests {
     fn valid_message_on_its_topic_passes() {
         let key = NodeKey::from_seed("a", [1; 32]).unwrap();
         let bytes = Envelope::sign(&key, &announcement(&key, 1).into()).unwrap().to_bytes();
-        let v = check_gossip("buildmesh/announce/1", &bytes).unwrap();
+        let Checked::One(v) = check_gossip("buildmesh/announce/1", &bytes).unwrap() else { panic!("not one message") };
         assert_eq!(v.signer(), &key.node_id());
+    }
+
+    fn claims(key: &NodeKey, n: u32) -> Vec<Message> {
+        (1..=n)
+            .map(|attempt| {
+                Message::Claim(Claim {
+                    job: JobId::from_bytes([7; 32]),
+                    claimant: key.node_id(),
+                    store_dir: StoreDir::nix(),
+                    drv: StorePath::new([attempt as u8; 20], "x.drv").unwrap(),
+                    attempt,
+                    claimed_at_ms: 1000,
+                    lease_expires_at_ms: 2000,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_travel_on_their_items_topic() {
+        let key = NodeKey::from_seed("a", [1; 32]).unwrap();
+        let batch = Batch::new(claims(&key, 3)).unwrap();
+        let bytes = Signed::sign(&key, &batch).unwrap().to_bytes();
+        let Checked::Batch(v) = check_gossip("buildmesh/claim/1", &bytes).unwrap() else { panic!("not a batch") };
+        assert_eq!(v.value().items().len(), 3);
+        for topic in ["buildmesh/job/1", "buildmesh/attest/1"] {
+            assert!(
+                matches!(check_gossip(topic, &bytes), Err(Rejection::WrongTopic { kind: Kind::Claim, .. })),
+                "{topic}"
+            );
+        }
+        // A batch whose items another node wrote.
+        let other = NodeKey::from_seed("b", [2; 32]).unwrap();
+        let forged = Envelope::sign_raw_payload(&key, Kind::Batch, Batch::new(claims(&other, 2)).unwrap().to_bytes());
+        assert!(matches!(check_gossip("buildmesh/claim/1", &forged.to_bytes()), Err(Rejection::Invalid(_))));
     }
 
     #[test]

@@ -37,20 +37,25 @@ impl Cluster {
     /// Start `n` nodes in `dir` (node 0 first, the others bootstrapped to it), each with `extra`
     /// flags, and wait until every node sees every other one in its view.
     pub fn start(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_with(dir, n, extra, None)
+        Cluster::start_with(dir, n, extra, FAST_MESH, None)
+    }
+
+    /// Like [`Cluster::start`] with another `[mesh]` configuration.
+    pub fn start_with_mesh(dir: &Path, n: usize, extra: &[&str], mesh: &str) -> Cluster {
+        Cluster::start_with(dir, n, extra, mesh, None)
     }
 
     /// Like [`Cluster::start`], each node in its own network namespace of `netns` (mesh traffic
     /// over a bridge, the API over a control link).
     pub fn start_in_namespaces(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_with(dir, n, extra, Some(netns::Netns::new(n)))
+        Cluster::start_with(dir, n, extra, FAST_MESH, Some(netns::Netns::new(n)))
     }
 
-    fn start_with(dir: &Path, n: usize, extra: &[&str], netns: Option<netns::Netns>) -> Cluster {
+    fn start_with(dir: &Path, n: usize, extra: &[&str], mesh: &str, netns: Option<netns::Netns>) -> Cluster {
         let keys: Vec<NodeKey> =
             (0..n).map(|i| NodeKey::from_seed(&format!("mesh-test-{i}"), [i as u8 + 1; 32]).unwrap()).collect();
         let config = dir.join("mesh.toml");
-        std::fs::write(&config, FAST_MESH).unwrap();
+        std::fs::write(&config, mesh).unwrap();
         let mut c = Cluster {
             dir: dir.to_path_buf(),
             nodes: Vec::new(),

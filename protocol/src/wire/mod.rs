@@ -28,6 +28,7 @@
 //! Every time is a `u64` count of milliseconds since the Unix epoch, passed in by the caller.
 
 mod announce;
+mod batch;
 pub mod codec;
 mod job;
 mod result;
@@ -36,6 +37,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 pub use announce::Announcement;
+pub use batch::{Batch, BatchError, MAX_BATCH_ITEMS};
 pub use codec::{Decode, DecodeError, Encode, Reader, Sink};
 pub use job::{Claim, JobSubmission};
 pub use result::{Attestation, BuildFailure, FailureReason, OutputAttestation};
@@ -87,12 +89,14 @@ pub enum Kind {
     Attestation,
     /// [`BuildFailure`].
     BuildFailure,
+    /// [`Batch`]: several job submissions or claims under one signature.
+    Batch,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] =
-        [Kind::Announcement, Kind::JobSubmission, Kind::Claim, Kind::Attestation, Kind::BuildFailure];
+    pub const ALL: [Kind; 6] =
+        [Kind::Announcement, Kind::JobSubmission, Kind::Claim, Kind::Attestation, Kind::BuildFailure, Kind::Batch];
 
     /// The tag byte in the envelope.
     pub const fn tag(self) -> u8 {
@@ -102,6 +106,7 @@ impl Kind {
             Kind::Claim => 3,
             Kind::Attestation => 4,
             Kind::BuildFailure => 5,
+            Kind::Batch => 6,
         }
     }
 
@@ -111,7 +116,7 @@ impl Kind {
     }
 
     /// The name in the signing domain (`announcement`, `job-submission`, `claim`, `attestation`,
-    /// `build-failure`).
+    /// `build-failure`, `batch`).
     pub const fn name(self) -> &'static str {
         match self {
             Kind::Announcement => "announcement",
@@ -119,6 +124,7 @@ impl Kind {
             Kind::Claim => "claim",
             Kind::Attestation => "attestation",
             Kind::BuildFailure => "build-failure",
+            Kind::Batch => "batch",
         }
     }
 
@@ -130,6 +136,7 @@ impl Kind {
             Kind::Claim => b"buildmesh/v1/claim\0",
             Kind::Attestation => b"buildmesh/v1/attestation\0",
             Kind::BuildFailure => b"buildmesh/v1/build-failure\0",
+            Kind::Batch => b"buildmesh/v1/batch\0",
         }
     }
 }
@@ -224,7 +231,8 @@ impl Message {
         }
     }
 
-    /// Decode a payload of the given kind (all of `payload`; trailing bytes are an error).
+    /// Decode a payload of the given kind (all of `payload`; trailing bytes are an error). A
+    /// [`Kind::Batch`] payload is not one message and is refused here; see [`Batch`].
     /// `base` is the payload's offset in the enclosing input, for error offsets.
     pub fn decode_payload(kind: Kind, payload: &[u8], base: usize) -> Result<Message, DecodeError> {
         if payload.len() > MAX_PAYLOAD_SIZE {
@@ -237,6 +245,13 @@ impl Message {
             Kind::Claim => Message::Claim(Claim::decode_payload(&mut r)?),
             Kind::Attestation => Message::Attestation(Attestation::decode_payload(&mut r)?),
             Kind::BuildFailure => Message::BuildFailure(BuildFailure::decode_payload(&mut r)?),
+            Kind::Batch => {
+                return Err(Reader::invalid(
+                    "kind",
+                    base,
+                    "a batch holds several messages; verify it as a `Batch`, not as one message",
+                ));
+            }
         };
         r.finish()?;
         Ok(m)
@@ -363,5 +378,7 @@ pub(crate) fn read_store_dir(r: &mut Reader<'_>) -> Result<StoreDir, DecodeError
     StoreDir::decode(r, "store_dir")
 }
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use crate::identity::NodeKey;
 use crate::signed::{Envelope, SignError, Signed, SignedError};
 use crate::store_path::{StoreDir, StorePath};
 
-fn key(i: u8) -> NodeKey {
+pub(super) fn key(i: u8) -> NodeKey {
     NodeKey::from_seed(&format!("node-{i}.mesh-1"), [i; 32]).unwrap()
 }
 
@@ -72,7 +72,7 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn arb_job()(k in arb_key(), job in any::<[u8; 32]>(), at in any::<u64>(), store_dir in arb_store_dir(),
+    pub(super) fn arb_job()(k in arb_key(), job in any::<[u8; 32]>(), at in any::<u64>(), store_dir in arb_store_dir(),
         drv in arb_drv(), outputs in arb_outputs(), system in "[a-z0-9_]{1,8}-[a-z]{1,6}", features in arb_features(),
         priority in any::<i32>(), replicas in 1u8..=MAX_REPLICAS) -> (NodeKey, JobSubmission) {
         let j = JobSubmission { job: JobId::from_bytes(job), submitter: k.node_id(), submitted_at_ms: at, store_dir,
@@ -82,7 +82,7 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn arb_claim()(k in arb_key(), job in any::<[u8; 32]>(), store_dir in arb_store_dir(), drv in arb_drv(),
+    pub(super) fn arb_claim()(k in arb_key(), job in any::<[u8; 32]>(), store_dir in arb_store_dir(), drv in arb_drv(),
         attempt in 1u32.., at in 0u64..u64::MAX / 2, lease in 1u64..=MAX_LEASE_MS) -> (NodeKey, Claim) {
         let c = Claim { job: JobId::from_bytes(job), claimant: k.node_id(), store_dir, drv, attempt,
             claimed_at_ms: at, lease_expires_at_ms: at + lease };
@@ -290,7 +290,7 @@ fn oversize_is_rejected_before_decoding() {
     assert!(matches!(Signed::sign(&k, &a), Err(SignError::TooLarge { .. })));
 }
 
-fn claim_for(k: &NodeKey) -> Claim {
+pub(super) fn claim_for(k: &NodeKey) -> Claim {
     Claim {
         job: JobId::from_bytes([1; 32]),
         claimant: k.node_id(),
