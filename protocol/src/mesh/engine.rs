@@ -486,6 +486,7 @@ impl Mesh {
         }
         if publish {
             e.own_build = None;
+            self.own_builds.remove(&slot);
             e.own_failure = None;
             e.last_republish_ms = Some(now);
             self.publish(a.clone());
@@ -510,6 +511,7 @@ impl Mesh {
         let store_dir = self.cfg.store_dir.clone();
         let e = self.drvs.get_mut(slot).ok_or_else(|| MeshError::NotBuilding { drv: drv.clone() })?;
         let own = e.own_build.take().ok_or_else(|| MeshError::NotBuilding { drv: drv.clone() })?;
+        self.own_builds.remove(&slot);
         let failure = BuildFailure {
             builder: self.me,
             store_dir,

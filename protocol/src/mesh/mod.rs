@@ -51,6 +51,12 @@
 //!   exit, hash mismatch: the derivation is broken) or `max_attempts` (4) distinct builders failed
 //!   for any reason.
 //! - **Targeted retry** ([`Input::Retry`]) makes a given node build regardless of placement.
+//! - **Slots**: a node holds at most `slots` claims (its [`LocalInfo`]; targeted retries aside).
+//!   Designated for more, it waits and claims the next one, in table order, as a build ends. After
+//!   half of `claim_timeout_ms` of waiting it counts itself as lapsed, before the others do (after
+//!   the whole timeout), so an idle node takes the job over and the late claim cannot make k + 1
+//!   builders. Without this a node designated for hundreds of jobs held a renewed lease on each
+//!   while idle nodes could take none.
 //!
 //! A job is **complete** when k distinct trusted builders attested it; then nobody else claims it
 //! and running builds are cancelled.
@@ -169,6 +175,11 @@ pub struct Mesh {
     pending_by_drv: BTreeMap<StorePath, Vec<JobId>>,
     outputs: VecDeque<Output>,
     stats: MeshStats,
+    /// Derivations this node holds a claim on and builds (at most `local.slots` unless forced).
+    own_builds: BTreeSet<u32>,
+    /// Derivations this node is designated for but has not claimed because every slot is taken;
+    /// claimed in slot order as slots free up (or taken over by others after `claim_timeout_ms`).
+    slot_waiters: BTreeSet<u32>,
 }
 
 impl Mesh {
@@ -193,6 +204,8 @@ impl Mesh {
             pending_by_drv: BTreeMap::new(),
             outputs: VecDeque::new(),
             stats: MeshStats::default(),
+            own_builds: BTreeSet::new(),
+            slot_waiters: BTreeSet::new(),
         };
         mesh.announce(now_ms);
         Ok(mesh)
@@ -221,6 +234,12 @@ impl Mesh {
     /// Handle one input at `now_ms`. Messages yield their [`Disposition`]; local inputs yield
     /// `Disposition::Applied` or an error (and change nothing).
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Result<Disposition, MeshError> {
+        let d = self.handle_input(input, now_ms);
+        self.fill_free_slots();
+        d
+    }
+
+    fn handle_input(&mut self, input: Input, now_ms: u64) -> Result<Disposition, MeshError> {
         match input {
             Input::Message(m) => self.handle_message(&m, now_ms),
             Input::SetLocal(info) => self.set_local(info, now_ms).map(|()| Disposition::Applied),
@@ -242,6 +261,12 @@ impl Mesh {
     pub fn handle_message(&mut self, message: &Message, now_ms: u64) -> Result<Disposition, MeshError> {
         self.check_backpressure()?;
         let now = self.clock(now_ms);
+        let d = self.apply_message(message, now);
+        self.fill_free_slots();
+        Ok(d)
+    }
+
+    fn apply_message(&mut self, message: &Message, now: u64) -> Disposition {
         let d = match message {
             Message::Announcement(a) => self.on_announcement(a, now),
             Message::JobSubmission(j) => self.on_submission(j, now),
@@ -255,12 +280,14 @@ impl Mesh {
             Disposition::Stale => self.stats.stale += 1,
             Disposition::Own | Disposition::Ignored(_) => self.stats.ignored += 1,
         }
-        Ok(d)
+        d
     }
 
     /// This node's build succeeded: `handle(Input::BuildFinished(attestation), now_ms)`.
     pub fn handle_build_finished(&mut self, attestation: Attestation, now_ms: u64) -> Result<(), MeshError> {
-        self.build_finished(attestation, now_ms, true)
+        let r = self.build_finished(attestation, now_ms, true);
+        self.fill_free_slots();
+        r
     }
 
     /// This node's build failed: `handle(Input::BuildFailed { drv, reason }, now_ms)`.
@@ -270,7 +297,9 @@ impl Mesh {
         reason: crate::wire::FailureReason,
         now_ms: u64,
     ) -> Result<(), MeshError> {
-        self.build_failed(drv, reason, now_ms)
+        let r = self.build_failed(drv, reason, now_ms);
+        self.fill_free_slots();
+        r
     }
 
     /// The live view as placement sees it (this node included); `None` only
@@ -318,6 +347,7 @@ impl Mesh {
             self.drvs.set_deadline(slot, None);
             self.evaluate(slot, now);
         }
+        self.fill_free_slots();
     }
 
     /// The live members' latest announcements (this node's included).

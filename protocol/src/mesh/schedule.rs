@@ -76,7 +76,16 @@ impl Mesh {
         let mine = chosen.iter().find(|c| c.node == me).map(|c| c.mode);
         match (e.own_build, mine) {
             (Some(own), None) if !own.forced => self.stop_build(slot, now, CancelReason::Yielded),
-            (None, Some(mode)) if self.may_claim(slot, now) => self.claim(slot, now, mode, false),
+            (None, Some(mode)) if self.may_claim(slot, now) => {
+                if self.own_builds.len() < self.local.slots as usize {
+                    self.claim(slot, now, mode, false);
+                } else {
+                    if let Some(e) = self.drvs.get_mut(slot) {
+                        e.own_wait_since_ms.get_or_insert(now);
+                    }
+                    self.slot_waiters.insert(slot);
+                }
+            }
             _ => {}
         }
         self.reschedule(slot, now);
@@ -130,6 +139,11 @@ impl Mesh {
                 lapsed.insert(b.node);
             }
         }
+        // This node waited too long for a free slot: the others are about to count it as
+        // lapsed (after the whole timeout), so it steps aside first (after half of it).
+        if e.own_wait_since_ms.is_some_and(|t| self.now_ms >= t.saturating_add(self.cfg.claim_timeout_ms / 2)) {
+            lapsed.insert(self.me);
+        }
         let mut input = SelectInput {
             order: &window.order,
             complete: window.complete,
@@ -151,6 +165,20 @@ impl Mesh {
                     Selection::NeedFullOrder => Vec::new(),
                 }
             }
+        }
+    }
+
+    /// Give freed build slots to the derivations that waited for one, in slot order. Each is
+    /// evaluated again: it is claimed if this node is still designated for it.
+    pub(super) fn fill_free_slots(&mut self) {
+        let now = self.now_ms;
+        while self.own_builds.len() < self.local.slots as usize {
+            let Some(slot) = self.slot_waiters.pop_first() else { break };
+            if self.outputs.len() >= self.cfg.max_queued_outputs {
+                self.slot_waiters.insert(slot);
+                break;
+            }
+            self.evaluate(slot, now);
         }
     }
 
@@ -193,6 +221,9 @@ impl Mesh {
         };
         e.own_last_claimed_at_ms = claimed_at;
         e.own_build = Some(OwnBuild { attempt, mode, forced, next_renew_ms: now.saturating_add(renew) });
+        e.own_wait_since_ms = None;
+        self.own_builds.insert(slot);
+        self.slot_waiters.remove(&slot);
         if let Some(b) = e.builder_mut(&me, max_b) {
             b.claim = Some(ClaimState { local_expiry_ms: claimed_at.saturating_add(lease), received_ms: now, attempt });
             b.lapsed_at_ms = None;
@@ -211,6 +242,7 @@ impl Mesh {
         let store_dir = self.cfg.store_dir.clone();
         let Some(e) = self.drvs.get_mut(slot) else { return };
         let Some(own) = e.own_build.take() else { return };
+        self.own_builds.remove(&slot);
         if let Some(b) = e.builder_mut(&me, max_b) {
             b.claim = None;
         }

@@ -138,6 +138,10 @@ pub(crate) struct DrvEntry {
     pub(crate) own_failure: Option<Box<BuildFailure>>,
     pub(crate) own_job: Option<Box<JobSubmission>>,
     pub(crate) own_build: Option<OwnBuild>,
+    /// Since when this node has been designated without a free build slot to claim with. After
+    /// half of `claim_timeout_ms` it counts itself as lapsed, as the others soon will, so that it
+    /// does not claim after someone took the job over.
+    pub(crate) own_wait_since_ms: Option<u64>,
     /// The latest `claimed_at_ms` this node used for the derivation (its claims must increase).
     pub(crate) own_last_claimed_at_ms: u64,
     pub(crate) window: Option<Window>,
@@ -171,6 +175,7 @@ impl DrvEntry {
             own_failure: None,
             own_job: None,
             own_build: None,
+            own_wait_since_ms: None,
             own_last_claimed_at_ms: 0,
             window: None,
             hold_until_ms: 0,

@@ -10,6 +10,8 @@ use crate::placement::{PlacementKey, Requirements};
 use crate::store_path::StoreDir;
 use crate::wire::{BuildMode, FailureReason, OutputAttestation};
 
+mod capacity;
+
 const T0: u64 = 1_700_000_000_000;
 const SYS: &str = "x86_64-linux";
 
