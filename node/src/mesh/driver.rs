@@ -384,8 +384,8 @@ impl Driver {
                     continue;
                 }
                 let kind = batch.kind();
-                if kind == Kind::Claim && !self.known.values().any(|k| k.connected) {
-                    continue; // alone: see `publish`
+                if kind == Kind::Claim && self.alone() {
+                    continue; // see `publish`
                 }
                 match Signed::sign(&self.ctx.key, &batch) {
                     Ok(signed) => {
@@ -400,7 +400,7 @@ impl Driver {
 
     async fn publish(&mut self, m: Message) {
         let kind = m.kind();
-        if matches!(m, Message::Announcement(_) | Message::Claim(_)) && !self.known.values().any(|k| k.connected) {
+        if matches!(m, Message::Announcement(_) | Message::Claim(_)) && self.alone() {
             // Alone: nobody to tell, and a peer that connects later gets the next announcement or
             // lease renewal (results and jobs still wait in the net layer's queue).
             return;
@@ -439,6 +439,11 @@ impl Driver {
             }
         }
         self.send(kind, envelope).await;
+    }
+
+    /// Whether no peer is connected.
+    fn alone(&self) -> bool {
+        !self.known.values().any(|k| k.connected)
     }
 
     /// Gossip a signed envelope on the topic of `kind` (the items' kind for a batch).
@@ -1008,12 +1013,7 @@ impl Driver {
             if let Message::JobSubmission(j) = &m {
                 self.note_submitter(j);
             }
-            let mut result = self.mesh.handle_message(&m, unix_ms());
-            if matches!(result, Err(MeshError::Backpressure { .. })) {
-                self.drain().await;
-                result = self.mesh.handle_message(&m, unix_ms());
-            }
-            match result {
+            match self.input(Input::Message(m)).await {
                 Ok(Disposition::Applied) => applied = true,
                 Ok(_) => {}
                 Err(e) => {

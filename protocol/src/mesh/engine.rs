@@ -485,10 +485,9 @@ impl Mesh {
             e.own_attestation = Some(Box::new(a.clone()));
         }
         if publish {
-            e.own_build = None;
-            self.own_builds.remove(&slot);
             e.own_failure = None;
             e.last_republish_ms = Some(now);
+            self.drvs.set_own_build(slot, None);
             self.publish(a.clone());
         }
         let new = self.record_attestation(slot, a, now).unwrap_or(false);
@@ -509,9 +508,8 @@ impl Mesh {
         let now = self.clock(now_ms);
         let slot = self.drvs.lookup(drv).ok_or_else(|| MeshError::NotBuilding { drv: drv.clone() })?;
         let store_dir = self.cfg.store_dir.clone();
+        let own = self.drvs.set_own_build(slot, None).ok_or_else(|| MeshError::NotBuilding { drv: drv.clone() })?;
         let e = self.drvs.get_mut(slot).ok_or_else(|| MeshError::NotBuilding { drv: drv.clone() })?;
-        let own = e.own_build.take().ok_or_else(|| MeshError::NotBuilding { drv: drv.clone() })?;
-        self.own_builds.remove(&slot);
         let failure = BuildFailure {
             builder: self.me,
             store_dir,

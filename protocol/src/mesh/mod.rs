@@ -175,11 +175,6 @@ pub struct Mesh {
     pending_by_drv: BTreeMap<StorePath, Vec<JobId>>,
     outputs: VecDeque<Output>,
     stats: MeshStats,
-    /// Derivations this node holds a claim on and builds (at most `local.slots` unless forced).
-    own_builds: BTreeSet<u32>,
-    /// Derivations this node is designated for but has not claimed because every slot is taken;
-    /// claimed in slot order as slots free up (or taken over by others after `claim_timeout_ms`).
-    slot_waiters: BTreeSet<u32>,
 }
 
 impl Mesh {
@@ -204,8 +199,6 @@ impl Mesh {
             pending_by_drv: BTreeMap::new(),
             outputs: VecDeque::new(),
             stats: MeshStats::default(),
-            own_builds: BTreeSet::new(),
-            slot_waiters: BTreeSet::new(),
         };
         mesh.announce(now_ms);
         Ok(mesh)
@@ -261,12 +254,6 @@ impl Mesh {
     pub fn handle_message(&mut self, message: &Message, now_ms: u64) -> Result<Disposition, MeshError> {
         self.check_backpressure()?;
         let now = self.clock(now_ms);
-        let d = self.apply_message(message, now);
-        self.fill_free_slots();
-        Ok(d)
-    }
-
-    fn apply_message(&mut self, message: &Message, now: u64) -> Disposition {
         let d = match message {
             Message::Announcement(a) => self.on_announcement(a, now),
             Message::JobSubmission(j) => self.on_submission(j, now),
@@ -280,14 +267,13 @@ impl Mesh {
             Disposition::Stale => self.stats.stale += 1,
             Disposition::Own | Disposition::Ignored(_) => self.stats.ignored += 1,
         }
-        d
+        self.fill_free_slots();
+        Ok(d)
     }
 
     /// This node's build succeeded: `handle(Input::BuildFinished(attestation), now_ms)`.
     pub fn handle_build_finished(&mut self, attestation: Attestation, now_ms: u64) -> Result<(), MeshError> {
-        let r = self.build_finished(attestation, now_ms, true);
-        self.fill_free_slots();
-        r
+        self.handle(Input::BuildFinished(attestation), now_ms).map(drop)
     }
 
     /// This node's build failed: `handle(Input::BuildFailed { drv, reason }, now_ms)`.
@@ -297,9 +283,7 @@ impl Mesh {
         reason: crate::wire::FailureReason,
         now_ms: u64,
     ) -> Result<(), MeshError> {
-        let r = self.build_failed(drv, reason, now_ms);
-        self.fill_free_slots();
-        r
+        self.handle(Input::BuildFailed { drv: drv.clone(), reason }, now_ms).map(drop)
     }
 
     /// The live view as placement sees it (this node included); `None` only

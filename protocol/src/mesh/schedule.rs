@@ -77,13 +77,13 @@ impl Mesh {
         match (e.own_build, mine) {
             (Some(own), None) if !own.forced => self.stop_build(slot, now, CancelReason::Yielded),
             (None, Some(mode)) if self.may_claim(slot, now) => {
-                if self.own_builds.len() < self.local.slots as usize {
+                if self.has_free_slot() {
                     self.claim(slot, now, mode, false);
                 } else {
                     if let Some(e) = self.drvs.get_mut(slot) {
                         e.own_wait_since_ms.get_or_insert(now);
                     }
-                    self.slot_waiters.insert(slot);
+                    self.drvs.waiting_for_slot.insert(slot);
                 }
             }
             _ => {}
@@ -172,14 +172,19 @@ impl Mesh {
     /// evaluated again: it is claimed if this node is still designated for it.
     pub(super) fn fill_free_slots(&mut self) {
         let now = self.now_ms;
-        while self.own_builds.len() < self.local.slots as usize {
-            let Some(slot) = self.slot_waiters.pop_first() else { break };
+        while self.has_free_slot() {
+            let Some(slot) = self.drvs.waiting_for_slot.pop_first() else { break };
             if self.outputs.len() >= self.cfg.max_queued_outputs {
-                self.slot_waiters.insert(slot);
+                self.drvs.waiting_for_slot.insert(slot);
                 break;
             }
             self.evaluate(slot, now);
         }
+    }
+
+    /// Whether this node runs fewer builds than its slots.
+    fn has_free_slot(&self) -> bool {
+        self.drvs.own_builds() < self.local.slots as usize
     }
 
     fn may_claim(&self, slot: u32, now: u64) -> bool {
@@ -220,15 +225,13 @@ impl Mesh {
             forced,
         };
         e.own_last_claimed_at_ms = claimed_at;
-        e.own_build = Some(OwnBuild { attempt, mode, forced, next_renew_ms: now.saturating_add(renew) });
-        e.own_wait_since_ms = None;
-        self.own_builds.insert(slot);
-        self.slot_waiters.remove(&slot);
         if let Some(b) = e.builder_mut(&me, max_b) {
             b.claim = Some(ClaimState { local_expiry_ms: claimed_at.saturating_add(lease), received_ms: now, attempt });
             b.lapsed_at_ms = None;
             b.waiting_since_ms = None;
         }
+        self.drvs
+            .set_own_build(slot, Some(OwnBuild { attempt, mode, forced, next_renew_ms: now.saturating_add(renew) }));
         self.publish(claim);
         self.outputs.push_back(Output::StartBuild(order));
         self.stats.claims_published += 1;
@@ -240,9 +243,8 @@ impl Mesh {
     fn stop_build(&mut self, slot: u32, now: u64, reason: CancelReason) {
         let (me, max_b) = (self.me, self.cfg.max_builders_per_drv);
         let store_dir = self.cfg.store_dir.clone();
+        let Some(own) = self.drvs.set_own_build(slot, None) else { return };
         let Some(e) = self.drvs.get_mut(slot) else { return };
-        let Some(own) = e.own_build.take() else { return };
-        self.own_builds.remove(&slot);
         if let Some(b) = e.builder_mut(&me, max_b) {
             b.claim = None;
         }

@@ -237,6 +237,11 @@ pub(crate) struct DrvTable {
     pub(crate) timers: BTreeSet<(u64, u32)>,
     pub(crate) active: BTreeSet<u32>,
     finished: BTreeSet<(u64, u32)>,
+    /// Slots whose entry has an `own_build` (kept by [`DrvTable::set_own_build`]): the build slots
+    /// this node uses.
+    building: BTreeSet<u32>,
+    /// Slots this node is designated for but could not claim because every build slot was taken.
+    pub(crate) waiting_for_slot: BTreeSet<u32>,
 }
 
 impl DrvTable {
@@ -299,7 +304,29 @@ impl DrvTable {
             self.timers.remove(&(t, slot));
         }
         self.active.remove(&slot);
+        self.building.remove(&slot);
+        self.waiting_for_slot.remove(&slot);
         self.free.push(slot);
+    }
+
+    /// Set (or clear) this node's build of the entry in `slot`, keeping the index of slots in use
+    /// in step; the previous value.
+    pub(crate) fn set_own_build(&mut self, slot: u32, build: Option<OwnBuild>) -> Option<OwnBuild> {
+        let e = self.slots.get_mut(slot as usize).and_then(Option::as_mut)?;
+        let old = std::mem::replace(&mut e.own_build, build);
+        if build.is_some() {
+            e.own_wait_since_ms = None;
+            self.building.insert(slot);
+            self.waiting_for_slot.remove(&slot);
+        } else {
+            self.building.remove(&slot);
+        }
+        old
+    }
+
+    /// How many builds this node runs (entries with an `own_build`).
+    pub(crate) fn own_builds(&self) -> usize {
+        self.building.len()
     }
 
     pub(crate) fn index_path(&mut self, path: &StorePath, slot: u32) {
