@@ -13,6 +13,7 @@
 //! | `GET /api/v1/builds/<drv>/log` | its log, `text/plain` |
 //! | `POST /api/v1/builds/<drv>/retry`, `…/cancel` | retry a failed/cancelled build, cancel one |
 //! | `GET /api/v1/attestations?path=…` / `?drv=…` / `?format=jsonl` | attestations |
+//! | `GET /api/v1/quarantine` | local registrations replaced by the accepted NarHash ([`crate::trust`]) |
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`crate::audit::http`]) |
 //!
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod bench;
 pub mod cache;
+mod trust;
 
 use std::sync::Arc;
 
@@ -130,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{drv}/retry", post(api::retry))
         .route("/api/v1/builds/{drv}/cancel", post(api::cancel))
         .route("/api/v1/attestations", get(api::attestations))
+        .route("/api/v1/quarantine", get(trust::quarantine))
         .fallback(api::not_found)
         .with_state(state)
         .merge(submit)

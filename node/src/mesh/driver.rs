@@ -1552,6 +1552,13 @@ async fn record_submission(
             .write(|w| {
                 let state = w.enqueue(&req, now)?.record().state;
                 match state {
+                    // Built here, but the mesh does not accept the outputs: a failure.
+                    BuildState::Done if outcome.is_err() => {
+                        if let Err(reason) = &outcome {
+                            w.mark_rejected(&d, now, reason)?;
+                        }
+                        return Ok(());
+                    }
                     BuildState::Done => return Ok(()),
                     BuildState::Failed if outcome.is_err() => return Ok(()),
                     BuildState::Failed | BuildState::Cancelled => {

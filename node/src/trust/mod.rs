@@ -10,7 +10,8 @@
 //!    build. The narinfo of such a path carries the agreeing builders' own Nix signatures (made
 //!    when they built it): the node signs nothing at serving time, so it never signs bytes it did
 //!    not build.
-//! 2. **Content-addressed path**: the path is registered here, its `CA` is a `text:sha256:` or
+//! 2. **Content-addressed path** (when no NarHash is accepted by attestations): the path is
+//!    registered here, its `CA` is a `text:sha256:` or
 //!    `fixed:r:sha256:` address, and its bytes hash to the path itself
 //!    ([`crate::content_address::of_nar`]). Such a path certifies itself: it is served unsigned
 //!    with its `CA:` field (Nix checks the content against the path).
@@ -260,19 +261,21 @@ pub fn content_address(store: &Store, sd: &StoreDir, info: &PathInfo) -> Result<
     Ok(computed.filter(|c| c == ca))
 }
 
-/// The trust rule for `path` (blocking): a registered content-addressed path whose bytes match
-/// it, else what the verified attestations of `path` say under `trust`.
+/// The trust rule for `path` (blocking): what the verified attestations of `path` accept under
+/// `trust`, else a registered content-addressed path whose bytes match it, else refused.
 pub fn judge(store: &Store, sd: &StoreDir, trust: &TrustConfig, path: &StorePath) -> Result<Judgement, TrustError> {
+    let atts = verified_attestations(store, path)?;
+    if let Some(acc) = accepted_of(path, &atts, trust) {
+        return Ok(Judgement::Attested(acc));
+    }
+    // Not accepted by attestations (none, or disputed: a stranger attesting other bytes for a
+    // content-addressed path cannot make it unusable, since its bytes certify themselves).
     if let Some(info) = store.path_info(path)?
         && let Some(ca) = content_address(store, sd, &info)?
     {
         return Ok(Judgement::ContentAddressed(info, ca));
     }
-    let atts = verified_attestations(store, path)?;
-    Ok(match accepted_of(path, &atts, trust) {
-        Some(acc) => Judgement::Attested(acc),
-        None => Judgement::Refused(refusal_of(path, &atts, trust)),
-    })
+    Ok(Judgement::Refused(refusal_of(path, &atts, trust)))
 }
 
 #[cfg(test)]
