@@ -32,3 +32,4 @@ pub mod runtime;
 pub mod store;
 pub mod submit;
 pub mod systems;
+pub mod trust;

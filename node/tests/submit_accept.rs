@@ -113,23 +113,42 @@ fn inputs_inherit_priority_and_want_only_the_used_outputs() {
     assert!(store.queued_builds(0).unwrap().iter().all(|b| b.priority == 9));
 }
 
-/// Register an output from the vectors' NAR as if it had been built.
+/// Register an output from the vectors' NAR as if this node had built it (registered and
+/// attested by the node's key: a registration alone does not count as built).
 fn register_output(store: &buildmesh::store::Store, path: &str) {
     let row = nar_index()[path].clone();
     let hash = NixHash::parse(&row.nar_hash, None).unwrap();
     let blob = store.put_nar_expecting(&mut std::fs::File::open(row.file()).unwrap(), &hash, row.nar_size).unwrap();
-    store
-        .register_path(&PathInfo {
-            path: sd().parse_path(path).unwrap(),
-            nar_hash: hash,
-            nar_size: row.nar_size,
-            references: row.references.iter().map(|r| sd().parse_path(r).unwrap()).collect(),
-            deriver: None,
-            ca: None,
-            blob: blob.blake3,
-            registered_at: 1,
-        })
-        .unwrap();
+    let info = PathInfo {
+        path: sd().parse_path(path).unwrap(),
+        nar_hash: hash.clone(),
+        nar_size: row.nar_size,
+        references: row.references.iter().map(|r| sd().parse_path(r).unwrap()).collect(),
+        deriver: None,
+        ca: None,
+        blob: blob.blake3,
+        registered_at: 1,
+    };
+    store.register_path(&info).unwrap();
+    let report = buildmesh::build::BuildReport {
+        outputs: [(
+            "out".to_string(),
+            buildmesh::build::BuiltOutput {
+                path: info.path.clone(),
+                nar_hash: hash,
+                nar_size: row.nar_size,
+                references: info.references.clone(),
+                content_id: blob.blake3,
+            },
+        )]
+        .into(),
+        log: Vec::new(),
+        emulated: false,
+        started_at_ms: 1,
+        finished_at_ms: 2,
+    };
+    let drv = sd().parse_path(&format!("/nix/store/{}-x.drv", info.path.hash_part())).unwrap();
+    buildmesh::build::attest::commit_attestation(store, &node_key(), &sd(), &drv, &report).unwrap();
 }
 
 /// The derivations of `root`'s closure that must be built when the output paths in `registered`

@@ -159,6 +159,18 @@ pub enum BuildError {
         /// Whatever log there is.
         log: Vec<u8>,
     },
+    /// An input is not accepted by the trust rule ([`crate::trust::inputs`]): a local copy
+    /// disagrees with the accepted NarHash and the accepted bytes are not here, or no NarHash is
+    /// accepted for it at all. The build did not start.
+    #[error("{reason}")]
+    InputRejected {
+        /// The input (full store path).
+        path: String,
+        /// What is wrong (names the path, the local and the accepted NarHash).
+        reason: String,
+        /// Whether waiting may help (more attestations may arrive).
+        transient: bool,
+    },
     /// The build was cancelled.
     #[error("build cancelled")]
     Cancelled,
@@ -168,7 +180,13 @@ impl BuildError {
     /// Whether another attempt (after a backoff) may succeed: timeouts, missing inputs and
     /// executor errors. Builder failures and hash mismatches are properties of the derivation.
     pub fn is_transient(&self) -> bool {
-        matches!(self, BuildError::Timeout { .. } | BuildError::MissingInput { .. } | BuildError::Executor { .. })
+        matches!(
+            self,
+            BuildError::Timeout { .. }
+                | BuildError::MissingInput { .. }
+                | BuildError::Executor { .. }
+                | BuildError::InputRejected { transient: true, .. }
+        )
     }
 
     /// The log kept for this failure (empty when there is none).
@@ -181,7 +199,7 @@ impl BuildError {
             | BuildError::OutputMissing { log, .. }
             | BuildError::OutputRejected { log, .. }
             | BuildError::Executor { log, .. } => log,
-            BuildError::MissingInput { .. } | BuildError::Cancelled => &[],
+            BuildError::MissingInput { .. } | BuildError::InputRejected { .. } | BuildError::Cancelled => &[],
         }
     }
 
@@ -214,6 +232,7 @@ impl BuildError {
                 FailureReason::Other { message: cut(self.to_string()) }
             }
             BuildError::Executor { message, .. } => FailureReason::Executor { message: cut(message.clone()) },
+            BuildError::InputRejected { reason, .. } => FailureReason::Other { message: cut(reason.clone()) },
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The Nix binary-cache protocol: `/nix-cache-info`, `/<hash32>.narinfo` and `/nar/…`.
 //!
-//! A narinfo is served for a path only when it is registered in the node's store (the mesh's
-//! quorum rule will narrow this later). It points at the zstd file of the NAR blob
+//! A narinfo (and a NAR) is served only under the trust rule ([`crate::trust`]): on a mesh node
+//! the quorum gateway decides; on a standalone node, an output this node built and attested
+//! (served with the signature it made then) or a content-addressed path whose bytes match it
+//! (served unsigned with its `CA:`). An upload never becomes a signed narinfo. A narinfo points at the zstd file of the NAR blob
 //! (`URL: nar/<nix32 NarHash>.nar.zst`, `Compression: zstd`, `FileSize`), which is served as it
 //! is stored, without recompressing; Nix (2.8 and later) decompresses it and checks `NarHash`.
 //! The uncompressed `nar/<nix32 NarHash>.nar` is served too, decompressed on the fly: the blob
@@ -19,13 +21,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use buildmesh_protocol::hash::NixHash;
-use buildmesh_protocol::narinfo::{ContentAddress, Deriver, NarInfo};
 use buildmesh_protocol::nixbase32;
-use buildmesh_protocol::store_path::StorePath;
 use tokio::sync::mpsc;
 
 use super::AppState;
-use crate::store::{BlobInfo, PathInfo, StoreError};
+use crate::store::StoreError;
 
 /// Bytes per streamed chunk.
 pub const CHUNK: usize = 1 << 20;
@@ -134,63 +134,29 @@ pub(super) async fn narinfo(State(state): State<AppState>, Path(file): Path<Stri
     if let Some(text) = state.inner.narinfos.get(hash_part) {
         return narinfo_response(text);
     }
+    // A standalone node serves what the trust rule accepts: its own attested builds (with the
+    // signature it made when it built them) and content-addressed paths whose bytes match.
     let hash_part = hash_part.to_string();
     let st = state.clone();
     let key = hash_part.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<Option<(PathInfo, BlobInfo)>, StoreError> {
-        let Some(info) = st.store().path_by_hash_part(&hash_part)? else { return Ok(None) };
-        let Some(blob) = st.store().blob_info(&info.blob)? else {
-            tracing::warn!(path = %info.path, blob = %info.blob, "registered path without a blob record");
-            return Ok(None);
-        };
-        Ok(Some((info, blob)))
+    let found = tokio::task::spawn_blocking(move || {
+        crate::trust::serve::narinfo_for(st.store(), st.store_dir(), &st.inner.trust, &hash_part)
     })
     .await;
-    let (info, blob) = match found {
-        Ok(Ok(Some(v))) => v,
-        Ok(Ok(None)) => return not_found(),
-        Ok(Err(e)) => return internal("store", e),
-        Err(e) => return internal("task", e),
-    };
-    match render_narinfo(&state, &info, &blob) {
-        Ok(text) => {
+    match found {
+        Ok(Ok(Some(text))) => {
             let text = Bytes::from(text);
             state.inner.narinfos.insert(key, text.clone());
             narinfo_response(text)
         }
-        Err(e) => internal("narinfo", e),
+        Ok(Ok(None)) => not_found(),
+        Ok(Err(e)) => internal("trust", e),
+        Err(e) => internal("task", e),
     }
 }
 
 fn narinfo_response(text: Bytes) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(NARINFO_TYPE))], text).into_response()
-}
-
-/// The signed narinfo of a registered path, pointing at the zstd blob.
-pub fn render_narinfo_for(
-    store_dir: &buildmesh_protocol::store_path::StoreDir,
-    key: &buildmesh_protocol::nixkey::SecretKey,
-    info: &PathInfo,
-    blob: &BlobInfo,
-) -> Result<String, String> {
-    let digest: [u8; 32] = sha256_digest(&info.nar_hash).ok_or_else(|| format!("{} is not sha256", info.nar_hash))?;
-    let references: Vec<StorePath> = info.references.iter().cloned().collect();
-    let mut ni = NarInfo::new(store_dir.clone(), info.path.clone(), digest, info.nar_size, references);
-    ni.url = format!("nar/{}.nar.zst", nixbase32::encode(&digest));
-    ni.compression = Some("zstd".to_string());
-    ni.file_size = Some(blob.compressed_size);
-    ni.deriver = info.deriver.clone().map(Deriver::Path);
-    ni.ca = info.ca.as_deref().and_then(|ca| ContentAddress::parse(ca).ok());
-    ni.sign(key).map_err(|e| e.to_string())?;
-    Ok(ni.to_string())
-}
-
-fn render_narinfo(state: &AppState, info: &PathInfo, blob: &BlobInfo) -> Result<String, String> {
-    render_narinfo_for(state.store_dir(), &state.inner.secret, info, blob)
-}
-
-fn sha256_digest(h: &NixHash) -> Option<[u8; 32]> {
-    (h.algo() == buildmesh_protocol::hash::HashAlgo::Sha256).then(|| h.digest().try_into().ok()).flatten()
 }
 
 /// A NAR to serve: its length and (for GET) the reader of its body.
@@ -212,6 +178,11 @@ pub(super) async fn nar(State(state): State<AppState>, method: Method, Path(file
     else {
         return plain(StatusCode::BAD_REQUEST, format!("{file:?} is not nar/<52-character nix32 NarHash>.nar[.zst]"));
     };
+    match nar_allowed(&state, digest).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(e) => return internal("trust", e),
+    }
     let head = method == Method::HEAD;
     let st = state.clone();
     let opened = tokio::task::spawn_blocking(move || -> Result<Option<Opened>, StoreError> {
@@ -250,6 +221,22 @@ pub(super) async fn nar(State(state): State<AppState>, method: Method, Path(file
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(NAR_TYPE));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
+}
+
+/// Whether the NAR with this NarHash may be served: under the same trust rule as the narinfos
+/// (the mesh's quorum on a mesh node, own attested builds on a standalone node, or a
+/// content-addressed path whose bytes match it).
+async fn nar_allowed(state: &AppState, digest: [u8; 32]) -> Result<bool, String> {
+    if let Some(mesh) = &state.inner.mesh {
+        return mesh.gateway().nar_allowed(digest).await.map_err(|e| e.to_string());
+    }
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::trust::serve::nar_servable(st.store(), st.store_dir(), &st.inner.trust, &digest)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 /// A body fed by a blocking thread reading `reader` in [`CHUNK`]s, at most [`IN_FLIGHT`] ahead of

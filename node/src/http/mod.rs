@@ -4,7 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /nix-cache-info` | `StoreDir`, `WantMassQuery: 1`, `Priority` |
-//! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a registered path, signed by the node key |
+//! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a path the trust rule accepts ([`crate::trust`]) |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed and streamed from its blob |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar.zst` | the blob's zstd file as stored |
 //! | `GET /api/v1/node` | who this node is ([`crate::runtime::NodeInfo`]) |
@@ -13,6 +13,7 @@
 //! | `GET /api/v1/builds/<drv>/log` | its log, `text/plain` |
 //! | `POST /api/v1/builds/<drv>/retry`, `…/cancel` | retry a failed/cancelled build, cancel one |
 //! | `GET /api/v1/attestations?path=…` / `?drv=…` / `?format=jsonl` | attestations |
+//! | `GET /api/v1/quarantine` | local registrations replaced by the accepted NarHash ([`crate::trust`]) |
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`crate::audit::http`]) |
 //!
@@ -22,13 +23,13 @@
 pub mod api;
 pub mod bench;
 pub mod cache;
+mod trust;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
 use buildmesh_protocol::identity::NodeKey;
-use buildmesh_protocol::nixkey::SecretKey;
 use buildmesh_protocol::store_path::StoreDir;
 
 use crate::runtime::{NodeInfo, SchedulerHandle};
@@ -47,13 +48,14 @@ pub struct AppState {
 struct Inner {
     store: Store,
     store_dir: StoreDir,
-    secret: SecretKey,
     info: Arc<NodeInfo>,
     scheduler: SchedulerHandle,
     submit: SubmitContext,
     cache_info: String,
     narinfos: cache::NarinfoCache,
     mesh: Option<crate::mesh::MeshHandle>,
+    /// The trust policy of the standalone cache routes (this node's own builds).
+    trust: buildmesh_protocol::mesh::TrustConfig,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,18 +75,18 @@ impl AppState {
         submit: SubmitContext,
     ) -> AppState {
         let cache_info = format!("StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {CACHE_PRIORITY}\n");
-        let secret = key.nix_secret_key();
+        let trust = crate::trust::standalone(key.node_id());
         AppState {
             inner: Arc::new(Inner {
                 store,
                 store_dir,
-                secret,
                 info,
                 scheduler,
                 submit,
                 cache_info,
                 narinfos: cache::NarinfoCache::default(),
                 mesh: None,
+                trust,
             }),
         }
     }
@@ -130,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{drv}/retry", post(api::retry))
         .route("/api/v1/builds/{drv}/cancel", post(api::cancel))
         .route("/api/v1/attestations", get(api::attestations))
+        .route("/api/v1/quarantine", get(trust::quarantine))
         .fallback(api::not_found)
         .with_state(state)
         .merge(submit)

@@ -201,6 +201,7 @@ pub(crate) async fn start(
         store_dir: params.store_dir.clone(),
         tmp_dir,
         trust: trust.clone(),
+        realised: params.data_dir.join(crate::build::STORE_FS_DIR),
     };
     let gateway = Gateway::new(fetcher.clone(), index.clone());
     let shared = Arc::new(Shared::default());
@@ -478,13 +479,19 @@ impl Driver {
             Event::JobComplete { drv, builders, agreed, .. } => {
                 tracing::info!(target: EVENTS, event = "job_complete", drv = %drv, builders = builders.len(), agreed);
                 if self.submissions.get(&drv.to_string()).is_some() {
-                    self.finish_submission(drv, Ok(()));
+                    // Built by k builders, but an output without an accepted NarHash (they
+                    // disagree, or too few are trusted) is a failure of the submission: it is
+                    // not served and must not look done.
+                    self.finish_submission(drv, if agreed { Finish::Done } else { Finish::NotAgreed });
                 }
             }
             Event::JobFailed { drv, failure, .. } => {
                 tracing::warn!(target: EVENTS, event = "job_failed", drv = %drv, ?failure);
                 if self.submissions.get(&drv.to_string()).is_some() {
-                    self.finish_submission(drv, Err(reason_text(format!("failed in the mesh: {failure:?}"))));
+                    self.finish_submission(
+                        drv,
+                        Finish::Failed(reason_text(format!("failed in the mesh: {failure:?}"))),
+                    );
                 }
             }
             Event::OutputAccepted { path, builders, .. } => {
@@ -626,7 +633,7 @@ impl Driver {
 
     /// Fetch the outputs of a completed submission and record it as done (or record a failed
     /// one as failed), in a helper task.
-    fn finish_submission(&mut self, drv: StorePath, outcome: Result<(), String>) {
+    fn finish_submission(&mut self, drv: StorePath, finish: Finish) {
         if !self.finishing.insert(drv.clone()) {
             return;
         }
@@ -635,6 +642,11 @@ impl Driver {
         let token = self.helpers.child_token();
         tokio::spawn(
             async move {
+                let outcome = match finish {
+                    Finish::Done => Ok(()),
+                    Finish::Failed(reason) => Err(reason),
+                    Finish::NotAgreed => Err(unagreed_reason(&ctx, &drv, &job).await),
+                };
                 let mut ok = false;
                 for attempt in 1..=FINISH_ATTEMPTS {
                     let r = tokio::select! {
@@ -1428,6 +1440,10 @@ async fn prepare(ctx: &Ctx, order: &BuildOrder, mut peers: Vec<PeerId>) -> Resul
                 tracing::debug!(drv = %drv, path, attempt, "input not attested here yet; waiting");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            Err(FetchError::NotAccepted { path, reason }) if reason.may_resolve() && attempt < PREPARE_ATTEMPTS => {
+                tracing::debug!(drv = %drv, path, %reason, attempt, "input not accepted here yet; waiting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             Err(e) => {
                 tracing::warn!(drv = %drv, cause = %e, "cannot get what the build needs");
                 return Err(FailureReason::Executor { message: reason_text(format!("preparing the build: {e}")) });
@@ -1464,6 +1480,47 @@ async fn prepare(ctx: &Ctx, order: &BuildOrder, mut peers: Vec<PeerId>) -> Resul
     Ok(Prepared::Queued)
 }
 
+/// How a submission of this node ended in the mesh.
+#[derive(Debug, Clone)]
+enum Finish {
+    /// Built and every output accepted.
+    Done,
+    /// Given up, for this reason.
+    Failed(String),
+    /// Built, but some output has no accepted NarHash.
+    NotAgreed,
+}
+
+/// Why a completed submission is not accepted: each output the trust policy does not accept,
+/// with the reason (`output `out` (<path>): builders disagree …`).
+async fn unagreed_reason(ctx: &Ctx, drv: &StorePath, job: &SubmittedJob) -> String {
+    let (store, sd, trust, d, wanted) =
+        (ctx.store.clone(), ctx.store_dir.clone(), ctx.fetcher.trust.clone(), drv.clone(), job.outputs.clone());
+    let detail = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        let parsed = super::fetch::load_drv(&store, &sd, &d).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for (name, o) in &parsed.outputs {
+            let Some(path) = &o.path else { continue };
+            if !wanted.is_empty() && !wanted.contains(name) {
+                continue;
+            }
+            match crate::trust::judge(&store, &sd, &trust, path).map_err(|e| e.to_string())? {
+                crate::trust::Judgement::Refused(r) => out.push(format!("output `{name}` ({}): {r}", sd.display(path))),
+                _ => {}
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    let detail = match detail {
+        Ok(Ok(v)) if !v.is_empty() => v.join("; "),
+        Ok(Ok(_)) => "an output has no NarHash accepted by the trust policy".to_string(),
+        Ok(Err(e)) => format!("an output has no accepted NarHash ({e})"),
+        Err(e) => format!("an output has no accepted NarHash ({e})"),
+    };
+    reason_text(format!("built in the mesh, but not accepted by the trust policy: {detail}"))
+}
+
 /// Record a finished submission: fetch the outputs (done) and move the local build record to
 /// `done` or `failed` in one transaction.
 async fn record_submission(
@@ -1495,6 +1552,13 @@ async fn record_submission(
             .write(|w| {
                 let state = w.enqueue(&req, now)?.record().state;
                 match state {
+                    // Built here, but the mesh does not accept the outputs: a failure.
+                    BuildState::Done if outcome.is_err() => {
+                        if let Err(reason) = &outcome {
+                            w.mark_rejected(&d, now, reason)?;
+                        }
+                        return Ok(());
+                    }
                     BuildState::Done => return Ok(()),
                     BuildState::Failed if outcome.is_err() => return Ok(()),
                     BuildState::Failed | BuildState::Cancelled => {

@@ -3,26 +3,27 @@
 //! Nothing fetched is trusted as it comes: every `.drv` must parse and hash to the store path it
 //! is named by (its store path is a hash of its bytes), and every NAR is written with
 //! [`Store::put_nar_expecting`], which refuses it unless it has the expected NarHash and NarSize.
-//! The expected NarHash of an output comes from signed attestations (the quorum-accepted one, or
-//! else the one most trusted builders attested); the NarHash of an input source comes from the
-//! closure's responder, which is the job's submitter (the node that signed the job), and the
-//! fetched bytes must also hash to the source's store path ([`crate::content_address`]), so
-//! neither the submitter nor a peer can substitute other contents for a source.
+//! The expected NarHash of an output is the one the trust policy accepts from the signed
+//! attestations (quorum of trusted builders; [`crate::trust`]) and nothing else: an output
+//! without an accepted NarHash is not fetched or built upon. The NarHash of an input source
+//! comes from the closure's responder, which is the job's submitter (the node that signed the
+//! job), and the fetched bytes must also hash to the source's store path
+//! ([`crate::content_address`]), so neither the submitter nor a peer can substitute other contents
+//! for a source. A path already registered here is checked the same way: a registration that
+//! disagrees with the accepted NarHash is replaced by the accepted bytes and quarantined.
 //!
 //! A NAR is fetched as a pipeline of chunk requests over `/buildmesh/nar/1`
 //! ([`NetHandle::fetch_chunked`]) into a temporary file, then stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 
 use buildmesh_protocol::derivation::{Derivation, DrvSet};
 use buildmesh_protocol::hash::{HashAlgo, NixHash};
 use buildmesh_protocol::id::NodeId;
-use buildmesh_protocol::mesh::{OutputClaim, TrustConfig, assess_output};
-use buildmesh_protocol::signed::Signed;
+use buildmesh_protocol::mesh::TrustConfig;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
-use buildmesh_protocol::wire::Attestation;
 use libp2p::PeerId;
 
 use super::rpc::{self, ClosureRequest, ClosureResponse, NarRequest, NarResponse, SourceInfo};
@@ -90,6 +91,18 @@ pub enum FetchError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The trust policy accepts no NarHash for an input (its builders disagree, or not enough
+    /// trusted builders attested it yet): it is not built upon.
+    #[error("input {path} is not accepted by the trust policy: {reason}")]
+    NotAccepted {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: crate::trust::Refusal,
+    },
+    /// The trust rule could not be applied.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     /// A blocking task died.
     #[error("task failed: {0}")]
     Task(String),
@@ -146,6 +159,9 @@ pub struct Fetcher {
     pub tmp_dir: PathBuf,
     /// Whose attestations count.
     pub trust: TrustConfig,
+    /// The realised-path directory (`DATA/store`): the copy of a quarantined registration is
+    /// deleted from it.
+    pub realised: PathBuf,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -191,69 +207,6 @@ pub fn load_drv(store: &Store, sd: &StoreDir, drv: &StorePath) -> Result<Derivat
         .get_drv(drv)?
         .ok_or_else(|| FetchError::BadDrv { drv: sd.display(drv), reason: "not stored on this node".to_string() })?;
     Derivation::parse(&bytes, sd).map_err(|e| FetchError::BadDrv { drv: sd.display(drv), reason: e.to_string() })
-}
-
-/// The NarHash to expect for an output path from the stored attestations naming it: the one the
-/// trust policy accepts, else the one attested by the most trusted builders, then the most
-/// builders, then the smallest hash. `None` if no valid attestation names the path.
-pub fn attested_source(store: &Store, trust: &TrustConfig, path: &StorePath) -> Result<Option<PathSource>, FetchError> {
-    let mut atts: Vec<Attestation> = Vec::new();
-    for stored in store.attestations_for_output(path)? {
-        let Ok(signed) = Signed::<Attestation>::decode(&stored.entry.envelope) else { continue };
-        let Ok(v) = signed.verify() else { continue };
-        atts.push(v.into_value());
-    }
-    Ok(choose_source(&atts, trust, path))
-}
-
-/// The choice of [`attested_source`] over already verified attestations.
-pub fn choose_source(atts: &[Attestation], trust: &TrustConfig, path: &StorePath) -> Option<PathSource> {
-    let outputs: Vec<(&NodeId, &buildmesh_protocol::wire::OutputAttestation)> = atts
-        .iter()
-        .flat_map(|a| a.outputs.values().filter(|o| o.path == *path).map(move |o| (&a.builder, o)))
-        .collect();
-    if outputs.is_empty() {
-        return None;
-    }
-    let assessment = assess_output(
-        outputs.iter().map(|(b, o)| OutputClaim { builder: b, nar_hash: &o.nar_hash, nar_size: o.nar_size }),
-        trust,
-    );
-    // Group by (hash, size): distinct trusted builders, distinct builders.
-    type Builders = (BTreeSet<NodeId>, BTreeSet<NodeId>);
-    let mut groups: BTreeMap<([u8; 32], u64), Builders> = BTreeMap::new();
-    for (b, o) in &outputs {
-        let g = groups.entry((o.nar_hash, o.nar_size)).or_default();
-        if trust.is_trusted(b) {
-            g.0.insert(**b);
-        }
-        g.1.insert(**b);
-    }
-    let accepted = assessment.accepted.as_ref().and_then(|(hash, size)| {
-        groups.keys().find(|(h, s)| s == size && NixHash::sha256(*h).to_string() == *hash).copied()
-    });
-    let key = accepted.or_else(|| {
-        groups
-            .iter()
-            .max_by(|a, b| {
-                (a.1.0.len(), a.1.1.len(), std::cmp::Reverse(a.0)).cmp(&(
-                    b.1.0.len(),
-                    b.1.1.len(),
-                    std::cmp::Reverse(b.0),
-                ))
-            })
-            .map(|(k, _)| *k)
-    })?;
-    let (_, builders) = groups.get(&key)?;
-    let first = outputs.iter().find(|(_, o)| (o.nar_hash, o.nar_size) == key).map(|(_, o)| *o)?;
-    Some(PathSource {
-        nar_hash: key.0,
-        nar_size: key.1,
-        references: first.references.clone(),
-        deriver: first.deriver.clone(),
-        ca: None,
-        peers: builders.iter().filter_map(peer_of).collect(),
-    })
 }
 
 impl Fetcher {
@@ -422,13 +375,18 @@ impl Fetcher {
         Ok(hints)
     }
 
-    /// Make sure every path in `paths` and its reference closure is registered: outputs are
-    /// fetched by their attested NarHash from their builders, sources by the NarHash in `hints`.
+    /// Make sure every path in `paths` and its reference closure is registered with what the
+    /// trust rule accepts for it (see [`crate::trust`]): an output with its quorum-accepted
+    /// NarHash, fetched from its agreeing builders; a source with bytes that hash to its path,
+    /// fetched by the NarHash in `hints`. A local registration that disagrees is never used: it is
+    /// replaced by the accepted bytes and quarantined. An output with no accepted NarHash fails
+    /// ([`FetchError::NotAccepted`]). Returns the number of paths fetched.
     pub async fn ensure_paths(
         &self,
         paths: Vec<StorePath>,
         hints: &HashMap<StorePath, PathSource>,
     ) -> Result<usize, FetchError> {
+        use crate::trust::inputs::{InputProblem, InputState, input_state};
         let mut todo = paths;
         let mut seen: BTreeSet<StorePath> = BTreeSet::new();
         let mut fetched = 0usize;
@@ -436,57 +394,108 @@ impl Fetcher {
             if !seen.insert(p.clone()) {
                 continue;
             }
-            let (store, q) = (self.store.clone(), p.clone());
-            if let Some(info) = blocking(move || Ok(store.path_info(&q)?)).await? {
-                todo.extend(info.references.into_iter().filter(|r| *r != p));
-                continue;
-            }
-            let (store, trust, q) = (self.store.clone(), self.trust.clone(), p.clone());
-            let attested = blocking(move || attested_source(&store, &trust, &q)).await?;
-            let is_source = attested.is_none();
-            let mut source = match (attested, hints.get(&p)) {
-                (Some(a), _) => a,
-                (None, Some(h)) => h.clone(),
-                (None, None) => return Err(FetchError::Unknown { path: self.store_dir.display(&p) }),
-            };
-            // Providers announced in the DHT come after the builders.
-            if let Ok(providers) = self.net.get_providers(p.hash_part().into_bytes()).await {
-                for pr in providers {
-                    if !source.peers.contains(&pr) {
-                        source.peers.push(pr);
+            let (store, sd, trust, q) = (self.store.clone(), self.store_dir.clone(), self.trust.clone(), p.clone());
+            let state = blocking(move || Ok(input_state(&store, &sd, &trust, &q)?)).await?;
+            let refs = match state {
+                InputState::Ready(refs) => refs,
+                InputState::Repairable(acc) => {
+                    self.repair(&acc).await?;
+                    acc.references()
+                }
+                InputState::Problem(InputProblem::Conflict { .. } | InputProblem::Missing { .. }) => {
+                    let (store, trust, q) = (self.store.clone(), self.trust.clone(), p.clone());
+                    let atts = blocking(move || Ok(crate::trust::verified_attestations(&store, &q)?)).await?;
+                    let Some(acc) = crate::trust::accepted_of(&p, &atts, &trust) else {
+                        return Err(FetchError::Unknown { path: self.store_dir.display(&p) });
+                    };
+                    let mut peers: Vec<PeerId> = acc.agreeing.keys().filter_map(peer_of).collect();
+                    self.add_providers(&p, &mut peers).await;
+                    self.fetch_nar(acc.nar_hash, acc.nar_size, &peers).await?;
+                    self.repair(&acc).await?;
+                    fetched += 1;
+                    acc.references()
+                }
+                InputState::Problem(InputProblem::NotAccepted {
+                    reason: crate::trust::Refusal::Unattested,
+                    local,
+                    ..
+                }) => {
+                    // No attestation names it: an input source, certified only by its bytes.
+                    let Some(hint) = hints.get(&p) else {
+                        return Err(match local {
+                            Some(_) => FetchError::NotContentAddressed { path: self.store_dir.display(&p) },
+                            None => FetchError::Unknown { path: self.store_dir.display(&p) },
+                        });
+                    };
+                    let mut source = hint.clone();
+                    self.add_providers(&p, &mut source.peers).await;
+                    let blob = self.fetch_nar(source.nar_hash, source.nar_size, &source.peers).await?;
+                    let ca = self.check_source(&p, &source, blob.blake3).await?;
+                    let info = PathInfo {
+                        path: p.clone(),
+                        nar_hash: NixHash::sha256(source.nar_hash),
+                        nar_size: source.nar_size,
+                        references: source.references.clone(),
+                        deriver: None,
+                        ca: Some(ca),
+                        blob: blob.blake3,
+                        registered_at: unix_ms(),
+                    };
+                    let (store, realised) = (self.store.clone(), self.realised.clone());
+                    let old = blocking(move || {
+                        let old = store.replace_path(
+                            &info,
+                            "not a content-addressed path of its bytes; replaced by bytes that are",
+                            unix_ms(),
+                        )?;
+                        if old.is_some() {
+                            let _ = crate::build::realize::remove_tree(&realised.join(info.path.to_string()));
+                        }
+                        Ok(old)
+                    })
+                    .await?;
+                    if let Some(old) = old {
+                        tracing::warn!(path = %p, local = %old.nar_hash, "a local source registration did not match its path; quarantined");
                     }
+                    self.announce(&p);
+                    fetched += 1;
+                    source.references
                 }
-            }
-            let blob = self.fetch_nar(source.nar_hash, source.nar_size, &source.peers).await?;
-            let ca =
-                if is_source { Some(self.check_source(&p, &source, blob.blake3).await?) } else { source.ca.clone() };
-            let info = PathInfo {
-                path: p.clone(),
-                nar_hash: NixHash::sha256(source.nar_hash),
-                nar_size: source.nar_size,
-                references: source.references.clone(),
-                deriver: source.deriver.clone(),
-                ca,
-                blob: blob.blake3,
-                registered_at: unix_ms(),
+                InputState::Problem(InputProblem::NotAccepted { reason, .. }) => {
+                    return Err(FetchError::NotAccepted { path: self.store_dir.display(&p), reason });
+                }
             };
-            let store = self.store.clone();
-            match blocking(move || Ok(store.register_path(&info)?)).await {
-                Ok(_) => {
-                    // Announce that this node can serve it now.
-                    let (net, key) = (self.net.clone(), p.hash_part().into_bytes());
-                    tokio::spawn(async move {
-                        let _ = net.start_providing(key).await;
-                    });
-                }
-                // Registered meanwhile with other contents (a local build): keep that one.
-                Err(FetchError::Store(StoreError::PathConflict { .. })) => {}
-                Err(e) => return Err(e),
-            }
-            fetched += 1;
-            todo.extend(source.references.into_iter().filter(|r| *r != p));
+            todo.extend(refs.into_iter().filter(|r| *r != p && !seen.contains(r)));
         }
         Ok(fetched)
+    }
+
+    /// Providers announced in the DHT for `p`, after `peers`.
+    async fn add_providers(&self, p: &StorePath, peers: &mut Vec<PeerId>) {
+        if let Ok(providers) = self.net.get_providers(p.hash_part().into_bytes()).await {
+            for pr in providers {
+                if !peers.contains(&pr) {
+                    peers.push(pr);
+                }
+            }
+        }
+    }
+
+    /// Register the accepted NAR of `acc` (stored here), quarantining a registration with other
+    /// contents, and announce the path.
+    async fn repair(&self, acc: &crate::trust::Accepted) -> Result<(), FetchError> {
+        let (store, realised, a) = (self.store.clone(), self.realised.clone(), acc.clone());
+        blocking(move || Ok(crate::trust::inputs::repair(&store, Some(&realised), &a)?)).await?;
+        self.announce(&acc.path);
+        Ok(())
+    }
+
+    /// Announce in the DHT that this node can serve `p` now.
+    fn announce(&self, p: &StorePath) {
+        let (net, key) = (self.net.clone(), p.hash_part().into_bytes());
+        tokio::spawn(async move {
+            let _ = net.start_providing(key).await;
+        });
     }
 
     /// The content address of the input source `path` from its stored NAR `blob` (already
@@ -574,27 +583,6 @@ mod tests {
     use buildmesh_protocol::identity::NodeKey;
 
     use super::*;
-
-    use crate::mesh::test_util::att;
-
-    #[test]
-    fn source_choice_prefers_the_quorum_then_trusted_majority() {
-        let path = StorePath::from_basename("an8vyn8v0lxs937kjy709ghv3zp4wms6-x").unwrap();
-        let keys: Vec<NodeKey> = (1..=4).map(|i| NodeKey::from_seed("k", [i; 32]).unwrap()).collect();
-        let all = TrustConfig { trusted: None, quorum: 2 };
-        let atts = vec![att(&keys[0], &path, 1), att(&keys[1], &path, 2), att(&keys[2], &path, 2)];
-        let s = choose_source(&atts, &all, &path).unwrap();
-        assert_eq!(s.nar_hash, [2; 32]);
-        assert_eq!(s.peers.len(), 2);
-        // Only key 0 trusted: its hash wins although fewer builders attested it.
-        let only0 = TrustConfig { trusted: Some(BTreeSet::from([keys[0].node_id()])), quorum: 2 };
-        assert_eq!(choose_source(&atts, &only0, &path).unwrap().nar_hash, [1; 32]);
-        // A tie between single builders: the smaller hash, deterministically.
-        let tie = vec![att(&keys[3], &path, 9), att(&keys[0], &path, 5)];
-        assert_eq!(choose_source(&tie, &all, &path).unwrap().nar_hash, [5; 32]);
-        let other = StorePath::from_basename("wm32icn8hzjm0kah51xh8nv14dn4crdz-y").unwrap();
-        assert!(choose_source(&atts, &all, &other).is_none());
-    }
 
     #[test]
     fn peer_and_node_ids_convert() {

@@ -1,48 +1,67 @@
-//! The quorum gateway: the narinfo of an output is served only when the trust policy accepts it.
+//! The quorum gateway: a narinfo (and a NAR) is served only when the trust rule
+//! ([`crate::trust`]) accepts the path.
 //!
-//! For `GET /<hash>.narinfo` the gateway finds the output path (an index of attested outputs by
-//! hash part, kept by the driver, or a locally registered path), verifies every stored attestation
-//! of it again, and asks [`assess_output`] under the node's trust policy (its own key plus
-//! `trusted_keys`, `quorum` distinct trusted builders with the same NarHash). When a NarHash is
-//! accepted, the narinfo lists every agreeing builder's `Sig` line (the Nix signatures they made
-//! over the Nix fingerprint, so a client that trusts any of their keys accepts it) and points at
-//! the local zstd blob. A NAR the node does not hold yet is fetched from an agreeing builder first
-//! (verified against the accepted NarHash) and registered, so `/nar/…` then serves it.
+//! For `GET /<hash>.narinfo` the gateway finds the path by its hash part (an index of attested
+//! outputs and of the paths they reference, kept by the driver, or a locally registered path)
+//! and judges it:
+//! - an output: every stored attestation is verified again and [`assess_output`] decides under
+//!   the node's trust policy (its own key plus `trusted_keys`, `quorum` distinct trusted builders
+//!   with the same NarHash). The narinfo lists every agreeing builder's `Sig` line (the Nix
+//!   signatures they made when they built it) and points at the local zstd blob; a NAR the node
+//!   does not hold yet is fetched from an agreeing builder first (verified against the accepted
+//!   NarHash);
+//! - a content-addressed path (an input source, e.g. `builtins.toFile`): served unsigned with its
+//!   `CA:` line when its bytes match its path. When the node does not hold it, the gateway asks
+//!   the builders of an accepted output that references it for the `.drv` closure of that
+//!   output's deriver, whose sources arrive with their bytes checked against their paths; so the
+//!   whole closure of an agreed output can be substituted.
+//!
+//! [`assess_output`]: buildmesh_protocol::mesh::assess_output
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use buildmesh_protocol::hash::NixHash;
-use buildmesh_protocol::id::NodeId;
-use buildmesh_protocol::mesh::{OutputClaim, TrustConfig, assess_output};
-use buildmesh_protocol::narinfo::{ContentAddress, Deriver, NarInfo};
-use buildmesh_protocol::nixbase32;
-use buildmesh_protocol::nixkey::NixSignature;
-use buildmesh_protocol::signed::Signed;
 use buildmesh_protocol::store_path::StorePath;
-use buildmesh_protocol::wire::{Attestation, OutputAttestation};
+use buildmesh_protocol::wire::Attestation;
 
 use super::fetch::{FetchError, Fetcher, peer_of};
 use crate::store::{PathInfo, StoreError, unix_ms};
+pub use crate::trust::{Accepted, accepted_of};
+use crate::trust::{Judgement, Refusal};
 
-/// Output paths by hash part, for narinfo requests (which name only the hash part).
+/// Output paths by hash part, for narinfo requests (which name only the hash part), and the
+/// paths they reference (with one output that references each).
 #[derive(Debug, Default)]
 pub struct OutputIndex {
     map: RwLock<HashMap<String, StorePath>>,
+    refs: RwLock<HashMap<String, (StorePath, StorePath)>>,
 }
 
 impl OutputIndex {
-    /// Remember the outputs of an attestation.
+    /// Remember the outputs of an attestation and what they reference.
     pub fn add(&self, a: &Attestation) {
-        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        {
+            let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for o in a.outputs.values() {
+                map.entry(o.path.hash_part()).or_insert_with(|| o.path.clone());
+            }
+        }
+        let mut refs = self.refs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         for o in a.outputs.values() {
-            map.entry(o.path.hash_part()).or_insert_with(|| o.path.clone());
+            for r in o.references.iter().filter(|r| **r != o.path) {
+                refs.entry(r.hash_part()).or_insert_with(|| (r.clone(), o.path.clone()));
+            }
         }
     }
 
     /// The output with this hash part, if an attestation named it.
     pub fn get(&self, hash_part: &str) -> Option<StorePath> {
         self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(hash_part).cloned()
+    }
+
+    /// A path with this hash part that an attested output references, and that output.
+    pub fn referenced(&self, hash_part: &str) -> Option<(StorePath, StorePath)> {
+        self.refs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(hash_part).cloned()
     }
 
     /// Number of outputs indexed.
@@ -66,44 +85,12 @@ pub enum GatewayError {
     /// The accepted NAR could not be fetched from any agreeing builder.
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// The trust rule could not be applied.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     /// A blocking task died.
     #[error("task failed: {0}")]
     Task(String),
-}
-
-/// What the quorum says about one output.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    /// The output.
-    pub path: StorePath,
-    /// The accepted NarHash.
-    pub nar_hash: [u8; 32],
-    /// The accepted NarSize.
-    pub nar_size: u64,
-    /// The agreeing attestations' output records, one per builder.
-    pub agreeing: BTreeMap<NodeId, OutputAttestation>,
-}
-
-/// The accepted NarHash of `path` from the verified `attestations`, with the agreeing builders.
-pub fn accepted_of(path: &StorePath, attestations: &[Attestation], trust: &TrustConfig) -> Option<Accepted> {
-    let outputs: Vec<(&NodeId, &OutputAttestation)> = attestations
-        .iter()
-        .flat_map(|a| a.outputs.values().filter(|o| o.path == *path).map(move |o| (&a.builder, o)))
-        .collect();
-    let assessment = assess_output(
-        outputs.iter().map(|(b, o)| OutputClaim { builder: b, nar_hash: &o.nar_hash, nar_size: o.nar_size }),
-        trust,
-    );
-    let (hash, size) = assessment.accepted?;
-    let mut agreeing = BTreeMap::new();
-    let mut digest = None;
-    for (b, o) in outputs {
-        if o.nar_size == size && NixHash::sha256(o.nar_hash).to_string() == hash {
-            digest = Some(o.nar_hash);
-            agreeing.entry(*b).or_insert_with(|| o.clone());
-        }
-    }
-    Some(Accepted { path: path.clone(), nar_hash: digest?, nar_size: size, agreeing })
 }
 
 /// Serves quorum narinfos. Cheap to clone.
@@ -124,86 +111,143 @@ impl Gateway {
         &self.index
     }
 
-    /// What the quorum accepts for the output with this hash part (blocking).
-    pub fn accepted(&self, hash_part: &str) -> Result<Option<Accepted>, GatewayError> {
-        let store = &self.fetcher.store;
-        let path = match self.index.get(hash_part) {
-            Some(p) => p,
-            None => match store.path_by_hash_part(hash_part)? {
-                Some(info) => info.path,
-                None => return Ok(None),
-            },
-        };
-        let mut atts = Vec::new();
-        for stored in store.attestations_for_output(&path)? {
-            let Ok(signed) = Signed::<Attestation>::decode(&stored.entry.envelope) else { continue };
-            match signed.verify() {
-                Ok(v) => atts.push(v.into_value()),
-                Err(e) => tracing::warn!(path = %path, cause = %e, "stored attestation does not verify; ignored"),
-            }
+    /// The path with this hash part (attested output, path an attested output references, or
+    /// registered here) and an attested output that references it (blocking).
+    fn find(&self, hash_part: &str) -> Result<Option<(StorePath, Option<StorePath>)>, StoreError> {
+        if let Some(p) = self.index.get(hash_part) {
+            return Ok(Some((p, None)));
         }
-        Ok(accepted_of(&path, &atts, &self.fetcher.trust))
+        if let Some((p, referrer)) = self.index.referenced(hash_part) {
+            return Ok(Some((p, Some(referrer))));
+        }
+        Ok(self.fetcher.store.path_by_hash_part(hash_part)?.map(|i| (i.path, None)))
     }
 
-    /// The narinfo of the output with this hash part, if the quorum accepts it (fetching the NAR
-    /// from an agreeing builder when this node lacks it).
-    pub async fn narinfo(&self, hash_part: &str) -> Result<Option<String>, GatewayError> {
+    /// What the trust rule says about the output with this hash part (blocking).
+    pub fn accepted(&self, hash_part: &str) -> Result<Option<Accepted>, GatewayError> {
+        let Some((path, _)) = self.find(hash_part)? else { return Ok(None) };
+        Ok(match self.judge(&path)? {
+            Judgement::Attested(acc) => Some(acc),
+            _ => None,
+        })
+    }
+
+    fn judge(&self, path: &StorePath) -> Result<Judgement, GatewayError> {
+        Ok(crate::trust::judge(&self.fetcher.store, &self.fetcher.store_dir, &self.fetcher.trust, path)?)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Gateway) -> Result<T, GatewayError> + Send + 'static,
+    ) -> Result<T, GatewayError> {
         let this = self.clone();
+        tokio::task::spawn_blocking(move || f(this)).await.map_err(|e| GatewayError::Task(e.to_string()))?
+    }
+
+    /// The narinfo of the path with this hash part, if the trust rule accepts it (fetching what
+    /// this node lacks from the builders first; see the module docs).
+    pub async fn narinfo(&self, hash_part: &str) -> Result<Option<String>, GatewayError> {
         let hp = hash_part.to_string();
-        let accepted = tokio::task::spawn_blocking(move || this.accepted(&hp))
-            .await
-            .map_err(|e| GatewayError::Task(e.to_string()))??;
-        let Some(acc) = accepted else { return Ok(None) };
-        let store = self.fetcher.store.clone();
-        let nar_hash = NixHash::sha256(acc.nar_hash);
+        let Some((path, referrer)) = self.blocking(move |g| Ok(g.find(&hp)?)).await? else { return Ok(None) };
+        let p = path.clone();
+        let mut judgement = self.blocking(move |g| g.judge(&p)).await?;
+        if let (Judgement::Refused(Refusal::Unattested), Some(referrer)) = (&judgement, referrer) {
+            // A path an agreed output references that no one attests: a source, which the
+            // builders of that output hold; its bytes are checked against its path on arrival.
+            if self.fetch_source(&path, &referrer).await? {
+                let p = path.clone();
+                judgement = self.blocking(move |g| g.judge(&p)).await?;
+            }
+        }
+        let acc = match &judgement {
+            Judgement::Attested(acc) => acc.clone(),
+            Judgement::ContentAddressed(info, _) => {
+                let (info, j) = (info.clone(), judgement.clone());
+                return self
+                    .blocking(move |g| {
+                        let blob = g.fetcher.store.blob_info(&info.blob)?;
+                        Ok(blob.and_then(|b| {
+                            crate::trust::serve::render(&g.fetcher.store_dir, &info.path, &j, &b, Some(&info))
+                        }))
+                    })
+                    .await;
+            }
+            Judgement::Refused(r) => {
+                tracing::debug!(path = %path, reason = %r, "narinfo refused by the trust rule");
+                return Ok(None);
+            }
+        };
+        let nar_hash = acc.nix_hash();
         let h = nar_hash.clone();
-        let mut blob = tokio::task::spawn_blocking(move || store.blob_by_nar_hash(&h))
-            .await
-            .map_err(|e| GatewayError::Task(e.to_string()))??;
+        let mut blob = self.blocking(move |g| Ok(g.fetcher.store.blob_by_nar_hash(&h)?)).await?;
         if blob.as_ref().is_none_or(|b| b.nar_size != acc.nar_size) {
             let peers: Vec<_> = acc.agreeing.keys().filter_map(peer_of).collect();
             tracing::info!(path = %acc.path, builders = peers.len(), "fetching an accepted NAR for the gateway");
             blob = Some(self.fetcher.fetch_nar(acc.nar_hash, acc.nar_size, &peers).await?);
         }
         let Some(blob) = blob else { return Ok(None) };
-        let first = acc.agreeing.values().next();
-        let references = first.map(|o| o.references.clone()).unwrap_or_default();
-        let deriver = first.and_then(|o| o.deriver.clone());
-        // Register the path (a no-op when it is registered already, also with other contents).
-        let store = self.fetcher.store.clone();
+        // Register the path (a no-op when it is registered already, also with other contents:
+        // the registration is only a local copy; what is served is the accepted NAR).
         let info = PathInfo {
             path: acc.path.clone(),
             nar_hash: nar_hash.clone(),
             nar_size: acc.nar_size,
-            references: references.clone(),
-            deriver: deriver.clone(),
+            references: acc.references(),
+            deriver: acc.deriver(),
             ca: None,
             blob: blob.blake3,
             registered_at: unix_ms(),
         };
-        let local = tokio::task::spawn_blocking(move || -> Result<Option<PathInfo>, StoreError> {
+        self.blocking(move |g| {
+            let store = &g.fetcher.store;
             match store.register_path(&info) {
                 Ok(_) | Err(StoreError::PathConflict { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
-            store.path_info(&info.path)
+            let local = store.path_info(&info.path)?;
+            Ok(crate::trust::serve::render(&g.fetcher.store_dir, &info.path, &judgement, &blob, local.as_ref()))
         })
         .await
-        .map_err(|e| GatewayError::Task(e.to_string()))??;
-        let sd = &self.fetcher.store_dir;
-        let mut ni =
-            NarInfo::new(sd.clone(), acc.path.clone(), acc.nar_hash, acc.nar_size, references.into_iter().collect());
-        ni.url = format!("nar/{}.nar.zst", nixbase32::encode(&acc.nar_hash));
-        ni.compression = Some("zstd".to_string());
-        ni.file_size = Some(blob.compressed_size);
-        ni.deriver = deriver.map(Deriver::Path);
-        ni.ca =
-            local.filter(|l| l.nar_hash == nar_hash).and_then(|l| l.ca).and_then(|ca| ContentAddress::parse(&ca).ok());
-        let mut sigs: Vec<NixSignature> = acc.agreeing.values().map(|o| o.nix_signature.clone()).collect();
-        sigs.sort_by_key(|s| s.to_string());
-        sigs.dedup();
-        ni.sigs = sigs;
-        Ok(Some(ni.to_string()))
+    }
+
+    /// Whether `/nar/<NarHash>` may be served: the NarHash is the accepted one of some path that
+    /// carries it (quorum-accepted output, or content-addressed path whose bytes match).
+    pub async fn nar_allowed(&self, nar_hash: [u8; 32]) -> Result<bool, GatewayError> {
+        self.blocking(move |g| {
+            let f = &g.fetcher;
+            Ok(crate::trust::serve::nar_servable(&f.store, &f.store_dir, &f.trust, &nar_hash)?)
+        })
+        .await
+    }
+
+    /// Fetch the source `path`, referenced by the attested output `referrer`, through the `.drv`
+    /// closure of `referrer`'s deriver from its agreeing builders. Returns whether it is
+    /// registered now.
+    async fn fetch_source(&self, path: &StorePath, referrer: &StorePath) -> Result<bool, GatewayError> {
+        let r = referrer.clone();
+        let Some(acc) = self
+            .blocking(move |g| {
+                Ok(match g.judge(&r)? {
+                    Judgement::Attested(acc) => Some(acc),
+                    _ => None,
+                })
+            })
+            .await?
+        else {
+            return Ok(false);
+        };
+        let Some(deriver) = acc.deriver() else { return Ok(false) };
+        let peers: Vec<_> = acc.agreeing.keys().filter_map(peer_of).collect();
+        tracing::info!(path = %path, deriver = %deriver, "fetching a source of an accepted output for the gateway");
+        match self.fetcher.ensure_closure(&deriver, &peers).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(path = %path, cause = %e, "could not fetch the source");
+                return Ok(false);
+            }
+        }
+        let p = path.clone();
+        self.blocking(move |g| Ok(g.fetcher.store.has_path(&p)?)).await
     }
 }
 
@@ -212,6 +256,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use buildmesh_protocol::identity::NodeKey;
+    use buildmesh_protocol::mesh::TrustConfig;
 
     use super::*;
 

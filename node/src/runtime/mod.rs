@@ -201,6 +201,16 @@ impl Node {
             executor.clone(),
             sched_options.clone(),
         );
+        // The trust rule for inputs and the cache: this node's own builds, or on a mesh node
+        // the mesh's policy (own key plus `trusted_keys`, `quorum`).
+        let trust = if mesh_on {
+            crate::mesh::trust_policy(&config, key.node_id(), key.name())
+                .map_err(|e| StartError::Mesh(crate::mesh::StartError::from(e)))?
+                .0
+        } else {
+            crate::trust::standalone(key.node_id())
+        };
+        scheduler = scheduler.with_trust(trust.clone(), Some(data_dir.join(build::STORE_FS_DIR)));
         let handle = scheduler.handle();
         let shutdown = CancellationToken::new();
         let (mesh, mesh_task) = if mesh_on {
@@ -248,7 +258,7 @@ impl Node {
             key.clone(),
             info.clone(),
             handle.clone(),
-            submit_context(&store, &store_dir, &data_dir, &handle),
+            submit_context(&store, &store_dir, &data_dir, &handle, trust),
         );
         if let Some(m) = &mesh {
             app_state = app_state.with_mesh(m.clone());
@@ -453,8 +463,10 @@ fn submit_context(
     store_dir: &StoreDir,
     data_dir: &std::path::Path,
     handle: &SchedulerHandle,
+    trust: buildmesh_protocol::mesh::TrustConfig,
 ) -> crate::submit::SubmitContext {
     let mut ctx = crate::submit::SubmitContext::new(store.clone(), store_dir.clone());
+    ctx.trust = trust;
     ctx.limits.spool_dir = Some(data_dir.join(SPOOL_DIR));
     ctx.wake = handle.wake_notify();
     ctx

@@ -25,11 +25,13 @@
 //! between the attestation and `mark_done`) is marked done without building again.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::mesh::TrustConfig;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -251,6 +253,11 @@ pub struct Scheduler {
     drvs: Arc<Mutex<HashMap<StorePath, Arc<Derivation>>>>,
     /// Where the end of every build is reported (the mesh driver), if anywhere.
     events: Option<tokio::sync::mpsc::Sender<crate::mesh::BuildEvent>>,
+    /// The trust policy every input is checked against before a build starts
+    /// ([`crate::trust::inputs`]); default: this node's own builds.
+    trust: TrustConfig,
+    /// The realised-path directory (`DATA/store`), whose copy of a quarantined input is deleted.
+    realised: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -290,7 +297,28 @@ impl Scheduler {
                 running: Mutex::new(HashMap::new()),
             }),
         };
-        Scheduler { store, store_dir, key, systems, executor, options, handle, drvs: Arc::default(), events: None }
+        let trust = crate::trust::standalone(key.node_id());
+        Scheduler {
+            store,
+            store_dir,
+            key,
+            systems,
+            executor,
+            options,
+            handle,
+            drvs: Arc::default(),
+            events: None,
+            trust,
+            realised: None,
+        }
+    }
+
+    /// Check inputs against `trust` (the mesh's policy on a mesh node) and delete realised copies
+    /// of quarantined inputs under `realised` (`DATA/store`).
+    pub fn with_trust(mut self, trust: TrustConfig, realised: Option<PathBuf>) -> Scheduler {
+        self.trust = trust;
+        self.realised = realised;
+        self
     }
 
     /// Report the end of every build on `events` (the mesh driver listens).
@@ -390,7 +418,7 @@ impl Scheduler {
             }
             Err(e) => return Ok(InputStatus::Failed(format!("input derivation {input} is unusable: {e}"))),
         };
-        let mut missing = None;
+        let mut missing: Option<(String, StorePath, Option<String>)> = None;
         for name in outputs {
             match parsed.outputs.get(name) {
                 None => {
@@ -404,14 +432,16 @@ impl Scheduler {
                         )));
                     }
                     Some(p) => {
-                        if missing.is_none() && !self.store.has_path(p)? {
-                            missing = Some((name.clone(), p.clone()));
+                        if missing.is_none()
+                            && let Some(problem) = self.input_unusable(p)?
+                        {
+                            missing = Some((name.clone(), p.clone(), problem));
                         }
                     }
                 },
             }
         }
-        let Some((name, path)) = missing else { return Ok(InputStatus::Available) };
+        let Some((name, path, problem)) = missing else { return Ok(InputStatus::Available) };
         Ok(match self.store.get_build(input)? {
             None => InputStatus::NotQueued,
             Some(r) => match r.state {
@@ -421,11 +451,28 @@ impl Scheduler {
                     r.last_error.as_deref().unwrap_or("unknown reason")
                 )),
                 BuildState::Cancelled => InputStatus::Failed(format!("input derivation {input} was cancelled")),
-                BuildState::Done => InputStatus::Failed(format!(
-                    "input derivation {input} was built but its output `{name}` ({path}) is not registered"
-                )),
+                BuildState::Done => InputStatus::Failed(match problem {
+                    Some(p) => format!("input derivation {input} was built but its output `{name}` is not usable: {p}"),
+                    None => {
+                        format!("input derivation {input} was built but its output `{name}` ({path}) is not registered")
+                    }
+                }),
             },
         })
+    }
+
+    /// `None` when the output `path` of an input derivation can be used (the trust rule accepts
+    /// its registration, or the accepted NAR is here to replace it); else `Some(why)` (`None`
+    /// inside when it is simply not registered).
+    fn input_unusable(&self, path: &StorePath) -> Result<Option<Option<String>>, StoreError> {
+        use crate::trust::inputs::{InputProblem, InputState, input_state};
+        match input_state(&self.store, &self.store_dir, &self.trust, path) {
+            Ok(InputState::Ready(_) | InputState::Repairable(_)) => Ok(None),
+            Ok(InputState::Problem(InputProblem::NotAccepted { local: None, .. })) => Ok(Some(None)),
+            Ok(InputState::Problem(p)) => Ok(Some(Some(p.to_string()))),
+            Err(crate::trust::TrustError::Store(e)) => Err(e),
+            Err(e) => Ok(Some(Some(e.to_string()))),
+        }
     }
 
     /// Read the pending builds with the status of their inputs.
@@ -597,6 +644,7 @@ impl Scheduler {
             tracing::info!("outputs already registered and attested by this node; not building again");
             return Ok(None);
         }
+        self.check_inputs(s).await?;
         let req = BuildRequest {
             drv_path: s.drv.clone(),
             drv: (*s.derivation).clone(),
@@ -617,6 +665,44 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Verify every input of `s` against the trust rule before the build starts (DESIGN
+    /// invariant 10; [`crate::trust::inputs::check_inputs`]): a local copy that disagrees with the
+    /// accepted NarHash is replaced by the accepted bytes when they are here, else the build fails
+    /// with [`BuildError::InputRejected`] naming the input.
+    async fn check_inputs(&self, s: &Started) -> Result<(), BuildError> {
+        use crate::trust::inputs::CheckError;
+        let (store, sd, trust, realised, derivation) = (
+            self.store.clone(),
+            self.store_dir.clone(),
+            self.trust.clone(),
+            self.realised.clone(),
+            s.derivation.clone(),
+        );
+        let checked = tokio::task::spawn_blocking(move || -> Result<usize, BuildError> {
+            let roots = crate::build::realize::input_paths(&store, &sd, &derivation)
+                .map_err(|e| BuildError::Executor { message: format!("listing the inputs: {e}"), log: Vec::new() })?;
+            crate::trust::inputs::check_inputs(&store, &sd, &trust, realised.as_deref(), &roots).map_err(|e| match e {
+                CheckError::Problem(p) => BuildError::InputRejected {
+                    path: p.path().to_string(),
+                    reason: p.to_string(),
+                    transient: p.may_resolve(),
+                },
+                CheckError::Trust(e) => {
+                    BuildError::Executor { message: format!("checking the inputs: {e}"), log: Vec::new() }
+                }
+            })
+        })
+        .await
+        .map_err(|e| BuildError::Executor { message: format!("input check task failed: {e}"), log: Vec::new() })??;
+        if checked > 0 {
+            tracing::warn!(
+                replaced = checked,
+                "inputs whose local copy disagreed with the accepted NarHash were replaced"
+            );
+        }
+        Ok(())
     }
 
     /// Record the result of a build (blocking).

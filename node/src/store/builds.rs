@@ -130,6 +130,17 @@ impl StoreWriter<'_> {
         })
     }
 
+    /// `Done -> Failed` with the reason: a mesh submission this node built (so its record went
+    /// `done`) whose outputs the trust policy then did not accept (builders disagree, too few
+    /// trusted builders): the submission failed, whatever the local build said.
+    pub fn mark_rejected(&mut self, drv: &StorePath, now: u64, reason: &str) -> Result<BuildRecord, StoreError> {
+        self.transition(drv, &[BuildState::Done], BuildState::Failed, |r| {
+            r.finished_at = Some(now);
+            r.last_error = Some(reason.to_string());
+            Ok(())
+        })
+    }
+
     /// `Running -> Queued` after a transient failure: it runs again, not before `not_before`
     /// (backoff), behind the builds of its priority already queued.
     pub fn mark_retry(

@@ -32,6 +32,7 @@ mod paths;
 mod records;
 mod signed;
 mod tables;
+mod trust_index;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ pub use records::{
     EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,
     SyncCursor,
 };
+pub use trust_index::{MAX_PATHS_PER_NAR_HASH, QuarantinedPath};
 
 use blobs::BlobDir;
 use tables::*;
@@ -328,13 +330,17 @@ impl Store {
         txn.open_table(FAIL_SEQ).ctx("creating table failure_seq")?;
         txn.open_table(SYNC_CURSORS).ctx("creating table sync_cursors")?;
         txn.open_table(MESH_SUBMISSIONS).ctx("creating table mesh_submissions")?;
+        txn.open_table(trust_index::NAR_HASH_PATHS).ctx("creating table nar_hash_paths")?;
+        txn.open_table(trust_index::QUARANTINE).ctx("creating table quarantine")?;
         txn.commit().ctx("committing the schema transaction")?;
         // The database is open exclusively, so temp blobs are leftovers of a crash.
         let removed = blobs.remove_temp_files()?;
         if removed > 0 {
             tracing::info!(removed, "removed unfinished blob files left by a crash");
         }
-        Ok(Store { inner: Arc::new(Inner { db, blobs, db_path, options }) })
+        let store = Store { inner: Arc::new(Inner { db, blobs, db_path, options }) };
+        store.write(|w| w.backfill_nar_hash_index())?;
+        Ok(store)
     }
 
     /// The options the store was opened with.

@@ -94,6 +94,8 @@ impl StoreWriter<'_> {
         }
         let bytes = encode("paths", &key, info)?;
         paths.insert(key.as_str(), bytes.as_slice()).ctx("writing paths")?;
+        drop(paths);
+        self.index_nar_hash(&info.nar_hash, &info.path)?;
         Ok(true)
     }
 

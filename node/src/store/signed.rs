@@ -83,6 +83,9 @@ impl StoreWriter<'_> {
                     .ctx("writing attestations_by_output")?;
             }
         }
+        for out in &entry.outputs {
+            self.index_nar_hash(&out.nar_hash, &out.path)?;
+        }
         let drv = entry.drv.to_string();
         self.txn
             .open_table(ATT_BY_DRV)

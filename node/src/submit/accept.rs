@@ -6,14 +6,16 @@
 //! 2. `.drv` files: parse (canonical ATerm), recompute each store path from the bytes;
 //! 3. closure: every input derivation uploaded or stored here (stored ones are loaded to compute
 //!    output paths), every recorded output path (and output env var) equal to the computed one;
-//! 4. sources: every input source of an uploaded derivation, and every reference of an uploaded
-//!    source, uploaded or registered here; an uploaded source that is registered already must
-//!    have the same NarHash;
+//! 4. sources: none at an output path of the closure; every input source of an uploaded
+//!    derivation, and every reference of an uploaded source, uploaded or registered here; an
+//!    uploaded source that is registered already must have the same NarHash;
 //! 5. NARs: spooled (memory, or a temp file past [`SubmitLimits::spool_in_memory`]) while
-//!    hashing, each checked against its NarHash and NarSize; then the end of the body;
+//!    hashing, each checked against its NarHash and NarSize, and a new source must be a
+//!    content-addressed (`text` or `source`) path of its bytes; then the end of the body;
 //! 6. blobs written with [`Store::put_nar_expecting`] (skipped when the node has the NAR), then
 //!    ONE store transaction: `put_drv` for every `.drv`, `register_path` for every new source,
-//!    `enqueue` for every derivation of the closure that has a wanted output not registered.
+//!    `enqueue` for every derivation of the closure that has a wanted output not built (an output
+//!    counts as built only when the trust rule accepts it: [`crate::trust`]).
 //!
 //! After step 6 only a database failure (or a concurrent upload registering the same source with
 //! another NarHash in between) can fail, and that may leave blobs without a path row behind.
@@ -138,6 +140,7 @@ fn accept_inner(
             needed.extend(drv.input_drvs.keys().map(|i| (Some(p.clone()), i.clone())));
         }
     }
+    let mut closure_drvs: Vec<StorePath> = uploaded.iter().map(|(p, _)| p.clone()).collect();
     while let Some((by, p)) = needed.pop() {
         if set.get(&p).is_some() {
             continue;
@@ -157,11 +160,30 @@ fn accept_inner(
             return Err(corrupt(format!("its contents have store path {}", sd.display(&computed))));
         }
         needed.extend(inputs.into_iter().map(|i| (Some(p.clone()), i)));
+        closure_drvs.push(p);
     }
     for (p, _) in &uploaded {
         let Some((name, drv)) = set.get(p) else { continue };
         let (name, mut drv) = (name.to_string(), drv.clone());
         set.fill_in(&mut drv, &name).map_err(|error| SubmitError::OutputPaths { drv: sd.display(p), error })?;
+    }
+
+    // An upload never becomes an output: no source may sit at an output path of the closure.
+    if !plan.sources.is_empty() {
+        let sources: BTreeSet<&StorePath> = plan.sources.iter().map(|s| &s.path).collect();
+        for d in &closure_drvs {
+            let outputs =
+                set.member_output_paths(d).map_err(|error| SubmitError::OutputPaths { drv: sd.display(d), error })?;
+            for (name, path) in outputs {
+                if let Some(path) = path.filter(|p| sources.contains(p)) {
+                    return Err(SubmitError::SourceIsOutput {
+                        path: sd.display(&path),
+                        drv: sd.display(d),
+                        output: name,
+                    });
+                }
+            }
+        }
     }
 
     // 4. Sources.
@@ -231,7 +253,12 @@ fn accept_inner(
                     &mut f,
                 )
                 .map_err(|source| SubmitError::Spool { source })?;
-                Some((f, ca))
+                // Only a path that its bytes certify may be added: anything else (an output
+                // path, a made-up name) would become "contents of that path" on the node's word.
+                let Some(ca) = ca else {
+                    return Err(SubmitError::NotContentAddressed { path: entry.path.clone() });
+                };
+                Some((f, Some(ca)))
             }
             None => None,
         });
@@ -239,7 +266,7 @@ fn accept_inner(
     r.finish()?;
 
     // Which derivations need building (reads only).
-    let builds = plan_builds(&mut set, &plan.requested, store, sd, &declared)?;
+    let builds = plan_builds(&mut set, &plan.requested, store, sd, &ctx.trust)?;
 
     // 6. Blobs, then one transaction.
     let mut new_paths: Vec<PathInfo> = Vec::new();
@@ -457,7 +484,7 @@ fn plan_builds(
     requested: &[StorePath],
     store: &Store,
     sd: &StoreDir,
-    uploaded_sources: &BTreeMap<&StorePath, &SourcePlan>,
+    trust: &buildmesh_protocol::mesh::TrustConfig,
 ) -> Result<BuildPlan, SubmitError> {
     // Reverse post-order of a DFS from the requested derivations.
     let mut order: Vec<StorePath> = Vec::new();
@@ -499,16 +526,11 @@ fn plan_builds(
                 continue;
             }
             match path {
-                Some(p) if uploaded_sources.contains_key(p) => {}
-                Some(p) => match store.path_info(p)? {
-                    Some(info) => {
+                Some(p) => match built_output(store, sd, trust, p)? {
+                    Some((nar_hash, nar_size)) => {
                         infos.insert(
                             name.clone(),
-                            OutputInfo {
-                                path: sd.display(p),
-                                nar_hash: info.nar_hash.to_string(),
-                                nar_size: info.nar_size,
-                            },
+                            OutputInfo { path: sd.display(p), nar_hash: nar_hash.to_string(), nar_size },
                         );
                     }
                     None => missing = true,
@@ -534,6 +556,24 @@ fn plan_builds(
         }
     }
     Ok(plan)
+}
+
+/// The accepted NarHash and NarSize of the output `p` when it counts as built: the trust rule
+/// accepts a NarHash for it (this node's own build on a standalone node, the quorum on a mesh
+/// node) and that NAR is stored here. A registration alone (an upload, a fetched copy) is not
+/// enough.
+fn built_output(
+    store: &Store,
+    sd: &StoreDir,
+    trust: &buildmesh_protocol::mesh::TrustConfig,
+    p: &StorePath,
+) -> Result<Option<(NixHash, u64)>, SubmitError> {
+    let judgement = crate::trust::judge(store, sd, trust, p).map_err(|e| match e {
+        crate::trust::TrustError::Store(e) => SubmitError::Store(e),
+        other => SubmitError::Internal(other.to_string()),
+    })?;
+    let Some(nar_hash) = judgement.nar_hash() else { return Ok(None) };
+    Ok(store.blob_by_nar_hash(&nar_hash)?.map(|b| (nar_hash, b.nar_size)))
 }
 
 fn inputs_of(set: &DrvSet, p: &StorePath) -> Vec<StorePath> {

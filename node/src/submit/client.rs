@@ -386,6 +386,10 @@ pub fn wait(
     }
     let progress = bar(opts.progress, closure.requested.len() as u64, "building [{bar:40}] {pos}/{len} {msg}");
     progress.set_position(result.done.len() as u64);
+    // On a mesh node a local build being done is not the end: the outputs count only once the
+    // quorum accepts them (the node then serves their narinfos); when it does not (builders
+    // disagree, too few trusted builders), the node records the build as failed with the reason.
+    let mesh = get_json::<serde_json::Value>(&client, &opts.url("/api/v1/mesh"))?.is_some();
     let start = Instant::now();
     let mut interval = poll_interval.min(Duration::from_millis(200));
     while !pending.is_empty() {
@@ -406,6 +410,7 @@ pub fn wait(
             let build: Option<BuildJson> = get_json(&client, &url)?;
             if let Some(b) = build {
                 match b.state.as_str() {
+                    "done" if mesh && !outputs_served(&client, opts, &b.outputs)? => {}
                     "done" => {
                         result.done.insert(drv, b.outputs);
                         progress.inc(1);
@@ -447,6 +452,24 @@ pub fn wait(
     }
     progress.finish_and_clear();
     Ok(result)
+}
+
+/// Whether the node serves the narinfo of every output (on a mesh node: the quorum accepts it).
+fn outputs_served(
+    client: &reqwest::blocking::Client,
+    opts: &ClientOptions,
+    outputs: &BTreeMap<String, OutputInfo>,
+) -> Result<bool, ClientError> {
+    for o in outputs.values() {
+        let base = o.path.rsplit('/').next().unwrap_or(&o.path);
+        let Some(hash_part) = base.get(..32) else { return Ok(false) };
+        let url = opts.url(&format!("/{hash_part}.narinfo"));
+        let resp = client.head(&url).send().map_err(|source| ClientError::Http { method: "HEAD", url, source })?;
+        if !resp.status().is_success() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The `--wait --json` document: `{"<drv>": {"<output>": {"path", "nar_hash", "nar_size"}}}`.

@@ -284,6 +284,28 @@ pub enum SubmitError {
         /// The uploaded NarHash.
         offered: String,
     },
+    /// A new source is not a content-addressed path of its bytes (neither a `text` path, as
+    /// `builtins.toFile` makes, nor a `source` path, as `nix-store --add` makes): only a path its
+    /// bytes certify may be uploaded.
+    #[error(
+        "source {path} is not a content-addressed path of its bytes (neither a text nor a source path): \
+         only input sources whose contents hash to their store path can be uploaded"
+    )]
+    NotContentAddressed {
+        /// The path.
+        path: String,
+    },
+    /// An uploaded source sits at an output path of a derivation of the upload: outputs come only
+    /// from builds.
+    #[error("{path} is output `{output}` of {drv}: outputs come from builds, never from an upload")]
+    SourceIsOutput {
+        /// The path.
+        path: String,
+        /// The derivation.
+        drv: String,
+        /// The output name.
+        output: String,
+    },
     /// The node's store failed.
     #[error("store error: {0}")]
     Store(#[from] StoreError),
@@ -312,6 +334,8 @@ impl SubmitError {
             | SubmitError::UnknownRequested { path }
             | SubmitError::NarHashMismatch { path, .. }
             | SubmitError::SourceConflict { path, .. }
+            | SubmitError::NotContentAddressed { path }
+            | SubmitError::SourceIsOutput { path, .. }
             | SubmitError::CorruptStoredDrv { path, .. } => Some(path),
             SubmitError::DrvPathMismatch { declared, .. } => Some(declared),
             SubmitError::OutputPaths { drv, .. } => Some(drv),

@@ -42,12 +42,24 @@ pub struct SubmitContext {
     pub limits: SubmitLimits,
     /// Notified (`notify_one`) after every accepted upload: the scheduler waits on it.
     pub wake: Arc<Notify>,
+    /// The trust rule deciding whether a registered output counts as built
+    /// ([`crate::trust`]); [`SubmitContext::new`] trusts no builder (nothing counts as built).
+    pub trust: buildmesh_protocol::mesh::TrustConfig,
 }
 
 impl SubmitContext {
     /// A context with default limits and a fresh `wake`.
     pub fn new(store: Store, store_dir: StoreDir) -> SubmitContext {
-        SubmitContext { store, store_dir, limits: SubmitLimits::default(), wake: Arc::new(Notify::new()) }
+        SubmitContext {
+            store,
+            store_dir,
+            limits: SubmitLimits::default(),
+            wake: Arc::new(Notify::new()),
+            trust: buildmesh_protocol::mesh::TrustConfig {
+                trusted: Some(std::collections::BTreeSet::new()),
+                quorum: 1,
+            },
+        }
     }
 }
 

@@ -387,8 +387,19 @@ pub fn open_store(dir: &Path) -> Store {
     Store::open(dir).expect("open store")
 }
 
+/// The key of the node the acceptance tests pretend to be (its builds count as built).
+pub fn node_key() -> buildmesh_protocol::identity::NodeKey {
+    buildmesh_protocol::identity::NodeKey::from_seed("submit-test", [9; 32]).expect("key")
+}
+
 pub fn context(store: &Store, limits: SubmitLimits) -> SubmitContext {
-    SubmitContext { store: store.clone(), store_dir: sd(), limits, wake: Arc::new(tokio::sync::Notify::new()) }
+    SubmitContext {
+        store: store.clone(),
+        store_dir: sd(),
+        limits,
+        wake: Arc::new(tokio::sync::Notify::new()),
+        trust: buildmesh::trust::standalone(node_key().node_id()),
+    }
 }
 
 /// Everything an upload could change, to compare before and after a rejected one.

@@ -1,0 +1,163 @@
+//! Unit tests of the trust rule on a real store.
+
+use std::collections::BTreeSet;
+
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::nar::tree::Node;
+use buildmesh_protocol::store_path::make_text_path;
+
+use super::inputs::{InputProblem, InputState, check_inputs, input_state};
+use super::*;
+use crate::store::AttestationEntry;
+
+fn nar(contents: &[u8]) -> Vec<u8> {
+    Node::Regular { executable: false, contents: contents.to_vec() }.to_nar().unwrap()
+}
+
+fn register(store: &Store, path: &StorePath, nar: &[u8], ca: Option<String>) -> PathInfo {
+    let blob = store.put_nar(&mut &nar[..]).unwrap();
+    let info = PathInfo {
+        path: path.clone(),
+        nar_hash: blob.nar_hash,
+        nar_size: blob.nar_size,
+        references: BTreeSet::new(),
+        deriver: None,
+        ca,
+        blob: blob.blake3,
+        registered_at: 1,
+    };
+    store.register_path(&info).unwrap();
+    info
+}
+
+/// Store a real signed attestation by `key` that `path` has the NAR `nar`.
+fn attest(store: &Store, key: &NodeKey, path: &StorePath, nar: &[u8]) {
+    use buildmesh_protocol::wire::{BuildMode, Encode as _, OutputAttestation};
+    let sd = StoreDir::nix();
+    let blob = store.put_nar(&mut &nar[..]).unwrap();
+    let digest: [u8; 32] = blob.nar_hash.digest().try_into().unwrap();
+    let out = OutputAttestation::new_signed(
+        key,
+        &sd,
+        path.clone(),
+        digest,
+        blob.nar_size,
+        BTreeSet::new(),
+        blob.blake3,
+        None,
+    )
+    .unwrap();
+    let drv = StorePath::from_basename("mh08qwc103ql42f2zc4ka9nhz976z7m8-x.drv").unwrap();
+    let a = Attestation {
+        builder: key.node_id(),
+        store_dir: sd,
+        drv: drv.clone(),
+        mode: BuildMode::Native,
+        started_at_ms: 1,
+        finished_at_ms: 2,
+        outputs: [("out".to_string(), out)].into(),
+    };
+    let v = Signed::sign(key, &a).unwrap().verify().unwrap();
+    let entry = AttestationEntry {
+        id: v.id(),
+        drv,
+        builder: key.node_id(),
+        outputs: vec![crate::store::AttestedOutput {
+            path: path.clone(),
+            nar_hash: blob.nar_hash,
+            nar_size: blob.nar_size,
+        }],
+        received_at: 1,
+        envelope: v.envelope().to_bytes(),
+    };
+    store.insert_attestation(&entry).unwrap();
+}
+
+fn sd() -> StoreDir {
+    StoreDir::nix()
+}
+
+#[test]
+fn text_source_certifies_itself_and_other_bytes_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let me = NodeKey::from_seed("me", [1; 32]).unwrap();
+    let trust = standalone(me.node_id());
+    let text = make_text_path(&sd(), "lib.sh", b"echo hi\n", []).unwrap();
+    let ca = crate::content_address::of_nar(
+        &sd(),
+        &text,
+        [],
+        &sha(&nar(b"echo hi\n")),
+        nar(b"echo hi\n").len() as u64,
+        &nar(b"echo hi\n")[..],
+    )
+    .unwrap()
+    .unwrap();
+    register(&store, &text, &nar(b"echo hi\n"), Some(ca.clone()));
+    match judge(&store, &sd(), &trust, &text).unwrap() {
+        Judgement::ContentAddressed(_, c) => assert_eq!(c, ca),
+        other => panic!("{other:?}"),
+    }
+    // A path with other bytes that claims a CA: refused.
+    let fake = make_text_path(&sd(), "fake.sh", b"reviewed\n", []).unwrap();
+    register(&store, &fake, &nar(b"evil\n"), Some(ca));
+    assert!(matches!(judge(&store, &sd(), &trust, &fake).unwrap(), Judgement::Refused(Refusal::Unattested)));
+}
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(b).into()
+}
+
+#[test]
+fn an_unattested_registration_is_refused_and_an_own_attested_one_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let me = NodeKey::from_seed("me", [1; 32]).unwrap();
+    let other = NodeKey::from_seed("other", [2; 32]).unwrap();
+    let trust = standalone(me.node_id());
+    let out = StorePath::from_basename("an8vyn8v0lxs937kjy709ghv3zp4wms6-glibc-2.38").unwrap();
+    register(&store, &out, &nar(b"uploaded"), None);
+    assert!(matches!(judge(&store, &sd(), &trust, &out).unwrap(), Judgement::Refused(Refusal::Unattested)));
+    attest(&store, &other, &out, &nar(b"uploaded"));
+    assert!(matches!(
+        judge(&store, &sd(), &trust, &out).unwrap(),
+        Judgement::Refused(Refusal::NoQuorum { trusted: 0, quorum: 1 })
+    ));
+    // This node built it with other bytes: those are accepted; the registration is a conflict
+    // that can be repaired from the stored blob.
+    attest(&store, &me, &out, &nar(b"built"));
+    let j = judge(&store, &sd(), &trust, &out).unwrap();
+    assert_eq!(j.nar_hash(), Some(NixHash::sha256(sha(&nar(b"built")))));
+    assert!(matches!(input_state(&store, &sd(), &trust, &out).unwrap(), InputState::Repairable(_)));
+    assert_eq!(check_inputs(&store, &sd(), &trust, None, [&out]).unwrap(), 1);
+    assert_eq!(store.path_info(&out).unwrap().unwrap().nar_hash, NixHash::sha256(sha(&nar(b"built"))));
+    assert_eq!(store.quarantined(0).unwrap().len(), 1);
+    assert!(matches!(input_state(&store, &sd(), &trust, &out).unwrap(), InputState::Ready(_)));
+    // Served NAR: only the accepted one.
+    assert!(serve::nar_servable(&store, &sd(), &trust, &sha(&nar(b"built"))).unwrap());
+    assert!(!serve::nar_servable(&store, &sd(), &trust, &sha(&nar(b"uploaded"))).unwrap());
+}
+
+#[test]
+fn a_disputed_input_is_refused_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let k: Vec<NodeKey> = (1..=2).map(|i| NodeKey::from_seed("k", [i; 32]).unwrap()).collect();
+    let trust = TrustConfig { trusted: Some(k.iter().map(|k| k.node_id()).collect()), quorum: 2 };
+    let out = StorePath::from_basename("an8vyn8v0lxs937kjy709ghv3zp4wms6-x").unwrap();
+    attest(&store, &k[0], &out, &nar(b"one"));
+    match input_state(&store, &sd(), &trust, &out).unwrap() {
+        InputState::Problem(p @ InputProblem::NotAccepted { .. }) => assert!(p.may_resolve(), "{p}"),
+        other => panic!("{other:?}"),
+    }
+    attest(&store, &k[1], &out, &nar(b"two"));
+    match input_state(&store, &sd(), &trust, &out).unwrap() {
+        InputState::Problem(p) => {
+            assert!(!p.may_resolve(), "{p}");
+            assert!(p.to_string().contains("disagree"), "{p}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
