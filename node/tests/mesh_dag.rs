@@ -65,16 +65,25 @@ fn five_nodes_build_a_dag_twice_and_serve_it_by_quorum() {
     let roots: Vec<String> = root_names.iter().map(|n| v[n].0.clone()).collect();
     c.submit(0, &vectors().join("drv"), &roots, 2);
 
-    // The submitter records each root as done once the mesh completed it (outputs fetched).
-    for r in &roots {
+    // The submitter records each root as done once the mesh completed it (outputs fetched); an
+    // unreproducible root as failed: its builders disagree, so no output is accepted.
+    for (r, name) in roots.iter().zip(&root_names) {
         let drv = base(r);
-        wait_for(&format!("{r} to be done on the submitter"), Duration::from_secs(120), || {
+        let want = if name.starts_with("unrepro-") { "failed" } else { "done" };
+        wait_for(&format!("{r} to be {want} on the submitter"), Duration::from_secs(120), || {
             match build_state(&c.urls[0], &drv).as_deref() {
-                Some("done") => Some(()),
-                Some("failed") => panic!("{r} failed: {}\n{}", build_json(&c.urls[0], &drv), c.logs()),
+                Some(s) if s == want => Some(()),
+                Some(s @ ("done" | "failed")) => {
+                    panic!("{r} is {s}: {}\n{}", build_json(&c.urls[0], &drv), c.logs())
+                }
                 _ => None,
             }
         });
+        if want == "failed" {
+            let j = build_json(&c.urls[0], &drv);
+            let error = j["error"].as_str().unwrap_or_default();
+            assert!(error.contains("not accepted by the trust policy") && error.contains("disagree"), "{j}");
+        }
     }
 
     // Every output attested by two distinct nodes; reproducible ones agree with real Nix.
@@ -128,6 +137,11 @@ fn five_nodes_build_a_dag_twice_and_serve_it_by_quorum() {
     for p in &mismatched {
         let (s, _) = get(&format!("{gw}/{}.narinfo", base(p).hash_part()));
         assert_eq!(s, 404, "{p} is disputed and must not be served");
+        // Nor any of its NARs (issue 10, finding 11).
+        for h in c.attesters(observer, p).keys() {
+            let (s, _) = get(&format!("{gw}/nar/{}.nar", h.strip_prefix("sha256:").unwrap()));
+            assert_eq!(s, 404, "{p}: the NAR {h} of a disputed output must not be served");
+        }
     }
 
     // A real Nix client substitutes the first root (and its closure) from that gateway.
