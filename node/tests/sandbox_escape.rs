@@ -164,9 +164,9 @@ fn a_fixed_output_builder_cannot_reach_the_host_loopback_but_reaches_the_network
     let script = format!(
         "ok=1; \
          for t in 127.0.0.1/{node_port} 127.0.0.1/{other_port} 10.0.2.2/{node_port} 10.0.2.2/{other_port}; do \
-           if bash -c \"exec 3<>/dev/tcp/$t; printf 'GET /api/v1/node HTTP/1.0\\r\\n\\r\\n' >&3; head -c 200 <&3\" \
-              2>/dev/null; then echo REACHED $t; ok=0; else echo refused $t; fi; done; \
-         bash -c 'exec 3<>/dev/tcp/{rip}/{rport}; echo hello-{salt} >&3' || {{ echo NO-OUTBOUND; ok=0; }}; \
+           if timeout 5 bash -c \"exec 3<>/dev/tcp/$t; printf 'GET /api/v1/node HTTP/1.0\\r\\n\\r\\n' >&3; \
+              head -c 120 <&3\" 2>/dev/null; then echo REACHED $t; ok=0; else echo refused $t; fi; done; \
+         timeout 5 bash -c 'exec 3<>/dev/tcp/{rip}/{rport}; echo hello-{salt} >&3' || {{ echo NO-OUTBOUND; ok=0; }}; \
          if [ -n \"${{SECRET_TOKEN+x}}\" ]; then echo SECRET-LEAKED; ok=0; fi; \
          [ \"$ftp_proxy\" = ftp://proxy.invalid:21 ] || {{ echo FTP-PROXY-MISSING; ok=0; }}; \
          if [ $ok = 1 ]; then echo isolated > $out; else echo attack-worked-{salt} > $out; fi",

@@ -124,7 +124,7 @@ pub fn capability_sets_left(status: &str) -> Vec<String> {
     status
         .lines()
         .filter(|l| l.starts_with("Cap"))
-        .filter(|l| l.split_once(':').is_some_and(|(_, v)| v.trim().trim_start_matches('0') != ""))
+        .filter(|l| l.split_once(':').is_some_and(|(_, v)| !v.trim().trim_start_matches('0').is_empty()))
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
 }
