@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command, for humans and CI alike (README "Quick start").
 # On a fresh Debian machine it installs what the tests need (a real Nix client from Debian's
-# nix-bin, nginx and wrk for the benchmarks), configures single-user Nix, checks that the protocol
+# nix-bin, nginx and wrk for the benchmarks, slirp4netns for fixed-output builds), configures single-user Nix, checks that the protocol
 # crate stays pure, then runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ need_pkgs=()
 command -v nix-store >/dev/null 2>&1 || need_pkgs+=(nix-bin)
 command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+# Outbound network of fixed-output builds (their own netns, the host's loopback refused).
+command -v slirp4netns >/dev/null 2>&1 || need_pkgs+=(slirp4netns)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq

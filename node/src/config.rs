@@ -102,6 +102,9 @@ pub struct Config {
     pub mandatory_features: Vec<String>,
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
+    /// Build isolation: build users, fixed-output network, impure env allow-list, `nix`
+    /// executor opt-in (`[sandbox]` table; see [`crate::executor::SandboxSettings`]).
+    pub sandbox: crate::executor::SandboxSettings,
 }
 
 impl Default for Config {
@@ -128,6 +131,7 @@ impl Default for Config {
             features: Vec::new(),
             mandatory_features: Vec::new(),
             mesh: crate::mesh::MeshSettings::default(),
+            sandbox: crate::executor::SandboxSettings::default(),
         }
     }
 }
@@ -192,6 +196,7 @@ impl Config {
         self.store_dir()?;
         self.trusted_public_keys()?;
         self.mesh.validate().map_err(|e| invalid("mesh", e.to_string()))?;
+        self.sandbox.validate(self.effective_slots()).map_err(|e| invalid("sandbox", e.to_string()))?;
         if self.quorum == 0 {
             return Err(invalid("quorum", "must be at least 1"));
         }

@@ -63,7 +63,7 @@ async fn nix_builds_a_representative_subset_like_nix() {
     let order = v.in_dependency_order(&roots);
     let node = Node::new();
     v.load_into(&node.store);
-    let exec = NixExecutor::new(node.config()).unwrap();
+    let exec = NixExecutor::new(nix_config(&node)).unwrap();
     assert_eq!(exec.name(), "nix");
     let t = Instant::now();
     let mut outputs = 0;
@@ -91,7 +91,7 @@ async fn nix_builds_a_representative_subset_like_nix() {
     // executor rebuilds with --check and still reports (and registers) the same NARs.
     let node2 = Node::new();
     v.load_into(&node2.store);
-    let exec2 = NixExecutor::new(node2.config()).unwrap();
+    let exec2 = NixExecutor::new(nix_config(&node2)).unwrap();
     let first = &order[0];
     let dep_free: Vec<&StorePath> = order.iter().filter(|p| v.drvs[*p].1.input_drvs.is_empty()).collect();
     assert!(dep_free.contains(&first));
@@ -105,7 +105,7 @@ async fn nix_builds_a_representative_subset_like_nix() {
 #[tokio::test]
 async fn nix_failures_are_typed() {
     let node = Node::new();
-    let exec = NixExecutor::new(node.config()).unwrap();
+    let exec = NixExecutor::new(nix_config(&node)).unwrap();
     let salt = format!("{}", std::process::id());
 
     let wrong = sha256(format!("nope {salt}").as_bytes());
@@ -168,16 +168,34 @@ async fn nix_failures_are_typed() {
     assert_eq!(node.builds_dir_entries(), 0);
 }
 
+/// The executor config with the operator's opt-in to the host Nix's weaker isolation.
+fn nix_config(node: &Node) -> buildmesh::build::ExecutorConfig {
+    let mut c = node.config();
+    c.sandbox.allow_unsafe_nix_executor = true;
+    c
+}
+
+#[test]
+fn nix_executor_refuses_to_start_without_the_opt_in() {
+    let node = Node::new();
+    match NixExecutor::new(node.config()) {
+        Err(ExecutorSetupError::Unusable(m)) => {
+            assert!(m.contains("allow_unsafe_nix_executor") && m.contains("sandbox = false"), "{m}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
 #[test]
 fn nix_executor_needs_the_nix_store() {
     let node = Node::new();
-    let mut config = node.config();
+    let mut config = nix_config(&node);
     config.store_dir = StoreDir::guix();
     match NixExecutor::new(config) {
         Err(ExecutorSetupError::Unusable(m)) => assert!(m.contains("/nix/store") && m.contains("/gnu/store"), "{m}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
-    let mut config = node.config();
+    let mut config = nix_config(&node);
     config.nix_bin_dir = Some("/nonexistent".into());
     assert!(matches!(NixExecutor::new(config), Err(ExecutorSetupError::Unusable(_))));
 }

@@ -13,7 +13,15 @@ use node_support::*;
 #[test]
 fn nix_executor_builds_the_vectors_and_a_client_substitutes_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProc::start(&tmp.path().join("data"), &["--executor", "nix", "--slots", "2"]);
+    // Without the operator's opt-in the nix executor (builders as root, host network) refuses.
+    match NodeProc::try_start(&tmp.path().join("refused"), &["--executor", "nix"]) {
+        Err((_, log)) => assert!(log.contains("allow_unsafe_nix_executor"), "{log}"),
+        Ok(_) => panic!("the nix executor started without --allow-unsafe-nix-executor"),
+    }
+    let node = NodeProc::start(
+        &tmp.path().join("data"),
+        &["--executor", "nix", "--slots", "2", "--allow-unsafe-nix-executor"],
+    );
     let url = node.url.clone();
 
     let drv_rows = tsv(&vectors().join("drv/index.tsv"));

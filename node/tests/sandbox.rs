@@ -19,6 +19,9 @@ use buildmesh::executor::{
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+mod sandbox_support;
+use sandbox_support::{RemoteHost, SysctlGuard, assert_attack_denied, attack_script, host_status_of, ids, sysctl};
+
 const STORE: &str = "/nix/store";
 const OUT: &str = "/nix/store/an8vyn8v0lxs937kjy709ghv3zp4wms6-sandbox-test";
 
@@ -224,7 +227,7 @@ async fn exit_codes_are_reported() {
 }
 
 #[tokio::test]
-async fn network_is_isolated_unless_allowed() {
+async fn network_is_isolated_and_fixed_output_network_skips_host_loopback() {
     let f = Fixture::new();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -241,11 +244,68 @@ async fn network_is_isolated_unless_allowed() {
     assert!(l.ends_with("lo "), "only lo: {l}");
     assert!(listener.accept().is_err(), "the host listener got a connection");
 
+    // With network (fixed-output builds): outbound works (a "remote host" behind a veth), but
+    // neither the host's 127.0.0.1 nor slirp's gateway alias of it (10.0.2.2) is reachable.
+    let remote = RemoteHost::new("s");
+    let script = format!(
+        "for t in 127.0.0.1/{port} 10.0.2.2/{port}; do \
+           if bash -c \"exec 3<>/dev/tcp/$t\" 2>/dev/null; then echo REACHED $t; else echo refused $t; fi; done; \
+         bash -c 'exec 3<>/dev/tcp/{ip}/{rport}; echo hello-from-sandbox >&3' && echo outbound-ok; \
+         cat /proc/net/dev | grep -o '^ *[a-z0-9]*:' | tr -d ' :' | sort | tr '\\n' ' '",
+        ip = remote.addr.ip(),
+        rport = remote.addr.port()
+    );
     let mut spec = f.sh(&script);
     spec.network = true;
     let o = run(&spec).await;
-    assert!(log(&o).contains("CONNECTED"), "{}", log(&o));
-    assert!(listener.accept().is_ok());
+    let l = log(&o);
+    assert!(o.success(), "{l}");
+    assert!(!l.contains("REACHED"), "{l}");
+    assert!(l.contains("outbound-ok"), "{l}");
+    assert!(l.ends_with("lo tap0 "), "{l}");
+    assert_eq!(remote.accept_text(Duration::from_secs(5)).as_deref(), Some("hello-from-sandbox\n"));
+    assert!(listener.accept().is_err(), "the host loopback listener got a connection");
+
+    // Without slirp4netns a network build is refused, not run on the host's network.
+    let r = runner().with_slirp4netns(None).run(&spec, std::future::pending()).await;
+    assert!(matches!(r, Err(ExecutorError::NoNetwork)), "{r:?}");
+}
+
+#[tokio::test]
+async fn builder_has_no_privileges_and_runs_as_a_build_user() {
+    let _printk = SysctlGuard::new("kernel/printk_ratelimit");
+    let (core, printk) = (sysctl("kernel/core_pattern"), sysctl("kernel/printk_ratelimit"));
+    // Two builders at once: each its own unprivileged host uid.
+    let (f1, f2) = (Fixture::new(), Fixture::new());
+    let script =
+        |marker: &str| format!("{}; echo x > $out; chmod 6777 $out; sleep {marker}", attack_script(&core, &printk));
+    let (s1, s2) = (f1.sh(&script("3.987661")), f2.sh(&script("3.987662")));
+    let r = runner();
+    let (h1, h2) = (r.clone(), r);
+    let t1 = tokio::spawn(async move { h1.run(&s1, std::future::pending()).await });
+    let t2 = tokio::spawn(async move { h2.run(&s2, std::future::pending()).await });
+    let st1 = tokio::task::spawn_blocking(|| host_status_of("3.987661", Duration::from_secs(20))).await.unwrap();
+    let st2 = tokio::task::spawn_blocking(|| host_status_of("3.987662", Duration::from_secs(20))).await.unwrap();
+    let (o1, o2) = (t1.await.unwrap().unwrap(), t2.await.unwrap().unwrap());
+    assert!(o1.success() && o2.success(), "{}\n{}", log(&o1), log(&o2));
+    eprintln!("builder 1 report:\n{}", log(&o1));
+    assert_attack_denied(&log(&o1));
+    assert_attack_denied(&log(&o2));
+    let (u1, u2) = (ids(&st1, "Uid:"), ids(&st2, "Uid:"));
+    assert!(u1.iter().all(|&u| u >= 30000 && u == u1[0]), "host uids {u1:?}");
+    assert!(u2.iter().all(|&u| u >= 30000 && u == u2[0]), "host uids {u2:?}");
+    assert_ne!(u1[0], u2[0], "two running builds share a host uid");
+    assert!(ids(&st1, "Gid:").iter().all(|&g| g >= 30000), "{st1}");
+    assert_eq!(sysctl("kernel/core_pattern"), core);
+    assert_eq!(sysctl("kernel/printk_ratelimit"), printk);
+    // What the builder made is the node's again once the run is over (no setuid bit left).
+    for f in [&f1, &f2] {
+        use std::os::unix::fs::MetadataExt as _;
+        let md = std::fs::symlink_metadata(f.out_host()).unwrap();
+        assert_eq!((md.uid(), md.gid()), (0, 0));
+        assert_eq!(md.mode() & 0o6000, 0, "{:o}", md.mode());
+        assert_eq!(std::fs::symlink_metadata(f.build()).unwrap().uid(), 0);
+    }
 }
 
 fn processes_with(marker: &str) -> Vec<String> {

@@ -11,9 +11,10 @@
 //! 3. **Work dir** `DATA/builds/<drv hash>-<random>/{store,build}`: `store` appears read-write at
 //!    the store dir (each input bind-mounted read-only in it), `build` at `/build`.
 //! 4. **Environment** as Nix gives it: [`nix_builder_env`] (or [`nix_fixed_output_builder_env`]
-//!    with the host's values of `impureEnvVars`), `passAsFile`, `__structuredAttrs`
+//!    with the host's values of the `impureEnvVars` the operator allows,
+//!    [`SandboxSettings::impure_env`]), `passAsFile`, `__structuredAttrs`
 //!    (`.attrs.json`/`.attrs.sh`), `exportReferencesGraph` (closure files in `/build`). Network
-//!    only for fixed-output derivations.
+//!    only for fixed-output derivations, through slirp4netns (never the host's loopback).
 //! 5. **Run** with the request's timeout and log cap; cancellation kills the whole sandbox.
 //! 6. **Outputs**, each of which must exist: a fixed output is checked first (flat: a
 //!    non-executable regular file, hash of its contents; recursive: hash of its NAR; md5, sha1,
@@ -51,8 +52,8 @@ use super::{
     now_ms, reset_builds_dir,
 };
 use crate::executor::{
-    ExecutorError, InputPath, RefScanner, SANDBOX_BUILD_DIR, SandboxRunner, SandboxSpec, Termination, nix_builder_env,
-    nix_fixed_output_builder_env, pass_as_file, structured_attrs,
+    ExecutorError, FixedOutputNetwork, InputPath, RefScanner, SANDBOX_BUILD_DIR, SandboxRunner, SandboxSettings,
+    SandboxSpec, Termination, nix_builder_env, nix_fixed_output_builder_env, pass_as_file, structured_attrs,
 };
 use crate::nar_fs;
 use crate::store::{PathInfo, Store};
@@ -78,6 +79,7 @@ struct Inner {
     cores: u32,
     systems: Systems,
     sandbox_paths: Vec<PathBuf>,
+    sandbox: SandboxSettings,
     runner: SandboxRunner,
 }
 
@@ -85,11 +87,11 @@ impl LocalExecutor {
     /// An executor for `config`. Empties `config.builds_dir` (work dirs of interrupted builds).
     pub fn new(config: ExecutorConfig) -> Result<LocalExecutor, ExecutorSetupError> {
         reset_builds_dir(&config.builds_dir)?;
-        let runner = match config.sandbox_helper {
-            Some(helper) => SandboxRunner::new(helper),
-            None => SandboxRunner::current_exe().map_err(|e| ExecutorSetupError::Unusable(e.to_string()))?,
-        }
-        .with_kill_grace(config.kill_grace);
+        let runner = config
+            .sandbox
+            .runner(config.sandbox_helper)
+            .map_err(ExecutorSetupError::Unusable)?
+            .with_kill_grace(config.kill_grace);
         Ok(LocalExecutor {
             inner: Arc::new(Inner {
                 store: config.store,
@@ -99,6 +101,7 @@ impl LocalExecutor {
                 cores: config.cores.max(1),
                 systems: config.systems,
                 sandbox_paths: config.sandbox_paths,
+                sandbox: config.sandbox,
                 runner,
             }),
         })
@@ -298,14 +301,7 @@ impl Inner {
         };
         let fixed = drv.is_fixed_output();
         let env = if fixed {
-            let impure: BTreeMap<Vec<u8>, Vec<u8>> = string_list_attr(drv, "impureEnvVars")
-                .unwrap_or_default()
-                .into_iter()
-                .map(|k| {
-                    let v = std::env::var_os(&k).map(|v| v.into_vec()).unwrap_or_default();
-                    (k.into_bytes(), v)
-                })
-                .collect();
+            let impure = self.sandbox.impure_env(&string_list_attr(drv, "impureEnvVars").unwrap_or_default());
             nix_fixed_output_builder_env(&drv_env, self.store_dir.as_str(), SANDBOX_BUILD_DIR, self.cores, &impure)
         } else {
             nix_builder_env(&drv_env, self.store_dir.as_str(), SANDBOX_BUILD_DIR, self.cores)
@@ -319,7 +315,7 @@ impl Inner {
             .map(|p| InputPath { host: self.store_fs.path_of(p), path: PathBuf::from(self.store_dir.display(p)) })
             .collect();
         spec.sandbox_paths = self.sandbox_paths.clone();
-        spec.network = fixed;
+        spec.network = fixed && self.sandbox.fixed_output_network == FixedOutputNetwork::Slirp4netns;
         spec.timeout = req.timeout;
         spec.max_log_bytes = req.max_log_bytes;
         spec.validate().map_err(|e| executor_error(format!("cannot build this derivation: {e}"), Vec::new()))?;

@@ -17,6 +17,7 @@
 pub mod attest;
 pub mod local;
 pub mod nix;
+mod nix_policy;
 pub mod realize;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -285,6 +286,9 @@ pub struct ExecutorConfig {
     /// Directory of the host's Nix commands (`nix-store`, `nix`) for the `nix` executor; `None` =
     /// found through `PATH`.
     pub nix_bin_dir: Option<PathBuf>,
+    /// Build isolation: build users, fixed-output network, impure env allow-list, and whether
+    /// the `nix` executor may run at all ([`crate::executor::SandboxSettings`]).
+    pub sandbox: crate::executor::SandboxSettings,
 }
 
 impl ExecutorConfig {
@@ -304,6 +308,7 @@ impl ExecutorConfig {
             sandbox_helper: None,
             kill_grace: crate::executor::DEFAULT_KILL_GRACE,
             nix_bin_dir: None,
+            sandbox: crate::executor::SandboxSettings::default(),
         })
     }
 }

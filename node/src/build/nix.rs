@@ -1,6 +1,10 @@
 //! The `nix` executor: builds with the host's Nix (tested with Nix 2.8, single-user, run as root)
 //! in the host store, which must be `/nix/store`.
 //!
+//! It isolates builders only as much as the host's Nix does (Debian's: not at all), so it starts
+//! only when the operator opts in with `sandbox.allow_unsafe_nix_executor = true`, and then
+//! logs a warning naming what builders may do (see `nix_policy`).
+//!
 //! One build:
 //! 1. **Closure**: the `.drv` and every input derivation's `.drv` (transitively), every input
 //!    source they name, and the selected outputs of the derivation's input derivations, with
@@ -106,6 +110,8 @@ impl NixExecutor {
             )));
         }
         tracing::info!(version = %String::from_utf8_lossy(&version.stdout).trim(), "using the host's Nix");
+        super::nix_policy::check(&bin("nix"), config.sandbox.allow_unsafe_nix_executor)
+            .map_err(ExecutorSetupError::Unusable)?;
         reset_builds_dir(&config.builds_dir)?;
         Ok(NixExecutor {
             inner: Arc::new(Inner {

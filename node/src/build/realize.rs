@@ -300,12 +300,19 @@ fn copy_tree(src: &Path, dst: &Path, path: &StorePath) -> Result<(), RealizeErro
 
 /// Set what Nix's `canonicalisePathMetaData` sets: mtime (and atime) 1 s after the epoch on
 /// everything including symlinks, mode `0555` on directories and on files whose owner-execute
-/// bit is set, `0444` on other files. Symlinks are never followed.
+/// bit is set, `0444` on other files (so no setuid, setgid, sticky or writable bit survives), and
+/// the node's own uid/gid as owner (a build user's files are taken back). Symlinks are never
+/// followed.
 pub fn canonicalise(path: &Path) -> Result<(), RealizeError> {
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::MetadataExt as _;
     let md = std::fs::symlink_metadata(path).map_err(io_err("stat", path))?;
     let ft = md.file_type();
+    let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    if md.uid() != uid || md.gid() != gid {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_err("change the owner of", path))?;
+    }
     if ft.is_dir() {
         for entry in std::fs::read_dir(path).map_err(io_err("list", path))? {
             let entry = entry.map_err(io_err("list", path))?;

@@ -128,6 +128,8 @@ fn start_node(exe: &Path, work: &Path, key: &NodeKey, mesh_args: &[String], exec
         .arg(&key_file)
         .arg("--executor")
         .arg(executor)
+        // The demo builds only its own derivations, so the nix executor's weaker isolation is accepted.
+        .args((executor == "nix").then_some("--allow-unsafe-nix-executor"))
         .args(mesh_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

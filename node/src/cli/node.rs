@@ -87,6 +87,22 @@ pub struct ConfigArgs {
     /// Mandatory system feature (repeatable; replaces the list).
     #[arg(long = "mandatory-feature", value_name = "FEATURE")]
     pub mandatory_features: Vec<String>,
+    /// First host uid of the build users (`sandbox.build_uid_base`).
+    #[arg(long, value_name = "UID")]
+    pub build_uid_base: Option<u32>,
+    /// How many build users (`sandbox.build_uid_count`).
+    #[arg(long, value_name = "N")]
+    pub build_uid_count: Option<u32>,
+    /// Network of fixed-output builds (`sandbox.fixed_output_network`).
+    #[arg(long, value_enum)]
+    pub fixed_output_network: Option<crate::executor::FixedOutputNetwork>,
+    /// A variable fixed-output builds may take from the node's environment through
+    /// `impureEnvVars` (repeatable; replaces `sandbox.impure_env_allow`).
+    #[arg(long = "impure-env-allow", value_name = "NAME")]
+    pub impure_env_allow: Vec<String>,
+    /// Let the `nix` executor run despite its weaker isolation (`sandbox.allow_unsafe_nix_executor`).
+    #[arg(long)]
+    pub allow_unsafe_nix_executor: bool,
 }
 
 impl ConfigArgs {
@@ -148,6 +164,13 @@ impl ConfigArgs {
         }
         set_list(&mut c.features, &self.features);
         set_list(&mut c.mandatory_features, &self.mandatory_features);
+        set(&mut c.sandbox.build_uid_base, &self.build_uid_base);
+        set(&mut c.sandbox.build_uid_count, &self.build_uid_count);
+        set(&mut c.sandbox.fixed_output_network, &self.fixed_output_network);
+        set_list(&mut c.sandbox.impure_env_allow, &self.impure_env_allow);
+        if self.allow_unsafe_nix_executor {
+            c.sandbox.allow_unsafe_nix_executor = true;
+        }
     }
 }
 

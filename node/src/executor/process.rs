@@ -13,7 +13,9 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
+use super::build_users::{BuildUser, BuildUserError, BuildUsers, chown_tree};
 use super::sandbox::READY_MARKER;
+use super::slirp::find_program;
 use super::spec::{SandboxSpec, SpecError};
 
 /// How long after SIGTERM the whole sandbox gets SIGKILL.
@@ -62,6 +64,15 @@ pub enum ExecutorError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// No unprivileged build user is free (or its lock failed); the builder never ran.
+    #[error(transparent)]
+    BuildUser(#[from] BuildUserError),
+    /// A fixed-output build needs network and the runner has no `slirp4netns` to give it.
+    #[error(
+        "this fixed-output build needs network, but slirp4netns is not available (install the slirp4netns \
+         package, or set `sandbox.fixed_output_network = \"none\"` to build fixed-output derivations offline)"
+    )]
+    NoNetwork,
     /// The sandbox could not be set up; the builder never ran.
     #[error("sandbox setup failed ({status}): {message}")]
     SetupFailed {
@@ -115,16 +126,46 @@ impl BuildOutcome {
 }
 
 /// Runs [`SandboxSpec`]s through the `buildmesh __sandbox-exec` helper (needs root on Linux).
+///
+/// Every run takes its own unprivileged host uid from [`BuildUsers`] (the default range unless
+/// [`SandboxRunner::with_build_users`] says otherwise); a spec with `network` gets outbound
+/// network through `slirp4netns` (found in the usual binary directories unless
+/// [`SandboxRunner::with_slirp4netns`] says otherwise), never the host's network namespace.
 #[derive(Debug, Clone)]
 pub struct SandboxRunner {
     helper: PathBuf,
     kill_grace: Duration,
+    users: BuildUsers,
+    slirp4netns: Option<PathBuf>,
 }
 
 impl SandboxRunner {
     /// A runner that starts `helper` (a `buildmesh` binary) as the sandbox helper.
     pub fn new(helper: impl Into<PathBuf>) -> SandboxRunner {
-        SandboxRunner { helper: helper.into(), kill_grace: DEFAULT_KILL_GRACE }
+        SandboxRunner {
+            helper: helper.into(),
+            kill_grace: DEFAULT_KILL_GRACE,
+            users: BuildUsers::default(),
+            slirp4netns: find_program(std::path::Path::new("slirp4netns")),
+        }
+    }
+
+    /// Take build users from `users` instead of the default range.
+    pub fn with_build_users(mut self, users: BuildUsers) -> SandboxRunner {
+        self.users = users;
+        self
+    }
+
+    /// Use this `slirp4netns` binary for specs with `network` (`None`: such specs fail with
+    /// [`ExecutorError::NoNetwork`]).
+    pub fn with_slirp4netns(mut self, program: Option<PathBuf>) -> SandboxRunner {
+        self.slirp4netns = program;
+        self
+    }
+
+    /// The build users this runner takes uids from.
+    pub fn build_users(&self) -> &BuildUsers {
+        &self.users
     }
 
     /// A runner using the running executable, which must be the `buildmesh` binary.
@@ -154,7 +195,11 @@ impl SandboxRunner {
                 return Err(ExecutorError::NotADirectory { what, path: p.clone() });
             }
         }
+        if spec.network && self.slirp4netns.is_none() {
+            return Err(ExecutorError::NoNetwork);
+        }
         let _stubs = InputStubs::create(spec)?;
+        let mut lease = Lease::take(&self.users, spec)?;
         let work = tempfile::Builder::new()
             .prefix("buildmesh-sandbox-")
             .tempdir()
@@ -174,12 +219,16 @@ impl SandboxRunner {
             .arg(&spec_path)
             .arg("--root")
             .arg(&root)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(writer)
-            .stderr(writer2)
-            .process_group(0)
-            .kill_on_drop(true);
+            .arg("--host-uid")
+            .arg(lease.user.uid().to_string())
+            .arg("--host-gid")
+            .arg(lease.user.gid().to_string());
+        if spec.network
+            && let Some(slirp) = &self.slirp4netns
+        {
+            cmd.arg("--slirp4netns").arg(slirp);
+        }
+        cmd.env_clear().stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0).kill_on_drop(true);
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(|source| ExecutorError::Spawn { helper: self.helper.clone(), source })?;
         drop(cmd); // closes our copies of the pipe's write end
@@ -241,6 +290,7 @@ impl SandboxRunner {
             }
         }
         let duration = start.elapsed();
+        lease.give_back().await?;
         let status = status.unwrap_or_else(|| ExitStatus::from_raw(0));
         let ready = log.ready;
         let (log_bytes_total, truncated, log_bytes, setup) = log.finish();
@@ -289,6 +339,69 @@ fn describe(s: ExitStatus) -> String {
         (Some(c), _) => format!("exit status {c}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => s.to_string(),
+    }
+}
+
+/// The build user of one run and the host dirs it was given: they go back to the node's own
+/// uid/gid (recursively, symlinks not followed) before the uid is released, so nothing the
+/// builder made stays owned by a uid the next build may get. [`Lease::give_back`] does it off the
+/// async runtime; dropping an unreturned lease (an error or a dropped future) does it inline.
+struct Lease {
+    user: BuildUser,
+    dirs: Vec<PathBuf>,
+    returned: bool,
+}
+
+impl Lease {
+    fn take(users: &BuildUsers, spec: &SandboxSpec) -> Result<Lease, ExecutorError> {
+        let user = users.acquire()?;
+        let mut lease = Lease { user, dirs: Vec::new(), returned: false };
+        // The build dir with what the caller wrote in it (attrs files) and the store dir itself
+        // (the builder creates its outputs there; the input mount points stay the node's).
+        for (dir, recursive) in [(&spec.build_dir_host, true), (&spec.store_host, false)] {
+            lease.dirs.push(dir.clone());
+            chown_tree(dir, lease.user.uid(), lease.user.gid(), recursive).map_err(io_err(format!(
+                "giving {} to build user {}",
+                dir.display(),
+                lease.user.uid()
+            )))?;
+        }
+        Ok(lease)
+    }
+
+    fn restore(dirs: &[PathBuf]) -> Result<(), ExecutorError> {
+        let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        for dir in dirs {
+            match chown_tree(dir, uid, gid, true) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ExecutorError::Io {
+                        what: format!("taking {} back from the build user", dir.display()),
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn give_back(&mut self) -> Result<(), ExecutorError> {
+        let dirs = self.dirs.clone();
+        self.returned = true;
+        tokio::task::spawn_blocking(move || Lease::restore(&dirs)).await.map_err(|e| ExecutorError::Io {
+            what: "taking the build dirs back".into(),
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.returned
+            && let Err(e) = Lease::restore(&self.dirs)
+        {
+            tracing::warn!(error = %e, uid = self.user.uid(), "could not take the build dirs back");
+        }
     }
 }
 

@@ -1,37 +1,58 @@
 //! The child side of the sandbox: `buildmesh __sandbox-exec`, run as root by [`super::SandboxRunner`].
 //!
 //! Two stages, both single-threaded processes of this binary, so every namespace call is a safe
-//! wrapper (`nix` crate) and no `fork` is needed in Rust code:
+//! wrapper (`nix` and `caps` crates) and no `fork` is needed in Rust code:
 //!
-//! 1. **stage 1** (in the host PID namespace) unshares a PID namespace and spawns stage 2 with
-//!    `std::process::Command`, then waits for it and exits with its status (re-raising its signal).
-//! 2. **stage 2** is PID 1 of the new PID namespace. It unshares mount, UTS, IPC and (without
-//!    `network`) network namespaces, brings `lo` up, builds a fresh root on a tmpfs (see
-//!    [`super`] docs), `pivot_root`s into it, then unshares a user namespace that maps the
-//!    builder's uid/gid (1000/100 by default, as in Nix) to the node's own, and `exec`s the
-//!    builder in `/build` with exactly the spec's environment. All mounts are made before the
-//!    user namespace exists, so they belong to the host's user namespace and the builder can
-//!    neither undo nor add any. Before `exec` it sets `PR_SET_PDEATHSIG=SIGKILL`: when stage 1
-//!    dies (killed by the runner) the builder, PID 1, dies and the kernel kills every process of
-//!    the namespace.
+//! 1. **stage 1** (in the host PID namespace, root) unshares a PID namespace and spawns stage 2
+//!    with `std::process::Command`, its stdin a socket pair to talk over. When stage 2 reports
+//!    that it has unshared its user namespace, stage 1 writes that namespace's maps (the
+//!    builder's uid/gid onto the unprivileged host ids of the build user the runner took, see
+//!    [`super::build_users`]; a process cannot map a host uid other than its own, so its parent
+//!    must), attaches `slirp4netns` to its network namespace for a fixed-output build when the
+//!    runner asks for it ([`super::slirp`]), and then tells stage 2 to go on. It waits for stage
+//!    2 and exits with its status (re-raising its signal).
+//! 2. **stage 2** is PID 1 of the new PID namespace. It unshares mount, UTS, IPC and network
+//!    namespaces (always: a fixed-output build gets its network through slirp4netns, never the
+//!    host's), brings `lo` up, builds a fresh root on a tmpfs (see [`super`] docs) with a `/proc`
+//!    whose host-wide knobs are read-only or masked ([`super::confine::mask_proc`]),
+//!    `pivot_root`s into it, unshares a user namespace, waits for stage 1 to map it, switches to
+//!    the builder's uid/gid (1000/100 inside, as in Nix; the build user's on the host), empties
+//!    every capability set, sets `no_new_privs` and `exec`s the builder in `/build` with exactly
+//!    the spec's environment. All mounts are made before the user namespace exists, so they
+//!    belong to the host's user namespace and the builder can neither undo nor add any. Before
+//!    `exec` it sets `PR_SET_PDEATHSIG=SIGKILL`: when stage 1 dies (killed by the runner) the
+//!    builder, PID 1, dies and the kernel kills every process of the namespace.
+//!
+//! Why a user namespace and not a plain `setuid` to the build user: the builder sees Nix's
+//! constant ids (1000/100) whatever build user it got, so outputs that record ids stay
+//! reproducible across slots and nodes, and the mounts made by host root stay locked for it.
 //!
 //! Errors before `exec` are printed on stderr and the process exits with [`SETUP_FAILED_EXIT`];
 //! the runner tells them apart from the builder's output by [`READY_MARKER`], which stage 2 writes
 //! right before `exec`.
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{Read as _, Write};
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::Signal;
 
+use super::confine;
+use super::slirp::{SLIRP_DNS, Slirp};
 use super::spec::{SANDBOX_BUILD_DIR, SandboxSpec};
+
+/// Stage 2 to stage 1: the user namespace exists, map it.
+const SYNC_UNSHARED: u8 = b'U';
+/// Stage 1 to stage 2: mapped (and networked), go on.
+const SYNC_GO: u8 = b'G';
 
 /// Written by stage 2 on stderr right before `exec`: everything after it is the builder's log.
 pub const READY_MARKER: &[u8] = b"\x02buildmesh-sandbox: exec\n";
@@ -52,6 +73,15 @@ pub struct SandboxExecArgs {
     /// Stage 2: already PID 1 of the new PID namespace.
     #[arg(long)]
     pub init: bool,
+    /// Host uid the builder runs as (an unprivileged build user; required by stage 1).
+    #[arg(long)]
+    pub host_uid: Option<u32>,
+    /// Host gid the builder runs as (required by stage 1).
+    #[arg(long)]
+    pub host_gid: Option<u32>,
+    /// Give the build outbound network through this `slirp4netns` (fixed-output builds).
+    #[arg(long)]
+    pub slirp4netns: Option<PathBuf>,
 }
 
 /// A setup step that failed in the helper.
@@ -84,7 +114,7 @@ pub enum SetupError {
     },
 }
 
-trait Ctx<T> {
+pub(crate) trait Ctx<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, SetupError>;
 }
 
@@ -113,17 +143,52 @@ pub fn sandbox_exec_main(args: SandboxExecArgs) -> ExitCode {
 }
 
 fn stage1(args: &SandboxExecArgs) -> Result<ExitCode, SetupError> {
+    let spec = read_spec(&args.spec)?;
+    let missing = |what: &str| SetupError::Spec {
+        path: args.spec.clone(),
+        reason: format!("no --{what}: the builder must run as an unprivileged build user"),
+    };
+    let host_uid = args.host_uid.ok_or_else(|| missing("host-uid"))?;
+    let host_gid = args.host_gid.ok_or_else(|| missing("host-gid"))?;
+    if host_uid == 0 || host_gid == 0 {
+        return Err(SetupError::Spec { path: args.spec.clone(), reason: "the build user must not be root".into() });
+    }
+    let host_pid_ns = std::fs::File::open("/proc/self/ns/pid").ctx(|| "opening /proc/self/ns/pid".into())?;
     unshare(CloneFlags::CLONE_NEWPID).ctx(|| "unshare(CLONE_NEWPID)".into())?;
-    let status = std::process::Command::new("/proc/self/exe")
-        .arg("__sandbox-exec")
+    let (mut sync, child_end) = UnixStream::pair().ctx(|| "creating the sync socket".into())?;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg("__sandbox-exec")
         .arg("--spec")
         .arg(&args.spec)
         .arg("--root")
         .arg(&args.root)
         .arg("--init")
         .env_clear()
-        .status()
-        .ctx(|| "starting the sandbox init process".into())?;
+        .stdin(Stdio::from(OwnedFd::from(child_end)));
+    let mut child = cmd.spawn().ctx(|| "starting the sandbox init process".into())?;
+    drop(cmd); // our copy of the child's end: EOF when stage 2 dies
+    // Only stage 2 goes in the new PID namespace: slirp4netns (and any thread) stays in the host's.
+    nix::sched::setns(&host_pid_ns, CloneFlags::CLONE_NEWPID).ctx(|| "returning to the host PID namespace".into())?;
+    let mut slirp = None;
+    let mut byte = [0u8; 1];
+    // EOF: stage 2 failed before it unshared its user namespace (it printed why); its status says so.
+    if sync.read(&mut byte).ctx(|| "waiting for the sandbox init process".into())? == 1 && byte[0] == SYNC_UNSHARED {
+        let setup =
+            confine::map_user_namespace(child.id(), (spec.uid, spec.gid), (host_uid, host_gid)).and_then(|()| {
+                match &args.slirp4netns {
+                    Some(program) => Slirp::start(program, child.id()).map(|s| slirp = Some(s)),
+                    None => Ok(()),
+                }
+            });
+        if let Err(e) = setup {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        sync.write_all(&[SYNC_GO]).ctx(|| "releasing the sandbox init process".into())?;
+    }
+    let status = child.wait().ctx(|| "waiting for the sandbox init process".into())?;
+    drop(slirp);
     if let Some(code) = status.code() {
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(SETUP_FAILED_EXIT)));
     }
@@ -154,12 +219,13 @@ fn read_spec(path: &Path) -> Result<SandboxSpec, SetupError> {
 
 fn stage2(args: &SandboxExecArgs) -> Result<ExitCode, SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
+    // Our stdin is the socket to stage 1 (close-on-exec copy; the builder gets /dev/null).
+    let mut sync =
+        UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned().ctx(|| "taking the sync socket".into())?);
     let spec = read_spec(&args.spec)?;
 
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-    if !spec.network {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+    let flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET;
     unshare(flags).ctx(|| "unshare(mount, uts, ipc, net namespaces)".into())?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .ctx(|| "making / private".into())?;
@@ -168,9 +234,7 @@ fn stage2(args: &SandboxExecArgs) -> Result<ExitCode, SetupError> {
     if std::fs::read("/proc/sys/kernel/domainname").map(|d| d != b"(none)\n").unwrap_or(true) {
         std::fs::write("/proc/sys/kernel/domainname", "(none)").ctx(|| "setting the domain name".into())?;
     }
-    if !spec.network {
-        loopback_up()?;
-    }
+    loopback_up()?;
 
     let root = args.root.as_path();
     let ro_targets = build_root(&spec, root)?;
@@ -183,7 +247,19 @@ fn stage2(args: &SandboxExecArgs) -> Result<ExitCode, SetupError> {
     nix::unistd::chdir("/").ctx(|| "chdir /".into())?;
     remount_ro("/", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
 
-    enter_user_namespace(spec.uid, spec.gid)?;
+    // The user namespace, mapped by stage 1 onto the build user; then become the builder.
+    nix::unistd::setgroups(&[]).ctx(|| "dropping supplementary groups".into())?;
+    unshare(CloneFlags::CLONE_NEWUSER).ctx(|| "unshare(CLONE_NEWUSER)".into())?;
+    sync.write_all(&[SYNC_UNSHARED]).ctx(|| "asking stage 1 for the user namespace maps".into())?;
+    let mut byte = [0u8; 1];
+    if sync.read(&mut byte).ctx(|| "waiting for the user namespace maps".into())? != 1 || byte[0] != SYNC_GO {
+        return Err(SetupError::Spec {
+            path: args.spec.clone(),
+            reason: "stage 1 did not map the user namespace".into(),
+        });
+    }
+    drop(sync);
+    confine::become_builder(spec.uid, spec.gid)?;
 
     nix::unistd::chdir(SANDBOX_BUILD_DIR).ctx(|| format!("chdir {SANDBOX_BUILD_DIR}"))?;
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, nix::sys::resource::RLIM_INFINITY)
@@ -192,6 +268,7 @@ fn stage2(args: &SandboxExecArgs) -> Result<ExitCode, SetupError> {
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, hard)
         })
         .ctx(|| "setrlimit(RLIMIT_CORE)".into())?;
+    confine::drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().ctx(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).ctx(|| "prctl(PR_SET_PDEATHSIG)".into())?;
     let meta = std::fs::metadata(&spec.builder).ctx(|| format!("builder {} in the sandbox", spec.builder.display()))?;
@@ -207,7 +284,8 @@ fn stage2(args: &SandboxExecArgs) -> Result<ExitCode, SetupError> {
     cmd.arg0(arg0)
         .args(spec.args.iter().map(|a| OsString::from_vec(a.clone())))
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (OsString::from_vec(k.clone()), OsString::from_vec(v.clone()))));
+        .envs(spec.env.iter().map(|(k, v)| (OsString::from_vec(k.clone()), OsString::from_vec(v.clone()))))
+        .stdin(Stdio::null());
     let mut err = std::io::stderr();
     err.write_all(READY_MARKER).ctx(|| "writing the ready marker".into())?;
     let e = cmd.exec();
@@ -333,16 +411,16 @@ fn build_root(spec: &SandboxSpec, root: &Path) -> Result<Vec<PathBuf>, SetupErro
         ),
     )?;
     write_file(&etc.join("group"), &format!("root:x:0:\nnixbld:!:{}:\nnogroup:x:65534:\n", spec.gid))?;
+    write_file(&etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
     if spec.network {
+        // DNS through slirp4netns's forwarder (the host's own resolver may be on its loopback).
         write_file(&etc.join("nsswitch.conf"), "hosts: files dns\nservices: files\n")?;
-        for f in ["/etc/resolv.conf", "/etc/services", "/etc/hosts"] {
-            if Path::new(f).exists() {
-                bind(Path::new(f), &inside(root, Path::new(f)), false)?;
-                ro.push(inside(root, Path::new(f)));
-            }
+        write_file(&etc.join("resolv.conf"), &format!("nameserver {SLIRP_DNS}\n"))?;
+        let services = Path::new("/etc/services");
+        if services.exists() {
+            bind(services, &inside(root, services), false)?;
+            ro.push(inside(root, services));
         }
-    } else {
-        write_file(&etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
     }
 
     // /tmp: a private tmpfs.
@@ -422,6 +500,7 @@ fn build_root(spec: &SandboxSpec, root: &Path) -> Result<Vec<PathBuf>, SetupErro
         None::<&str>,
     )
     .ctx(|| "mounting /proc".into())?;
+    confine::mask_proc(&proc_dir)?;
     Ok(ro)
 }
 
@@ -462,17 +541,6 @@ fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Unshare a user namespace mapping `uid`/`gid` inside to our own (host) uid/gid.
-fn enter_user_namespace(uid: u32, gid: u32) -> Result<(), SetupError> {
-    let (host_uid, host_gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
-    nix::unistd::setgroups(&[]).ctx(|| "dropping supplementary groups".into())?;
-    unshare(CloneFlags::CLONE_NEWUSER).ctx(|| "unshare(CLONE_NEWUSER)".into())?;
-    write_file(Path::new("/proc/self/setgroups"), "deny")?;
-    write_file(Path::new("/proc/self/gid_map"), &format!("{gid} {host_gid} 1"))?;
-    write_file(Path::new("/proc/self/uid_map"), &format!("{uid} {host_uid} 1"))?;
-    Ok(())
 }
 
 #[cfg(test)]

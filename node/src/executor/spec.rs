@@ -60,16 +60,16 @@ pub struct SandboxSpec {
     pub build_dir_host: PathBuf,
     /// Host paths shown read-only at the same place; missing ones are skipped.
     pub sandbox_paths: Vec<PathBuf>,
-    /// Keep the host network (fixed-output derivations only). Otherwise a private network
-    /// namespace with only a loopback interface.
+    /// Outbound network (fixed-output derivations only) through `slirp4netns` in the build's own
+    /// network namespace, the host's loopback refused. Otherwise only a loopback interface.
     pub network: bool,
     /// Wall-clock limit; the whole sandbox is killed when it passes.
     pub timeout: Option<Duration>,
     /// Cap on the kept log (the first half and the last half are kept).
     pub max_log_bytes: u64,
-    /// Uid of the builder inside the sandbox (mapped to the node's own uid on the host).
+    /// Uid of the builder inside the sandbox (mapped to the run's unprivileged build user on the host).
     pub uid: u32,
-    /// Gid of the builder inside the sandbox (mapped to the node's own gid on the host).
+    /// Gid of the builder inside the sandbox (mapped to the run's build group on the host).
     pub gid: u32,
 }
 

@@ -435,6 +435,7 @@ fn prepare(config: &Config, store_dir: &StoreDir, custom: Option<Arc<dyn Executo
             ec.cores = u32::try_from((cpus / slots).max(1)).unwrap_or(1);
             ec.systems = systems.clone();
             ec.sandbox_paths = config.sandbox_paths.clone();
+            ec.sandbox = config.sandbox.clone();
             build::make_executor(kind, ec).map_err(|e| exec_err(e.to_string()))?
         }
     };
