@@ -18,8 +18,13 @@
 //!
 //! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status; the binary cache answers
 //! 404 for what it does not have and 400 for malformed names, with a plain-text body.
+//!
+//! Every request that is not `GET` or `HEAD` (every `POST` above, the mesh's and any route added
+//! later) needs `Authorization: Bearer <token>` ([`auth`]: `DATA/api.token`); without it the
+//! answer is 401 and nothing changes.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cache;
 
@@ -108,8 +113,9 @@ impl AppState {
     }
 }
 
-/// The whole router of a node: binary cache, JSON API and the submit endpoint.
-pub fn router(state: AppState) -> Router {
+/// The whole router of a node: binary cache, JSON API and the submit endpoint, every
+/// state-changing request behind `token` ([`auth::require_token`]).
+pub fn router(state: AppState, token: auth::ApiToken) -> Router {
     let submit = match &state.inner.mesh {
         Some(m) => crate::submit::server::mesh_router(state.inner.submit.clone(), m.clone()),
         None => crate::submit::router(state.inner.submit.clone()),
@@ -135,4 +141,5 @@ pub fn router(state: AppState) -> Router {
         .merge(submit)
         .merge(audit)
         .merge(mesh.unwrap_or_default())
+        .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
 }

@@ -78,6 +78,9 @@ pub struct ClientOptions {
     pub replicas: u32,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// The node's API token, sent as `Authorization: Bearer <token>` with the upload
+    /// ([`crate::cli::token`] finds it).
+    pub token: Option<String>,
 }
 
 impl ClientOptions {
@@ -278,12 +281,15 @@ pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse,
     let body = UploadBody { parts, current: None, progress: progress.clone() };
     let url = opts.url(super::server::SUBMIT_PATH);
     let client = http_client(None)?;
-    let resp = client
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
-        .body(reqwest::blocking::Body::sized(body, total))
-        .send()
-        .map_err(|source| ClientError::Http { method: "POST", url: url.clone(), source });
+    let mut request = client.post(&url).header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE);
+    if let Some(token) = &opts.token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.body(reqwest::blocking::Body::sized(body, total)).send().map_err(|source| ClientError::Http {
+        method: "POST",
+        url: url.clone(),
+        source,
+    });
     progress.finish_and_clear();
     let resp = resp?;
     let status = resp.status();
@@ -293,6 +299,7 @@ pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse,
             Ok(e) => (e.error, e.path),
             Err(_) => (String::from_utf8_lossy(&bytes).trim().to_string(), None),
         };
+        let message = message + crate::cli::token::hint(status.as_u16(), opts.token.is_some());
         return Err(ClientError::Rejected { status: status.as_u16(), message, path });
     }
     serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse { url, reason: e.to_string() })
