@@ -102,6 +102,8 @@ pub struct Config {
     pub mandatory_features: Vec<String>,
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
+    /// Upload limits (`[submit]` table; see [`crate::submit::SubmitSettings`]).
+    pub submit: crate::submit::SubmitSettings,
 }
 
 impl Default for Config {
@@ -128,6 +130,7 @@ impl Default for Config {
             features: Vec::new(),
             mandatory_features: Vec::new(),
             mesh: crate::mesh::MeshSettings::default(),
+            submit: crate::submit::SubmitSettings::default(),
         }
     }
 }
@@ -192,6 +195,7 @@ impl Config {
         self.store_dir()?;
         self.trusted_public_keys()?;
         self.mesh.validate().map_err(|e| invalid("mesh", e.to_string()))?;
+        self.submit.validate().map_err(|e| invalid("submit", e))?;
         if self.quorum == 0 {
             return Err(invalid("quorum", "must be at least 1"));
         }

@@ -252,7 +252,7 @@ impl Node {
             key.clone(),
             info.clone(),
             handle.clone(),
-            submit_context(&store, &store_dir, &data_dir, &handle),
+            submit_context(&store, &store_dir, &data_dir, &handle, &config.submit),
         );
         if let Some(m) = &mesh {
             app_state = app_state.with_mesh(m.clone());
@@ -462,8 +462,10 @@ fn submit_context(
     store_dir: &StoreDir,
     data_dir: &std::path::Path,
     handle: &SchedulerHandle,
+    settings: &crate::submit::SubmitSettings,
 ) -> crate::submit::SubmitContext {
     let mut ctx = crate::submit::SubmitContext::new(store.clone(), store_dir.clone());
+    settings.apply(&mut ctx.limits);
     ctx.limits.spool_dir = Some(data_dir.join(SPOOL_DIR));
     ctx.wake = handle.wake_notify();
     ctx
