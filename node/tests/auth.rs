@@ -60,6 +60,15 @@ fn a_standalone_node_changes_state_only_for_its_token() {
     drvs.add("victims-sleeper", "sleep 60; echo z > $out", &[]);
     drvs.add("victims-failure", "exit 3", &[]);
     drvs.add("attackers-job", "echo pwned > $out", &[]);
+    // An upload larger than what a node reads of a refused body.
+    let big_src = tmp.path().join("big-src");
+    std::fs::create_dir_all(&big_src).unwrap();
+    let contents = vec![b'x'; 12 << 20];
+    let big = buildmesh_protocol::store_path::make_text_path(&sd(), "big.txt", &contents, []).unwrap();
+    let mut w = buildmesh_protocol::nar::NarWriter::new(Vec::new()).unwrap();
+    w.regular(false, contents.len() as u64, &mut &contents[..]).unwrap();
+    std::fs::write(big_src.join(format!("{big}.nar")), w.finish().unwrap()).unwrap();
+    let (big_job, _) = drvs.add_with_sources("attackers-big-job", "cat $src0 > $out", &[], &[big]);
     let node = NodeProc::start(&data, &["--slots", "2"]);
     let url = node.url.clone();
 
@@ -101,6 +110,20 @@ fn a_standalone_node_changes_state_only_for_its_token() {
     let submit_args = ["submit", "--api", &url, "--from", drvs.dir.to_str().unwrap(), attacker.as_str()];
     let (st, _, err) = cli_env(&submit_args, &no_home);
     assert!(!st.success() && err.contains("401"), "{err}");
+    // A large upload (more than the node reads of a refused body) is refused as clearly.
+    let big_job = sd().display(&big_job);
+    let big_args = [
+        "submit",
+        "--api",
+        &url,
+        "--from",
+        drvs.dir.to_str().unwrap(),
+        "--sources",
+        big_src.to_str().unwrap(),
+        &big_job,
+    ];
+    let (st, _, err) = cli_env(&big_args, &no_home);
+    assert!(!st.success() && err.contains("401") && err.contains("BUILDMESH_TOKEN"), "{err}");
     let wrong = [
         ("HOME", elsewhere.to_str().unwrap()),
         ("XDG_DATA_HOME", elsewhere.to_str().unwrap()),
@@ -114,8 +137,10 @@ fn a_standalone_node_changes_state_only_for_its_token() {
     let f = build_json(&url, &failure);
     assert_eq!((f["state"].as_str(), &f["attempts"]), (Some("failed"), &failed_attempts), "{f}");
     assert_eq!(build_state(&url, &drvs.drv("attackers-job")), None, "the anonymous upload was stored");
+    assert_eq!(build_state(&url, &drvs.drv("attackers-big-job")), None, "the anonymous upload was stored");
     let (s, builds) = get_json(&format!("{url}/api/v1/builds"));
     assert_eq!((s, builds.as_array().unwrap().len()), (200, 2), "{builds}");
+    refused_everywhere("POST", &format!("{url}/api/v1/auth/check"), b"");
 
     // What stays public: the binary cache and the read-only API.
     assert_eq!(get(&format!("{url}/nix-cache-info")).0, 200);
@@ -146,6 +171,11 @@ fn a_standalone_node_changes_state_only_for_its_token() {
     assert!(st.success(), "--data-dir: {out}{err}");
     let (st, out, err) = cli_env(&submit_args, &default_dir);
     assert!(st.success(), "submit with the default data dir's token: {out}{err}");
+    let (st, out, err) = cli_env(&big_args, &[("BUILDMESH_TOKEN", &token), no_home[0], no_home[1]]);
+    assert!(st.success(), "a large submit with the token: {out}{err}");
+    let check = format!("{url}/api/v1/auth/check");
+    let (status, _, json) = request("POST", &check, Some(&format!("Bearer {token}")), vec![]);
+    assert_eq!(status, 204, "{json}");
     wait_state(&url, &drvs.drv("attackers-job"), "done", LONG);
     // The default data dir is used for a node on this machine only.
     let remote = url.replace("127.0.0.1", "localhost");

@@ -29,6 +29,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use libp2p::futures::StreamExt as _;
 
+/// `POST` here answers 204 when the request carries the token (and 401 like any other route when
+/// it does not): a client checks its token this way before a large upload, whose 401 could
+/// otherwise arrive as a reset connection once the node stops reading the body.
+pub const CHECK_PATH: &str = "/api/v1/auth/check";
 /// The token file's name inside the data dir.
 pub const TOKEN_FILE: &str = "api.token";
 /// Random bytes in a token the node creates (hex-encoded: 64 characters).
@@ -204,6 +208,11 @@ fn create(path: &Path) -> Result<bool, TokenError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(source) => Err(TokenError::Io { op: "create", path: path.to_path_buf(), source }),
     }
+}
+
+/// `POST /api/v1/auth/check`: reached only with the token ([`require_token`] runs first).
+pub async fn auth_check() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 /// Why a request was refused.

@@ -14,6 +14,7 @@
 //! | `POST /api/v1/builds/<drv>/retry`, `…/cancel` | retry a failed/cancelled build, cancel one |
 //! | `GET /api/v1/attestations?path=…` / `?drv=…` / `?format=jsonl` | attestations |
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
+//! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`crate::audit::http`]) |
 //!
 //! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status; the binary cache answers
@@ -136,6 +137,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .route("/api/v1/builds/{drv}/retry", post(api::retry))
         .route("/api/v1/builds/{drv}/cancel", post(api::cancel))
         .route("/api/v1/attestations", get(api::attestations))
+        .route(auth::CHECK_PATH, post(auth::auth_check))
         .fallback(api::not_found)
         .with_state(state)
         .merge(submit)

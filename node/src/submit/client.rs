@@ -259,6 +259,27 @@ struct ErrorJson {
     path: Option<String>,
 }
 
+/// Before a body the node would not read to its end when refusing it: ask the node whether the
+/// token is right (`POST /api/v1/auth/check`), so a 401 is reported as such.
+fn check_token(client: &reqwest::blocking::Client, opts: &ClientOptions) -> Result<(), ClientError> {
+    let url = opts.url(crate::http::auth::CHECK_PATH);
+    let mut request = client.post(&url);
+    if let Some(token) = &opts.token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().map_err(|source| ClientError::Http { method: "POST", url: url.clone(), source })?;
+    let status = resp.status().as_u16();
+    if status != 401 {
+        return Ok(());
+    }
+    let bytes = resp.bytes().map_err(|source| ClientError::Http { method: "POST", url: url.clone(), source })?;
+    let message = serde_json::from_slice::<ErrorJson>(&bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
+    let message = message + crate::cli::token::hint(status, opts.token.is_some());
+    Err(ClientError::Rejected { status, message, path: None })
+}
+
 /// Upload `closure` (blocking). Returns the node's answer once it has accepted the whole closure.
 pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse, ClientError> {
     let sd = &closure.store_dir;
@@ -281,6 +302,9 @@ pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse,
     let body = UploadBody { parts, current: None, progress: progress.clone() };
     let url = opts.url(super::server::SUBMIT_PATH);
     let client = http_client(None)?;
+    if total > crate::http::auth::DRAIN_LIMIT {
+        check_token(&client, opts)?;
+    }
     let mut request = client.post(&url).header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE);
     if let Some(token) = &opts.token {
         request = request.bearer_auth(token);
