@@ -177,7 +177,8 @@ pub fn load_or_create(data_dir: &Path) -> Result<(ApiToken, bool), TokenError> {
 
 /// Write a new random token to `path` without ever replacing a file: the token goes to a temp
 /// file (mode 0600, synced), which is then hard-linked to `path` (fails if `path` exists: another
-/// process won the race, and its token is used). Returns whether this call created the file.
+/// process won the race, and its token is used; where hard links are not supported, `path` is
+/// created directly with `O_EXCL`). Returns whether this call created the file.
 fn create(path: &Path) -> Result<bool, TokenError> {
     let mut bytes = [0u8; TOKEN_BYTES];
     getrandom::fill(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
@@ -206,7 +207,19 @@ fn create(path: &Path) -> Result<bool, TokenError> {
             Ok(true)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(TokenError::Io { op: "create", path: path.to_path_buf(), source }),
+        // A filesystem without hard links: create the file itself, still never replacing one.
+        Err(_) => {
+            let opened = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+            let mut f = match opened {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(source) => return Err(TokenError::Io { op: "create", path: path.to_path_buf(), source }),
+            };
+            f.write_all(format!("{token}\n").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|source| TokenError::Io { op: "write", path: path.to_path_buf(), source })?;
+            Ok(true)
+        }
     }
 }
 
