@@ -105,6 +105,8 @@ pub struct Config {
     /// Build isolation: build users, fixed-output network, impure env allow-list, `nix`
     /// executor opt-in (`[sandbox]` table; see [`crate::executor::SandboxSettings`]).
     pub sandbox: crate::executor::SandboxSettings,
+    /// Upload limits (`[submit]` table; see [`crate::submit::SubmitSettings`]).
+    pub submit: crate::submit::SubmitSettings,
 }
 
 impl Default for Config {
@@ -132,6 +134,7 @@ impl Default for Config {
             mandatory_features: Vec::new(),
             mesh: crate::mesh::MeshSettings::default(),
             sandbox: crate::executor::SandboxSettings::default(),
+            submit: crate::submit::SubmitSettings::default(),
         }
     }
 }
@@ -197,6 +200,7 @@ impl Config {
         self.trusted_public_keys()?;
         self.mesh.validate().map_err(|e| invalid("mesh", e.to_string()))?;
         self.sandbox.validate(self.effective_slots()).map_err(|e| invalid("sandbox", e.to_string()))?;
+        self.submit.validate().map_err(|e| invalid("submit", e))?;
         if self.quorum == 0 {
             return Err(invalid("quorum", "must be at least 1"));
         }

@@ -73,7 +73,7 @@ fn serves_the_api_and_the_cache_protocol_and_stops_cleanly() {
     assert_eq!(s, 400, "{j}");
     assert_eq!(get_json(&format!("{url}/api/v1/builds?state=bogus")).0, 400);
     assert_eq!(get_json(&format!("{url}/api/v1/builds/{drv}/log")).0, 404);
-    let r = http().post(format!("{url}/api/v1/builds/{drv}/retry")).send().unwrap();
+    let r = http().post(format!("{url}/api/v1/builds/{drv}/retry")).bearer_auth(node.token()).send().unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(get_json(&format!("{url}/api/v1/attestations")).0, 400);
     let (s, j) = get_json(&format!("{url}/api/v1/attestations?path=/nix/store/{missing}-x"));

@@ -374,11 +374,18 @@ fn nar_not_matching_its_hash_is_rejected_and_no_blob_is_left() {
     let d = DrvGraph::load().most_sources();
     let c = vector_closure(&[&d]);
     assert!(c.sources.len() >= 2, "several sources, so good NARs come before the bad one");
-    // Flip one byte in the last NAR (same size, other hash).
+    // Flip one byte of a file's contents in the last NAR (still a NAR, same size, other hash).
     let mut body = body_of(&c, 0, 1);
     let last = c.sources.values().last().unwrap();
-    let n = body.len();
-    body[n - 20] ^= 0x01;
+    let start = body.len() - last.nar_size as usize;
+    let mut nar = buildmesh_protocol::nar::NarReader::new(&body[start..]);
+    let contents_at = loop {
+        match nar.next().expect("a valid NAR").expect("a file with contents") {
+            buildmesh_protocol::nar::NarEvent::Regular { len, .. } if len > 0 => break nar.offset() as usize,
+            _ => {}
+        }
+    };
+    body[start + contents_at] ^= 0x01;
     let shown = sd().display(&last.path);
     assert_rejected(&ctx, dir.path(), &body, &shown, |e| matches!(e, SubmitError::NarHashMismatch { .. }));
     assert_eq!(snapshot(&store, dir.path()).blob_files, 0, "no blob file of the good NARs either");

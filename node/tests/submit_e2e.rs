@@ -77,10 +77,13 @@ fn every_vector_is_built_by_a_real_node_with_the_recorded_nar_hash() {
     let (_node, url) = start_node(tmp.path());
     let drvs: Vec<String> =
         vector_drvs().into_values().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    // The node's config tells the CLI where the node's data dir, and so its API token, is.
     let mut args = vec![
         "submit".to_string(),
         "--api".into(),
         url,
+        "--config".into(),
+        tmp.path().join("node.toml").display().to_string(),
         "--from".into(),
         drv_dir().display().to_string(),
         "--wait".into(),

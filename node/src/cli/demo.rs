@@ -277,8 +277,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let origin = Origin::Directory { dir: drv_dir.clone(), sources: Vec::new() };
     let closure = closure::collect(&all, &origin, &sd).context("reading the sample DAG")?;
     let submitter = &nodes[0];
-    let opts =
-        ClientOptions { api: submitter.api.clone(), priority: 0, replicas: args.replicas as u32, progress: false };
+    let token_file = crate::http::auth::token_path(&submitter.dir.join("data"));
+    let token = crate::http::auth::read_token_file(&token_file).context("reading the first node's API token")?;
+    let opts = ClientOptions {
+        api: submitter.api.clone(),
+        priority: 0,
+        replicas: args.replicas as u32,
+        progress: false,
+        token: Some(token),
+    };
     let accepted = client::upload(&closure, &opts).context("submitting the sample DAG")?;
     println!(
         "\n== submitted {} derivations (closure of {} .drv files, {} sources) once, to {}, with k = {}",

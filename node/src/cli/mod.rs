@@ -8,3 +8,4 @@ pub mod nar;
 pub mod narinfo;
 pub mod node;
 pub mod submit;
+pub mod token;

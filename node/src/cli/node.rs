@@ -205,6 +205,9 @@ pub struct BuildRefArgs {
     /// relays the request.
     #[arg(long, value_name = "PEER")]
     pub on: Option<String>,
+    /// Where the node's API token is (default: $BUILDMESH_TOKEN, or the local node's data dir).
+    #[command(flatten)]
+    pub token: crate::cli::token::TokenArgs,
 }
 
 /// `buildmesh bench ...`.
@@ -272,7 +275,8 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
         if cancel {
             bail!("--on applies to retry only");
         }
-        return crate::mesh::cli::run_retry_on(&args.api, &args.drv, on, args.json);
+        let token = args.token.resolve(&args.api)?;
+        return crate::mesh::cli::run_retry_on(&args.api, &args.drv, on, args.json, token.as_deref());
     }
     let basename = args.drv.trim_end_matches('/').rsplit('/').next().unwrap_or(&args.drv);
     if basename.is_empty() {
@@ -287,13 +291,19 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
         .timeout(Duration::from_secs(60))
         .build()
         .context("cannot create an HTTP client")?;
-    let resp = client.post(&url).send().with_context(|| format!("POST {url}"))?;
+    let token = args.token.resolve(&args.api)?;
+    let mut request = client.post(&url);
+    if let Some(t) = &token {
+        request = request.bearer_auth(t);
+    }
+    let resp = request.send().with_context(|| format!("POST {url}"))?;
     let status = resp.status();
     let body = resp.text().with_context(|| format!("reading the answer of POST {url}"))?;
     let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if !status.is_success() {
         let msg = json.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or(body);
-        bail!("{action} {}: {status}: {msg}", args.drv);
+        let hint = crate::cli::token::hint(status.as_u16(), token.is_some());
+        bail!("{action} {}: {status}: {msg}{hint}", args.drv);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json)?);

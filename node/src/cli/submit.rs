@@ -48,6 +48,9 @@ pub struct Args {
     /// With --wait: give up after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
+    /// Where the node's API token is (default: $BUILDMESH_TOKEN, or the local node's data dir).
+    #[command(flatten)]
+    pub token: crate::cli::token::TokenArgs,
     /// The derivations: .drv files, or .drv store paths.
     #[arg(required = true, value_name = "DRV")]
     pub drvs: Vec<String>,
@@ -66,6 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(dir) => Origin::Directory { dir: dir.clone(), sources: args.sources.clone() },
         None => Origin::LocalStore,
     };
+    let token = args.token.resolve(&args.api)?;
     let closure = closure::collect(&args.drvs, &origin, &sd)?;
     tracing::info!(summary = %client::describe(&closure), "collected the closure");
     let opts = ClientOptions {
@@ -73,6 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         priority: args.priority,
         replicas: args.replicas.unwrap_or(0),
         progress: !args.json && std::io::stderr().is_terminal(),
+        token,
     };
     let accepted = client::upload(&closure, &opts)?;
     if !args.wait {

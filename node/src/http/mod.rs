@@ -15,12 +15,18 @@
 //! | `GET /api/v1/attestations?path=…` / `?drv=…` / `?format=jsonl` | attestations |
 //! | `GET /api/v1/quarantine` | local registrations replaced by the accepted NarHash ([`crate::trust`]) |
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
+//! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`crate::audit::http`]) |
 //!
 //! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status; the binary cache answers
 //! 404 for what it does not have and 400 for malformed names, with a plain-text body.
+//!
+//! Every request that is not `GET` or `HEAD` (every `POST` above, the mesh's and any route added
+//! later) needs `Authorization: Bearer <token>` ([`auth`]: `DATA/api.token`); without it the
+//! answer is 401 and nothing changes.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cache;
 mod trust;
@@ -110,8 +116,9 @@ impl AppState {
     }
 }
 
-/// The whole router of a node: binary cache, JSON API and the submit endpoint.
-pub fn router(state: AppState) -> Router {
+/// The whole router of a node: binary cache, JSON API and the submit endpoint, every
+/// state-changing request behind `token` ([`auth::require_token`]).
+pub fn router(state: AppState, token: auth::ApiToken) -> Router {
     let submit = match &state.inner.mesh {
         Some(m) => crate::submit::server::mesh_router(state.inner.submit.clone(), m.clone()),
         None => crate::submit::router(state.inner.submit.clone()),
@@ -133,9 +140,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{drv}/cancel", post(api::cancel))
         .route("/api/v1/attestations", get(api::attestations))
         .route("/api/v1/quarantine", get(trust::quarantine))
+        .route(auth::CHECK_PATH, post(auth::auth_check))
         .fallback(api::not_found)
         .with_state(state)
         .merge(submit)
         .merge(audit)
         .merge(mesh.unwrap_or_default())
+        .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
 }

@@ -101,11 +101,15 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `buildmesh retry DRV --on PEER`: ask the node at `api` to have `drv` built on `on`.
-pub fn run_retry_on(api: &str, drv: &str, on: &str, json: bool) -> anyhow::Result<()> {
+/// `buildmesh retry DRV --on PEER`: ask the node at `api` to have `drv` built on `on` (sending
+/// `token`, the node's API token, when given).
+pub fn run_retry_on(api: &str, drv: &str, on: &str, json: bool, token: Option<&str>) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/mesh/retry", api.trim_end_matches('/'));
-    let resp = client()?
-        .post(&url)
+    let mut request = client()?.post(&url);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let resp = request
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(serde_json::json!({ "drv": drv, "on": on }).to_string())
         .send()
@@ -115,7 +119,8 @@ pub fn run_retry_on(api: &str, drv: &str, on: &str, json: bool) -> anyhow::Resul
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if !status.is_success() {
         let msg = v.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or(body);
-        bail!("retry {drv} --on {on}: {status}: {msg}");
+        let hint = crate::cli::token::hint(status.as_u16(), token.is_some());
+        bail!("retry {drv} --on {on}: {status}: {msg}{hint}");
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);

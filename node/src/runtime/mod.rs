@@ -2,7 +2,8 @@
 //!
 //! [`Node::start`] does, in order:
 //! 1. validate the [`Config`];
-//! 2. load the node key, or create it on first start (`DATA/node.key`, see [`key`]);
+//! 2. load the node key, or create it on first start (`DATA/node.key`, see [`key`]), and the API
+//!    token likewise (`DATA/api.token`, see [`crate::http::auth`]);
 //! 3. open the [`Store`] (`DATA/state.redb`, `DATA/blobs`; the database is locked, so a second
 //!    node on the same data dir fails here);
 //! 4. requeue the builds a crash or shutdown interrupted ([`Store::requeue_interrupted`]) and
@@ -57,6 +58,9 @@ pub enum StartError {
     /// The node key could not be loaded or created.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The API token could not be loaded or created (or its file is readable by others).
+    #[error(transparent)]
+    Token(#[from] crate::http::auth::TokenError),
     /// The store could not be opened or recovered.
     #[error("data dir {}: {source}", data_dir.display())]
     Store {
@@ -179,7 +183,7 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Task(e.to_string()))??
         };
-        let Prepared { key, store, executor, systems } = prepared;
+        let Prepared { key, store, executor, systems, token } = prepared;
         let key = Arc::new(key);
         let span = tracing::info_span!("node", id = %key.node_id().fmt_short(), key = %key.name());
 
@@ -258,12 +262,12 @@ impl Node {
             key.clone(),
             info.clone(),
             handle.clone(),
-            submit_context(&store, &store_dir, &data_dir, &handle, trust),
+            submit_context(&store, &store_dir, &data_dir, &handle, trust, &config.submit),
         );
         if let Some(m) = &mesh {
             app_state = app_state.with_mesh(m.clone());
         }
-        let app = crate::http::router(app_state);
+        let app = crate::http::router(app_state, token);
         let http_task = {
             let shutdown = shutdown.clone();
             tokio::spawn(
@@ -393,6 +397,7 @@ impl Drop for Node {
 
 struct Prepared {
     key: NodeKey,
+    token: crate::http::auth::ApiToken,
     store: Store,
     executor: Arc<dyn Executor>,
     systems: Systems,
@@ -409,6 +414,10 @@ fn prepare(config: &Config, store_dir: &StoreDir, custom: Option<Arc<dyn Executo
     let (key, origin) = key::load_or_create(&config.key_path(), config.key_name.as_deref())?;
     if origin == KeyOrigin::Created {
         tracing::info!(file = %config.key_path().display(), public_key = %key.nix_public_key(), "created the node key");
+    }
+    let (token, created) = crate::http::auth::load_or_create(data_dir)?;
+    if created {
+        tracing::info!(file = %crate::http::auth::token_path(data_dir).display(), "created the API token");
     }
     let options = StoreOptions { max_log_bytes: config.max_log_bytes, ..StoreOptions::default() };
     let store_err = |source| StartError::Store { data_dir: data_dir.clone(), source: Box::new(source) };
@@ -439,7 +448,7 @@ fn prepare(config: &Config, store_dir: &StoreDir, custom: Option<Arc<dyn Executo
             build::make_executor(kind, ec).map_err(|e| exec_err(e.to_string()))?
         }
     };
-    Ok(Prepared { key, store, executor, systems })
+    Ok(Prepared { key, store, executor, systems, token })
 }
 
 /// Create `dir` and delete what is in it.
@@ -465,9 +474,11 @@ fn submit_context(
     data_dir: &std::path::Path,
     handle: &SchedulerHandle,
     trust: buildmesh_protocol::mesh::TrustConfig,
+    settings: &crate::submit::SubmitSettings,
 ) -> crate::submit::SubmitContext {
     let mut ctx = crate::submit::SubmitContext::new(store.clone(), store_dir.clone());
     ctx.trust = trust;
+    settings.apply(&mut ctx.limits);
     ctx.limits.spool_dir = Some(data_dir.join(SPOOL_DIR));
     ctx.wake = handle.wake_notify();
     ctx

@@ -9,9 +9,10 @@
 //! 4. sources: none at an output path of the closure; every input source of an uploaded
 //!    derivation, and every reference of an uploaded source, uploaded or registered here; an
 //!    uploaded source that is registered already must have the same NarHash;
-//! 5. NARs: spooled (memory, or a temp file past [`SubmitLimits::spool_in_memory`]) while
-//!    hashing, each checked against its NarHash and NarSize, and a new source must be a
-//!    content-addressed (`text` or `source`) path of its bytes; then the end of the body;
+//! 5. NARs: parsed as NARs (a non-NAR is refused at its first wrong byte) and hashed while they
+//!    are spooled to one temp file on disk ([`super::spool`], after checking the disk has room),
+//!    each checked against its NarHash and NarSize, and a new source must be a content-addressed
+//!    (`text` or `source`) path of its bytes; then the end of the body;
 //! 6. blobs written with [`Store::put_nar_expecting`] (skipped when the node has the NAR), then
 //!    ONE store transaction: `put_drv` for every `.drv`, `register_path` for every new source,
 //!    `enqueue` for every derivation of the closure that has a wanted output not built (an output
@@ -19,20 +20,18 @@
 //!
 //! After step 6 only a database failure (or a concurrent upload registering the same source with
 //! another NarHash in between) can fail, and that may leave blobs without a path row behind.
-//!
-//! [`SubmitLimits::spool_in_memory`]: super::SubmitLimits::spool_in_memory
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 
 use buildmesh_protocol::derivation::{Derivation, DrvSet};
 use buildmesh_protocol::hash::{HashAlgo, NixHash};
 use buildmesh_protocol::id::ArtifactHash;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use sha2::Digest as _;
-use tempfile::SpooledTempFile;
 
 use super::server::SubmitContext;
+use super::spool::{Slice, Spool};
 use super::wire::{BodyReader, SubmitHeader};
 use super::{OutputInfo, SubmitError, SubmitLimits, SubmitResponse};
 use crate::store::{BuildState, EnqueueRequest, PathInfo, Store};
@@ -216,21 +215,18 @@ fn accept_inner(
         }
     }
 
-    // 5. NARs.
-    let mut spooled: Vec<Option<(SpooledTempFile, Option<String>)>> = Vec::with_capacity(plan.sources.len());
+    // 5. NARs: parsed and hashed while spooled to disk.
+    let spool_bytes = plan.sources.iter().filter(|s| !s.registered).map(|s| s.nar_size).sum();
+    let mut spool = Spool::create(limits, spool_bytes)?;
+    let mut spooled: Vec<Option<(Slice, Option<String>)>> = Vec::with_capacity(plan.sources.len());
     for (entry, s) in header.sources.iter().zip(&plan.sources) {
         let mut sha = sha2::Sha256::new();
-        let mut spool = if s.registered {
+        let nar_limits = limits.nar_limits(s.nar_size);
+        let slice = if s.registered {
+            r.copy_checked_nar(entry, &mut io::sink(), &mut |c| sha.update(c), nar_limits)?;
             None
         } else {
-            Some(match &limits.spool_dir {
-                Some(dir) => tempfile::spooled_tempfile_in(limits.spool_in_memory, dir),
-                None => tempfile::spooled_tempfile(limits.spool_in_memory),
-            })
-        };
-        match spool.as_mut() {
-            Some(f) => r.copy_nar(entry, f, &mut |c| sha.update(c))?,
-            None => r.copy_nar(entry, &mut io::sink(), &mut |c| sha.update(c))?,
+            Some(spool.append(|out| r.copy_checked_nar(entry, out, &mut |c| sha.update(c), nar_limits))?)
         };
         let digest: [u8; 32] = sha.finalize().into();
         let actual = NixHash::sha256(digest);
@@ -241,24 +237,18 @@ fn accept_inner(
                 actual: actual.to_string(),
             });
         }
-        spooled.push(match spool {
-            Some(mut f) => {
-                f.seek(SeekFrom::Start(0)).map_err(|source| SubmitError::Spool { source })?;
-                let ca = crate::content_address::of_nar(
-                    sd,
-                    &s.path,
-                    s.references.iter().cloned(),
-                    &digest,
-                    s.nar_size,
-                    &mut f,
-                )
-                .map_err(|source| SubmitError::Spool { source })?;
+        spooled.push(match slice {
+            Some(slice) => {
+                let nar = spool.reader(slice)?;
+                let ca =
+                    crate::content_address::of_nar(sd, &s.path, s.references.iter().cloned(), &digest, s.nar_size, nar)
+                        .map_err(|source| SubmitError::Spool { source })?;
                 // Only a path that its bytes certify may be added: anything else (an output
                 // path, a made-up name) would become "contents of that path" on the node's word.
                 let Some(ca) = ca else {
                     return Err(SubmitError::NotContentAddressed { path: entry.path.clone() });
                 };
-                Some((f, Some(ca)))
+                Some((slice, Some(ca)))
             }
             None => None,
         });
@@ -270,14 +260,11 @@ fn accept_inner(
 
     // 6. Blobs, then one transaction.
     let mut new_paths: Vec<PathInfo> = Vec::new();
-    for (s, spool) in plan.sources.iter().zip(spooled) {
-        let Some((mut f, ca)) = spool else { continue };
+    for (s, spooled_nar) in plan.sources.iter().zip(spooled) {
+        let Some((slice, ca)) = spooled_nar else { continue };
         let blob = match store.blob_by_nar_hash(&s.nar_hash)? {
             Some(b) if b.nar_size == s.nar_size => b.blake3,
-            _ => {
-                f.seek(SeekFrom::Start(0)).map_err(|source| SubmitError::Spool { source })?;
-                store.put_nar_expecting(&mut f, &s.nar_hash, s.nar_size)?.blake3
-            }
+            _ => store.put_nar_expecting(&mut spool.reader(slice)?, &s.nar_hash, s.nar_size)?.blake3,
         };
         new_paths.push(path_info(s, blob, ca, now));
     }

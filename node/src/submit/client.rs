@@ -78,6 +78,9 @@ pub struct ClientOptions {
     pub replicas: u32,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// The node's API token, sent as `Authorization: Bearer <token>` with the upload
+    /// ([`crate::cli::token`] finds it).
+    pub token: Option<String>,
 }
 
 impl ClientOptions {
@@ -256,6 +259,27 @@ struct ErrorJson {
     path: Option<String>,
 }
 
+/// Before a body the node would not read to its end when refusing it: ask the node whether the
+/// token is right (`POST /api/v1/auth/check`), so a 401 is reported as such.
+fn check_token(client: &reqwest::blocking::Client, opts: &ClientOptions) -> Result<(), ClientError> {
+    let url = opts.url(crate::http::auth::CHECK_PATH);
+    let mut request = client.post(&url);
+    if let Some(token) = &opts.token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().map_err(|source| ClientError::Http { method: "POST", url: url.clone(), source })?;
+    let status = resp.status().as_u16();
+    if status != 401 {
+        return Ok(());
+    }
+    let bytes = resp.bytes().map_err(|source| ClientError::Http { method: "POST", url: url.clone(), source })?;
+    let message = serde_json::from_slice::<ErrorJson>(&bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
+    let message = message + crate::cli::token::hint(status, opts.token.is_some());
+    Err(ClientError::Rejected { status, message, path: None })
+}
+
 /// Upload `closure` (blocking). Returns the node's answer once it has accepted the whole closure.
 pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse, ClientError> {
     let sd = &closure.store_dir;
@@ -278,12 +302,18 @@ pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse,
     let body = UploadBody { parts, current: None, progress: progress.clone() };
     let url = opts.url(super::server::SUBMIT_PATH);
     let client = http_client(None)?;
-    let resp = client
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
-        .body(reqwest::blocking::Body::sized(body, total))
-        .send()
-        .map_err(|source| ClientError::Http { method: "POST", url: url.clone(), source });
+    if total > crate::http::auth::DRAIN_LIMIT {
+        check_token(&client, opts)?;
+    }
+    let mut request = client.post(&url).header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE);
+    if let Some(token) = &opts.token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.body(reqwest::blocking::Body::sized(body, total)).send().map_err(|source| ClientError::Http {
+        method: "POST",
+        url: url.clone(),
+        source,
+    });
     progress.finish_and_clear();
     let resp = resp?;
     let status = resp.status();
@@ -293,6 +323,7 @@ pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse,
             Ok(e) => (e.error, e.path),
             Err(_) => (String::from_utf8_lossy(&bytes).trim().to_string(), None),
         };
+        let message = message + crate::cli::token::hint(status.as_u16(), opts.token.is_some());
         return Err(ClientError::Rejected { status: status.as_u16(), message, path });
     }
     serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse { url, reason: e.to_string() })

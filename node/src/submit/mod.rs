@@ -7,6 +7,7 @@
 //! - [`client`]: upload a closure over HTTP and wait for the builds.
 //! - [`accept`]: the server side: check an upload completely, then store it in one transaction.
 //! - [`server`]: the axum router that the node's HTTP gateway mounts.
+//! - [`spool`]: the one temp file per upload where NARs wait until the upload is checked.
 //!
 //! Nothing of a rejected upload is stored: every `.drv` is parsed and its store path and output
 //! paths recomputed, the closure is checked for completeness and every NAR against its declared
@@ -17,6 +18,7 @@ pub mod accept;
 pub mod client;
 pub mod closure;
 pub mod server;
+pub mod spool;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -31,28 +33,40 @@ use crate::store::StoreError;
 pub use accept::accept;
 pub use server::{SubmitContext, router};
 
-/// Limits a node applies to one upload. Every size is checked before the bytes it covers are read.
+/// Limits a node applies to uploads. Every size is checked before the bytes it covers are read.
+///
+/// What an upload can cost the node, with the defaults: memory, the JSON header and the `.drv`
+/// files of at most [`max_concurrent`](Self::max_concurrent) uploads (16 MiB + 64 MiB each, plus
+/// their parsed form), never the NARs, which are parsed, hashed and spooled to disk in 64 KiB
+/// steps; temp disk, the NARs of the running uploads in [`spool_dir`](Self::spool_dir) (at most
+/// `max_concurrent` x `max_total_bytes` = 8 GiB), and an upload is refused unless the disk keeps
+/// [`min_free_disk`](Self::min_free_disk) free after its spool and its blobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitLimits {
     /// Largest JSON header (default 16 MiB).
     pub max_header_bytes: u64,
     /// Most `.drv` files in one upload (default 100 000).
     pub max_drvs: usize,
-    /// Largest sum of `.drv` sizes, held in memory while checking (default 256 MiB).
+    /// Largest sum of `.drv` sizes, held in memory while checking (default 64 MiB).
     pub max_drv_bytes: u64,
     /// Most source NARs in one upload (default 100 000).
     pub max_sources: usize,
-    /// Largest single source NAR (default 8 GiB).
+    /// Largest single source NAR (default 4 GiB).
     pub max_nar_size: u64,
-    /// Largest whole body (default 32 GiB).
+    /// Largest whole body (default 4 GiB).
     pub max_total_bytes: u64,
-    /// Where NARs wait until the whole upload is checked (default: the system temp dir). Put it
-    /// on the data dir's filesystem for big uploads.
+    /// Where NARs wait until the whole upload is checked (default: the system temp dir; a node
+    /// uses `DATA/spool`, on the data dir's filesystem).
     pub spool_dir: Option<PathBuf>,
-    /// NARs up to this size wait in memory instead of a spool file (default 1 MiB).
-    pub spool_in_memory: usize,
+    /// Disk space left free on the spool filesystem: an upload whose NARs (twice: spool, then
+    /// blobs) would leave less is refused with 507 (default 1 GiB).
+    pub min_free_disk: u64,
     /// Uploads processed at once; more wait (default 2).
     pub max_concurrent: usize,
+    /// Deepest directory nesting in a source NAR (default 256).
+    pub max_nar_depth: u32,
+    /// Most directory entries in one source NAR (default 1 000 000).
+    pub max_nar_entries: u64,
 }
 
 impl Default for SubmitLimits {
@@ -60,14 +74,83 @@ impl Default for SubmitLimits {
         SubmitLimits {
             max_header_bytes: 16 << 20,
             max_drvs: 100_000,
-            max_drv_bytes: 256 << 20,
+            max_drv_bytes: 64 << 20,
             max_sources: 100_000,
-            max_nar_size: 8 << 30,
-            max_total_bytes: 32 << 30,
+            max_nar_size: 4 << 30,
+            max_total_bytes: 4 << 30,
             spool_dir: None,
-            spool_in_memory: 1 << 20,
+            min_free_disk: 1 << 30,
             max_concurrent: 2,
+            max_nar_depth: 256,
+            max_nar_entries: 1_000_000,
         }
+    }
+}
+
+impl SubmitLimits {
+    /// The NAR parser's limits for a source of `nar_size` bytes.
+    pub fn nar_limits(&self, nar_size: u64) -> buildmesh_protocol::nar::NarLimits {
+        buildmesh_protocol::nar::NarLimits {
+            max_total_size: nar_size,
+            max_file_size: nar_size,
+            max_depth: self.max_nar_depth,
+            max_entries: self.max_nar_entries,
+        }
+    }
+}
+
+/// The upload limits an operator sets: the `[submit]` table of the config file. Every field is
+/// optional; see [`SubmitLimits`] for the defaults and what they bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubmitSettings {
+    /// Largest upload body in bytes (default 4 GiB); also the largest single source NAR.
+    pub max_body_bytes: u64,
+    /// Uploads processed at once (default 2); more wait their turn.
+    pub max_concurrent: usize,
+    /// Disk space in bytes an upload must leave free on the data dir's filesystem (default 1 GiB).
+    pub min_free_disk_bytes: u64,
+    /// Largest sum of the `.drv` files of one upload in bytes (default 64 MiB, held in memory).
+    pub max_drv_bytes: u64,
+}
+
+impl Default for SubmitSettings {
+    fn default() -> Self {
+        let l = SubmitLimits::default();
+        SubmitSettings {
+            max_body_bytes: l.max_total_bytes,
+            max_concurrent: l.max_concurrent,
+            min_free_disk_bytes: l.min_free_disk,
+            max_drv_bytes: l.max_drv_bytes,
+        }
+    }
+}
+
+impl SubmitSettings {
+    /// Check the values (the message names the field).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_concurrent == 0 {
+            return Err("max_concurrent must be at least 1".to_string());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("max_body_bytes must be at least 1024".to_string());
+        }
+        if self.max_drv_bytes < buildmesh_protocol::derivation::MAX_DRV_SIZE as u64 {
+            return Err(format!(
+                "max_drv_bytes must be at least {} (one derivation)",
+                buildmesh_protocol::derivation::MAX_DRV_SIZE
+            ));
+        }
+        Ok(())
+    }
+
+    /// Apply these settings to `limits`.
+    pub fn apply(&self, limits: &mut SubmitLimits) {
+        limits.max_total_bytes = self.max_body_bytes;
+        limits.max_nar_size = self.max_body_bytes;
+        limits.max_concurrent = self.max_concurrent;
+        limits.min_free_disk = self.min_free_disk_bytes;
+        limits.max_drv_bytes = self.max_drv_bytes;
     }
 }
 
@@ -218,6 +301,29 @@ pub enum SubmitError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The bytes sent for a source are not one NAR of its declared NarSize.
+    #[error("the bytes of source {path} are not a valid NAR: {error}")]
+    BadNar {
+        /// The source path.
+        path: String,
+        /// What the NAR parser found (offset, path inside the archive, what is wrong).
+        error: String,
+    },
+    /// The node's disk has no room for the upload's NARs.
+    #[error(
+        "no room for this upload: its NARs need {need} bytes on the node's disk (spooled, then stored), \
+         {available} are free, {others} are reserved by other uploads and {keep_free} must stay free; try later"
+    )]
+    NoSpace {
+        /// Bytes this upload needs.
+        need: u64,
+        /// Bytes free on the spool filesystem.
+        available: u64,
+        /// Bytes other running uploads reserved.
+        others: u64,
+        /// Bytes the node keeps free ([`SubmitLimits::min_free_disk`]).
+        keep_free: u64,
+    },
     /// A `.drv` is not a valid derivation.
     #[error("derivation {path} is malformed: {error}")]
     MalformedDrv {
@@ -333,6 +439,7 @@ impl SubmitError {
             | SubmitError::MissingSource { path, .. }
             | SubmitError::UnknownRequested { path }
             | SubmitError::NarHashMismatch { path, .. }
+            | SubmitError::BadNar { path, .. }
             | SubmitError::SourceConflict { path, .. }
             | SubmitError::NotContentAddressed { path }
             | SubmitError::SourceIsOutput { path, .. }
@@ -344,10 +451,11 @@ impl SubmitError {
         }
     }
 
-    /// The HTTP status this error is answered with: 413 for size limits, 500 for the node's own
-    /// failures, 400 for everything wrong with the upload.
+    /// The HTTP status this error is answered with: 413 for size limits, 507 when the node's disk
+    /// is too full, 500 for the node's own failures, 400 for everything wrong with the upload.
     pub fn status(&self) -> u16 {
         match self {
+            SubmitError::NoSpace { .. } => 507,
             SubmitError::HeaderTooLarge { .. } | SubmitError::TooMany { .. } | SubmitError::TooLarge { .. } => 413,
             SubmitError::Spool { .. }
             | SubmitError::Store(_)

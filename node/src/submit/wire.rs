@@ -15,9 +15,10 @@
 //! byte of them, and a NAR longer or shorter than declared is an error at the first byte too many
 //! or the end of the body. ATerms travel as raw bytes (real `.drv` files hold non-UTF-8 bytes).
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
 use buildmesh_protocol::derivation::MAX_DRV_SIZE;
+use buildmesh_protocol::nar::{NarLimits, NarReader};
 use serde::{Deserialize, Serialize};
 
 use super::SubmitError;
@@ -245,6 +246,55 @@ impl<R: Read> BodyReader<R> {
         Ok(entry.nar_size)
     }
 
+    /// Copy exactly `entry.nar_size` bytes of one source NAR into `out`, parsing them as a NAR on
+    /// the way ([`NarReader`] with `limits`): bytes that are not one complete NAR of exactly that
+    /// size are refused as soon as they show it ([`SubmitError::BadNar`], naming the path), so
+    /// garbage is neither spooled past that point nor stored. `observe` sees every byte (to
+    /// hash it). Returns the bytes copied.
+    pub fn copy_checked_nar(
+        &mut self,
+        entry: &SourceEntry,
+        out: &mut dyn Write,
+        observe: &mut dyn FnMut(&[u8]),
+        limits: NarLimits,
+    ) -> Result<u64, SubmitError> {
+        let mut tee = Tee {
+            inner: (&mut self.inner).take(entry.nar_size),
+            out,
+            observe,
+            read: 0,
+            body_ended: false,
+            read_error: None,
+            write_error: None,
+        };
+        let parsed = NarReader::new(BufReader::with_capacity(NAR_CHUNK, &mut tee)).with_limits(limits).skip_to_end();
+        self.read += tee.read;
+        if let Some(source) = tee.write_error {
+            return Err(SubmitError::Spool { source });
+        }
+        if let Some(source) = tee.read_error {
+            return Err(SubmitError::Body { source });
+        }
+        if tee.body_ended {
+            return Err(SubmitError::Truncated {
+                what: format!("NAR of {}", entry.path),
+                expected: entry.nar_size,
+                got: tee.read,
+            });
+        }
+        match parsed {
+            Ok(()) if tee.read == entry.nar_size => Ok(tee.read),
+            Ok(()) => Err(SubmitError::Internal(format!(
+                "the NAR of {} was parsed after {} of {} bytes",
+                entry.path, tee.read, entry.nar_size
+            ))),
+            Err(e) => Err(SubmitError::BadNar {
+                path: entry.path.clone(),
+                error: format!("{e} (its declared NarSize is {})", entry.nar_size),
+            }),
+        }
+    }
+
     /// Check that the body ends here.
     pub fn finish(&mut self) -> Result<(), SubmitError> {
         let mut probe = [0u8; 1];
@@ -256,6 +306,52 @@ impl<R: Read> BodyReader<R> {
                 Err(source) => return Err(SubmitError::Body { source }),
             }
         }
+    }
+}
+
+/// Buffer of the NAR parser over the body.
+const NAR_CHUNK: usize = 64 * 1024;
+
+/// A reader over one NAR of the body that copies what it reads to the spool and to an observer,
+/// and remembers why it stopped (the body ended early, the body failed, the spool failed).
+struct Tee<'a, R> {
+    inner: io::Take<R>,
+    out: &'a mut dyn Write,
+    observe: &'a mut dyn FnMut(&[u8]),
+    read: u64,
+    body_ended: bool,
+    read_error: Option<io::Error>,
+    write_error: Option<io::Error>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.inner.limit() == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = loop {
+            match self.inner.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let kind = e.kind();
+                    self.read_error = Some(e);
+                    return Err(io::Error::new(kind, "reading the request body failed"));
+                }
+            }
+        };
+        if n == 0 {
+            self.body_ended = true;
+            return Ok(0);
+        }
+        self.read += n as u64;
+        (self.observe)(&buf[..n]);
+        if let Err(e) = self.out.write_all(&buf[..n]) {
+            let kind = e.kind();
+            self.write_error = Some(e);
+            return Err(io::Error::new(kind, "spooling failed"));
+        }
+        Ok(n)
     }
 }
 
@@ -354,6 +450,50 @@ mod tests {
             with_magic.extend_from_slice(&bytes);
             let _ = decode(&with_magic, 1 << 10);
         }
+    }
+
+    fn entry(nar_size: u64) -> SourceEntry {
+        SourceEntry { path: "/nix/store/x-src".into(), nar_hash: String::new(), nar_size, references: vec![] }
+    }
+
+    fn copy_checked(body: &[u8], nar_size: u64) -> (Result<u64, SubmitError>, Vec<u8>, u64) {
+        let mut r = BodyReader::new(body);
+        let (mut out, mut seen) = (Vec::new(), 0u64);
+        let limits = NarLimits { max_total_size: nar_size, ..NarLimits::default() };
+        let res = r.copy_checked_nar(&entry(nar_size), &mut out, &mut |c| seen += c.len() as u64, limits);
+        assert_eq!(seen, out.len() as u64);
+        (res, out, r.bytes_read())
+    }
+
+    #[test]
+    fn checked_nars_are_parsed_while_copied() {
+        let nar = buildmesh_protocol::nar::tree::Node::Regular { executable: false, contents: b"hello".to_vec() }
+            .to_nar()
+            .unwrap();
+        let len = nar.len() as u64;
+        // A NAR of exactly the declared size, followed by the next item's bytes.
+        let mut body = nar.clone();
+        body.extend_from_slice(b"next");
+        let (res, out, read) = copy_checked(&body, len);
+        assert_eq!(res.unwrap(), len);
+        assert_eq!((out, read), (nar.clone(), len));
+        // Garbage is refused in the first buffer, naming the path.
+        let garbage = vec![7u8; 1 << 20];
+        let (res, out, _) = copy_checked(&garbage, garbage.len() as u64);
+        let e = res.unwrap_err();
+        assert!(matches!(&e, SubmitError::BadNar { path, .. } if path == "/nix/store/x-src"), "{e}");
+        assert!(e.to_string().contains("nix-archive-1"), "{e}");
+        assert!(out.len() <= NAR_CHUNK, "garbage spooled past the first buffer: {}", out.len());
+        // Declared larger than the NAR: trailing data. Declared smaller: a truncated NAR.
+        let e = copy_checked(&body, len + 4).0.unwrap_err();
+        assert!(matches!(e, SubmitError::BadNar { .. }) && e.to_string().contains("trailing"), "{e}");
+        let e = copy_checked(&nar, len - 8).0.unwrap_err();
+        assert!(matches!(e, SubmitError::BadNar { .. }), "{e}");
+        // The body ends inside the NAR.
+        let e = copy_checked(&nar[..nar.len() - 8], len).0.unwrap_err();
+        assert!(matches!(e, SubmitError::Truncated { got, .. } if got == len - 8), "{e}");
+        let e = copy_checked(&nar, len + 8).0.unwrap_err();
+        assert!(matches!(e, SubmitError::Truncated { .. }), "{e}");
     }
 
     #[test]

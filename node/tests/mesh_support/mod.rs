@@ -242,11 +242,17 @@ impl Cluster {
         assert!(st.success(), "submit failed: {out}\n{err}\n{}", self.logs());
     }
 
+    /// Node `i`'s API token (`DATA/api.token`).
+    pub fn token(&self, i: usize) -> String {
+        token_of(&self.dir.join(format!("node{i}"))).unwrap_or_else(|| panic!("node {i} has no api.token"))
+    }
+
     /// Block (or unblock) `peer` on node `i` through the API.
     pub fn block(&self, i: usize, peer: &str, blocked: bool) {
         let action = if blocked { "block" } else { "unblock" };
-        let r = http().post(format!("{}/api/v1/peers/{peer}/{action}", self.urls[i])).send().unwrap();
-        assert!(r.status().is_success(), "{action} {peer} on node {i}: {}", r.text().unwrap_or_default());
+        let url = format!("{}/api/v1/peers/{peer}/{action}", self.urls[i]);
+        let (status, body) = post_with(&url, Some(&self.token(i)));
+        assert!((200..300).contains(&status), "{action} {peer} on node {i}: {}", String::from_utf8_lossy(&body));
     }
 }
 

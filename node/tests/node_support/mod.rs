@@ -24,6 +24,21 @@ pub fn sd() -> StoreDir {
     StoreDir::nix()
 }
 
+/// The API token in `DATA/api.token` (what state-changing requests need), once the node created it.
+pub fn token_of(data: &Path) -> Option<String> {
+    std::fs::read_to_string(data.join("api.token")).ok().map(|t| t.trim().to_string())
+}
+
+/// Data dirs of the nodes this test process started, by URL: [`cli`] sends the token of the node
+/// its `--api` names.
+static DATA_DIRS: std::sync::Mutex<BTreeMap<String, PathBuf>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// The token of the node at `url`, when this process started it.
+pub fn token_for(url: &str) -> Option<String> {
+    let dirs = DATA_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    dirs.get(url.trim_end_matches('/')).and_then(|d| token_of(d))
+}
+
 /// A `buildmesh node` process; killed (SIGKILL) when dropped.
 pub struct NodeProc {
     pub child: Option<Child>,
@@ -31,6 +46,8 @@ pub struct NodeProc {
     pub public_key: String,
     pub peer_id: String,
     pub log: PathBuf,
+    /// Its data dir.
+    pub data: PathBuf,
 }
 
 impl NodeProc {
@@ -108,19 +125,29 @@ impl NodeProc {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(f) => Ok(NodeProc {
-                child: Some(child),
-                url: f["http"].clone(),
-                public_key: f["public-key"].clone(),
-                peer_id: f["peer-id"].clone(),
-                log,
-            }),
+            Ok(f) => {
+                let url = f["http"].clone();
+                DATA_DIRS.lock().unwrap_or_else(|e| e.into_inner()).insert(url.clone(), data.to_path_buf());
+                Ok(NodeProc {
+                    child: Some(child),
+                    url,
+                    public_key: f["public-key"].clone(),
+                    peer_id: f["peer-id"].clone(),
+                    log,
+                    data: data.to_path_buf(),
+                })
+            }
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
                 Err((format!("no start lines (exit {status:?})"), std::fs::read_to_string(&log).unwrap_or_default()))
             }
         }
+    }
+
+    /// Its API token (`DATA/api.token`, created at its first start).
+    pub fn token(&self) -> String {
+        token_of(&self.data).unwrap_or_else(|| panic!("no api.token in {}", self.data.display()))
     }
 
     pub fn pid(&self) -> i32 {
@@ -211,9 +238,35 @@ pub fn wait_state(url: &str, drv: &StorePath, state: &str, limit: Duration) {
     });
 }
 
-/// Run `buildmesh ARGS`, returning (status, stdout, stderr).
+/// POST `url` (no body) with the node's API token, returning status and body.
+pub fn post_with(url: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+    let mut r = http().post(url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.bytes().expect("body").to_vec())
+}
+
+/// Run `buildmesh ARGS` as the operator of the node its `--api URL` names: with that node's API
+/// token in `BUILDMESH_TOKEN` when this process started it. Returns (status, stdout, stderr).
 pub fn cli(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(bin()).args(args).env("BUILDMESH_LOG", "warn").output().expect("run buildmesh");
+    let token = args.windows(2).find(|w| w[0] == "--api").and_then(|w| token_for(w[1]));
+    let envs: Vec<(&str, &str)> = token.as_deref().map(|t| ("BUILDMESH_TOKEN", t)).into_iter().collect();
+    cli_env(args, &envs)
+}
+
+/// Run `buildmesh ARGS` with exactly the given token-related environment (`BUILDMESH_TOKEN`,
+/// `BUILDMESH_TOKEN_FILE`, `BUILDMESH_CONFIG` removed unless given) plus `envs`.
+pub fn cli_env(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut c = Command::new(bin());
+    c.args(args).env("BUILDMESH_LOG", "warn");
+    for k in ["BUILDMESH_TOKEN", "BUILDMESH_TOKEN_FILE", "BUILDMESH_CONFIG"] {
+        c.env_remove(k);
+    }
+    c.envs(envs.iter().copied());
+    let out = c.output().expect("run buildmesh");
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
