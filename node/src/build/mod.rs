@@ -17,6 +17,7 @@
 pub mod attest;
 pub mod local;
 pub mod nix;
+mod nix_host;
 pub mod realize;
 
 use std::collections::{BTreeMap, BTreeSet};
