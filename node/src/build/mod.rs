@@ -18,6 +18,7 @@ pub mod attest;
 pub mod local;
 pub mod nix;
 mod nix_policy;
+mod nix_host;
 pub mod realize;
 
 use std::collections::{BTreeMap, BTreeSet};

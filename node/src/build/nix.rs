@@ -381,15 +381,13 @@ impl Inner {
         Ok(invalid)
     }
 
-    /// Every input path that is valid in the host store already must have the NarHash registered
-    /// here (which the scheduler checked against the trust rule): a host copy with other bytes
-    /// (e.g. imported before a poisoned registration was replaced) is never built upon.
+    /// Refuse host copies of inputs with other bytes than registered ([`super::nix_host`]).
     fn check_host_copies(
         &self,
         imports: &BTreeMap<StorePath, Import>,
         invalid: &BTreeSet<StorePath>,
     ) -> Result<(), BuildError> {
-        let valid: Vec<(&StorePath, &crate::store::PathInfo)> = imports
+        let valid: Vec<(&StorePath, &PathInfo)> = imports
             .iter()
             .filter(|(p, _)| !invalid.contains(*p))
             .filter_map(|(p, i)| match i {
@@ -397,36 +395,7 @@ impl Inner {
                 Import::Drv { .. } => None,
             })
             .collect();
-        for chunk in valid.chunks(ARGS_PER_CALL) {
-            let out = self
-                .nix_store_cmd()
-                .args(["--query", "--hash"])
-                .args(chunk.iter().map(|(p, _)| self.store_dir.display(p)))
-                .output()
-                .map_err(|e| self.cmd_error("running nix-store --query --hash", e))?;
-            if !out.status.success() {
-                return Err(
-                    self.cmd_error("nix-store --query --hash", String::from_utf8_lossy(&out.stderr).trim().to_string())
-                );
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
-            for ((p, info), line) in chunk.iter().zip(text.lines()) {
-                if line.trim() != info.nar_hash.to_string() {
-                    return Err(BuildError::InputRejected {
-                        path: self.store_dir.display(p),
-                        reason: format!(
-                            "input {} is valid in the host Nix store with NarHash {}, but the trust policy accepts {}; \
-                             the host copy is not used (remove it with nix-store --delete)",
-                            self.store_dir.display(p),
-                            line.trim(),
-                            info.nar_hash
-                        ),
-                        transient: false,
-                    });
-                }
-            }
-        }
-        Ok(())
+        super::nix_host::check_host_copies(&self.nix_store, &self.store_dir, &valid, ARGS_PER_CALL)
     }
 
     /// Write `paths` as a `file://` binary cache at `dir`.

@@ -1504,9 +1504,10 @@ async fn unagreed_reason(ctx: &Ctx, drv: &StorePath, job: &SubmittedJob) -> Stri
             if !wanted.is_empty() && !wanted.contains(name) {
                 continue;
             }
-            match crate::trust::judge(&store, &sd, &trust, path).map_err(|e| e.to_string())? {
-                crate::trust::Judgement::Refused(r) => out.push(format!("output `{name}` ({}): {r}", sd.display(path))),
-                _ => {}
+            if let crate::trust::Judgement::Refused(r) =
+                crate::trust::judge(&store, &sd, &trust, path).map_err(|e| e.to_string())?
+            {
+                out.push(format!("output `{name}` ({}): {r}", sd.display(path)));
             }
         }
         Ok(out)

@@ -465,14 +465,7 @@ impl Scheduler {
     /// its registration, or the accepted NAR is here to replace it); else `Some(why)` (`None`
     /// inside when it is simply not registered).
     fn input_unusable(&self, path: &StorePath) -> Result<Option<Option<String>>, StoreError> {
-        use crate::trust::inputs::{InputProblem, InputState, input_state};
-        match input_state(&self.store, &self.store_dir, &self.trust, path) {
-            Ok(InputState::Ready(_) | InputState::Repairable(_)) => Ok(None),
-            Ok(InputState::Problem(InputProblem::NotAccepted { local: None, .. })) => Ok(Some(None)),
-            Ok(InputState::Problem(p)) => Ok(Some(Some(p.to_string()))),
-            Err(crate::trust::TrustError::Store(e)) => Err(e),
-            Err(e) => Ok(Some(Some(e.to_string()))),
-        }
+        crate::trust::inputs::unusable(&self.store, &self.store_dir, &self.trust, path)
     }
 
     /// Read the pending builds with the status of their inputs.
@@ -672,7 +665,6 @@ impl Scheduler {
     /// accepted NarHash is replaced by the accepted bytes when they are here, else the build fails
     /// with [`BuildError::InputRejected`] naming the input.
     async fn check_inputs(&self, s: &Started) -> Result<(), BuildError> {
-        use crate::trust::inputs::CheckError;
         let (store, sd, trust, realised, derivation) = (
             self.store.clone(),
             self.store_dir.clone(),
@@ -680,29 +672,11 @@ impl Scheduler {
             self.realised.clone(),
             s.derivation.clone(),
         );
-        let checked = tokio::task::spawn_blocking(move || -> Result<usize, BuildError> {
-            let roots = crate::build::realize::input_paths(&store, &sd, &derivation)
-                .map_err(|e| BuildError::Executor { message: format!("listing the inputs: {e}"), log: Vec::new() })?;
-            crate::trust::inputs::check_inputs(&store, &sd, &trust, realised.as_deref(), &roots).map_err(|e| match e {
-                CheckError::Problem(p) => BuildError::InputRejected {
-                    path: p.path().to_string(),
-                    reason: p.to_string(),
-                    transient: p.may_resolve(),
-                },
-                CheckError::Trust(e) => {
-                    BuildError::Executor { message: format!("checking the inputs: {e}"), log: Vec::new() }
-                }
-            })
+        tokio::task::spawn_blocking(move || {
+            crate::trust::inputs::check_build(&store, &sd, &trust, realised.as_deref(), &derivation).map(drop)
         })
         .await
-        .map_err(|e| BuildError::Executor { message: format!("input check task failed: {e}"), log: Vec::new() })??;
-        if checked > 0 {
-            tracing::warn!(
-                replaced = checked,
-                "inputs whose local copy disagreed with the accepted NarHash were replaced"
-            );
-        }
-        Ok(())
+        .map_err(|e| BuildError::Executor { message: format!("input check task failed: {e}"), log: Vec::new() })?
     }
 
     /// Record the result of a build (blocking).

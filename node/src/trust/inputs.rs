@@ -13,10 +13,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::mesh::TrustConfig;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 
 use super::{Accepted, Judgement, Refusal, TrustError, judge};
+use crate::build::BuildError;
 use crate::store::{PathInfo, Store, StoreError, unix_ms};
 
 /// Why an input may not be used.
@@ -224,4 +226,47 @@ pub fn check_inputs<'a>(
         todo.extend(refs.into_iter().filter(|r| r != &p && !seen.contains(r)));
     }
     Ok(repaired)
+}
+
+/// `None` when `path` (an output of an input derivation) can be used by a build (accepted as
+/// registered, or the accepted NAR is here to replace the registration); else `Some(why)`,
+/// with `None` inside when it is simply not registered (the scheduler's readiness check).
+pub fn unusable(
+    store: &Store,
+    sd: &StoreDir,
+    trust: &TrustConfig,
+    path: &StorePath,
+) -> Result<Option<Option<String>>, StoreError> {
+    match input_state(store, sd, trust, path) {
+        Ok(InputState::Ready(_) | InputState::Repairable(_)) => Ok(None),
+        Ok(InputState::Problem(InputProblem::NotAccepted { local: None, .. })) => Ok(Some(None)),
+        Ok(InputState::Problem(p)) => Ok(Some(Some(p.to_string()))),
+        Err(TrustError::Store(e)) => Err(e),
+        Err(e) => Ok(Some(Some(e.to_string()))),
+    }
+}
+
+/// [`check_inputs`] for a build of `drv` (its input sources and the used outputs of its input
+/// derivations), as a build error: [`BuildError::InputRejected`] naming the input (transient
+/// while waiting may help), or an executor error when the check itself failed. Returns how
+/// many registrations were replaced.
+pub fn check_build(
+    store: &Store,
+    sd: &StoreDir,
+    trust: &TrustConfig,
+    realised: Option<&Path>,
+    drv: &Derivation,
+) -> Result<usize, BuildError> {
+    let roots = crate::build::realize::input_paths(store, sd, drv)
+        .map_err(|e| BuildError::Executor { message: format!("listing the inputs: {e}"), log: Vec::new() })?;
+    let replaced = check_inputs(store, sd, trust, realised, &roots).map_err(|e| match e {
+        CheckError::Problem(p) => {
+            BuildError::InputRejected { path: p.path().to_string(), reason: p.to_string(), transient: p.may_resolve() }
+        }
+        CheckError::Trust(e) => BuildError::Executor { message: format!("checking the inputs: {e}"), log: Vec::new() },
+    })?;
+    if replaced > 0 {
+        tracing::warn!(replaced, "inputs whose local copy disagreed with the accepted NarHash were replaced");
+    }
+    Ok(replaced)
 }
