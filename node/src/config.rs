@@ -102,6 +102,13 @@ pub struct Config {
     pub mandatory_features: Vec<String>,
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
+    /// The HTTP server's timeouts and limits (`[server]` table; see
+    /// [`crate::http::server::ServerSettings`]).
+    pub server: crate::http::server::ServerSettings,
+    /// How long (seconds) the node keeps trying to reopen a failed database (e.g. after the disk
+    /// filled up) before it exits with an error so that its supervisor restarts it; `GET /health`
+    /// answers 503 meanwhile.
+    pub store_failure_exit_secs: u64,
 }
 
 impl Default for Config {
@@ -128,6 +135,8 @@ impl Default for Config {
             features: Vec::new(),
             mandatory_features: Vec::new(),
             mesh: crate::mesh::MeshSettings::default(),
+            server: crate::http::server::ServerSettings::default(),
+            store_failure_exit_secs: 300,
         }
     }
 }
@@ -192,6 +201,7 @@ impl Config {
         self.store_dir()?;
         self.trusted_public_keys()?;
         self.mesh.validate().map_err(|e| invalid("mesh", e.to_string()))?;
+        self.server.validate().map_err(|e| invalid("server", e))?;
         if self.quorum == 0 {
             return Err(invalid("quorum", "must be at least 1"));
         }

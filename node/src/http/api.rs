@@ -88,7 +88,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 /// The fallback: JSON 404 under `/api/`, plain text elsewhere.
 pub(super) async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/api/") {
-        ApiError::not_found(format!("no such endpoint: {}", uri.path())).into_response()
+        ApiError::not_found(format!("no such endpoint: {}", super::echo(uri.path()))).into_response()
     } else {
         (StatusCode::NOT_FOUND, "404 not found\n").into_response()
     }
@@ -181,9 +181,9 @@ pub fn build_view(store: &Store, store_dir: &StoreDir, r: &BuildRecord) -> Resul
 /// Parse a `<drv>` route parameter: a base name or an absolute path in the node's store dir.
 fn parse_drv(store_dir: &StoreDir, s: &str) -> Result<StorePath, ApiError> {
     let p = if s.starts_with('/') { store_dir.parse_path(s) } else { StorePath::from_basename(s) }
-        .map_err(|e| ApiError::bad_request(format!("{s:?} is not a store path: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("{} is not a store path: {e}", super::echo(s))))?;
     if !p.is_derivation() {
-        return Err(ApiError::bad_request(format!("{s:?} is not a derivation (.drv) path")));
+        return Err(ApiError::bad_request(format!("{} is not a derivation (.drv) path", super::echo(s))));
     }
     Ok(p)
 }
@@ -191,7 +191,7 @@ fn parse_drv(store_dir: &StoreDir, s: &str) -> Result<StorePath, ApiError> {
 /// Parse a store path given as a base name or an absolute path.
 fn parse_path(store_dir: &StoreDir, s: &str) -> Result<StorePath, ApiError> {
     if s.starts_with('/') { store_dir.parse_path(s) } else { StorePath::from_basename(s) }
-        .map_err(|e| ApiError::bad_request(format!("{s:?} is not a store path: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("{} is not a store path: {e}", super::echo(s))))
 }
 
 /// Query of `GET /api/v1/builds`.
@@ -211,7 +211,10 @@ pub(super) async fn builds(
     if let Some(list) = &q.state {
         for s in list.split(',').filter(|s| !s.is_empty()) {
             let st = BuildState::ALL.into_iter().find(|b| b.as_str() == s).ok_or_else(|| {
-                ApiError::bad_request(format!("state {s:?} is not one of queued, running, done, failed, cancelled"))
+                ApiError::bad_request(format!(
+                    "state {} is not one of queued, running, done, failed, cancelled",
+                    super::echo(s)
+                ))
             })?;
             states.push(st);
         }
@@ -342,7 +345,9 @@ pub(super) async fn attestations(
             }
             return Ok(export_jsonl(state.store().clone()));
         }
-        Some(other) => return Err(ApiError::bad_request(format!("format {other:?} is not json or jsonl"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("format {} is not json or jsonl", super::echo(other))));
+        }
     }
     let store_dir = state.store_dir().clone();
     let st = state.clone();

@@ -3,6 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `GET /health` | `{"status": "ok"|"failing", "version", "failures": […]}`; 503 when failing ([`health`]) |
 //! | `GET /nix-cache-info` | `StoreDir`, `WantMassQuery: 1`, `Priority` |
 //! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a registered path, signed by the node key |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed and streamed from its blob |
@@ -16,12 +17,21 @@
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`crate::audit::http`]) |
 //!
-//! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status; the binary cache answers
-//! 404 for what it does not have and 400 for malformed names, with a plain-text body.
+//! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status (all of them, see
+//! [`errors`]); the binary cache answers
+//! 404 for what it does not have and 400 for malformed names, with a plain-text body. An error
+//! quotes what the client sent through [`echo`], cut to [`ECHO_MAX_CHARS`].
+//!
+//! The server itself (timeouts, connection and download limits, `TCP_NODELAY`) is [`server`].
 
 pub mod api;
 pub mod bench;
 pub mod cache;
+pub mod errors;
+pub mod health;
+pub mod limits;
+pub mod server;
+pub mod timeouts;
 
 use std::sync::Arc;
 
@@ -37,6 +47,19 @@ use crate::submit::SubmitContext;
 
 /// `Priority` in `/nix-cache-info` (cache.nixos.org says 40; lower is preferred).
 pub const CACHE_PRIORITY: u32 = 40;
+
+/// Characters of client input an error message quotes (see [`echo`]).
+pub const ECHO_MAX_CHARS: usize = 64;
+
+/// Client input quoted for an error message: Rust string syntax (control characters escaped),
+/// cut to [`ECHO_MAX_CHARS`] characters with `…` after it when longer, so an error never sends a
+/// long request back.
+pub fn echo(input: &str) -> String {
+    match input.char_indices().nth(ECHO_MAX_CHARS) {
+        None => format!("{input:?}"),
+        Some((cut, _)) => format!("{:?}…", &input[..cut]),
+    }
+}
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -54,6 +77,7 @@ struct Inner {
     cache_info: String,
     narinfos: cache::NarinfoCache,
     mesh: Option<crate::mesh::MeshHandle>,
+    downloads: Arc<limits::DownloadLimiter>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -85,6 +109,7 @@ impl AppState {
                 cache_info,
                 narinfos: cache::NarinfoCache::default(),
                 mesh: None,
+                downloads: server::ServerSettings::default().download_limiter(),
             }),
         }
     }
@@ -95,6 +120,15 @@ impl AppState {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.mesh = Some(mesh),
             None => tracing::error!("AppState::with_mesh on a shared state; the mesh is not wired in"),
+        }
+        self
+    }
+
+    /// Use the download limits of `settings` (instead of the defaults).
+    pub fn with_server_settings(mut self, settings: &server::ServerSettings) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.downloads = settings.download_limiter(),
+            None => tracing::error!("AppState::with_server_settings on a shared state; default limits apply"),
         }
         self
     }
@@ -120,6 +154,7 @@ pub fn router(state: AppState) -> Router {
         store_dir: state.inner.store_dir.clone(),
     });
     Router::new()
+        .route("/health", get(health::health))
         .route("/nix-cache-info", get(cache::nix_cache_info))
         .route("/{file}", get(cache::narinfo))
         .route("/nar/{file}", get(cache::nar))
@@ -135,4 +170,20 @@ pub fn router(state: AppState) -> Router {
         .merge(submit)
         .merge(audit)
         .merge(mesh.unwrap_or_default())
+        .layer(axum::middleware::from_fn(errors::json_errors))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn echo_cuts_long_input_and_escapes() {
+        assert_eq!(super::echo("abc"), "\"abc\"");
+        let long = "x".repeat(8192);
+        let e = super::echo(&long);
+        assert_eq!(e, format!("\"{}\"…", "x".repeat(super::ECHO_MAX_CHARS)));
+        assert_eq!(super::echo("a\nb"), "\"a\\nb\"");
+        // Never cuts inside a character.
+        let wide = "é".repeat(100);
+        assert!(super::echo(&wide).starts_with(&format!("\"{}", "é".repeat(64))));
+    }
 }

@@ -68,7 +68,7 @@ pub(crate) fn attestation(id: u8, drv_n: u8, builder: u8, outputs: &[u8]) -> Att
 /// the record encoding (to plant a corrupt row).
 pub(crate) fn put_raw_row(store: &Store, table: &str, key: &str, value: &[u8]) {
     let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new(table);
-    let txn = store.inner.db.begin_write().expect("begin write");
+    let txn = store.db().expect("db").begin_write().expect("begin write");
     txn.open_table(def).expect("open table").insert(key, value).expect("insert raw row");
     txn.commit().expect("commit raw row");
 }
