@@ -56,3 +56,29 @@ pub(super) async fn watch_store(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::store::StoreOptions;
+    use crate::store::test_support::{FullDiskBackend, drv};
+
+    #[tokio::test]
+    async fn a_store_that_stays_broken_stops_the_node_with_a_reason() {
+        let blobs = tempfile::tempdir().unwrap();
+        let backend = FullDiskBackend::new();
+        let full = backend.full.clone();
+        let store = Store::open_with_backend(backend, blobs.path(), StoreOptions::default()).unwrap();
+        let failure = Arc::new(Mutex::new(None));
+        let shutdown = CancellationToken::new();
+        let watch = tokio::spawn(watch_store(store.clone(), Duration::ZERO, failure.clone(), shutdown.clone()));
+        full.store(true, Ordering::SeqCst);
+        assert!(store.put_log(&drv(1), b"x").is_err());
+        tokio::time::timeout(Duration::from_secs(10), shutdown.cancelled()).await.expect("the node was not stopped");
+        watch.await.unwrap();
+        let why = failure.lock().unwrap().clone().expect("a reason");
+        assert!(why.contains("database") && why.contains("No space left"), "{why}");
+    }
+}

@@ -126,3 +126,35 @@ impl Store {
         self.probe_write()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::store::StoreOptions;
+    use crate::store::test_support::FullDiskBackend;
+
+    #[test]
+    fn a_failed_commit_marks_the_store_failed_until_it_works_again() {
+        let blobs = tempfile::tempdir().unwrap();
+        let backend = FullDiskBackend::new();
+        let full = backend.full.clone();
+        let store = Store::open_with_backend(backend, blobs.path(), StoreOptions::default()).unwrap();
+        assert!(!store.recover().unwrap());
+        store.put_log(&crate::store::test_support::drv(1), b"fine").unwrap();
+        assert!(store.failure().is_none());
+
+        full.store(true, Ordering::SeqCst);
+        let e = store.put_log(&crate::store::test_support::drv(2), b"no space").unwrap_err();
+        let f = store.failure().unwrap_or_else(|| panic!("not marked failed after {e}"));
+        assert!(f.error.contains("No space left"), "{f:?}");
+        // A custom backend cannot be reopened: recovery fails and says why.
+        full.store(false, Ordering::SeqCst);
+        let e = store.recover().unwrap_err().to_string();
+        let f = store.failure().unwrap();
+        assert_eq!(f.attempts, 1);
+        assert_eq!(f.last_attempt.as_deref(), Some(e.as_str()));
+        assert!(store.failure().is_some());
+    }
+}
