@@ -26,10 +26,7 @@ fn submit(url: &str, data: &Path, dir: &Path, drvs: &[StorePath]) -> (bool, Stri
         c.env("BUILDMESH_TOKEN", t);
     }
     let out = c.env("BUILDMESH_LOG", "warn").output().expect("run buildmesh submit");
-    (
-        out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// 24 derivations with a 16 KiB variable each (so their commit needs new database pages).
@@ -52,7 +49,11 @@ fn fill(dir: &Path) {
 
 fn health(url: &str) -> (u16, serde_json::Value) {
     let (s, b) = get(&format!("{url}/health"));
-    (s, serde_json::from_slice(&b).unwrap_or_else(|e| panic!("/health is not JSON ({e}): {}", String::from_utf8_lossy(&b))))
+    (
+        s,
+        serde_json::from_slice(&b)
+            .unwrap_or_else(|e| panic!("/health is not JSON ({e}): {}", String::from_utf8_lossy(&b))),
+    )
 }
 
 #[test]

@@ -343,7 +343,7 @@ pub(super) async fn attestations(
             if q.path.is_some() || q.drv.is_some() {
                 return Err(ApiError::bad_request("format=jsonl exports every attestation; drop path= and drv="));
             }
-            return Ok(export_jsonl(state.store().clone()));
+            return export_jsonl(state.store().clone());
         }
         Some(other) => {
             return Err(ApiError::bad_request(format!("format {} is not json or jsonl", super::echo(other))));
@@ -387,10 +387,21 @@ fn flatten(reports: Vec<audit::OutputReport>) -> Vec<OutputAttestationView> {
         .collect()
 }
 
-/// `?format=jsonl`: every attestation, streamed as [`audit::ExportLine`]s.
-fn export_jsonl(store: Store) -> Response {
+/// Exports streaming at once: each holds a blocking thread for as long as its client reads, so
+/// slow clients could otherwise take every blocking thread of the node.
+pub const MAX_CONCURRENT_EXPORTS: usize = 4;
+static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_EXPORTS);
+
+/// `?format=jsonl`: every attestation, streamed as [`audit::ExportLine`]s (503 when
+/// [`MAX_CONCURRENT_EXPORTS`] are already running).
+fn export_jsonl(store: Store) -> Result<Response, ApiError> {
+    let permit = EXPORTS.try_acquire().map_err(|_| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("{MAX_CONCURRENT_EXPORTS} attestation exports are already running; try again later"),
+    })?;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut w = io::BufWriter::with_capacity(64 * 1024, ChannelWriter { tx: tx.clone() });
         let result = audit::export_jsonl(&store, &mut w).map_err(io::Error::other).and_then(|_| w.flush());
         if let Err(e) = result {
@@ -399,7 +410,8 @@ fn export_jsonl(store: Store) -> Response {
         }
     });
     let stream = libp2p::futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/jsonl"))], Body::from_stream(stream)).into_response()
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/jsonl"))], Body::from_stream(stream))
+        .into_response())
 }
 
 /// A [`Write`] that sends what is written as body chunks (blocking when the client is slow).
