@@ -107,6 +107,13 @@ pub struct Config {
     pub sandbox: crate::executor::SandboxSettings,
     /// Upload limits (`[submit]` table; see [`crate::submit::SubmitSettings`]).
     pub submit: crate::submit::SubmitSettings,
+    /// The HTTP server's timeouts and limits (`[server]` table; see
+    /// [`crate::http::server::ServerSettings`]).
+    pub server: crate::http::server::ServerSettings,
+    /// How long (seconds) the node keeps trying to reopen a failed database (e.g. after the disk
+    /// filled up) before it exits with an error so that its supervisor restarts it; `GET /health`
+    /// answers 503 meanwhile.
+    pub store_failure_exit_secs: u64,
 }
 
 impl Default for Config {
@@ -135,6 +142,8 @@ impl Default for Config {
             mesh: crate::mesh::MeshSettings::default(),
             sandbox: crate::executor::SandboxSettings::default(),
             submit: crate::submit::SubmitSettings::default(),
+            server: crate::http::server::ServerSettings::default(),
+            store_failure_exit_secs: 300,
         }
     }
 }
@@ -201,6 +210,7 @@ impl Config {
         self.mesh.validate().map_err(|e| invalid("mesh", e.to_string()))?;
         self.sandbox.validate(self.effective_slots()).map_err(|e| invalid("sandbox", e.to_string()))?;
         self.submit.validate().map_err(|e| invalid("submit", e))?;
+        self.server.validate().map_err(|e| invalid("server", e))?;
         if self.quorum == 0 {
             return Err(invalid("quorum", "must be at least 1"));
         }

@@ -22,10 +22,10 @@ pub const MAX_NAME_LEN: usize = 211;
 #[non_exhaustive]
 pub enum StorePathError {
     /// The store directory is not an absolute, normalised path.
-    #[error("store directory {0:?} must be an absolute path without a trailing slash, `.`/`..` parts or `//`")]
+    #[error("store directory {} must be an absolute path without a trailing slash, `.`/`..` parts or `//`", short(.0))]
     BadStoreDir(String),
     /// The path does not start with `<store dir>/`.
-    #[error("path {path:?} is not in the store directory {store_dir:?}")]
+    #[error("path {} is not in the store directory {store_dir:?}", short(path))]
     NotInStore {
         /// The path given.
         path: String,
@@ -33,10 +33,10 @@ pub enum StorePathError {
         store_dir: String,
     },
     /// The base name is too short to hold `<hash>-<name>`.
-    #[error("store path base name {0:?} is too short: expected <32-char hash>-<name>")]
+    #[error("store path base name {} is too short: expected <32-char hash>-<name>", short(.0))]
     TooShort(String),
     /// The hash part is not valid nix32.
-    #[error("store path base name {basename:?} has an invalid hash part: {reason}")]
+    #[error("store path base name {} has an invalid hash part: {reason}", short(basename))]
     BadHash {
         /// The base name.
         basename: String,
@@ -44,16 +44,28 @@ pub enum StorePathError {
         reason: nixbase32::Nix32Error,
     },
     /// No `-` after the hash part.
-    #[error("store path base name {0:?} lacks the '-' after the hash part")]
+    #[error("store path base name {} lacks the '-' after the hash part", short(.0))]
     MissingDash(String),
     /// The name part breaks Nix's naming rules.
-    #[error("store path name {name:?} is invalid: {reason}")]
+    #[error("store path name {} is invalid: {reason}", short(name))]
     BadName {
         /// The name.
         name: String,
         /// Which rule it breaks.
         reason: &'static str,
     },
+}
+
+/// Characters of an invalid input that a [`StorePathError`] message quotes.
+pub const ERROR_QUOTE_CHARS: usize = 64;
+
+/// `s` quoted for an error message, cut to [`ERROR_QUOTE_CHARS`] characters (then `…`), so that
+/// an error about an 8 KB name (which may be sent back to whoever sent it) stays short.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(ERROR_QUOTE_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}…", &s[..cut]),
+    }
 }
 
 /// A validated store directory such as `/nix/store` or `/gnu/store`.
@@ -276,6 +288,16 @@ pub fn make_text_path<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_quote_at_most_a_short_prefix_of_the_input() {
+        let long = format!("00bgd045z0d4icpbc2yyz4gx48ak44la-{}", "x".repeat(8000));
+        let e = StorePath::from_basename(&long).unwrap_err().to_string();
+        assert!(e.len() < 300, "{} bytes: {e}", e.len());
+        assert!(e.contains('…'), "{e}");
+        let e = StorePath::from_basename("short").unwrap_err().to_string();
+        assert!(e.contains("\"short\"") && !e.contains('…'), "{e}");
+    }
 
     #[test]
     fn parse_and_display() {

@@ -9,6 +9,7 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,13 +42,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-/// Parse a full store path (`/nix/store/…`) or a bare base name.
+/// Parse a full store path (`/nix/store/…`) or a bare base name. The error quotes at most a
+/// short prefix of `target` ([`crate::http::echo`]).
 pub fn parse_target(store_dir: &StoreDir, target: &str) -> Result<StorePath, String> {
     if target.starts_with('/') {
-        store_dir.parse_path(target).map_err(|e| format!("`{target}`: {e}"))
+        store_dir.parse_path(target).map_err(|e| format!("{}: {e}", crate::http::echo(target)))
     } else {
-        StorePath::from_basename(target).map_err(|e| format!("`{target}`: {e}"))
+        StorePath::from_basename(target).map_err(|e| format!("{}: {e}", crate::http::echo(target)))
     }
+}
+
+/// A query string that does not parse, as a JSON 400 (axum's own rejection is plain text).
+fn bad_query(e: QueryRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("bad query string: {}", e.body_text()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,7 +72,11 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn query(State(ctx): State<AuditContext>, Query(q): Query<QueryParams>) -> Response {
+async fn query(State(ctx): State<AuditContext>, q: Result<Query<QueryParams>, QueryRejection>) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad_query(e),
+    };
     let path = match parse_target(&ctx.store_dir, &q.target) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -90,10 +101,14 @@ struct FailuresParams {
     drv: String,
 }
 
-async fn failures(State(ctx): State<AuditContext>, Query(q): Query<FailuresParams>) -> Response {
+async fn failures(State(ctx): State<AuditContext>, q: Result<Query<FailuresParams>, QueryRejection>) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad_query(e),
+    };
     let drv = match parse_target(&ctx.store_dir, &q.drv) {
         Ok(p) if p.is_derivation() => p,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("`{}` is not a .drv path", q.drv)),
+        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{} is not a .drv path", crate::http::echo(&q.drv))),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let store = ctx.store.clone();

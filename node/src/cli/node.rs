@@ -252,8 +252,13 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         };
         tracing::info!(signal, "stopping");
         eprintln!("buildmesh node: {signal}: shutting down");
+        let failure = node.failure();
         node.shutdown().await;
-        anyhow::Ok(())
+        match failure {
+            // Exit non-zero so that a supervisor restarts the node.
+            Some(why) => Err(anyhow::anyhow!("the node stopped: {why}")),
+            None => anyhow::Ok(()),
+        }
     })?;
     // Do not wait for blocking tasks of abandoned streams.
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -88,7 +88,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 /// The fallback: JSON 404 under `/api/`, plain text elsewhere.
 pub(super) async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/api/") {
-        ApiError::not_found(format!("no such endpoint: {}", uri.path())).into_response()
+        ApiError::not_found(format!("no such endpoint: {}", super::echo(uri.path()))).into_response()
     } else {
         (StatusCode::NOT_FOUND, "404 not found\n").into_response()
     }
@@ -181,9 +181,9 @@ pub fn build_view(store: &Store, store_dir: &StoreDir, r: &BuildRecord) -> Resul
 /// Parse a `<drv>` route parameter: a base name or an absolute path in the node's store dir.
 fn parse_drv(store_dir: &StoreDir, s: &str) -> Result<StorePath, ApiError> {
     let p = if s.starts_with('/') { store_dir.parse_path(s) } else { StorePath::from_basename(s) }
-        .map_err(|e| ApiError::bad_request(format!("{s:?} is not a store path: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("{} is not a store path: {e}", super::echo(s))))?;
     if !p.is_derivation() {
-        return Err(ApiError::bad_request(format!("{s:?} is not a derivation (.drv) path")));
+        return Err(ApiError::bad_request(format!("{} is not a derivation (.drv) path", super::echo(s))));
     }
     Ok(p)
 }
@@ -191,7 +191,7 @@ fn parse_drv(store_dir: &StoreDir, s: &str) -> Result<StorePath, ApiError> {
 /// Parse a store path given as a base name or an absolute path.
 fn parse_path(store_dir: &StoreDir, s: &str) -> Result<StorePath, ApiError> {
     if s.starts_with('/') { store_dir.parse_path(s) } else { StorePath::from_basename(s) }
-        .map_err(|e| ApiError::bad_request(format!("{s:?} is not a store path: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("{} is not a store path: {e}", super::echo(s))))
 }
 
 /// Query of `GET /api/v1/builds`.
@@ -211,7 +211,10 @@ pub(super) async fn builds(
     if let Some(list) = &q.state {
         for s in list.split(',').filter(|s| !s.is_empty()) {
             let st = BuildState::ALL.into_iter().find(|b| b.as_str() == s).ok_or_else(|| {
-                ApiError::bad_request(format!("state {s:?} is not one of queued, running, done, failed, cancelled"))
+                ApiError::bad_request(format!(
+                    "state {} is not one of queued, running, done, failed, cancelled",
+                    super::echo(s)
+                ))
             })?;
             states.push(st);
         }
@@ -340,9 +343,11 @@ pub(super) async fn attestations(
             if q.path.is_some() || q.drv.is_some() {
                 return Err(ApiError::bad_request("format=jsonl exports every attestation; drop path= and drv="));
             }
-            return Ok(export_jsonl(state.store().clone()));
+            return export_jsonl(state.store().clone());
         }
-        Some(other) => return Err(ApiError::bad_request(format!("format {other:?} is not json or jsonl"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("format {} is not json or jsonl", super::echo(other))));
+        }
     }
     let store_dir = state.store_dir().clone();
     let st = state.clone();
@@ -382,10 +387,21 @@ fn flatten(reports: Vec<audit::OutputReport>) -> Vec<OutputAttestationView> {
         .collect()
 }
 
-/// `?format=jsonl`: every attestation, streamed as [`audit::ExportLine`]s.
-fn export_jsonl(store: Store) -> Response {
+/// Exports streaming at once: each holds a blocking thread for as long as its client reads, so
+/// slow clients could otherwise take every blocking thread of the node.
+pub const MAX_CONCURRENT_EXPORTS: usize = 4;
+static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_EXPORTS);
+
+/// `?format=jsonl`: every attestation, streamed as [`audit::ExportLine`]s (503 when
+/// [`MAX_CONCURRENT_EXPORTS`] are already running).
+fn export_jsonl(store: Store) -> Result<Response, ApiError> {
+    let permit = EXPORTS.try_acquire().map_err(|_| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("{MAX_CONCURRENT_EXPORTS} attestation exports are already running; try again later"),
+    })?;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut w = io::BufWriter::with_capacity(64 * 1024, ChannelWriter { tx: tx.clone() });
         let result = audit::export_jsonl(&store, &mut w).map_err(io::Error::other).and_then(|_| w.flush());
         if let Err(e) = result {
@@ -394,7 +410,8 @@ fn export_jsonl(store: Store) -> Response {
         }
     });
     let stream = libp2p::futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/jsonl"))], Body::from_stream(stream)).into_response()
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/jsonl"))], Body::from_stream(stream))
+        .into_response())
 }
 
 /// A [`Write`] that sends what is written as body chunks (blocking when the client is slow).

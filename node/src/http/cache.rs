@@ -11,8 +11,10 @@
 //! until that check passed, so a damaged blob never arrives as a complete response (the
 //! connection is cut instead).
 //!
-//! Bodies are streamed from a blocking reader thread through a small bounded channel
-//! ([`IN_FLIGHT`] chunks of [`CHUNK`] bytes): a NAR is never held in memory whole.
+//! Bodies are read in [`CHUNK`]s, each in a short blocking task started when the connection has
+//! taken the previous one ([`stream_body_with`]): a NAR is never held in memory whole and a
+//! client that stops reading holds no thread. Downloads (`GET /nar/…`) take a slot of the
+//! node's [`super::limits::DownloadLimiter`] (in all and per client) for as long as they stream.
 
 use std::io::{self, Read};
 
@@ -22,15 +24,13 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::nixbase32;
-use tokio::sync::mpsc;
 
 use super::AppState;
 use crate::store::StoreError;
 
-/// Bytes per streamed chunk.
-pub const CHUNK: usize = 1 << 20;
-/// Chunks buffered between the reader thread and the connection.
-pub const IN_FLIGHT: usize = 4;
+/// Bytes per streamed chunk (a download holds about three: one held back, two in the
+/// connection's write buffer).
+pub const CHUNK: usize = 256 * 1024;
 
 /// Rendered narinfos kept per generation of [`NarinfoCache`] (two generations: at most twice
 /// this many, about 1 KiB each).
@@ -121,7 +121,10 @@ pub(super) async fn nix_cache_info(State(state): State<AppState>) -> Response {
 pub(super) async fn narinfo(State(state): State<AppState>, Path(file): Path<String>) -> Response {
     let Some(hash_part) = file.strip_suffix(".narinfo") else { return not_found() };
     if hash_part.len() != 32 || nixbase32::decode_fixed::<20>(hash_part).is_err() {
-        return plain(StatusCode::BAD_REQUEST, format!("{file:?} is not <32-character nix32 hash>.narinfo"));
+        return plain(
+            StatusCode::BAD_REQUEST,
+            format!("{} is not <32-character nix32 hash>.narinfo", super::echo(&file)),
+        );
     }
     if let Some(mesh) = &state.inner.mesh {
         // A mesh node serves what the quorum accepts, nothing else.
@@ -164,7 +167,12 @@ type Opened = (u64, Option<Box<dyn Read + Send>>);
 
 /// `GET`/`HEAD /nar/<nix32 NarHash>.nar` and `.nar.zst`.
 #[tracing::instrument(level = "debug", skip_all, fields(file = %file))]
-pub(super) async fn nar(State(state): State<AppState>, method: Method, Path(file): Path<String>) -> Response {
+pub(super) async fn nar(
+    State(state): State<AppState>,
+    method: Method,
+    ext: axum::http::Extensions,
+    Path(file): Path<String>,
+) -> Response {
     let (hash, compressed) = match file.strip_suffix(".nar.zst") {
         Some(h) => (h, true),
         None => match file.strip_suffix(".nar") {
@@ -176,7 +184,10 @@ pub(super) async fn nar(State(state): State<AppState>, method: Method, Path(file
         .map_err(|_| ())
         .and_then(|d| if hash.len() == 52 { Ok(d) } else { Err(()) })
     else {
-        return plain(StatusCode::BAD_REQUEST, format!("{file:?} is not nar/<52-character nix32 NarHash>.nar[.zst]"));
+        return plain(
+            StatusCode::BAD_REQUEST,
+            format!("{} is not nar/<52-character nix32 NarHash>.nar[.zst]", super::echo(&file)),
+        );
     };
     match nar_allowed(&state, digest).await {
         Ok(true) => {}
@@ -184,6 +195,20 @@ pub(super) async fn nar(State(state): State<AppState>, method: Method, Path(file
         Err(e) => return internal("trust", e),
     }
     let head = method == Method::HEAD;
+    // A download holds its slot until its body is done or dropped; HEAD streams nothing.
+    let slot = if head {
+        None
+    } else {
+        match state.inner.downloads.acquire(super::server::client_ip(&ext)).await {
+            Ok(slot) => Some(slot),
+            Err(busy) => {
+                tracing::debug!(cause = %busy, "NAR download refused");
+                let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, busy.to_string());
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return resp;
+            }
+        }
+    };
     let st = state.clone();
     let opened = tokio::task::spawn_blocking(move || -> Result<Option<Opened>, StoreError> {
         let Some(blob) = st.store().blob_by_nar_hash(&NixHash::sha256(digest))? else { return Ok(None) };
@@ -213,7 +238,7 @@ pub(super) async fn nar(State(state): State<AppState>, method: Method, Path(file
         Err(e) => return internal("task", e),
     };
     let body = match reader {
-        Some(r) => stream_body(r),
+        Some(r) => stream_body_with(r, slot),
         None => Body::empty(),
     };
     let mut resp = Response::new(body);
@@ -239,53 +264,77 @@ async fn nar_allowed(state: &AppState, digest: [u8; 32]) -> Result<bool, String>
     .map_err(|e| e.to_string())
 }
 
-/// A body fed by a blocking thread reading `reader` in [`CHUNK`]s, at most [`IN_FLIGHT`] ahead of
-/// the connection. The last chunk is sent only after the reader reported a clean end, so a
-/// reader that fails at its end (a blob whose hash check fails) never yields a complete body.
+/// A body read from `reader` in [`CHUNK`]s (see [`stream_body_with`]).
 pub fn stream_body(reader: Box<dyn Read + Send>) -> Body {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(IN_FLIGHT);
-    tokio::task::spawn_blocking(move || pump(reader, &tx));
-    let stream = libp2p::futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    stream_body_with(reader, ())
+}
+
+/// A body read from `reader` in [`CHUNK`]s, each read in a short `spawn_blocking` task started
+/// only when the connection asks for the next chunk: a client that stops reading holds no
+/// thread, only the chunk it has not taken (the connection's write timeout then drops it). The
+/// last chunk is sent only after the reader reported a clean end, so a reader that fails at its
+/// end (a blob whose hash check fails) never yields a complete body. `guard` (e.g. a download
+/// slot) is dropped with the body.
+pub fn stream_body_with(reader: Box<dyn Read + Send>, guard: impl Send + 'static) -> Body {
+    let state = Pump { reader: Some(reader), pending: None, _guard: Box::new(guard) };
+    let stream = libp2p::futures::stream::unfold(state, |mut st| async move {
+        let item = st.next().await?;
+        Some((item, st))
+    });
     Body::from_stream(stream)
 }
 
-/// Read `reader` into `tx` (see [`stream_body`]). Returns when done, on error, or when the
-/// connection went away.
-fn pump(mut reader: Box<dyn Read + Send>, tx: &mpsc::Sender<io::Result<Bytes>>) {
-    let mut pending: Option<Bytes> = None;
-    loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        let mut eof = false;
-        while filled < CHUNK {
-            match reader.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    eof = true;
-                    break;
+/// The state of a [`stream_body_with`] stream.
+struct Pump {
+    /// `None` once the reader ended or failed.
+    reader: Option<Box<dyn Read + Send>>,
+    /// The chunk read last, held back until the next read shows it is not the last one (or the
+    /// reader ended cleanly).
+    pending: Option<Bytes>,
+    _guard: Box<dyn Send>,
+}
+
+impl Pump {
+    /// The next chunk to send; `None` at the end.
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            let reader = self.reader.take()?;
+            let (reader, read) = match tokio::task::spawn_blocking(move || read_chunk(reader)).await {
+                Ok(v) => v,
+                Err(e) => return Some(Err(io::Error::other(format!("NAR reader task failed: {e}")))),
+            };
+            match read {
+                Ok(Some(chunk)) => {
+                    self.reader = Some(reader);
+                    if let Some(prev) = self.pending.replace(chunk) {
+                        return Some(Ok(prev));
+                    }
                 }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(None) => return self.pending.take().map(Ok),
                 Err(e) => {
                     tracing::error!(cause = %e, "streaming a NAR failed; cutting the response");
-                    let _ = tx.blocking_send(Err(e));
-                    return;
+                    self.pending = None;
+                    return Some(Err(e));
                 }
             }
         }
-        buf.truncate(filled);
-        if !buf.is_empty()
-            && let Some(prev) = pending.replace(Bytes::from(buf))
-            && tx.blocking_send(Ok(prev)).is_err()
-        {
-            return;
-        }
-        if eof {
-            if let Some(last) = pending.take() {
-                let _ = tx.blocking_send(Ok(last));
-            }
-            return;
+    }
+}
+
+/// Read up to [`CHUNK`] bytes (blocking): `Ok(None)` at a clean end.
+fn read_chunk(mut reader: Box<dyn Read + Send>) -> (Box<dyn Read + Send>, io::Result<Option<Bytes>>) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut filled = 0;
+    while filled < CHUNK {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (reader, Err(e)),
         }
     }
+    buf.truncate(filled);
+    (reader, Ok((filled > 0).then(|| Bytes::from(buf))))
 }
 
 #[cfg(test)]
@@ -302,16 +351,17 @@ mod tests {
         }
     }
 
-    fn collect(rx: &mut mpsc::Receiver<io::Result<Bytes>>) -> (usize, bool) {
+    async fn collect(body: Body) -> (usize, bool) {
+        use libp2p::futures::StreamExt as _;
+        let mut stream = body.into_data_stream();
         let mut bytes = 0;
-        let mut failed = false;
-        while let Ok(item) = rx.try_recv() {
+        while let Some(item) = stream.next().await {
             match item {
                 Ok(b) => bytes += b.len(),
-                Err(_) => failed = true,
+                Err(_) => return (bytes, true),
             }
         }
-        (bytes, failed)
+        (bytes, false)
     }
 
     #[test]
@@ -330,19 +380,25 @@ mod tests {
         assert!(c.get(&format!("k{}", NARINFO_CACHE_ENTRIES * 3 - 1)).is_some());
     }
 
-    #[test]
-    fn pump_holds_back_the_last_chunk_of_a_failing_reader() {
+    #[tokio::test]
+    async fn the_last_chunk_of_a_failing_reader_is_held_back() {
         let data = vec![7u8; CHUNK + 10];
-        let (tx, mut rx) = mpsc::channel(16);
-        pump(Box::new(io::Cursor::new(data.clone())), &tx);
-        assert_eq!(collect(&mut rx), (CHUNK + 10, false));
-        let (tx, mut rx) = mpsc::channel(16);
-        pump(Box::new(FailAtEnd(io::Cursor::new(data))), &tx);
-        let (bytes, failed) = collect(&mut rx);
+        assert_eq!(collect(stream_body(Box::new(io::Cursor::new(data.clone())))).await, (CHUNK + 10, false));
+        let (bytes, failed) = collect(stream_body(Box::new(FailAtEnd(io::Cursor::new(data))))).await;
         assert!(failed);
         assert!(bytes < CHUNK + 10, "the last chunk must not be sent: {bytes}");
-        let (tx, mut rx) = mpsc::channel(16);
-        pump(Box::new(io::Cursor::new(Vec::new())), &tx);
-        assert_eq!(collect(&mut rx), (0, false));
+        // A reader failing within its only chunk yields nothing at all.
+        let (bytes, failed) = collect(stream_body(Box::new(FailAtEnd(io::Cursor::new(vec![1u8; 10]))))).await;
+        assert_eq!((bytes, failed), (0, true));
+        assert_eq!(collect(stream_body(Box::new(io::Cursor::new(Vec::new())))).await, (0, false));
+    }
+
+    #[tokio::test]
+    async fn the_guard_lives_as_long_as_the_body() {
+        let guard = std::sync::Arc::new(());
+        let body = stream_body_with(Box::new(io::Cursor::new(vec![1u8; 3 * CHUNK])), guard.clone());
+        assert_eq!(std::sync::Arc::strong_count(&guard), 2);
+        assert_eq!(collect(body).await, (3 * CHUNK, false));
+        assert_eq!(std::sync::Arc::strong_count(&guard), 1);
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `GET /health` | `{"status": "ok"|"failing", "version", "failures": […]}`; 503 when failing ([`health`]) |
 //! | `GET /nix-cache-info` | `StoreDir`, `WantMassQuery: 1`, `Priority` |
 //! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a path the trust rule accepts ([`crate::trust`]) |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed and streamed from its blob |
@@ -18,17 +19,26 @@
 //! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`crate::audit::http`]) |
 //!
-//! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status; the binary cache answers
-//! 404 for what it does not have and 400 for malformed names, with a plain-text body.
+//! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status (all of them, see
+//! [`errors`]); the binary cache answers
+//! 404 for what it does not have and 400 for malformed names, with a plain-text body. An error
+//! quotes what the client sent through [`echo`], cut to [`ECHO_MAX_CHARS`].
 //!
 //! Every request that is not `GET` or `HEAD` (every `POST` above, the mesh's and any route added
 //! later) needs `Authorization: Bearer <token>` ([`auth`]: `DATA/api.token`); without it the
 //! answer is 401 and nothing changes.
+//!
+//! The server itself (timeouts, connection and download limits, `TCP_NODELAY`) is [`server`].
 
 pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod cache;
+pub mod errors;
+pub mod health;
+pub mod limits;
+pub mod server;
+pub mod timeouts;
 mod trust;
 
 use std::sync::Arc;
@@ -44,6 +54,19 @@ use crate::submit::SubmitContext;
 
 /// `Priority` in `/nix-cache-info` (cache.nixos.org says 40; lower is preferred).
 pub const CACHE_PRIORITY: u32 = 40;
+
+/// Characters of client input an error message quotes (see [`echo`]).
+pub const ECHO_MAX_CHARS: usize = 64;
+
+/// Client input quoted for an error message: Rust string syntax (control characters escaped),
+/// cut to [`ECHO_MAX_CHARS`] characters with `…` after it when longer, so an error never sends a
+/// long request back.
+pub fn echo(input: &str) -> String {
+    match input.char_indices().nth(ECHO_MAX_CHARS) {
+        None => format!("{input:?}"),
+        Some((cut, _)) => format!("{:?}…", &input[..cut]),
+    }
+}
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -62,6 +85,7 @@ struct Inner {
     mesh: Option<crate::mesh::MeshHandle>,
     /// The trust policy of the standalone cache routes (this node's own builds).
     trust: buildmesh_protocol::mesh::TrustConfig,
+    downloads: Arc<limits::DownloadLimiter>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -93,6 +117,7 @@ impl AppState {
                 narinfos: cache::NarinfoCache::default(),
                 mesh: None,
                 trust,
+                downloads: server::ServerSettings::default().download_limiter(),
             }),
         }
     }
@@ -103,6 +128,15 @@ impl AppState {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.mesh = Some(mesh),
             None => tracing::error!("AppState::with_mesh on a shared state; the mesh is not wired in"),
+        }
+        self
+    }
+
+    /// Use the download limits of `settings` (instead of the defaults).
+    pub fn with_server_settings(mut self, settings: &server::ServerSettings) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.downloads = settings.download_limiter(),
+            None => tracing::error!("AppState::with_server_settings on a shared state; default limits apply"),
         }
         self
     }
@@ -129,6 +163,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         store_dir: state.inner.store_dir.clone(),
     });
     Router::new()
+        .route("/health", get(health::health))
         .route("/nix-cache-info", get(cache::nix_cache_info))
         .route("/{file}", get(cache::narinfo))
         .route("/nar/{file}", get(cache::nar))
@@ -147,4 +182,20 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .merge(audit)
         .merge(mesh.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
+        .layer(axum::middleware::from_fn(errors::json_errors))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn echo_cuts_long_input_and_escapes() {
+        assert_eq!(super::echo("abc"), "\"abc\"");
+        let long = "x".repeat(8192);
+        let e = super::echo(&long);
+        assert_eq!(e, format!("\"{}\"…", "x".repeat(super::ECHO_MAX_CHARS)));
+        assert_eq!(super::echo("a\nb"), "\"a\\nb\"");
+        // Never cuts inside a character.
+        let wide = "é".repeat(100);
+        assert!(super::echo(&wide).starts_with(&format!("\"{}", "é".repeat(64))));
+    }
 }

@@ -78,7 +78,7 @@ pub struct RetryBody {
 pub fn parse_node(s: &str) -> Result<NodeId, String> {
     NodeId::from_peer_id(s)
         .or_else(|_| s.parse::<NodeId>())
-        .map_err(|e| format!("{s:?} is not a peer id or node id: {e}"))
+        .map_err(|e| format!("{} is not a peer id or node id: {e}", crate::http::echo(s)))
 }
 
 async fn retry(
@@ -96,8 +96,8 @@ async fn retry(
     };
     let drv = match drv {
         Ok(d) if d.is_derivation() => d,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{:?} is not a .drv path", body.drv)),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{:?}: {e}", body.drv)),
+        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{} is not a .drv path", crate::http::echo(&body.drv))),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{}: {e}", crate::http::echo(&body.drv))),
     };
     let on = match parse_node(&body.on) {
         Ok(n) => n,
@@ -115,7 +115,7 @@ async fn retry(
 async fn set_block(h: MeshHandle, peer: String, blocked: bool) -> Response {
     let peer: PeerId = match peer.parse() {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{peer:?} is not a peer id: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{} is not a peer id: {e}", crate::http::echo(&peer))),
     };
     match h.set_blocked(peer, blocked).await {
         Ok(changed) => Json(serde_json::json!({ "peer_id": peer.to_base58(), "blocked": blocked, "changed": changed }))

@@ -15,10 +15,14 @@
 //! Every task runs inside one `node` tracing span carrying the node's short id and key name, so
 //! several nodes in one process (tests, `buildmesh demo`) keep readable logs.
 //!
+//! While the node runs, `health::watch_store` reopens the database after a failure (a full disk)
+//! and stops the node with an error when it stays broken (`store_failure_exit_secs`).
+//!
 //! [`Node::shutdown`] stops accepting connections, cancels running builds (they stay `Running`
 //! in the store and step 4 of the next start requeues them), waits for the tasks and closes the
 //! store. Dropping a [`Node`] without `shutdown` signals the tasks to stop but does not wait.
 
+mod health;
 pub mod key;
 pub mod plan;
 pub mod scheduler;
@@ -159,6 +163,9 @@ pub struct Node {
     shutdown: CancellationToken,
     http_task: Option<JoinHandle<()>>,
     scheduler_task: Option<JoinHandle<()>>,
+    store_task: Option<JoinHandle<()>>,
+    /// Why the node stopped by itself (see [`Node::failure`]).
+    failure: Arc<std::sync::Mutex<Option<String>>>,
     mesh: Option<crate::mesh::MeshHandle>,
     mesh_task: Option<JoinHandle<()>>,
     span: tracing::Span,
@@ -238,9 +245,8 @@ impl Node {
             (None, None)
         };
 
-        let listener = tokio::net::TcpListener::bind(config.http)
-            .await
-            .map_err(|source| StartError::Bind { addr: config.http, source })?;
+        let listener =
+            crate::http::server::bind(config.http).map_err(|source| StartError::Bind { addr: config.http, source })?;
         let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.http, source })?;
 
         let info = Arc::new(NodeInfo {
@@ -267,20 +273,26 @@ impl Node {
         if let Some(m) = &mesh {
             app_state = app_state.with_mesh(m.clone());
         }
+        app_state = app_state.with_server_settings(&config.server);
         let app = crate::http::router(app_state, token);
         let http_task = {
             let shutdown = shutdown.clone();
+            let settings = config.server.clone();
             tokio::spawn(
-                async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-                    if let Err(e) = serve.await {
-                        tracing::error!(cause = %e, "HTTP server failed; stopping the node");
-                        shutdown.cancel();
-                    }
-                }
-                .instrument(span.clone()),
+                async move { crate::http::server::serve(listener, app, &settings, shutdown).await }
+                    .instrument(span.clone()),
             )
         };
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let store_task = tokio::spawn(
+            health::watch_store(
+                store.clone(),
+                Duration::from_secs(config.store_failure_exit_secs),
+                failure.clone(),
+                shutdown.clone(),
+            )
+            .instrument(span.clone()),
+        );
         let scheduler_task = tokio::spawn(scheduler.run(shutdown.clone()).instrument(span.clone()));
         span.in_scope(|| {
             tracing::info!(
@@ -298,6 +310,8 @@ impl Node {
             shutdown,
             http_task: Some(http_task),
             scheduler_task: Some(scheduler_task),
+            store_task: Some(store_task),
+            failure,
             mesh,
             mesh_task,
             span,
@@ -354,6 +368,12 @@ impl Node {
         self.shutdown.cancelled().await;
     }
 
+    /// Why the node stopped by itself, when it did (e.g. its database stayed broken); `buildmesh
+    /// node` then exits with an error so that its supervisor restarts it.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Stop: no new connections, running builds cancelled (requeued at the next start), tasks
     /// awaited, store closed when the last clone is dropped.
     pub async fn shutdown(mut self) {
@@ -365,6 +385,11 @@ impl Node {
                 && let Err(e) = t.await
             {
                 tracing::error!(cause = %e, "scheduler task failed");
+            }
+            if let Some(t) = self.store_task.take()
+                && let Err(e) = t.await
+            {
+                tracing::error!(cause = %e, "store watch task failed");
             }
             if let Some(t) = self.mesh_task.take()
                 && let Err(e) = t.await

@@ -100,11 +100,11 @@ fn a_database_without_the_mesh_tables_opens_and_gains_them() {
         let store = Store::open(dir.path()).expect("open");
         store.put_drv(&drv(1), b"Derive(...)").expect("put_drv");
         // Make it look like a database written before these tables existed.
-        let txn = store.inner.db.begin_write().expect("begin");
+        let txn = store.db().expect("db").begin_write().expect("begin");
         assert!(txn.delete_table(tables::SYNC_CURSORS).expect("delete"));
         assert!(txn.delete_table(tables::MESH_SUBMISSIONS).expect("delete"));
         txn.commit().expect("commit");
-        let read = store.inner.db.begin_read().expect("read");
+        let read = store.db().expect("db").begin_read().expect("read");
         assert!(read.open_table(tables::MESH_SUBMISSIONS).is_err(), "table should be gone");
     }
     let store = Store::open(dir.path()).expect("reopen");

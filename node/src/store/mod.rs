@@ -27,6 +27,7 @@
 
 mod blobs;
 mod builds;
+mod health;
 mod mesh;
 mod paths;
 mod records;
@@ -36,7 +37,7 @@ mod trust_index;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use buildmesh_protocol::hash::NixHash;
@@ -46,6 +47,7 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 use thiserror::Error;
 
 pub use blobs::NarBlobReader;
+pub use health::StoreFailure;
 pub use records::{
     AttestationEntry, AttestedOutput, BlobInfo, BuildCounts, BuildFilter, BuildRecord, BuildState, EnqueueOutcome,
     EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,
@@ -204,6 +206,13 @@ pub enum StoreError {
         /// The key.
         key: String,
     },
+    /// The database failed (an I/O error such as a full disk) and is closed until the node
+    /// reopens it ([`Store::recover`]).
+    #[error("the database is unavailable after a failure ({cause}); the node is reopening it")]
+    Unavailable {
+        /// The failure that closed it.
+        cause: String,
+    },
     /// A build state change that the state machine does not allow.
     #[error("build {drv} is {from}, cannot become {to}")]
     InvalidTransition {
@@ -233,7 +242,12 @@ pub fn unix_ms() -> u64 {
 }
 
 struct Inner {
-    db: Database,
+    /// The open database; `None` while [`Store::recover`] reopens it after a failure.
+    db: RwLock<Option<Arc<Database>>>,
+    /// The failure that broke the database, until it works again.
+    failure: Mutex<Option<StoreFailure>>,
+    /// Whether the database is a file [`Store::recover`] can reopen (not a custom backend).
+    reopenable: bool,
     blobs: BlobDir,
     db_path: PathBuf,
     options: StoreOptions,
@@ -266,18 +280,14 @@ impl Store {
             source,
         })?;
         let db_path = data_dir.join(DB_FILE);
-        let mut builder = redb::Builder::new();
-        builder.set_cache_size(options.cache_size).set_check_integrity_on_open(options.check_integrity_on_open);
+        let builder = db_builder(&options);
         if !db_path.exists() {
             create_database_atomically(&builder, data_dir, &db_path)?;
         }
-        let db = builder.open(&db_path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: db_path.clone() },
-            e => StoreError::Database { op: "opening the database", source: Box::new(e.into()) },
-        })?;
+        let db = open_database(&builder, &db_path)?;
         remove_database_drafts(data_dir)?;
         let blobs = BlobDir::open(data_dir.join(BLOB_DIR), options.zstd_level)?;
-        Store::init(db, blobs, db_path, options)
+        Store::init(db, blobs, db_path, options, true)
     }
 
     /// Open a store whose database lives in `backend` (e.g. `redb::backends::InMemoryBackend` for
@@ -291,10 +301,16 @@ impl Store {
         builder.set_cache_size(options.cache_size);
         let db = builder.create_with_backend(backend).ctx("opening the database")?;
         let blobs = BlobDir::open(blob_dir.as_ref().to_path_buf(), options.zstd_level)?;
-        Store::init(db, blobs, PathBuf::from("<backend>"), options)
+        Store::init(db, blobs, PathBuf::from("<backend>"), options, false)
     }
 
-    fn init(db: Database, blobs: BlobDir, db_path: PathBuf, options: StoreOptions) -> Result<Store, StoreError> {
+    fn init(
+        db: Database,
+        blobs: BlobDir,
+        db_path: PathBuf,
+        options: StoreOptions,
+        reopenable: bool,
+    ) -> Result<Store, StoreError> {
         let txn = db.begin_write().ctx("starting the schema transaction")?;
         {
             let mut meta = txn.open_table(META).ctx("opening table meta")?;
@@ -338,7 +354,16 @@ impl Store {
         if removed > 0 {
             tracing::info!(removed, "removed unfinished blob files left by a crash");
         }
-        let store = Store { inner: Arc::new(Inner { db, blobs, db_path, options }) };
+        let store = Store {
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(Arc::new(db))),
+                failure: Mutex::new(None),
+                reopenable,
+                blobs,
+                db_path,
+                options,
+            }),
+        };
         store.write(|w| w.backfill_nar_hash_index())?;
         Ok(store)
     }
@@ -352,8 +377,19 @@ impl Store {
     /// returns `Ok`, and nothing does when it returns `Err` (or the process dies first). Inside
     /// `f`, write only through the [`StoreWriter`]: calling a writing `Store` method there would
     /// wait forever for this transaction (reads are fine).
+    ///
+    /// An I/O error (a full disk) marks the store failed ([`Store::failure`]) until
+    /// [`Store::recover`] finds it working again.
     pub fn write<T>(&self, f: impl FnOnce(&mut StoreWriter<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut txn = self.inner.db.begin_write().ctx("starting a write transaction")?;
+        let result = self.write_once(f);
+        if let Err(e) = &result {
+            self.note_error(e);
+        }
+        result
+    }
+
+    fn write_once<T>(&self, f: impl FnOnce(&mut StoreWriter<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut txn = self.db()?.begin_write().ctx("starting a write transaction")?;
         txn.set_durability(Durability::Immediate).ctx("setting durability")?;
         let result = {
             let mut w = StoreWriter { txn: &txn, store: &self.inner };
@@ -372,7 +408,11 @@ impl Store {
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.inner.db.begin_read().ctx("starting a read transaction")
+        let result = self.db()?.begin_read().ctx("starting a read transaction");
+        if let Err(e) = &result {
+            self.note_error(e);
+        }
+        result
     }
 
     /// The schema version of the open database.
@@ -424,6 +464,21 @@ impl StoreWriter<'_> {
         meta.insert(key, acc.as_slice()).ctx("writing meta")?;
         Ok(())
     }
+}
+
+/// The redb builder for `options`.
+fn db_builder(options: &StoreOptions) -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(options.cache_size).set_check_integrity_on_open(options.check_integrity_on_open);
+    builder
+}
+
+/// Open the database file at `db_path`.
+fn open_database(builder: &redb::Builder, db_path: &Path) -> Result<Database, StoreError> {
+    builder.open(db_path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: db_path.to_path_buf() },
+        e => StoreError::Database { op: "opening the database", source: Box::new(e.into()) },
+    })
 }
 
 /// Create a new database file so that a crash in the middle never leaves a half-initialised

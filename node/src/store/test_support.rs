@@ -68,7 +68,54 @@ pub(crate) fn attestation(id: u8, drv_n: u8, builder: u8, outputs: &[u8]) -> Att
 /// the record encoding (to plant a corrupt row).
 pub(crate) fn put_raw_row(store: &Store, table: &str, key: &str, value: &[u8]) {
     let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new(table);
-    let txn = store.inner.db.begin_write().expect("begin write");
+    let txn = store.db().expect("db").begin_write().expect("begin write");
     txn.open_table(def).expect("open table").insert(key, value).expect("insert raw row");
     txn.commit().expect("commit raw row");
+}
+
+/// An in-memory database backend whose writes and syncs fail with `ENOSPC` while `full` is set
+/// (a disk that filled up).
+#[derive(Debug)]
+pub(crate) struct FullDiskBackend {
+    inner: redb::backends::InMemoryBackend,
+    pub(crate) full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FullDiskBackend {
+    pub(crate) fn new() -> FullDiskBackend {
+        FullDiskBackend { inner: redb::backends::InMemoryBackend::new(), full: Default::default() }
+    }
+
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(std::io::Error::from_raw_os_error(28))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl redb::StorageBackend for FullDiskBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
 }

@@ -426,7 +426,7 @@ fn corrupt_rows_are_typed_errors_naming_table_and_key() {
     let (store, _dir) = memory_store();
     let p = path(1, "broken");
     {
-        let txn = store.inner.db.begin_write().expect("txn");
+        let txn = store.db().expect("db").begin_write().expect("txn");
         txn.open_table(PATHS).expect("paths").insert(p.to_string().as_str(), &b"\xff\xff\xff"[..]).expect("insert");
         txn.open_table(BUILDS).expect("builds").insert(drv(1).to_string().as_str(), &b"\x00"[..]).expect("insert");
         txn.open_table(META).expect("meta").insert(META_NEXT_ATT_SEQ, &b"\x01"[..]).expect("insert");
