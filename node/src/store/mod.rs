@@ -32,6 +32,7 @@ mod paths;
 mod records;
 mod signed;
 mod tables;
+mod usage;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ pub use records::{
     EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,
     SyncCursor,
 };
+pub use usage::{SignerLimit, SignerUsage};
 
 use blobs::BlobDir;
 use tables::*;
@@ -328,6 +330,8 @@ impl Store {
         txn.open_table(FAIL_SEQ).ctx("creating table failure_seq")?;
         txn.open_table(SYNC_CURSORS).ctx("creating table sync_cursors")?;
         txn.open_table(MESH_SUBMISSIONS).ctx("creating table mesh_submissions")?;
+        txn.open_table(SIGNER_USAGE).ctx("creating table signer_usage")?;
+        usage::backfill(&txn)?;
         txn.commit().ctx("committing the schema transaction")?;
         // The database is open exclusively, so temp blobs are leftovers of a crash.
         let removed = blobs.remove_temp_files()?;
