@@ -158,12 +158,20 @@ impl Mesh {
         if e.own_wait_since_ms.is_some_and(|t| self.now_ms >= t.saturating_add(self.cfg.claim_timeout_ms / 2)) {
             lapsed.insert(self.me);
         }
-        // An unvetted claim counts only from the first need + 1 usable members (see vetting.rs).
+        // An unvetted claim counts only from the first need + 1 usable members (see vetting.rs);
+        // members designated that have not claimed yet are skipped too: they are about to lapse
+        // here, and may have lapsed already where the claim comes from.
         if !unvetted_claimants.is_empty() {
+            let waiting: BTreeSet<NodeId> = e
+                .builders
+                .iter()
+                .filter(|b| b.waiting_since_ms.is_some() && b.claim.is_none())
+                .map(|b| b.node)
+                .collect();
             let horizon: Vec<NodeId> = window
                 .order
                 .iter()
-                .filter(|c| !excluded.contains(&c.node) && !lapsed.contains(&c.node))
+                .filter(|c| !excluded.contains(&c.node) && !lapsed.contains(&c.node) && !waiting.contains(&c.node))
                 .take(need + 1)
                 .map(|c| c.node)
                 .collect();

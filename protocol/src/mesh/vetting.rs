@@ -16,7 +16,7 @@
 //!
 //! Claims: a live claim counts (the claimant is put first, claims are sticky) when the claimant is
 //! vetted, or when it ranks among the first `need + 1` members of the rank order that are not
-//! excluded or lapsed. The extra place keeps a running build when this node's view differs from
+//! excluded, lapsed, or designated and still waiting for their claim (about to lapse). The extra place keeps a running build when this node's view differs from
 //! the claimant's by one member (a join, a restart of this node). A claim of a node that is
 //! neither in the view nor trusted is ignored ([`Ignored::NotMember`]).
 //!
