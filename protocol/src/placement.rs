@@ -3,6 +3,18 @@
 //! Placement is a pure function of (derivation key, requirements, membership view, k): two nodes
 //! with the same view compute the same answer, on any platform.
 //!
+//! ## Weight
+//! A member's weight is its announced slots, which nobody can check. So that a member cannot
+//! capture placement by announcing more slots than it has, the weight used is clamped:
+//! `weight = min(slots, MAX_WEIGHT_OVER_MEDIAN × median)`, where `median` is the lower median of
+//! the slots of the view's members with slots above 0 (announcements above
+//! [`crate::wire::MAX_SLOTS`] do not even decode). A member's expected share of derivations is
+//! its weight over the total, so one member can get at most [`MAX_WEIGHT_OVER_MEDIAN`] times the
+//! share of a typical member, whatever it announces; moving the median needs half of the
+//! members. Below the clamp the weight is linear in the slots: for honest members that is what
+//! gives each the share of the work its capacity can take. A sub-linear weight would not bound a
+//! liar any better (the clamp does) and would only take work from honest large machines.
+//!
 //! ## Eligibility
 //! A member can build a derivation when
 //! - its weight (slots) is above 0;
@@ -20,9 +32,10 @@
 //! (native before emulated, cost ascending, [`NodeId`] ascending): every native member ranks above
 //! every emulated one, and exact cost ties (practically never) are broken by node id.
 //!
-//! Because a member's cost depends only on the derivation and that member, adding or removing a
-//! member leaves every other member's relative order unchanged: the only placements that change are
-//! those whose selection contained the member (before a departure, after an arrival).
+//! Because a member's cost depends only on the derivation, that member and its weight, adding or
+//! removing a member leaves every other member's relative order unchanged (unless it moves the
+//! median so that some clamped weight changes): the only placements that change are those whose
+//! selection contained the member (before a departure, after an arrival).
 //!
 //! ## Selection of k
 //! [`Candidates::place`] walks the rank order and takes the first member of each distinct owner
@@ -44,6 +57,22 @@ use crate::id::NodeId;
 use crate::store_path::StorePath;
 use crate::wire::{Announcement, BuildMode, JobSubmission};
 
+/// How many times the median member's slots a member's placement weight may be (see the module
+/// docs).
+pub const MAX_WEIGHT_OVER_MEDIAN: u32 = 2;
+
+/// The lower median of the non-zero `slots`, or 0 if there is none (what weights are clamped by).
+pub fn median_slots(slots: impl Iterator<Item = u32>) -> u32 {
+    let mut v: Vec<u32> = slots.filter(|s| *s > 0).collect();
+    v.sort_unstable();
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0)
+}
+
+/// The placement weight of a member announcing `slots` in a view whose median is `median`.
+pub fn clamped_weight(slots: u32, median: u32) -> u32 {
+    slots.min(median.saturating_mul(MAX_WEIGHT_OVER_MEDIAN))
+}
+
 /// Why a membership view could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -58,7 +87,8 @@ pub enum PlacementError {
 pub struct Member {
     /// The node.
     pub id: NodeId,
-    /// Relative capacity (its build slots); 0 = not eligible.
+    /// Relative capacity (its announced build slots); 0 = not eligible. Placement clamps it
+    /// relative to the view's median (see the module docs; [`View::weight`]).
     pub weight: u32,
     /// Owner label for diversity; empty = unknown (its own owner).
     pub owner: String,
@@ -171,6 +201,8 @@ pub struct Ranked {
 #[derive(Debug, Clone)]
 struct Prepared {
     member: Member,
+    /// The weight used: `member.weight` clamped (see the module docs).
+    weight: u32,
     k0: u64,
     k1: u64,
     /// Index of its owner group (members with an empty owner get a group of their own).
@@ -191,6 +223,7 @@ impl View {
         if let Some(w) = members.windows(2).find(|w| w[0].id == w[1].id) {
             return Err(PlacementError::DuplicateMember(w[0].id));
         }
+        let median = median_slots(members.iter().map(|m| m.weight));
         let mut groups: BTreeMap<String, u32> = BTreeMap::new();
         let mut next_group = 0u32;
         let members = members
@@ -211,10 +244,21 @@ impl View {
                         next_group - 1
                     })
                 };
-                Prepared { k0: word(0), k1: word(1), owner_group, member }
+                Prepared {
+                    k0: word(0),
+                    k1: word(1),
+                    owner_group,
+                    weight: clamped_weight(member.weight, median),
+                    member,
+                }
             })
             .collect();
         Ok(View { members })
+    }
+
+    /// The placement weight of `node` in this view (its slots, clamped), if it is a member.
+    pub fn weight(&self, node: &NodeId) -> Option<u32> {
+        self.members.binary_search_by(|p| p.member.id.cmp(node)).ok().map(|i| self.members[i].weight)
     }
 
     /// The members, sorted by id.
@@ -293,7 +337,7 @@ impl<'a> Candidates<'a> {
 
     fn score(&self, word: u64, index: u32, mode: BuildMode) -> Score<'a> {
         let p = &self.view.members[index as usize];
-        let cost = cost(word, p.k0, p.k1, p.member.weight);
+        let cost = cost(word, p.k0, p.k1, p.weight);
         Score { mode, cost, id: &p.member.id, index }
     }
 
@@ -548,6 +592,21 @@ mod tests {
             let key = PlacementKey::from_bytes(&d.to_le_bytes());
             assert_eq!(place(&key, &req, &members, 3).unwrap(), place(&key, &req, &rev, 3).unwrap());
         }
+    }
+
+    #[test]
+    fn weights_are_clamped_to_twice_the_median() {
+        assert_eq!(median_slots([4, 0, 1, 9, 2].into_iter()), 2, "lower median of the non-zero slots");
+        assert_eq!(median_slots([0, 0].into_iter()), 0);
+        assert_eq!(median_slots([7].into_iter()), 7);
+        assert_eq!((clamped_weight(3, 2), clamped_weight(4, 2), clamped_weight(u32::MAX, 2)), (3, 4, 4));
+        assert_eq!(clamped_weight(0, 2), 0, "0 slots stay ineligible");
+        let mut members: Vec<Member> = (0..4).map(|i| member(i, 2, "", &["s"], &[])).collect();
+        members.push(member(9, u32::MAX, "", &["s"], &[]));
+        let view = View::new(members).unwrap();
+        assert_eq!(view.weight(&node(9)), Some(4));
+        assert_eq!(view.weight(&node(1)), Some(2));
+        assert_eq!(view.weight(&node(5)), None);
     }
 
     /// Pin the function: any change to hashing or cost would silently re-place every derivation

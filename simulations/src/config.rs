@@ -44,6 +44,9 @@ pub struct SimConfig {
     pub unreproducible: f64,
     /// Fraction of nodes that attest a forged NarHash (all the same forgery: they collude).
     pub byzantine: f64,
+    /// Sybil attacker (see `world/sybil.rs`): this many throwaway keys fail every job, and a
+    /// liar member announces the most slots there are (0: no attacker).
+    pub sybils: usize,
     /// Trust only honest nodes (what an operator does); `false` trusts every builder, so
     /// colluding liars can reach the quorum (used to show that the checker catches it).
     pub trust_honest_only: bool,
@@ -75,6 +78,7 @@ impl Default for SimConfig {
             flaky: 0.02,
             unreproducible: 0.02,
             byzantine: 0.0,
+            sybils: 0,
             trust_honest_only: true,
             max_virtual_ms: 48 * 3_600_000,
             mesh: sim_mesh_config(),

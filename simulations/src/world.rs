@@ -26,6 +26,7 @@ use crate::rng::{between, chance, exponential, pick, unit};
 pub const T0: u64 = 1_700_000_000_000;
 
 mod debug;
+mod sybil;
 
 #[derive(Debug)]
 enum Ev {
@@ -37,6 +38,7 @@ enum Ev {
     PartitionStart { id: u32 },
     Heal { id: u32 },
     Submit,
+    SybilAnnounce,
 }
 
 #[derive(Debug)]
@@ -133,6 +135,7 @@ pub struct World {
     partitions: u64,
     watch: Option<(u32, Vec<String>)>,
     cancels: Vec<(u64, u32, u32, CancelReason)>,
+    sybil: Option<sybil::Sybils>,
 }
 
 impl World {
@@ -213,8 +216,12 @@ impl World {
             partitions: 0,
             watch: None,
             cancels: Vec::new(),
+            sybil: (cfg.sybils > 0).then(|| sybil::Sybils::new(cfg.sybils)).transpose()?,
             cfg,
         };
+        if w.sybil.is_some() {
+            w.push(T0, Ev::SybilAnnounce);
+        }
         for i in 0..w.nodes.len() as u32 {
             w.start_node(i)?;
             w.schedule_crash(i);
@@ -415,6 +422,7 @@ impl World {
                 if let Some(d) = self.drv_index(&drv) {
                     let deps = self.dag.drvs[d as usize].deps.clone();
                     self.checker.on_published(now, i, d, &deps);
+                    self.sybil_fail(d);
                 }
             }
             Event::OutputAccepted { drv, nar_hash, .. } => {
@@ -636,6 +644,7 @@ impl World {
                     self.last_disturbance = self.now;
                 }
             }
+            Ev::SybilAnnounce => self.sybil_announce(),
             Ev::Submit => {
                 self.submitted = true;
                 for i in 0..self.nodes.len() as u32 {

@@ -35,6 +35,7 @@ use tracing::Instrument as _;
 use super::fetch::{FetchError, Fetcher, node_of, peer_of};
 use super::gateway::{Gateway, OutputIndex};
 use super::jobs::{Submissions, SubmittedJob};
+use super::quota::{self, Quotas, Stored};
 use super::rpc::{self, SyncRequest, SyncResponse};
 use super::serve::Server;
 use super::sync::{Cursors, SyncReport};
@@ -109,6 +110,7 @@ struct Ctx {
     internal: mpsc::Sender<Internal>,
     synced: mpsc::Sender<Vec<Verified<Message>>>,
     cursors: Arc<Cursors>,
+    quotas: Arc<Quotas>,
     server: Server,
     serve_permits: Arc<Semaphore>,
 }
@@ -222,6 +224,7 @@ pub(crate) async fn start(
         internal: int_tx,
         synced: synced_tx,
         cursors: Arc::new(Cursors::load(params.store.clone(), &mesh_dir.join("sync-cursors.json")).map_err(Box::new)?),
+        quotas: Arc::new(Quotas::new(me, trust.clone(), &params.settings)),
         server,
         serve_permits: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
     };
@@ -741,6 +744,7 @@ impl Driver {
                     Ok(r) => {
                         Counters::bump(&self.ctx.shared.counters.synced_attestations, r.attestations);
                         Counters::bump(&self.ctx.shared.counters.synced_failures, r.failures);
+                        Counters::bump(&self.ctx.shared.counters.over_quota, r.over_quota);
                         if r.attestations + r.failures > 0 {
                             tracing::info!(target: EVENTS, event = "synced", %peer, attestations = r.attestations, failures = r.failures, pages = r.pages);
                         }
@@ -893,7 +897,7 @@ impl Driver {
         match ev {
             NetEvent::Gossip(g) => {
                 Counters::bump(&self.ctx.shared.counters.bytes_in, g.data.len() as u64);
-                let acceptance = self.judge_gossip(&g.topic, &g.data).await;
+                let acceptance = self.judge_gossip(&g.topic, &g.data, g.propagation_source).await;
                 let c = &self.ctx.shared.counters;
                 match acceptance {
                     MessageAcceptance::Accept => Counters::bump(&c.accepted, 1),
@@ -952,7 +956,7 @@ impl Driver {
     }
 
     /// Judge one gossip message (see the module docs of [`super::validate`]).
-    async fn judge_gossip(&mut self, topic: &str, data: &[u8]) -> MessageAcceptance {
+    async fn judge_gossip(&mut self, topic: &str, data: &[u8], source: PeerId) -> MessageAcceptance {
         let checked = match check_gossip(topic, data) {
             Ok(v) => v,
             Err(e) => {
@@ -965,31 +969,24 @@ impl Driver {
             return MessageAcceptance::Ignore;
         }
         match checked {
-            Checked::One(verified) => self.judge_one(id, verified).await,
+            Checked::One(verified) => self.judge_one(id, verified, source).await,
             Checked::Batch(verified) => self.judge_batch(id, verified.into_value()).await,
         }
     }
 
     /// Judge a single message whose envelope verified.
-    async fn judge_one(&mut self, id: MessageId, verified: Verified<Message>) -> MessageAcceptance {
-        let mut stored_new = false;
-        if matches!(verified.value(), Message::Attestation(_) | Message::BuildFailure(_)) {
-            let store = self.ctx.store.clone();
-            let v = verified.clone();
-            match tokio::task::spawn_blocking(move || super::sync::commit(&store, &v)).await {
-                Ok(Ok(new)) => stored_new = new,
-                Ok(Err(e)) => {
-                    tracing::error!(cause = %e, "cannot commit a received message; not forwarding it");
-                    self.seen.remove(&id);
-                    return MessageAcceptance::Ignore;
-                }
-                Err(e) => {
-                    tracing::error!(cause = %e, "commit task failed");
-                    self.seen.remove(&id);
-                    return MessageAcceptance::Ignore;
-                }
+    async fn judge_one(&mut self, id: MessageId, verified: Verified<Message>, source: PeerId) -> MessageAcceptance {
+        let stored_new = match quota::store_received(&self.ctx.store, &self.ctx.quotas, &verified).await {
+            Some(Stored::OverQuota) => {
+                Counters::bump(&self.ctx.shared.counters.over_quota, 1);
+                return quota::over_quota_verdict(verified.signer(), &source);
             }
-        }
+            Some(s) => s == Stored::New,
+            None => {
+                self.seen.remove(&id);
+                return MessageAcceptance::Ignore;
+            }
+        };
         match verified.value() {
             Message::Attestation(a) => self.index.add(a),
             Message::JobSubmission(j) => self.note_submitter(j),
@@ -1131,7 +1128,7 @@ impl Driver {
         let token = self.helpers.child_token();
         tokio::spawn(
             async move {
-                let run = super::sync::sync_with(&ctx.net, &ctx.store, &ctx.cursors, peer, &ctx.synced);
+                let run = super::sync::sync_with(&ctx.net, &ctx.store, &ctx.cursors, &ctx.quotas, peer, &ctx.synced);
                 let result = tokio::select! {
                     _ = token.cancelled() => return,
                     r = run => r.map_err(|e| e.to_string()),

@@ -19,7 +19,7 @@
 //! Every received message is size-checked, decoded, checked against its topic and verified; a bad
 //! one is rejected (gossipsub penalises the peer that forwarded it). Attestations and failures are
 //! committed to redb **before** the message is accepted, so gossipsub forwards only what is durable
-//! here. Then the machine judges it: applied or newly stored → accept (forward); duplicate, stale,
+//! here, and only within its signer's storage quota ([`quota`]). Then the machine judges it: applied or newly stored → accept (forward); duplicate, stale,
 //! own echo → ignore.
 //!
 //! # Other protocols
@@ -39,6 +39,7 @@ pub mod fetch;
 pub mod gateway;
 pub mod http;
 pub mod jobs;
+pub mod quota;
 pub mod rpc;
 pub mod serve;
 pub mod settings;
@@ -184,6 +185,9 @@ pub struct Counters {
     pub fetched_paths: AtomicU64,
     /// Builds started for the mesh.
     pub builds_started: AtomicU64,
+    /// Attestations and failures dropped because their signer is at its storage quota (gossip
+    /// and anti-entropy; see [`quota`]).
+    pub over_quota: AtomicU64,
 }
 
 impl Counters {
@@ -254,6 +258,10 @@ pub struct GossipCounts {
     /// `published`).
     #[serde(default)]
     pub batched_items: u64,
+    /// Attestations and failures dropped because their signer is at its storage quota (gossip
+    /// and anti-entropy).
+    #[serde(default)]
+    pub over_quota: u64,
 }
 
 /// Anti-entropy counters.
@@ -401,6 +409,7 @@ impl MeshHandle {
             bytes_in: Counters::get(&c.bytes_in),
             bytes_out: Counters::get(&c.bytes_out),
             batched_items: Counters::get(&c.batched_items),
+            over_quota: Counters::get(&c.over_quota),
         };
         s.sync = SyncCounts {
             runs: Counters::get(&c.sync_runs),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use buildmesh_protocol::id::NodeId;
-use buildmesh_protocol::mesh::{MeshConfig, TrustConfig};
+use buildmesh_protocol::mesh::{MeshConfig, ReplicaRule, TrustConfig};
 use buildmesh_protocol::nixkey::PublicKey;
 use buildmesh_protocol::store_path::StoreDir;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,16 @@ pub struct MeshSettings {
     pub redial_interval_ms: u64,
     /// Gossipsub heartbeat.
     pub heartbeat_ms: u64,
+    /// Most attestations and failures stored per untrusted signing key (default 100,000);
+    /// beyond it, that key's messages are dropped: not stored, not forwarded (see `quota`).
+    pub untrusted_key_records: u64,
+    /// Most envelope bytes stored per untrusted signing key (default 256 MiB).
+    pub untrusted_key_bytes: u64,
+    /// Most attestations and failures stored per trusted key (default 10,000,000; this node's
+    /// own key has no limit).
+    pub trusted_key_records: u64,
+    /// Most envelope bytes stored per trusted key (default 16 GiB).
+    pub trusted_key_bytes: u64,
 }
 
 impl Default for MeshSettings {
@@ -64,6 +74,10 @@ impl Default for MeshSettings {
             sync_interval_ms: 60_000,
             redial_interval_ms: 30_000,
             heartbeat_ms: 1_000,
+            untrusted_key_records: 100_000,
+            untrusted_key_bytes: 256 << 20,
+            trusted_key_records: 10_000_000,
+            trusted_key_bytes: 16 << 30,
         }
     }
 }
@@ -114,6 +128,10 @@ impl MeshSettings {
             ("sync_interval_ms", self.sync_interval_ms),
             ("redial_interval_ms", self.redial_interval_ms),
             ("heartbeat_ms", self.heartbeat_ms),
+            ("untrusted_key_records", self.untrusted_key_records),
+            ("untrusted_key_bytes", self.untrusted_key_bytes),
+            ("trusted_key_records", self.trusted_key_records),
+            ("trusted_key_bytes", self.trusted_key_bytes),
         ] {
             if v == 0 {
                 return Err(SettingsError::Zero { field });
@@ -124,9 +142,17 @@ impl MeshSettings {
             .map_err(|e| SettingsError::Timers(e.to_string()))
     }
 
-    /// The state machine's configuration with these timers.
+    /// The state machine's configuration with these timers. A node that trusts no key but its
+    /// own (no `trusted_keys`) counts towards k the attestations of the builders placement
+    /// designated ([`ReplicaRule::Designated`]): otherwise each such node would count only its
+    /// own and build every job itself. With trusted keys, only trusted builders count.
     pub fn mesh_config(&self, store_dir: StoreDir, trust: TrustConfig) -> MeshConfig {
+        let replicas_from = match &trust.trusted {
+            Some(t) if t.len() <= 1 => ReplicaRule::Designated,
+            _ => ReplicaRule::Trusted,
+        };
         MeshConfig {
+            replicas_from,
             store_dir,
             announce_interval_ms: self.announce_interval_ms,
             member_ttl_ms: self.member_ttl_ms,
@@ -243,6 +269,11 @@ mod tests {
         let stranger = buildmesh_protocol::identity::NodeKey::from_seed("x", [3; 32]).unwrap();
         assert!(!trust.is_trusted(&stranger.node_id()));
         assert!(names.contains(&(other.node_id(), "other".to_string())));
+        // Replicas count by trust when keys are trusted, by designation when only this node is.
+        let s = MeshSettings::default();
+        assert_eq!(s.mesh_config(StoreDir::nix(), trust).replicas_from, ReplicaRule::Trusted);
+        let (alone, _) = trust_policy(&Config::default(), me.node_id(), "me").unwrap();
+        assert_eq!(s.mesh_config(StoreDir::nix(), alone).replicas_from, ReplicaRule::Designated);
         let bad = Config { trusted_keys: vec!["nope".into()], ..Config::default() };
         assert!(matches!(trust_policy(&bad, me.node_id(), "me"), Err(SettingsError::TrustedKey { .. })));
     }

@@ -25,6 +25,7 @@ use libp2p::PeerId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::quota::{self, Quotas, Stored};
 use super::rpc::{self, MAX_PAGE_ITEMS, Summary, SyncRequest, SyncResponse};
 use crate::net::{NetConfig, NetHandle, RequestProtocol};
 use crate::store::{AttestationEntry, AttestedOutput, FailureEntry, Store, StoreError, unix_ms};
@@ -189,6 +190,9 @@ pub struct SyncReport {
     pub failures: u64,
     /// Records that did not verify (skipped).
     pub invalid: u64,
+    /// Records skipped because their signer is at its storage quota ([`super::quota`]).
+    #[serde(default)]
+    pub over_quota: u64,
     /// Pages fetched.
     pub pages: u64,
 }
@@ -230,8 +234,9 @@ pub fn entry_of(v: &Verified<Message>) -> Option<Entry> {
     }
 }
 
-/// Commit a verified attestation or failure; `true` if it was new (blocking). A record already
-/// stored costs a read, not a write transaction.
+/// Commit a verified attestation or failure without a quota (this node's own); `true` if it was
+/// new (blocking). A record already stored costs a read, not a write transaction. Received
+/// records go through [`quota::commit`].
 pub fn commit(store: &Store, v: &Verified<Message>) -> Result<bool, StoreError> {
     let known = match v.value() {
         Message::Attestation(_) => store.has_attestation(&v.id())?,
@@ -255,6 +260,7 @@ pub async fn sync_with(
     net: &NetHandle,
     store: &Store,
     cursors: &Arc<Cursors>,
+    quotas: &Arc<Quotas>,
     peer: PeerId,
     deliver: &tokio::sync::mpsc::Sender<Vec<Verified<Message>>>,
 ) -> Result<SyncReport, SyncError> {
@@ -325,26 +331,26 @@ pub async fn sync_with(
                     }
                 }
             }
-            let (store2, batch) = (store.clone(), verified);
-            let (new, batch) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-                let mut fresh = Vec::new();
+            let (store2, batch, q) = (store.clone(), verified, quotas.clone());
+            let (new, over, batch) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let mut outcome = Vec::new();
                 store2.write(|w| {
                     for v in &batch {
-                        let is_new = match entry_of(v) {
-                            Some(Entry::Attestation(e)) => w.insert_attestation(&e)?.new,
-                            Some(Entry::Failure(e)) => w.insert_failure(&e)?.new,
-                            None => false,
-                        };
-                        fresh.push(is_new);
+                        outcome.push(quota::insert(w, v, &q)?);
                     }
                     Ok(())
                 })?;
+                let over = outcome.iter().filter(|o| **o == Stored::OverQuota).count() as u64;
                 let new: Vec<Verified<Message>> =
-                    batch.into_iter().zip(fresh).filter(|(_, n)| *n).map(|(v, _)| v).collect();
-                Ok((new.len() as u64, new))
+                    batch.into_iter().zip(outcome).filter(|(_, o)| *o == Stored::New).map(|(v, _)| v).collect();
+                Ok((new.len() as u64, over, new))
             })
             .await
             .map_err(|e| SyncError::Task(e.to_string()))??;
+            if over > 0 {
+                tracing::info!(%peer, records = over, "skipped synced records whose signer is at its storage quota");
+            }
+            report.over_quota += over;
             if kind == Kind::Attestation {
                 report.attestations += new;
             } else {

@@ -34,6 +34,7 @@ mod records;
 mod signed;
 mod tables;
 mod trust_index;
+mod usage;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,7 @@ pub use records::{
     SyncCursor,
 };
 pub use trust_index::{MAX_PATHS_PER_NAR_HASH, QuarantinedPath};
+pub use usage::{SignerLimit, SignerUsage};
 
 use blobs::BlobDir;
 use tables::*;
@@ -348,6 +350,8 @@ impl Store {
         txn.open_table(MESH_SUBMISSIONS).ctx("creating table mesh_submissions")?;
         txn.open_table(trust_index::NAR_HASH_PATHS).ctx("creating table nar_hash_paths")?;
         txn.open_table(trust_index::QUARANTINE).ctx("creating table quarantine")?;
+        txn.open_table(SIGNER_USAGE).ctx("creating table signer_usage")?;
+        usage::backfill(&txn)?;
         txn.commit().ctx("committing the schema transaction")?;
         // The database is open exclusively, so temp blobs are leftovers of a crash.
         let removed = blobs.remove_temp_files()?;

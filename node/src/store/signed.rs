@@ -98,6 +98,7 @@ impl StoreWriter<'_> {
             .insert(seq, id)
             .ctx("writing attestation_seq")?;
         self.xor_into(META_ATT_XOR, id)?;
+        self.charge_signer(&entry.builder, entry.envelope.len() as u64)?;
         Ok(Inserted { new: true, seq })
     }
 
@@ -134,6 +135,7 @@ impl StoreWriter<'_> {
             .ctx("writing failures_by_drv")?;
         self.txn.open_table(FAIL_SEQ).ctx("opening table failure_seq")?.insert(seq, id).ctx("writing failure_seq")?;
         self.xor_into(META_FAIL_XOR, id)?;
+        self.charge_signer(&entry.builder, entry.envelope.len() as u64)?;
         Ok(Inserted { new: true, seq })
     }
 }

@@ -36,6 +36,8 @@ pub(crate) const META_NEXT_BUILD_SEQ: &str = "next_build_seq";
 pub(crate) const META_ATT_XOR: &str = "attestation_xor";
 /// `meta` key: XOR of all failure ids.
 pub(crate) const META_FAIL_XOR: &str = "failure_xor";
+/// `meta` key: present once [`SIGNER_USAGE`] counts every stored record (see `usage::backfill`).
+pub(crate) const META_SIGNER_USAGE_COMPLETE: &str = "signer_usage_complete";
 
 /// `paths`: store path basename -> `PathInfo` (NarHash, NarSize, references, deriver, ca, blob).
 /// A row exists only once its blob is committed in [`BLOBS`]. Looking a path up by its 32-char
@@ -94,6 +96,10 @@ pub(crate) const FAIL_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::ne
 /// numbers to pull from that peer; see `mesh::sync`). Losing a row costs one full re-sync with that
 /// peer.
 pub(crate) const SYNC_CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("sync_cursors");
+
+/// `signer_usage`: signing key (node id, 32 bytes) -> records (u64 LE) ‖ envelope bytes (u64 LE)
+/// of the attestations and failures it signed that are stored (see `usage`).
+pub(crate) const SIGNER_USAGE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("signer_usage");
 
 /// `mesh_submissions`: `.drv` basename -> `SubmittedJob`: this node's own submissions to the mesh
 /// that are not decided yet, resubmitted after a restart (see `mesh::jobs`).

@@ -14,6 +14,7 @@ pub mod node_support;
 
 pub use node_support::*;
 
+pub mod intruder;
 pub mod netns;
 
 /// The `[mesh]` timers of the tests (seconds instead of minutes).
@@ -31,6 +32,8 @@ pub struct Cluster {
     extra: Vec<String>,
     /// When set, every node runs in its own network namespace.
     pub netns: Option<netns::Netns>,
+    /// Whether every node trusts every node's key (`false`: each trusts only itself).
+    pub trust_each_other: bool,
 }
 
 impl Cluster {
@@ -45,6 +48,11 @@ impl Cluster {
         Cluster::start_with(dir, n, extra, mesh, None)
     }
 
+    /// Like [`Cluster::start`] without `--trusted-key`: each node trusts only its own key.
+    pub fn start_trusting_nobody(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_full(dir, n, extra, FAST_MESH, None, false)
+    }
+
     /// Like [`Cluster::start`], each node in its own network namespace of `netns` (mesh traffic
     /// over a bridge, the API over a control link).
     pub fn start_in_namespaces(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
@@ -52,6 +60,17 @@ impl Cluster {
     }
 
     fn start_with(dir: &Path, n: usize, extra: &[&str], mesh: &str, netns: Option<netns::Netns>) -> Cluster {
+        Cluster::start_full(dir, n, extra, mesh, netns, true)
+    }
+
+    fn start_full(
+        dir: &Path,
+        n: usize,
+        extra: &[&str],
+        mesh: &str,
+        netns: Option<netns::Netns>,
+        trust_each_other: bool,
+    ) -> Cluster {
         let keys: Vec<NodeKey> =
             (0..n).map(|i| NodeKey::from_seed(&format!("mesh-test-{i}"), [i as u8 + 1; 32]).unwrap()).collect();
         let config = dir.join("mesh.toml");
@@ -66,6 +85,7 @@ impl Cluster {
             bootstrap: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
+            trust_each_other,
         };
         for i in 0..n {
             let node = c.spawn(i);
@@ -88,7 +108,8 @@ impl Cluster {
         path
     }
 
-    /// Start (or restart) node `i` with its data dir, key, the mesh config and every key trusted.
+    /// Start (or restart) node `i` with its data dir, key, the mesh config and (unless
+    /// `trust_each_other` is off) every key trusted.
     pub fn spawn(&mut self, i: usize) -> NodeProc {
         let key = self.key_file(i);
         let data = self.dir.join(format!("node{i}"));
@@ -103,7 +124,7 @@ impl Cluster {
             "2".into(),
             "--no-mdns".into(),
         ];
-        for k in &self.keys {
+        for k in self.keys.iter().filter(|_| self.trust_each_other) {
             args.push("--trusted-key".into());
             args.push(k.nix_public_key().to_string());
         }

@@ -7,7 +7,7 @@ use thiserror::Error;
 use crate::id::NodeId;
 use crate::store_path::StoreDir;
 use crate::wire::validate_system;
-use crate::wire::{MAX_FEATURES, MAX_LEASE_MS, MAX_REPLICAS, MAX_SYSTEMS, validate_feature, validate_label};
+use crate::wire::{MAX_FEATURES, MAX_LEASE_MS, MAX_REPLICAS, MAX_SLOTS, MAX_SYSTEMS, validate_feature, validate_label};
 
 /// A configuration value that breaks a rule, named by its field.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -48,10 +48,28 @@ impl Default for TrustConfig {
 }
 
 impl TrustConfig {
-    /// Whether `node`'s attestations count.
+    /// Whether `node` is trusted: its attestations count towards the quorum, and its claims,
+    /// failures and attestations count for scheduling whether designated or not.
     pub fn is_trusted(&self, node: &NodeId) -> bool {
         self.trusted.as_ref().is_none_or(|t| t.contains(node))
     }
+}
+
+/// Whose attestations count towards a job's replication factor k (the trust policy's quorum,
+/// for serving an output, always counts trusted builders only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReplicaRule {
+    /// Only trusted builders' (the default): a job is built until k trusted builders attested it,
+    /// so that the quorum can be reached. Untrusted builders that placement designates still
+    /// build, but their results do not reduce what is needed.
+    #[default]
+    Trusted,
+    /// Trusted builders' and those of the builders this node designated for the job. For a node
+    /// that trusts nobody but itself (no trusted keys configured): without this, every such node
+    /// counts only its own attestation and builds every job itself (k = 1 gave n builds on n
+    /// nodes). With it the mesh builds each job k times, on the builders placement chose.
+    Designated,
 }
 
 /// Timers and limits of the mesh state machine. Every time is in milliseconds. Start from
@@ -96,6 +114,8 @@ pub struct MeshConfig {
     pub failure_quorum: u32,
     /// Trust policy for accepting outputs and counting replicas.
     pub trust: TrustConfig,
+    /// Whose attestations count towards k (default: trusted builders only).
+    pub replicas_from: ReplicaRule,
     /// Most members in the view (default 4096).
     pub max_members: usize,
     /// Most derivations tracked, finished ones included; finished ones are evicted oldest first
@@ -110,6 +130,18 @@ pub struct MeshConfig {
     pub max_builders_per_drv: usize,
     /// Most job ids merged into one derivation (default 8).
     pub max_jobs_per_drv: usize,
+    /// Of the `max_builders_per_drv` records of a derivation, most for builders that are neither
+    /// trusted nor designated by this node (default 8). Their claims, failures and attestations
+    /// are kept there until designation chooses them; when it is full the oldest is forgotten, so
+    /// strangers can fill only this part and never push a designated or trusted builder out.
+    pub max_unvetted_builders_per_drv: usize,
+    /// Most active derivations opened by the submissions of one untrusted submitter (default
+    /// 4096). Further submissions of that key are ignored (not forwarded) until some finish, so a
+    /// stranger cannot fill the table (nor make this node fetch and store unbounded closures).
+    pub max_active_jobs_per_untrusted_submitter: usize,
+    /// Most active derivations opened by untrusted submitters together (default 32,768, half of
+    /// `max_drvs`): trusted submitters and this node always have the rest.
+    pub max_untrusted_active_jobs: usize,
 }
 
 impl Default for MeshConfig {
@@ -136,6 +168,10 @@ impl Default for MeshConfig {
             max_queued_outputs: 262_144,
             max_builders_per_drv: 64,
             max_jobs_per_drv: 8,
+            replicas_from: ReplicaRule::Trusted,
+            max_unvetted_builders_per_drv: 8,
+            max_active_jobs_per_untrusted_submitter: 4096,
+            max_untrusted_active_jobs: 32_768,
         }
     }
 }
@@ -196,7 +232,10 @@ impl MeshConfig {
         if self.trust.quorum == 0 {
             return bad("trust.quorum", "must be above 0".to_string());
         }
-        let limits: [(&'static str, usize); 6] = [
+        let limits: [(&'static str, usize); 9] = [
+            ("max_unvetted_builders_per_drv", self.max_unvetted_builders_per_drv),
+            ("max_active_jobs_per_untrusted_submitter", self.max_active_jobs_per_untrusted_submitter),
+            ("max_untrusted_active_jobs", self.max_untrusted_active_jobs),
             ("max_members", self.max_members),
             ("max_drvs", self.max_drvs),
             ("max_pending_submissions", self.max_pending_submissions),
@@ -211,6 +250,15 @@ impl MeshConfig {
         }
         if self.max_builders_per_drv < 2 * usize::from(self.max_replicas).min(16) {
             return bad("max_builders_per_drv", "must be at least twice max_replicas".to_string());
+        }
+        if self.max_unvetted_builders_per_drv >= self.max_builders_per_drv {
+            return bad(
+                "max_unvetted_builders_per_drv",
+                format!(
+                    "{} must be below max_builders_per_drv {}",
+                    self.max_unvetted_builders_per_drv, self.max_builders_per_drv
+                ),
+            );
         }
         Ok(())
     }
@@ -280,6 +328,9 @@ impl LocalInfo {
         }
         if let Some(s) = self.native_systems.intersection(&self.emulated_systems).next() {
             return bad("emulated_systems", format!("{s:?} is also native"));
+        }
+        if self.slots > MAX_SLOTS {
+            return bad("slots", format!("{} slots, at most {MAX_SLOTS}", self.slots));
         }
         Ok(())
     }

@@ -144,6 +144,9 @@ impl Mesh {
         if let Err(d) = self.store_dir_ok(&j.store_dir).and_then(|()| self.fresh(j.submitted_at_ms, now)) {
             return d;
         }
+        if let Err(why) = self.submitter_quota(&j.submitter, &j.drv) {
+            return Disposition::Ignored(why);
+        }
         match self.apply_submission(j, now, false) {
             Ok(d) => d,
             Err(_) => Disposition::Ignored(Ignored::TableFull),
@@ -168,6 +171,7 @@ impl Mesh {
             self.cfg.max_jobs_per_drv,
         );
         let Some(e) = self.drvs.get_mut(slot) else { return Ok(Disposition::Ignored(Ignored::TableFull)) };
+        let opens = e.job.is_none();
         if e.jobs.contains(&j.job) {
             self.maybe_republish(slot, now);
             return Ok(Disposition::Duplicate);
@@ -200,7 +204,12 @@ impl Mesh {
             e.own_job = Some(Box::new(j.clone()));
             e.next_resubmit_ms = Some(now.saturating_add(resubmit_ms));
         }
-        if e.is_active() {
+        let active = e.is_active();
+        self.drvs.adopt(slot);
+        if opens && active {
+            self.opened_by(slot, &j.submitter);
+        }
+        if active {
             self.drvs.active.insert(slot);
             if !self.check_done(slot, now) {
                 self.evaluate(slot, now);
@@ -220,13 +229,19 @@ impl Mesh {
         if let Err(d) = self.store_dir_ok(&c.store_dir).and_then(|()| self.fresh(c.claimed_at_ms, now)) {
             return d;
         }
-        let (max_drvs, max_b, skew) = (self.cfg.max_drvs, self.cfg.max_builders_per_drv, self.cfg.max_clock_skew_ms);
-        let Some(slot) = self.drvs.get_or_insert(&c.drv, max_drvs) else {
+        let speaks = self.speaks(&c.claimant);
+        if !speaks && self.members.get(&c.claimant).is_none() {
+            return Disposition::Ignored(Ignored::NotMember);
+        }
+        let (room, skew) = (self.room(), self.cfg.max_clock_skew_ms);
+        let Some(slot) = self.entry_for(&c.drv, &c.claimant, now) else {
             return Disposition::Ignored(Ignored::TableFull);
         };
         let Some(e) = self.drvs.get_mut(slot) else { return Disposition::Ignored(Ignored::TableFull) };
         let finished = !e.is_active();
-        let Some(b) = e.builder_mut(&c.claimant, max_b) else { return Disposition::Ignored(Ignored::TableFull) };
+        let Some(b) = e.builder_mut(&c.claimant, room, speaks) else {
+            return Disposition::Ignored(Ignored::TableFull);
+        };
         if b.last_claimed_at_ms.is_some_and(|t| t >= c.claimed_at_ms) {
             return Disposition::Stale;
         }
@@ -278,7 +293,7 @@ impl Mesh {
                 Err(_) => Disposition::Ignored(Ignored::TableFull),
             };
         }
-        let Some(slot) = self.drvs.get_or_insert(&a.drv, self.cfg.max_drvs) else {
+        let Some(slot) = self.entry_for(&a.drv, &a.builder, now) else {
             return Disposition::Ignored(Ignored::TableFull);
         };
         match self.record_attestation(slot, a, now) {
@@ -291,16 +306,33 @@ impl Mesh {
     /// Record an attestation: `Some(true)` if new, `Some(false)` if a duplicate, `None` if the
     /// derivation's builder table is full. Then check completion and re-schedule.
     pub(super) fn record_attestation(&mut self, slot: u32, a: &Attestation, now: u64) -> Option<bool> {
-        let max_b = self.cfg.max_builders_per_drv;
+        let (max_b, room, speaks) = (self.cfg.max_builders_per_drv, self.room(), self.speaks(&a.builder));
         let e = self.drvs.get_mut(slot)?;
         let summary = AttSummary::of(a);
         if e.attestations.contains(&summary) {
             return Some(false);
         }
-        if e.attestations.len() >= max_b {
+        let vetted = e.builder(&a.builder).is_some_and(|b| b.vetted) || speaks;
+        if vetted && e.attestations.len() >= max_b {
             return None;
         }
-        let b = e.builder_mut(&a.builder, max_b)?;
+        let active = e.is_active();
+        let b = e.builder_mut(&a.builder, room, speaks)?;
+        if !b.vetted {
+            // Latent until designation chooses this builder (see vetting.rs).
+            if b.latent_attestation.as_deref() == Some(&summary) {
+                return Some(false);
+            }
+            let was_claiming = b.claim.is_some();
+            b.attested = true;
+            b.claim = None;
+            b.waiting_since_ms = None;
+            b.latent_attestation = Some(Box::new(summary));
+            if was_claiming && active {
+                self.evaluate(slot, now);
+            }
+            return Some(true);
+        }
         b.attested = true;
         b.claim = None;
         b.waiting_since_ms = None;
@@ -323,7 +355,7 @@ impl Mesh {
         if let Err(d) = self.store_dir_ok(&f.store_dir).and_then(|()| self.fresh(f.at_ms, now)) {
             return d;
         }
-        let Some(slot) = self.drvs.get_or_insert(&f.drv, self.cfg.max_drvs) else {
+        let Some(slot) = self.entry_for(&f.drv, &f.builder, now) else {
             return Disposition::Ignored(Ignored::TableFull);
         };
         match self.record_failure(slot, f.builder, f.attempt, &f.reason, now) {
@@ -341,16 +373,26 @@ impl Mesh {
         reason: &FailureReason,
         now: u64,
     ) -> Option<bool> {
-        let max_b = self.cfg.max_builders_per_drv;
+        let (room, speaks) = (self.room(), self.speaks(&builder));
         let e = self.drvs.get_mut(slot)?;
-        let b = e.builder_mut(&builder, max_b)?;
+        let active = e.is_active();
+        let b = e.builder_mut(&builder, room, speaks)?;
         if b.failure.is_some_and(|f| f.attempt >= attempt) {
             return Some(false);
         }
         let deterministic = reason.is_deterministic();
+        let was_claiming = b.claim.is_some();
         b.failure = Some(FailureMark { attempt, deterministic });
         b.claim = None;
         b.waiting_since_ms = None;
+        if !b.vetted {
+            // Latent until designation chooses this builder (see vetting.rs).
+            b.latent_reason = deterministic.then(|| Box::new(reason.clone()));
+            if was_claiming && active {
+                self.evaluate(slot, now);
+            }
+            return Some(true);
+        }
         if deterministic && e.first_deterministic.is_none() {
             e.first_deterministic = Some(Box::new(reason.clone()));
         }
@@ -477,8 +519,8 @@ impl Mesh {
 
     fn record_own(&mut self, a: &Attestation, now: u64, publish: bool) -> Result<bool, MeshError> {
         let max = self.cfg.max_drvs;
-        let slot =
-            self.drvs.get_or_insert(&a.drv, max).ok_or(MeshError::TableFull { table: "derivations", limit: max })?;
+        let me = self.me;
+        let slot = self.entry_for(&a.drv, &me, now).ok_or(MeshError::TableFull { table: "derivations", limit: max })?;
         let Some(e) = self.drvs.get_mut(slot) else { return Ok(false) };
         let forced = e.own_build.is_some_and(|b| b.forced);
         if publish || e.own_attestation.is_none() {

@@ -241,6 +241,12 @@ pub enum Ignored {
     /// A table is full (members, derivations, builders of one derivation, job ids of one
     /// derivation).
     TableFull,
+    /// A claim of a node that is neither in the view nor trusted (it could not count).
+    NotMember,
+    /// A submission of an untrusted submitter that has as many active derivations as it may
+    /// (`max_active_jobs_per_untrusted_submitter`), or untrusted submitters together have
+    /// (`max_untrusted_active_jobs`).
+    SubmitterQuota,
 }
 
 /// Why an input was refused. The state is unchanged when an error is returned.

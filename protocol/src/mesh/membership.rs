@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::designate::{Cand, owner_key};
 use crate::id::NodeId;
-use crate::placement::{Member, PlacementKey, Requirements, View};
+use crate::placement::{Member, PlacementKey, Requirements, View, clamped_weight, median_slots};
 use crate::wire::Announcement;
 
 /// How many view changes are remembered for incremental updates of rank windows.
@@ -15,10 +15,12 @@ const CHANGE_LOG: usize = 1024;
 pub(crate) struct MemberEntry {
     /// Its latest announcement.
     pub(crate) ann: Announcement,
-    /// A one-member view, to rank this member alone (its cost for a derivation does not depend on
-    /// the other members). `None` only if placement refused the member (it cannot: one member has
-    /// no duplicate).
+    /// A one-member view, to rank this member alone (its cost for a derivation depends on the
+    /// other members only through its clamped weight). `None` only if placement refused the
+    /// member (it cannot: one member has no duplicate).
     solo: Option<View>,
+    /// Its placement weight: its slots clamped by the view's median ([`clamped_weight`]).
+    weight: u32,
     /// Its owner group.
     pub(crate) owner: u64,
     /// When it was last heard from (local clock).
@@ -30,11 +32,17 @@ pub(crate) struct MemberEntry {
 }
 
 impl MemberEntry {
-    fn new(ann: Announcement, now_ms: u64, epoch: u64) -> MemberEntry {
-        let member = Member::from_announcement(&ann);
+    fn new(ann: Announcement, now_ms: u64, epoch: u64, median: u32) -> MemberEntry {
+        let weight = clamped_weight(ann.slots, median);
         let owner = owner_key(&ann.node, &ann.owner);
-        let solo = View::new([member]).ok();
-        MemberEntry { ann, solo, owner, last_heard_ms: now_ms, joined_at_ms: now_ms, since_epoch: epoch }
+        let solo = Self::solo(&ann, weight);
+        MemberEntry { ann, solo, weight, owner, last_heard_ms: now_ms, joined_at_ms: now_ms, since_epoch: epoch }
+    }
+
+    /// A view of this member alone, with its weight already clamped (a lone member is its own
+    /// median, so the view clamps nothing more).
+    fn solo(ann: &Announcement, weight: u32) -> Option<View> {
+        View::new([Member { weight, ..Member::from_announcement(ann) }]).ok()
     }
 
     /// This member as a candidate for a derivation, if eligible.
@@ -78,6 +86,8 @@ pub(crate) struct Membership {
     log: VecDeque<(u64, NodeId)>,
     /// Every change after this epoch is in `log`.
     log_floor: u64,
+    /// The lower median of the members' non-zero slots (what weights are clamped by).
+    median: u32,
 }
 
 /// A prefix of a derivation's rank order, kept up to date with the view.
@@ -99,6 +109,7 @@ impl Membership {
             view: None,
             log: VecDeque::new(),
             log_floor: 0,
+            median: 0,
         }
     }
 
@@ -153,17 +164,43 @@ impl Membership {
             }
             let joined = m.joined_at_ms;
             let epoch = self.bump(node);
-            let mut entry = MemberEntry::new(ann.clone(), now_ms, epoch);
+            let mut entry = MemberEntry::new(ann.clone(), now_ms, epoch, self.median);
             entry.joined_at_ms = joined;
             self.members.insert(node, entry);
+            self.reweigh();
             return Change::Changed;
         }
         let epoch = self.bump(node);
-        self.members.insert(node, MemberEntry::new(ann.clone(), now_ms, epoch));
+        self.members.insert(node, MemberEntry::new(ann.clone(), now_ms, epoch, self.median));
         if node != self.me {
             self.expiry.insert((expires, node));
         }
+        self.reweigh();
         Change::Joined
+    }
+
+    /// Recompute the median of the slots; every member whose clamped weight changed with it
+    /// counts as changed (its rank windows are recomputed).
+    fn reweigh(&mut self) {
+        let median = median_slots(self.members.values().map(|m| m.ann.slots));
+        if median == self.median {
+            return;
+        }
+        self.median = median;
+        let moved: Vec<NodeId> = self
+            .members
+            .values()
+            .filter(|m| clamped_weight(m.ann.slots, median) != m.weight)
+            .map(|m| m.ann.node)
+            .collect();
+        for node in moved {
+            let epoch = self.bump(node);
+            if let Some(m) = self.members.get_mut(&node) {
+                m.weight = clamped_weight(m.ann.slots, median);
+                m.solo = MemberEntry::solo(&m.ann, m.weight);
+                m.since_epoch = epoch;
+            }
+        }
     }
 
     /// The earliest expiry.
@@ -183,6 +220,9 @@ impl Membership {
             self.epoch += 1;
             self.view = None;
             gone.push(node);
+        }
+        if !gone.is_empty() {
+            self.reweigh();
         }
         gone
     }

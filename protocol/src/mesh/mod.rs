@@ -82,13 +82,14 @@ mod membership;
 mod quorum;
 mod schedule;
 mod table;
+mod vetting;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-pub use config::{ConfigError, LocalInfo, MeshConfig, TrustConfig};
+pub use config::{ConfigError, LocalInfo, MeshConfig, ReplicaRule, TrustConfig};
 pub use io::{BuildOrder, CancelReason, Disposition, Event, Ignored, Input, JobFailure, MeshError, Output};
 pub use quorum::{OutputClaim, assess_attestations, assess_output};
 
@@ -141,7 +142,7 @@ pub struct JobView {
     pub claimants: Vec<NodeId>,
     /// Builders that attested it.
     pub attesters: Vec<NodeId>,
-    /// Builders that failed it.
+    /// Builders that failed it (those whose failure counts: trusted or designated ones).
     pub failed: Vec<NodeId>,
     /// The designated builders at the last evaluation.
     pub designated: Vec<NodeId>,
@@ -175,6 +176,10 @@ pub struct Mesh {
     pending_by_drv: BTreeMap<StorePath, Vec<JobId>>,
     outputs: VecDeque<Output>,
     stats: MeshStats,
+    /// Active derivations opened by each untrusted submitter (see `vetting.rs`).
+    untrusted_open: BTreeMap<NodeId, usize>,
+    /// Their sum.
+    untrusted_open_total: usize,
 }
 
 impl Mesh {
@@ -199,6 +204,8 @@ impl Mesh {
             pending_by_drv: BTreeMap::new(),
             outputs: VecDeque::new(),
             stats: MeshStats::default(),
+            untrusted_open: BTreeMap::new(),
+            untrusted_open_total: 0,
         };
         mesh.announce(now_ms);
         Ok(mesh)
@@ -364,7 +371,7 @@ impl Mesh {
                 .map(|b| b.node)
                 .collect(),
             attesters: e.attesters(),
-            failed: e.builders.iter().filter(|b| b.failure.is_some()).map(|b| b.node).collect(),
+            failed: e.builders.iter().filter(|b| b.counted_failure().is_some()).map(|b| b.node).collect(),
             designated: e.designated.clone(),
             building: e.own_build.is_some(),
         })

@@ -33,14 +33,27 @@ impl Mesh {
             }
         }
         let (timeout, max_b, warmup) = (self.cfg.claim_timeout_ms, self.cfg.max_builders_per_drv, self.cfg.warmup_ms);
+        let room = self.room();
         let mut chosen = Vec::new();
         for _ in 0..=max_b {
             chosen = self.designate(slot);
+            // Whoever designation chooses speaks for the derivation from now on; a latent result
+            // that now counts changes the designation (and may finish the derivation).
+            let mut recount = false;
+            for c in &chosen {
+                recount |= self.vet(slot, &c.node);
+            }
+            if recount {
+                if self.check_done(slot, now) {
+                    return;
+                }
+                continue;
+            }
             let Some(e) = self.drvs.get_mut(slot) else { return };
             let mut lapsed = false;
             for c in chosen.iter().filter(|c| c.node != me) {
                 let joined = self.members.get(&c.node).map_or(0, |m| m.joined_at_ms);
-                let Some(b) = e.builder_mut(&c.node, max_b) else { continue };
+                let Some(b) = e.builder_mut(&c.node, room, true) else { continue };
                 if b.claim.is_some_and(|cl| cl.received_ms >= joined) {
                     continue;
                 }
@@ -91,15 +104,11 @@ impl Mesh {
         self.reschedule(slot, now);
     }
 
-    /// k minus the distinct trusted attesters.
+    /// k minus the distinct attesters that count ([`Mesh::counted_attesters`]).
     fn need(&self, slot: u32) -> usize {
         let Some(e) = self.drvs.get(slot) else { return 0 };
         let Some(job) = &e.job else { return 0 };
-        usize::from(job.replicas).saturating_sub(self.trusted_attesters(e))
-    }
-
-    fn trusted_attesters(&self, e: &DrvEntry) -> usize {
-        e.attesters().iter().filter(|n| self.cfg.trust.is_trusted(n)).count()
+        usize::from(job.replicas).saturating_sub(self.counted_attesters(e))
     }
 
     /// The designated builders of an active derivation with a known job.
@@ -118,6 +127,7 @@ impl Mesh {
         let mut excluded = BTreeSet::new();
         let mut lapsed = BTreeSet::new();
         let mut claimants = Vec::new();
+        let mut unvetted_claimants = Vec::new();
         let mut used_owners = BTreeSet::new();
         for b in &e.builders {
             let member = self.members.get(&b.node);
@@ -134,7 +144,11 @@ impl Mesh {
             if b.claim.is_some_and(|c| c.received_ms >= m.joined_at_ms) {
                 let cand =
                     window.order.iter().find(|c| c.node == b.node).copied().or_else(|| m.cand(&job.key, &job.req));
-                claimants.extend(cand);
+                if b.vetted {
+                    claimants.extend(cand);
+                } else {
+                    unvetted_claimants.extend(cand);
+                }
             } else if b.lapsed_at_ms.is_some_and(|t| t >= m.joined_at_ms) {
                 lapsed.insert(b.node);
             }
@@ -143,6 +157,25 @@ impl Mesh {
         // lapsed (after the whole timeout), so it steps aside first (after half of it).
         if e.own_wait_since_ms.is_some_and(|t| self.now_ms >= t.saturating_add(self.cfg.claim_timeout_ms / 2)) {
             lapsed.insert(self.me);
+        }
+        // An unvetted claim counts only from the first need + 1 usable members (see vetting.rs);
+        // members designated that have not claimed yet are skipped too: they are about to lapse
+        // here, and may have lapsed already where the claim comes from.
+        if !unvetted_claimants.is_empty() {
+            let waiting: BTreeSet<NodeId> = e
+                .builders
+                .iter()
+                .filter(|b| b.waiting_since_ms.is_some() && b.claim.is_none())
+                .map(|b| b.node)
+                .collect();
+            let horizon: Vec<NodeId> = window
+                .order
+                .iter()
+                .filter(|c| !excluded.contains(&c.node) && !lapsed.contains(&c.node) && !waiting.contains(&c.node))
+                .take(need + 1)
+                .map(|c| c.node)
+                .collect();
+            claimants.extend(unvetted_claimants.into_iter().filter(|c| horizon.contains(&c.node)));
         }
         let mut input = SelectInput {
             order: &window.order,
@@ -198,12 +231,11 @@ impl Mesh {
 
     /// Claim and start building.
     pub(super) fn claim(&mut self, slot: u32, now: u64, mode: BuildMode, forced: bool) {
-        let (me, lease, renew, max_b) =
-            (self.me, self.cfg.lease_ms, self.cfg.renew_interval_ms, self.cfg.max_builders_per_drv);
+        let (me, lease, renew, room) = (self.me, self.cfg.lease_ms, self.cfg.renew_interval_ms, self.room());
         let store_dir = self.cfg.store_dir.clone();
         let Some(e) = self.drvs.get_mut(slot) else { return };
         let Some(job) = e.job.as_deref() else { return };
-        let attempt = 1 + e.builders.iter().filter(|b| b.failure.is_some()).count() as u32;
+        let attempt = 1 + e.builders.iter().filter(|b| b.counted_failure().is_some()).count() as u32;
         let claimed_at = now.max(e.own_last_claimed_at_ms + 1);
         let claim = Claim {
             job: job.canonical.job,
@@ -225,7 +257,7 @@ impl Mesh {
             forced,
         };
         e.own_last_claimed_at_ms = claimed_at;
-        if let Some(b) = e.builder_mut(&me, max_b) {
+        if let Some(b) = e.builder_mut(&me, room, true) {
             b.claim = Some(ClaimState { local_expiry_ms: claimed_at.saturating_add(lease), received_ms: now, attempt });
             b.lapsed_at_ms = None;
             b.waiting_since_ms = None;
@@ -241,11 +273,11 @@ impl Mesh {
     /// Stop this node's build. A yield publishes a release so that the next builder need not wait
     /// for the lease to run out; when the job is complete or failed everyone knows already.
     fn stop_build(&mut self, slot: u32, now: u64, reason: CancelReason) {
-        let (me, max_b) = (self.me, self.cfg.max_builders_per_drv);
+        let (me, room) = (self.me, self.room());
         let store_dir = self.cfg.store_dir.clone();
         let Some(own) = self.drvs.set_own_build(slot, None) else { return };
         let Some(e) = self.drvs.get_mut(slot) else { return };
-        if let Some(b) = e.builder_mut(&me, max_b) {
+        if let Some(b) = e.builder_mut(&me, room, true) {
             b.claim = None;
         }
         let drv = e.drv.clone();
@@ -273,7 +305,7 @@ impl Mesh {
     /// Renew this node's lease and republish its own unfinished submission when due.
     fn renew_and_resubmit(&mut self, slot: u32, now: u64) {
         let (lease, renew, resubmit) = (self.cfg.lease_ms, self.cfg.renew_interval_ms, self.cfg.resubmit_interval_ms);
-        let (me, max_b) = (self.me, self.cfg.max_builders_per_drv);
+        let (me, room) = (self.me, self.room());
         let store_dir = self.cfg.store_dir.clone();
         let Some(e) = self.drvs.get_mut(slot) else { return };
         let mut msgs = Vec::new();
@@ -294,7 +326,7 @@ impl Mesh {
                 lease_expires_at_ms: claimed_at.saturating_add(lease),
             }));
             let attempt = own.attempt;
-            if let Some(b) = e.builder_mut(&me, max_b) {
+            if let Some(b) = e.builder_mut(&me, room, true) {
                 b.claim =
                     Some(ClaimState { local_expiry_ms: claimed_at.saturating_add(lease), received_ms: now, attempt });
             }
@@ -343,13 +375,18 @@ impl Mesh {
             return true;
         }
         let Some(job) = e.job.as_deref() else { return false };
-        if self.trusted_attesters(e) >= usize::from(job.replicas) {
+        if self.counted_attesters(e) >= usize::from(job.replicas) {
             self.finish(slot, now, None);
             return true;
         }
-        let failed: Vec<NodeId> = e.builders.iter().filter(|b| b.failure.is_some()).map(|b| b.node).collect();
-        let deterministic: Vec<NodeId> =
-            e.builders.iter().filter(|b| b.failure.is_some_and(|f| f.deterministic)).map(|b| b.node).collect();
+        // Only the failures of builders that speak for the derivation count (vetting.rs).
+        let failed: Vec<NodeId> = e.builders.iter().filter(|b| b.counted_failure().is_some()).map(|b| b.node).collect();
+        let deterministic: Vec<NodeId> = e
+            .builders
+            .iter()
+            .filter(|b| b.counted_failure().is_some_and(|f| f.deterministic))
+            .map(|b| b.node)
+            .collect();
         let failure = if deterministic.len() >= self.cfg.failure_quorum as usize {
             e.first_deterministic
                 .as_deref()
@@ -371,6 +408,7 @@ impl Mesh {
 
     /// The derivation is complete (`failure` = None) or given up.
     fn finish(&mut self, slot: u32, now: u64, failure: Option<JobFailure>) {
+        self.release_opener(slot);
         let Some(e) = self.drvs.get_mut(slot) else { return };
         e.state = if failure.is_some() { DrvState::Failed { at_ms: now } } else { DrvState::Complete { at_ms: now } };
         e.failure = failure.clone().map(Box::new);
@@ -503,10 +541,10 @@ impl Mesh {
 
     /// `retry --on` this node: build whatever placement says.
     pub(super) fn force_build(&mut self, slot: u32, now: u64) {
-        let (me, max_b) = (self.me, self.cfg.max_builders_per_drv);
+        let (me, room) = (self.me, self.room());
         let Some(e) = self.drvs.get_mut(slot) else { return };
         e.own_failure = None;
-        if let Some(b) = e.builder_mut(&me, max_b) {
+        if let Some(b) = e.builder_mut(&me, room, true) {
             b.failure = None;
         }
         if let Some(own) = &mut e.own_build {

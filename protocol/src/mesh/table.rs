@@ -47,9 +47,23 @@ pub(crate) struct FailureMark {
 }
 
 /// What this node knows about one builder of one derivation.
+///
+/// A builder is *vetted* for the derivation when it may speak for it: it is this node, a trusted
+/// node, or a node this node's designation chose at some time (`vetting.rs`). Only a vetted
+/// builder's failure and attestation count (towards giving the job up, towards k) and exclude it
+/// from designation; an unvetted builder's are kept *latent* on its record and count once
+/// designation chooses it. Unvetted records have a small quota of their own in the table, so
+/// strangers can never push a vetted record out.
 #[derive(Debug, Clone)]
 pub(crate) struct Builder {
     pub(crate) node: NodeId,
+    /// It may speak for this derivation (see above). Never reset.
+    pub(crate) vetted: bool,
+    /// The attestation of an unvetted builder, recorded when it is vetted.
+    pub(crate) latent_attestation: Option<Box<AttSummary>>,
+    /// The reason of an unvetted builder's deterministic failure (becomes the job's failure
+    /// reason if it is the first to count).
+    pub(crate) latent_reason: Option<Box<FailureReason>>,
     /// The latest `claimed_at_ms` seen from it (older claims are stale).
     pub(crate) last_claimed_at_ms: Option<u64>,
     pub(crate) claim: Option<ClaimState>,
@@ -62,9 +76,12 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    pub(crate) fn new(node: NodeId) -> Builder {
+    pub(crate) fn new(node: NodeId, vetted: bool) -> Builder {
         Builder {
             node,
+            vetted,
+            latent_attestation: None,
+            latent_reason: None,
             last_claimed_at_ms: None,
             claim: None,
             lapsed_at_ms: None,
@@ -74,9 +91,23 @@ impl Builder {
         }
     }
 
+    /// It attested or failed, and that counts: designation skips it.
     pub(crate) fn excluded(&self) -> bool {
-        self.attested || self.failure.is_some()
+        self.vetted && (self.attested || self.failure.is_some())
     }
+
+    /// Its failure, if it counts.
+    pub(crate) fn counted_failure(&self) -> Option<FailureMark> {
+        self.failure.filter(|_| self.vetted)
+    }
+}
+
+/// The size of a derivation's builder table: `max` records, of which at most `max_unvetted` for
+/// unvetted builders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Room {
+    pub(crate) max: usize,
+    pub(crate) max_unvetted: usize,
 }
 
 /// One output as one builder attested it.
@@ -158,6 +189,10 @@ pub(crate) struct DrvEntry {
     /// a vector is far smaller than a set).
     pub(crate) reported_accepted: Vec<[u8; 20]>,
     pub(crate) reported_mismatch: Vec<[u8; 20]>,
+    /// The untrusted submitter whose quota this active derivation counts against.
+    pub(crate) opened_by: Option<NodeId>,
+    /// Since when this is a stranger's entry (opened by an untrusted author's message, no job yet).
+    pub(crate) stranger_since: Option<u64>,
 }
 
 impl DrvEntry {
@@ -186,6 +221,8 @@ impl DrvEntry {
             settled: false,
             reported_accepted: Vec::new(),
             reported_mismatch: Vec::new(),
+            opened_by: None,
+            stranger_since: None,
         }
     }
 
@@ -193,17 +230,29 @@ impl DrvEntry {
         self.builders.iter().find(|b| b.node == *node)
     }
 
-    /// The builder record of `node`, created if there is room.
-    pub(crate) fn builder_mut(&mut self, node: &NodeId, max: usize) -> Option<&mut Builder> {
-        let i = match self.builders.iter().position(|b| b.node == *node) {
-            Some(i) => i,
-            None if self.builders.len() < max => {
-                self.builders.push(Builder::new(*node));
-                self.builders.len() - 1
-            }
-            None => return None,
+    /// The builder record of `node`, created (vetted or not, as `vetted` says) if there is room:
+    /// a vetted record may take the place of the oldest unvetted one when the table is full; an
+    /// unvetted record takes the place of the oldest unvetted one when unvetted records fill
+    /// their quota, and never that of a vetted one. An existing record is returned as it is.
+    pub(crate) fn builder_mut(&mut self, node: &NodeId, room: Room, vetted: bool) -> Option<&mut Builder> {
+        if let Some(i) = self.builders.iter().position(|b| b.node == *node) {
+            return self.builders.get_mut(i);
+        }
+        let oldest_unvetted = self.builders.iter().position(|b| !b.vetted);
+        let unvetted = self.builders.iter().filter(|b| !b.vetted).count();
+        let make_room = if vetted {
+            self.builders.len() >= room.max
+        } else {
+            unvetted >= room.max_unvetted || (self.builders.len() >= room.max && unvetted > 0)
         };
-        self.builders.get_mut(i)
+        if make_room {
+            self.builders.remove(oldest_unvetted?);
+        }
+        if self.builders.len() >= room.max {
+            return None;
+        }
+        self.builders.push(Builder::new(*node, vetted));
+        self.builders.last_mut()
     }
 
     /// Record that `path` was reported in `list`; `false` if it already was.
@@ -242,6 +291,8 @@ pub(crate) struct DrvTable {
     building: BTreeSet<u32>,
     /// Slots this node is designated for but could not claim because every build slot was taken.
     pub(crate) waiting_for_slot: BTreeSet<u32>,
+    /// Strangers' entries (see `vetting.rs`), oldest first: evicted first.
+    strangers: BTreeSet<(u64, u32)>,
 }
 
 impl DrvTable {
@@ -272,7 +323,7 @@ impl DrvTable {
             return Some(slot);
         }
         if self.by_drv.len() >= max {
-            let (_, victim) = self.finished.pop_first()?;
+            let (_, victim) = self.finished.pop_first().or_else(|| self.strangers.pop_first())?;
             self.remove(victim);
         }
         let entry = DrvEntry::new(drv.clone());
@@ -290,8 +341,43 @@ impl DrvTable {
         Some(slot)
     }
 
+    /// Like [`DrvTable::get_or_insert`] for a message of an untrusted author: a new entry is a
+    /// stranger's; when `cap` of those exist the oldest is evicted first.
+    pub(crate) fn get_or_insert_stranger(&mut self, drv: &StorePath, max: usize, cap: usize, now: u64) -> Option<u32> {
+        if let Some(slot) = self.lookup(drv) {
+            return Some(slot);
+        }
+        if self.strangers.len() >= cap
+            && let Some((_, victim)) = self.strangers.pop_first()
+        {
+            self.remove(victim);
+        }
+        let slot = self.get_or_insert(drv, max)?;
+        if let Some(e) = self.get_mut(slot) {
+            e.stranger_since = Some(now);
+        }
+        self.strangers.insert((now, slot));
+        Some(slot)
+    }
+
+    /// The entry in `slot` is no longer a stranger's (it got a job, or a trusted author spoke).
+    pub(crate) fn adopt(&mut self, slot: u32) {
+        if let Some(t) = self.get_mut(slot).and_then(|e| e.stranger_since.take()) {
+            self.strangers.remove(&(t, slot));
+        }
+    }
+
+    /// Number of strangers' entries.
+    #[cfg(test)]
+    pub(crate) fn stranger_entries(&self) -> usize {
+        self.strangers.len()
+    }
+
     fn remove(&mut self, slot: u32) {
         let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else { return };
+        if let Some(t) = entry.stranger_since {
+            self.strangers.remove(&(t, slot));
+        }
         self.by_drv.remove(&entry.drv);
         for a in &entry.attestations {
             for o in &a.outputs {

@@ -34,7 +34,8 @@ pub struct Announcement {
     pub features: BTreeSet<String>,
     /// Features a derivation must require for this node to take it (Nix's mandatory features).
     pub mandatory_features: BTreeSet<String>,
-    /// Concurrent build slots (its placement weight; 0 = builds nothing).
+    /// Concurrent build slots (its placement weight, clamped by placement; 0 = builds nothing;
+    /// at most [`super::MAX_SLOTS`], larger values do not decode).
     pub slots: u32,
     /// Builds running now.
     pub load: u32,
@@ -77,7 +78,15 @@ impl Payload for Announcement {
         }
         let features = read_features(r, "announcement.features")?;
         let mandatory_features = read_features(r, "announcement.mandatory_features")?;
+        let offset = r.offset();
         let slots = r.u32("announcement.slots")?;
+        if slots > super::MAX_SLOTS {
+            return Err(Reader::invalid(
+                "announcement.slots",
+                offset,
+                format!("{slots} slots, at most {}", super::MAX_SLOTS),
+            ));
+        }
         let load = r.u32("announcement.load")?;
         Ok(Announcement {
             node,

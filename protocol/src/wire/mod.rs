@@ -74,6 +74,10 @@ pub const MAX_TEXT_LEN: usize = 1024;
 pub const MAX_REPLICAS: u8 = 16;
 /// Longest lease a claim may take (24 h); builders renew with a new claim.
 pub const MAX_LEASE_MS: u64 = 24 * 60 * 60 * 1000;
+/// Most build slots an announcement may state. Slots are self-declared and are the placement
+/// weight, so an announcement above this is malformed (rejected, its sender penalised); below it,
+/// placement still clamps the weight relative to the other members (see [`crate::placement`]).
+pub const MAX_SLOTS: u32 = 1024;
 
 /// The kinds of signed message. Each has a tag byte and a signing domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

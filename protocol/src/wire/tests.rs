@@ -63,7 +63,7 @@ fn arb_mode() -> impl Strategy<Value = BuildMode> {
 prop_compose! {
     fn arb_announcement()(k in arb_key(), seq in any::<u64>(), ts in any::<u64>(), version in "[ -~]{1,20}",
         owner in "[ -~]{0,20}", native in arb_systems(), emulated in arb_systems(), features in arb_features(),
-        mandatory in arb_features(), slots in any::<u32>(), load in any::<u32>()) -> (NodeKey, Announcement) {
+        mandatory in arb_features(), slots in 0..=super::MAX_SLOTS, load in any::<u32>()) -> (NodeKey, Announcement) {
         let emulated = emulated.difference(&native).cloned().collect();
         let a = Announcement { node: k.node_id(), seq, timestamp_ms: ts, version, owner, native_systems: native,
             emulated_systems: emulated, features, mandatory_features: mandatory, slots, load };
@@ -424,6 +424,13 @@ fn decode_errors_are_typed() {
         load: 0,
     };
     assert!(matches!(Signed::sign(&k, &ann), Err(SignError::Invalid { .. })));
+    // More slots than any machine has (the placement weight): refused, the field named.
+    let ann = Announcement { emulated_systems: BTreeSet::new(), slots: MAX_SLOTS + 1, ..ann };
+    assert!(matches!(Signed::sign(&k, &ann), Err(SignError::Invalid { .. })));
+    let err = Announcement::decode_payload(&mut Reader::new(&ann.to_bytes())).unwrap_err();
+    assert!(matches!(err, DecodeError::InvalidValue { field: "announcement.slots", .. }), "{err}");
+    let ok = Announcement { slots: MAX_SLOTS, ..ann };
+    assert_eq!(Announcement::decode_payload(&mut Reader::new(&ok.to_bytes())).unwrap().slots, MAX_SLOTS);
     // A bad failure-reason tag.
     let f = BuildFailure {
         builder: k.node_id(),

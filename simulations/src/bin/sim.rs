@@ -63,6 +63,10 @@ struct Args {
     /// Trust every builder (byzantine ones included), to see the checker catch forged outputs.
     #[arg(long)]
     trust_all: bool,
+    /// Sybil attacker: this many throwaway keys fail every job, and a liar member announces the
+    /// most slots there are (placement capture). Every sound job must still complete.
+    #[arg(long, default_value_t = 0)]
+    sybils: usize,
     /// Virtual time limit, hours.
     #[arg(long, default_value_t = 48)]
     hours: u64,
@@ -101,6 +105,7 @@ fn main_inner() -> Result<bool> {
             flaky: a.flaky,
             unreproducible: a.unreproducible,
             byzantine: a.byzantine,
+            sybils: a.sybils,
             trust_honest_only: !a.trust_all,
             max_virtual_ms: a.hours * 3_600_000,
             ..SimConfig::default()

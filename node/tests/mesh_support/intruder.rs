@@ -1,0 +1,111 @@
+//! An attacker on the mesh: a bare libp2p peer (no buildmesh node behind it) bootstrapped to a
+//! cluster's node 0, which publishes whatever gossip a test forges, signed by any key.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use buildmesh::mesh::validate::topic_of;
+use buildmesh::net::{MessageAcceptance, NetConfig, NetEvent, NetHandle, keypair_from_seed};
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::signed::Envelope;
+use buildmesh_protocol::wire::{Encode as _, Kind, Message};
+use libp2p::PeerId;
+
+use super::Cluster;
+
+const TOPICS: [&str; 5] =
+    ["buildmesh/announce/1", "buildmesh/claim/1", "buildmesh/attest/1", "buildmesh/failure/1", "buildmesh/job/1"];
+
+/// The attacker's peer.
+pub struct Intruder {
+    pub rt: tokio::runtime::Runtime,
+    pub net: NetHandle,
+    /// The key of its libp2p identity.
+    pub key: NodeKey,
+}
+
+impl Intruder {
+    /// Join `c` through node 0 with identity `key`, once node 0 subscribed to every topic.
+    pub fn join(c: &Cluster, key: NodeKey) -> Intruder {
+        let node_peer: PeerId = c.peer_ids[0].parse().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cfg = NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![c.bootstrap.parse().unwrap()],
+            mdns: false,
+            gossip_heartbeat: Duration::from_millis(200),
+            ..NetConfig::default()
+        };
+        let net = rt.block_on(async {
+            let (net, mut events, _task) = buildmesh::net::spawn(keypair_from_seed(key.seed()), cfg).unwrap();
+            let mut subscribed = BTreeSet::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while subscribed.len() < TOPICS.len() {
+                let ev = tokio::time::timeout_at(deadline, events.recv()).await.expect("node subscription").unwrap();
+                if let NetEvent::PeerSubscribed { peer, topic } = ev
+                    && peer == node_peer
+                {
+                    subscribed.insert(topic);
+                }
+            }
+            let n = net.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    if let NetEvent::Gossip(g) = ev {
+                        let _ = n.report_validation(g.id, g.propagation_source, MessageAcceptance::Ignore).await;
+                    }
+                }
+            });
+            net
+        });
+        Intruder { rt, net, key }
+    }
+
+    /// Publish `bytes` on `topic`.
+    pub fn publish_raw(&self, topic: &str, bytes: Vec<u8>) {
+        self.rt.block_on(self.net.publish(topic, bytes)).unwrap_or_else(|e| panic!("publish on {topic}: {e}"));
+    }
+
+    /// Publish `m` signed by `signer` (its author must be `signer`) on its topic.
+    pub fn publish_as(&self, signer: &NodeKey, m: &Message) {
+        let bytes = Envelope::sign(signer, m).expect("a valid message").to_bytes();
+        self.publish_raw(topic_of(m.kind()), bytes);
+    }
+
+    /// Publish `payload` as a message of `kind` signed by `signer`, whatever it contains.
+    pub fn publish_forged(&self, signer: &NodeKey, kind: Kind, payload: Vec<u8>) {
+        let bytes = Envelope::sign_raw_payload(signer, kind, payload).to_bytes();
+        self.publish_raw(topic_of(kind), bytes);
+    }
+
+    /// Publish `m` (signed by `signer`) every `every`, in the background, until dropped; `make`
+    /// builds each one (fresh sequence number and timestamp).
+    pub fn repeat(&self, signer: NodeKey, every: Duration, make: impl Fn() -> Message + Send + 'static) {
+        let net = self.net.clone();
+        self.rt.spawn(async move {
+            loop {
+                let m = make();
+                if let Ok(env) = Envelope::sign(&signer, &m) {
+                    let _ = net.publish(topic_of(m.kind()), env.to_bytes()).await;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    pub fn shutdown(self) {
+        self.rt.block_on(self.net.shutdown());
+    }
+}
+
+/// A throwaway key numbered `i` (no node holds it).
+pub fn throwaway(i: u32) -> NodeKey {
+    let mut seed = [0xa5u8; 32];
+    seed[..4].copy_from_slice(&i.to_le_bytes());
+    NodeKey::from_seed(&format!("throwaway-{i}"), seed).unwrap()
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
