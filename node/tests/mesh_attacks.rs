@@ -114,7 +114,9 @@ fn failures_from_two_throwaway_keys_do_not_give_a_job_up() {
     let intruder = Intruder::join(&c, NodeKey::from_seed("intruder", [78; 32]).unwrap());
     let mut d = Drvs::new(&tmp.path().join("drvs"));
     let (drv, out) = d.add("failed-by-strangers", "sleep 3; echo fine > $out", &[]);
-    c.submit(0, &d.dir, &[sd().display(&drv)], 1);
+    // k = 2 = the quorum, so the honest result is accepted (a k = 1 job on a quorum-2 mesh is
+    // never accepted, and the submitter rightly records it as failed).
+    c.submit(0, &d.dir, &[sd().display(&drv)], 2);
     // While it builds, two keys nobody trusts or designated report it broken (failure_quorum is 2).
     for i in 0..2 {
         intruder.publish_as(&throwaway(i), &failure(&throwaway(i), &drv));
@@ -128,7 +130,7 @@ fn failures_from_two_throwaway_keys_do_not_give_a_job_up() {
             _ => None,
         }
     });
-    assert_eq!(attesters(&c, 0, &out).len(), 1);
+    assert_eq!(attesters(&c, 0, &out).len(), 2);
     intruder.shutdown();
 }
 

@@ -17,8 +17,8 @@
 pub mod attest;
 pub mod local;
 pub mod nix;
-mod nix_policy;
 mod nix_host;
+mod nix_policy;
 pub mod realize;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -20,6 +20,15 @@ pub mod netns;
 /// The `[mesh]` timers of the tests (seconds instead of minutes).
 pub const FAST_MESH: &str = buildmesh::cli::demo::DEMO_MESH;
 
+/// The key seed of node `i` of the cluster in `dir`: distinct per cluster, so that clusters of
+/// tests running at once in one test binary never share a peer id.
+fn key_seed(dir: &Path, i: usize) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(dir.as_os_str().as_encoded_bytes());
+    h.update(&(i as u64).to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
 /// A running local mesh.
 pub struct Cluster {
     pub dir: PathBuf,
@@ -72,7 +81,7 @@ impl Cluster {
         trust_each_other: bool,
     ) -> Cluster {
         let keys: Vec<NodeKey> =
-            (0..n).map(|i| NodeKey::from_seed(&format!("mesh-test-{i}"), [i as u8 + 1; 32]).unwrap()).collect();
+            (0..n).map(|i| NodeKey::from_seed(&format!("mesh-test-{i}"), key_seed(dir, i)).unwrap()).collect();
         let config = dir.join("mesh.toml");
         std::fs::write(&config, mesh).unwrap();
         let mut c = Cluster {
