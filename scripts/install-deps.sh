@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# What the demo and the tests need on a fresh Debian machine, installed when missing:
+# a real Nix client (Debian's nix-bin, single-user, no build users, no sandbox: the demo and the
+# tests run their own stores), util-linux (unshare, setpriv, prlimit), iproute2 (network
+# namespaces), and slirp4netns (the outbound network of fixed-output builds, in their own
+# network namespace with the host's loopback refused). Sourced by scripts/test.sh and
+# scripts/demo.sh; safe to run again.
+set -euo pipefail
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+need_pkgs=()
+command -v nix-store >/dev/null 2>&1 || need_pkgs+=(nix-bin)
+command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v slirp4netns >/dev/null 2>&1 || need_pkgs+=(slirp4netns)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "install-deps.sh: installing ${need_pkgs[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! grep -qs '^build-users-group' /etc/nix/nix.conf; then
+  $SUDO mkdir -p /etc/nix
+  printf 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\n' | $SUDO tee -a /etc/nix/nix.conf >/dev/null
+fi
