@@ -217,6 +217,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             drv_dir.display()
         );
     }
+    super::demo_deps::ensure();
     let exe = std::env::current_exe().context("finding the buildmesh binary")?;
     let tmp;
     let work = match &args.dir {

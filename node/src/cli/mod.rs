@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod demo;
+mod demo_deps;
 pub mod drv;
 pub mod key;
 pub mod nar;
