@@ -14,4 +14,7 @@ if cargo tree -p buildmesh-protocol -e normal --prefix none | grep -E '^(tokio|l
   exit 1
 fi
 
+# The README, SECURITY.md and docs/ link only to files that exist.
+scripts/check-links.sh
+
 cargo test --workspace "$@"
