@@ -8,7 +8,8 @@
 //! - [`cli`]: one module per command group (`drv`, `nar`, `key`, `narinfo`, ...).
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`nar_fs`]: NAR dump from and restore to the filesystem.
-//! - [`executor`]: build executors (`local` sandbox, host `nix`).
+//! - [`build`]: the build executors (`local`, host `nix`) and signing their results.
+//! - [`sandbox`]: the namespace sandbox and builder process primitives the `local` executor uses.
 //! - [`net`]: libp2p networking (one task owns the swarm).
 //! - [`runtime`]: a running node (key, store, scheduler, HTTP server) and its shutdown.
 //! - [`http`]: the HTTP server: Nix binary cache, JSON API, submit endpoint.
@@ -23,12 +24,12 @@ pub mod build;
 pub mod cli;
 pub mod config;
 pub mod content_address;
-pub mod executor;
 pub mod http;
 pub mod mesh;
 pub mod nar_fs;
 pub mod net;
 pub mod runtime;
+pub mod sandbox;
 pub mod store;
 pub mod submit;
 pub mod systems;

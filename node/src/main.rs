@@ -52,7 +52,7 @@ enum Command {
     Verify(cli::audit::VerifyArgs),
     /// Internal: the sandbox helper the `local` executor starts (runs one builder).
     #[command(hide = true, name = "__sandbox-exec")]
-    SandboxExec(buildmesh::executor::SandboxExecArgs),
+    SandboxExec(buildmesh::sandbox::SandboxExecArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,7 +80,7 @@ fn main() -> std::process::ExitCode {
         Command::Query(a) => cli::audit::run_query(a),
         Command::Audit(a) => cli::audit::run_audit(a),
         Command::Verify(a) => cli::audit::run_verify(a),
-        Command::SandboxExec(a) => return buildmesh::executor::sandbox_exec_main(a),
+        Command::SandboxExec(a) => return buildmesh::sandbox::sandbox_exec_main(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

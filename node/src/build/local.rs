@@ -1,5 +1,5 @@
 //! The `local` executor: builds a derivation in buildmesh's own sandbox
-//! ([`crate::executor::SandboxRunner`]) with the node's store mapped at the store dir.
+//! ([`crate::sandbox::SandboxRunner`]) with the node's store mapped at the store dir.
 //!
 //! One build, step by step (what Nix 2.8's `LocalDerivationGoal` does, minus the daemon):
 //! 1. **System**: the derivation's `system` must be native or emulated here
@@ -51,11 +51,11 @@ use super::{
     BuildError, BuildFuture, BuildReport, BuildRequest, BuiltOutput, Executor, ExecutorConfig, ExecutorSetupError,
     now_ms, reset_builds_dir,
 };
-use crate::executor::{
+use crate::nar_fs;
+use crate::sandbox::{
     ExecutorError, FixedOutputNetwork, InputPath, RefScanner, SANDBOX_BUILD_DIR, SandboxRunner, SandboxSettings,
     SandboxSpec, Termination, nix_builder_env, nix_fixed_output_builder_env, pass_as_file, structured_attrs,
 };
-use crate::nar_fs;
 use crate::store::{PathInfo, Store};
 use crate::systems::Systems;
 

@@ -8,7 +8,7 @@
 //!
 //! - [`realize`]: the node's on-disk store of realised paths (`DATA_DIR/store/<basename>`),
 //!   restored from NAR blobs on demand.
-//! - [`local`]: the `local` executor (the namespace sandbox of [`crate::executor`]).
+//! - [`local`]: the `local` executor (the namespace sandbox of [`crate::sandbox`]).
 //! - [`nix`]: the `nix` executor (imports the closure into the host's Nix store and runs
 //!   `nix-store --realise`).
 //! - [`attest`]: turns a [`BuildReport`] into a signed attestation committed to redb, and a
@@ -288,8 +288,8 @@ pub struct ExecutorConfig {
     /// found through `PATH`.
     pub nix_bin_dir: Option<PathBuf>,
     /// Build isolation: build users, fixed-output network, impure env allow-list, and whether
-    /// the `nix` executor may run at all ([`crate::executor::SandboxSettings`]).
-    pub sandbox: crate::executor::SandboxSettings,
+    /// the `nix` executor may run at all ([`crate::sandbox::SandboxSettings`]).
+    pub sandbox: crate::sandbox::SandboxSettings,
 }
 
 impl ExecutorConfig {
@@ -305,11 +305,11 @@ impl ExecutorConfig {
             builds_dir: data_dir.join(BUILDS_DIR),
             cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
             systems: crate::systems::detect(),
-            sandbox_paths: crate::executor::DEFAULT_SANDBOX_PATHS.iter().map(PathBuf::from).collect(),
+            sandbox_paths: crate::sandbox::DEFAULT_SANDBOX_PATHS.iter().map(PathBuf::from).collect(),
             sandbox_helper: None,
-            kill_grace: crate::executor::DEFAULT_KILL_GRACE,
+            kill_grace: crate::sandbox::DEFAULT_KILL_GRACE,
             nix_bin_dir: None,
-            sandbox: crate::executor::SandboxSettings::default(),
+            sandbox: crate::sandbox::SandboxSettings::default(),
         })
     }
 }

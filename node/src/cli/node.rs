@@ -95,7 +95,7 @@ pub struct ConfigArgs {
     pub build_uid_count: Option<u32>,
     /// Network of fixed-output builds (`sandbox.fixed_output_network`).
     #[arg(long, value_enum)]
-    pub fixed_output_network: Option<crate::executor::FixedOutputNetwork>,
+    pub fixed_output_network: Option<crate::sandbox::FixedOutputNetwork>,
     /// A variable fixed-output builds may take from the node's environment through
     /// `impureEnvVars` (repeatable; replaces `sandbox.impure_env_allow`).
     #[arg(long = "impure-env-allow", value_name = "NAME")]
