@@ -47,14 +47,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::realize::{self, RealizeError, Registration, StoreFs};
+use super::refscan::RefScanner;
 use super::{
     BuildError, BuildFuture, BuildReport, BuildRequest, BuiltOutput, Executor, ExecutorConfig, ExecutorSetupError,
     now_ms, reset_builds_dir,
 };
 use crate::nar_fs;
 use crate::sandbox::{
-    ExecutorError, FixedOutputNetwork, InputPath, RefScanner, SANDBOX_BUILD_DIR, SandboxRunner, SandboxSettings,
-    SandboxSpec, Termination, nix_builder_env, nix_fixed_output_builder_env, pass_as_file, structured_attrs,
+    ExecutorError, FixedOutputNetwork, InputPath, SANDBOX_BUILD_DIR, SandboxRunner, SandboxSettings, SandboxSpec,
+    Termination, nix_builder_env, nix_fixed_output_builder_env, pass_as_file, structured_attrs,
 };
 use crate::store::{PathInfo, Store};
 use crate::systems::Systems;

@@ -11,6 +11,7 @@
 //! - [`local`]: the `local` executor (the namespace sandbox of [`crate::sandbox`]).
 //! - [`nix`]: the `nix` executor (imports the closure into the host's Nix store and runs
 //!   `nix-store --realise`).
+//! - [`refscan`]: which store paths an output references (Nix's reference scanning).
 //! - [`attest`]: turns a [`BuildReport`] into a signed attestation committed to redb, and a
 //!   [`BuildError`] into a signed failure.
 
@@ -20,6 +21,7 @@ pub mod nix;
 mod nix_host;
 mod nix_policy;
 pub mod realize;
+pub mod refscan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

@@ -31,7 +31,6 @@ pub mod build_users;
 pub mod confine;
 pub mod exec;
 mod process;
-pub mod refscan;
 pub mod settings;
 pub mod slirp;
 mod spec;
@@ -39,7 +38,6 @@ mod spec;
 pub use build_users::{BuildUser, BuildUserError, BuildUsers};
 pub use exec::{SandboxExecArgs, sandbox_exec_main};
 pub use process::{BuildOutcome, DEFAULT_KILL_GRACE, ExecutorError, SandboxRunner, Termination, run_sandboxed};
-pub use refscan::{RefScanner, scan_references};
 pub use settings::{FixedOutputNetwork, SandboxSettings};
 pub use spec::{
     DEFAULT_MAX_LOG_BYTES, DEFAULT_SANDBOX_GID, DEFAULT_SANDBOX_PATHS, DEFAULT_SANDBOX_UID, HOMELESS_SHELTER,
