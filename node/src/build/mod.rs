@@ -18,6 +18,7 @@
 pub mod attest;
 pub mod local;
 pub mod nix;
+mod nix_failure;
 mod nix_host;
 mod nix_policy;
 pub mod realize;
