@@ -10,15 +10,8 @@ use buildmesh_protocol::store_path::StoreDir;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Which executor runs builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutorKind {
-    /// buildmesh's own sandbox (mount + network namespaces, the node's store at the store dir).
-    Local,
-    /// The host's Nix: import the closure, `nix-store --realise`, read the outputs back.
-    Nix,
-}
+/// The `executor` setting's values (defined with the executors, in [`crate::build`]).
+pub use crate::build::ExecutorKind;
 
 /// Why a configuration is unusable. Each variant names the field (and file) at fault.
 #[derive(Debug, Error)]

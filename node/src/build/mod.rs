@@ -36,11 +36,21 @@ use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::id::ArtifactHash;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::FailureReason;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ExecutorKind;
 use crate::store::Store;
 use crate::systems::Systems;
+
+/// Which executor runs builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// buildmesh's own sandbox (mount + network namespaces, the node's store at the store dir).
+    Local,
+    /// The host's Nix: import the closure, `nix-store --realise`, read the outputs back.
+    Nix,
+}
 
 /// One build to run: a derivation whose `.drv` (and whole closure) is in the store.
 #[derive(Debug, Clone)]
