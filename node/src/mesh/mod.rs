@@ -66,7 +66,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::{MeshSettings, SettingsError, net_config, trust_policy};
 
-use crate::config::Config;
 use crate::runtime::SchedulerHandle;
 use crate::store::Store;
 use crate::systems::Systems;
@@ -456,9 +455,24 @@ pub struct MeshParams {
     pub store_dir: StoreDir,
     /// The data dir (`DATA/mesh/` holds cursors, submissions and temp files).
     pub data_dir: PathBuf,
-    /// The node configuration (listen, bootstrap, mdns, trusted keys, quorum, replicas, owner,
-    /// features, mesh timers in `settings`).
-    pub config: Config,
+    /// libp2p listen addresses (the configuration's `listen`).
+    pub listen: Vec<String>,
+    /// Peers dialled at start (`bootstrap`).
+    pub bootstrap: Vec<String>,
+    /// Whether to discover peers on the local network (`mdns`).
+    pub mdns: bool,
+    /// Nix public keys whose builds count (`trusted_keys`; this node's own key always does).
+    pub trusted_keys: Vec<String>,
+    /// Matching results of trusted builders needed to accept an output (`quorum`).
+    pub quorum: usize,
+    /// Copies of each job this node submits (`replicas`).
+    pub replicas: usize,
+    /// Who runs this node, announced to peers (`owner`).
+    pub owner: Option<String>,
+    /// System features this node offers (`features`).
+    pub features: Vec<String>,
+    /// Features a job must require to be built here (`mandatory_features`).
+    pub mandatory_features: Vec<String>,
     /// The mesh timers.
     pub settings: MeshSettings,
     /// What this machine builds.

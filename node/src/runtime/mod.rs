@@ -199,7 +199,7 @@ impl Node {
         sched_options.max_attempts = config.max_attempts;
         sched_options.build_timeout = Duration::from_secs(config.build_timeout_secs);
         sched_options.max_log_bytes = config.max_log_bytes as u64;
-        let mesh_on = config.mesh.is_enabled(&config);
+        let mesh_on = config.mesh.is_enabled(&config.bootstrap);
         if mesh_on {
             // The mesh retries a failed build on another node.
             sched_options.max_attempts = 1;
@@ -215,7 +215,7 @@ impl Node {
         // The trust rule for inputs and the cache: this node's own builds, or on a mesh node
         // the mesh's policy (own key plus `trusted_keys`, `quorum`).
         let trust = if mesh_on {
-            crate::mesh::trust_policy(&config, key.node_id(), key.name())
+            crate::mesh::trust_policy(&config.trusted_keys, config.quorum, key.node_id(), key.name())
                 .map_err(|e| StartError::Mesh(crate::mesh::StartError::from(e)))?
                 .0
         } else {
@@ -232,7 +232,15 @@ impl Node {
                 store: store.clone(),
                 store_dir: store_dir.clone(),
                 data_dir: data_dir.clone(),
-                config: config.clone(),
+                listen: config.listen.clone(),
+                bootstrap: config.bootstrap.clone(),
+                mdns: config.mdns,
+                trusted_keys: config.trusted_keys.clone(),
+                quorum: config.quorum,
+                replicas: config.replicas,
+                owner: config.owner.clone(),
+                features: config.features.clone(),
+                mandatory_features: config.mandatory_features.clone(),
                 settings: config.mesh.clone(),
                 systems: systems.clone(),
                 slots: sched_options.slots,

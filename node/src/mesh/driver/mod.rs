@@ -159,7 +159,7 @@ pub(crate) struct Driver {
 }
 
 fn local_info(params: &MeshParams) -> LocalInfo {
-    let c = &params.config;
+    let c = params;
     let native = params.systems.native.clone();
     LocalInfo {
         version: format!("buildmesh {}", env!("CARGO_PKG_VERSION")),
@@ -193,8 +193,8 @@ pub(crate) async fn start(
     params.settings.validate()?;
     let key = params.key.clone();
     let me = key.node_id();
-    let (trust, names) = trust_policy(&params.config, me, key.name())?;
-    let netcfg = net_config(&params.config, &params.settings)?;
+    let (trust, names) = trust_policy(&params.trusted_keys, params.quorum, me, key.name())?;
+    let netcfg = net_config(&params.listen, &params.bootstrap, params.mdns, &params.settings)?;
     let mesh_dir = params.data_dir.join("mesh");
     let tmp_dir = mesh_dir.join("tmp");
     let io = |path: &PathBuf| {
@@ -248,7 +248,7 @@ pub(crate) async fn start(
         mesh,
         trust,
         key_names: names.into_iter().collect(),
-        default_replicas: u8::try_from(params.config.replicas.clamp(1, usize::from(MAX_REPLICAS))).unwrap_or(2),
+        default_replicas: u8::try_from(params.replicas.clamp(1, usize::from(MAX_REPLICAS))).unwrap_or(2),
         sync_interval: Duration::from_millis(params.settings.sync_interval_ms.max(1)),
         net_events,
         builds: params.builds,
