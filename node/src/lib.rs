@@ -12,6 +12,7 @@
 //! - [`sandbox`]: the namespace sandbox and builder process primitives the `local` executor uses.
 //! - [`net`]: libp2p networking (one task owns the swarm).
 //! - [`runtime`]: a running node (key, store, scheduler, HTTP server) and its shutdown.
+//! - [`scheduler`]: the local build queue: which builds start, on which executor, and retries.
 //! - [`http`]: the HTTP server: Nix binary cache, JSON API, submit endpoint.
 //! - [`mesh`]: the mesh state machine driven over libp2p (gossip, fetches, sync, quorum gateway).
 //! - [`store`]: the node's durable state (redb tables + content-addressed NAR blobs).
@@ -30,6 +31,7 @@ pub mod nar_fs;
 pub mod net;
 pub mod runtime;
 pub mod sandbox;
+pub mod scheduler;
 pub mod store;
 pub mod submit;
 pub mod systems;

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use crate::audit::{self, AttestationView};
-use crate::runtime::ControlError;
+use crate::scheduler::ControlError;
 use crate::store::{BuildCounts, BuildFilter, BuildRecord, BuildState, Store, StoreError};
 use crate::submit::OutputInfo;
 

@@ -48,7 +48,8 @@ use axum::routing::{get, post};
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::store_path::StoreDir;
 
-use crate::runtime::{NodeInfo, SchedulerHandle};
+use crate::runtime::NodeInfo;
+use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::submit::SubmitContext;
 

@@ -66,7 +66,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::{MeshSettings, SettingsError, net_config, trust_policy};
 
-use crate::runtime::SchedulerHandle;
+use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::systems::Systems;
 

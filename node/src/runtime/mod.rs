@@ -10,7 +10,7 @@
 //!    empty `DATA/builds` (work dirs of interrupted builds);
 //! 5. create the executor (`local` or `nix`, or the one given in [`NodeOptions`]);
 //! 6. bind the HTTP server ([`crate::http`]: binary cache, JSON API, submit endpoint);
-//! 7. start the [`scheduler`], which resumes the queue.
+//! 7. start the [`crate::scheduler`], which resumes the queue.
 //!
 //! Every task runs inside one `node` tracing span carrying the node's short id and key name, so
 //! several nodes in one process (tests, `buildmesh demo`) keep readable logs.
@@ -24,8 +24,6 @@
 
 mod health;
 pub mod key;
-pub mod plan;
-pub mod scheduler;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,8 +42,8 @@ use crate::config::{Config, ConfigError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::systems::Systems;
 
+pub use crate::scheduler::{ControlError, Scheduler, SchedulerHandle, SchedulerOptions};
 pub use key::{KeyError, KeyOrigin};
-pub use scheduler::{ControlError, Scheduler, SchedulerHandle, SchedulerOptions};
 
 /// Name of the spool directory for uploads inside the data dir (emptied at start).
 pub const SPOOL_DIR: &str = "spool";
@@ -516,6 +514,3 @@ fn submit_context(
     ctx.wake = handle.wake_notify();
     ctx
 }
-
-#[cfg(test)]
-mod tests;

@@ -61,7 +61,7 @@ use super::{
 use crate::net::{
     InboundId, MessageAcceptance, NetEvent, NetHandle, PublishError, RequestProtocol, keypair_from_seed, short_peer_id,
 };
-use crate::runtime::SchedulerHandle;
+use crate::scheduler::SchedulerHandle;
 use crate::store::{BuildState, EnqueueRequest, Store, StoreError, unix_ms};
 
 /// Tracing target of machine-readable events (tests and tools may assert on them).

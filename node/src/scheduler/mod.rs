@@ -5,7 +5,7 @@
 //! On every wake-up (a submission, a finished build, an API retry/cancel, a backoff deadline) the
 //! scheduler reads a snapshot of the pending builds and of each one's input derivations (is every
 //! needed output registered? is the input's own build queued, running, failed, cancelled?),
-//! hands it to the pure [`super::plan::plan`], and applies the result: fail builds whose input
+//! hands it to the pure [`plan::plan`], and applies the result: fail builds whose input
 //! failed permanently, enqueue input derivations that are stored but not queued, start the ready
 //! builds highest effective priority first, then longest critical path.
 //!
@@ -24,6 +24,10 @@
 //! A build whose outputs are all registered and already attested by this node (the node died
 //! between the attestation and `mark_done`) is marked done without building again.
 
+pub mod plan;
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,11 +42,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::plan::{self, InputNeed, InputStatus, PendingBuild};
 use crate::build::attest::{commit_attestation, commit_failure_in_mode};
 use crate::build::{BuildError, BuildReport, BuildRequest, Executor};
 use crate::store::{BuildFilter, BuildRecord, BuildState, EnqueueRequest, Store, StoreError, unix_ms};
 use crate::systems::Systems;
+use plan::{InputNeed, InputStatus, PendingBuild};
 
 /// How many plan/apply rounds one wake-up may take (each round fails or enqueues something).
 const MAX_ROUNDS: usize = 64;
