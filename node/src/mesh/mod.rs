@@ -55,9 +55,7 @@ use std::sync::{Arc, RwLock};
 
 use buildmesh_protocol::id::NodeId;
 use buildmesh_protocol::identity::NodeKey;
-use buildmesh_protocol::signed::Verified;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
-use buildmesh_protocol::wire::{Attestation, FailureReason};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -67,33 +65,9 @@ use tokio_util::sync::CancellationToken;
 pub use settings::{MeshSettings, SettingsError, net_config, trust_policy};
 
 use crate::scheduler::SchedulerHandle;
+pub use crate::scheduler::{BUILD_EVENT_BUFFER, BuildEvent, BuildOutcome};
 use crate::store::Store;
 use crate::systems::Systems;
-
-/// Capacity of the build-event channel from the scheduler.
-pub const BUILD_EVENT_BUFFER: usize = 256;
-
-/// What became of a local build (sent by the scheduler to the driver).
-#[derive(Debug, Clone)]
-pub struct BuildEvent {
-    /// The derivation.
-    pub drv: StorePath,
-    /// Its end.
-    pub outcome: BuildOutcome,
-}
-
-/// The end of one local build attempt.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum BuildOutcome {
-    /// Built; the committed attestation (`None`: it was built and attested before, nothing was
-    /// built again; the driver reads this node's attestation from the store).
-    Built(Option<Box<Verified<Attestation>>>),
-    /// Failed, for this reason (the scheduler committed its own signed failure already).
-    Failed(FailureReason),
-    /// Cancelled (by the API or the mesh) or interrupted by shutdown.
-    Cancelled,
-}
 
 /// One derivation of a submission, in dependency order.
 #[derive(Debug, Clone, PartialEq, Eq)]

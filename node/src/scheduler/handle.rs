@@ -1,5 +1,9 @@
 //! How the rest of the node talks to the scheduler: its options, and the [`SchedulerHandle`] the
-//! API, the submit endpoint and the mesh use to wake it, cancel and retry builds.
+//! API, the submit endpoint and the mesh use to wake it, cancel and retry builds, and the
+//! [`BuildEvent`]s it sends the mesh when a build ends.
+
+use buildmesh_protocol::signed::Verified;
+use buildmesh_protocol::wire::{Attestation, FailureReason};
 
 use super::*;
 
@@ -166,4 +170,29 @@ impl SchedulerHandle {
         self.wake();
         Ok(again)
     }
+}
+
+/// Capacity of the build-event channel from the scheduler.
+pub const BUILD_EVENT_BUFFER: usize = 256;
+
+/// What became of a local build (sent by the scheduler to the driver).
+#[derive(Debug, Clone)]
+pub struct BuildEvent {
+    /// The derivation.
+    pub drv: StorePath,
+    /// Its end.
+    pub outcome: BuildOutcome,
+}
+
+/// The end of one local build attempt.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BuildOutcome {
+    /// Built; the committed attestation (`None`: it was built and attested before, nothing was
+    /// built again; the driver reads this node's attestation from the store).
+    Built(Option<Box<Verified<Attestation>>>),
+    /// Failed, for this reason (the scheduler committed its own signed failure already).
+    Failed(FailureReason),
+    /// Cancelled (by the API or the mesh) or interrupted by shutdown.
+    Cancelled,
 }

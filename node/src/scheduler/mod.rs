@@ -30,7 +30,7 @@ pub mod plan;
 mod tests;
 
 use handle::Shared;
-pub use handle::{ControlError, SchedulerHandle, SchedulerOptions};
+pub use handle::{BUILD_EVENT_BUFFER, BuildEvent, BuildOutcome, ControlError, SchedulerHandle, SchedulerOptions};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -95,7 +95,7 @@ pub struct Scheduler {
     /// Parsed derivations of pending builds and their inputs (derivations never change).
     drvs: Arc<Mutex<HashMap<StorePath, Arc<Derivation>>>>,
     /// Where the end of every build is reported (the mesh driver), if anywhere.
-    events: Option<tokio::sync::mpsc::Sender<crate::mesh::BuildEvent>>,
+    events: Option<tokio::sync::mpsc::Sender<BuildEvent>>,
     /// The trust policy every input is checked against before a build starts
     /// ([`crate::trust::inputs`]); default: this node's own builds.
     trust: TrustConfig,
@@ -165,7 +165,7 @@ impl Scheduler {
     }
 
     /// Report the end of every build on `events` (the mesh driver listens).
-    pub fn with_build_events(mut self, events: tokio::sync::mpsc::Sender<crate::mesh::BuildEvent>) -> Scheduler {
+    pub fn with_build_events(mut self, events: tokio::sync::mpsc::Sender<BuildEvent>) -> Scheduler {
         self.events = Some(events);
         self
     }
@@ -459,7 +459,7 @@ impl Scheduler {
             }
         };
         if let (Some(events), Some(outcome)) = (&self.events, outcome) {
-            let _ = events.send(crate::mesh::BuildEvent { drv: drv.clone(), outcome }).await;
+            let _ = events.send(BuildEvent { drv: drv.clone(), outcome }).await;
         }
         token.cancel();
         self.handle.lock_running().remove(&drv);
@@ -528,9 +528,8 @@ impl Scheduler {
         s: &Started,
         result: Result<Option<BuildReport>, BuildError>,
         shutdown: &CancellationToken,
-        outcome: &mut Option<crate::mesh::BuildOutcome>,
+        outcome: &mut Option<BuildOutcome>,
     ) -> Result<(), String> {
-        use crate::mesh::BuildOutcome;
         let drv = &s.drv;
         let now = unix_ms();
         let attempt = s.record.attempts;
