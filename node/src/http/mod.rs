@@ -8,7 +8,7 @@
 //! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a path the trust rule accepts ([`crate::trust`]) |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed and streamed from its blob |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar.zst` | the blob's zstd file as stored |
-//! | `GET /api/v1/node` | who this node is ([`crate::runtime::NodeInfo`]) |
+//! | `GET /api/v1/node` | who this node is ([`api::NodeInfo`]) |
 //! | `GET /api/v1/builds[?state=…]` | builds ([`api::BuildView`]) |
 //! | `GET /api/v1/builds/<drv>` | one build; `<drv>` is a base name or a full path, URL-encoded |
 //! | `GET /api/v1/builds/<drv>/log` | its log, `text/plain` |
@@ -48,10 +48,10 @@ use axum::routing::{get, post};
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::store_path::StoreDir;
 
-use crate::runtime::NodeInfo;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::submit::SubmitContext;
+use api::NodeInfo;
 
 /// `Priority` in `/nix-cache-info` (cache.nixos.org says 40; lower is preferred).
 pub const CACHE_PRIORITY: u32 = 40;

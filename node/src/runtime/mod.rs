@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::store_path::StoreDir;
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -42,6 +41,7 @@ use crate::config::{Config, ConfigError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::systems::Systems;
 
+pub use crate::http::api::NodeInfo;
 pub use crate::scheduler::{ControlError, Scheduler, SchedulerHandle, SchedulerOptions};
 pub use key::{KeyError, KeyOrigin};
 
@@ -103,31 +103,6 @@ pub enum StartError {
     /// The mesh (libp2p, driver) could not start.
     #[error("cannot start the mesh: {0}")]
     Mesh(#[from] crate::mesh::StartError),
-}
-
-/// What a node says about itself (`GET /api/v1/node`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// libp2p PeerId (`12D3KooW…`).
-    pub peer_id: String,
-    /// The key name (in `Sig:` lines).
-    pub key_name: String,
-    /// The Nix public key `name:base64` (what users put in `trusted-public-keys`).
-    pub public_key: String,
-    /// Systems built natively and through emulation.
-    pub systems: Systems,
-    /// The store directory (`/nix/store`).
-    pub store_dir: String,
-    /// `local` or `nix` (or a custom executor's name).
-    pub executor: String,
-    /// buildmesh version.
-    pub version: String,
-    /// The node's libp2p addresses (empty until the mesh is wired in).
-    pub addresses: Vec<String>,
-    /// The HTTP address the node listens on.
-    pub http: String,
-    /// Build slots.
-    pub slots: usize,
 }
 
 /// Ways to start a node other than from its [`Config`] alone (tests, the demo).
