@@ -37,7 +37,6 @@ pub mod cli;
 pub mod driver;
 pub mod fetch;
 pub mod gateway;
-pub mod http;
 pub mod jobs;
 pub mod quota;
 pub mod rpc;
