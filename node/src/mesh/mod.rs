@@ -33,7 +33,6 @@
 //! (its own attestations as `RestoreAttestation`), then resubmits its own unfinished submissions
 //! ([`jobs`]). Registered outputs are announced as DHT provider records.
 
-pub mod cli;
 pub mod driver;
 pub mod fetch;
 pub mod gateway;
