@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Checks that every relative link of the README, SECURITY.md and docs/ points at a file that
-# exists (anchors are not checked). Run by scripts/test.sh.
+# Checks that every relative link of the README, SECURITY.md, ARCHITECTURE.md and docs/ points
+# at a file that exists (anchors are not checked). Run by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bad=0
-for f in README.md SECURITY.md docs/*.md; do
+for f in README.md SECURITY.md ARCHITECTURE.md docs/*.md; do
   dir=$(dirname "$f")
   while IFS= read -r target; do
     case "$target" in http://*|https://*|mailto:*|'#'*) continue ;; esac

@@ -17,4 +17,7 @@ fi
 # The README, SECURITY.md and docs/ link only to files that exist.
 scripts/check-links.sh
 
+# node/src's top-level modules import each other in one direction only (ARCHITECTURE.md).
+python3 scripts/check-module-cycles.py
+
 cargo test --workspace "$@"

@@ -10,15 +10,8 @@ use buildmesh_protocol::store_path::StoreDir;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Which executor runs builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutorKind {
-    /// buildmesh's own sandbox (mount + network namespaces, the node's store at the store dir).
-    Local,
-    /// The host's Nix: import the closure, `nix-store --realise`, read the outputs back.
-    Nix,
-}
+/// The `executor` setting's values (defined with the executors, in [`crate::build`]).
+pub use crate::build::ExecutorKind;
 
 /// Why a configuration is unusable. Each variant names the field (and file) at fault.
 #[derive(Debug, Error)]
@@ -103,8 +96,8 @@ pub struct Config {
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
     /// Build isolation: build users, fixed-output network, impure env allow-list, `nix`
-    /// executor opt-in (`[sandbox]` table; see [`crate::executor::SandboxSettings`]).
-    pub sandbox: crate::executor::SandboxSettings,
+    /// executor opt-in (`[sandbox]` table; see [`crate::sandbox::SandboxSettings`]).
+    pub sandbox: crate::sandbox::SandboxSettings,
     /// Upload limits (`[submit]` table; see [`crate::submit::SubmitSettings`]).
     pub submit: crate::submit::SubmitSettings,
     /// The HTTP server's timeouts and limits (`[server]` table; see
@@ -140,7 +133,7 @@ impl Default for Config {
             features: Vec::new(),
             mandatory_features: Vec::new(),
             mesh: crate::mesh::MeshSettings::default(),
-            sandbox: crate::executor::SandboxSettings::default(),
+            sandbox: crate::sandbox::SandboxSettings::default(),
             submit: crate::submit::SubmitSettings::default(),
             server: crate::http::server::ServerSettings::default(),
             store_failure_exit_secs: 300,

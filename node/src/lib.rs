@@ -4,17 +4,24 @@
 //! processes, libp2p, redb, HTTP). `main.rs` is thin: it parses the command line and calls into
 //! the modules here.
 //!
-//! ## Layout
-//! - [`cli`]: one module per command group (`drv`, `nar`, `key`, `narinfo`, ...).
-//! - [`config`]: the TOML configuration and its validation.
-//! - [`nar_fs`]: NAR dump from and restore to the filesystem.
-//! - [`executor`]: build executors (`local` sandbox, host `nix`).
-//! - [`net`]: libp2p networking (one task owns the swarm).
-//! - [`runtime`]: a running node (key, store, scheduler, HTTP server) and its shutdown.
-//! - [`http`]: the HTTP server: Nix binary cache, JSON API, submit endpoint.
+//! ## Layout (ARCHITECTURE.md has the map; each module imports only modules listed below it)
+//! - [`cli`]: the command-line front ends, one module per command group, and the API clients.
+//! - [`runtime`]: the composition root: a running node (key, store, scheduler, HTTP server, mesh)
+//!   and its shutdown; nothing but [`cli`] imports it.
+//! - [`config`]: the TOML configuration and its validation (each component's table is defined
+//!   with the component).
+//! - [`http`]: the HTTP server: Nix binary cache, JSON API (mesh and auditors' routes included).
+//! - [`submit`]: checking and storing uploaded closures (`POST /api/v1/submit`).
 //! - [`mesh`]: the mesh state machine driven over libp2p (gossip, fetches, sync, quorum gateway).
+//! - [`scheduler`]: the local build queue: which builds start, on which executor, and retries.
+//! - [`trust`]: which registered outputs count as built (the trust rule) for builds and serving.
+//! - [`audit`]: what auditors see: attestations of an output, verdicts, per-builder statistics.
+//! - [`build`]: the build executors (`local`, host `nix`) and signing their results.
+//! - [`sandbox`]: the namespace sandbox and builder process primitives the `local` executor uses.
+//! - [`net`]: libp2p networking (one task owns the swarm).
 //! - [`store`]: the node's durable state (redb tables + content-addressed NAR blobs).
-//! - [`systems`]: native and binfmt_misc-emulated systems of this machine.
+//! - [`nar_fs`], [`content_address`], [`systems`]: NAR dump/restore on the filesystem, content
+//!   addresses of source and text paths, the systems this machine builds for.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(missing_docs, unreachable_pub)]
 
@@ -23,12 +30,13 @@ pub mod build;
 pub mod cli;
 pub mod config;
 pub mod content_address;
-pub mod executor;
 pub mod http;
 pub mod mesh;
 pub mod nar_fs;
 pub mod net;
 pub mod runtime;
+pub mod sandbox;
+pub mod scheduler;
 pub mod store;
 pub mod submit;
 pub mod systems;

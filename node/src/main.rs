@@ -36,7 +36,7 @@ enum Command {
     /// Cancel a queued or running build, through a node's API.
     Cancel(cli::node::BuildRefArgs),
     /// A node's state in the mesh: addresses, members, peers, gossip and sync counters.
-    Status(buildmesh::mesh::cli::StatusArgs),
+    Status(buildmesh::cli::mesh::StatusArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cli::node::BenchCommand),
@@ -52,7 +52,7 @@ enum Command {
     Verify(cli::audit::VerifyArgs),
     /// Internal: the sandbox helper the `local` executor starts (runs one builder).
     #[command(hide = true, name = "__sandbox-exec")]
-    SandboxExec(buildmesh::executor::SandboxExecArgs),
+    SandboxExec(buildmesh::sandbox::SandboxExecArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,13 +74,13 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig(a) => cli::node::run_check_config(a),
         Command::Retry(a) => cli::node::run_build_action(a, false),
         Command::Cancel(a) => cli::node::run_build_action(a, true),
-        Command::Status(a) => buildmesh::mesh::cli::run_status(a),
+        Command::Status(a) => buildmesh::cli::mesh::run_status(a),
         Command::Bench(c) => cli::node::run_bench(c),
         Command::Demo(a) => cli::demo::run(a),
         Command::Query(a) => cli::audit::run_query(a),
         Command::Audit(a) => cli::audit::run_audit(a),
         Command::Verify(a) => cli::audit::run_verify(a),
-        Command::SandboxExec(a) => return buildmesh::executor::sandbox_exec_main(a),
+        Command::SandboxExec(a) => return buildmesh::sandbox::sandbox_exec_main(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

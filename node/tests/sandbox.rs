@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use buildmesh::executor::{
+use buildmesh::build::refscan::scan_references;
+use buildmesh::sandbox::{
     BuildOutcome, ExecutorError, InputPath, SandboxRunner, SandboxSpec, Termination, nix_builder_env,
-    nix_fixed_output_builder_env, pass_as_file, scan_references, structured_attrs,
+    nix_fixed_output_builder_env, pass_as_file, structured_attrs,
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;

@@ -5,8 +5,9 @@ mod submit_support;
 
 use std::collections::BTreeSet;
 
+use buildmesh::cli::submit_client as client;
 use buildmesh::store::{BuildState, PathInfo};
-use buildmesh::submit::{SubmitError, SubmitLimits, SubmitResponse, accept, client, router, wire};
+use buildmesh::submit::{SubmitError, SubmitLimits, SubmitResponse, accept, router, wire};
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::hash::NixHash;
 use submit_support::*;

@@ -8,18 +8,21 @@
 //!
 //! - [`realize`]: the node's on-disk store of realised paths (`DATA_DIR/store/<basename>`),
 //!   restored from NAR blobs on demand.
-//! - [`local`]: the `local` executor (the namespace sandbox of [`crate::executor`]).
+//! - [`local`]: the `local` executor (the namespace sandbox of [`crate::sandbox`]).
 //! - [`nix`]: the `nix` executor (imports the closure into the host's Nix store and runs
 //!   `nix-store --realise`).
+//! - [`refscan`]: which store paths an output references (Nix's reference scanning).
 //! - [`attest`]: turns a [`BuildReport`] into a signed attestation committed to redb, and a
 //!   [`BuildError`] into a signed failure.
 
 pub mod attest;
 pub mod local;
 pub mod nix;
+mod nix_failure;
 mod nix_host;
 mod nix_policy;
 pub mod realize;
+pub mod refscan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -33,11 +36,21 @@ use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::id::ArtifactHash;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::FailureReason;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ExecutorKind;
 use crate::store::Store;
 use crate::systems::Systems;
+
+/// Which executor runs builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// buildmesh's own sandbox (mount + network namespaces, the node's store at the store dir).
+    Local,
+    /// The host's Nix: import the closure, `nix-store --realise`, read the outputs back.
+    Nix,
+}
 
 /// One build to run: a derivation whose `.drv` (and whole closure) is in the store.
 #[derive(Debug, Clone)]
@@ -288,8 +301,8 @@ pub struct ExecutorConfig {
     /// found through `PATH`.
     pub nix_bin_dir: Option<PathBuf>,
     /// Build isolation: build users, fixed-output network, impure env allow-list, and whether
-    /// the `nix` executor may run at all ([`crate::executor::SandboxSettings`]).
-    pub sandbox: crate::executor::SandboxSettings,
+    /// the `nix` executor may run at all ([`crate::sandbox::SandboxSettings`]).
+    pub sandbox: crate::sandbox::SandboxSettings,
 }
 
 impl ExecutorConfig {
@@ -305,11 +318,11 @@ impl ExecutorConfig {
             builds_dir: data_dir.join(BUILDS_DIR),
             cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
             systems: crate::systems::detect(),
-            sandbox_paths: crate::executor::DEFAULT_SANDBOX_PATHS.iter().map(PathBuf::from).collect(),
+            sandbox_paths: crate::sandbox::DEFAULT_SANDBOX_PATHS.iter().map(PathBuf::from).collect(),
             sandbox_helper: None,
-            kill_grace: crate::executor::DEFAULT_KILL_GRACE,
+            kill_grace: crate::sandbox::DEFAULT_KILL_GRACE,
             nix_bin_dir: None,
-            sandbox: crate::executor::SandboxSettings::default(),
+            sandbox: crate::sandbox::SandboxSettings::default(),
         })
     }
 }

@@ -22,8 +22,8 @@ use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::store_path::StoreDir;
 use buildmesh_protocol::verdict::Verdict;
 
+use super::submit_client::{self as client, ClientOptions};
 use crate::audit::{self, AuditReport};
-use crate::submit::client::{self, ClientOptions};
 use crate::submit::closure::{self, Origin};
 
 /// `buildmesh demo` options.

@@ -95,7 +95,7 @@ pub struct ConfigArgs {
     pub build_uid_count: Option<u32>,
     /// Network of fixed-output builds (`sandbox.fixed_output_network`).
     #[arg(long, value_enum)]
-    pub fixed_output_network: Option<crate::executor::FixedOutputNetwork>,
+    pub fixed_output_network: Option<crate::sandbox::FixedOutputNetwork>,
     /// A variable fixed-output builds may take from the node's environment through
     /// `impureEnvVars` (repeatable; replaces `sandbox.impure_env_allow`).
     #[arg(long = "impure-env-allow", value_name = "NAME")]
@@ -281,7 +281,7 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
             bail!("--on applies to retry only");
         }
         let token = args.token.resolve(&args.api)?;
-        return crate::mesh::cli::run_retry_on(&args.api, &args.drv, on, args.json, token.as_deref());
+        return super::mesh::run_retry_on(&args.api, &args.drv, on, args.json, token.as_deref());
     }
     let basename = args.drv.trim_end_matches('/').rsplit('/').next().unwrap_or(&args.drv);
     if basename.is_empty() {
@@ -290,7 +290,7 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
     let url = format!(
         "{}/api/v1/builds/{}/{action}",
         args.api.trim_end_matches('/'),
-        crate::submit::client::encode_segment(basename)
+        super::submit_client::encode_segment(basename)
     );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))

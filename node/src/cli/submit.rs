@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use buildmesh_protocol::store_path::StoreDir;
 
-use crate::submit::client::{self, ClientOptions};
+use super::submit_client::{self as client, ClientOptions};
 use crate::submit::closure::{self, Origin};
 
 /// `buildmesh submit` arguments.

@@ -21,9 +21,10 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use crate::audit::{self, AttestationView};
-use crate::runtime::ControlError;
+use crate::scheduler::ControlError;
 use crate::store::{BuildCounts, BuildFilter, BuildRecord, BuildState, Store, StoreError};
 use crate::submit::OutputInfo;
+use crate::systems::Systems;
 
 /// Most builds one `GET /api/v1/builds` returns (page with `after`).
 pub const MAX_BUILDS_PER_PAGE: usize = 10_000;
@@ -94,12 +95,37 @@ pub(super) async fn not_found(uri: Uri) -> Response {
     }
 }
 
-/// `GET /api/v1/node`: [`crate::runtime::NodeInfo`] plus build counts and the number of paths.
+/// What a node says about itself (`GET /api/v1/node`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// libp2p PeerId (`12D3KooW…`).
+    pub peer_id: String,
+    /// The key name (in `Sig:` lines).
+    pub key_name: String,
+    /// The Nix public key `name:base64` (what users put in `trusted-public-keys`).
+    pub public_key: String,
+    /// Systems built natively and through emulation.
+    pub systems: Systems,
+    /// The store directory (`/nix/store`).
+    pub store_dir: String,
+    /// `local` or `nix` (or a custom executor's name).
+    pub executor: String,
+    /// buildmesh version.
+    pub version: String,
+    /// The node's libp2p addresses (empty until the mesh is wired in).
+    pub addresses: Vec<String>,
+    /// The HTTP address the node listens on.
+    pub http: String,
+    /// Build slots.
+    pub slots: usize,
+}
+
+/// `GET /api/v1/node`: [`NodeInfo`] plus build counts and the number of paths.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeView {
     /// Who the node is.
     #[serde(flatten)]
-    pub info: crate::runtime::NodeInfo,
+    pub info: NodeInfo,
     /// Builds per state.
     pub builds: BuildCounts,
     /// Registered store paths.

@@ -8,7 +8,7 @@
 //! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a path the trust rule accepts ([`crate::trust`]) |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed and streamed from its blob |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar.zst` | the blob's zstd file as stored |
-//! | `GET /api/v1/node` | who this node is ([`crate::runtime::NodeInfo`]) |
+//! | `GET /api/v1/node` | who this node is ([`api::NodeInfo`]) |
 //! | `GET /api/v1/builds[?state=…]` | builds ([`api::BuildView`]) |
 //! | `GET /api/v1/builds/<drv>` | one build; `<drv>` is a base name or a full path, URL-encoded |
 //! | `GET /api/v1/builds/<drv>/log` | its log, `text/plain` |
@@ -17,7 +17,7 @@
 //! | `GET /api/v1/quarantine` | local registrations replaced by the accepted NarHash ([`crate::trust`]) |
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
 //! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
-//! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`crate::audit::http`]) |
+//! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`audit`]) |
 //!
 //! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status (all of them, see
 //! [`errors`]); the binary cache answers
@@ -31,12 +31,14 @@
 //! The server itself (timeouts, connection and download limits, `TCP_NODELAY`) is [`server`].
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod cache;
 pub mod errors;
 pub mod health;
 pub mod limits;
+pub mod mesh;
 pub mod server;
 pub mod timeouts;
 mod trust;
@@ -48,9 +50,10 @@ use axum::routing::{get, post};
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::store_path::StoreDir;
 
-use crate::runtime::{NodeInfo, SchedulerHandle};
+use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::submit::SubmitContext;
+use api::NodeInfo;
 
 /// `Priority` in `/nix-cache-info` (cache.nixos.org says 40; lower is preferred).
 pub const CACHE_PRIORITY: u32 = 40;
@@ -157,8 +160,8 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         Some(m) => crate::submit::server::mesh_router(state.inner.submit.clone(), m.clone()),
         None => crate::submit::router(state.inner.submit.clone()),
     };
-    let mesh = state.inner.mesh.clone().map(crate::mesh::http::router);
-    let audit = crate::audit::http::router(crate::audit::http::AuditContext {
+    let mesh = state.inner.mesh.clone().map(mesh::router);
+    let audit = audit::router(audit::AuditContext {
         store: state.inner.store.clone(),
         store_dir: state.inner.store_dir.clone(),
     });

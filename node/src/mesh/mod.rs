@@ -33,11 +33,9 @@
 //! (its own attestations as `RestoreAttestation`), then resubmits its own unfinished submissions
 //! ([`jobs`]). Registered outputs are announced as DHT provider records.
 
-pub mod cli;
 pub mod driver;
 pub mod fetch;
 pub mod gateway;
-pub mod http;
 pub mod jobs;
 pub mod quota;
 pub mod rpc;
@@ -55,9 +53,7 @@ use std::sync::{Arc, RwLock};
 
 use buildmesh_protocol::id::NodeId;
 use buildmesh_protocol::identity::NodeKey;
-use buildmesh_protocol::signed::Verified;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
-use buildmesh_protocol::wire::{Attestation, FailureReason};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -66,35 +62,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::{MeshSettings, SettingsError, net_config, trust_policy};
 
-use crate::config::Config;
-use crate::runtime::SchedulerHandle;
+use crate::scheduler::SchedulerHandle;
+pub use crate::scheduler::{BUILD_EVENT_BUFFER, BuildEvent, BuildOutcome};
 use crate::store::Store;
 use crate::systems::Systems;
-
-/// Capacity of the build-event channel from the scheduler.
-pub const BUILD_EVENT_BUFFER: usize = 256;
-
-/// What became of a local build (sent by the scheduler to the driver).
-#[derive(Debug, Clone)]
-pub struct BuildEvent {
-    /// The derivation.
-    pub drv: StorePath,
-    /// Its end.
-    pub outcome: BuildOutcome,
-}
-
-/// The end of one local build attempt.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum BuildOutcome {
-    /// Built; the committed attestation (`None`: it was built and attested before, nothing was
-    /// built again; the driver reads this node's attestation from the store).
-    Built(Option<Box<Verified<Attestation>>>),
-    /// Failed, for this reason (the scheduler committed its own signed failure already).
-    Failed(FailureReason),
-    /// Cancelled (by the API or the mesh) or interrupted by shutdown.
-    Cancelled,
-}
 
 /// One derivation of a submission, in dependency order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -456,9 +427,24 @@ pub struct MeshParams {
     pub store_dir: StoreDir,
     /// The data dir (`DATA/mesh/` holds cursors, submissions and temp files).
     pub data_dir: PathBuf,
-    /// The node configuration (listen, bootstrap, mdns, trusted keys, quorum, replicas, owner,
-    /// features, mesh timers in `settings`).
-    pub config: Config,
+    /// libp2p listen addresses (the configuration's `listen`).
+    pub listen: Vec<String>,
+    /// Peers dialled at start (`bootstrap`).
+    pub bootstrap: Vec<String>,
+    /// Whether to discover peers on the local network (`mdns`).
+    pub mdns: bool,
+    /// Nix public keys whose builds count (`trusted_keys`; this node's own key always does).
+    pub trusted_keys: Vec<String>,
+    /// Matching results of trusted builders needed to accept an output (`quorum`).
+    pub quorum: usize,
+    /// Copies of each job this node submits (`replicas`).
+    pub replicas: usize,
+    /// Who runs this node, announced to peers (`owner`).
+    pub owner: Option<String>,
+    /// System features this node offers (`features`).
+    pub features: Vec<String>,
+    /// Features a job must require to be built here (`mandatory_features`).
+    pub mandatory_features: Vec<String>,
     /// The mesh timers.
     pub settings: MeshSettings,
     /// What this machine builds.

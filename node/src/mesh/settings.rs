@@ -10,7 +10,6 @@ use buildmesh_protocol::nixkey::PublicKey;
 use buildmesh_protocol::store_path::StoreDir;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::net::NetConfig;
 
 /// Timers of the mesh (`[mesh]` in the TOML file). Every time is in milliseconds; the defaults
@@ -116,10 +115,10 @@ pub enum SettingsError {
 }
 
 impl MeshSettings {
-    /// Whether a node with these settings and `config` runs the mesh: `enabled`, or some
-    /// bootstrap peer configured.
-    pub fn is_enabled(&self, config: &Config) -> bool {
-        self.enabled || !config.bootstrap.is_empty()
+    /// Whether a node with these settings and the `bootstrap` peers of its configuration runs the
+    /// mesh: `enabled`, or some bootstrap peer configured.
+    pub fn is_enabled(&self, bootstrap: &[String]) -> bool {
+        self.enabled || !bootstrap.is_empty()
     }
 
     /// Check the timers against the state machine's rules.
@@ -174,13 +173,14 @@ impl MeshSettings {
 /// The trust policy of a node: the configured `trusted_keys` plus its own key, and `quorum`.
 /// Also returns the key names by node (for the API).
 pub fn trust_policy(
-    config: &Config,
+    trusted_keys: &[String],
+    quorum: usize,
     me: NodeId,
     my_key_name: &str,
 ) -> Result<(TrustConfig, Vec<(NodeId, String)>), SettingsError> {
     let mut trusted = BTreeSet::from([me]);
     let mut names = vec![(me, my_key_name.to_string())];
-    for k in &config.trusted_keys {
+    for k in trusted_keys {
         let pk =
             PublicKey::parse(k).map_err(|e| SettingsError::TrustedKey { key: k.clone(), reason: e.to_string() })?;
         let id = NodeId::from_bytes(&pk.verifying_key().to_bytes())
@@ -188,7 +188,7 @@ pub fn trust_policy(
         trusted.insert(id);
         names.push((id, pk.name().to_string()));
     }
-    Ok((TrustConfig { trusted: Some(trusted), quorum: config.quorum.max(1) }, names))
+    Ok((TrustConfig { trusted: Some(trusted), quorum: quorum.max(1) }, names))
 }
 
 /// Gossipsub's duplicate window: half the shortest interval at which the mesh republishes
@@ -199,9 +199,15 @@ pub fn duplicate_cache(s: &MeshSettings) -> Duration {
     Duration::from_millis((shortest / 2).clamp(1_000, 60_000))
 }
 
-/// The network configuration of a node: listen addresses, bootstrap peers and mDNS from
-/// `config`; gossip heartbeat, duplicate window and redial interval from its `[mesh]` settings `s`.
-pub fn net_config(config: &Config, s: &MeshSettings) -> Result<NetConfig, SettingsError> {
+/// The network configuration of a node: its `listen` addresses, `bootstrap` peers and `mdns`
+/// from the configuration; gossip heartbeat, duplicate window and redial interval from its
+/// `[mesh]` settings `s`.
+pub fn net_config(
+    listen: &[String],
+    bootstrap: &[String],
+    mdns: bool,
+    s: &MeshSettings,
+) -> Result<NetConfig, SettingsError> {
     let parse = |field: &'static str, list: &[String]| -> Result<Vec<libp2p::Multiaddr>, SettingsError> {
         list.iter()
             .map(|a| {
@@ -214,9 +220,9 @@ pub fn net_config(config: &Config, s: &MeshSettings) -> Result<NetConfig, Settin
             .collect()
     };
     Ok(NetConfig {
-        listen: parse("listen", &config.listen)?,
-        bootstrap: parse("bootstrap", &config.bootstrap)?,
-        mdns: config.mdns,
+        listen: parse("listen", listen)?,
+        bootstrap: parse("bootstrap", bootstrap)?,
+        mdns,
         gossip_heartbeat: Duration::from_millis(s.heartbeat_ms.max(1)),
         gossip_duplicate_cache: duplicate_cache(s),
         redial_interval: Duration::from_millis(s.redial_interval_ms.max(1)),
@@ -262,8 +268,8 @@ mod tests {
     fn trust_includes_own_key_and_configured_ones() {
         let me = buildmesh_protocol::identity::NodeKey::from_seed("me", [1; 32]).unwrap();
         let other = buildmesh_protocol::identity::NodeKey::from_seed("other", [2; 32]).unwrap();
-        let config = Config { trusted_keys: vec![other.nix_public_key().to_string()], quorum: 3, ..Config::default() };
-        let (trust, names) = trust_policy(&config, me.node_id(), "me").unwrap();
+        let trusted = vec![other.nix_public_key().to_string()];
+        let (trust, names) = trust_policy(&trusted, 3, me.node_id(), "me").unwrap();
         assert_eq!(trust.quorum, 3);
         assert!(trust.is_trusted(&me.node_id()) && trust.is_trusted(&other.node_id()));
         let stranger = buildmesh_protocol::identity::NodeKey::from_seed("x", [3; 32]).unwrap();
@@ -272,9 +278,9 @@ mod tests {
         // Replicas count by trust when keys are trusted, by designation when only this node is.
         let s = MeshSettings::default();
         assert_eq!(s.mesh_config(StoreDir::nix(), trust).replicas_from, ReplicaRule::Trusted);
-        let (alone, _) = trust_policy(&Config::default(), me.node_id(), "me").unwrap();
+        let (alone, _) = trust_policy(&[], 1, me.node_id(), "me").unwrap();
         assert_eq!(s.mesh_config(StoreDir::nix(), alone).replicas_from, ReplicaRule::Designated);
-        let bad = Config { trusted_keys: vec!["nope".into()], ..Config::default() };
-        assert!(matches!(trust_policy(&bad, me.node_id(), "me"), Err(SettingsError::TrustedKey { .. })));
+        let bad = vec!["nope".to_string()];
+        assert!(matches!(trust_policy(&bad, 1, me.node_id(), "me"), Err(SettingsError::TrustedKey { .. })));
     }
 }

@@ -10,7 +10,7 @@
 //!    empty `DATA/builds` (work dirs of interrupted builds);
 //! 5. create the executor (`local` or `nix`, or the one given in [`NodeOptions`]);
 //! 6. bind the HTTP server ([`crate::http`]: binary cache, JSON API, submit endpoint);
-//! 7. start the [`scheduler`], which resumes the queue.
+//! 7. start the [`crate::scheduler`], which resumes the queue.
 //!
 //! Every task runs inside one `node` tracing span carrying the node's short id and key name, so
 //! several nodes in one process (tests, `buildmesh demo`) keep readable logs.
@@ -24,8 +24,6 @@
 
 mod health;
 pub mod key;
-pub mod plan;
-pub mod scheduler;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +32,6 @@ use std::time::Duration;
 
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::store_path::StoreDir;
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -44,8 +41,9 @@ use crate::config::{Config, ConfigError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::systems::Systems;
 
+pub use crate::http::api::NodeInfo;
+pub use crate::scheduler::{ControlError, Scheduler, SchedulerHandle, SchedulerOptions};
 pub use key::{KeyError, KeyOrigin};
-pub use scheduler::{ControlError, Scheduler, SchedulerHandle, SchedulerOptions};
 
 /// Name of the spool directory for uploads inside the data dir (emptied at start).
 pub const SPOOL_DIR: &str = "spool";
@@ -105,31 +103,6 @@ pub enum StartError {
     /// The mesh (libp2p, driver) could not start.
     #[error("cannot start the mesh: {0}")]
     Mesh(#[from] crate::mesh::StartError),
-}
-
-/// What a node says about itself (`GET /api/v1/node`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// libp2p PeerId (`12D3KooW…`).
-    pub peer_id: String,
-    /// The key name (in `Sig:` lines).
-    pub key_name: String,
-    /// The Nix public key `name:base64` (what users put in `trusted-public-keys`).
-    pub public_key: String,
-    /// Systems built natively and through emulation.
-    pub systems: Systems,
-    /// The store directory (`/nix/store`).
-    pub store_dir: String,
-    /// `local` or `nix` (or a custom executor's name).
-    pub executor: String,
-    /// buildmesh version.
-    pub version: String,
-    /// The node's libp2p addresses (empty until the mesh is wired in).
-    pub addresses: Vec<String>,
-    /// The HTTP address the node listens on.
-    pub http: String,
-    /// Build slots.
-    pub slots: usize,
 }
 
 /// Ways to start a node other than from its [`Config`] alone (tests, the demo).
@@ -199,7 +172,7 @@ impl Node {
         sched_options.max_attempts = config.max_attempts;
         sched_options.build_timeout = Duration::from_secs(config.build_timeout_secs);
         sched_options.max_log_bytes = config.max_log_bytes as u64;
-        let mesh_on = config.mesh.is_enabled(&config);
+        let mesh_on = config.mesh.is_enabled(&config.bootstrap);
         if mesh_on {
             // The mesh retries a failed build on another node.
             sched_options.max_attempts = 1;
@@ -215,7 +188,7 @@ impl Node {
         // The trust rule for inputs and the cache: this node's own builds, or on a mesh node
         // the mesh's policy (own key plus `trusted_keys`, `quorum`).
         let trust = if mesh_on {
-            crate::mesh::trust_policy(&config, key.node_id(), key.name())
+            crate::mesh::trust_policy(&config.trusted_keys, config.quorum, key.node_id(), key.name())
                 .map_err(|e| StartError::Mesh(crate::mesh::StartError::from(e)))?
                 .0
         } else {
@@ -232,7 +205,15 @@ impl Node {
                 store: store.clone(),
                 store_dir: store_dir.clone(),
                 data_dir: data_dir.clone(),
-                config: config.clone(),
+                listen: config.listen.clone(),
+                bootstrap: config.bootstrap.clone(),
+                mdns: config.mdns,
+                trusted_keys: config.trusted_keys.clone(),
+                quorum: config.quorum,
+                replicas: config.replicas,
+                owner: config.owner.clone(),
+                features: config.features.clone(),
+                mandatory_features: config.mandatory_features.clone(),
                 settings: config.mesh.clone(),
                 systems: systems.clone(),
                 slots: sched_options.slots,
@@ -508,6 +489,3 @@ fn submit_context(
     ctx.wake = handle.wake_notify();
     ctx
 }
-
-#[cfg(test)]
-mod tests;

@@ -583,3 +583,9 @@ mod tests;
 
 #[cfg(test)]
 mod mesh_tests;
+
+#[cfg(test)]
+mod crash_tests;
+
+#[cfg(test)]
+mod model_tests;

@@ -31,7 +31,7 @@ use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use sha2::Digest as _;
 use thiserror::Error;
 
-use crate::executor::refscan::RefScanner;
+use crate::build::refscan::RefScanner;
 
 /// Why a closure could not be collected.
 #[derive(Debug, Error)]

@@ -4,7 +4,7 @@
 //! - [`wire`]: the body format (size-prefixed JSON header, `.drv` files, source NARs).
 //! - [`closure`]: the client side: collect a derivation's closure from the local Nix store or a
 //!   directory of `.drv` files and NARs.
-//! - [`client`]: upload a closure over HTTP and wait for the builds.
+//! - [`crate::cli::submit_client`]: upload a closure over HTTP and wait for the builds.
 //! - [`accept`]: the server side: check an upload completely, then store it in one transaction.
 //! - [`server`]: the axum router that the node's HTTP gateway mounts.
 //! - [`spool`]: the one temp file per upload where NARs wait until the upload is checked.
@@ -15,7 +15,6 @@
 //! files, the sources and the builds are committed in one store transaction.
 
 pub mod accept;
-pub mod client;
 pub mod closure;
 pub mod server;
 pub mod spool;

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::sandbox::{Ctx as _, SetupError};
+use super::exec::{Ctx as _, SetupError};
 
 /// The address of the slirp4netns DNS forwarder in the namespace.
 pub const SLIRP_DNS: &str = "10.0.2.3";

@@ -8,7 +8,7 @@
 //! never share a uid, and a crashed node frees its uids with its file descriptors.
 //!
 //! Inside the sandbox the builder still sees Nix's `nixbld` ids (1000/100): the helper maps them
-//! onto the host ids in a user namespace (see [`super::sandbox`]).
+//! onto the host ids in a user namespace (see [`super::exec`]).
 //!
 //! [`chown_tree`] gives the runner what the builder must write (its build dir, the store dir its
 //! outputs go to) and takes it back after the run, so nothing owned by a released uid stays.

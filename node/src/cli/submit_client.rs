@@ -18,9 +18,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::closure::{Closure, NarOrigin};
-use super::wire::{self, DrvEntry, SourceEntry, SubmitHeader};
-use super::{OutputInfo, SubmitError, SubmitResponse};
+use crate::submit::closure::{Closure, NarOrigin};
+use crate::submit::wire::{self, DrvEntry, SourceEntry, SubmitHeader};
+use crate::submit::{OutputInfo, SubmitError, SubmitResponse};
 
 /// Why talking to the node failed.
 #[derive(Debug, Error)]
@@ -79,7 +79,7 @@ pub struct ClientOptions {
     /// Draw progress bars on stderr.
     pub progress: bool,
     /// The node's API token, sent as `Authorization: Bearer <token>` with the upload
-    /// ([`crate::cli::token`] finds it).
+    /// ([`super::token`] finds it).
     pub token: Option<String>,
 }
 
@@ -276,7 +276,7 @@ fn check_token(client: &reqwest::blocking::Client, opts: &ClientOptions) -> Resu
     let message = serde_json::from_slice::<ErrorJson>(&bytes)
         .map(|e| e.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
-    let message = message + crate::cli::token::hint(status, opts.token.is_some());
+    let message = message + super::token::hint(status, opts.token.is_some());
     Err(ClientError::Rejected { status, message, path: None })
 }
 
@@ -300,7 +300,7 @@ pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse,
     }
     let progress = bar(opts.progress, total, "uploading [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}");
     let body = UploadBody { parts, current: None, progress: progress.clone() };
-    let url = opts.url(super::server::SUBMIT_PATH);
+    let url = opts.url(crate::submit::server::SUBMIT_PATH);
     let client = http_client(None)?;
     if total > crate::http::auth::DRAIN_LIMIT {
         check_token(&client, opts)?;
@@ -323,7 +323,7 @@ pub fn upload(closure: &Closure, opts: &ClientOptions) -> Result<SubmitResponse,
             Ok(e) => (e.error, e.path),
             Err(_) => (String::from_utf8_lossy(&bytes).trim().to_string(), None),
         };
-        let message = message + crate::cli::token::hint(status.as_u16(), opts.token.is_some());
+        let message = message + super::token::hint(status.as_u16(), opts.token.is_some());
         return Err(ClientError::Rejected { status: status.as_u16(), message, path });
     }
     serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse { url, reason: e.to_string() })

@@ -2,10 +2,10 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /api/v1/query?target=<store path or .drv path>` | [`super::OutputReport`]s (a list: one per output of a `.drv`, one for an output path) |
-//! | `GET /api/v1/audit` | [`super::AuditReport`] |
-//! | `GET /api/v1/attestations/export` | every signed attestation as JSON lines ([`super::export_jsonl`]) |
-//! | `GET /api/v1/failures?drv=<.drv path>` | every signed build failure of a derivation ([`super::FailureView`]s) |
+//! | `GET /api/v1/query?target=<store path or .drv path>` | [`crate::audit::OutputReport`]s (a list: one per output of a `.drv`, one for an output path) |
+//! | `GET /api/v1/audit` | [`crate::audit::AuditReport`] |
+//! | `GET /api/v1/attestations/export` | every signed attestation as JSON lines ([`crate::audit::export_jsonl`]) |
+//! | `GET /api/v1/failures?drv=<.drv path>` | every signed build failure of a derivation ([`crate::audit::FailureView`]s) |
 
 use axum::Json;
 use axum::Router;
@@ -43,12 +43,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Parse a full store path (`/nix/store/…`) or a bare base name. The error quotes at most a
-/// short prefix of `target` ([`crate::http::echo`]).
+/// short prefix of `target` ([`super::echo`]).
 pub fn parse_target(store_dir: &StoreDir, target: &str) -> Result<StorePath, String> {
     if target.starts_with('/') {
-        store_dir.parse_path(target).map_err(|e| format!("{}: {e}", crate::http::echo(target)))
+        store_dir.parse_path(target).map_err(|e| format!("{}: {e}", super::echo(target)))
     } else {
-        StorePath::from_basename(target).map_err(|e| format!("{}: {e}", crate::http::echo(target)))
+        StorePath::from_basename(target).map_err(|e| format!("{}: {e}", super::echo(target)))
     }
 }
 
@@ -63,7 +63,7 @@ struct QueryParams {
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, super::AuditError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, crate::audit::AuditError> + Send + 'static,
 ) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
@@ -84,9 +84,9 @@ async fn query(State(ctx): State<AuditContext>, q: Result<Query<QueryParams>, Qu
     let store = ctx.store.clone();
     let r = blocking(move || {
         if path.is_derivation() {
-            super::query_drv(&store, &path)
+            crate::audit::query_drv(&store, &path)
         } else {
-            super::query_path(&store, &path).map(|r| vec![r])
+            crate::audit::query_path(&store, &path).map(|r| vec![r])
         }
     })
     .await;
@@ -108,11 +108,11 @@ async fn failures(State(ctx): State<AuditContext>, q: Result<Query<FailuresParam
     };
     let drv = match parse_target(&ctx.store_dir, &q.drv) {
         Ok(p) if p.is_derivation() => p,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{} is not a .drv path", crate::http::echo(&q.drv))),
+        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{} is not a .drv path", super::echo(&q.drv))),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let store = ctx.store.clone();
-    match blocking(move || super::failures_of(&store, &drv)).await {
+    match blocking(move || crate::audit::failures_of(&store, &drv)).await {
         Ok(list) => Json(list).into_response(),
         Err(resp) => resp,
     }
@@ -120,7 +120,7 @@ async fn failures(State(ctx): State<AuditContext>, q: Result<Query<FailuresParam
 
 async fn audit(State(ctx): State<AuditContext>) -> Response {
     let store = ctx.store.clone();
-    match blocking(move || super::audit(&store)).await {
+    match blocking(move || crate::audit::audit(&store)).await {
         Ok(report) => Json(report).into_response(),
         Err(resp) => resp,
     }
@@ -130,7 +130,7 @@ async fn export(State(ctx): State<AuditContext>) -> Response {
     let store = ctx.store.clone();
     match blocking(move || {
         let mut out = Vec::new();
-        super::export_jsonl(&store, &mut out)?;
+        crate::audit::export_jsonl(&store, &mut out)?;
         Ok(out)
     })
     .await

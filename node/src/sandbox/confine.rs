@@ -20,7 +20,7 @@ use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
 
-use super::sandbox::{Ctx as _, SetupError};
+use super::exec::{Ctx as _, SetupError};
 
 /// `/proc` entries made read-only: host-wide settings.
 const READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];

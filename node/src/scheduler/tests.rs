@@ -12,7 +12,7 @@ use buildmesh_protocol::nar::NarWriter;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use tokio_util::sync::CancellationToken;
 
-use super::scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
+use super::{Scheduler, SchedulerHandle, SchedulerOptions};
 use crate::build::{BuildError, BuildFuture, BuildReport, BuildRequest, BuiltOutput, Executor};
 use crate::store::test_support::{memory_store, path};
 use crate::store::{BuildState, EnqueueRequest, PathInfo, Store, unix_ms};
@@ -401,11 +401,11 @@ async fn shutdown_leaves_running_builds_for_requeue_and_attested_builds_are_not_
     assert_eq!(store.get_build(&drv_path(2)).unwrap().unwrap().state, BuildState::Queued);
     // t1 was built and attested by this node: the crash-recovery shortcut recognises it.
     let d1 = Derivation::parse(&store.get_drv(&drv_path(1)).unwrap().unwrap(), &sd()).unwrap();
-    assert!(super::scheduler::already_attested(&store, &me, &drv_path(1), &d1).unwrap());
+    assert!(super::already_attested(&store, &me, &drv_path(1), &d1).unwrap());
     let other = NodeKey::from_seed("other-1", [3; 32]).unwrap().node_id();
-    assert!(!super::scheduler::already_attested(&store, &other, &drv_path(1), &d1).unwrap());
+    assert!(!super::already_attested(&store, &other, &drv_path(1), &d1).unwrap());
     let d2 = Derivation::parse(&store.get_drv(&drv_path(2)).unwrap().unwrap(), &sd()).unwrap();
-    assert!(!super::scheduler::already_attested(&store, &me, &drv_path(2), &d2).unwrap());
+    assert!(!super::already_attested(&store, &me, &drv_path(2), &d2).unwrap());
 }
 
 #[test]

@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::build_users::{BuildUser, BuildUserError, BuildUsers, chown_tree};
-use super::sandbox::READY_MARKER;
+use super::exec::READY_MARKER;
 use super::slirp::find_program;
 use super::spec::{SandboxSpec, SpecError};
 

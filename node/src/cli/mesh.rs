@@ -119,7 +119,7 @@ pub fn run_retry_on(api: &str, drv: &str, on: &str, json: bool, token: Option<&s
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if !status.is_success() {
         let msg = v.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or(body);
-        let hint = crate::cli::token::hint(status.as_u16(), token.is_some());
+        let hint = super::token::hint(status.as_u16(), token.is_some());
         bail!("retry {drv} --on {on}: {status}: {msg}{hint}");
     }
     if json {

@@ -2,8 +2,8 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /api/v1/peers` | every known live peer ([`super::PeerView`]) |
-//! | `GET /api/v1/mesh` | the driver's state and counters ([`super::MeshStatus`]) |
+//! | `GET /api/v1/peers` | every known live peer ([`crate::mesh::PeerView`]) |
+//! | `GET /api/v1/mesh` | the driver's state and counters ([`crate::mesh::MeshStatus`]) |
 //! | `GET /api/v1/mesh/delays` | `{"attestation_delay_ms": [..]}`: build end to acceptance here, recent gossip |
 //! | `POST /api/v1/mesh/retry` | `{"drv": "<drv>", "on": "<peer id>"}`: build `drv` on that node |
 //! | `POST /api/v1/peers/<peer id>/block`, `…/unblock` | close and refuse (or allow again) a peer's connections |
@@ -19,7 +19,7 @@ use buildmesh_protocol::store_path::StorePath;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::{MeshApiError, MeshHandle};
+use crate::mesh::{MeshApiError, MeshHandle};
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
@@ -78,7 +78,7 @@ pub struct RetryBody {
 pub fn parse_node(s: &str) -> Result<NodeId, String> {
     NodeId::from_peer_id(s)
         .or_else(|_| s.parse::<NodeId>())
-        .map_err(|e| format!("{} is not a peer id or node id: {e}", crate::http::echo(s)))
+        .map_err(|e| format!("{} is not a peer id or node id: {e}", super::echo(s)))
 }
 
 async fn retry(
@@ -96,8 +96,8 @@ async fn retry(
     };
     let drv = match drv {
         Ok(d) if d.is_derivation() => d,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{} is not a .drv path", crate::http::echo(&body.drv))),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{}: {e}", crate::http::echo(&body.drv))),
+        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("{} is not a .drv path", super::echo(&body.drv))),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{}: {e}", super::echo(&body.drv))),
     };
     let on = match parse_node(&body.on) {
         Ok(n) => n,
@@ -115,7 +115,7 @@ async fn retry(
 async fn set_block(h: MeshHandle, peer: String, blocked: bool) -> Response {
     let peer: PeerId = match peer.parse() {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{} is not a peer id: {e}", crate::http::echo(&peer))),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{} is not a peer id: {e}", super::echo(&peer))),
     };
     match h.set_blocked(peer, blocked).await {
         Ok(changed) => Json(serde_json::json!({ "peer_id": peer.to_base58(), "blocked": blocked, "changed": changed }))

@@ -1,4 +1,5 @@
-//! Build executors: the `local` sandbox and the host `nix`.
+//! The sandbox: Linux namespaces, an unprivileged build uid and a capped, timed builder process:
+//! what the `local` executor of [`crate::build`] runs builders in.
 //!
 //! ## The `local` sandbox (Linux, run as root)
 //! [`SandboxRunner::run`] executes one builder described by a [`SandboxSpec`] the way Nix 2.8's
@@ -24,21 +25,19 @@
 //!   file name, cwd `/build`, stdin `/dev/null`, stdout and stderr into one log pipe.
 //!
 //! The helper is this binary's hidden `__sandbox-exec` subcommand ([`sandbox_exec_main`]); see
-//! [`sandbox`] for why this needs no `unsafe`.
+//! [`exec`] for why this needs no `unsafe`.
 
 pub mod build_users;
 pub mod confine;
+pub mod exec;
 mod process;
-pub mod refscan;
-pub mod sandbox;
 pub mod settings;
 pub mod slirp;
 mod spec;
 
 pub use build_users::{BuildUser, BuildUserError, BuildUsers};
+pub use exec::{SandboxExecArgs, sandbox_exec_main};
 pub use process::{BuildOutcome, DEFAULT_KILL_GRACE, ExecutorError, SandboxRunner, Termination, run_sandboxed};
-pub use refscan::{RefScanner, scan_references};
-pub use sandbox::{SandboxExecArgs, sandbox_exec_main};
 pub use settings::{FixedOutputNetwork, SandboxSettings};
 pub use spec::{
     DEFAULT_MAX_LOG_BYTES, DEFAULT_SANDBOX_GID, DEFAULT_SANDBOX_PATHS, DEFAULT_SANDBOX_UID, HOMELESS_SHELTER,

@@ -5,7 +5,7 @@
 //! On every wake-up (a submission, a finished build, an API retry/cancel, a backoff deadline) the
 //! scheduler reads a snapshot of the pending builds and of each one's input derivations (is every
 //! needed output registered? is the input's own build queued, running, failed, cancelled?),
-//! hands it to the pure [`super::plan::plan`], and applies the result: fail builds whose input
+//! hands it to the pure [`plan::plan`], and applies the result: fail builds whose input
 //! failed permanently, enqueue input derivations that are stored but not queued, start the ready
 //! builds highest effective priority first, then longest critical path.
 //!
@@ -24,6 +24,14 @@
 //! A build whose outputs are all registered and already attested by this node (the node died
 //! between the attestation and `mark_done`) is marked done without building again.
 
+mod handle;
+pub mod plan;
+#[cfg(test)]
+mod tests;
+
+use handle::Shared;
+pub use handle::{BUILD_EVENT_BUFFER, BuildEvent, BuildOutcome, ControlError, SchedulerHandle, SchedulerOptions};
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,11 +46,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::plan::{self, InputNeed, InputStatus, PendingBuild};
 use crate::build::attest::{commit_attestation, commit_failure_in_mode};
 use crate::build::{BuildError, BuildReport, BuildRequest, Executor};
 use crate::store::{BuildFilter, BuildRecord, BuildState, EnqueueRequest, Store, StoreError, unix_ms};
 use crate::systems::Systems;
+use plan::{InputNeed, InputStatus, PendingBuild};
 
 /// How many plan/apply rounds one wake-up may take (each round fails or enqueues something).
 const MAX_ROUNDS: usize = 64;
@@ -50,171 +58,6 @@ const MAX_ROUNDS: usize = 64;
 const WATCHDOG_GRACE: Duration = Duration::from_secs(30);
 /// How long shutdown waits for cancelled builds to return.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
-
-/// The scheduler's knobs (from the node's configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SchedulerOptions {
-    /// Builds that may run at once (at least 1).
-    pub slots: usize,
-    /// Attempts in all for a transiently failing build (at least 1).
-    pub max_attempts: u32,
-    /// Per-build timeout.
-    pub build_timeout: Duration,
-    /// Cap on the kept log of one build.
-    pub max_log_bytes: u64,
-    /// Backoff before the second attempt; doubled for each further one.
-    pub backoff_base: Duration,
-    /// Longest backoff.
-    pub backoff_max: Duration,
-}
-
-impl Default for SchedulerOptions {
-    fn default() -> Self {
-        SchedulerOptions {
-            slots: 1,
-            max_attempts: 3,
-            build_timeout: Duration::from_secs(4 * 3600),
-            max_log_bytes: 4 << 20,
-            backoff_base: Duration::from_secs(5),
-            backoff_max: Duration::from_secs(600),
-        }
-    }
-}
-
-impl SchedulerOptions {
-    /// The backoff after attempt `attempt` (1-based) failed transiently.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(30)).unwrap_or(u32::MAX);
-        self.backoff_base.saturating_mul(factor).min(self.backoff_max)
-    }
-}
-
-/// Why an API retry or cancel did not happen.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ControlError {
-    /// The node has no build of this derivation.
-    #[error("no build of {drv} on this node")]
-    UnknownBuild {
-        /// The derivation.
-        drv: StorePath,
-    },
-    /// The build is in a state that does not allow it (e.g. retrying a running build).
-    #[error("build {drv} is {state}: {action} is not possible")]
-    WrongState {
-        /// The derivation.
-        drv: StorePath,
-        /// Its state.
-        state: BuildState,
-        /// `retry` or `cancel`.
-        action: &'static str,
-    },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// What the API and the submit endpoint use to talk to the scheduler. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct SchedulerHandle {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    store: Store,
-    store_dir: StoreDir,
-    wake: Arc<Notify>,
-    running: Mutex<HashMap<StorePath, CancellationToken>>,
-}
-
-impl SchedulerHandle {
-    /// Make the scheduler look at the queue again (after enqueueing builds).
-    pub fn wake(&self) {
-        self.shared.wake.notify_one();
-    }
-
-    /// The [`Notify`] the scheduler waits on (what the submit endpoint notifies).
-    pub fn wake_notify(&self) -> Arc<Notify> {
-        self.shared.wake.clone()
-    }
-
-    /// The derivations being built right now.
-    pub fn running(&self) -> Vec<StorePath> {
-        let mut v: Vec<StorePath> = self.lock_running().keys().cloned().collect();
-        v.sort();
-        v
-    }
-
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<StorePath, CancellationToken>> {
-        self.shared.running.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Cancel a queued or running build (blocking: call from `spawn_blocking`). A running build's
-    /// executor is stopped; builds that need it fail on the next pass. Cancelling a cancelled
-    /// build is a no-op. Returns the state it had.
-    pub fn cancel(&self, drv: &StorePath) -> Result<BuildState, ControlError> {
-        let record =
-            self.shared.store.get_build(drv)?.ok_or_else(|| ControlError::UnknownBuild { drv: drv.clone() })?;
-        if matches!(record.state, BuildState::Done | BuildState::Failed) {
-            return Err(ControlError::WrongState { drv: drv.clone(), state: record.state, action: "cancel" });
-        }
-        let before = match self.shared.store.cancel(drv, unix_ms()) {
-            Ok(s) => s,
-            Err(StoreError::InvalidTransition { from, .. }) => {
-                return Err(ControlError::WrongState { drv: drv.clone(), state: from, action: "cancel" });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(token) = self.lock_running().get(drv) {
-            token.cancel();
-        }
-        tracing::info!(drv = %drv, was = %before, "build cancelled");
-        self.wake();
-        Ok(before)
-    }
-
-    /// Queue a failed or cancelled build again, together with every failed or cancelled build
-    /// of its input derivations (transitively) whose outputs are not registered, so that the
-    /// retried build does not fail again at once for the same reason (blocking: call from
-    /// `spawn_blocking`). Returns the derivations queued again, the requested one first.
-    pub fn retry(&self, drv: &StorePath) -> Result<Vec<StorePath>, ControlError> {
-        let store = &self.shared.store;
-        let record = store.get_build(drv)?.ok_or_else(|| ControlError::UnknownBuild { drv: drv.clone() })?;
-        if !matches!(record.state, BuildState::Failed | BuildState::Cancelled) {
-            return Err(ControlError::WrongState { drv: drv.clone(), state: record.state, action: "retry" });
-        }
-        let mut again = vec![drv.clone()];
-        let mut seen: HashSet<StorePath> = HashSet::from([drv.clone()]);
-        let mut todo = vec![drv.clone()];
-        while let Some(d) = todo.pop() {
-            let Some(parsed) = load_derivation(store, &self.shared.store_dir, &d).ok().flatten() else { continue };
-            for (input, outputs) in &parsed.input_drvs {
-                if !seen.insert(input.clone()) {
-                    continue;
-                }
-                if outputs_available(store, &self.shared.store_dir, input, outputs)? {
-                    continue;
-                }
-                todo.push(input.clone());
-                if let Some(r) = store.get_build(input)?
-                    && matches!(r.state, BuildState::Failed | BuildState::Cancelled)
-                {
-                    again.push(input.clone());
-                }
-            }
-        }
-        store.write(|w| {
-            for d in &again {
-                w.retry(d)?;
-            }
-            Ok(())
-        })?;
-        tracing::info!(drv = %drv, requeued = again.len(), "build queued again");
-        self.wake();
-        Ok(again)
-    }
-}
 
 /// Parse a stored derivation (`None` when it is not stored).
 fn load_derivation(store: &Store, store_dir: &StoreDir, drv: &StorePath) -> Result<Option<Derivation>, String> {
@@ -252,7 +95,7 @@ pub struct Scheduler {
     /// Parsed derivations of pending builds and their inputs (derivations never change).
     drvs: Arc<Mutex<HashMap<StorePath, Arc<Derivation>>>>,
     /// Where the end of every build is reported (the mesh driver), if anywhere.
-    events: Option<tokio::sync::mpsc::Sender<crate::mesh::BuildEvent>>,
+    events: Option<tokio::sync::mpsc::Sender<BuildEvent>>,
     /// The trust policy every input is checked against before a build starts
     /// ([`crate::trust::inputs`]); default: this node's own builds.
     trust: TrustConfig,
@@ -322,7 +165,7 @@ impl Scheduler {
     }
 
     /// Report the end of every build on `events` (the mesh driver listens).
-    pub fn with_build_events(mut self, events: tokio::sync::mpsc::Sender<crate::mesh::BuildEvent>) -> Scheduler {
+    pub fn with_build_events(mut self, events: tokio::sync::mpsc::Sender<BuildEvent>) -> Scheduler {
         self.events = Some(events);
         self
     }
@@ -616,7 +459,7 @@ impl Scheduler {
             }
         };
         if let (Some(events), Some(outcome)) = (&self.events, outcome) {
-            let _ = events.send(crate::mesh::BuildEvent { drv: drv.clone(), outcome }).await;
+            let _ = events.send(BuildEvent { drv: drv.clone(), outcome }).await;
         }
         token.cancel();
         self.handle.lock_running().remove(&drv);
@@ -685,9 +528,8 @@ impl Scheduler {
         s: &Started,
         result: Result<Option<BuildReport>, BuildError>,
         shutdown: &CancellationToken,
-        outcome: &mut Option<crate::mesh::BuildOutcome>,
+        outcome: &mut Option<BuildOutcome>,
     ) -> Result<(), String> {
-        use crate::mesh::BuildOutcome;
         let drv = &s.drv;
         let now = unix_ms();
         let attempt = s.record.attempts;

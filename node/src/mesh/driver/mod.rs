@@ -1,0 +1,763 @@
+//! The driver task: owns the [`Mesh`] state machine and executes its outputs (see the module docs
+//! of [`super`]).
+//!
+//! One task, one `select!` (biased: shutdown, build results, helper results, API commands, synced
+//! records, network events, the machine's timer, periodic anti-entropy and snapshot refresh). It
+//! never waits for a slow operation itself: fetching closures and NARs, anti-entropy runs,
+//! serving requests and recording finished submissions run in helper tasks that report back on a
+//! bounded channel. What it awaits inline is quick: network commands (answered by the network
+//! task at once), signing, and redb commits of single records (durable before forwarded).
+//!
+//! This file holds the task, its event loop and the machine's outputs; the rest is split by job:
+//! `gossip` (publishing, judging peers' messages, answering their requests, anti-entropy),
+//! `prepare` (what a build order needs before the scheduler runs it), `submissions` (this
+//! node's own jobs and how they ended) and `restore` (restart and the API snapshot).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use buildmesh_protocol::derivation::Derivation;
+use buildmesh_protocol::id::{JobId, MessageId, NodeId};
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::mesh::{
+    BuildOrder, Disposition, Event, Input, LocalInfo, Mesh, MeshError, Output, TrustConfig,
+};
+use buildmesh_protocol::signed::{Envelope, Signed, Verified};
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+use buildmesh_protocol::wire::{
+    Attestation, Batch, Encode as _, FailureReason, JobSubmission, Kind, MAX_REPLICAS, MAX_TEXT_LEN, Message,
+    validate_feature, validate_system,
+};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+mod gossip;
+mod prepare;
+mod restore;
+mod submissions;
+
+pub use prepare::required_features;
+use prepare::{own_attestation, placement_info, prepare};
+use submissions::Finish;
+
+use super::fetch::{FetchError, Fetcher, node_of, peer_of};
+use super::gateway::{Gateway, OutputIndex};
+use super::jobs::{Submissions, SubmittedJob};
+use super::quota::{self, Quotas, Stored};
+use super::rpc::{self, SyncRequest, SyncResponse};
+use super::serve::Server;
+use super::sync::{Cursors, SyncReport};
+use super::validate::{Checked, SeenCache, check_gossip, topic_of};
+use super::{
+    BuildEvent, BuildOutcome, Command, Counters, MachineCounts, MeshHandle, MeshParams, MeshStatus, PeerSystems,
+    PeerView, Shared, StartError, SubmitRequest, net_config, trust_policy,
+};
+use crate::net::{
+    InboundId, MessageAcceptance, NetEvent, NetHandle, PublishError, RequestProtocol, keypair_from_seed, short_peer_id,
+};
+use crate::scheduler::SchedulerHandle;
+use crate::store::{BuildState, EnqueueRequest, Store, StoreError, unix_ms};
+
+/// Tracing target of machine-readable events (tests and tools may assert on them).
+const EVENTS: &str = "buildmesh::_events::mesh";
+/// Message ids remembered for duplicate detection.
+const SEEN_CAPACITY: usize = 65_536;
+/// Requests served at once (closure, sync pages).
+const SERVE_CONCURRENCY: usize = 8;
+/// NAR chunk requests waiting for the (single, in-order) NAR server.
+const NAR_QUEUE: usize = 256;
+/// Peers remembered (connected ones and recent ones).
+const MAX_KNOWN_PEERS: usize = 4096;
+/// Submitters remembered per derivation.
+const MAX_SUBMITTER_ENTRIES: usize = 65_536;
+/// Attestations and failures read per page at start.
+const RESTORE_PAGE: usize = 4096;
+/// How often the API snapshot is refreshed at most.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
+/// Attempts to record a finished submission (fetching its outputs) before giving up.
+const FINISH_ATTEMPTS: u32 = 10;
+/// Attempts to prepare a build while input attestations may still be on their way.
+const PREPARE_ATTEMPTS: u32 = 5;
+
+/// Results of helper tasks.
+enum Internal {
+    Prepared { drv: StorePath, result: Result<Prepared, FailureReason> },
+    SyncDone { peer: PeerId, result: Result<SyncReport, String> },
+    Finished { drv: StorePath, ok: bool },
+    OwnAttestation { drv: StorePath, attestation: Option<Attestation> },
+}
+
+enum Prepared {
+    /// Queued for the local scheduler.
+    Queued,
+    /// This node attested it before: report that.
+    AlreadyAttested(Attestation),
+}
+
+struct BuildSlot {
+    token: CancellationToken,
+}
+
+#[derive(Default)]
+struct KnownPeer {
+    connected: bool,
+    addrs: Vec<Multiaddr>,
+}
+
+/// What the helper tasks share (cheap clones).
+#[derive(Clone)]
+struct Ctx {
+    me: NodeId,
+    key: Arc<NodeKey>,
+    store: Store,
+    store_dir: StoreDir,
+    net: NetHandle,
+    scheduler: SchedulerHandle,
+    fetcher: Fetcher,
+    shared: Arc<Shared>,
+    internal: mpsc::Sender<Internal>,
+    synced: mpsc::Sender<Vec<Verified<Message>>>,
+    cursors: Arc<Cursors>,
+    quotas: Arc<Quotas>,
+    server: Server,
+    serve_permits: Arc<Semaphore>,
+}
+
+/// The driver (see the module docs).
+pub(crate) struct Driver {
+    ctx: Ctx,
+    mesh: Mesh,
+    trust: TrustConfig,
+    key_names: HashMap<NodeId, String>,
+    default_replicas: u8,
+    sync_interval: Duration,
+    net_events: mpsc::Receiver<NetEvent>,
+    builds: mpsc::Receiver<BuildEvent>,
+    commands: mpsc::Receiver<Command>,
+    internal_rx: mpsc::Receiver<Internal>,
+    synced_rx: mpsc::Receiver<Vec<Verified<Message>>>,
+    nar_tx: mpsc::Sender<(PeerId, InboundId, Vec<u8>)>,
+    seen: SeenCache,
+    known: HashMap<PeerId, KnownPeer>,
+    addresses: Vec<String>,
+    submitters: HashMap<StorePath, BTreeSet<NodeId>>,
+    building: HashMap<StorePath, BuildSlot>,
+    submissions: Submissions,
+    finishing: HashSet<StorePath>,
+    syncing: HashSet<PeerId>,
+    sync_turn: usize,
+    index: Arc<OutputIndex>,
+    helpers: CancellationToken,
+    dirty: bool,
+    last_snapshot: Instant,
+}
+
+fn local_info(params: &MeshParams) -> LocalInfo {
+    let c = params;
+    let native = params.systems.native.clone();
+    LocalInfo {
+        version: format!("buildmesh {}", env!("CARGO_PKG_VERSION")),
+        owner: c.owner.clone().unwrap_or_default(),
+        emulated_systems: params.systems.emulated.difference(&native).cloned().collect(),
+        native_systems: native,
+        features: c.features.iter().cloned().collect(),
+        mandatory_features: c.mandatory_features.iter().cloned().collect(),
+        slots: u32::try_from(params.slots).unwrap_or(u32::MAX),
+        load: 0,
+    }
+}
+
+fn reason_text(s: String) -> String {
+    let mut s = s;
+    if s.len() > MAX_TEXT_LEN {
+        let mut end = MAX_TEXT_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Build and spawn the driver (see [`super::start`]).
+pub(crate) async fn start(
+    params: MeshParams,
+    shutdown: CancellationToken,
+) -> Result<(MeshHandle, JoinHandle<()>), StartError> {
+    params.settings.validate()?;
+    let key = params.key.clone();
+    let me = key.node_id();
+    let (trust, names) = trust_policy(&params.trusted_keys, params.quorum, me, key.name())?;
+    let netcfg = net_config(&params.listen, &params.bootstrap, params.mdns, &params.settings)?;
+    let mesh_dir = params.data_dir.join("mesh");
+    let tmp_dir = mesh_dir.join("tmp");
+    let io = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| StartError::Io { path, source }
+    };
+    if tmp_dir.exists() {
+        std::fs::remove_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+    }
+    std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+    let local = local_info(&params);
+    let mcfg = params.settings.mesh_config(params.store_dir.clone(), trust.clone());
+    let mesh = Mesh::new(mcfg, me, local, unix_ms())?;
+    let (net, net_events, net_task) = crate::net::spawn(keypair_from_seed(key.seed()), netcfg)?;
+
+    let index = Arc::new(OutputIndex::default());
+    let fetcher = Fetcher {
+        net: net.clone(),
+        store: params.store.clone(),
+        store_dir: params.store_dir.clone(),
+        tmp_dir,
+        trust: trust.clone(),
+        realised: params.data_dir.join(crate::build::STORE_FS_DIR),
+    };
+    let gateway = Gateway::new(fetcher.clone(), index.clone());
+    let shared = Arc::new(Shared::default());
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (int_tx, int_rx) = mpsc::channel(1024);
+    let (synced_tx, synced_rx) = mpsc::channel(64);
+    let (nar_tx, nar_rx) = mpsc::channel(NAR_QUEUE);
+    let server = Server::new(params.store.clone(), params.store_dir.clone());
+    let ctx = Ctx {
+        me,
+        key: key.clone(),
+        store: params.store.clone(),
+        store_dir: params.store_dir.clone(),
+        net: net.clone(),
+        scheduler: params.scheduler.clone(),
+        fetcher,
+        shared: shared.clone(),
+        internal: int_tx,
+        synced: synced_tx,
+        cursors: Arc::new(Cursors::load(params.store.clone(), &mesh_dir.join("sync-cursors.json")).map_err(Box::new)?),
+        quotas: Arc::new(Quotas::new(me, trust.clone(), &params.settings)),
+        server,
+        serve_permits: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
+    };
+    let handle =
+        MeshHandle { commands: cmd_tx, shared, gateway, store_dir: params.store_dir.clone(), net: net.clone() };
+    let driver = Driver {
+        mesh,
+        trust,
+        key_names: names.into_iter().collect(),
+        default_replicas: u8::try_from(params.replicas.clamp(1, usize::from(MAX_REPLICAS))).unwrap_or(2),
+        sync_interval: Duration::from_millis(params.settings.sync_interval_ms.max(1)),
+        net_events,
+        builds: params.builds,
+        commands: cmd_rx,
+        internal_rx: int_rx,
+        synced_rx,
+        nar_tx,
+        seen: SeenCache::new(SEEN_CAPACITY),
+        known: HashMap::new(),
+        addresses: Vec::new(),
+        submitters: HashMap::new(),
+        building: HashMap::new(),
+        submissions: Submissions::load(params.store.clone(), &mesh_dir.join("submissions.json")).map_err(Box::new)?,
+        finishing: HashSet::new(),
+        syncing: HashSet::new(),
+        sync_turn: 0,
+        index,
+        helpers: CancellationToken::new(),
+        dirty: true,
+        last_snapshot: Instant::now(),
+        ctx,
+    };
+    let span = tracing::info_span!("mesh", peer = %short_peer_id(&net.local_peer_id()));
+    tokio::spawn(nar_worker(driver.ctx.clone(), nar_rx).instrument(span.clone()));
+    let task = tokio::spawn(driver.run(shutdown, net_task).instrument(span));
+    Ok((handle, task))
+}
+
+/// Serves NAR chunks one at a time, in arrival order (so readers can be continued).
+async fn nar_worker(ctx: Ctx, mut rx: mpsc::Receiver<(PeerId, InboundId, Vec<u8>)>) {
+    while let Some((peer, id, body)) = rx.recv().await {
+        let server = ctx.server.clone();
+        let resp = match tokio::task::spawn_blocking(move || server.nar(peer, &body)).await {
+            Ok(r) => r,
+            Err(e) => rpc::encode(&rpc::NarResponse::Error(format!("task failed: {e}"))),
+        };
+        if let Err(e) = ctx.net.respond(id, resp).await {
+            tracing::debug!(%peer, cause = %e, "could not answer a NAR request");
+        }
+    }
+}
+
+impl Driver {
+    async fn run(mut self, shutdown: CancellationToken, net_task: JoinHandle<()>) {
+        tracing::info!(node = %self.ctx.me.fmt_short(), peer = %self.ctx.net.local_peer_id(), "mesh driver started");
+        self.restore().await;
+        self.drain().await;
+        let mut sync_tick = tokio::time::interval(self.sync_interval);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(Duration::from_secs(1));
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = unix_ms();
+            if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
+                // Due timers run even when other inputs keep the select busy.
+                self.mesh.handle_timeout(now);
+                self.drain().await;
+            }
+            let wait = self
+                .mesh
+                .poll_timeout()
+                .map(|t| Duration::from_millis(t.saturating_sub(now)))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(ev) = self.builds.recv() => self.on_build_event(ev).await,
+                Some(i) = self.internal_rx.recv() => self.on_internal(i).await,
+                Some(c) = self.commands.recv() => self.on_command(c).await,
+                Some(batch) = self.synced_rx.recv() => self.on_synced(batch),
+                ev = self.net_events.recv() => match ev {
+                    Some(ev) => self.on_net(ev).await,
+                    None => {
+                        tracing::error!("the network task stopped; stopping the mesh driver");
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep(wait) => self.mesh.handle_timeout(unix_ms()),
+                _ = sync_tick.tick() => self.periodic_sync(),
+                _ = refresh.tick() => {
+                    self.refresh_load();
+                    self.dirty = true;
+                }
+            }
+            self.drain().await;
+            if self.dirty && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+                self.snapshot();
+            }
+        }
+        self.helpers.cancel();
+        self.ctx.net.shutdown().await;
+        if let Err(e) = net_task.await {
+            tracing::error!(cause = %e, "network task failed");
+        }
+        tracing::info!("mesh driver stopped");
+    }
+
+    // ------------------------------------------------------------------ the machine
+
+    /// Give `input` to the machine (draining first if it pushes back).
+    async fn input(&mut self, input: Input) -> Result<Disposition, MeshError> {
+        match self.mesh.handle(input.clone(), unix_ms()) {
+            Err(MeshError::Backpressure { .. }) => {
+                self.drain().await;
+                self.mesh.handle(input, unix_ms())
+            }
+            other => other,
+        }
+    }
+
+    /// Execute every output the machine has queued. Job submissions and claims queued together
+    /// are published together, as [`Batch`]es (one signature and one gossip message each).
+    async fn drain(&mut self) {
+        let mut batchable: Vec<Message> = Vec::new();
+        while let Some(out) = self.mesh.poll_output() {
+            match out {
+                Output::Publish(m) if Batch::is_batchable(m.kind()) => batchable.push(m),
+                Output::Publish(m) => self.publish(m).await,
+                Output::StartBuild(order) => self.start_build(order),
+                Output::CancelBuild { drv, reason } => {
+                    tracing::info!(target: EVENTS, event = "cancel_build", drv = %drv, ?reason);
+                    self.cancel_build(&drv);
+                }
+                Output::RequestRetry { peer, drv } => self.request_retry(peer, drv),
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+        if !batchable.is_empty() {
+            self.publish_batched(batchable).await;
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::MemberJoined { node } => {
+                tracing::info!(target: EVENTS, event = "member_joined", node = %node.fmt_short());
+                self.dirty = true;
+            }
+            Event::MemberLeft { node } => {
+                tracing::info!(target: EVENTS, event = "member_left", node = %node.fmt_short());
+                self.dirty = true;
+            }
+            Event::JobPublished { job, drv } => {
+                tracing::info!(target: EVENTS, event = "job_published", job = %job.fmt_short(), drv = %drv);
+            }
+            Event::JobComplete { drv, builders, agreed, .. } => {
+                tracing::info!(target: EVENTS, event = "job_complete", drv = %drv, builders = builders.len(), agreed);
+                if self.submissions.get(&drv.to_string()).is_some() {
+                    // Built by k builders, but an output without an accepted NarHash (they
+                    // disagree, or too few are trusted) is a failure of the submission: it is
+                    // not served and must not look done.
+                    self.finish_submission(drv, if agreed { Finish::Done } else { Finish::NotAgreed });
+                }
+            }
+            Event::JobFailed { drv, failure, .. } => {
+                tracing::warn!(target: EVENTS, event = "job_failed", drv = %drv, ?failure);
+                if self.submissions.get(&drv.to_string()).is_some() {
+                    self.finish_submission(
+                        drv,
+                        Finish::Failed(reason_text(format!("failed in the mesh: {failure:?}"))),
+                    );
+                }
+            }
+            Event::OutputAccepted { path, builders, .. } => {
+                tracing::info!(target: EVENTS, event = "output_accepted", path = %path, builders = builders.len());
+            }
+            Event::OutputMismatch { drv, path } => {
+                tracing::warn!(target: EVENTS, event = "output_mismatch", drv = %drv, path = %path);
+            }
+            other => tracing::debug!(event = ?other, "mesh event"),
+        }
+    }
+
+    // ------------------------------------------------------------------ builds
+
+    fn start_build(&mut self, order: BuildOrder) {
+        let drv = order.drv.clone();
+        if self.building.contains_key(&drv) {
+            return;
+        }
+        tracing::info!(target: EVENTS, event = "start_build", drv = %drv, attempt = order.attempt, forced = order.forced);
+        Counters::bump(&self.ctx.shared.counters.builds_started, 1);
+        let token = self.helpers.child_token();
+        self.building.insert(drv.clone(), BuildSlot { token: token.clone() });
+        self.dirty = true;
+        let mut peers: Vec<PeerId> = self.submitters.get(&drv).into_iter().flatten().filter_map(peer_of).collect();
+        // Any connected peer may have the closure too (last resort).
+        peers.extend(self.known.iter().filter(|(_, k)| k.connected).map(|(p, _)| *p));
+        let ctx = self.ctx.clone();
+        tokio::spawn(
+            async move {
+                let result = tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = prepare(&ctx, &order, peers) => r,
+                };
+                let _ = ctx.internal.send(Internal::Prepared { drv: order.drv, result }).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn cancel_build(&mut self, drv: &StorePath) {
+        let Some(slot) = self.building.remove(drv) else { return };
+        slot.token.cancel();
+        self.dirty = true;
+        let (sched, d) = (self.ctx.scheduler.clone(), drv.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = sched.cancel(&d) {
+                tracing::debug!(drv = %d, cause = %e, "local build not cancelled");
+            }
+        });
+    }
+
+    async fn build_failed(&mut self, drv: StorePath, reason: FailureReason) {
+        // Texts must fit the wire limit, or the failure could not be signed.
+        let reason = match reason {
+            FailureReason::Executor { message } => FailureReason::Executor { message: reason_text(message) },
+            FailureReason::Other { message } => FailureReason::Other { message: reason_text(message) },
+            other => other,
+        };
+        tracing::warn!(target: EVENTS, event = "build_failed", drv = %drv, ?reason);
+        if let Err(e) = self.input(Input::BuildFailed { drv: drv.clone(), reason }).await {
+            tracing::debug!(drv = %drv, cause = %e, "the machine did not take the failure");
+        }
+    }
+
+    async fn build_finished(&mut self, a: Attestation) {
+        tracing::info!(target: EVENTS, event = "build_finished", drv = %a.drv, outputs = a.outputs.len());
+        self.index.add(&a);
+        self.provide(a.outputs.values().map(|o| o.path.clone()).collect());
+        let drv = a.drv.clone();
+        if let Err(e) = self.input(Input::BuildFinished(a)).await {
+            tracing::warn!(drv = %drv, cause = %e, "the machine did not take the attestation");
+        }
+    }
+
+    async fn on_build_event(&mut self, ev: BuildEvent) {
+        let Some(_slot) = self.building.remove(&ev.drv) else {
+            // Not a build for the mesh (or cancelled by it): nothing to report.
+            if let BuildOutcome::Built(Some(a)) = &ev.outcome {
+                self.index.add(a.value());
+            }
+            return;
+        };
+        self.dirty = true;
+        match ev.outcome {
+            BuildOutcome::Built(Some(a)) => self.build_finished((*a).into_value()).await,
+            BuildOutcome::Built(None) => {
+                let ctx = self.ctx.clone();
+                let drv = ev.drv.clone();
+                // Re-insert the slot until the attestation is found.
+                self.building.insert(ev.drv.clone(), BuildSlot { token: self.helpers.child_token() });
+                tokio::spawn(async move {
+                    let (store, me, d) = (ctx.store.clone(), ctx.me, drv.clone());
+                    let attestation =
+                        tokio::task::spawn_blocking(move || own_attestation(&store, &me, &d)).await.ok().flatten();
+                    let _ = ctx.internal.send(Internal::OwnAttestation { drv, attestation }).await;
+                });
+            }
+            BuildOutcome::Failed(reason) => {
+                // The mesh retries elsewhere; stop local retries.
+                let (sched, d) = (self.ctx.scheduler.clone(), ev.drv.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _ = sched.cancel(&d);
+                });
+                self.build_failed(ev.drv, reason).await;
+            }
+            BuildOutcome::Cancelled => {
+                self.build_failed(
+                    ev.drv,
+                    FailureReason::Other { message: "the build was cancelled on this node".into() },
+                )
+                .await;
+            }
+        }
+    }
+
+    fn request_retry(&mut self, node: NodeId, drv: StorePath) {
+        let Some(peer) = peer_of(&node) else { return };
+        let net = self.ctx.net.clone();
+        tokio::spawn(
+            async move {
+                let body = rpc::encode(&SyncRequest::Retry { drv: drv.to_string() });
+                let max = crate::net::NetConfig::default().sync_limits.max_response;
+                match net.send_request(peer, RequestProtocol::Sync, body).await {
+                    Ok(bytes) => match rpc::decode::<SyncResponse>("retry answer", &bytes, max) {
+                        Ok(SyncResponse::Retry(Ok(()))) => tracing::info!(%peer, drv = %drv, "retry taken by the peer"),
+                        Ok(SyncResponse::Retry(Err(e))) => {
+                            tracing::warn!(%peer, drv = %drv, reason = %e, "retry refused")
+                        }
+                        Ok(_) => tracing::warn!(%peer, "unexpected answer to a retry request"),
+                        Err(e) => tracing::warn!(%peer, cause = %e, "bad answer to a retry request"),
+                    },
+                    Err(e) => tracing::warn!(%peer, drv = %drv, cause = %e, "retry request failed"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn provide(&self, paths: Vec<StorePath>) {
+        if paths.is_empty() {
+            return;
+        }
+        let net = self.ctx.net.clone();
+        tokio::spawn(async move {
+            for p in paths {
+                if let Err(e) = net.start_providing(p.hash_part().into_bytes()).await {
+                    tracing::debug!(path = %p, cause = %e, "provider record not published");
+                }
+            }
+        });
+    }
+
+    fn refresh_load(&mut self) {
+        let load = u32::try_from(self.ctx.scheduler.running().len()).unwrap_or(u32::MAX);
+        if load != self.mesh.local().load {
+            let mut info = self.mesh.local().clone();
+            info.load = load;
+            if let Err(e) = self.mesh.handle(Input::SetLocal(info), unix_ms()) {
+                tracing::debug!(cause = %e, "load not updated");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ helpers' results
+
+    async fn on_internal(&mut self, i: Internal) {
+        match i {
+            Internal::Prepared { drv, result } => {
+                if !self.building.contains_key(&drv) {
+                    return; // cancelled meanwhile
+                }
+                match result {
+                    Ok(Prepared::Queued) => {
+                        tracing::debug!(drv = %drv, "build queued locally");
+                    }
+                    Ok(Prepared::AlreadyAttested(a)) => {
+                        self.building.remove(&drv);
+                        self.build_finished(a).await;
+                    }
+                    Err(reason) => {
+                        self.building.remove(&drv);
+                        self.build_failed(drv, reason).await;
+                    }
+                }
+            }
+            Internal::OwnAttestation { drv, attestation } => {
+                if self.building.remove(&drv).is_none() {
+                    return;
+                }
+                match attestation {
+                    Some(a) => self.build_finished(a).await,
+                    None => {
+                        self.build_failed(
+                            drv,
+                            FailureReason::Other {
+                                message: "built locally but no attestation of this node found".into(),
+                            },
+                        )
+                        .await
+                    }
+                }
+            }
+            Internal::SyncDone { peer, result } => {
+                self.syncing.remove(&peer);
+                Counters::bump(&self.ctx.shared.counters.sync_runs, 1);
+                match result {
+                    Ok(r) => {
+                        Counters::bump(&self.ctx.shared.counters.synced_attestations, r.attestations);
+                        Counters::bump(&self.ctx.shared.counters.synced_failures, r.failures);
+                        Counters::bump(&self.ctx.shared.counters.over_quota, r.over_quota);
+                        if r.attestations + r.failures > 0 {
+                            tracing::info!(target: EVENTS, event = "synced", %peer, attestations = r.attestations, failures = r.failures, pages = r.pages);
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, cause = %e, "anti-entropy run failed"),
+                }
+            }
+            Internal::Finished { drv, ok } => {
+                self.finishing.remove(&drv);
+                if ok && self.submissions.remove(&drv.to_string()) {
+                    self.save_submissions();
+                }
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn on_synced(&mut self, batch: Vec<Verified<Message>>) {
+        let now = unix_ms();
+        for v in batch {
+            if let Message::Attestation(a) = v.value() {
+                self.index.add(a);
+            }
+            self.seen.insert(v.id());
+            if let Err(e) = self.mesh.handle_message(v.value(), now) {
+                tracing::debug!(cause = %e, "synced record not taken by the machine");
+            }
+        }
+        self.dirty = true;
+    }
+
+    // ------------------------------------------------------------------ API commands
+
+    async fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Submit { req, reply } => {
+                let r = self.submit(req).await;
+                let _ = reply.send(r);
+            }
+            Command::Retry { drv, on, reply } => {
+                let r = self.input(Input::Retry { drv, on }).await.map(|_| ()).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            Command::RetryHere { drv, reply } => {
+                let on = self.ctx.me;
+                let r = match self.input(Input::Retry { drv, on }).await {
+                    Ok(_) => Ok(true),
+                    Err(MeshError::UnknownDrv { .. }) => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Block { peer, blocked, reply } => {
+                let r = self.ctx.net.set_blocked(peer, blocked).await.map_err(|e| e.to_string());
+                if !blocked && r.is_ok() {
+                    let addrs = self.known.get(&peer).map(|k| k.addrs.clone()).unwrap_or_default();
+                    let net = self.ctx.net.clone();
+                    tokio::spawn(async move {
+                        for a in addrs {
+                            let full = if crate::net::peer_id_of(&a).is_some() {
+                                a
+                            } else {
+                                a.with(libp2p::multiaddr::Protocol::P2p(peer))
+                            };
+                            if net.dial(full).await.is_ok() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                tracing::info!(target: EVENTS, event = "block", %peer, blocked);
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ network
+
+    async fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Gossip(g) => {
+                Counters::bump(&self.ctx.shared.counters.bytes_in, g.data.len() as u64);
+                let acceptance = self.judge_gossip(&g.topic, &g.data, g.propagation_source).await;
+                let c = &self.ctx.shared.counters;
+                match acceptance {
+                    MessageAcceptance::Accept => Counters::bump(&c.accepted, 1),
+                    MessageAcceptance::Reject => Counters::bump(&c.rejected, 1),
+                    MessageAcceptance::Ignore => Counters::bump(&c.ignored, 1),
+                }
+                if let Err(e) = self.ctx.net.report_validation(g.id, g.propagation_source, acceptance).await {
+                    tracing::debug!(cause = %e, "validation result not delivered");
+                }
+            }
+            NetEvent::InboundRequest { peer, protocol, id, data } => self.on_request(peer, protocol, id, data).await,
+            NetEvent::PeerConnected { peer, address } => {
+                self.remember(peer, Some(address), true);
+                self.start_sync(peer);
+            }
+            NetEvent::PeerDisconnected { peer } => {
+                if let Some(k) = self.known.get_mut(&peer) {
+                    k.connected = false;
+                }
+                self.dirty = true;
+            }
+            NetEvent::PeerIdentified { peer, listen_addrs, .. } => {
+                for a in listen_addrs {
+                    self.remember(peer, Some(a), false);
+                }
+            }
+            NetEvent::NewListenAddr { address } => {
+                let a = address.to_string();
+                if !self.addresses.contains(&a) {
+                    self.addresses.push(a);
+                }
+                self.dirty = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn remember(&mut self, peer: PeerId, addr: Option<Multiaddr>, connected: bool) {
+        if !self.known.contains_key(&peer) && self.known.len() >= MAX_KNOWN_PEERS {
+            let stale: Option<PeerId> = self.known.iter().find(|(_, k)| !k.connected).map(|(p, _)| *p);
+            if let Some(s) = stale {
+                self.known.remove(&s);
+            }
+        }
+        let k = self.known.entry(peer).or_default();
+        if connected {
+            k.connected = true;
+        }
+        if let Some(a) = addr
+            && !k.addrs.contains(&a)
+            && k.addrs.len() < 16
+        {
+            k.addrs.push(a);
+        }
+        self.dirty = true;
+    }
+}
