@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: where the vectors are, where the built `buildmesh`
-//! binary is, and a check that a real Nix client is installed (the test command installs it; a
+//! program is ([`buildmesh_bin!`]), and a check that a real Nix client is installed (the test command installs it; a
 //! missing tool is a failure, never a skip).
 
 use std::path::PathBuf;
@@ -12,20 +12,15 @@ pub fn vectors_dir() -> PathBuf {
     dir
 }
 
-/// The `buildmesh` binary of this workspace's target dir, built on demand.
-pub fn buildmesh_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test binary> -> target/<profile>/buildmesh
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir");
-    let bin = profile_dir.join("buildmesh");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "buildmesh", "--bin", "buildmesh"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of the buildmesh binary failed");
-    }
-    bin
+/// The path of the `buildmesh` program the tests run: this package's `buildmesh-under-test`
+/// binary (the same code as `buildmesh`, see tests/src/bin/), which cargo builds before the
+/// integration tests. A macro, because cargo sets `CARGO_BIN_EXE_*` only when it compiles a test
+/// target, not this library.
+#[macro_export]
+macro_rules! buildmesh_bin {
+    () => {
+        env!("CARGO_BIN_EXE_buildmesh-under-test")
+    };
 }
 
 /// Panic with a clear message unless a real Nix (`nix-store`, `nix`) is on PATH.
