@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_buildmesh")
+    env!("CARGO_BIN_EXE_buildmesh-under-test")
 }
 
 fn vectors() -> PathBuf {

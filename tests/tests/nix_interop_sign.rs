@@ -12,7 +12,7 @@ use buildmesh_protocol::narinfo::{NarInfo, SigResult};
 use buildmesh_protocol::nixkey::PublicKey;
 use buildmesh_protocol::store_path::StoreDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_buildmesh");
+const BIN: &str = env!("CARGO_BIN_EXE_buildmesh-under-test");
 
 fn vectors() -> PathBuf {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors")).to_path_buf();

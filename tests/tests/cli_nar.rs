@@ -15,7 +15,7 @@ use buildmesh_protocol::nar::{NarHasher, NarLimits, NarReadErrorKind};
 use proptest::prelude::*;
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_buildmesh")
+    env!("CARGO_BIN_EXE_buildmesh-under-test")
 }
 
 fn vectors() -> PathBuf {

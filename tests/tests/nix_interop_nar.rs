@@ -209,7 +209,7 @@ fn our_nars_restore_with_nix_and_nix_nars_restore_with_ours() {
 
     // And the CLI restore gives the same tree.
     let by_cli = tmp.path().join("by-cli");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_buildmesh"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_buildmesh-under-test"))
         .args([os("nar"), os("restore"), by_cli.as_os_str()])
         .stdin(Stdio::piped())
         .spawn()

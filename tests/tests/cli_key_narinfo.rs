@@ -10,7 +10,7 @@ use buildmesh_protocol::narinfo::NarInfo;
 use buildmesh_protocol::nixkey::{PublicKey, SecretKey};
 use buildmesh_protocol::store_path::StoreDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_buildmesh");
+const BIN: &str = env!("CARGO_BIN_EXE_buildmesh-under-test");
 const CACHE_NIXOS_ORG: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
 fn vectors() -> PathBuf {
