@@ -182,7 +182,7 @@ impl Node {
     pub fn config(&self) -> ExecutorConfig {
         let mut c = ExecutorConfig::new(self.store.clone(), self.dir.path(), sd()).unwrap();
         c.cores = 1;
-        c.sandbox_helper = Some(PathBuf::from(env!("CARGO_BIN_EXE_buildmesh")));
+        c.sandbox_helper = Some(PathBuf::from(env!("CARGO_BIN_EXE_buildmesh-under-test")));
         c.kill_grace = Duration::from_millis(300);
         c
     }
