@@ -13,7 +13,7 @@ use buildmesh_protocol::derivation::{Derivation, DrvSet, Output};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_buildmesh")
+    env!("CARGO_BIN_EXE_buildmesh-under-test")
 }
 
 pub fn vectors() -> PathBuf {

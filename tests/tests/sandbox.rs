@@ -26,7 +26,7 @@ const STORE: &str = "/nix/store";
 const OUT: &str = "/nix/store/an8vyn8v0lxs937kjy709ghv3zp4wms6-sandbox-test";
 
 fn runner() -> SandboxRunner {
-    SandboxRunner::new(env!("CARGO_BIN_EXE_buildmesh")).with_kill_grace(Duration::from_millis(300))
+    SandboxRunner::new(env!("CARGO_BIN_EXE_buildmesh-under-test")).with_kill_grace(Duration::from_millis(300))
 }
 
 struct Fixture {
