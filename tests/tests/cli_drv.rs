@@ -8,7 +8,7 @@ fn bin() -> &'static str {
 }
 
 fn vectors() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors"))
+    buildmesh_tests::vectors_dir()
 }
 
 fn nix_drv() -> PathBuf {

@@ -19,9 +19,7 @@ fn bin() -> &'static str {
 }
 
 fn vectors() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors");
-    assert!(dir.is_dir(), "test vectors not found at {}", dir.display());
-    dir
+    buildmesh_tests::vectors_dir()
 }
 
 fn run(args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Output {

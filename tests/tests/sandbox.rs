@@ -395,17 +395,10 @@ async fn setup_errors_are_typed() {
 // Real builds of the Nix vectors.
 
 fn vectors() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/nix")
+    buildmesh_tests::nix_vectors()
 }
 
-fn tsv(path: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split('\t').map(String::from).collect())
-        .collect()
-}
+use buildmesh_tests::tsv;
 
 /// One row of nar/index.tsv.
 struct NarRow {

@@ -17,7 +17,11 @@ use buildmesh_protocol::derivation::Derivation;
 use submit_support::*;
 
 fn submit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_buildmesh-under-test")).arg("submit").args(args).output().expect("run buildmesh submit")
+    Command::new(env!("CARGO_BIN_EXE_buildmesh-under-test"))
+        .arg("submit")
+        .args(args)
+        .output()
+        .expect("run buildmesh submit")
 }
 
 fn stderr(o: &Output) -> String {
