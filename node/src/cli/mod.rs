@@ -1,5 +1,6 @@
 //! Command-line front ends, one module per command group. Each exposes a clap type and a `run`.
 
+pub mod app;
 pub mod audit;
 pub mod demo;
 mod demo_deps;

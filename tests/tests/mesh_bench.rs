@@ -1,5 +1,5 @@
 //! The mesh benchmark (ignored; run with
-//! `cargo test -p buildmesh --release --test mesh_bench -- --ignored --nocapture`). It prints:
+//! `cargo test -p buildmesh-tests --release --test mesh_bench -- --ignored --nocapture`). It prints:
 //!
 //! 1. in a 20-node local mesh (real `buildmesh node` processes on 127.0.0.1, second-scale timers),
 //!    with 20 independent jobs built twice each: the attestation propagation time (build end on

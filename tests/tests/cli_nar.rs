@@ -15,13 +15,11 @@ use buildmesh_protocol::nar::{NarHasher, NarLimits, NarReadErrorKind};
 use proptest::prelude::*;
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_buildmesh")
+    env!("CARGO_BIN_EXE_buildmesh-under-test")
 }
 
 fn vectors() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors");
-    assert!(dir.is_dir(), "test vectors not found at {}", dir.display());
-    dir
+    buildmesh_tests::vectors_dir()
 }
 
 fn run(args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Output {

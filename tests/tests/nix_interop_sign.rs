@@ -12,21 +12,13 @@ use buildmesh_protocol::narinfo::{NarInfo, SigResult};
 use buildmesh_protocol::nixkey::PublicKey;
 use buildmesh_protocol::store_path::StoreDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_buildmesh");
+const BIN: &str = env!("CARGO_BIN_EXE_buildmesh-under-test");
 
 fn vectors() -> PathBuf {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors")).to_path_buf();
-    assert!(dir.is_dir(), "vectors not found at {}", dir.display());
-    dir
+    buildmesh_tests::vectors_dir()
 }
 
-fn require_nix() {
-    for tool in ["nix-store", "nix"] {
-        let out = Command::new(tool).arg("--version").output();
-        let ok = out.as_ref().map(|o| o.status.success()).unwrap_or(false);
-        assert!(ok, "`{tool}` is not installed: these tests need a real Nix (Debian's nix-bin); {out:?}");
-    }
-}
+use buildmesh_tests::require_nix;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

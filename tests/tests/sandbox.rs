@@ -27,7 +27,7 @@ const STORE: &str = "/nix/store";
 const OUT: &str = "/nix/store/an8vyn8v0lxs937kjy709ghv3zp4wms6-sandbox-test";
 
 fn runner() -> SandboxRunner {
-    SandboxRunner::new(env!("CARGO_BIN_EXE_buildmesh")).with_kill_grace(Duration::from_millis(300))
+    SandboxRunner::new(env!("CARGO_BIN_EXE_buildmesh-under-test")).with_kill_grace(Duration::from_millis(300))
 }
 
 struct Fixture {
@@ -396,17 +396,10 @@ async fn setup_errors_are_typed() {
 // Real builds of the Nix vectors.
 
 fn vectors() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/nix")
+    buildmesh_tests::nix_vectors()
 }
 
-fn tsv(path: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split('\t').map(String::from).collect())
-        .collect()
-}
+use buildmesh_tests::tsv;
 
 /// One row of nar/index.tsv.
 struct NarRow {

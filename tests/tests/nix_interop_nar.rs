@@ -14,15 +14,7 @@ use std::process::{Command, Stdio};
 use buildmesh::nar_fs;
 use buildmesh_protocol::nar::{NarHasher, NarLimits};
 
-fn require_nix() {
-    for tool in ["nix-store", "nix", "nix-hash"] {
-        let ok = Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-        assert!(
-            ok,
-            "`{tool}` is not installed: run the tests through scripts/test.sh, which installs Debian's nix-bin"
-        );
-    }
-}
+use buildmesh_tests::require_nix;
 
 fn nix(args: &[&OsStr], stdin: Option<&[u8]>) -> Vec<u8> {
     let mut child = Command::new(args[0])
@@ -209,7 +201,7 @@ fn our_nars_restore_with_nix_and_nix_nars_restore_with_ours() {
 
     // And the CLI restore gives the same tree.
     let by_cli = tmp.path().join("by-cli");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_buildmesh"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_buildmesh-under-test"))
         .args([os("nar"), os("restore"), by_cli.as_os_str()])
         .stdin(Stdio::piped())
         .spawn()

@@ -10,7 +10,7 @@ fn demo_builds_audits_and_substitutes() {
     assert!(nix, "nix-store is not installed: run the tests through scripts/test.sh (it installs nix-bin)");
     let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/nix");
     let work = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_buildmesh"))
+    let out = Command::new(env!("CARGO_BIN_EXE_buildmesh-under-test"))
         .args(["demo", "--nodes", "3", "--timeout-secs", "300"])
         .arg("--vectors")
         .arg(&vectors)

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use buildmesh::build::{BuildRequest, ExecutorConfig};
@@ -13,17 +13,10 @@ use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 
 pub fn vectors() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/nix")
+    buildmesh_tests::nix_vectors()
 }
 
-pub fn tsv(path: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split('\t').map(String::from).collect())
-        .collect()
-}
+pub use buildmesh_tests::tsv;
 
 pub fn sd() -> StoreDir {
     StoreDir::nix()
@@ -182,7 +175,7 @@ impl Node {
     pub fn config(&self) -> ExecutorConfig {
         let mut c = ExecutorConfig::new(self.store.clone(), self.dir.path(), sd()).unwrap();
         c.cores = 1;
-        c.sandbox_helper = Some(PathBuf::from(env!("CARGO_BIN_EXE_buildmesh")));
+        c.sandbox_helper = Some(PathBuf::from(buildmesh_tests::buildmesh_bin!()));
         c.kill_grace = Duration::from_millis(300);
         c
     }

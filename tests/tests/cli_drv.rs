@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_buildmesh")
+    env!("CARGO_BIN_EXE_buildmesh-under-test")
 }
 
 fn vectors() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors"))
+    buildmesh_tests::vectors_dir()
 }
 
 fn nix_drv() -> PathBuf {

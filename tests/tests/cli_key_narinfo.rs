@@ -3,20 +3,18 @@
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use buildmesh_protocol::narinfo::NarInfo;
 use buildmesh_protocol::nixkey::{PublicKey, SecretKey};
 use buildmesh_protocol::store_path::StoreDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_buildmesh");
+const BIN: &str = env!("CARGO_BIN_EXE_buildmesh-under-test");
 const CACHE_NIXOS_ORG: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
 fn vectors() -> PathBuf {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors")).to_path_buf();
-    assert!(dir.is_dir(), "vectors not found at {}", dir.display());
-    dir
+    buildmesh_tests::vectors_dir()
 }
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {

@@ -15,21 +15,7 @@ pub struct Netns {
     nodes: usize,
 }
 
-/// The `ip` program (in /usr/sbin on Debian, which a non-login PATH may lack).
-pub fn ip_program() -> String {
-    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("ip")
-        .to_string()
-}
-
-/// Run `ip ARGS`, panicking with its stderr on failure.
-pub fn ip(args: &[&str]) {
-    let o =
-        Command::new(ip_program()).args(args).output().expect("run `ip` (iproute2 is installed by scripts/test.sh)");
-    assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
-}
+pub use buildmesh_tests::{ip, ip_program};
 
 impl Netns {
     /// Create namespaces for `nodes` nodes, every mesh port on bridge A.

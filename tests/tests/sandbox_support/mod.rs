@@ -9,17 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The `ip` program (in /usr/sbin on Debian, which a non-login PATH may lack).
-fn ip_program() -> &'static str {
-    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("ip")
-}
-
-fn ip(args: &[&str]) {
-    let o = Command::new(ip_program()).args(args).output().expect("run `ip` (iproute2)");
-    assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
-}
+use buildmesh_tests::{ip, ip_program};
 
 /// A namespace `bmsbx<tag>` holding `10.<net>.<sub>.2/30`, linked to the host's namespace
 /// (`10.<net>.<sub>.1/30`) by a veth pair, with a TCP listener on `.2`.

@@ -23,7 +23,7 @@ use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 
 pub fn vectors() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/nix"))
+    buildmesh_tests::nix_vectors()
 }
 
 pub fn drv_dir() -> PathBuf {

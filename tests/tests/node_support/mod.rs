@@ -13,11 +13,11 @@ use buildmesh_protocol::derivation::{Derivation, DrvSet, Output};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_buildmesh")
+    buildmesh_tests::buildmesh_bin!()
 }
 
 pub fn vectors() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/nix"))
+    buildmesh_tests::nix_vectors()
 }
 
 pub fn sd() -> StoreDir {
@@ -353,12 +353,5 @@ pub fn submit(url: &str, dir: &Path, drvs: &[StorePath], priority: i32) {
     assert!(status.success(), "submit failed: {out}\n{err}");
 }
 
-/// Rows of a vectors TSV file (the `#` header line skipped), split on TAB.
-pub fn tsv(path: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split('\t').map(String::from).collect())
-        .collect()
-}
+#[allow(unused_imports)] // not every test that includes this module reads a TSV
+pub use buildmesh_tests::tsv;

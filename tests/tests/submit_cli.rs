@@ -17,7 +17,11 @@ use buildmesh_protocol::derivation::Derivation;
 use submit_support::*;
 
 fn submit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_buildmesh")).arg("submit").args(args).output().expect("run buildmesh submit")
+    Command::new(env!("CARGO_BIN_EXE_buildmesh-under-test"))
+        .arg("submit")
+        .args(args)
+        .output()
+        .expect("run buildmesh submit")
 }
 
 fn stderr(o: &Output) -> String {
@@ -307,7 +311,7 @@ in derivation {
 
 /// Upload throughput of `buildmesh submit` (client, HTTP, spooling, hashing, blob store) for one
 /// large source NAR. Run with
-/// `cargo test --release -p buildmesh --test submit_cli -- --ignored --nocapture bench_upload`
+/// `cargo test --release -p buildmesh-tests --test submit_cli -- --ignored --nocapture bench_upload`
 /// (`BENCH_MIB` sets the size, default 256).
 #[test]
 #[ignore]

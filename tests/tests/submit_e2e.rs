@@ -12,7 +12,7 @@ use buildmesh_protocol::derivation::Derivation;
 use submit_support::*;
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_buildmesh")
+    env!("CARGO_BIN_EXE_buildmesh-under-test")
 }
 
 /// Kills the node process when the test ends, however it ends.
