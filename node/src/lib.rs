@@ -5,6 +5,8 @@
 //! the modules here.
 //!
 //! ## Layout
+//! - [`bench`]: `buildmesh bench gateway` (wrk and real Nix clients against the gateway, nginx,
+//!   and any other cache).
 //! - [`cli`]: one module per command group (`drv`, `nar`, `key`, `narinfo`, ...).
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`nar_fs`]: NAR dump from and restore to the filesystem.
@@ -19,6 +21,7 @@
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod audit;
+pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod config;

@@ -32,7 +32,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod cache;
 pub mod errors;
 pub mod health;
