@@ -13,7 +13,8 @@
 # 2. harmonia serves that store (it reads the Nix SQLite DB directly, no nix-daemon needed),
 #    signing with a fresh key;
 # 3. the real bench runs with `--against http://127.0.0.1:PORT --against-key KEY`.
-# PATHS, NAR_MIB, CLIENT_RUNS and BUILDMESH (the buildmesh binary) can be set in the environment.
+# PATHS, NAR_MIB, CLIENT_RUNS, PORT (default: a free one) and BUILDMESH (the buildmesh binary)
+# can be set in the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,7 @@ HARMONIA="${1:-${HARMONIA:-/work/harmonia-src/target/release/harmonia-cache}}"
 PATHS="${PATHS:-1000}"
 NAR_MIB="${NAR_MIB:-256}"
 CLIENT_RUNS="${CLIENT_RUNS:-3}"
-PORT="${PORT:-5077}"
+PORT="${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 
 if [ ! -x "$HARMONIA" ]; then
   echo "bench-against-harmonia.sh: no harmonia-cache binary at $HARMONIA (build it: cargo build --release -p harmonia-cache)" >&2
@@ -62,7 +63,12 @@ for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null 2>&1 && break
   sleep 0.1
 done
-curl -fsS "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null || { cat "$WORK/harmonia.log" >&2; exit 1; }
+# It must be our harmonia answering (not another server already on that port).
+if ! kill -0 "$HPID" 2>/dev/null || ! curl -fsS "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null; then
+  echo "bench-against-harmonia.sh: harmonia did not start on 127.0.0.1:$PORT:" >&2
+  cat "$WORK/harmonia.log" >&2
+  exit 1
+fi
 
 echo "== bench"
 "$BUILDMESH" bench gateway --paths "$PATHS" --nar-mib "$NAR_MIB" --client-runs "$CLIENT_RUNS" \

@@ -29,7 +29,7 @@ fn bench(extra: &[&str]) -> Output {
 fn client_rows(table: &str) -> Vec<(String, String, String, String)> {
     table
         .lines()
-        .filter(|l| l.contains("`nix copy --from`") || l.contains("`nix-store --realise`"))
+        .filter(|l| l.starts_with('|') && (l.contains("`nix copy --from`") || l.contains("`nix-store --realise`")))
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             (cells[1].to_string(), cells[2].to_string(), cells[3].to_string(), cells[4].to_string())
