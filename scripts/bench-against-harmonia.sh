@@ -18,9 +18,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HARMONIA="${1:-${HARMONIA:-/work/harmonia-src/target/release/harmonia-cache}}"
-[ $# -gt 0 ] && shift
-[ "${1:-}" = "--" ] && shift
+HARMONIA="${HARMONIA:-/work/harmonia-src/target/release/harmonia-cache}"
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then
+  HARMONIA="$1"
+  shift
+fi
+if [ "${1:-}" = "--" ]; then
+  shift
+fi
 PATHS="${PATHS:-1000}"
 NAR_MIB="${NAR_MIB:-256}"
 CLIENT_RUNS="${CLIENT_RUNS:-3}"
