@@ -2,8 +2,9 @@
 # What the demo and the tests need on a fresh Debian machine, installed when missing:
 # a real Nix client (Debian's nix-bin, single-user, no build users, no sandbox: the demo and the
 # tests run their own stores), util-linux (unshare, setpriv, prlimit), iproute2 (network
-# namespaces), and slirp4netns (the outbound network of fixed-output builds, in their own
-# network namespace with the host's loopback refused). Sourced by scripts/test.sh and
+# namespaces), slirp4netns (the outbound network of fixed-output builds, in their own
+# network namespace with the host's loopback refused), and what `buildmesh bench gateway` and its
+# smoke test run: wrk, nginx (the static-cache reference) and curl. Sourced by scripts/test.sh and
 # scripts/demo.sh; safe to run again.
 set -euo pipefail
 
@@ -15,6 +16,9 @@ command -v nix-store >/dev/null 2>&1 || need_pkgs+=(nix-bin)
 command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v slirp4netns >/dev/null 2>&1 || need_pkgs+=(slirp4netns)
+command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "install-deps.sh: installing ${need_pkgs[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq

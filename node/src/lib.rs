@@ -5,6 +5,8 @@
 //! the modules here.
 //!
 //! ## Layout (ARCHITECTURE.md has the map; each module imports only modules listed below it)
+//! - [`bench`]: `buildmesh bench gateway` (wrk and real Nix clients against the gateway, nginx,
+//!   and any other cache).
 //! - [`cli`]: the command-line front ends, one module per command group, and the API clients.
 //! - [`runtime`]: the composition root: a running node (key, store, scheduler, HTTP server, mesh)
 //!   and its shutdown; nothing but [`cli`] imports it.
@@ -26,6 +28,7 @@
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod audit;
+pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod config;

@@ -213,8 +213,9 @@ pub struct BuildRefArgs {
 /// `buildmesh bench ...`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Compare the HTTP gateway with nginx on loopback (narinfo requests/s, NAR throughput, RSS).
-    Gateway(crate::http::bench::BenchArgs),
+    /// Compare the HTTP gateway with nginx (and `--against` caches) on loopback: wrk (narinfo
+    /// requests/s, NAR throughput, RSS) and real Nix clients (`nix copy`, `nix-store --realise`).
+    Gateway(crate::bench::BenchArgs),
 }
 
 /// A tokio runtime sized for a node: two workers, a bounded blocking pool.
@@ -335,7 +336,7 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
 /// Run `buildmesh bench ...`.
 pub fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Gateway(a) => crate::http::bench::run(a),
+        BenchCommand::Gateway(a) => crate::bench::run(a),
     }
 }
 

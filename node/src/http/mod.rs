@@ -33,7 +33,6 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod bench;
 pub mod cache;
 pub mod errors;
 pub mod health;

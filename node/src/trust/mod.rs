@@ -254,11 +254,44 @@ pub fn content_address(store: &Store, sd: &StoreDir, info: &PathInfo) -> Result<
     else {
         return Ok(None);
     };
-    let nar = store.open_nar(&info.blob)?;
+    let mut nar = LazyNar { store, info, reader: None, failed: None };
     let computed =
-        crate::content_address::of_nar(sd, &info.path, info.references.iter().cloned(), &sha, info.nar_size, nar)
-            .map_err(|source| TrustError::Read { path: sd.display(&info.path), source })?;
+        crate::content_address::of_nar(sd, &info.path, info.references.iter().cloned(), &sha, info.nar_size, &mut nar);
+    if let Some(e) = nar.failed.take() {
+        return Err(e.into());
+    }
+    let computed = computed.map_err(|source| TrustError::Read { path: sd.display(&info.path), source })?;
     Ok(computed.filter(|c| c == ca))
+}
+
+/// The stored NAR of a path, opened on its first read: a `source` path's address is checked
+/// from its NarHash alone, and opening a blob (its file and a zstd decoder) was most of the
+/// cost of a trust lookup on the NAR route (every `/nar/` request of a real client).
+struct LazyNar<'a> {
+    store: &'a Store,
+    info: &'a PathInfo,
+    reader: Option<crate::store::NarBlobReader>,
+    /// Why opening failed (returned as a store error, not as a read error).
+    failed: Option<StoreError>,
+}
+
+impl std::io::Read for LazyNar<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.reader.is_none() {
+            match self.store.open_nar(&self.info.blob) {
+                Ok(r) => self.reader = Some(r),
+                Err(e) => {
+                    let err = std::io::Error::other(e.to_string());
+                    self.failed = Some(e);
+                    return Err(err);
+                }
+            }
+        }
+        match &mut self.reader {
+            Some(r) => r.read(buf),
+            None => Ok(0),
+        }
+    }
 }
 
 /// The trust rule for `path` (blocking): what the verified attestations of `path` accept under

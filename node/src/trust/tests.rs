@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::nar::tree::Node;
-use buildmesh_protocol::store_path::make_text_path;
+use buildmesh_protocol::store_path::{make_store_path, make_text_path};
 
 use super::inputs::{InputProblem, InputState, check_inputs, input_state};
 use super::*;
@@ -160,4 +160,46 @@ fn a_disputed_input_is_refused_for_good() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Removes every stored blob file under `dir` (the blob of each NAR is named by its blake3).
+fn remove_blob_files(dir: &std::path::Path, info: &PathInfo) -> usize {
+    let name = info.blob.to_string();
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap().to_string_lossy().contains(&name) {
+                std::fs::remove_file(&p).unwrap();
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+#[test]
+fn a_source_path_is_checked_from_its_nar_hash_without_opening_its_blob() {
+    // The NAR route runs this lookup on every request: a `source` path's address needs its
+    // NarHash only, so its blob is not opened (with the blob gone the answer is the same), while
+    // a `text` path's check reads the stored bytes (and fails without them).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let bytes = nar(b"source bytes\n");
+    let source = make_store_path(&sd(), "source", &sha(&bytes), "src").unwrap();
+    let ca = format!("fixed:r:sha256:{}", buildmesh_protocol::nixbase32::encode(&sha(&bytes)));
+    let info = register(&store, &source, &bytes, Some(ca.clone()));
+    let text = make_text_path(&sd(), "t.sh", b"echo t\n", []).unwrap();
+    let text_nar = nar(b"echo t\n");
+    let text_ca =
+        crate::content_address::of_nar(&sd(), &text, [], &sha(&text_nar), text_nar.len() as u64, &text_nar[..])
+            .unwrap()
+            .unwrap();
+    let text_info = register(&store, &text, &text_nar, Some(text_ca));
+    assert!(remove_blob_files(dir.path(), &info) > 0 && remove_blob_files(dir.path(), &text_info) > 0);
+    assert_eq!(content_address(&store, &sd(), &info).unwrap(), Some(ca));
+    assert!(content_address(&store, &sd(), &text_info).is_err());
 }
