@@ -141,7 +141,8 @@ mod tests {
     struct FailAtEnd(io::Cursor<Vec<u8>>);
     impl Read for FailAtEnd {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.0.read(&mut buf[..buf.len().min(7)])? {
+            let n = buf.len().min(7);
+            match self.0.read(&mut buf[..n])? {
                 0 => Err(io::Error::new(io::ErrorKind::InvalidData, "hash mismatch")),
                 n => Ok(n),
             }

@@ -2,10 +2,12 @@
 //!
 //! Each chunk is read in a short `spawn_blocking` task. The read of the next chunk starts as
 //! soon as the previous one was handed to the connection, so decompressing and hashing chunk
-//! N+1 overlaps with the kernel copying chunk N to the client (on one connection this pipelining
-//! is what makes `.nar` as fast as a static file server; before it, reading and sending took
-//! turns). A client that stops reading holds no thread: the read in flight ends after one chunk
-//! and its result waits in memory for the connection (whose write timeout then drops it).
+//! N+1 can overlap with the kernel copying chunk N to the client (before, reading and sending
+//! took turns). On the 2-core test VM, where wrk takes the other core, this measured no faster
+//! than taking turns (docs/benchmarks.md): `.nar` is bound by the CPU time of decompression
+//! and hashing there, not by latency. A client that stops reading holds no thread: the read in
+//! flight ends after one chunk and its result waits in memory for the connection (whose write
+//! timeout then drops it).
 //!
 //! The last chunk is sent only after the reader reported a clean end (`Ok(0)`), so a reader
 //! that fails at its end, like [`crate::store::NarBlobReader`] when the blob does not hash to its
