@@ -12,8 +12,7 @@
 //! "verify at write and scrub" or "verify once per process": both leave a window in which a blob
 //! damaged after its check is served whole, and the check is cheap next to the rest of the work
 //! (blake3 runs at several GB/s on one core with AVX2/AVX-512, decompression of a typical blob
-//! at 1.5-4 GB/s). The next chunk is decompressed and hashed while the previous one is copied to
-//! the socket ([`super::stream`]). Measured against harmonia and nginx in docs/benchmarks.md:
+//! at 1.5-4 GB/s). Measured against harmonia and nginx in docs/benchmarks.md:
 //! on the 2-core VM `.nar` is at 0.4-0.8x harmonia, bound by the CPU of decompressing and
 //! hashing on one core per connection; issue 11 item 3's goal is not met yet.
 //!

@@ -1,13 +1,11 @@
 //! Response bodies streamed from a blocking reader (a NAR blob), one chunk ahead.
 //!
-//! Each chunk is read in a short `spawn_blocking` task. The read of the next chunk starts as
-//! soon as the previous one was handed to the connection, so decompressing and hashing chunk
-//! N+1 can overlap with the kernel copying chunk N to the client (before, reading and sending
-//! took turns). On the 2-core test VM, where wrk takes the other core, this measured no faster
-//! than taking turns (docs/benchmarks.md): `.nar` is bound by the CPU time of decompression
-//! and hashing there, not by latency. A client that stops reading holds no thread: the read in
-//! flight ends after one chunk and its result waits in memory for the connection (whose write
-//! timeout then drops it).
+//! Each chunk is read in a short `spawn_blocking` task started only when the connection has
+//! taken the previous one, so a client that stops reading holds no thread, only the chunk it has
+//! not taken (the connection's write timeout then drops it). (A one-chunk read-ahead, reading
+//! the next chunk while the previous one is sent, was tried for issue 11 item 3: on the 2-core
+//! VM it measured no faster, `.nar` being bound by the CPU time of decompressing and hashing,
+//! and it kept more reads in flight under many slow readers, so it was taken out again.)
 //!
 //! The last chunk is sent only after the reader reported a clean end (`Ok(0)`), so a reader
 //! that fails at its end, like [`crate::store::NarBlobReader`] when the blob does not hash to its
@@ -16,10 +14,9 @@
 use std::io::{self, Read};
 
 use axum::body::{Body, Bytes};
-use tokio::task::JoinHandle;
 
-/// Bytes per streamed chunk. A download holds about four: one held back, one being read ahead,
-/// up to two in the connection's write buffer (about 1 MiB, plus the zstd decoder's window).
+/// Bytes per streamed chunk. A download holds about three: one held back, two in the
+/// connection's write buffer (plus the zstd decoder's window).
 pub const CHUNK: usize = 256 * 1024;
 
 /// A blocking reader of a response body.
@@ -30,11 +27,11 @@ pub fn stream_body(reader: BodyReader) -> Body {
     stream_body_with(reader, ())
 }
 
-/// A body read from `reader` in [`CHUNK`]s, one chunk ahead, the last one held back until the
+/// A body read from `reader` in [`CHUNK`]s, the last one held back until the
 /// reader ended cleanly (see the module docs). `guard` (e.g. a download slot) is dropped with the
 /// body.
 pub fn stream_body_with(reader: BodyReader, guard: impl Send + 'static) -> Body {
-    let state = Pump { reader: Some(reader), reading: None, pending: None, _guard: Box::new(guard) };
+    let state = Pump { reader: Some(reader), pending: None, _guard: Box::new(guard) };
     let stream = libp2p::futures::stream::unfold(state, |mut st| async move {
         let item = st.next().await?;
         Some((item, st))
@@ -48,10 +45,8 @@ type ReadResult = (BodyReader, io::Result<Option<Bytes>>);
 
 /// The state of a [`stream_body_with`] stream.
 struct Pump {
-    /// The reader, when no read is in flight; `None` once it ended or failed.
+    /// `None` once the reader ended or failed.
     reader: Option<BodyReader>,
-    /// The read in flight (read ahead while the previous chunk is being sent).
-    reading: Option<JoinHandle<ReadResult>>,
     /// The chunk read last, held back until the next read shows it is not the last one (or the
     /// reader ended cleanly).
     pending: Option<Bytes>,
@@ -62,21 +57,14 @@ impl Pump {
     /// The next chunk to send; `None` at the end.
     async fn next(&mut self) -> Option<io::Result<Bytes>> {
         loop {
-            let task = match self.reading.take() {
-                Some(task) => task,
-                None => {
-                    let reader = self.reader.take()?;
-                    tokio::task::spawn_blocking(move || read_chunk(reader))
-                }
-            };
-            let (reader, read) = match task.await {
+            let reader = self.reader.take()?;
+            let (reader, read) = match tokio::task::spawn_blocking(move || read_chunk(reader)).await {
                 Ok(v) => v,
                 Err(e) => return Some(Err(io::Error::other(format!("NAR reader task failed: {e}")))),
             };
             match read {
                 Ok(Some(chunk)) => {
-                    // Read the next chunk while this one's predecessor goes out.
-                    self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(reader)));
+                    self.reader = Some(reader);
                     if let Some(prev) = self.pending.replace(chunk) {
                         return Some(Ok(prev));
                     }
