@@ -103,6 +103,9 @@ pub struct Config {
     /// The HTTP server's timeouts and limits (`[server]` table; see
     /// [`crate::http::server::ServerSettings`]).
     pub server: crate::http::server::ServerSettings,
+    /// What `/nix-cache-info` says: `priority`, `want_mass_query` (`[cache]` table; see
+    /// [`crate::http::cache::CacheSettings`]).
+    pub cache: crate::http::cache::CacheSettings,
     /// How long (seconds) the node keeps trying to reopen a failed database (e.g. after the disk
     /// filled up) before it exits with an error so that its supervisor restarts it; `GET /health`
     /// answers 503 meanwhile.
@@ -136,6 +139,7 @@ impl Default for Config {
             sandbox: crate::sandbox::SandboxSettings::default(),
             submit: crate::submit::SubmitSettings::default(),
             server: crate::http::server::ServerSettings::default(),
+            cache: crate::http::cache::CacheSettings::default(),
             store_failure_exit_secs: 300,
         }
     }
@@ -204,6 +208,7 @@ impl Config {
         self.sandbox.validate(self.effective_slots()).map_err(|e| invalid("sandbox", e.to_string()))?;
         self.submit.validate().map_err(|e| invalid("submit", e))?;
         self.server.validate().map_err(|e| invalid("server", e))?;
+        self.cache.validate().map_err(|e| invalid("cache", e))?;
         if self.quorum == 0 {
             return Err(invalid("quorum", "must be at least 1"));
         }
@@ -273,5 +278,9 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("/p2p/"));
         let c = Config { quorum: 0, ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("quorum"));
+        let c = Config::from_toml("[cache]\npriority = 5000\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("cache"));
+        let e = Config::from_toml("[cache]\npriority = -1\n").unwrap_err().to_string();
+        assert!(e.contains("priority"), "{e}");
     }
 }

@@ -1,36 +1,88 @@
-//! The Nix binary-cache protocol: `/nix-cache-info`, `/<hash32>.narinfo` and `/nar/…`.
+//! The Nix binary-cache protocol: `/nix-cache-info` and `/<hash32>.narinfo` (the NAR routes
+//! are [`super::nar`]).
 //!
 //! A narinfo (and a NAR) is served only under the trust rule ([`crate::trust`]): on a mesh node
 //! the quorum gateway decides; on a standalone node, an output this node built and attested
 //! (served with the signature it made then) or a content-addressed path whose bytes match it
-//! (served unsigned with its `CA:`). An upload never becomes a signed narinfo. A narinfo points at the zstd file of the NAR blob
-//! (`URL: nar/<nix32 NarHash>.nar.zst`, `Compression: zstd`, `FileSize`), which is served as it
-//! is stored, without recompressing; Nix (2.8 and later) decompresses it and checks `NarHash`.
-//! The uncompressed `nar/<nix32 NarHash>.nar` is served too, decompressed on the fly: the blob
-//! reader checks the blob's blake3 id at the end of the stream, and the last chunk is held back
-//! until that check passed, so a damaged blob never arrives as a complete response (the
-//! connection is cut instead).
+//! (served unsigned with its `CA:`). An upload never becomes a signed narinfo. A narinfo points
+//! at the zstd file of the NAR blob (`URL: nar/<nix32 NarHash>.nar.zst`, `Compression: zstd`,
+//! `FileSize`).
 //!
-//! Bodies are read in [`CHUNK`]s, each in a short blocking task started when the connection has
-//! taken the previous one ([`stream_body_with`]): a NAR is never held in memory whole and a
-//! client that stops reading holds no thread. Downloads (`GET /nar/…`) take a slot of the
-//! node's [`super::limits::DownloadLimiter`] (in all and per client) for as long as they stream.
-
-use std::io::{self, Read};
+//! Caching by clients and proxies (`Cache-Control`):
+//! - a narinfo found: [`NARINFO_FOUND_CACHE`], one day like harmonia. Not `immutable`: the NAR a
+//!   served narinfo names never changes (the store refuses to re-register a path with another
+//!   NarHash, and the quorum serves one NarHash per path), but on a mesh node its `Sig` lines
+//!   grow as more builders agree, and a later dispute withdraws it; a day bounds how long a
+//!   client keeps either (Nix itself keeps positive lookups for 30 days).
+//! - a narinfo (or NAR) missing: [`MISSING_CACHE`], a minute, because a path becomes servable as
+//!   soon as a build finishes or a quorum is reached (harmonia says `no-store`; Nix keeps
+//!   negative lookups for an hour on its own).
+//! - a NAR: [`NAR_CACHE`], a year and `immutable`: `/nar/<NarHash>.nar` can only ever be the NAR
+//!   with that hash.
+//! - `/nix-cache-info`: [`CACHE_INFO_CACHE`], an hour (its `Priority` is configuration).
+//!
+//! Every route answers `HEAD` with the status and headers of `GET`, `Content-Length` included,
+//! and no body.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use buildmesh_protocol::hash::NixHash;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use buildmesh_protocol::nixbase32;
+use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use crate::store::StoreError;
 
-/// Bytes per streamed chunk (a download holds about three: one held back, two in the
-/// connection's write buffer).
-pub const CHUNK: usize = 256 * 1024;
+pub use super::stream::{CHUNK, stream_body, stream_body_with};
+
+/// `Cache-Control` of a narinfo that was found.
+pub const NARINFO_FOUND_CACHE: &str = "public, max-age=86400";
+/// `Cache-Control` of a 404 on a cache route.
+pub const MISSING_CACHE: &str = "public, max-age=60";
+/// `Cache-Control` of a NAR (content-addressed by its NarHash).
+pub const NAR_CACHE: &str = "public, max-age=31536000, immutable";
+/// `Cache-Control` of `/nix-cache-info`.
+pub const CACHE_INFO_CACHE: &str = "public, max-age=3600";
+
+/// Largest accepted `[cache] priority` (Nix's own caches use 10 to 50; a larger value is almost
+/// surely a typo).
+pub const MAX_PRIORITY: u32 = 1000;
+
+/// What `/nix-cache-info` says (`[cache]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// `Priority`: Nix tries substituters in increasing priority (cache.nixos.org says 40).
+    pub priority: u32,
+    /// `WantMassQuery`: whether Nix may ask for many narinfos at once (e.g. `nix copy`,
+    /// `nix-env -qas`) instead of one by one.
+    pub want_mass_query: bool,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings { priority: super::CACHE_PRIORITY, want_mass_query: true }
+    }
+}
+
+impl CacheSettings {
+    /// Check every field; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.priority > MAX_PRIORITY {
+            return Err(format!("priority {} is above {MAX_PRIORITY}", self.priority));
+        }
+        Ok(())
+    }
+
+    /// The body of `/nix-cache-info` for a store at `store_dir`.
+    pub fn nix_cache_info(&self, store_dir: &str) -> String {
+        format!(
+            "StoreDir: {store_dir}\nWantMassQuery: {}\nPriority: {}\n",
+            u8::from(self.want_mass_query),
+            self.priority
+        )
+    }
+}
 
 /// Rendered narinfos kept per generation of [`NarinfoCache`] (two generations: at most twice
 /// this many, about 1 KiB each).
@@ -92,28 +144,44 @@ impl Generations {
 
 /// `Content-Type` of narinfos.
 const NARINFO_TYPE: &str = "text/x-nix-narinfo";
-/// `Content-Type` of NARs (whatever the compression).
-const NAR_TYPE: &str = "application/x-nix-nar";
 
-fn plain(status: StatusCode, text: impl Into<String>) -> Response {
+/// A plain-text answer (with its `Content-Length`, so `HEAD` shows it too).
+pub(super) fn plain(status: StatusCode, text: impl Into<String>) -> Response {
     let mut text = text.into();
     text.push('\n');
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], text).into_response()
+    sized(status, "text/plain; charset=utf-8", None, Bytes::from(text))
 }
 
-fn not_found() -> Response {
-    plain(StatusCode::NOT_FOUND, "404 not found")
+/// A 404 of a cache route, cached briefly ([`MISSING_CACHE`]).
+pub(super) fn not_found() -> Response {
+    let mut resp = plain(StatusCode::NOT_FOUND, "404 not found");
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(MISSING_CACHE));
+    resp
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> Response {
+/// A response with a body in memory and its `Content-Length` set explicitly (axum answers `HEAD`
+/// with the `GET` response's headers and no body; an explicit length survives that).
+fn sized(status: StatusCode, content_type: &'static str, cache: Option<&'static str>, body: Bytes) -> Response {
+    let len = body.len();
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(cache) = cache {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    }
+    resp
+}
+
+pub(super) fn internal(what: &str, e: impl std::fmt::Display) -> Response {
     tracing::error!(cause = %e, what, "binary cache request failed");
     plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
 }
 
-/// `GET /nix-cache-info`.
+/// `GET`/`HEAD /nix-cache-info`.
 pub(super) async fn nix_cache_info(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/x-nix-cache-info"))], state.inner.cache_info.clone())
-        .into_response()
+    sized(StatusCode::OK, "text/x-nix-cache-info", Some(CACHE_INFO_CACHE), Bytes::from(state.inner.cache_info.clone()))
 }
 
 /// `GET`/`HEAD /<hash32>.narinfo` (any other top-level name is a 404).
@@ -159,210 +227,12 @@ pub(super) async fn narinfo(State(state): State<AppState>, Path(file): Path<Stri
 }
 
 fn narinfo_response(text: Bytes) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(NARINFO_TYPE))], text).into_response()
-}
-
-/// A NAR to serve: its length and (for GET) the reader of its body.
-type Opened = (u64, Option<Box<dyn Read + Send>>);
-
-/// `GET`/`HEAD /nar/<nix32 NarHash>.nar` and `.nar.zst`.
-#[tracing::instrument(level = "debug", skip_all, fields(file = %file))]
-pub(super) async fn nar(
-    State(state): State<AppState>,
-    method: Method,
-    ext: axum::http::Extensions,
-    Path(file): Path<String>,
-) -> Response {
-    let (hash, compressed) = match file.strip_suffix(".nar.zst") {
-        Some(h) => (h, true),
-        None => match file.strip_suffix(".nar") {
-            Some(h) => (h, false),
-            None => return not_found(),
-        },
-    };
-    let Ok(digest) = nixbase32::decode_fixed::<32>(hash)
-        .map_err(|_| ())
-        .and_then(|d| if hash.len() == 52 { Ok(d) } else { Err(()) })
-    else {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            format!("{} is not nar/<52-character nix32 NarHash>.nar[.zst]", super::echo(&file)),
-        );
-    };
-    match nar_allowed(&state, digest).await {
-        Ok(true) => {}
-        Ok(false) => return not_found(),
-        Err(e) => return internal("trust", e),
-    }
-    let head = method == Method::HEAD;
-    // A download holds its slot until its body is done or dropped; HEAD streams nothing.
-    let slot = if head {
-        None
-    } else {
-        match state.inner.downloads.acquire(super::server::client_ip(&ext)).await {
-            Ok(slot) => Some(slot),
-            Err(busy) => {
-                tracing::debug!(cause = %busy, "NAR download refused");
-                let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, busy.to_string());
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return resp;
-            }
-        }
-    };
-    let st = state.clone();
-    let opened = tokio::task::spawn_blocking(move || -> Result<Option<Opened>, StoreError> {
-        let Some(blob) = st.store().blob_by_nar_hash(&NixHash::sha256(digest))? else { return Ok(None) };
-        if compressed {
-            let (file, _) = st.store().open_nar_compressed(&blob.blake3)?;
-            let len = file
-                .metadata()
-                .map_err(|source| StoreError::Io { op: "stat blob", path: blob.blake3.to_string().into(), source })?
-                .len();
-            Ok(Some((len, (!head).then(|| Box::new(file) as Box<dyn Read + Send>))))
-        } else if head {
-            Ok(Some((blob.nar_size, None)))
-        } else {
-            let reader = st.store().open_nar(&blob.blake3)?;
-            Ok(Some((blob.nar_size, Some(Box::new(reader) as Box<dyn Read + Send>))))
-        }
-    })
-    .await;
-    let (len, reader) = match opened {
-        Ok(Ok(Some(v))) => v,
-        Ok(Ok(None)) => return not_found(),
-        Ok(Err(StoreError::BlobMissing { blob, path })) => {
-            tracing::error!(%blob, path = %path.display(), "blob file missing");
-            return not_found();
-        }
-        Ok(Err(e)) => return internal("store", e),
-        Err(e) => return internal("task", e),
-    };
-    let body = match reader {
-        Some(r) => stream_body_with(r, slot),
-        None => Body::empty(),
-    };
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(NAR_TYPE));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    resp
-}
-
-/// Whether the NAR with this NarHash may be served: under the same trust rule as the narinfos
-/// (the mesh's quorum on a mesh node, own attested builds on a standalone node, or a
-/// content-addressed path whose bytes match it).
-async fn nar_allowed(state: &AppState, digest: [u8; 32]) -> Result<bool, String> {
-    if let Some(mesh) = &state.inner.mesh {
-        return mesh.gateway().nar_allowed(digest).await.map_err(|e| e.to_string());
-    }
-    let st = state.clone();
-    tokio::task::spawn_blocking(move || {
-        crate::trust::serve::nar_servable(st.store(), st.store_dir(), &st.inner.trust, &digest)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
-}
-
-/// A body read from `reader` in [`CHUNK`]s (see [`stream_body_with`]).
-pub fn stream_body(reader: Box<dyn Read + Send>) -> Body {
-    stream_body_with(reader, ())
-}
-
-/// A body read from `reader` in [`CHUNK`]s, each read in a short `spawn_blocking` task started
-/// only when the connection asks for the next chunk: a client that stops reading holds no
-/// thread, only the chunk it has not taken (the connection's write timeout then drops it). The
-/// last chunk is sent only after the reader reported a clean end, so a reader that fails at its
-/// end (a blob whose hash check fails) never yields a complete body. `guard` (e.g. a download
-/// slot) is dropped with the body.
-pub fn stream_body_with(reader: Box<dyn Read + Send>, guard: impl Send + 'static) -> Body {
-    let state = Pump { reader: Some(reader), pending: None, _guard: Box::new(guard) };
-    let stream = libp2p::futures::stream::unfold(state, |mut st| async move {
-        let item = st.next().await?;
-        Some((item, st))
-    });
-    Body::from_stream(stream)
-}
-
-/// The state of a [`stream_body_with`] stream.
-struct Pump {
-    /// `None` once the reader ended or failed.
-    reader: Option<Box<dyn Read + Send>>,
-    /// The chunk read last, held back until the next read shows it is not the last one (or the
-    /// reader ended cleanly).
-    pending: Option<Bytes>,
-    _guard: Box<dyn Send>,
-}
-
-impl Pump {
-    /// The next chunk to send; `None` at the end.
-    async fn next(&mut self) -> Option<io::Result<Bytes>> {
-        loop {
-            let reader = self.reader.take()?;
-            let (reader, read) = match tokio::task::spawn_blocking(move || read_chunk(reader)).await {
-                Ok(v) => v,
-                Err(e) => return Some(Err(io::Error::other(format!("NAR reader task failed: {e}")))),
-            };
-            match read {
-                Ok(Some(chunk)) => {
-                    self.reader = Some(reader);
-                    if let Some(prev) = self.pending.replace(chunk) {
-                        return Some(Ok(prev));
-                    }
-                }
-                Ok(None) => return self.pending.take().map(Ok),
-                Err(e) => {
-                    tracing::error!(cause = %e, "streaming a NAR failed; cutting the response");
-                    self.pending = None;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-}
-
-/// Read up to [`CHUNK`] bytes (blocking): `Ok(None)` at a clean end.
-fn read_chunk(mut reader: Box<dyn Read + Send>) -> (Box<dyn Read + Send>, io::Result<Option<Bytes>>) {
-    let mut buf = vec![0u8; CHUNK];
-    let mut filled = 0;
-    while filled < CHUNK {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (reader, Err(e)),
-        }
-    }
-    buf.truncate(filled);
-    (reader, Ok((filled > 0).then(|| Bytes::from(buf))))
+    sized(StatusCode::OK, NARINFO_TYPE, Some(NARINFO_FOUND_CACHE), text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct FailAtEnd(io::Cursor<Vec<u8>>);
-    impl Read for FailAtEnd {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.0.read(buf)? {
-                0 => Err(io::Error::new(io::ErrorKind::InvalidData, "hash mismatch")),
-                n => Ok(n),
-            }
-        }
-    }
-
-    async fn collect(body: Body) -> (usize, bool) {
-        use libp2p::futures::StreamExt as _;
-        let mut stream = body.into_data_stream();
-        let mut bytes = 0;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(b) => bytes += b.len(),
-                Err(_) => return (bytes, true),
-            }
-        }
-        (bytes, false)
-    }
 
     #[test]
     fn narinfo_cache_is_bounded_and_keeps_hot_entries() {
@@ -380,25 +250,13 @@ mod tests {
         assert!(c.get(&format!("k{}", NARINFO_CACHE_ENTRIES * 3 - 1)).is_some());
     }
 
-    #[tokio::test]
-    async fn the_last_chunk_of_a_failing_reader_is_held_back() {
-        let data = vec![7u8; CHUNK + 10];
-        assert_eq!(collect(stream_body(Box::new(io::Cursor::new(data.clone())))).await, (CHUNK + 10, false));
-        let (bytes, failed) = collect(stream_body(Box::new(FailAtEnd(io::Cursor::new(data))))).await;
-        assert!(failed);
-        assert!(bytes < CHUNK + 10, "the last chunk must not be sent: {bytes}");
-        // A reader failing within its only chunk yields nothing at all.
-        let (bytes, failed) = collect(stream_body(Box::new(FailAtEnd(io::Cursor::new(vec![1u8; 10]))))).await;
-        assert_eq!((bytes, failed), (0, true));
-        assert_eq!(collect(stream_body(Box::new(io::Cursor::new(Vec::new())))).await, (0, false));
-    }
-
-    #[tokio::test]
-    async fn the_guard_lives_as_long_as_the_body() {
-        let guard = std::sync::Arc::new(());
-        let body = stream_body_with(Box::new(io::Cursor::new(vec![1u8; 3 * CHUNK])), guard.clone());
-        assert_eq!(std::sync::Arc::strong_count(&guard), 2);
-        assert_eq!(collect(body).await, (3 * CHUNK, false));
-        assert_eq!(std::sync::Arc::strong_count(&guard), 1);
+    #[test]
+    fn cache_settings_default_to_what_nix_expects_and_are_checked() {
+        let s = CacheSettings::default();
+        s.validate().unwrap();
+        assert_eq!(s.nix_cache_info("/nix/store"), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
+        let s = CacheSettings { priority: 10, want_mass_query: false };
+        assert_eq!(s.nix_cache_info("/gnu/store"), "StoreDir: /gnu/store\nWantMassQuery: 0\nPriority: 10\n");
+        assert!(CacheSettings { priority: MAX_PRIORITY + 1, ..CacheSettings::default() }.validate().is_err());
     }
 }

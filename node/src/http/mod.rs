@@ -3,11 +3,11 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /health` | `{"status": "ok"|"failing", "version", "failures": […]}`; 503 when failing ([`health`]) |
-//! | `GET /nix-cache-info` | `StoreDir`, `WantMassQuery: 1`, `Priority` |
+//! | `GET`, `HEAD /health` | `{"status": "ok"|"failing", "version", "failures": […]}`; 503 when failing ([`health`]) |
+//! | `GET`, `HEAD /nix-cache-info` | `StoreDir`, `WantMassQuery`, `Priority` (`[cache]`, [`cache::CacheSettings`]) |
 //! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a path the trust rule accepts ([`crate::trust`]) |
-//! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed and streamed from its blob |
-//! | `GET`, `HEAD /nar/<nix32 NarHash>.nar.zst` | the blob's zstd file as stored |
+//! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed, checked and streamed from its blob; `Range` ([`nar`]) |
+//! | `GET`, `HEAD /nar/<nix32 NarHash>.nar.zst` | the blob's zstd file as stored; `Range` ([`nar`]) |
 //! | `GET /api/v1/node` | who this node is ([`api::NodeInfo`]) |
 //! | `GET /api/v1/builds[?state=…]` | builds ([`api::BuildView`]) |
 //! | `GET /api/v1/builds/<drv>` | one build; `<drv>` is a base name or a full path, URL-encoded |
@@ -38,7 +38,10 @@ pub mod errors;
 pub mod health;
 pub mod limits;
 pub mod mesh;
+pub mod nar;
+pub mod range;
 pub mod server;
+pub mod stream;
 pub mod timeouts;
 mod trust;
 
@@ -106,7 +109,7 @@ impl AppState {
         scheduler: SchedulerHandle,
         submit: SubmitContext,
     ) -> AppState {
-        let cache_info = format!("StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {CACHE_PRIORITY}\n");
+        let cache_info = cache::CacheSettings::default().nix_cache_info(&store_dir.to_string());
         let trust = crate::trust::standalone(key.node_id());
         AppState {
             inner: Arc::new(Inner {
@@ -130,6 +133,15 @@ impl AppState {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.mesh = Some(mesh),
             None => tracing::error!("AppState::with_mesh on a shared state; the mesh is not wired in"),
+        }
+        self
+    }
+
+    /// Answer `/nix-cache-info` with the `Priority` and `WantMassQuery` of `settings`.
+    pub fn with_cache_settings(mut self, settings: &cache::CacheSettings) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.cache_info = settings.nix_cache_info(&inner.store_dir.to_string()),
+            None => tracing::error!("AppState::with_cache_settings on a shared state; default priority applies"),
         }
         self
     }
@@ -168,7 +180,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .route("/health", get(health::health))
         .route("/nix-cache-info", get(cache::nix_cache_info))
         .route("/{file}", get(cache::narinfo))
-        .route("/nar/{file}", get(cache::nar))
+        .route("/nar/{file}", get(nar::nar))
         .route("/api/v1/node", get(api::node))
         .route("/api/v1/builds", get(api::builds))
         .route("/api/v1/builds/{drv}", get(api::build))

@@ -254,7 +254,7 @@ impl Node {
         if let Some(m) = &mesh {
             app_state = app_state.with_mesh(m.clone());
         }
-        app_state = app_state.with_server_settings(&config.server);
+        app_state = app_state.with_server_settings(&config.server).with_cache_settings(&config.cache);
         let app = crate::http::router(app_state, token);
         let http_task = {
             let shutdown = shutdown.clone();
