@@ -6,6 +6,7 @@ mod demo_deps;
 pub mod drv;
 pub mod key;
 pub mod nar;
+mod nar_bench;
 pub mod narinfo;
 pub mod node;
 pub mod submit;
