@@ -48,20 +48,55 @@ pub const fn decoded_len(len: usize) -> usize {
 /// Encode bytes as nix32.
 pub fn encode(bytes: &[u8]) -> String {
     let len = encoded_len(bytes.len());
-    let mut out = String::with_capacity(len);
-    for n in (0..len).rev() {
+    let mut out = vec![0u8; len];
+    encode_into(bytes, &mut out);
+    // Every byte is from `ALPHABET` (ASCII).
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Encode bytes as nix32 into `out`, which must be exactly [`encoded_len`]`(bytes.len())` long
+/// (for encoding without allocating, e.g. into a stack array).
+///
+/// # Panics
+/// When `out` has another length.
+pub fn encode_into(bytes: &[u8], out: &mut [u8]) {
+    let len = encoded_len(bytes.len());
+    assert_eq!(out.len(), len, "nix32 output buffer length");
+    for (k, o) in out.iter_mut().enumerate() {
+        let n = len - 1 - k;
         let b = n * 5;
         let i = b / 8;
         let j = b % 8;
         let low = u16::from(bytes[i]) >> j;
         let high = if i + 1 < bytes.len() { u16::from(bytes[i + 1]) << (8 - j) } else { 0 };
-        out.push(char::from(ALPHABET[usize::from((low | high) & 0x1f)]));
+        *o = ALPHABET[usize::from((low | high) & 0x1f)];
     }
+}
+
+/// The nix32 of a 20-byte store path digest, on the stack.
+pub fn encode_20(bytes: &[u8; 20]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    encode_into(bytes, &mut out);
     out
 }
 
+/// Digit value of each byte, or `INVALID`.
+const INVALID: u8 = 0xff;
+const DIGITS: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 32 {
+        t[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 fn digit_of(c: u8) -> Option<u8> {
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    match DIGITS[usize::from(c)] {
+        INVALID => None,
+        d => Some(d),
+    }
 }
 
 /// Decode a nix32 string of any length into `decoded_len(s.len())` bytes.
@@ -101,9 +136,30 @@ pub fn decode_fixed<const N: usize>(s: &str) -> Result<[u8; N], Nix32Error> {
     if s.len() != encoded_len(N) {
         return Err(Nix32Error::WrongLength { found: s.len(), expected: encoded_len(N) });
     }
-    let v = decode(s)?;
+    let input = s.as_bytes();
     let mut out = [0u8; N];
-    out.copy_from_slice(&v);
+    for n in 0..input.len() {
+        let pos = input.len() - n - 1;
+        let Some(digit) = digit_of(input[pos]) else {
+            // Let the general decoder name the character.
+            return decode(s).map(|_| out);
+        };
+        let b = n * 5;
+        let i = b / 8;
+        let j = b % 8;
+        let value = u16::from(digit) << j;
+        if i < N {
+            out[i] |= (value & 0xff) as u8;
+        } else if value & 0xff != 0 {
+            return Err(Nix32Error::NonZeroCarry);
+        }
+        let carry = (value >> 8) as u8;
+        if i + 1 < N {
+            out[i + 1] |= carry;
+        } else if carry != 0 {
+            return Err(Nix32Error::NonZeroCarry);
+        }
+    }
     Ok(out)
 }
 
@@ -131,6 +187,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fixed_decoder_agrees_with_the_general_one(s in "[0-9a-z]{32}") {
+            let general = decode(&s).map(|v| <[u8; 20]>::try_from(v).unwrap());
+            prop_assert_eq!(decode_fixed::<20>(&s), general.clone());
+            if let Ok(d) = general {
+                prop_assert_eq!(&encode_20(&d)[..], s.as_bytes());
+            }
+        }
+
         #[test]
         fn roundtrip(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let s = encode(&bytes);

@@ -68,9 +68,9 @@ fn short(s: &str) -> String {
     }
 }
 
-/// A validated store directory such as `/nix/store` or `/gnu/store`.
+/// A validated store directory such as `/nix/store` or `/gnu/store` (cheap to clone).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StoreDir(String);
+pub struct StoreDir(std::sync::Arc<str>);
 
 impl StoreDir {
     /// Validate a store directory: absolute, no trailing slash, no empty, `.` or `..` component.
@@ -82,17 +82,17 @@ impl StoreDir {
         if dir[1..].split('/').any(|c| c.is_empty() || c == "." || c == "..") || dir.contains('\0') {
             return Err(bad());
         }
-        Ok(StoreDir(dir.to_string()))
+        Ok(StoreDir(dir.into()))
     }
 
     /// `/nix/store`.
     pub fn nix() -> StoreDir {
-        StoreDir("/nix/store".to_string())
+        StoreDir("/nix/store".into())
     }
 
     /// `/gnu/store`.
     pub fn guix() -> StoreDir {
-        StoreDir("/gnu/store".to_string())
+        StoreDir("/gnu/store".into())
     }
 
     /// The directory as a string.
@@ -102,8 +102,8 @@ impl StoreDir {
 
     /// Parse an absolute store path that must lie directly in this store dir.
     pub fn parse_path(&self, path: &str) -> Result<StorePath, StorePathError> {
-        let not_in = || StorePathError::NotInStore { path: path.to_string(), store_dir: self.0.clone() };
-        let rest = path.strip_prefix(self.0.as_str()).ok_or_else(not_in)?;
+        let not_in = || StorePathError::NotInStore { path: path.to_string(), store_dir: self.0.to_string() };
+        let rest = path.strip_prefix(&*self.0).ok_or_else(not_in)?;
         let base = rest.strip_prefix('/').ok_or_else(not_in)?;
         StorePath::from_basename(base)
     }
@@ -111,8 +111,8 @@ impl StoreDir {
     /// Parse a store path that may be followed by a sub-path (`/nix/store/<h>-x/bin/sh`); returns
     /// the store path and the remainder (empty or starting with `/`).
     pub fn parse_path_prefix<'a>(&self, path: &'a str) -> Result<(StorePath, &'a str), StorePathError> {
-        let not_in = || StorePathError::NotInStore { path: path.to_string(), store_dir: self.0.clone() };
-        let rest = path.strip_prefix(self.0.as_str()).ok_or_else(not_in)?;
+        let not_in = || StorePathError::NotInStore { path: path.to_string(), store_dir: self.0.to_string() };
+        let rest = path.strip_prefix(&*self.0).ok_or_else(not_in)?;
         let base = rest.strip_prefix('/').ok_or_else(not_in)?;
         let end = base.find('/').unwrap_or(base.len());
         Ok((StorePath::from_basename(&base[..end])?, &base[end..]))
@@ -204,7 +204,11 @@ impl StorePath {
 
 impl fmt::Display for StorePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", nixbase32::encode(&self.digest), self.name)
+        let hash = nixbase32::encode_20(&self.digest);
+        // nix32 digits are ASCII.
+        f.write_str(std::str::from_utf8(&hash).map_err(|_| fmt::Error)?)?;
+        f.write_str("-")?;
+        f.write_str(&self.name)
     }
 }
 
@@ -224,11 +228,23 @@ pub fn validate_name(name: &str) -> Result<(), StorePathError> {
     if name.starts_with(".-") || name.starts_with("..-") {
         return bad("it starts with `.-` or `..-`");
     }
-    if !name.bytes().all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c)) {
+    if !name.bytes().all(|c| NAME_CHARS[usize::from(c)]) {
         return bad("it contains a character outside [0-9A-Za-z+-._?=]");
     }
     Ok(())
 }
+
+/// The bytes allowed in a store path name: `[0-9A-Za-z+-._?=]`.
+const NAME_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_' | b'?' | b'=');
+        c += 1;
+    }
+    t
+};
 
 /// XOR-fold a digest to `N` bytes (Nix `compressHash`).
 pub fn compress_hash<const N: usize>(hash: &[u8]) -> [u8; N] {
@@ -247,9 +263,30 @@ pub fn make_store_path(
     inner_sha256: &[u8; 32],
     name: &str,
 ) -> Result<StorePath, StorePathError> {
+    make_store_path_with(store_dir, |h| h.update(path_type.as_bytes()), inner_sha256, name)
+}
+
+/// [`make_store_path`] with the `<type>` part fed straight into the fingerprint's hasher by
+/// `path_type` (so no string is built for a type with many references).
+fn make_store_path_with(
+    store_dir: &StoreDir,
+    path_type: impl FnOnce(&mut sha2::Sha256),
+    inner_sha256: &[u8; 32],
+    name: &str,
+) -> Result<StorePath, StorePathError> {
     validate_name(name)?;
-    let fingerprint = format!("{}:sha256:{}:{}:{}", path_type, hex::encode(inner_sha256), store_dir.as_str(), name);
-    let digest = compress_hash::<20>(&sha2::Sha256::digest(fingerprint.as_bytes()));
+    let mut h = sha2::Sha256::new();
+    path_type(&mut h);
+    h.update(b":sha256:");
+    let mut hex = [0u8; 64];
+    // 64 bytes of room for 32 bytes of hex cannot fail.
+    let _ = hex::encode_to_slice(inner_sha256, &mut hex);
+    h.update(hex);
+    h.update(b":");
+    h.update(store_dir.as_str().as_bytes());
+    h.update(b":");
+    h.update(name.as_bytes());
+    let digest = compress_hash::<20>(&h.finalize());
     StorePath::new(digest, name)
 }
 
@@ -282,7 +319,23 @@ pub fn make_text_path<'a>(
     references: impl IntoIterator<Item = &'a StorePath>,
 ) -> Result<StorePath, StorePathError> {
     let inner: [u8; 32] = sha2::Sha256::digest(contents).into();
-    make_store_path(store_dir, &type_with_references("text", store_dir, references, false), &inner, name)
+    let mut refs: Vec<&StorePath> = references.into_iter().collect();
+    // All references lie in one store dir, so the absolute paths sort as the base names do
+    // (`StorePath`'s order); a set holds each once, as Nix's `StorePathSet` does.
+    refs.sort_unstable();
+    refs.dedup();
+    let feed = |h: &mut sha2::Sha256| {
+        h.update(b"text");
+        for r in refs {
+            h.update(b":");
+            h.update(store_dir.as_str().as_bytes());
+            h.update(b"/");
+            h.update(nixbase32::encode_20(r.digest()));
+            h.update(b"-");
+            h.update(r.name().as_bytes());
+        }
+    };
+    make_store_path_with(store_dir, feed, &inner, name)
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ fn load_set(dir: &Path) -> (DrvSet, BTreeMap<PathBuf, (StorePath, String, Deriva
         let drv = parse_file(&f);
         let name = drv.name().unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let path = set.insert(name.clone(), drv.clone()).unwrap();
+        // Hashing the file's bytes gives the path that printing the parsed derivation gives.
+        let (again, again_name, from_bytes) = Derivation::parse_with_path(&read(&f), set.store_dir(), None).unwrap();
+        assert_eq!((&from_bytes, &again_name, &again), (&path, &name, &drv), "{}", f.display());
         files.insert(f, (path, name, drv));
     }
     (set, files)

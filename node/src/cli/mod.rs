@@ -8,6 +8,7 @@ pub mod drv;
 pub mod key;
 pub mod mesh;
 pub mod nar;
+mod nar_bench;
 pub mod narinfo;
 pub mod node;
 pub mod submit;

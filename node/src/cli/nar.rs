@@ -2,8 +2,8 @@
 //! against `nix hash path`.
 
 use std::io::{self, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::path::PathBuf;
+use std::process::Command as Process;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
@@ -35,8 +35,14 @@ pub enum Command {
         /// Print `{"narHash": "sha256:...", "narSize": N, "blake3": "<hex>"}` instead.
         #[arg(long)]
         json: bool,
+        /// Threads for the plain hash: `1` (read and hash on one), `2` (read on one, hash on
+        /// another) or `auto` (2 unless the process may use only one core).
+        #[arg(long, default_value = "auto", value_parser = parse_threads)]
+        threads: nar_fs::Threads,
     },
-    /// Time `buildmesh nar hash PATH` against `nix hash path --type sha256 PATH` and print a table.
+    /// Time `buildmesh nar hash PATH` (1 thread, 2 threads, auto) against `nix hash path --type
+    /// sha256 PATH` and the machine's SHA-256 speed (`openssl speed -evp sha256`), on an idle
+    /// machine and again with a busy-looping thread on every core; print a table.
     Bench {
         /// The tree to hash.
         #[arg(default_value = "/usr/share")]
@@ -68,7 +74,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             nar_fs::restore(input, &dir, limits)?;
             Ok(())
         }
-        Command::Hash { path, json } => {
+        Command::Hash { path, json, threads } => {
             let mut out = io::stdout().lock();
             if json {
                 let d = nar_fs::hash_path(&path)?;
@@ -79,18 +85,27 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 });
                 writeln!(out, "{v}")?;
             } else {
-                let (nar_hash, nar_size) = nar_fs::nar_hash_path(&path)?;
+                let (nar_hash, nar_size) = nar_fs::nar_hash_path_with(&path, threads)?;
                 writeln!(out, "{nar_hash}\n{nar_size}")?;
             }
             Ok(())
         }
-        Command::Bench { path, runs } => bench(&path, runs.max(1)),
+        Command::Bench { path, runs } => super::nar_bench::bench(&path, runs.max(1)),
         Command::Measure { command } => measure(&command),
     }
 }
 
+fn parse_threads(s: &str) -> Result<nar_fs::Threads, String> {
+    match s {
+        "1" => Ok(nar_fs::Threads::One),
+        "2" => Ok(nar_fs::Threads::Two),
+        "auto" => Ok(nar_fs::Threads::Auto),
+        _ => Err(format!("{s:?}: expected 1, 2 or auto")),
+    }
+}
+
 /// Prefix of the line `measure` prints on stderr.
-const MEASURE_PREFIX: &str = "buildmesh-measure:";
+pub(super) const MEASURE_PREFIX: &str = "buildmesh-measure:";
 
 fn measure(command: &[String]) -> anyhow::Result<()> {
     let (prog, args) = command.split_first().context("no command given")?;
@@ -105,115 +120,5 @@ fn measure(command: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("{prog} failed: {status}");
     }
-    Ok(())
-}
-
-struct Sample {
-    wall: f64,
-    max_rss_kib: i64,
-    cpu: f64,
-    stdout: String,
-}
-
-fn run_measured(exe: &Path, command: &[&str]) -> anyhow::Result<Sample> {
-    let out = Process::new(exe)
-        .args(["nar", "measure", "--"])
-        .args(command)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", exe.display()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("`{}` failed: {}", command.join(" "), stderr.trim());
-    }
-    let line = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix(MEASURE_PREFIX))
-        .with_context(|| format!("no measurement from `{}`: {stderr}", command.join(" ")))?;
-    let mut it = line.split_whitespace();
-    let wall: f64 = it.next().context("no wall time")?.parse()?;
-    let max_rss_kib: i64 = it.next().context("no peak RSS")?.parse()?;
-    let cpu: f64 = it.next().context("no CPU time")?.parse()?;
-    Ok(Sample { wall, max_rss_kib, cpu, stdout: String::from_utf8_lossy(&out.stdout).into_owned() })
-}
-
-/// Medians (and the best wall time) of a series of runs.
-struct Stats {
-    wall: f64,
-    best_wall: f64,
-    cpu: f64,
-    max_rss_kib: i64,
-}
-
-impl Stats {
-    fn of(samples: &[Sample]) -> Stats {
-        let mut wall: Vec<f64> = samples.iter().map(|s| s.wall).collect();
-        let mut cpu: Vec<f64> = samples.iter().map(|s| s.cpu).collect();
-        Stats {
-            best_wall: wall.iter().copied().fold(f64::INFINITY, f64::min),
-            wall: median(&mut wall),
-            cpu: median(&mut cpu),
-            max_rss_kib: samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0),
-        }
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
-fn bench(path: &Path, runs: u32) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the buildmesh executable")?;
-    let p = path.to_str().context("the path is not UTF-8")?;
-    let ours: [&str; 4] = [exe.to_str().context("executable path is not UTF-8")?, "nar", "hash", p];
-    let nix: [&str; 8] = ["nix", "--extra-experimental-features", "nix-command", "hash", "path", "--type", "sha256", p];
-    let mut nix_b32 = nix.to_vec();
-    nix_b32.insert(7, "--base32");
-
-    // Warm-up (page cache), and the hashes must agree.
-    let w_ours = run_measured(&exe, &ours)?;
-    let w_nix = run_measured(&exe, &nix_b32)?;
-    let mut lines = w_ours.stdout.lines();
-    let our_hash = lines.next().context("no hash from buildmesh")?.to_string();
-    let nar_size: u64 = lines.next().context("no NarSize from buildmesh")?.trim().parse()?;
-    let nix_hash = format!("sha256:{}", w_nix.stdout.trim());
-    if our_hash != nix_hash {
-        bail!("hashes differ: buildmesh {our_hash}, nix {nix_hash}");
-    }
-
-    let (mut ours_s, mut nix_s) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        ours_s.push(run_measured(&exe, &ours)?);
-        nix_s.push(run_measured(&exe, &nix)?);
-    }
-    let o_stats = Stats::of(&ours_s);
-    let n_stats = Stats::of(&nix_s);
-    let mbs = |t: f64| nar_size as f64 / t / 1e6;
-    let mut o = io::stdout().lock();
-    writeln!(o, "NAR hash of {}: {nar_size} bytes of NAR, {our_hash} (both tools agree)", path.display())?;
-    writeln!(o, "{runs} alternating runs of each after one warm-up run each; medians, best wall time in brackets")?;
-    writeln!(o)?;
-    writeln!(o, "| tool | wall time | MB/s | CPU time (user+sys) | peak RSS |")?;
-    writeln!(o, "|---|---:|---:|---:|---:|")?;
-    for (name, st) in [("`buildmesh nar hash`", &o_stats), ("`nix hash path --type sha256`", &n_stats)] {
-        writeln!(
-            o,
-            "| {name} | {:.3} s ({:.3} s) | {:.0} | {:.3} s | {:.1} MiB |",
-            st.wall,
-            st.best_wall,
-            mbs(st.wall),
-            st.cpu,
-            st.max_rss_kib as f64 / 1024.0
-        )?;
-    }
-    writeln!(o)?;
-    let (faster, slower, ratio) = if o_stats.wall <= n_stats.wall {
-        ("buildmesh", "nix", n_stats.wall / o_stats.wall)
-    } else {
-        ("nix", "buildmesh", o_stats.wall / n_stats.wall)
-    };
-    writeln!(o, "{faster} is {ratio:.2}x faster than {slower} (median wall time)")?;
     Ok(())
 }

@@ -2,9 +2,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use sha2::Digest as _;
+
 use super::{CaMethod, Derivation, DrvError, MAX_DRV_SIZE, Output, OutputHash, validate_output_name};
 use crate::hash::NixHash;
 use crate::store_path::{StoreDir, StorePath};
+
+/// The bytes `printString` escapes, and the closing quote: `"`, `\`, LF, CR, TAB.
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[b'\t' as usize] = true;
+    t
+};
 
 /// The version string of the experimental dynamic-derivations format.
 const DYN_DRV_VERSION: &str = "xp-dyn-drv";
@@ -133,16 +146,11 @@ impl<'a> Parser<'a> {
         self.expect("\"")?;
         let base = self.pos;
         let s = &self.input[base..];
-        let mut i = 0;
-        while i < s.len() {
-            match s[i] {
-                b'"' => {
-                    self.pos = base + i + 1;
-                    return Ok(s[..i].to_vec());
-                }
-                b'\\' | b'\n' | b'\r' | b'\t' => break,
-                _ => i += 1,
-            }
+        // Fast path: most strings have nothing to unescape.
+        let mut i = s.iter().position(|&b| SPECIAL[usize::from(b)]).unwrap_or(s.len());
+        if s.get(i) == Some(&b'"') {
+            self.pos = base + i + 1;
+            return Ok(s[..i].to_vec());
         }
         let mut out = s[..i].to_vec();
         while i < s.len() {
@@ -180,9 +188,10 @@ impl<'a> Parser<'a> {
                         ),
                     });
                 }
-                c => {
-                    out.push(c);
-                    i += 1;
+                _ => {
+                    let run = s[i..].iter().position(|&b| SPECIAL[usize::from(b)]).unwrap_or(s.len() - i);
+                    out.extend_from_slice(&s[i..i + run]);
+                    i += run;
                 }
             }
         }
@@ -267,12 +276,12 @@ impl<'a> Parser<'a> {
     fn body(&mut self) -> Result<Derivation, DrvError> {
         let mut drv = Derivation::default();
         // outputs
-        let mut prev: Option<String> = None;
         self.list(|p| {
             let at = p.pos;
             let (name, out) = p.output()?;
-            check_order(at, "outputs", prev.as_deref().map(str::as_bytes), name.as_bytes())?;
-            prev = Some(name.clone());
+            // Entries arrive in order, so the previous one is the map's last.
+            let prev = drv.outputs.last_key_value().map(|(k, _)| k.as_bytes());
+            check_order(at, "outputs", prev, name.as_bytes())?;
             drv.outputs.insert(name, out);
             Ok(())
         })?;
@@ -324,16 +333,14 @@ impl<'a> Parser<'a> {
             Ok(())
         })?;
         self.expect(",")?;
-        let mut prev: Option<Vec<u8>> = None;
         self.list(|p| {
             let at = p.pos;
             p.expect("(")?;
             let key = p.escaped()?;
-            check_order(at, "env vars", prev.as_deref(), &key)?;
+            check_order(at, "env vars", drv.env.last_key_value().map(|(k, _)| k.as_slice()), &key)?;
             p.expect(",")?;
             let value = p.escaped()?;
             p.expect(")")?;
-            prev = Some(key.clone());
             drv.env.insert(key, value);
             Ok(())
         })?;
@@ -353,25 +360,80 @@ fn check_order(offset: usize, list: &'static str, prev: Option<&[u8]>, key: &[u8
     }
 }
 
-fn push_plain(out: &mut Vec<u8>, s: &[u8]) {
-    out.push(b'"');
-    out.extend_from_slice(s);
-    out.push(b'"');
+/// Where the printer writes: a `Vec` (the ATerm) or a buffered SHA-256 (its hash).
+pub(super) trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    fn put_byte(&mut self, b: u8);
 }
 
-fn push_path(out: &mut Vec<u8>, store_dir: &StoreDir, p: &StorePath) {
-    out.push(b'"');
-    out.extend_from_slice(store_dir.as_str().as_bytes());
-    out.push(b'/');
-    out.extend_from_slice(p.to_string().as_bytes());
-    out.push(b'"');
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    fn put_byte(&mut self, b: u8) {
+        self.push(b);
+    }
+}
+
+const HASH_SINK_BUF: usize = 4096;
+
+/// SHA-256 fed in blocks of [`HASH_SINK_BUF`] bytes, so the many small pieces of an ATerm cost
+/// a copy each, not a hasher call.
+struct HashSink {
+    h: sha2::Sha256,
+    buf: [u8; HASH_SINK_BUF],
+    n: usize,
+}
+
+impl Sink for HashSink {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.n + bytes.len() > HASH_SINK_BUF {
+            self.h.update(&self.buf[..self.n]);
+            self.n = 0;
+            if bytes.len() >= HASH_SINK_BUF {
+                self.h.update(bytes);
+                return;
+            }
+        }
+        self.buf[self.n..self.n + bytes.len()].copy_from_slice(bytes);
+        self.n += bytes.len();
+    }
+
+    fn put_byte(&mut self, b: u8) {
+        if self.n == HASH_SINK_BUF {
+            self.h.update(&self.buf[..]);
+            self.n = 0;
+        }
+        self.buf[self.n] = b;
+        self.n += 1;
+    }
+}
+
+fn push_plain(out: &mut impl Sink, s: &[u8]) {
+    out.put_byte(b'"');
+    out.put(s);
+    out.put_byte(b'"');
+}
+
+fn push_path(out: &mut impl Sink, store_dir: &StoreDir, p: &StorePath) {
+    out.put_byte(b'"');
+    out.put(store_dir.as_str().as_bytes());
+    out.put_byte(b'/');
+    out.put(&crate::nixbase32::encode_20(p.digest()));
+    out.put_byte(b'-');
+    out.put(p.name().as_bytes());
+    out.put_byte(b'"');
 }
 
 /// Nix `printString`: escape `"`, `\`, LF, CR, TAB; everything else raw.
-pub(super) fn push_escaped(out: &mut Vec<u8>, s: &[u8]) {
-    out.push(b'"');
+pub(super) fn push_escaped(out: &mut impl Sink, s: &[u8]) {
+    out.put_byte(b'"');
     let mut run = 0;
     for (i, &b) in s.iter().enumerate() {
+        if !SPECIAL[usize::from(b)] {
+            continue;
+        }
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -380,12 +442,12 @@ pub(super) fn push_escaped(out: &mut Vec<u8>, s: &[u8]) {
             b'\t' => b"\\t",
             _ => continue,
         };
-        out.extend_from_slice(&s[run..i]);
-        out.extend_from_slice(esc);
+        out.put(&s[run..i]);
+        out.put(esc);
         run = i + 1;
     }
-    out.extend_from_slice(&s[run..]);
-    out.push(b'"');
+    out.put(&s[run..]);
+    out.put_byte(b'"');
 }
 
 /// Print the ATerm. With `mask_outputs`, outputs become `("name","","","")` and env vars named
@@ -395,96 +457,122 @@ pub(super) fn print(
     drv: &Derivation,
     store_dir: &StoreDir,
     mask_outputs: bool,
-    inputs: Option<&BTreeMap<String, BTreeSet<String>>>,
+    inputs: Option<&BTreeMap<[u8; 32], BTreeSet<&str>>>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(estimate(drv));
-    out.extend_from_slice(b"Derive([");
+    print_into(&mut out, drv, store_dir, mask_outputs, inputs);
+    out
+}
+
+/// SHA-256 of what [`print`] prints, without building the ATerm in memory.
+pub(super) fn print_sha256(
+    drv: &Derivation,
+    store_dir: &StoreDir,
+    mask_outputs: bool,
+    inputs: Option<&BTreeMap<[u8; 32], BTreeSet<&str>>>,
+) -> [u8; 32] {
+    let mut out = HashSink { h: sha2::Sha256::new(), buf: [0; HASH_SINK_BUF], n: 0 };
+    print_into(&mut out, drv, store_dir, mask_outputs, inputs);
+    out.h.update(&out.buf[..out.n]);
+    out.h.finalize().into()
+}
+
+fn print_into(
+    out: &mut impl Sink,
+    drv: &Derivation,
+    store_dir: &StoreDir,
+    mask_outputs: bool,
+    inputs: Option<&BTreeMap<[u8; 32], BTreeSet<&str>>>,
+) {
+    out.put(b"Derive([");
     for (i, (name, o)) in drv.outputs.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.put_byte(b',');
         }
-        out.push(b'(');
-        push_plain(&mut out, name.as_bytes());
+        out.put_byte(b'(');
+        push_plain(out, name.as_bytes());
         if mask_outputs {
-            out.extend_from_slice(b",\"\",\"\",\"\")");
+            out.put(b",\"\",\"\",\"\")");
             continue;
         }
-        out.push(b',');
+        out.put_byte(b',');
         match &o.path {
-            Some(p) => push_path(&mut out, store_dir, p),
-            None => out.extend_from_slice(b"\"\""),
+            Some(p) => push_path(out, store_dir, p),
+            None => out.put(b"\"\""),
         }
-        out.push(b',');
-        push_plain(&mut out, o.hash_algo_field().as_bytes());
-        out.push(b',');
-        push_plain(&mut out, o.hash_field().as_bytes());
-        out.push(b')');
+        out.put_byte(b',');
+        push_plain(out, o.hash_algo_field().as_bytes());
+        out.put_byte(b',');
+        push_plain(out, o.hash_field().as_bytes());
+        out.put_byte(b')');
     }
-    out.extend_from_slice(b"],[");
-    let push_outs = |out: &mut Vec<u8>, outs: &BTreeSet<String>| {
-        out.extend_from_slice(b",[");
-        for (j, o) in outs.iter().enumerate() {
+    out.put(b"],[");
+    fn push_outs<'s>(out: &mut impl Sink, outs: impl Iterator<Item = &'s str>) {
+        out.put(b",[");
+        for (j, o) in outs.enumerate() {
             if j > 0 {
-                out.push(b',');
+                out.put_byte(b',');
             }
             push_plain(out, o.as_bytes());
         }
-        out.extend_from_slice(b"])");
-    };
+        out.put(b"])");
+    }
     match inputs {
         Some(map) => {
             for (i, (key, outs)) in map.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.put_byte(b',');
                 }
-                out.push(b'(');
-                push_plain(&mut out, key.as_bytes());
-                push_outs(&mut out, outs);
+                out.put_byte(b'(');
+                let mut hex = [0u8; 64];
+                // 64 bytes of room for 32 bytes of hex cannot fail.
+                let _ = hex::encode_to_slice(key, &mut hex);
+                push_plain(out, &hex);
+                push_outs(out, outs.iter().copied());
             }
         }
         None => {
             for (i, (path, outs)) in drv.input_drvs.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.put_byte(b',');
                 }
-                out.push(b'(');
-                push_path(&mut out, store_dir, path);
-                push_outs(&mut out, outs);
+                out.put_byte(b'(');
+                push_path(out, store_dir, path);
+                push_outs(out, outs.iter().map(String::as_str));
             }
         }
     }
-    out.extend_from_slice(b"],[");
+    out.put(b"],[");
     for (i, p) in drv.input_srcs.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.put_byte(b',');
         }
-        push_path(&mut out, store_dir, p);
+        push_path(out, store_dir, p);
     }
-    out.extend_from_slice(b"],");
-    push_plain(&mut out, &drv.system);
-    out.push(b',');
-    push_escaped(&mut out, &drv.builder);
-    out.extend_from_slice(b",[");
+    out.put(b"],");
+    push_plain(out, &drv.system);
+    out.put_byte(b',');
+    push_escaped(out, &drv.builder);
+    out.put(b",[");
     for (i, a) in drv.args.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.put_byte(b',');
         }
-        push_escaped(&mut out, a);
+        push_escaped(out, a);
     }
-    out.extend_from_slice(b"],[");
+    out.put(b"],[");
     for (i, (k, v)) in drv.env.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.put_byte(b',');
         }
-        out.push(b'(');
-        push_escaped(&mut out, k);
-        out.push(b',');
+        out.put_byte(b'(');
+        push_escaped(out, k);
+        out.put_byte(b',');
         let masked = mask_outputs && std::str::from_utf8(k).is_ok_and(|k| drv.outputs.contains_key(k));
-        push_escaped(&mut out, if masked { b"" } else { v });
-        out.push(b')');
+        push_escaped(out, if masked { b"" } else { v });
+        out.put_byte(b')');
     }
-    out.extend_from_slice(b"])");
-    out
+    out.put(b"])");
 }
 
 fn estimate(drv: &Derivation) -> usize {

@@ -412,6 +412,24 @@ impl Derivation {
         aterm::parse(bytes, store_dir)
     }
 
+    /// Parse a `.drv` file and compute its own store path from the same bytes: parsing is
+    /// canonical (the bytes are exactly what [`Derivation::to_aterm`] prints), so they are hashed
+    /// as they are instead of printed again. `name` as in [`Derivation::parse_checked`]. Returns
+    /// the derivation, its name and its `.drv` path.
+    pub fn parse_with_path(
+        bytes: &[u8],
+        store_dir: &StoreDir,
+        name: Option<&str>,
+    ) -> Result<(Derivation, String, StorePath), DrvError> {
+        let drv = Self::parse(bytes, store_dir)?;
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => drv.name()?,
+        };
+        let path = drv.drv_path_of_aterm(store_dir, &name, bytes)?;
+        Ok((drv, name, path))
+    }
+
     /// [`Derivation::parse`] followed by [`Derivation::validate`] with `name` (or, when `None`,
     /// the name from [`Derivation::name`]).
     pub fn parse_checked(bytes: &[u8], store_dir: &StoreDir, name: Option<&str>) -> Result<Derivation, DrvError> {

@@ -70,30 +70,40 @@ fn digest_32(d: &[u8]) -> Option<[u8; 32]> {
 impl Derivation {
     /// This derivation's own store path: `makeTextPath(name + ".drv", ATerm, inputSrcs ∪ inputDrvs)`.
     pub fn drv_path(&self, store_dir: &StoreDir, name: &str) -> Result<StorePath, DrvError> {
+        self.drv_path_of_aterm(store_dir, name, &self.to_aterm(store_dir))
+    }
+
+    /// [`Derivation::drv_path`] given the ATerm this derivation prints to (`aterm` must be
+    /// `self.to_aterm(store_dir)`; [`Derivation::parse_with_path`] uses the parsed bytes, which
+    /// are that ATerm since parsing is canonical).
+    pub(super) fn drv_path_of_aterm(
+        &self,
+        store_dir: &StoreDir,
+        name: &str,
+        aterm: &[u8],
+    ) -> Result<StorePath, DrvError> {
         validate_drv_name(name)?;
         let drv_name = format!("{name}.drv");
-        make_text_path(store_dir, &drv_name, &self.to_aterm(store_dir), self.references())
-            .map_err(|e| name_err(&drv_name, e))
+        make_text_path(store_dir, &drv_name, aterm, self.references()).map_err(|e| name_err(&drv_name, e))
     }
 
     /// Check that the outputs form one derivation type as Nix requires: all fixed (then exactly
     /// one, named `out`), or none fixed; floating and impure outputs not mixed with others.
     fn check_output_types(&self) -> Result<(), DrvError> {
         let bad = |reason: &str| DrvError::BadContentAddress { output: String::new(), reason: reason.to_string() };
-        let kinds: BTreeSet<u8> = self
-            .outputs
-            .values()
-            .map(|o| match o.kind() {
-                OutputKind::InputAddressed | OutputKind::Deferred => 0,
-                OutputKind::Fixed => 1,
-                OutputKind::Floating => 2,
-                OutputKind::Impure => 3,
-            })
-            .collect();
-        if kinds.len() > 1 {
+        // One bit per kind of output present.
+        let kinds: u8 = self.outputs.values().fold(0, |k, o| {
+            k | match o.kind() {
+                OutputKind::InputAddressed | OutputKind::Deferred => 1,
+                OutputKind::Fixed => 2,
+                OutputKind::Floating => 4,
+                OutputKind::Impure => 8,
+            }
+        });
+        if kinds.count_ones() > 1 {
             return Err(bad("a derivation cannot mix input-addressed, fixed, floating and impure outputs"));
         }
-        if kinds.contains(&1) && (self.outputs.len() != 1 || !self.outputs.contains_key("out")) {
+        if kinds == 2 && (self.outputs.len() != 1 || !self.outputs.contains_key("out")) {
             return Err(bad("a fixed-output derivation must have a single output named \"out\""));
         }
         Ok(())
@@ -140,8 +150,8 @@ impl Derivation {
             let h = sha256(b"impure");
             return Ok(DrvHash { hashes: self.outputs.keys().map(|k| (k.clone(), h)).collect(), deferred: true });
         }
-        let (aterm, deferred) = self.modulo_aterm(store_dir, mask_outputs, lookup)?;
-        let h = sha256(&aterm);
+        let (inputs, deferred) = self.modulo_inputs(store_dir, lookup)?;
+        let h = aterm::print_sha256(self, store_dir, mask_outputs, Some(&inputs));
         Ok(DrvHash { hashes: self.outputs.keys().map(|k| (k.clone(), h)).collect(), deferred })
     }
 
@@ -156,8 +166,24 @@ impl Derivation {
     where
         L: FnMut(&StorePath) -> Option<DrvHash> + ?Sized,
     {
+        let (inputs, deferred) = self.modulo_inputs(store_dir, lookup)?;
+        Ok((aterm::print(self, store_dir, mask_outputs, Some(&inputs)), deferred))
+    }
+
+    /// The input derivations as [`Derivation::modulo_aterm`] prints them (each input's hash for
+    /// the used outputs, inputs colliding on one hash merged), and whether the result is deferred.
+    #[allow(clippy::type_complexity)]
+    fn modulo_inputs<L>(
+        &self,
+        store_dir: &StoreDir,
+        lookup: &mut L,
+    ) -> Result<(BTreeMap<[u8; 32], BTreeSet<&str>>, bool), DrvError>
+    where
+        L: FnMut(&StorePath) -> Option<DrvHash> + ?Sized,
+    {
         let mut deferred = self.outputs.values().any(|o| o.kind() == OutputKind::Floating);
-        let mut inputs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        // Keyed by digest: lowercase hex sorts as the digest bytes do.
+        let mut inputs: BTreeMap<[u8; 32], BTreeSet<&str>> = BTreeMap::new();
         for (path, outs) in &self.input_drvs {
             let h = lookup(path).ok_or_else(|| DrvError::MissingInput { path: store_dir.display(path) })?;
             deferred |= h.deferred;
@@ -166,10 +192,10 @@ impl Derivation {
                     input: store_dir.display(path),
                     output: o.clone(),
                 })?;
-                inputs.entry(hex::encode(oh)).or_default().insert(o.clone());
+                inputs.entry(*oh).or_default().insert(o.as_str());
             }
         }
-        Ok((aterm::print(self, store_dir, mask_outputs, Some(&inputs)), deferred))
+        Ok((inputs, deferred))
     }
 
     /// The output paths Nix computes for this derivation: fixed outputs from their content

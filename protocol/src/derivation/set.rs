@@ -42,6 +42,15 @@ impl DrvSet {
         Ok(path)
     }
 
+    /// Parse a `.drv` file and add it (see [`Derivation::parse_with_path`]); returns its `.drv`
+    /// path. Faster than [`Derivation::parse`] plus [`DrvSet::insert`], which prints the ATerm
+    /// again to hash it.
+    pub fn insert_aterm(&mut self, bytes: &[u8], name: Option<&str>) -> Result<StorePath, DrvError> {
+        let (drv, name, path) = Derivation::parse_with_path(bytes, &self.store_dir, name)?;
+        self.drvs.insert(path.clone(), Arc::new((name, drv)));
+        Ok(path)
+    }
+
     /// A member by `.drv` path: its name and the derivation.
     pub fn get(&self, path: &StorePath) -> Option<(&str, &Derivation)> {
         self.drvs.get(path).map(|e| (e.0.as_str(), &e.1))
