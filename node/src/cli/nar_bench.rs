@@ -115,7 +115,7 @@ fn parse_openssl_speed(text: &str) -> anyhow::Result<(f64, u64)> {
 }
 
 /// CPU time of the calling thread, in seconds.
-fn thread_cpu() -> f64 {
+pub(crate) fn thread_cpu() -> f64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD).map_or(0.0, |u| {
         let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
         tv(u.user_time()) + tv(u.system_time())

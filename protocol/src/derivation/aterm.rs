@@ -8,16 +8,18 @@ use super::{CaMethod, Derivation, DrvError, MAX_DRV_SIZE, Output, OutputHash, va
 use crate::hash::NixHash;
 use crate::store_path::{StoreDir, StorePath};
 
-/// The bytes `printString` escapes, and the closing quote: `"`, `\`, LF, CR, TAB.
-const SPECIAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t[b'\n' as usize] = true;
-    t[b'\r' as usize] = true;
-    t[b'\t' as usize] = true;
-    t
-};
+/// The index of the first byte `printString` escapes, or of the closing quote (`"`, `\`, LF, CR,
+/// TAB), or `s.len()`: a vectorised search (`memchr2`) for the quote or backslash, then a
+/// branch-free check of the bytes before it for raw control characters (rare: an error).
+fn first_special(s: &[u8]) -> usize {
+    let q = memchr::memchr2(b'"', b'\\', s).unwrap_or(s.len());
+    let head = &s[..q];
+    if head.iter().fold(false, |any, &b| any | (b == b'\n') | (b == b'\r') | (b == b'\t')) {
+        head.iter().position(|&b| matches!(b, b'\n' | b'\r' | b'\t')).unwrap_or(q)
+    } else {
+        q
+    }
+}
 
 /// The version string of the experimental dynamic-derivations format.
 const DYN_DRV_VERSION: &str = "xp-dyn-drv";
@@ -147,7 +149,7 @@ impl<'a> Parser<'a> {
         let base = self.pos;
         let s = &self.input[base..];
         // Fast path: most strings have nothing to unescape.
-        let mut i = s.iter().position(|&b| SPECIAL[usize::from(b)]).unwrap_or(s.len());
+        let mut i = first_special(s);
         if s.get(i) == Some(&b'"') {
             self.pos = base + i + 1;
             return Ok(s[..i].to_vec());
@@ -189,7 +191,7 @@ impl<'a> Parser<'a> {
                     });
                 }
                 _ => {
-                    let run = s[i..].iter().position(|&b| SPECIAL[usize::from(b)]).unwrap_or(s.len() - i);
+                    let run = first_special(&s[i..]);
                     out.extend_from_slice(&s[i..i + run]);
                     i += run;
                 }
@@ -426,21 +428,27 @@ fn push_path(out: &mut impl Sink, store_dir: &StoreDir, p: &StorePath) {
     out.put_byte(b'"');
 }
 
-/// Nix `printString`: escape `"`, `\`, LF, CR, TAB; everything else raw.
+/// Nix `printString`: escape `"`, `\`, LF, CR, TAB; everything else raw. The bytes to escape
+/// are found by two vectorised scans over `s` (quote/backslash, control characters), merged.
 pub(super) fn push_escaped(out: &mut impl Sink, s: &[u8]) {
     out.put_byte(b'"');
+    let mut quotes = memchr::memchr2_iter(b'"', b'\\', s).peekable();
+    let mut controls = memchr::memchr3_iter(b'\n', b'\r', b'\t', s).peekable();
     let mut run = 0;
-    for (i, &b) in s.iter().enumerate() {
-        if !SPECIAL[usize::from(b)] {
-            continue;
-        }
-        let esc: &[u8] = match b {
+    loop {
+        let i = match (quotes.peek(), controls.peek()) {
+            (Some(&q), Some(&c)) if q < c => quotes.next(),
+            (_, Some(_)) => controls.next(),
+            (Some(_), None) => quotes.next(),
+            (None, None) => None,
+        };
+        let Some(i) = i else { break };
+        let esc: &[u8] = match s[i] {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            _ => continue,
+            _ => b"\\t",
         };
         out.put(&s[run..i]);
         out.put(esc);
