@@ -276,14 +276,21 @@ pub const NAR_ALLOWED_ENTRIES: usize = 16384;
 /// like [`super::cache::NarinfoCache`]: two generations of [`NAR_ALLOWED_ENTRIES`].
 #[derive(Debug, Default)]
 pub struct NarAllowedCache {
-    inner: std::sync::Mutex<(HashSet<[u8; 32]>, HashSet<[u8; 32]>)>,
+    /// The current and the old generation.
+    inner: std::sync::Mutex<Pair>,
     /// The checks under way, by NarHash (one at a time per NarHash).
-    flights: std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    flights: std::sync::Mutex<HashMap<[u8; 32], Flight>>,
 }
+
+/// The current and the old generation of a [`NarAllowedCache`].
+type Pair = (HashSet<[u8; 32]>, HashSet<[u8; 32]>);
+
+/// The lock one NarHash's trust checks take turns on.
+type Flight = Arc<tokio::sync::Mutex<()>>;
 
 impl NarAllowedCache {
     /// The lock that orders the checks of `digest`.
-    fn flight(&self, digest: [u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
+    fn flight(&self, digest: [u8; 32]) -> Flight {
         let mut f = self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(f.entry(digest).or_default())
     }
@@ -315,7 +322,7 @@ impl NarAllowedCache {
         Self::add(&mut self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner), digest);
     }
 
-    fn add(g: &mut (HashSet<[u8; 32]>, HashSet<[u8; 32]>), digest: [u8; 32]) {
+    fn add(g: &mut Pair, digest: [u8; 32]) {
         if g.0.len() >= NAR_ALLOWED_ENTRIES {
             g.1 = std::mem::take(&mut g.0);
         }
