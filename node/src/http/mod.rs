@@ -87,6 +87,8 @@ struct Inner {
     submit: SubmitContext,
     cache_info: String,
     narinfos: cache::NarinfoCache,
+    /// NarHashes the standalone trust rule allowed on the NAR route.
+    nars_allowed: nar::NarAllowedCache,
     mesh: Option<crate::mesh::MeshHandle>,
     /// The trust policy of the standalone cache routes (this node's own builds).
     trust: buildmesh_protocol::mesh::TrustConfig,
@@ -120,6 +122,7 @@ impl AppState {
                 submit,
                 cache_info,
                 narinfos: cache::NarinfoCache::default(),
+                nars_allowed: nar::NarAllowedCache::default(),
                 mesh: None,
                 trust,
                 downloads: server::ServerSettings::default().download_limiter(),

@@ -4,17 +4,22 @@
 //! ([`crate::store`]). `.nar.zst` is the blob file as stored (what narinfos advertise; Nix 2.8 and
 //! later decompresses it and checks `NarHash`). `.nar` is the NAR, decompressed on the fly.
 //!
-//! **Integrity of `.nar`: every download is checked, end to end.** The blob reader hashes what
-//! it decompresses and checks the blake3 id and the length at the end of the stream; the body
-//! pump ([`super::stream`]) holds the last chunk back until that check passed, so a damaged blob
-//! (a flipped byte anywhere, a truncated or swapped file) never yields a complete response, at
-//! any time, not only the first time it is read: the connection is cut instead. Why this and not
-//! "verify at write and scrub" or "verify once per process": both leave a window in which a blob
-//! damaged after its check is served whole, and the check is cheap next to the rest of the work
-//! (blake3 runs at several GB/s on one core with AVX2/AVX-512, decompression of a typical blob
-//! at 1.5-4 GB/s). Measured against harmonia and nginx in docs/benchmarks.md:
-//! on the 2-core VM `.nar` is at 0.4-0.8x harmonia, bound by the CPU of decompressing and
-//! hashing on one core per connection; issue 11 item 3's goal is not met yet.
+//! **Integrity of `.nar`: verified once per process.** The blob reader
+//! ([`crate::store::NarBlobReader`]) hashes what it decompresses and checks the blake3 id and the
+//! length at the end of the stream; the body pump ([`super::stream`]) holds the last chunk back
+//! until that check passed (a small body is read and checked whole before anything is sent), so
+//! a damaged blob (a flipped byte anywhere, a truncated or swapped file) never yields a complete
+//! response the first time this process serves it: the connection is cut (a small one answers
+//! 500). A blob whose check passed joins an in-memory set keyed by the identity of its file
+//! ([`crate::store::verified`]); later downloads of it stream without blake3 (still decompressed,
+//! the length still checked). What this trades: a blob damaged in place after its first verified
+//! read in this process (same inode, length and mtime) is served whole, and the client's
+//! `NarHash` check catches it (Nix refuses a NAR that does not hash to the narinfo's NarHash),
+//! not the node; a file replaced or rewritten, and every blob after a restart, is checked again.
+//! Why: checking every download kept `.nar` at ~1 GB/s on one connection (decompression and
+//! blake3 on one core), below harmonia's 1.6-2.8 GB/s from the page cache; with the check done
+//! once and decompression overlapping sending, `.nar` is level with harmonia on one connection
+//! and ahead on four (docs/benchmarks.md). Issue 11 item 3 allows this choice.
 //!
 //! **`.nar.zst` is not checked by the node**: checking it costs a full decompression, which is
 //! what serving the stored file avoids; the client checks it (Nix decompresses and compares the
@@ -30,9 +35,11 @@
 //! Downloads (`GET`) take a slot of the node's [`super::limits::DownloadLimiter`] (in all and
 //! per client) for as long as they stream; `HEAD` takes none and reads nothing but the record.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
@@ -79,30 +86,31 @@ pub(super) async fn nar(
         Err(e) => return internal("trust", e),
     }
     let head = method == Method::HEAD;
-    // The size of the whole body is known before anything is read (the record's NarSize, or
-    // the file's length), so the range is decided first and only what is sent is opened.
-    let st = state.clone();
-    let size = tokio::task::spawn_blocking(move || -> Result<Option<(u64, _)>, StoreError> {
-        let Some(blob) = st.store().blob_by_nar_hash(&NixHash::sha256(digest))? else { return Ok(None) };
-        if compressed {
-            let (file, _) = st.store().open_nar_compressed(&blob.blake3)?;
-            let len = file
-                .metadata()
-                .map_err(|source| StoreError::Io { op: "stat blob", path: blob.blake3.to_string().into(), source })?
-                .len();
-            Ok(Some((len, (blob, Some(file)))))
-        } else {
-            Ok(Some((blob.nar_size, (blob, None))))
+    // A download holds its slot until its body is done or dropped.
+    let slot = if head {
+        None
+    } else {
+        match state.inner.downloads.acquire(super::server::client_ip(&ext)).await {
+            Ok(slot) => Some(slot),
+            Err(busy) => {
+                tracing::debug!(cause = %busy, "NAR download refused");
+                let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, busy.to_string());
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return resp;
+            }
         }
-    })
-    .await;
-    let (size, (blob, file)) = match size {
+    };
+    // One blocking task finds the blob, decides the range (the size of the whole body is known
+    // before anything is read: the record's NarSize, or the file's length), opens what is sent
+    // and reads a small body whole.
+    let st = state.clone();
+    let opened = tokio::task::spawn_blocking(move || open(&st, digest, compressed, head, &headers)).await;
+    let (size, ranged, body) = match opened {
         Ok(Ok(Some(v))) => v,
         Ok(Ok(None)) => return not_found(),
         Ok(Err(e)) => return store_error(e),
         Err(e) => return internal("task", e),
     };
-    let ranged = if head { Ranged::Full } else { range::decide(&headers, size) };
     if ranged == Ranged::Unsatisfiable {
         let mut resp = plain(StatusCode::RANGE_NOT_SATISFIABLE, format!("no satisfiable range in 0-{size}"));
         let h = resp.headers_mut();
@@ -110,52 +118,82 @@ pub(super) async fn nar(
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         return resp;
     }
-    if head {
-        return nar_response(StatusCode::OK, size, None, Body::empty());
-    }
-    // A download holds its slot until its body is done or dropped.
-    let slot = match state.inner.downloads.acquire(super::server::client_ip(&ext)).await {
-        Ok(slot) => slot,
-        Err(busy) => {
-            tracing::debug!(cause = %busy, "NAR download refused");
-            let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, busy.to_string());
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return resp;
-        }
+    let body = match body {
+        Opened::Nothing => Body::empty(),
+        Opened::Whole(bytes) => Body::from(bytes),
+        Opened::Stream(reader) => stream_body_with(reader, slot),
+        Opened::Failed(e) => return internal("blob", e),
     };
-    let st = state.clone();
-    let part = match &ranged {
-        Ranged::Partial(r) => Some(r.clone()),
-        _ => None,
-    };
-    let opened = tokio::task::spawn_blocking(move || -> Result<BodyReader, StoreError> {
-        let reader: BodyReader = match (file, &part) {
-            (Some(file), None) => Box::new(file),
-            (Some(mut file), Some(r)) => {
-                file.seek(SeekFrom::Start(*r.start())).map_err(|source| StoreError::Io {
-                    op: "seek blob",
-                    path: blob.blake3.to_string().into(),
-                    source,
-                })?;
-                Box::new(file.take(r.end() - r.start() + 1))
-            }
-            (None, None) => Box::new(st.store().open_nar(&blob.blake3)?),
-            (None, Some(r)) => Box::new(RangeReader::new(st.store().open_nar(&blob.blake3)?, r)),
-        };
-        Ok(reader)
-    })
-    .await;
-    let reader = match opened {
-        Ok(Ok(reader)) => reader,
-        Ok(Err(e)) => return store_error(e),
-        Err(e) => return internal("task", e),
-    };
-    let body = stream_body_with(reader, slot);
     match ranged {
         Ranged::Partial(r) => nar_response(StatusCode::PARTIAL_CONTENT, r.end() - r.start() + 1, Some((r, size)), body),
         _ => nar_response(StatusCode::OK, size, None, body),
     }
 }
+
+/// What [`open`] prepared to send.
+enum Opened {
+    /// `HEAD`, or a `416`.
+    Nothing,
+    /// A small body, read whole (and, for `.nar`, checked) in the same blocking task.
+    Whole(Bytes),
+    /// A body to stream.
+    Stream(BodyReader),
+    /// Reading a small body failed (a damaged blob): nothing of it is sent.
+    Failed(std::io::Error),
+}
+
+/// The blob with this NarHash (blocking): the size of the whole body, the range to send, and
+/// what to send (see [`Opened`]); `None` when no blob has this NarHash.
+fn open(
+    st: &AppState,
+    digest: [u8; 32],
+    compressed: bool,
+    head: bool,
+    headers: &HeaderMap,
+) -> Result<Option<(u64, Ranged, Opened)>, StoreError> {
+    let Some(blob) = st.store().blob_by_nar_hash(&NixHash::sha256(digest))? else { return Ok(None) };
+    let io = |op: &'static str| move |source| StoreError::Io { op, path: blob.blake3.to_string().into(), source };
+    let (size, mut file) = if compressed {
+        let (file, _) = st.store().open_nar_compressed(&blob.blake3)?;
+        (file.metadata().map_err(io("stat blob"))?.len(), Some(file))
+    } else {
+        (blob.nar_size, None)
+    };
+    let ranged = if head { Ranged::Full } else { range::decide(headers, size) };
+    if head || ranged == Ranged::Unsatisfiable {
+        return Ok(Some((size, ranged, Opened::Nothing)));
+    }
+    let part = match &ranged {
+        Ranged::Partial(r) => Some(r.clone()),
+        _ => None,
+    };
+    let mut reader: BodyReader = match (file.take(), &part) {
+        (Some(file), None) => Box::new(file),
+        (Some(mut file), Some(r)) => {
+            file.seek(SeekFrom::Start(*r.start())).map_err(io("seek blob"))?;
+            Box::new(file.take(r.end() - r.start() + 1))
+        }
+        (None, None) => Box::new(st.store().open_nar(&blob.blake3)?),
+        (None, Some(r)) => Box::new(RangeReader::new(st.store().open_nar(&blob.blake3)?, r)),
+    };
+    if part.is_some() || size > WHOLE_BODY {
+        return Ok(Some((size, ranged, Opened::Stream(reader))));
+    }
+    // Small: one read here instead of a blocking task per chunk (and the check at the end of
+    // the reader runs before anything is sent).
+    let mut buf = Vec::with_capacity(size as usize);
+    let opened = match reader.read_to_end(&mut buf) {
+        Ok(_) if buf.len() as u64 == size => Opened::Whole(Bytes::from(buf)),
+        Ok(n) => Opened::Failed(std::io::Error::other(format!("blob {} gave {n} bytes, not {size}", blob.blake3))),
+        Err(e) => Opened::Failed(e),
+    };
+    Ok(Some((size, ranged, opened)))
+}
+
+/// Bodies up to this size are read whole in the task that opens them (see [`open`]): most
+/// store paths' NARs (clientbench measured a small `.nar.zst` at 0.21 ms here against nginx's
+/// 0.07 ms, much of it in per-chunk blocking tasks).
+const WHOLE_BODY: u64 = 256 * 1024;
 
 fn header_value(s: String) -> HeaderValue {
     HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("bytes */0"))
@@ -195,15 +233,122 @@ fn nar_response(
 /// Whether the NAR with this NarHash may be served: under the same trust rule as the narinfos
 /// (the mesh's quorum on a mesh node, own attested builds on a standalone node, or a
 /// content-addressed path whose bytes match it).
+///
+/// A standalone node remembers a positive answer ([`NarAllowedCache`]) the way it remembers
+/// narinfos ([`super::cache::NarinfoCache`]): what it serves there (its own attested builds,
+/// content-addressed paths whose bytes match) is never withdrawn. A mesh node asks the gateway
+/// every time, like it does for narinfos, because a dispute can withdraw a quorum.
 async fn nar_allowed(state: &AppState, digest: [u8; 32]) -> Result<bool, String> {
     if let Some(mesh) = &state.inner.mesh {
         return mesh.gateway().nar_allowed(digest).await.map_err(|e| e.to_string());
     }
+    if state.inner.nars_allowed.contains(&digest) {
+        return Ok(true);
+    }
+    // One check per NarHash at a time: many requests for the same NAR arriving together (e.g.
+    // many clients of a big `text` path, whose check re-hashes its whole NAR) wait for the first
+    // one's answer instead of each running the check.
+    let flight = state.inner.nars_allowed.flight(digest);
+    let _turn = flight.lock().await;
+    let done = state.inner.nars_allowed.contains(&digest);
+    if done {
+        state.inner.nars_allowed.landed(&digest);
+        return Ok(true);
+    }
     let st = state.clone();
-    tokio::task::spawn_blocking(move || {
+    let allowed = tokio::task::spawn_blocking(move || {
         crate::trust::serve::nar_servable(st.store(), st.store_dir(), &st.inner.trust, &digest)
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string());
+    if let Ok(Ok(true)) = allowed {
+        state.inner.nars_allowed.insert(digest);
+    }
+    state.inner.nars_allowed.landed(&digest);
+    allowed?.map_err(|e| e.to_string())
+}
+
+/// NarHashes kept per generation of [`NarAllowedCache`] (at most twice this many, 32 bytes each).
+pub const NAR_ALLOWED_ENTRIES: usize = 16384;
+
+/// The NarHashes a standalone node's trust rule allowed on the NAR route, so that a hot NAR
+/// costs no trust check (for a `text` path, a re-read and re-hash of its whole NAR). Bounded
+/// like [`super::cache::NarinfoCache`]: two generations of [`NAR_ALLOWED_ENTRIES`].
+#[derive(Debug, Default)]
+pub struct NarAllowedCache {
+    /// The current and the old generation.
+    inner: std::sync::Mutex<Pair>,
+    /// The checks under way, by NarHash (one at a time per NarHash).
+    flights: std::sync::Mutex<HashMap<[u8; 32], Flight>>,
+}
+
+/// The current and the old generation of a [`NarAllowedCache`].
+type Pair = (HashSet<[u8; 32]>, HashSet<[u8; 32]>);
+
+/// The lock one NarHash's trust checks take turns on.
+type Flight = Arc<tokio::sync::Mutex<()>>;
+
+impl NarAllowedCache {
+    /// The lock that orders the checks of `digest`.
+    fn flight(&self, digest: [u8; 32]) -> Flight {
+        let mut f = self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(f.entry(digest).or_default())
+    }
+
+    /// A check of `digest` ended: forget its lock once no one else waits on it.
+    fn landed(&self, digest: &[u8; 32]) {
+        let mut f = self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One reference in the map, one held by the caller: no one else waits.
+        if f.get(digest).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            f.remove(digest);
+        }
+    }
+
+    /// Whether the NarHash `digest` was allowed.
+    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.0.contains(digest) {
+            return true;
+        }
+        if g.1.remove(digest) {
+            Self::add(&mut g, *digest);
+            return true;
+        }
+        false
+    }
+
+    /// Remember that the NarHash `digest` is allowed.
+    pub fn insert(&self, digest: [u8; 32]) {
+        Self::add(&mut self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner), digest);
+    }
+
+    fn add(g: &mut Pair, digest: [u8; 32]) {
+        if g.0.len() >= NAR_ALLOWED_ENTRIES {
+            g.1 = std::mem::take(&mut g.0);
+        }
+        g.0.insert(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nar_allowed_cache_is_bounded_and_keeps_hot_entries() {
+        let c = NarAllowedCache::default();
+        let hot = [7u8; 32];
+        assert!(!c.contains(&hot));
+        c.insert(hot);
+        for i in 0..NAR_ALLOWED_ENTRIES as u64 * 3 {
+            let mut d = [0u8; 32];
+            d[..8].copy_from_slice(&i.to_le_bytes());
+            c.insert(d);
+            if i % 1000 == 0 {
+                assert!(c.contains(&hot), "at {i}");
+            }
+        }
+        let g = c.inner.lock().unwrap();
+        assert!(g.0.len() + g.1.len() <= 2 * NAR_ALLOWED_ENTRIES);
+    }
 }

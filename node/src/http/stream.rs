@@ -1,11 +1,12 @@
 //! Response bodies streamed from a blocking reader (a NAR blob), one chunk ahead.
 //!
-//! Each chunk is read in a short `spawn_blocking` task started only when the connection has
-//! taken the previous one, so a client that stops reading holds no thread, only the chunk it has
-//! not taken (the connection's write timeout then drops it). (A one-chunk read-ahead, reading
-//! the next chunk while the previous one is sent, was tried for issue 11 item 3: on the 2-core
-//! VM it measured no faster, `.nar` being bound by the CPU time of decompressing and hashing,
-//! and it kept more reads in flight under many slow readers, so it was taken out again.)
+//! Each chunk is read in a short `spawn_blocking` task, one chunk ahead: the next read starts as
+//! soon as the previous one returned, so decompressing the next chunk overlaps sending the
+//! previous one (issue 11 item 3: with verify-once-per-process, `.nar` on one connection is
+//! bound by decompression, and the overlap is what brings it level with a server streaming from
+//! the page cache). A client that stops reading holds no thread, only the chunks it has not
+//! taken (at most one held back, one read ahead); the connection's write timeout then drops
+//! them.
 //!
 //! The last chunk is sent only after the reader reported a clean end (`Ok(0)`), so a reader
 //! that fails at its end, like [`crate::store::NarBlobReader`] when the blob does not hash to its
@@ -15,9 +16,11 @@ use std::io::{self, Read};
 
 use axum::body::{Body, Bytes};
 
-/// Bytes per streamed chunk. A download holds about three: one held back, two in the
-/// connection's write buffer (plus the zstd decoder's window).
-pub const CHUNK: usize = 256 * 1024;
+/// Bytes per streamed chunk (one blocking read task each). A download holds about four: one
+/// held back, one read ahead, two in the connection's write buffer (plus the zstd decoder's
+/// window and its 256 KiB read buffer). 512 KiB rather than 256 KiB: half the task hops per body
+/// (issue 11 item 3), at about 2-3 MiB per download (`max_downloads` 32 by default).
+pub const CHUNK: usize = 512 * 1024;
 
 /// A blocking reader of a response body.
 pub type BodyReader = Box<dyn Read + Send>;
@@ -31,7 +34,7 @@ pub fn stream_body(reader: BodyReader) -> Body {
 /// reader ended cleanly (see the module docs). `guard` (e.g. a download slot) is dropped with the
 /// body.
 pub fn stream_body_with(reader: BodyReader, guard: impl Send + 'static) -> Body {
-    let state = Pump { reader: Some(reader), pending: None, _guard: Box::new(guard) };
+    let state = Pump { reader: Some(reader), reading: None, pending: None, _guard: Box::new(guard) };
     let stream = libp2p::futures::stream::unfold(state, |mut st| async move {
         let item = st.next().await?;
         Some((item, st))
@@ -45,8 +48,10 @@ type ReadResult = (BodyReader, io::Result<Option<Bytes>>);
 
 /// The state of a [`stream_body_with`] stream.
 struct Pump {
-    /// `None` once the reader ended or failed.
+    /// The reader before the first read.
     reader: Option<BodyReader>,
+    /// The read in flight (one chunk ahead); `None` once the reader ended or failed.
+    reading: Option<tokio::task::JoinHandle<ReadResult>>,
     /// The chunk read last, held back until the next read shows it is not the last one (or the
     /// reader ended cleanly).
     pending: Option<Bytes>,
@@ -56,15 +61,19 @@ struct Pump {
 impl Pump {
     /// The next chunk to send; `None` at the end.
     async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        if let Some(reader) = self.reader.take() {
+            self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(reader)));
+        }
         loop {
-            let reader = self.reader.take()?;
-            let (reader, read) = match tokio::task::spawn_blocking(move || read_chunk(reader)).await {
+            let reading = self.reading.take()?;
+            let (reader, read) = match reading.await {
                 Ok(v) => v,
                 Err(e) => return Some(Err(io::Error::other(format!("NAR reader task failed: {e}")))),
             };
             match read {
                 Ok(Some(chunk)) => {
-                    self.reader = Some(reader);
+                    // Read the next chunk while this one's predecessor is sent.
+                    self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(reader)));
                     if let Some(prev) = self.pending.replace(chunk) {
                         return Some(Ok(prev));
                     }

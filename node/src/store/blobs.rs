@@ -5,16 +5,22 @@
 //! directory fsynced, so a blob file under its final name is always complete. The database row in
 //! `blobs` is committed only after that, so a crash leaves at most an unreferenced temp file, which
 //! [`BlobDir::remove_temp_files`] deletes on the next open.
+//!
+//! Reading a blob back ([`NarBlobReader`]) checks its blake3 id and length at the end of the
+//! stream, unless this process already verified the same file ([`super::verified`]: verify once
+//! per process; the module docs there say what that trades).
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::id::ArtifactHash;
 use buildmesh_protocol::nar::{NarDigest, NarHasher};
 
 use super::StoreError;
+use super::verified::{FileStamp, VerifiedBlobs};
 
 /// Prefix of temporary blob files.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -22,12 +28,17 @@ const TEMP_PREFIX: &str = ".tmp-";
 const BLOB_SUFFIX: &str = ".nar.zst";
 /// Read chunk size when streaming a NAR in.
 const CHUNK: usize = 256 * 1024;
+/// Buffer of compressed bytes when reading a blob back (zstd decompresses straight into the
+/// caller's buffer).
+const READ_BUFFER: usize = 256 * 1024;
 
 /// The blob directory.
 #[derive(Debug, Clone)]
 pub(crate) struct BlobDir {
     root: PathBuf,
     level: i32,
+    /// Blobs whose full check passed in this process (shared by clones).
+    verified: Arc<VerifiedBlobs>,
 }
 
 /// What a size/hash check of an incoming NAR expects.
@@ -70,7 +81,7 @@ impl BlobDir {
     /// Open (creating) the blob directory.
     pub(crate) fn open(root: PathBuf, level: i32) -> Result<BlobDir, StoreError> {
         fs::create_dir_all(&root).map_err(io_err(&root, "create blob directory"))?;
-        Ok(BlobDir { root, level })
+        Ok(BlobDir { root, level, verified: Arc::default() })
     }
 
     /// The final file name of a blob.
@@ -163,6 +174,10 @@ impl BlobDir {
             source: e.error,
         })?;
         sync_dir(&shard)?;
+        // What was just written hashed to its id on the way in.
+        if let Ok(meta) = fs::metadata(&final_path) {
+            self.verified.insert(id, FileStamp::of(&meta));
+        }
         Ok(Written { digest, compressed_size })
     }
 
@@ -178,24 +193,55 @@ impl BlobDir {
         })
     }
 
-    /// A decompressing reader that checks blake3 and length at the end of the stream.
+    /// A decompressing reader that checks the length at the end of the stream, and blake3 too
+    /// unless this process verified the same file already (see [`super::verified`]).
     pub(crate) fn reader(&self, id: &ArtifactHash, nar_size: u64) -> Result<NarBlobReader, StoreError> {
-        let file = self.open_compressed(id)?;
-        let decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, file))
-            .map_err(io_err(&self.path_of(id), "start zstd decoder"))?;
-        Ok(NarBlobReader { decoder, id: *id, nar_size, hasher: blake3::Hasher::new(), read: 0, checked: false })
-    }
-
-    /// Re-read a blob completely and return its digest (for [`super::Store::verify_nar`]).
-    pub(crate) fn digest(&self, id: &ArtifactHash) -> Result<NarDigest, StoreError> {
         let path = self.path_of(id);
         let file = self.open_compressed(id)?;
-        let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, file))
+        let stamp = FileStamp::of(&file.metadata().map_err(io_err(&path, "stat blob"))?);
+        let verified = self.verified.contains(id, &stamp);
+        let decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(READ_BUFFER, file))
+            .map_err(io_err(&path, "start zstd decoder"))?;
+        Ok(NarBlobReader {
+            decoder,
+            id: *id,
+            nar_size,
+            hasher: (!verified).then(blake3::Hasher::new),
+            verified: Arc::clone(&self.verified),
+            stamp,
+            read: 0,
+            checked: false,
+        })
+    }
+
+    /// Re-read a blob completely and return its digest and the stamp of the file read (for
+    /// [`super::Store::verify_nar`], which calls [`BlobDir::mark_verified`] when it matches).
+    pub(crate) fn digest(&self, id: &ArtifactHash) -> Result<(NarDigest, FileStamp), StoreError> {
+        let path = self.path_of(id);
+        let file = self.open_compressed(id)?;
+        let stamp = FileStamp::of(&file.metadata().map_err(io_err(&path, "stat blob"))?);
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(READ_BUFFER, file))
             .map_err(io_err(&path, "start zstd decoder"))?;
         let mut hasher = NarHasher::new();
         io::copy(&mut decoder, &mut hasher)
             .map_err(|e| StoreError::BlobCorrupt { blob: *id, reason: format!("cannot decompress: {e}") })?;
-        Ok(hasher.finish())
+        Ok((hasher.finish(), stamp))
+    }
+
+    /// Remember that the blob `id` (its file with `stamp`) passed a full check, or forget it
+    /// (`ok == false`).
+    pub(crate) fn mark_verified(&self, id: &ArtifactHash, stamp: FileStamp, ok: bool) {
+        if ok {
+            self.verified.insert(*id, stamp);
+        } else {
+            self.verified.remove(id);
+        }
+    }
+
+    /// Whether the blob `id` is in this process's verified set with its current file (tests).
+    #[cfg(test)]
+    pub(crate) fn is_verified(&self, id: &ArtifactHash) -> bool {
+        fs::metadata(self.path_of(id)).is_ok_and(|m| self.verified.contains(id, &FileStamp::of(&m)))
     }
 }
 
@@ -204,14 +250,19 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "fsync directory"))
 }
 
-/// A stored NAR, decompressed as it is read. At the end of the stream it checks the length and the
-/// blake3 id and fails with [`io::ErrorKind::InvalidData`] on a mismatch, so a damaged blob never
-/// reads as a complete, valid NAR.
+/// A stored NAR, decompressed as it is read. At the end of the stream it checks the length and,
+/// unless this process verified the same blob file before, the blake3 id, and fails with
+/// [`io::ErrorKind::InvalidData`] on a mismatch, so a damaged blob never reads as a complete,
+/// valid NAR the first time it is read in a process ([`super::verified`] says what a later
+/// read trades). A read whose check passed adds the blob to the verified set.
 pub struct NarBlobReader {
     decoder: zstd::stream::read::Decoder<'static, BufReader<File>>,
     id: ArtifactHash,
     nar_size: u64,
-    hasher: blake3::Hasher,
+    /// `None` when the blob was verified in this process already.
+    hasher: Option<blake3::Hasher>,
+    verified: Arc<VerifiedBlobs>,
+    stamp: FileStamp,
     read: u64,
     checked: bool,
 }
@@ -222,6 +273,7 @@ impl std::fmt::Debug for NarBlobReader {
             .field("id", &self.id)
             .field("nar_size", &self.nar_size)
             .field("read", &self.read)
+            .field("hashing", &self.hasher.is_some())
             .finish()
     }
 }
@@ -242,9 +294,17 @@ impl Read for NarBlobReader {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = self.decoder.read(buf).map_err(|e| self.corrupt(format!("cannot decompress: {e}")))?;
+        let n = match self.decoder.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.verified.remove(&self.id);
+                return Err(self.corrupt(format!("cannot decompress: {e}")));
+            }
+        };
         if n > 0 {
-            self.hasher.update(&buf[..n]);
+            if let Some(h) = &mut self.hasher {
+                h.update(&buf[..n]);
+            }
             self.read += n as u64;
             if self.read > self.nar_size {
                 return Err(self.corrupt(format!("longer than its NarSize {}", self.nar_size)));
@@ -253,10 +313,15 @@ impl Read for NarBlobReader {
         }
         if !self.checked {
             if self.read != self.nar_size {
+                self.verified.remove(&self.id);
                 return Err(self.corrupt(format!("{} bytes, NarSize says {}", self.read, self.nar_size)));
             }
-            if self.hasher.finalize().as_bytes() != self.id.as_bytes() {
-                return Err(self.corrupt("content does not hash to its id".to_string()));
+            if let Some(h) = &self.hasher {
+                if h.finalize().as_bytes() != self.id.as_bytes() {
+                    self.verified.remove(&self.id);
+                    return Err(self.corrupt("content does not hash to its id".to_string()));
+                }
+                self.verified.insert(self.id, self.stamp);
             }
             self.checked = true;
         }

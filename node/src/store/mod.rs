@@ -35,6 +35,7 @@ mod signed;
 mod tables;
 mod trust_index;
 mod usage;
+pub mod verified;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -206,10 +206,18 @@ impl Store {
         Ok((self.inner.blobs.open_compressed(id)?, info))
     }
 
-    /// Re-read a blob and check blake3, NarHash and NarSize against its id and record.
+    /// Whether the blob is in this process's verified set with its current file (tests).
+    #[cfg(test)]
+    pub(crate) fn blob_verified(&self, id: &ArtifactHash) -> bool {
+        self.inner.blobs.is_verified(id)
+    }
+
+    /// Re-read a blob and check blake3, NarHash and NarSize against its id and record; one
+    /// that passes joins this process's verified set ([`super::verified`]), one that fails
+    /// leaves it.
     pub fn verify_nar(&self, id: &ArtifactHash) -> Result<BlobInfo, StoreError> {
         let info = self.blob_info(id)?.ok_or_else(|| StoreError::NotFound { table: "blobs", key: id.to_string() })?;
-        let digest = self.inner.blobs.digest(id)?;
+        let (digest, stamp) = self.inner.blobs.digest(id)?;
         let reason = if &digest.blake3 != id.as_bytes() {
             Some(format!("content hashes to {}", hex::encode(digest.blake3)))
         } else if digest.nar_size != info.nar_size {
@@ -219,6 +227,7 @@ impl Store {
         } else {
             None
         };
+        self.inner.blobs.mark_verified(id, stamp, reason.is_none());
         match reason {
             Some(reason) => Err(StoreError::BlobCorrupt { blob: *id, reason }),
             None => Ok(info),

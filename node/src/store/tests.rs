@@ -161,6 +161,60 @@ fn failing_reader_is_an_input_error() {
 }
 
 #[test]
+fn a_verified_blob_streams_without_blake3_until_its_file_changes() {
+    use std::io::{Seek, SeekFrom, Write};
+    let (store, dir) = memory_store();
+    // Noise: stored in raw zstd blocks, so a flipped byte changes the content, not the framing.
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let data: Vec<u8> = (0..100_000)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let a = store.put_nar(&mut data.as_slice()).expect("put");
+    assert!(store.blob_verified(&a.blake3), "its write verified it");
+    let hex = a.blake3.to_string();
+    let file = dir.path().join(&hex[..2]).join(format!("{hex}.nar.zst"));
+    let mtime = std::fs::metadata(&file).expect("stat").modified().expect("mtime");
+    let at = std::fs::metadata(&file).expect("stat").len() / 2;
+    // Flip one byte in place (same inode and length), then set the mtime.
+    let flip = |mtime: std::time::SystemTime| {
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&file).expect("open");
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(at)).expect("seek");
+        f.read_exact(&mut b).expect("read");
+        f.seek(SeekFrom::Start(at)).expect("seek");
+        f.write_all(&[b[0] ^ 0x01]).expect("flip");
+        f.set_modified(mtime).expect("set mtime");
+    };
+    let touch = |mtime| std::fs::File::options().write(true).open(&file).expect("open").set_modified(mtime);
+    // A flip under the filesystem (same inode, length, mtime) after the check: the verified
+    // blob is streamed without blake3, so it reads whole (what verify-once-per-process trades;
+    // the client's NarHash check catches it).
+    flip(mtime);
+    let got = read_all(&store, &a.blake3).expect("a verified blob is not hashed again");
+    assert_eq!(got.len(), data.len());
+    assert_ne!(got, data);
+    // The file changed (mtime): checked again, and the damage is found.
+    touch(mtime + std::time::Duration::from_secs(1)).expect("touch");
+    assert!(!store.blob_verified(&a.blake3));
+    assert_eq!(read_all(&store, &a.blake3).expect_err("checked").kind(), std::io::ErrorKind::InvalidData);
+    // The failed check forgot the blob: repaired under its old mtime it is checked again.
+    flip(mtime);
+    assert!(!store.blob_verified(&a.blake3));
+    assert_eq!(read_all(&store, &a.blake3).expect("checked, intact"), data);
+    assert!(store.blob_verified(&a.blake3), "a full read that passed verified it");
+    // A failed verify_nar forgets it too.
+    flip(mtime);
+    assert!(store.verify_nar(&a.blake3).is_err());
+    assert!(!store.blob_verified(&a.blake3));
+    assert!(read_all(&store, &a.blake3).is_err());
+}
+
+#[test]
 fn tampered_blobs_are_detected() {
     let (store, dir) = memory_store();
     let (_, a) = put(&store, 3, 500_000);
