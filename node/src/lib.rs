@@ -22,6 +22,8 @@
 //! - [`sandbox`]: the namespace sandbox and builder process primitives the `local` executor uses.
 //! - [`net`]: libp2p networking (one task owns the swarm).
 //! - [`store`]: the node's durable state (redb tables + content-addressed NAR blobs).
+//! - [`bounded_cache`]: the two-generation bounded map behind the gateway's caches and the
+//!   store's verified blobs.
 //! - [`nar_fs`], [`content_address`], [`systems`]: NAR dump/restore on the filesystem, content
 //!   addresses of source and text paths, the systems this machine builds for.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -29,6 +31,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bounded_cache;
 pub mod build;
 pub mod cli;
 pub mod config;

@@ -95,50 +95,28 @@ pub const NARINFO_CACHE_ENTRIES: usize = 4096;
 /// is dropped; a hit in the old generation moves the entry to the current one.
 #[derive(Debug, Default)]
 pub struct NarinfoCache {
-    inner: std::sync::Mutex<Generations>,
-}
-
-#[derive(Debug, Default)]
-struct Generations {
-    current: std::collections::HashMap<String, Bytes>,
-    old: std::collections::HashMap<String, Bytes>,
+    inner: crate::bounded_cache::BoundedCache<String, Bytes, NARINFO_CACHE_ENTRIES>,
 }
 
 impl NarinfoCache {
     /// The cached narinfo of `hash_part`.
     pub fn get(&self, hash_part: &str) -> Option<Bytes> {
-        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(b) = g.current.get(hash_part) {
-            return Some(b.clone());
-        }
-        let b = g.old.remove(hash_part)?;
-        g.insert(hash_part.to_string(), b.clone());
-        Some(b)
+        self.inner.get(hash_part)
     }
 
     /// Remember the narinfo of `hash_part`.
     pub fn insert(&self, hash_part: String, narinfo: Bytes) {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(hash_part, narinfo);
+        self.inner.insert(hash_part, narinfo);
     }
 
     /// Entries held (both generations).
     pub fn len(&self) -> usize {
-        let g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.current.len() + g.old.len()
+        self.inner.len()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Generations {
-    fn insert(&mut self, key: String, value: Bytes) {
-        if self.current.len() >= NARINFO_CACHE_ENTRIES {
-            self.old = std::mem::take(&mut self.current);
-        }
-        self.current.insert(key, value);
+        self.inner.is_empty()
     }
 }
 

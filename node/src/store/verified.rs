@@ -20,11 +20,11 @@
 //! Bounded: two generations of at most [`VERIFIED_ENTRIES`] ids each (about 100 bytes an entry);
 //! a forgotten blob is simply checked again.
 
-use std::collections::HashMap;
 use std::fs::Metadata;
-use std::sync::Mutex;
 
 use buildmesh_protocol::id::ArtifactHash;
+
+use crate::bounded_cache::BoundedCache;
 
 /// Blob ids kept per generation (at most twice this many).
 pub const VERIFIED_ENTRIES: usize = 16384;
@@ -55,62 +55,33 @@ impl FileStamp {
 /// The set of verified blobs (see the module docs). Shared by every clone of a store.
 #[derive(Debug, Default)]
 pub struct VerifiedBlobs {
-    inner: Mutex<Generations>,
-}
-
-#[derive(Debug, Default)]
-struct Generations {
-    current: HashMap<ArtifactHash, FileStamp>,
-    old: HashMap<ArtifactHash, FileStamp>,
+    inner: BoundedCache<ArtifactHash, FileStamp, VERIFIED_ENTRIES>,
 }
 
 impl VerifiedBlobs {
     /// Whether the blob `id`, whose file now has `stamp`, passed its check in this process.
     pub fn contains(&self, id: &ArtifactHash, stamp: &FileStamp) -> bool {
-        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(s) = g.current.get(id) {
-            return s == stamp;
-        }
-        match g.old.remove(id) {
-            Some(s) => {
-                g.insert(*id, s);
-                &s == stamp
-            }
-            None => false,
-        }
+        self.inner.get(id).is_some_and(|s| &s == stamp)
     }
 
     /// Remember that the blob `id`, whose file has `stamp`, passed its full check.
     pub fn insert(&self, id: ArtifactHash, stamp: FileStamp) {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, stamp);
+        self.inner.insert(id, stamp);
     }
 
     /// Forget the blob `id` (its check failed).
     pub fn remove(&self, id: &ArtifactHash) {
-        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.current.remove(id);
-        g.old.remove(id);
+        self.inner.remove(id);
     }
 
     /// Entries held (both generations).
     pub fn len(&self) -> usize {
-        let g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.current.len() + g.old.len()
+        self.inner.len()
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Generations {
-    fn insert(&mut self, id: ArtifactHash, stamp: FileStamp) {
-        if self.current.len() >= VERIFIED_ENTRIES && !self.current.contains_key(&id) {
-            self.old = std::mem::take(&mut self.current);
-        }
-        self.old.remove(&id);
-        self.current.insert(id, stamp);
+        self.inner.is_empty()
     }
 }
 
