@@ -35,7 +35,7 @@
 //! Downloads (`GET`) take a slot of the node's [`super::limits::DownloadLimiter`] (in all and
 //! per client) for as long as they stream; `HEAD` takes none and reads nothing but the record.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
@@ -248,11 +248,11 @@ async fn nar_allowed(state: &AppState, digest: [u8; 32]) -> Result<bool, String>
     // One check per NarHash at a time: many requests for the same NAR arriving together (e.g.
     // many clients of a big `text` path, whose check re-hashes its whole NAR) wait for the first
     // one's answer instead of each running the check.
+    // The flight is left when this future ends in any way, a dropped request included, so the
+    // map of flights holds only checks under way.
     let flight = state.inner.nars_allowed.flight(digest);
-    let _turn = flight.lock().await;
-    let done = state.inner.nars_allowed.contains(&digest);
-    if done {
-        state.inner.nars_allowed.landed(&digest);
+    let _turn = flight.lock.lock().await;
+    if state.inner.nars_allowed.contains(&digest) {
         return Ok(true);
     }
     let st = state.clone();
@@ -264,7 +264,6 @@ async fn nar_allowed(state: &AppState, digest: [u8; 32]) -> Result<bool, String>
     if let Ok(Ok(true)) = allowed {
         state.inner.nars_allowed.insert(digest);
     }
-    state.inner.nars_allowed.landed(&digest);
     allowed?.map_err(|e| e.to_string())
 }
 
@@ -276,26 +275,37 @@ pub const NAR_ALLOWED_ENTRIES: usize = 16384;
 /// like [`super::cache::NarinfoCache`]: two generations of [`NAR_ALLOWED_ENTRIES`].
 #[derive(Debug, Default)]
 pub struct NarAllowedCache {
-    /// The current and the old generation.
-    inner: std::sync::Mutex<Pair>,
+    /// The allowed NarHashes.
+    inner: crate::bounded_cache::BoundedCache<[u8; 32], (), NAR_ALLOWED_ENTRIES>,
     /// The checks under way, by NarHash (one at a time per NarHash).
-    flights: std::sync::Mutex<HashMap<[u8; 32], Flight>>,
+    flights: std::sync::Mutex<HashMap<[u8; 32], FlightLock>>,
 }
 
-/// The current and the old generation of a [`NarAllowedCache`].
-type Pair = (HashSet<[u8; 32]>, HashSet<[u8; 32]>);
-
 /// The lock one NarHash's trust checks take turns on.
-type Flight = Arc<tokio::sync::Mutex<()>>;
+type FlightLock = Arc<tokio::sync::Mutex<()>>;
+
+/// A request's part in the checks of one NarHash; dropping it (when the check ends, or when the
+/// request is dropped while it waits) forgets the lock once no one else holds it.
+struct Flight<'a> {
+    cache: &'a NarAllowedCache,
+    digest: [u8; 32],
+    lock: FlightLock,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.cache.landed(&self.digest);
+    }
+}
 
 impl NarAllowedCache {
     /// The lock that orders the checks of `digest`.
-    fn flight(&self, digest: [u8; 32]) -> Flight {
+    fn flight(&self, digest: [u8; 32]) -> Flight<'_> {
         let mut f = self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(f.entry(digest).or_default())
+        Flight { cache: self, digest, lock: Arc::clone(f.entry(digest).or_default()) }
     }
 
-    /// A check of `digest` ended: forget its lock once no one else waits on it.
+    /// A [`Flight`] of `digest` ends: forget its lock once no one else waits on it.
     fn landed(&self, digest: &[u8; 32]) {
         let mut f = self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // One reference in the map, one held by the caller: no one else waits.
@@ -306,27 +316,27 @@ impl NarAllowedCache {
 
     /// Whether the NarHash `digest` was allowed.
     pub fn contains(&self, digest: &[u8; 32]) -> bool {
-        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if g.0.contains(digest) {
-            return true;
-        }
-        if g.1.remove(digest) {
-            Self::add(&mut g, *digest);
-            return true;
-        }
-        false
+        self.inner.get(digest).is_some()
     }
 
     /// Remember that the NarHash `digest` is allowed.
     pub fn insert(&self, digest: [u8; 32]) {
-        Self::add(&mut self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner), digest);
+        self.inner.insert(digest, ());
     }
 
-    fn add(g: &mut Pair, digest: [u8; 32]) {
-        if g.0.len() >= NAR_ALLOWED_ENTRIES {
-            g.1 = std::mem::take(&mut g.0);
-        }
-        g.0.insert(digest);
+    /// NarHashes held (both generations).
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether no NarHash is held.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Checks under way (NarHashes with a flight).
+    fn flights_in_progress(&self) -> usize {
+        self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 }
 
@@ -348,7 +358,27 @@ mod tests {
                 assert!(c.contains(&hot), "at {i}");
             }
         }
-        let g = c.inner.lock().unwrap();
-        assert!(g.0.len() + g.1.len() <= 2 * NAR_ALLOWED_ENTRIES);
+        assert!(c.len() <= 2 * NAR_ALLOWED_ENTRIES);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_it_waits_leaves_no_flight() {
+        let c = NarAllowedCache::default();
+        let digest = [3u8; 32];
+        let first = c.flight(digest);
+        let turn = first.lock.lock().await;
+        {
+            // A second request for the same NarHash waits for the first one's turn, and is
+            // dropped (its client went away) before it gets it.
+            let waiting = async {
+                let f = c.flight(digest);
+                let _t = f.lock.lock().await;
+            };
+            let timed_out = tokio::time::timeout(std::time::Duration::from_millis(20), waiting).await;
+            assert!(timed_out.is_err());
+        }
+        drop(turn);
+        drop(first);
+        assert_eq!(c.flights_in_progress(), 0);
     }
 }
