@@ -335,6 +335,7 @@ impl NarAllowedCache {
     }
 
     /// Checks under way (NarHashes with a flight).
+    #[cfg(test)]
     fn flights_in_progress(&self) -> usize {
         self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
