@@ -38,6 +38,7 @@ pub mod narinfo;
 pub mod nixbase32;
 pub mod nixkey;
 pub mod placement;
+pub mod revision;
 pub mod signed;
 pub mod store_path;
 pub mod verdict;
