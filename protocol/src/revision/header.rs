@@ -8,7 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{MAX_MANIFEST_DRVS, MAX_MANIFEST_JOBS, MAX_MANIFEST_SIZE, MIN_MANIFEST_SIZE, RevisionHeader, RevisionId};
+use thiserror::Error;
+
+use super::manifest_codec::manifest_hash;
+use super::{
+    MAX_MANIFEST_DRVS, MAX_MANIFEST_JOBS, MAX_MANIFEST_SIZE, MIN_MANIFEST_SIZE, Manifest, RevisionHeader, RevisionId,
+};
 use crate::id::NodeId;
 use crate::wire::codec::{Decode, DecodeError, Encode, Reader, Sink, put_len, put_str, put_u8, put_u32, put_u64};
 use crate::wire::{Kind, MAX_REPLICAS, MAX_SYSTEM_LEN, Payload, validate_system};
@@ -68,12 +73,108 @@ impl RevisionHeader {
     }
 
     /// Check every field rule (the same rules the decoder enforces), naming the first broken one.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut r_bytes = Vec::new();
-        self.encode(&mut r_bytes);
-        let mut r = Reader::new(&r_bytes);
-        RevisionHeader::decode_payload(&mut r).and_then(|_| r.finish()).map_err(|e| e.to_string())
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let bytes = self.to_bytes();
+        let mut r = Reader::new(&bytes);
+        RevisionHeader::decode_payload(&mut r).and_then(|_| r.finish())
     }
+
+    /// The header of a revision whose manifest is `manifest`, encoded as `encoded`
+    /// (`manifest.encode_to_vec()`, passed in so that a large manifest is encoded once): hash, size
+    /// and counts from the manifest, the rest from the arguments. Fails if a field breaks its rule.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_manifest(
+        submitter: NodeId,
+        created_at_ms: u64,
+        channel: &str,
+        branch: &str,
+        commit: &str,
+        replicas: u8,
+        manifest: &Manifest,
+        encoded: &[u8],
+    ) -> Result<RevisionHeader, DecodeError> {
+        debug_assert_eq!(encoded.len(), manifest.encoded_len(), "`encoded` is not the manifest's encoding");
+        let header = RevisionHeader {
+            submitter,
+            created_at_ms,
+            store_dir: manifest.store_dir.clone(),
+            channel: channel.to_string(),
+            branch: branch.to_string(),
+            commit: commit.to_string(),
+            manifest_hash: manifest_hash(encoded),
+            manifest_size: encoded.len() as u64,
+            drv_count: u32::try_from(manifest.drvs.len()).unwrap_or(u32::MAX),
+            jobs_per_system: manifest.jobs_per_system(),
+            replicas,
+        };
+        header.validate()?;
+        Ok(header)
+    }
+
+    /// Check manifest bytes received from a peer against this (verified) header and decode them:
+    /// the size first (nothing is read when it differs), then the blake3 hash, then the strict
+    /// decode, then that the store directory and the counts agree with the header.
+    pub fn check_manifest(&self, bytes: &[u8]) -> Result<Manifest, ManifestCheckError> {
+        if bytes.len() as u64 != self.manifest_size {
+            return Err(ManifestCheckError::Size { expected: self.manifest_size, found: bytes.len() as u64 });
+        }
+        let found = manifest_hash(bytes);
+        if found != self.manifest_hash {
+            return Err(ManifestCheckError::Hash {
+                expected: hex::encode(self.manifest_hash),
+                found: hex::encode(found),
+            });
+        }
+        let manifest = Manifest::decode(bytes)?;
+        let mismatch =
+            |field, header: String, manifest: String| ManifestCheckError::Mismatch { field, header, manifest };
+        if manifest.store_dir != self.store_dir {
+            return Err(mismatch("store_dir", self.store_dir.to_string(), manifest.store_dir.to_string()));
+        }
+        if manifest.drvs.len() as u64 != u64::from(self.drv_count) {
+            return Err(mismatch("drv_count", self.drv_count.to_string(), manifest.drvs.len().to_string()));
+        }
+        let jobs = manifest.jobs_per_system();
+        if jobs != self.jobs_per_system {
+            return Err(mismatch("jobs_per_system", format!("{:?}", self.jobs_per_system), format!("{jobs:?}")));
+        }
+        Ok(manifest)
+    }
+}
+
+/// Why manifest bytes do not belong to a revision header ([`RevisionHeader::check_manifest`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ManifestCheckError {
+    /// The length differs from the header's `manifest_size`.
+    #[error("manifest has {found} bytes, the revision header says {expected}")]
+    Size {
+        /// The header's size.
+        expected: u64,
+        /// The length received.
+        found: u64,
+    },
+    /// The blake3 hash differs from the header's `manifest_hash`.
+    #[error("manifest hash mismatch: the revision header says blake3 {expected}, the bytes hash to {found}")]
+    Hash {
+        /// The header's hash (hex).
+        expected: String,
+        /// The bytes' hash (hex).
+        found: String,
+    },
+    /// The bytes hash right but do not decode (a submitter published a bad manifest).
+    #[error("manifest does not decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// The manifest decodes but disagrees with a header field.
+    #[error("manifest disagrees with its revision header on {field}: header {header}, manifest {manifest}")]
+    Mismatch {
+        /// The header field.
+        field: &'static str,
+        /// The header's value.
+        header: String,
+        /// The manifest's value.
+        manifest: String,
+    },
 }
 
 impl Encode for RevisionHeader {

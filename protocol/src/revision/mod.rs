@@ -20,16 +20,26 @@
 //! Nothing here does I/O; the QA answers computed from revisions (status, compare, weather, history, ready) are in the
 //! `qa` module.
 
+mod builder;
+mod drv_name;
 mod header;
 mod ids;
+mod manifest_codec;
 
 use std::collections::BTreeMap;
 
+pub use builder::{ManifestBuildError, ManifestBuilder};
+pub use drv_name::parse_drv_name;
+pub use header::ManifestCheckError;
 pub use header::{
     MAX_BRANCH_LEN, MAX_CHANNEL_LEN, MAX_COMMIT_LEN, MAX_REVISION_SYSTEMS, validate_branch, validate_channel,
     validate_commit,
 };
 pub use ids::{RevisionNameError, RevisionRef};
+pub use manifest_codec::{
+    MAX_MANIFEST_SYSTEMS, MAX_PACKAGE_LEN, MAX_VERSION_LEN, ManifestInvalid, manifest_hash, validate_package,
+    validate_version,
+};
 
 use crate::id::NodeId;
 use crate::store_path::{StoreDir, StorePath};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::*;
+use super::super::*;
 use crate::identity::NodeKey;
 use crate::signed::{Envelope, SignError, Signed, SignedError};
 use crate::wire::{DecodeError, Encode, Kind, Message, Payload, Reader};
@@ -38,7 +38,7 @@ fn decode(bytes: &[u8]) -> Result<RevisionHeader, DecodeError> {
 
 fn rejected(h: &RevisionHeader) -> String {
     let err = decode(&h.to_bytes()).unwrap_err().to_string();
-    assert_eq!(h.validate().unwrap_err(), err);
+    assert_eq!(h.validate().unwrap_err().to_string(), err);
     assert!(matches!(Signed::sign(&key(1), h), Err(SignError::Invalid { kind: Kind::Revision, .. })));
     err
 }
