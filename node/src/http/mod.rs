@@ -18,6 +18,7 @@
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
 //! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`audit`]) |
+//! | `POST /api/v1/revisions`, `GET /api/v1/mesh/revisions` | publish a revision, the mesh's revision headers (mesh nodes; [`revisions`]) |
 //!
 //! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status (all of them, see
 //! [`errors`]); the binary cache answers
@@ -40,6 +41,7 @@ pub mod limits;
 pub mod mesh;
 pub mod nar;
 pub mod range;
+pub mod revisions;
 pub mod server;
 pub mod stream;
 pub mod timeouts;
@@ -175,6 +177,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         None => crate::submit::router(state.inner.submit.clone()),
     };
     let mesh = state.inner.mesh.clone().map(mesh::router);
+    let revisions = state.inner.mesh.clone().map(|m| revisions::router(state.inner.store.clone(), m));
     let audit = audit::router(audit::AuditContext {
         store: state.inner.store.clone(),
         store_dir: state.inner.store_dir.clone(),
@@ -198,6 +201,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .merge(submit)
         .merge(audit)
         .merge(mesh.unwrap_or_default())
+        .merge(revisions.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
         .layer(axum::middleware::from_fn(errors::json_errors))
 }

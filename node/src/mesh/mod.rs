@@ -38,6 +38,7 @@ pub mod fetch;
 pub mod gateway;
 pub mod jobs;
 pub mod quota;
+pub mod revisions;
 pub mod rpc;
 pub mod serve;
 pub mod settings;
@@ -321,9 +322,36 @@ pub struct MeshHandle {
     gateway: gateway::Gateway,
     store_dir: StoreDir,
     net: crate::net::NetHandle,
+    revisions: Arc<revisions::Revisions>,
 }
 
 impl MeshHandle {
+    /// Publish this node's revision (issue 13): `manifest` (canonical bytes) is checked against
+    /// `header`, both are committed, then the header is gossiped ([`revisions::Revisions::publish`]).
+    pub async fn publish_revision(
+        &self,
+        header: buildmesh_protocol::revision::RevisionHeader,
+        manifest: Vec<u8>,
+    ) -> Result<revisions::Published, MeshApiError> {
+        self.revisions.publish(header, manifest).await
+    }
+
+    /// Where a revision's manifest is here: stored, being fetched, or missing with the peers
+    /// tried (see [`revisions::fetch`]).
+    pub fn manifest_state(&self, hash: &[u8; 32]) -> revisions::ManifestState {
+        self.revisions.manifest_state(hash)
+    }
+
+    /// Revision traffic counters.
+    pub fn revision_counts(&self) -> revisions::RevisionCounts {
+        self.revisions.counts()
+    }
+
+    /// This node's id (the submitter of the revisions it publishes).
+    pub fn node_id(&self) -> NodeId {
+        self.revisions.me()
+    }
+
     /// The network's counters in the Prometheus text format ([`crate::net::NetHandle::metrics_text`]).
     pub fn metrics_text(&self) -> String {
         self.net.metrics_text()

@@ -11,6 +11,13 @@
 //! | `/buildmesh/closure/1` | [`ClosureRequest`] | [`ClosureResponse`] |
 //! | `/buildmesh/nar/1` | [`NarRequest`] | [`NarResponse`] (one chunk) |
 //! | `/buildmesh/sync/1` | [`SyncRequest`] | [`SyncResponse`] |
+//!
+//! Revisions (issue 13) ride on `/buildmesh/sync/1` with variants appended at the end of
+//! [`SyncRequest`] and [`SyncResponse`] (postcard encodes variants by index, so the earlier ones
+//! keep their encoding): [`SyncRequest::RevisionSummary`] and [`SyncRequest::Revisions`] for
+//! anti-entropy, [`SyncRequest::Manifest`] for one chunk of a manifest. A node older than these
+//! cannot decode them and answers [`SyncResponse::Error`], which the asker takes as "this peer
+//! has no revisions"; it never asks for them itself, so it never sees the new responses.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -190,7 +197,29 @@ pub enum SyncRequest {
         /// The derivation.
         drv: String,
     },
+    /// The responder's revision header set fingerprint ([`SyncResponse::RevisionSummary`]).
+    RevisionSummary,
+    /// Revision headers in the responder's insertion order, like `Attestations`.
+    Revisions {
+        /// First sequence number wanted.
+        from: u64,
+        /// Most records wanted (capped at [`MAX_PAGE_ITEMS`]).
+        limit: u32,
+    },
+    /// `len` bytes at `offset` of the zstd-compressed manifest whose blake3 is `hash`
+    /// ([`SyncResponse::ManifestChunk`]).
+    Manifest {
+        /// blake3 of the manifest's canonical encoding.
+        hash: [u8; 32],
+        /// Offset in the compressed bytes.
+        offset: u64,
+        /// Most bytes wanted (at most [`MANIFEST_CHUNK_SIZE`]).
+        len: u32,
+    },
 }
+
+/// Largest manifest chunk asked for or served (1 MiB, well under the sync response cap).
+pub const MANIFEST_CHUNK_SIZE: u32 = 1 << 20;
 
 /// A set fingerprint as sent over the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +268,18 @@ pub enum SyncResponse {
     Retry(Result<(), String>),
     /// The responder failed.
     Error(String),
+    /// The revision header set fingerprint.
+    RevisionSummary(Summary),
+    /// A chunk of a compressed manifest.
+    ManifestChunk {
+        /// The whole compressed length.
+        total: u64,
+        /// The bytes at the requested offset (shorter at the end).
+        #[serde(with = "serde_bytes_vec")]
+        bytes: Vec<u8>,
+    },
+    /// The responder has no manifest with this hash.
+    ManifestNotFound,
 }
 
 #[cfg(test)]
@@ -262,6 +303,23 @@ mod tests {
         more.push(0);
         assert!(matches!(decode::<SyncRequest>("x", &more, 100), Err(RpcError::Malformed { .. })));
         assert!(matches!(decode::<SyncRequest>("x", &[0xff, 0xff], 100), Err(RpcError::Malformed { .. })));
+    }
+
+    /// The variants an older node knows keep their encoding (postcard: by index), so a request
+    /// it sends still decodes here and an answer it gets from here still decodes there.
+    #[test]
+    fn older_variants_keep_their_encoding_and_new_ones_come_after() {
+        assert_eq!(encode(&SyncRequest::Summary), [0]);
+        assert_eq!(encode(&SyncRequest::Retry { drv: "x".into() }), [3, 1, b'x']);
+        assert_eq!(encode(&SyncRequest::RevisionSummary), [4]);
+        assert_eq!(encode(&SyncResponse::Error("e".into())), [3, 1, b'e']);
+        assert_eq!(encode(&SyncResponse::ManifestNotFound)[0], 6);
+        let req = SyncRequest::Manifest { hash: [7; 32], offset: 5, len: MANIFEST_CHUNK_SIZE };
+        assert_eq!(decode::<SyncRequest>("r", &encode(&req), 1024).unwrap(), req);
+        let resp = SyncResponse::ManifestChunk { total: 9, bytes: vec![1; 1000] };
+        let bytes = encode(&resp);
+        assert!(bytes.len() < 1010, "chunks are raw bytes: {}", bytes.len());
+        assert_eq!(decode::<SyncResponse>("r", &bytes, 4096).unwrap(), resp);
     }
 
     proptest! {

@@ -1,4 +1,5 @@
-//! Answering other nodes: `.drv` closures, NAR chunks and anti-entropy pages, from the store.
+//! Answering other nodes: `.drv` closures, NAR chunks, anti-entropy pages (attestations,
+//! failures, revision headers) and manifest chunks, from the store.
 //!
 //! Every answer is computed in a blocking task (store reads, decompression) and sent with
 //! [`NetHandle::respond`]. NAR chunks of one object usually arrive in order (the requester
@@ -15,8 +16,8 @@ use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use libp2p::PeerId;
 
 use super::rpc::{
-    self, ClosureRequest, ClosureResponse, MAX_PAGE_BYTES, MAX_PAGE_ITEMS, NarRequest, NarResponse, SourceInfo,
-    SyncRequest, SyncResponse,
+    self, ClosureRequest, ClosureResponse, MANIFEST_CHUNK_SIZE, MAX_PAGE_BYTES, MAX_PAGE_ITEMS, NarRequest,
+    NarResponse, SourceInfo, SyncRequest, SyncResponse,
 };
 use crate::net::{NAR_CHUNK_SIZE, NetConfig};
 use crate::store::{NarBlobReader, Store, StoreError};
@@ -195,6 +196,26 @@ impl Server {
                 })
             }
             SyncRequest::Retry { .. } => Ok(SyncResponse::Error("retry requests go to the driver".into())),
+            SyncRequest::RevisionSummary => {
+                self.store.revision_summary().map(|s| SyncResponse::RevisionSummary(s.into()))
+            }
+            SyncRequest::Revisions { from, limit } => {
+                let limit = (*limit).clamp(1, MAX_PAGE_ITEMS) as usize;
+                self.store.revisions_since(*from, limit).and_then(|list| {
+                    let next_seq = self.store.revision_summary()?.next_seq;
+                    Ok(page(list.into_iter().map(|r| (r.seq, r.entry.envelope)), *from, next_seq))
+                })
+            }
+            SyncRequest::Manifest { hash, offset, len } => {
+                if *len == 0 || *len > MANIFEST_CHUNK_SIZE {
+                    Ok(SyncResponse::Error(format!("manifest chunk length {len} is outside 1..={MANIFEST_CHUNK_SIZE}")))
+                } else {
+                    self.store.manifest_chunk(hash, *offset, *len).map(|c| match c {
+                        Some((total, bytes)) => SyncResponse::ManifestChunk { total, bytes },
+                        None => SyncResponse::ManifestNotFound,
+                    })
+                }
+            }
         };
         r.unwrap_or_else(|e| SyncResponse::Error(e.to_string()))
     }

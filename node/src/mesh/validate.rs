@@ -4,7 +4,8 @@
 //! at most [`MAX_MESSAGE_SIZE`], decode as an [`Envelope`] of a known protocol version, the kind
 //! belongs to the topic it arrived on, and [`Envelope::verify`] accepts it (signature under the
 //! kind's domain, payload decodes, author = signer, the kind's own checks such as an
-//! attestation's Nix signatures). A [`Batch`] of job submissions or claims travels on its items'
+//! attestation's Nix signatures). A revision header (`buildmesh/revision/1`) is verified as a
+//! `RevisionHeader` (author = submitter, field rules). A [`Batch`] of job submissions or claims travels on its items'
 //! topic and is verified as a whole (one signature, one author, every item valid); its items are
 //! then judged one by one like single messages. Anything else is the sender's fault and the driver reports
 //! `Reject` (gossipsub lowers the forwarding peer's score). Duplicates and stale messages are
@@ -13,6 +14,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use buildmesh_protocol::id::MessageId;
+use buildmesh_protocol::revision::RevisionHeader;
 use buildmesh_protocol::signed::{Envelope, SignedError, Verified};
 use buildmesh_protocol::wire::{Batch, DecodeError, Kind, MAX_MESSAGE_SIZE, Message};
 
@@ -24,6 +26,7 @@ pub fn topic_of(kind: Kind) -> &'static str {
         Kind::Attestation => "buildmesh/attest/1",
         Kind::BuildFailure => "buildmesh/failure/1",
         Kind::JobSubmission => "buildmesh/job/1",
+        Kind::Revision => "buildmesh/revision/1",
         // `Kind` is non-exhaustive; a kind without a topic of its own goes to the job topic,
         // where receivers that do not know it reject it.
         _ => "buildmesh/job/1",
@@ -65,6 +68,8 @@ pub enum Checked {
     One(Verified<Message>),
     /// Several job submissions or claims by one author.
     Batch(Verified<Batch>),
+    /// A revision header (issue 13; not a coordination message, see [`crate::mesh::revisions`]).
+    Revision(Verified<RevisionHeader>),
 }
 
 impl Checked {
@@ -73,6 +78,7 @@ impl Checked {
         match self {
             Checked::One(v) => v.id(),
             Checked::Batch(v) => v.id(),
+            Checked::Revision(v) => v.id(),
         }
     }
 }
@@ -92,6 +98,9 @@ pub fn check_gossip(topic: &str, data: &[u8]) -> Result<Checked, Rejection> {
     }
     if topic_of(envelope.kind()) != topic {
         return Err(Rejection::WrongTopic { kind: envelope.kind(), topic: topic.to_string() });
+    }
+    if envelope.kind() == Kind::Revision {
+        return Ok(Checked::Revision(envelope.verify_as::<RevisionHeader>()?));
     }
     Ok(Checked::One(envelope.verify()?))
 }
@@ -232,6 +241,28 @@ mod tests {
         let payload = announcement(&other, 1).to_bytes();
         let forged = Envelope::sign_raw_payload(&key, Kind::Announcement, payload).to_bytes();
         assert!(matches!(check_gossip("buildmesh/announce/1", &forged), Err(Rejection::Invalid(_))));
+    }
+
+    #[test]
+    fn revision_headers_travel_on_their_topic_and_are_verified_as_headers() {
+        let key = NodeKey::from_seed("a", [1; 32]).unwrap();
+        let (h, _) = crate::mesh::test_util::header(&key, "c1", 5, 2, 0);
+        let bytes = Signed::sign(&key, &h).unwrap().to_bytes();
+        let Checked::Revision(v) = check_gossip("buildmesh/revision/1", &bytes).unwrap() else {
+            panic!("not a header")
+        };
+        assert_eq!(v.value(), &h);
+        assert!(matches!(
+            check_gossip("buildmesh/job/1", &bytes),
+            Err(Rejection::WrongTopic { kind: Kind::Revision, .. })
+        ));
+        // Signed by another key than the submitter it names.
+        let other = NodeKey::from_seed("b", [2; 32]).unwrap();
+        let forged = Envelope::sign_raw_payload(&other, Kind::Revision, h.to_bytes()).to_bytes();
+        assert!(matches!(check_gossip("buildmesh/revision/1", &forged), Err(Rejection::Invalid(_))));
+        // A coordination message on the revision topic.
+        let ann = Envelope::sign(&key, &announcement(&key, 1).into()).unwrap().to_bytes();
+        assert!(matches!(check_gossip("buildmesh/revision/1", &ann), Err(Rejection::WrongTopic { .. })));
     }
 
     #[test]

@@ -13,9 +13,15 @@ pub const MAX_FRAME_CEILING: usize = 64 * 1024 * 1024;
 /// Default NAR chunk size: one `/buildmesh/nar/1` response carries at most this much NAR data.
 pub const NAR_CHUNK_SIZE: u32 = 1024 * 1024;
 
-/// Default gossip topics: announcements, claims, attestations, failures and jobs.
-pub const DEFAULT_TOPICS: [&str; 5] =
-    ["buildmesh/announce/1", "buildmesh/claim/1", "buildmesh/attest/1", "buildmesh/failure/1", "buildmesh/job/1"];
+/// Default gossip topics: announcements, claims, attestations, failures, jobs and revision headers.
+pub const DEFAULT_TOPICS: [&str; 6] = [
+    "buildmesh/announce/1",
+    "buildmesh/claim/1",
+    "buildmesh/attest/1",
+    "buildmesh/failure/1",
+    "buildmesh/job/1",
+    "buildmesh/revision/1",
+];
 
 /// Size caps of one request-response protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

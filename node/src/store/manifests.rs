@@ -16,7 +16,7 @@ use super::tables::*;
 use super::{DbResultExt, SignerLimit, Store, StoreError, StoreWriter};
 
 /// Largest manifest the store accepts, uncompressed (REV-SPEC `MAX_MANIFEST_SIZE`, 128 MiB).
-pub const MAX_MANIFEST_BYTES: u64 = 128 << 20;
+pub const MAX_MANIFEST_BYTES: u64 = buildmesh_protocol::revision::MAX_MANIFEST_SIZE as u64;
 
 const LOW: [u8; 32] = [0; 32];
 const HIGH: [u8; 32] = [0xff; 32];

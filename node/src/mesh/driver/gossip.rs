@@ -119,6 +119,7 @@ impl Driver {
         match checked {
             Checked::One(verified) => self.judge_one(id, verified, source).await,
             Checked::Batch(verified) => self.judge_batch(id, verified.into_value()).await,
+            Checked::Revision(verified) => self.ctx.revisions.judge(verified, source).await,
         }
     }
 
@@ -268,8 +269,25 @@ impl Driver {
         let token = self.helpers.child_token();
         tokio::spawn(
             async move {
-                let run =
-                    crate::mesh::sync::sync_with(&ctx.net, &ctx.store, &ctx.cursors, &ctx.quotas, peer, &ctx.synced);
+                let run = async {
+                    let report = crate::mesh::sync::sync_with(
+                        &ctx.net,
+                        &ctx.store,
+                        &ctx.cursors,
+                        &ctx.quotas,
+                        peer,
+                        &ctx.synced,
+                    )
+                    .await?;
+                    // Revision headers (issue 13) after attestations and failures.
+                    let revs =
+                        crate::mesh::revisions::sync::sync_revisions(&ctx.net, &ctx.store, &ctx.quotas, peer).await?;
+                    if !revs.new.is_empty() {
+                        tracing::info!(%peer, headers = revs.new.len(), "revision headers pulled by anti-entropy");
+                    }
+                    ctx.revisions.synced(revs.new);
+                    Ok::<_, crate::mesh::sync::SyncError>(report)
+                };
                 let result = tokio::select! {
                     _ = token.cancelled() => return,
                     r = run => r.map_err(|e| e.to_string()),

@@ -127,6 +127,7 @@ struct Ctx {
     quotas: Arc<Quotas>,
     server: Server,
     serve_permits: Arc<Semaphore>,
+    revisions: Arc<super::revisions::Revisions>,
 }
 
 /// The driver (see the module docs).
@@ -226,6 +227,14 @@ pub(crate) async fn start(
     let (synced_tx, synced_rx) = mpsc::channel(64);
     let (nar_tx, nar_rx) = mpsc::channel(NAR_QUEUE);
     let server = Server::new(params.store.clone(), params.store_dir.clone());
+    let quotas = Arc::new(Quotas::new(me, trust.clone(), &params.settings));
+    let revisions = Arc::new(super::revisions::Revisions::new(
+        key.clone(),
+        params.store.clone(),
+        net.clone(),
+        quotas.clone(),
+        params.settings.sync_interval_ms,
+    ));
     let ctx = Ctx {
         me,
         key: key.clone(),
@@ -238,12 +247,13 @@ pub(crate) async fn start(
         internal: int_tx,
         synced: synced_tx,
         cursors: Arc::new(Cursors::load(params.store.clone(), &mesh_dir.join("sync-cursors.json")).map_err(Box::new)?),
-        quotas: Arc::new(Quotas::new(me, trust.clone(), &params.settings)),
+        quotas,
         server,
         serve_permits: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
+        revisions: revisions.clone(),
     };
-    let handle =
-        MeshHandle { commands: cmd_tx, shared, gateway, store_dir: params.store_dir.clone(), net: net.clone() };
+    let store_dir = params.store_dir.clone();
+    let handle = MeshHandle { commands: cmd_tx, shared, gateway, store_dir, net: net.clone(), revisions };
     let driver = Driver {
         mesh,
         trust,
@@ -273,6 +283,7 @@ pub(crate) async fn start(
     };
     let span = tracing::info_span!("mesh", peer = %short_peer_id(&net.local_peer_id()));
     tokio::spawn(nar_worker(driver.ctx.clone(), nar_rx).instrument(span.clone()));
+    span.in_scope(|| driver.ctx.revisions.fetcher.spawn(driver.helpers.child_token()));
     let task = tokio::spawn(driver.run(shutdown, net_task).instrument(span));
     Ok((handle, task))
 }
