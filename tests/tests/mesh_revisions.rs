@@ -20,12 +20,10 @@ use mesh_support::intruder::{Intruder, now_ms, throwaway};
 use mesh_support::*;
 
 /// A manifest of `n` chained derivations (`p0` <- `p1` … each depending on `p0`), salted by `salt`.
-fn manifest(n: u8, salt: u8) -> Vec<u8> {
-    let path = |i: u8, kind: u8, name: String| {
-        let mut d = [kind; 20];
-        d[0] = i;
-        d[1] = salt;
-        StorePath::new(d, &name).unwrap()
+fn manifest(n: u32, salt: u8) -> Vec<u8> {
+    let path = |i: u32, kind: u8, name: String| {
+        let h = blake3::hash(&[&i.to_le_bytes()[..], &[kind, salt]].concat());
+        StorePath::new(h.as_bytes()[..20].try_into().unwrap(), &name).unwrap()
     };
     let mut drvs: Vec<ManifestDrv> = (0..n)
         .map(|i| ManifestDrv {
@@ -116,6 +114,26 @@ fn revisions_travel_by_gossip_and_sync_and_bad_input_changes_nothing() {
     });
     let k2 = counts(&c, 2);
     assert!(k2["synced"].as_u64() >= Some(1) && k2["manifests_fetched"] == 1, "{k2}\n{}", c.logs());
+
+    // A manifest of several 1 MiB chunks (30,000 derivations with random-looking paths).
+    let big = manifest(30_000, 1);
+    let body = serde_json::json!({
+        "channel": "guix", "branch": "staging", "commit": "big1",
+        "manifest": base64::engine::general_purpose::STANDARD.encode(&big),
+    });
+    let (s, j) = post_json(&format!("{}/api/v1/revisions", c.urls[0]), &c.token(0), &body);
+    assert_eq!(s, 200, "{j}");
+    let started = std::time::Instant::now();
+    wait_for("node 1 to fetch the big manifest", Duration::from_secs(60), || {
+        revision(&c, 1, "guix@big1").filter(|r| r["manifest"] == "present")
+    });
+    let compressed = zstd::bulk::compress(&big, 3).unwrap().len();
+    assert!(compressed > 1 << 20, "more than one chunk: {compressed} bytes");
+    eprintln!(
+        "big manifest ({} bytes, {compressed} compressed) published on node 0, fetched by node 1 within {:?} (debug build)",
+        big.len(),
+        started.elapsed()
+    );
 
     // A malformed manifest: refused, nothing stored.
     let mut bad = bytes.clone();
