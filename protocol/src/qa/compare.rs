@@ -232,9 +232,7 @@ pub fn compare(
         for j in v {
             m.entry(j.package.as_str()).or_default().insert(j.version.as_str());
         }
-        m.into_iter()
-            .map(|(p, vs)| (p.to_string(), vs.into_iter().map(str::to_string).collect()))
-            .collect()
+        m.into_iter().map(|(p, vs)| (p.to_string(), vs.into_iter().map(str::to_string).collect())).collect()
     };
     let bv = versions(&b);
     let tv = versions(&t);
@@ -300,7 +298,9 @@ pub fn compare(
 /// The jobs of `st` (of `system` only, if given) sorted by (package, system, version, drv).
 fn sorted_jobs<'a>(st: &'a RevisionStatus, system: Option<&str>) -> Vec<&'a JobStatus> {
     let mut v: Vec<&JobStatus> = st.jobs.iter().filter(|j| system.is_none_or(|s| j.system == s)).collect();
-    v.sort_unstable_by(|a, b| (&a.package, &a.system, &a.version, &a.drv).cmp(&(&b.package, &b.system, &b.version, &b.drv)));
+    v.sort_unstable_by(|a, b| {
+        (&a.package, &a.system, &a.version, &a.drv).cmp(&(&b.package, &b.system, &b.version, &b.drv))
+    });
     v
 }
 

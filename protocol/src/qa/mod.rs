@@ -29,20 +29,20 @@ mod weather;
 mod tests;
 
 pub use compare::{
-    compare, BuildChange, CompareOptions, CompareSummary, Comparison, DerivationChange, ReproChange, VersionChange,
+    BuildChange, CompareOptions, CompareSummary, Comparison, DerivationChange, ReproChange, VersionChange, compare,
 };
 pub use facts::{DrvFacts, DrvFactsSource, FactState, OutputFacts, OutputVerdict, RevisionFacts};
 pub use graph::FAILED_INPUTS_CAP;
 pub use history::{
-    drv_history, package_history, DrvHistory, DrvJob, DrvRevision, HistoryEntry, HistoryOutput, HistoryRevision,
-    PackageHistory,
+    DrvHistory, DrvJob, DrvRevision, HistoryEntry, HistoryOutput, HistoryRevision, PackageHistory, drv_history,
+    package_history,
 };
 pub use names::parse_drv_name;
-pub use ready::{ready, ReadyReason, ReadyRule, ReadyVerdict, ReasonCode, REASON_PACKAGES};
-pub use status::{revision_status, Failure, JobState, JobStatus, RevisionStatus, StatusCounts};
+pub use ready::{REASON_PACKAGES, ReadyReason, ReadyRule, ReadyVerdict, ReasonCode, ready};
+pub use status::{Failure, JobState, JobStatus, RevisionStatus, StatusCounts, revision_status};
 pub use weather::{
-    weather, weather_of_paths, CoverageEntry, MissingOutput, PathItem, RootCause, SystemWeather, Weather,
-    WeatherOptions, DAY_MS,
+    CoverageEntry, DAY_MS, MissingOutput, PathItem, RootCause, SystemWeather, Weather, WeatherOptions, weather,
+    weather_of_paths,
 };
 
 use serde::{Deserialize, Serialize};

@@ -163,11 +163,7 @@ pub fn ready(
                 ),
                 count: n,
                 system: None,
-                packages: stale
-                    .iter()
-                    .take(REASON_PACKAGES)
-                    .map(|j| format!("{} ({})", j.package, j.system))
-                    .collect(),
+                packages: stale.iter().take(REASON_PACKAGES).map(|j| format!("{} ({})", j.package, j.system)).collect(),
             });
         }
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::facts::{FactState, OutputVerdict, RevisionFacts};
-use super::graph::{failed_inputs, topo_order, FAILED_INPUTS_CAP};
+use super::graph::{FAILED_INPUTS_CAP, failed_inputs, topo_order};
 use crate::revision::Manifest;
 
 /// The status of one job (JSON: `succeeded`, `failed`, `blocked`, `building`, `queued`, `unknown`).

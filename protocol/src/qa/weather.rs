@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::facts::{all_outputs_available, DrvFacts, FactState, RevisionFacts};
+use super::facts::{DrvFacts, FactState, RevisionFacts, all_outputs_available};
 use super::graph::dependents;
 use super::names::parse_drv_name;
-use super::status::{drv_states, JobState};
+use super::status::{JobState, drv_states};
 use crate::revision::Manifest;
 use crate::store_path::StoreDir;
 
