@@ -1,7 +1,7 @@
 //! Compare two revisions (issue 13 item 3): new, removed and version-changed packages, and per
 //! (package, system) the derivation change, `build_change` and `repro_change`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -227,25 +227,42 @@ pub fn compare(
     let b = sorted_jobs(base, options.system.as_deref());
     let t = sorted_jobs(target, options.system.as_deref());
 
-    let versions = |v: &[&JobStatus]| -> BTreeMap<String, BTreeSet<String>> {
-        let mut m: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for j in v {
-            m.entry(j.package.as_str()).or_default().insert(j.version.as_str());
+    let bv = package_versions(&b);
+    let tv = package_versions(&t);
+    let mut new_packages = Vec::new();
+    let mut removed_packages = Vec::new();
+    let mut version_changes = Vec::new();
+    let (mut x, mut y) = (0, 0);
+    loop {
+        let order = match (bv.get(x), tv.get(y)) {
+            (Some(pb), Some(pt)) => pb.0.cmp(pt.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => break,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                removed_packages.push(bv[x].0.to_string());
+                x += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                new_packages.push(tv[y].0.to_string());
+                y += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let ((p, vb), (_, vt)) = (&bv[x], &tv[y]);
+                if vb != vt {
+                    version_changes.push(VersionChange {
+                        package: p.to_string(),
+                        base_version: vb.join(", "),
+                        target_version: vt.join(", "),
+                    });
+                }
+                x += 1;
+                y += 1;
+            }
         }
-        m.into_iter().map(|(p, vs)| (p.to_string(), vs.into_iter().map(str::to_string).collect())).collect()
-    };
-    let bv = versions(&b);
-    let tv = versions(&t);
-    let new_packages = tv.keys().filter(|p| !bv.contains_key(*p)).cloned().collect();
-    let removed_packages = bv.keys().filter(|p| !tv.contains_key(*p)).cloned().collect();
-    let join = |s: &BTreeSet<String>| s.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
-    let version_changes = bv
-        .iter()
-        .filter_map(|(p, vb)| {
-            let vt = tv.get(p)?;
-            (vb != vt).then(|| VersionChange { package: p.clone(), base_version: join(vb), target_version: join(vt) })
-        })
-        .collect();
+    }
 
     let mut summary = CompareSummary::default();
     for c in BuildChange::ALL {
@@ -296,12 +313,42 @@ pub fn compare(
 }
 
 /// The jobs of `st` (of `system` only, if given) sorted by (package, system, version, drv).
+/// A status in manifest order is already sorted by package: then only each package's few jobs
+/// are sorted (O(J) string comparisons instead of O(J log J)).
 fn sorted_jobs<'a>(st: &'a RevisionStatus, system: Option<&str>) -> Vec<&'a JobStatus> {
     let mut v: Vec<&JobStatus> = st.jobs.iter().filter(|j| system.is_none_or(|s| j.system == s)).collect();
-    v.sort_unstable_by(|a, b| {
+    let full = |a: &&JobStatus, b: &&JobStatus| {
         (&a.package, &a.system, &a.version, &a.drv).cmp(&(&b.package, &b.system, &b.version, &b.drv))
-    });
+    };
+    if !v.windows(2).all(|w| w[0].package <= w[1].package) {
+        v.sort_unstable_by(full);
+        return v;
+    }
+    let mut start = 0;
+    while start < v.len() {
+        let end = start + v[start..].iter().take_while(|j| j.package == v[start].package).count();
+        if end - start > 1 {
+            v[start..end].sort_unstable_by(full);
+        }
+        start = end;
+    }
     v
+}
+
+/// Each package of `jobs` (sorted by package) with its versions, sorted and unique.
+fn package_versions<'a>(jobs: &[&'a JobStatus]) -> Vec<(&'a str, Vec<&'a str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for j in jobs {
+        match out.last_mut() {
+            Some((p, vs)) if *p == j.package => vs.push(&j.version),
+            _ => out.push((&j.package, vec![&j.version])),
+        }
+    }
+    for (_, vs) in &mut out {
+        vs.sort_unstable();
+        vs.dedup();
+    }
+    out
 }
 
 fn key(j: &JobStatus) -> (&str, &str) {

@@ -107,27 +107,38 @@ const DEPENDENTS_BUDGET_BYTES: usize = 16 << 20;
 
 /// For each of `roots`, how many derivations of the graph depend on it transitively (itself not
 /// counted). Exact, with bit-parallel reachability: the roots are taken 64·W at a time, each
-/// derivation gets W words of "which of these roots are below me" (OR of its inputs'), and each
-/// root's column is counted. Time O((E + V)·R/64 + Σ dependents), memory at most 16 MiB.
+/// derivation gets W words of "which of these roots are below me" (the OR of its inputs' words and
+/// bits), and each word is added into 64 bit-sliced counters (one plane per bit of the count), so
+/// that counting costs a few word operations per (derivation, word) however dense the bits are.
+/// Time O((E + V)·R/64 · log V) at worst (a carry rarely runs far), memory at most 16 MiB.
 pub(crate) fn dependents(manifest: &Manifest, order: &[u32], roots: &[u32]) -> Vec<u64> {
+    dependents_within(manifest, order, roots, DEPENDENTS_BUDGET_BYTES)
+}
+
+/// [`dependents`] with a memory budget (tests use a tiny one to exercise many chunks).
+pub(crate) fn dependents_within(manifest: &Manifest, order: &[u32], roots: &[u32], budget_bytes: usize) -> Vec<u64> {
     let n = manifest.drvs.len();
     let mut counts = vec![0u64; roots.len()];
     if n == 0 || roots.is_empty() {
         return counts;
     }
-    let words_budget = (DEPENDENTS_BUDGET_BYTES / 8 / n).max(1);
+    // Planes: enough bits to count n.
+    let planes = (usize::BITS - n.leading_zeros()) as usize + 1;
+    let words_budget = (budget_bytes / 8 / n).max(1);
     let words = roots.len().div_ceil(64).min(words_budget);
     let mut bits = vec![0u64; n * words];
-    // root_slot[d] = position of d in the current chunk, or u32::MAX.
+    let mut counters = vec![0u64; words * planes];
+    // slot[d] = position of d in the current chunk, or u32::MAX.
     let mut slot = vec![u32::MAX; n];
+    let mut acc = vec![0u64; words];
     for (chunk_no, chunk) in roots.chunks(words * 64).enumerate() {
         bits.fill(0);
+        counters.fill(0);
         for (k, &r) in chunk.iter().enumerate() {
             if (r as usize) < n {
                 slot[r as usize] = k as u32;
             }
         }
-        let mut acc = vec![0u64; words];
         for &d in order {
             let d = d as usize;
             acc.fill(0);
@@ -152,17 +163,27 @@ pub(crate) fn dependents(manifest: &Manifest, order: &[u32], roots: &[u32]) -> V
                 acc[own as usize / 64] &= !(1 << (own % 64));
             }
             bits[d * words..(d + 1) * words].copy_from_slice(&acc);
-            let base = chunk_no * words * 64;
             for (w, &word) in acc.iter().enumerate() {
-                let mut word = word;
-                while word != 0 {
-                    let b = word.trailing_zeros() as usize;
-                    word &= word - 1;
-                    counts[base + w * 64 + b] += 1;
+                // Add one to the counters of the lanes set in `word` (a ripple-carry add).
+                let mut carry = word;
+                for plane in &mut counters[w * planes..(w + 1) * planes] {
+                    if carry == 0 {
+                        break;
+                    }
+                    let next = *plane & carry;
+                    *plane ^= carry;
+                    carry = next;
                 }
             }
         }
-        for &r in chunk {
+        let base = chunk_no * words * 64;
+        for (k, &r) in chunk.iter().enumerate() {
+            let (w, b) = (k / 64, k % 64);
+            counts[base + k] = counters[w * planes..(w + 1) * planes]
+                .iter()
+                .enumerate()
+                .map(|(p, plane)| ((plane >> b) & 1) << p)
+                .sum();
             if (r as usize) < n {
                 slot[r as usize] = u32::MAX;
             }

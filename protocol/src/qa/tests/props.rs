@@ -127,3 +127,34 @@ proptest! {
         prop_assert!(cov.windows(2).all(|w| w[0].dependents >= w[1].dependents));
     }
 }
+
+/// Many roots, several words per derivation and several chunks: the bit-sliced counters against
+/// brute force on a 400-derivation random graph where every derivation is a root.
+#[test]
+fn dependents_of_many_roots_in_many_chunks() {
+    let mut b = Builder::new();
+    let mut seed = 1u64;
+    let mut rand = |n: usize| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n
+    };
+    let n = 400;
+    let names: Vec<String> = (0..n).map(|i| format!("g{i}")).collect();
+    for i in 0..n {
+        let ins: Vec<&str> = if i == 0 { vec![] } else { (0..3).map(|_| names[rand(i)].as_str()).collect() };
+        b = b.drv(&names[i], X86, &ins);
+    }
+    let m = b.build();
+    let order = crate::qa::graph::topo_order(&m);
+    let roots: Vec<u32> = (0..n as u32).rev().collect();
+    let none = vec![false; n];
+    let brute: Vec<u64> = roots
+        .iter()
+        .map(|&r| (0..n).filter(|&d| reachable_unsucceeded(&m, &none, d).contains(&(r as usize))).count() as u64)
+        .collect();
+    assert!(brute.iter().any(|&c| c > 100), "a deep graph");
+    // 2 words per derivation: 128 roots per chunk, 4 chunks; and the default budget (1 chunk).
+    for budget in [2 * 8 * n, 16 << 20] {
+        assert_eq!(crate::qa::graph::dependents_within(&m, &order, &roots, budget), brute, "budget {budget}");
+    }
+}
