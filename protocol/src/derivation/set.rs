@@ -43,6 +43,9 @@ enum Form {
     Indexed(Indexed),
 }
 
+/// Each used output of the input derivations as `(its hash, its name)`.
+type ModuloInputs<'s> = Vec<([u8; 32], &'s str)>;
+
 /// A memoized hash "as an input".
 #[derive(Debug, Clone)]
 enum Memo {
@@ -230,11 +233,7 @@ impl DrvSet {
     /// The input derivations of an indexed member as `hashDerivationModulo` prints them: each
     /// used output's `(input hash, output name)`, sorted, without duplicates; and whether one is
     /// deferred. Errors as [`Derivation::hash_modulo`] with [`DrvSet::with_lookup`] gives them.
-    fn modulo_inputs<'s>(
-        &'s self,
-        ix: &'s Indexed,
-        depth: usize,
-    ) -> Result<(Vec<([u8; 32], &'s str)>, bool), DrvError> {
+    fn modulo_inputs<'s>(&'s self, ix: &'s Indexed, depth: usize) -> Result<(ModuloInputs<'s>, bool), DrvError> {
         let mut inputs = Vec::new();
         let mut deferred = false;
         for (p, outs) in ix.inputs() {
