@@ -485,7 +485,8 @@ impl Sink for Vec<u8> {
     }
 }
 
-const HASH_SINK_BUF: usize = 4096;
+/// Small: the buffer is zeroed per hash, and large pieces bypass it.
+const HASH_SINK_BUF: usize = 512;
 
 /// SHA-256 fed in blocks of [`HASH_SINK_BUF`] bytes, so the many small pieces of an ATerm cost
 /// a copy each, not a hasher call.

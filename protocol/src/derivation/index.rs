@@ -152,10 +152,14 @@ impl Indexed {
             path_type.push(':');
             path_type.push_str(sd);
             path_type.push('/');
-            // A store path's Display is its base name.
-            std::fmt::Write::write_fmt(&mut path_type, format_args!("{r}")).ok();
+            // nix32 digits are ASCII.
+            path_type.push_str(std::str::from_utf8(&crate::nixbase32::encode_20(r.digest())).unwrap_or_default());
+            path_type.push('-');
+            path_type.push_str(r.name());
         }
-        let drv_name = format!("{name}.drv");
+        let mut drv_name = String::with_capacity(name.len() + 4);
+        drv_name.push_str(&name);
+        drv_name.push_str(".drv");
         let path =
             make_store_path(store_dir, &path_type, &file_sha256, &drv_name).map_err(|e| name_err(&drv_name, e))?;
         // Recorded paths are required: Nix hashes unfilled outputs after filling them in, which
@@ -215,12 +219,19 @@ impl Indexed {
         })
     }
 
-    /// The fixed output's hash "as an input" and its path (for [`Shape::Fixed`]).
-    pub(super) fn fixed(&self, store_dir: &StoreDir, name: &str) -> Result<Option<([u8; 32], StorePath)>, DrvError> {
+    /// The fixed output's path (for [`Shape::Fixed`]) and, with `modulo`, its hash "as an
+    /// input".
+    pub(super) fn fixed(
+        &self,
+        store_dir: &StoreDir,
+        name: &str,
+        modulo: bool,
+    ) -> Result<Option<(StorePath, Option<[u8; 32]>)>, DrvError> {
         match self.outputs.as_slice() {
             [(out, Output { hash: OutputHash::Fixed { method, hash }, .. })] => {
                 let path = fixed_output_path(store_dir, name, out, *method, hash)?;
-                Ok(Some((fixed_hash_modulo(store_dir, &path, *method, hash), path)))
+                let h = modulo.then(|| fixed_hash_modulo(store_dir, &path, *method, hash));
+                Ok(Some((path, h)))
             }
             _ => Ok(None),
         }
@@ -300,10 +311,10 @@ impl Indexed {
             let path = match modulo {
                 Some(h) => {
                     let path_name = output_path_name(name, out);
-                    Some(
-                        make_store_path(store_dir, &format!("output:{out}"), &h, &path_name)
-                            .map_err(|e| name_err(&path_name, e))?,
-                    )
+                    let mut path_type = String::with_capacity(7 + out.len());
+                    path_type.push_str("output:");
+                    path_type.push_str(out);
+                    Some(make_store_path(store_dir, &path_type, &h, &path_name).map_err(|e| name_err(&path_name, e))?)
                 }
                 None => None,
             };

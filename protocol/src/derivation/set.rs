@@ -182,8 +182,8 @@ impl DrvSet {
                 ix.input_addressed_paths(sd, &entry.name, modulo)
             }
             Form::Indexed(ix) if ix.shape() == Shape::Fixed => {
-                let fixed = ix.fixed(sd, &entry.name)?;
-                Ok(fixed.into_iter().map(|(_, p)| ("out".to_string(), Some(p))).collect())
+                let fixed = ix.fixed(sd, &entry.name, false)?;
+                Ok(fixed.into_iter().map(|(p, _)| ("out".to_string(), Some(p))).collect())
             }
             _ => self.with_lookup(0, |lookup| entry.derivation(sd).output_paths(sd, &entry.name, lookup)),
         }
@@ -267,9 +267,11 @@ impl DrvSet {
                 let (inputs, deferred) = self.modulo_inputs(ix, depth)?;
                 Memo::Uniform { hash: ix.modulo_sha256(false, &inputs), deferred }
             }
-            Form::Indexed(ix) if ix.shape() == Shape::Fixed => match ix.fixed(sd, name)? {
-                Some((h, _)) => Memo::PerOutput(DrvHash { hashes: [("out".to_string(), h)].into(), deferred: false }),
-                None => return Err(DrvError::MissingInputOutput { input: sd.display(path), output: "out".into() }),
+            Form::Indexed(ix) if ix.shape() == Shape::Fixed => match ix.fixed(sd, name, true)? {
+                Some((_, Some(h))) => {
+                    Memo::PerOutput(DrvHash { hashes: [("out".to_string(), h)].into(), deferred: false })
+                }
+                _ => return Err(DrvError::MissingInputOutput { input: sd.display(path), output: "out".into() }),
             },
             _ => {
                 let drv = entry.derivation(sd);
