@@ -37,6 +37,9 @@ pub(super) enum Shape {
     Other,
 }
 
+/// A fixed output's path and, when asked for, its hash "as an input".
+pub(super) type FixedOutput = (StorePath, Option<[u8; 32]>);
+
 /// A `.drv` file and its index (see the module doc).
 #[derive(Debug)]
 pub(super) struct Indexed {
@@ -226,7 +229,7 @@ impl Indexed {
         store_dir: &StoreDir,
         name: &str,
         modulo: bool,
-    ) -> Result<Option<(StorePath, Option<[u8; 32]>)>, DrvError> {
+    ) -> Result<Option<FixedOutput>, DrvError> {
         match self.outputs.as_slice() {
             [(out, Output { hash: OutputHash::Fixed { method, hash }, .. })] => {
                 let path = fixed_output_path(store_dir, name, out, *method, hash)?;
