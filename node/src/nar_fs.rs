@@ -10,9 +10,10 @@
 //! are sorted by the bytes of their names; sockets, FIFOs and device files cannot be archived.
 //! Files are streamed in bounded chunks: memory use does not grow with file or tree size.
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::nar::{
     NarDigest, NarEvent, NarHasher, NarLimits, NarReadError, NarReader, NarWriteError, NarWriter,
 };
+use nix::dir::{Dir, Type};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
 use sha2::Digest as _;
 use thiserror::Error;
 
@@ -106,9 +110,7 @@ pub fn dump_path<W: Write>(path: &Path, w: W) -> Result<W, NarFsError> {
 /// Write `path` as the node at the writer's current position (the root, or after
 /// [`NarWriter::entry`]); for embedding a filesystem tree in a larger archive.
 pub fn dump_node<W: Write>(path: &Path, nw: &mut NarWriter<W>) -> Result<(), NarFsError> {
-    let mut dumper = Dumper { copier: BufCopier(vec![0u8; READ_BUF]), path: path.to_path_buf() };
-    let md = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
-    dumper.node(md.file_type(), nw)
+    Dumper::new(BufCopier(vec![0u8; READ_BUF]), path).root(nw)
 }
 
 /// The NAR digest of `path`: NarHash (`sha256:<nix32>`), NarSize and blake3, without writing the
@@ -119,7 +121,7 @@ pub fn dump_node<W: Write>(path: &Path, nw: &mut NarWriter<W>) -> Result<(), Nar
 /// them); a second one computes SHA-256 and blake3 over the chunks. At most `QUEUE + 3` chunks
 /// exist at a time, so memory stays bounded.
 pub fn hash_path(path: &Path) -> Result<NarDigest, NarFsError> {
-    hash_chunks(path, NarHasher::new(), |h, chunk| h.update(chunk)).map(|(h, _)| h.finish())
+    hash_chunks(path, NarHasher::new(), |h, chunk| h.update(chunk)).map(|((h, _), _)| h.finish())
 }
 
 /// How many threads [`nar_hash_path_with`] uses.
@@ -157,19 +159,45 @@ pub fn nar_hash_path(path: &Path) -> Result<(NixHash, u64), NarFsError> {
 
 /// [`nar_hash_path`] on the given number of threads (both give the same result).
 pub fn nar_hash_path_with(path: &Path, threads: Threads) -> Result<(NixHash, u64), NarFsError> {
+    nar_hash_path_cpu(path, threads).map(|(h, _)| h)
+}
+
+/// CPU time the threads of [`nar_hash_path_cpu`] used, in seconds (for benchmarks: with two
+/// threads, the larger of the two is the wall time on two free cores).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HashCpu {
+    /// The thread that walks the tree and reads the files (with [`Threads::One`] it also hashes).
+    pub reading: f64,
+    /// The hashing thread ([`Threads::Two`]; 0 with [`Threads::One`]).
+    pub hashing: f64,
+}
+
+/// [`nar_hash_path_with`], also returning the CPU time of each thread.
+pub fn nar_hash_path_cpu(path: &Path, threads: Threads) -> Result<((NixHash, u64), HashCpu), NarFsError> {
+    let start = thread_cpu();
     match threads.resolve() {
         Threads::One => {
             let mut nw = NarWriter::new(Sha256Sink::default())
                 .map_err(|source| NarFsError::Write { path: path.to_path_buf(), source })?;
-            let md = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
-            let mut dumper = Dumper { copier: BufCopier(vec![0u8; HASH_BUF]), path: path.to_path_buf() };
-            dumper.node(md.file_type(), &mut nw)?;
+            Dumper::new(BufCopier(vec![0u8; HASH_BUF]), path).root(&mut nw)?;
             let sink = nw.finish().map_err(|source| NarFsError::Write { path: path.to_path_buf(), source })?;
-            Ok((NixHash::sha256(sink.0.finalize().into()), sink.1))
+            let cpu = HashCpu { reading: thread_cpu() - start, hashing: 0.0 };
+            Ok(((NixHash::sha256(sink.0.finalize().into()), sink.1), cpu))
         }
-        _ => hash_chunks(path, sha2::Sha256::new(), |h, chunk| h.update(chunk))
-            .map(|(h, size)| (NixHash::sha256(h.finalize().into()), size)),
+        _ => {
+            let ((h, size), hashing) = hash_chunks(path, sha2::Sha256::new(), |h, chunk| h.update(chunk))?;
+            let cpu = HashCpu { reading: thread_cpu() - start, hashing };
+            Ok(((NixHash::sha256(h.finalize().into()), size), cpu))
+        }
     }
+}
+
+/// CPU time (user + system) of the calling thread, in seconds.
+pub fn thread_cpu() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD).map_or(0.0, |u| {
+        let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        tv(u.user_time()) + tv(u.system_time())
+    })
 }
 
 /// A `Write` that hashes what it is given with SHA-256 and counts it.
@@ -189,18 +217,19 @@ impl Write for Sha256Sink {
 }
 
 /// Dump `path` into chunks that `update` folds into `state` on a second thread; returns the final
-/// state and the NarSize.
-fn hash_chunks<H: Send>(path: &Path, state: H, update: fn(&mut H, &[u8])) -> Result<(H, u64), NarFsError> {
+/// state, the NarSize and the second thread's CPU time.
+fn hash_chunks<H: Send>(path: &Path, state: H, update: fn(&mut H, &[u8])) -> Result<((H, u64), f64), NarFsError> {
     let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(QUEUE);
     let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE + 2);
     std::thread::scope(|s| {
         let hasher = s.spawn(move || {
+            let start = thread_cpu();
             let mut state = state;
             for (chunk, len) in full_rx {
                 update(&mut state, &chunk[..len]);
                 let _ = empty_tx.try_send(chunk);
             }
-            state
+            (state, thread_cpu() - start)
         });
         let sink = ChunkSink { buf: vec![0u8; CHUNK], filled: 0, full: full_tx, empty: empty_rx };
         // The sink, with the sender, is dropped before the join (on success and on error), which
@@ -208,17 +237,16 @@ fn hash_chunks<H: Send>(path: &Path, state: H, update: fn(&mut H, &[u8])) -> Res
         let result = (|| {
             let wr = |source| NarFsError::Write { path: path.to_path_buf(), source };
             let mut nw = NarWriter::new(sink).map_err(wr)?;
-            let md = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
-            Dumper { copier: DirectCopier, path: path.to_path_buf() }.node(md.file_type(), &mut nw)?;
+            Dumper::new(DirectCopier, path).root(&mut nw)?;
             let size = nw.offset();
             nw.finish().map_err(wr).map(|_| size)
         })();
-        let state = hasher.join().map_err(|_| NarFsError::Io {
+        let (state, cpu) = hasher.join().map_err(|_| NarFsError::Io {
             op: "hash",
             path: path.to_path_buf(),
             source: io::Error::other("the hashing thread panicked"),
         })?;
-        result.map(|size| (state, size))
+        result.map(|size| ((state, size), cpu))
     })
 }
 
@@ -337,56 +365,142 @@ impl Copier<ChunkSink> for DirectCopier {
     }
 }
 
+/// Directories nested deeper than this are read by full path instead of relative to an open
+/// parent directory, so a deep tree cannot exhaust the process's file descriptors (each level of
+/// the relative walk keeps its directory open).
+const FD_DEPTH: usize = 64;
+
+/// Where the node being dumped is: at `Dumper::path` (the root, or below [`FD_DEPTH`]), or
+/// named `name` in the open directory `dir`, for `openat` (no path walk from `/` per file).
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Path,
+    In(BorrowedFd<'a>, &'a CStr),
+}
+
+/// The kind of a filesystem node, from `lstat` or a directory entry's `d_type`.
+#[derive(Clone, Copy)]
+enum Kind {
+    Regular,
+    Directory,
+    Symlink,
+    /// Cannot be archived: `socket`, `FIFO`, ...
+    Other(&'static str),
+}
+
+impl Kind {
+    fn of_file_type(ft: fs::FileType) -> Kind {
+        if ft.is_file() {
+            Kind::Regular
+        } else if ft.is_dir() {
+            Kind::Directory
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_socket() {
+            Kind::Other("socket")
+        } else if ft.is_fifo() {
+            Kind::Other("FIFO")
+        } else if ft.is_block_device() {
+            Kind::Other("block device")
+        } else if ft.is_char_device() {
+            Kind::Other("character device")
+        } else {
+            Kind::Other("unknown file type")
+        }
+    }
+
+    fn of_mode(mode: u32) -> Kind {
+        match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFREG => Kind::Regular,
+            SFlag::S_IFDIR => Kind::Directory,
+            SFlag::S_IFLNK => Kind::Symlink,
+            SFlag::S_IFSOCK => Kind::Other("socket"),
+            SFlag::S_IFIFO => Kind::Other("FIFO"),
+            SFlag::S_IFBLK => Kind::Other("block device"),
+            SFlag::S_IFCHR => Kind::Other("character device"),
+            _ => Kind::Other("unknown file type"),
+        }
+    }
+
+    fn of_entry(t: Type) -> Kind {
+        match t {
+            Type::File => Kind::Regular,
+            Type::Directory => Kind::Directory,
+            Type::Symlink => Kind::Symlink,
+            Type::Socket => Kind::Other("socket"),
+            Type::Fifo => Kind::Other("FIFO"),
+            Type::BlockDevice => Kind::Other("block device"),
+            Type::CharacterDevice => Kind::Other("character device"),
+        }
+    }
+}
+
+/// Walks a tree in NAR order. Below the root, nodes are opened relative to their parent
+/// directory's descriptor (`openat`, `readlinkat`, `fstatat`), which spares the kernel a full
+/// path lookup per file; a directory's names are gathered in one buffer (no allocation per
+/// entry). Per regular file: `openat`, `fstat`, the reads, `close`.
 struct Dumper<C> {
     copier: C,
-    /// The path of the node being dumped (entries are pushed and popped).
+    /// The path of the node being dumped (entries are pushed and popped): for `At::Path` and
+    /// error messages.
     path: PathBuf,
+    /// Directory nesting below the root.
+    depth: usize,
 }
 
 impl<C> Dumper<C> {
+    fn new(copier: C, path: &Path) -> Self {
+        Dumper { copier, path: path.to_path_buf(), depth: 0 }
+    }
+
     fn wr(&self, source: NarWriteError) -> NarFsError {
         NarFsError::Write { path: self.path.clone(), source }
     }
 
-    fn node<W: Write>(&mut self, ft: fs::FileType, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
+    /// Dump the root, `self.path`.
+    fn root<W: Write>(&mut self, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
     where
         C: Copier<W>,
     {
-        if ft.is_file() {
-            self.regular(nw)
-        } else if ft.is_dir() {
-            self.directory(nw)
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&self.path).map_err(io_err("read symlink", &self.path))?;
-            nw.symlink(target.as_os_str().as_bytes()).map_err(|e| self.wr(e))
-        } else {
-            let kind = if ft.is_socket() {
-                "socket"
-            } else if ft.is_fifo() {
-                "FIFO"
-            } else if ft.is_block_device() {
-                "block device"
-            } else if ft.is_char_device() {
-                "character device"
-            } else {
-                "unknown file type"
-            };
-            Err(NarFsError::UnsupportedFileType { path: self.path.clone(), kind })
+        let md = fs::symlink_metadata(&self.path).map_err(io_err("stat", &self.path))?;
+        self.node(At::Path, Kind::of_file_type(md.file_type()), nw)
+    }
+
+    fn open(&self, at: At<'_>, flags: OFlag) -> Result<OwnedFd, NarFsError> {
+        let flags = flags | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+        let fd = match at {
+            At::Path => nix::fcntl::openat(nix::fcntl::AT_FDCWD, self.path.as_path(), flags, Mode::empty()),
+            At::In(dir, name) => nix::fcntl::openat(dir, name, flags, Mode::empty()),
+        };
+        fd.map_err(|e| io_err("open", &self.path)(e.into()))
+    }
+
+    fn node<W: Write>(&mut self, at: At<'_>, kind: Kind, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
+    where
+        C: Copier<W>,
+    {
+        match kind {
+            Kind::Regular => self.regular(at, nw),
+            Kind::Directory => self.directory(at, nw),
+            Kind::Symlink => {
+                let target = match at {
+                    At::Path => fs::read_link(&self.path).map(PathBuf::into_os_string),
+                    At::In(dir, name) => nix::fcntl::readlinkat(dir, name).map_err(io::Error::from),
+                }
+                .map_err(io_err("read symlink", &self.path))?;
+                nw.symlink(target.as_bytes()).map_err(|e| self.wr(e))
+            }
+            Kind::Other(kind) => Err(NarFsError::UnsupportedFileType { path: self.path.clone(), kind }),
         }
     }
 
-    fn regular<W: Write>(&mut self, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
+    fn regular<W: Write>(&mut self, at: At<'_>, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
     where
         C: Copier<W>,
     {
         // O_NONBLOCK: if the file was replaced by a FIFO since the directory was read, opening it
         // must not hang (the type check below then fails). O_NOFOLLOW: nor follow a new symlink.
-        let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW;
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags.bits())
-            .open(&self.path)
-            .map_err(io_err("open", &self.path))?;
+        let mut f = File::from(self.open(at, OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW)?);
         let md = f.metadata().map_err(io_err("stat", &self.path))?;
         if !md.is_file() {
             let what = "it is no longer a regular file".to_string();
@@ -410,36 +524,79 @@ impl<C> Dumper<C> {
         nw.end_regular().map_err(|e| self.wr(e))
     }
 
-    fn directory<W: Write>(&mut self, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
+    fn directory<W: Write>(&mut self, at: At<'_>, nw: &mut NarWriter<W>) -> Result<(), NarFsError>
     where
         C: Copier<W>,
     {
-        let mut entries: Vec<(Vec<u8>, fs::FileType)> = Vec::new();
-        for e in fs::read_dir(&self.path).map_err(io_err("read directory", &self.path))? {
-            let e = e.map_err(io_err("read directory", &self.path))?;
-            let ft = e.file_type().map_err(io_err("stat", &e.path()))?;
-            entries.push((e.file_name().into_vec(), ft));
+        // O_NOFOLLOW: a directory replaced by a symlink since it was listed is not followed.
+        let fd = self.open(at, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)?;
+        let read_err = |e: nix::Error| io_err("read directory", &self.path)(e.into());
+        let mut dir = Dir::from_fd(fd).map_err(read_err)?;
+        // Names with their NUL, back to back; entries index into them.
+        let mut names: Vec<u8> = Vec::new();
+        let mut entries: Vec<(usize, usize, Option<Type>)> = Vec::new();
+        for e in dir.iter() {
+            let e = e.map_err(read_err)?;
+            let name = e.file_name().to_bytes_with_nul();
+            if name == b".\0" || name == b"..\0" {
+                continue;
+            }
+            entries.push((names.len(), name.len(), e.file_type()));
+            names.extend_from_slice(name);
         }
         // Nix sorts entries by the bytes of their names (a std::map<std::string, ...>).
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let name_of = |&(start, len, _): &(usize, usize, Option<Type>)| &names[start..start + len - 1];
+        entries.sort_unstable_by(|a, b| name_of(a).cmp(name_of(b)));
+        // Deep below the root, close this directory before descending and open by path.
+        let dir = if self.depth < FD_DEPTH { Some(dir) } else { None };
         nw.directory().map_err(|e| self.wr(e))?;
-        for (name, ft) in entries {
-            self.path.push(OsStr::from_bytes(&name));
-            let r = nw.entry(&name).map_err(|e| self.wr(e)).and_then(|()| self.node(ft, nw));
+        self.depth += 1;
+        let mut result = Ok(());
+        for entry in &entries {
+            let name = name_of(entry);
+            self.path.push(OsStr::from_bytes(name));
+            result = self.entry(dir.as_ref(), &names[entry.0..entry.0 + entry.1], entry.2, nw);
             self.path.pop();
-            r?;
+            if result.is_err() {
+                break;
+            }
         }
+        self.depth -= 1;
+        result?;
         nw.end_directory().map_err(|e| self.wr(e))
     }
-}
 
-trait IntoVec {
-    fn into_vec(self) -> Vec<u8>;
-}
-
-impl IntoVec for std::ffi::OsString {
-    fn into_vec(self) -> Vec<u8> {
-        std::os::unix::ffi::OsStringExt::into_vec(self)
+    /// The entry whose name (with its NUL) is `name_nul` of the directory `dir` (`None`: open
+    /// it by path), its `d_type` being `t`.
+    fn entry<W: Write>(
+        &mut self,
+        dir: Option<&Dir>,
+        name_nul: &[u8],
+        t: Option<Type>,
+        nw: &mut NarWriter<W>,
+    ) -> Result<(), NarFsError>
+    where
+        C: Copier<W>,
+    {
+        nw.entry(&name_nul[..name_nul.len() - 1]).map_err(|e| self.wr(e))?;
+        let name = CStr::from_bytes_with_nul(name_nul)
+            .map_err(|e| io_err("read directory", &self.path)(io::Error::other(e)))?;
+        let at = match dir {
+            Some(dir) => At::In(dir.as_fd(), name),
+            None => At::Path,
+        };
+        let kind = match t {
+            Some(t) => Kind::of_entry(t),
+            // No d_type from this filesystem: ask.
+            None => {
+                let st = match at {
+                    At::In(dir, name) => nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW),
+                    At::Path => nix::sys::stat::lstat(self.path.as_path()),
+                };
+                Kind::of_mode(st.map_err(|e| io_err("stat", &self.path)(e.into()))?.st_mode)
+            }
+        };
+        self.node(at, kind, nw)
     }
 }
 
@@ -617,6 +774,35 @@ mod tests {
                 let got = nar_hash_path_with(&root, threads).unwrap();
                 proptest::prop_assert_eq!(&got, &(want.nar_hash.clone(), want.nar_size), "{:?}", threads);
             }
+        }
+    }
+
+    /// A tree nested deeper than [`FD_DEPTH`] (read relative to open directories above, by path
+    /// below), with files, executables and symlinks at every level, restored from an in-memory
+    /// NAR (built without the walker) hashes and dumps back to that NAR.
+    #[test]
+    fn deep_trees_hash_like_their_nar() {
+        use buildmesh_protocol::nar::tree::Node;
+        let mut node = Node::Regular { executable: false, contents: b"leaf".to_vec() };
+        for level in (0..FD_DEPTH + 6).rev() {
+            let mut entries = std::collections::BTreeMap::new();
+            entries.insert(b"d".to_vec(), node);
+            entries.insert(
+                b"a".to_vec(),
+                Node::Regular { executable: level % 2 == 0, contents: vec![level as u8; level] },
+            );
+            entries.insert(b"z".to_vec(), Node::Symlink { target: format!("../{level}").into_bytes() });
+            node = Node::Directory(entries);
+        }
+        let nar = node.to_nar().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("deep");
+        restore(&nar[..], &root, NarLimits::default()).unwrap();
+        let want = NarHasher::digest_of(&nar);
+        assert_eq!(dump_path(&root, Vec::new()).unwrap(), nar);
+        assert_eq!(hash_path(&root).unwrap(), want);
+        for threads in [Threads::One, Threads::Two] {
+            assert_eq!(nar_hash_path_with(&root, threads).unwrap(), (want.nar_hash.clone(), want.nar_size));
         }
     }
 

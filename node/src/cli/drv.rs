@@ -10,7 +10,7 @@ use buildmesh_protocol::derivation::{Derivation, DrvError, DrvSet, MAX_DRV_SIZE}
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use clap::Subcommand;
 
-use super::nar_bench::thread_cpu;
+use crate::nar_fs::thread_cpu;
 
 /// `buildmesh drv` subcommands.
 #[derive(Debug, Subcommand)]

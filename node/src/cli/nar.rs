@@ -39,6 +39,10 @@ pub enum Command {
         /// another) or `auto` (2 unless the process may use only one core).
         #[arg(long, default_value = "auto", value_parser = parse_threads)]
         threads: nar_fs::Threads,
+        /// Also print the CPU seconds of the reading and the hashing thread on stderr (used by
+        /// `bench`).
+        #[arg(long, hide = true)]
+        cpu: bool,
     },
     /// Time `buildmesh nar hash PATH` (1 thread, 2 threads, auto) against `nix hash path --type
     /// sha256 PATH` and the machine's SHA-256 speed (`openssl speed -evp sha256`), on an idle
@@ -74,7 +78,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             nar_fs::restore(input, &dir, limits)?;
             Ok(())
         }
-        Command::Hash { path, json, threads } => {
+        Command::Hash { path, json, threads, cpu } => {
             let mut out = io::stdout().lock();
             if json {
                 let d = nar_fs::hash_path(&path)?;
@@ -85,8 +89,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 });
                 writeln!(out, "{v}")?;
             } else {
-                let (nar_hash, nar_size) = nar_fs::nar_hash_path_with(&path, threads)?;
+                let ((nar_hash, nar_size), used) = nar_fs::nar_hash_path_cpu(&path, threads)?;
                 writeln!(out, "{nar_hash}\n{nar_size}")?;
+                if cpu {
+                    eprintln!("{CPU_PREFIX} {:.6} {:.6}", used.reading, used.hashing);
+                }
             }
             Ok(())
         }
@@ -103,6 +110,9 @@ fn parse_threads(s: &str) -> Result<nar_fs::Threads, String> {
         _ => Err(format!("{s:?}: expected 1, 2 or auto")),
     }
 }
+
+/// Prefix of the line `hash --cpu` prints on stderr.
+pub(super) const CPU_PREFIX: &str = "buildmesh-nar-cpu:";
 
 /// Prefix of the line `measure` prints on stderr.
 pub(super) const MEASURE_PREFIX: &str = "buildmesh-measure:";

@@ -15,12 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context as _, bail};
 use sha2::Digest as _;
 
-use super::nar::MEASURE_PREFIX;
+use super::nar::{CPU_PREFIX, MEASURE_PREFIX};
 
 struct Sample {
     wall: f64,
     max_rss_kib: i64,
     cpu: f64,
+    /// CPU seconds of the reading and the hashing thread (`nar hash --cpu`).
+    threads: Option<(f64, f64)>,
     stdout: String,
 }
 
@@ -43,7 +45,11 @@ fn run_measured(exe: &Path, command: &[&str]) -> anyhow::Result<Sample> {
     let wall: f64 = it.next().context("no wall time")?.parse()?;
     let max_rss_kib: i64 = it.next().context("no peak RSS")?.parse()?;
     let cpu: f64 = it.next().context("no CPU time")?.parse()?;
-    Ok(Sample { wall, max_rss_kib, cpu, stdout: String::from_utf8_lossy(&out.stdout).into_owned() })
+    let threads = stderr.lines().find_map(|l| l.strip_prefix(CPU_PREFIX)).and_then(|l| {
+        let mut it = l.split_whitespace().map(|w| w.parse::<f64>().ok());
+        Some((it.next()??, it.next()??))
+    });
+    Ok(Sample { wall, max_rss_kib, cpu, threads, stdout: String::from_utf8_lossy(&out.stdout).into_owned() })
 }
 
 /// Medians (and the best wall time) of a series of runs.
@@ -52,13 +58,19 @@ struct Stats {
     best_wall: f64,
     cpu: f64,
     max_rss_kib: i64,
+    /// Medians of the reading and hashing threads' CPU seconds.
+    threads: Option<(f64, f64)>,
 }
 
 impl Stats {
     fn of(samples: &[Sample]) -> Stats {
         let mut wall: Vec<f64> = samples.iter().map(|s| s.wall).collect();
         let mut cpu: Vec<f64> = samples.iter().map(|s| s.cpu).collect();
+        let mut reading: Vec<f64> = samples.iter().filter_map(|s| s.threads.map(|t| t.0)).collect();
+        let mut hashing: Vec<f64> = samples.iter().filter_map(|s| s.threads.map(|t| t.1)).collect();
+        let threads = (!reading.is_empty()).then(|| (median(&mut reading), median(&mut hashing)));
         Stats {
+            threads,
             best_wall: wall.iter().copied().fold(f64::INFINITY, f64::min),
             wall: median(&mut wall),
             cpu: median(&mut cpu),
@@ -114,13 +126,7 @@ fn parse_openssl_speed(text: &str) -> anyhow::Result<(f64, u64)> {
     Ok((values[i], size))
 }
 
-/// CPU time of the calling thread, in seconds.
-pub(crate) fn thread_cpu() -> f64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD).map_or(0.0, |u| {
-        let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-        tv(u.user_time()) + tv(u.system_time())
-    })
-}
+use crate::nar_fs::thread_cpu;
 
 /// The sha2 crate's speed on a buffer in memory (what this binary's hashing can reach), bytes
 /// per second of CPU time (as `openssl speed` counts by default), so other processes on the
@@ -187,7 +193,7 @@ pub(super) fn bench(path: &Path, runs: u32) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the buildmesh executable")?;
     let exe_s = exe.to_str().context("executable path is not UTF-8")?;
     let p = path.to_str().context("the path is not UTF-8")?;
-    let ours = |threads: &'static str| -> Vec<&str> { vec![exe_s, "nar", "hash", "--threads", threads, p] };
+    let ours = |threads: &'static str| -> Vec<&str> { vec![exe_s, "nar", "hash", "--cpu", "--threads", threads, p] };
     let nix: Vec<&str> =
         vec!["nix", "--extra-experimental-features", "nix-command", "hash", "path", "--type", "sha256", p];
     let has_nix = Process::new("nix").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
@@ -252,28 +258,35 @@ pub(super) fn bench(path: &Path, runs: u32) -> anyhow::Result<()> {
     writeln!(o)?;
     writeln!(
         o,
-        "| machine | what | wall time | MB/s | x SHA-256 limit | x nix | CPU time | MB per CPU s | peak RSS |"
+        "| machine | what | wall time | MB/s | x SHA-256 limit | x nix | CPU time | MB per CPU s | peak RSS | reading / hashing thread CPU | x limit, busiest thread |"
     )?;
-    writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for (hog, r) in &rounds {
         let machine = if *hog { "busy" } else { "idle" };
         let nix_wall = r.rows.iter().find(|(l, _)| l.contains("nix")).map(|(_, s)| s.wall);
         writeln!(
             o,
-            "| {machine} | `openssl speed -evp sha256` (SHA-256 limit) | | {:.0} | 1.00 | | | | |",
+            "| {machine} | `openssl speed -evp sha256` (SHA-256 limit) | | {:.0} | 1.00 | | | | | | |",
             r.openssl / 1e6
         )?;
         writeln!(
             o,
-            "| {machine} | sha2 crate, 64 MiB in memory (per CPU second) | | {:.0} | {:.2} | | | | |",
+            "| {machine} | sha2 crate, 64 MiB in memory (per CPU second) | | {:.0} | {:.2} | | | | | | |",
             r.sha2 / 1e6,
             r.sha2 / r.openssl
         )?;
         for (label, st) in &r.rows {
             let x_nix = nix_wall.map(|n| format!("{:.2}", n / st.wall)).unwrap_or_default();
+            // The wall time on free cores is the busier thread's CPU time.
+            let (threads, busiest) = match st.threads {
+                Some((read, hash)) => {
+                    (format!("{read:.3} s / {hash:.3} s"), format!("{:.2}", mbs(read.max(hash)) * 1e6 / r.openssl))
+                }
+                None => (String::new(), String::new()),
+            };
             writeln!(
                 o,
-                "| {machine} | {label} | {:.3} s ({:.3} s) | {:.0} | {:.2} | {x_nix} | {:.3} s | {:.0} | {:.1} MiB |",
+                "| {machine} | {label} | {:.3} s ({:.3} s) | {:.0} | {:.2} | {x_nix} | {:.3} s | {:.0} | {:.1} MiB | {threads} | {busiest} |",
                 st.wall,
                 st.best_wall,
                 mbs(st.wall),

@@ -31,16 +31,129 @@ struct Parser<'a> {
 }
 
 pub(super) fn parse(input: &[u8], store_dir: &StoreDir) -> Result<Derivation, DrvError> {
+    let mut drv = Derivation::default();
+    parse_into(input, store_dir, &mut drv)?;
+    Ok(drv)
+}
+
+/// Byte offsets of the ATerm's first two lists: `Derive(` outputs `,` input derivations `,` ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Sections {
+    /// Just after the outputs list's `]`.
+    pub(super) outputs_end: usize,
+    /// Just after the input derivations list's `]`.
+    pub(super) inputs_end: usize,
+}
+
+/// Parse `input`, handing each piece to `b` ([`Derivation`] builds itself; an index records
+/// spans). Accepts and rejects exactly what [`parse`] does, whatever `b` is.
+pub(super) fn parse_into<'a>(
+    input: &'a [u8],
+    store_dir: &'a StoreDir,
+    b: &mut impl Build<'a>,
+) -> Result<Sections, DrvError> {
     if input.len() > MAX_DRV_SIZE {
         return Err(DrvError::TooLarge { len: input.len(), max: MAX_DRV_SIZE });
     }
     let mut p = Parser { input, pos: 0, store_dir };
     p.header()?;
-    let drv = p.body()?;
+    let sections = p.body(b)?;
     if p.pos != input.len() {
         return Err(DrvError::TrailingData { offset: p.pos, len: input.len() - p.pos });
     }
-    Ok(drv)
+    Ok(sections)
+}
+
+/// A string written with `printString` escaping, checked canonical: its bytes between the
+/// quotes as they are in the file.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Escaped<'a> {
+    /// The bytes between the quotes.
+    pub(super) raw: &'a [u8],
+    /// Whether `raw` holds escape sequences (else it is the value itself).
+    pub(super) escapes: bool,
+    /// Offset of the opening quote.
+    pub(super) at: usize,
+}
+
+impl<'a> Escaped<'a> {
+    /// The value (unescaped).
+    pub(super) fn value(&self) -> std::borrow::Cow<'a, [u8]> {
+        if !self.escapes {
+            return std::borrow::Cow::Borrowed(self.raw);
+        }
+        let mut out = Vec::with_capacity(self.raw.len());
+        let mut bytes = self.raw.iter();
+        while let Some(&c) = bytes.next() {
+            if c != b'\\' {
+                out.push(c);
+                continue;
+            }
+            // The parser accepted only the five escapes, so a byte follows.
+            out.push(match bytes.next() {
+                Some(b'n') => b'\n',
+                Some(b'r') => b'\r',
+                Some(b't') => b'\t',
+                Some(&other) => other,
+                None => break,
+            });
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// Offset just after the closing quote.
+    pub(super) fn end(&self) -> usize {
+        self.at + self.raw.len() + 2
+    }
+}
+
+/// What the parser hands over while it reads a derivation, in file order. Pieces are checked
+/// (grammar, canonical form, order) before they are handed over.
+pub(super) trait Build<'a> {
+    /// An output.
+    fn output(&mut self, name: &'a str, out: Output);
+    /// An input derivation and the output names used (sorted).
+    fn input_drv(&mut self, path: StorePath, outputs: &[&'a str]);
+    /// An input source.
+    fn input_src(&mut self, path: StorePath);
+    /// The system.
+    fn system(&mut self, system: &'a [u8]);
+    /// The builder.
+    fn builder(&mut self, builder: Escaped<'a>);
+    /// An argument.
+    fn arg(&mut self, arg: Escaped<'a>);
+    /// An env var (`key` unescaped).
+    fn env(&mut self, key: &[u8], value: Escaped<'a>);
+}
+
+impl<'a> Build<'a> for Derivation {
+    fn output(&mut self, name: &'a str, out: Output) {
+        self.outputs.insert(name.to_string(), out);
+    }
+
+    fn input_drv(&mut self, path: StorePath, outputs: &[&'a str]) {
+        self.input_drvs.insert(path, outputs.iter().map(|o| o.to_string()).collect());
+    }
+
+    fn input_src(&mut self, path: StorePath) {
+        self.input_srcs.insert(path);
+    }
+
+    fn system(&mut self, system: &'a [u8]) {
+        self.system = system.to_vec();
+    }
+
+    fn builder(&mut self, builder: Escaped<'a>) {
+        self.builder = builder.value().into_owned();
+    }
+
+    fn arg(&mut self, arg: Escaped<'a>) {
+        self.args.push(arg.value().into_owned());
+    }
+
+    fn env(&mut self, key: &[u8], value: Escaped<'a>) {
+        self.env.insert(key.to_vec(), value.value().into_owned());
+    }
 }
 
 impl<'a> Parser<'a> {
@@ -143,41 +256,31 @@ impl<'a> Parser<'a> {
     }
 
     /// A string Nix writes with `printString` escaping; only canonical escapes are accepted.
-    fn escaped(&mut self) -> Result<Vec<u8>, DrvError> {
+    fn escaped(&mut self) -> Result<Escaped<'a>, DrvError> {
         let start = self.pos;
         self.expect("\"")?;
         let base = self.pos;
         let s = &self.input[base..];
-        // Fast path: most strings have nothing to unescape.
         let mut i = first_special(s);
-        if s.get(i) == Some(&b'"') {
-            self.pos = base + i + 1;
-            return Ok(s[..i].to_vec());
-        }
-        let mut out = s[..i].to_vec();
+        let mut escapes = false;
         while i < s.len() {
             match s[i] {
                 b'"' => {
                     self.pos = base + i + 1;
-                    return Ok(out);
+                    return Ok(Escaped { raw: &s[..i], escapes, at: start });
                 }
                 b'\\' => {
                     let Some(&c) = s.get(i + 1) else { break };
-                    out.push(match c {
-                        b'"' | b'\\' => c,
-                        b'n' => b'\n',
-                        b'r' => b'\r',
-                        b't' => b'\t',
-                        _ => {
-                            return Err(DrvError::NonCanonical {
-                                offset: base + i,
-                                reason: format!(
-                                    "escape `\\{}`: Nix escapes only '\"', '\\', newline, CR and tab",
-                                    c.escape_ascii()
-                                ),
-                            });
-                        }
-                    });
+                    if !matches!(c, b'"' | b'\\' | b'n' | b'r' | b't') {
+                        return Err(DrvError::NonCanonical {
+                            offset: base + i,
+                            reason: format!(
+                                "escape `\\{}`: Nix escapes only '\"', '\\', newline, CR and tab",
+                                c.escape_ascii()
+                            ),
+                        });
+                    }
+                    escapes = true;
                     i += 2;
                 }
                 c @ (b'\n' | b'\r' | b'\t') => {
@@ -190,11 +293,7 @@ impl<'a> Parser<'a> {
                         ),
                     });
                 }
-                _ => {
-                    let run = first_special(&s[i..]);
-                    out.extend_from_slice(&s[i..i + run]);
-                    i += run;
-                }
+                _ => i += first_special(&s[i..]),
             }
         }
         Err(DrvError::UnterminatedString { offset: start })
@@ -218,7 +317,7 @@ impl<'a> Parser<'a> {
         Ok(name)
     }
 
-    fn output(&mut self) -> Result<(String, Output), DrvError> {
+    fn output(&mut self) -> Result<(&'a str, Output), DrvError> {
         let at = self.pos;
         self.expect("(")?;
         let name = self.output_name()?;
@@ -272,24 +371,25 @@ impl<'a> Parser<'a> {
                 OutputHash::Fixed { method, hash }
             }
         };
-        Ok((name.to_string(), Output { path, hash }))
+        Ok((name, Output { path, hash }))
     }
 
-    fn body(&mut self) -> Result<Derivation, DrvError> {
-        let mut drv = Derivation::default();
+    fn body(&mut self, b: &mut impl Build<'a>) -> Result<Sections, DrvError> {
         // outputs
+        let mut prev: Option<&str> = None;
         self.list(|p| {
             let at = p.pos;
             let (name, out) = p.output()?;
-            // Entries arrive in order, so the previous one is the map's last.
-            let prev = drv.outputs.last_key_value().map(|(k, _)| k.as_bytes());
-            check_order(at, "outputs", prev, name.as_bytes())?;
-            drv.outputs.insert(name, out);
+            check_order(at, "outputs", prev.map(str::as_bytes), name.as_bytes())?;
+            prev = Some(name);
+            b.output(name, out);
             Ok(())
         })?;
+        let outputs_end = self.pos;
         self.expect(",")?;
         // input derivations
         let mut prev: Option<&str> = None;
+        let mut outs: Vec<&'a str> = Vec::new();
         self.list(|p| {
             let at = p.pos;
             p.expect("(")?;
@@ -300,20 +400,24 @@ impl<'a> Parser<'a> {
             if p.input.get(p.pos) == Some(&b'(') {
                 return Err(DrvError::DynamicDerivation { offset: p.pos });
             }
-            let mut outs = BTreeSet::new();
-            let mut prev_out: Option<&str> = None;
+            outs.clear();
             p.list(|p| {
                 let at = p.pos;
                 let o = p.output_name()?;
-                check_order(at, "output names of an input derivation", prev_out.map(str::as_bytes), o.as_bytes())?;
-                prev_out = Some(o);
-                outs.insert(o.to_string());
+                check_order(
+                    at,
+                    "output names of an input derivation",
+                    outs.last().map(|o| o.as_bytes()),
+                    o.as_bytes(),
+                )?;
+                outs.push(o);
                 Ok(())
             })?;
             p.expect(")")?;
-            drv.input_drvs.insert(path, outs);
+            b.input_drv(path, &outs);
             Ok(())
         })?;
+        let inputs_end = self.pos;
         self.expect(",")?;
         // input sources
         let mut prev: Option<&str> = None;
@@ -322,32 +426,35 @@ impl<'a> Parser<'a> {
             let (path, raw) = p.store_path()?;
             check_order(at, "input sources", prev.map(str::as_bytes), raw.as_bytes())?;
             prev = Some(raw);
-            drv.input_srcs.insert(path);
+            b.input_src(path);
             Ok(())
         })?;
         self.expect(",")?;
-        drv.system = self.plain_bytes()?.to_vec();
+        b.system(self.plain_bytes()?);
         self.expect(",")?;
-        drv.builder = self.escaped()?;
+        b.builder(self.escaped()?);
         self.expect(",")?;
         self.list(|p| {
-            drv.args.push(p.escaped()?);
+            b.arg(p.escaped()?);
             Ok(())
         })?;
         self.expect(",")?;
+        // Keys without escapes (nearly all) are compared where they lie in the input.
+        let mut prev: Option<std::borrow::Cow<'a, [u8]>> = None;
         self.list(|p| {
             let at = p.pos;
             p.expect("(")?;
-            let key = p.escaped()?;
-            check_order(at, "env vars", drv.env.last_key_value().map(|(k, _)| k.as_slice()), &key)?;
+            let key = p.escaped()?.value();
+            check_order(at, "env vars", prev.as_deref(), &key)?;
             p.expect(",")?;
             let value = p.escaped()?;
             p.expect(")")?;
-            drv.env.insert(key, value);
+            b.env(&key, value);
+            prev = Some(key);
             Ok(())
         })?;
         self.expect(")")?;
-        Ok(drv)
+        Ok(Sections { outputs_end, inputs_end })
     }
 }
 
@@ -378,14 +485,27 @@ impl Sink for Vec<u8> {
     }
 }
 
-const HASH_SINK_BUF: usize = 4096;
+/// Small: the buffer is zeroed per hash, and large pieces bypass it.
+const HASH_SINK_BUF: usize = 512;
 
 /// SHA-256 fed in blocks of [`HASH_SINK_BUF`] bytes, so the many small pieces of an ATerm cost
 /// a copy each, not a hasher call.
-struct HashSink {
+pub(super) struct HashSink {
     h: sha2::Sha256,
     buf: [u8; HASH_SINK_BUF],
     n: usize,
+}
+
+impl HashSink {
+    pub(super) fn new() -> HashSink {
+        HashSink { h: sha2::Sha256::new(), buf: [0; HASH_SINK_BUF], n: 0 }
+    }
+
+    /// The SHA-256 of everything put.
+    pub(super) fn finish(mut self) -> [u8; 32] {
+        self.h.update(&self.buf[..self.n]);
+        self.h.finalize().into()
+    }
 }
 
 impl Sink for HashSink {
@@ -479,10 +599,9 @@ pub(super) fn print_sha256(
     mask_outputs: bool,
     inputs: Option<&BTreeMap<[u8; 32], BTreeSet<&str>>>,
 ) -> [u8; 32] {
-    let mut out = HashSink { h: sha2::Sha256::new(), buf: [0; HASH_SINK_BUF], n: 0 };
+    let mut out = HashSink::new();
     print_into(&mut out, drv, store_dir, mask_outputs, inputs);
-    out.h.update(&out.buf[..out.n]);
-    out.h.finalize().into()
+    out.finish()
 }
 
 fn print_into(

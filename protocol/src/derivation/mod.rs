@@ -30,6 +30,7 @@
 //! The store dir is a parameter everywhere (`/nix/store`, `/gnu/store`).
 
 mod aterm;
+mod index;
 mod json;
 mod paths;
 mod set;
@@ -449,21 +450,7 @@ impl Derivation {
 
     /// The derivation's name: env `name`, or for structured attributes the `"name"` of `__json`.
     pub fn name(&self) -> Result<String, DrvError> {
-        let raw = if let Some(n) = self.env.get(b"name".as_slice()) {
-            String::from_utf8(n.clone())
-                .map_err(|_| DrvError::BadName { name: lossy(n), reason: "not UTF-8".to_string() })?
-        } else if let Some(json) = self.env.get(b"__json".as_slice()) {
-            let v: serde_json::Value = serde_json::from_slice(json)
-                .map_err(|e| DrvError::BadName { name: String::new(), reason: format!("`__json` is not JSON: {e}") })?;
-            match v.get("name").and_then(|n| n.as_str()) {
-                Some(n) => n.to_string(),
-                None => return Err(DrvError::NoName),
-            }
-        } else {
-            return Err(DrvError::NoName);
-        };
-        validate_drv_name(&raw)?;
-        Ok(raw)
+        name_from(self.env_var("name"), self.env_var("__json"))
     }
 
     /// Semantic checks Nix does on a parsed derivation: the name makes valid store paths, and every
@@ -514,6 +501,26 @@ pub fn output_path_name(drv_name: &str, output: &str) -> String {
     if output == "out" { drv_name.to_string() } else { format!("{drv_name}-{output}") }
 }
 
+/// A derivation's name from its env var `name` (or, without one, the `"name"` of `__json`),
+/// validated.
+fn name_from(name: Option<&[u8]>, json: Option<&[u8]>) -> Result<String, DrvError> {
+    let raw = if let Some(n) = name {
+        String::from_utf8(n.to_vec())
+            .map_err(|_| DrvError::BadName { name: lossy(n), reason: "not UTF-8".to_string() })?
+    } else if let Some(json) = json {
+        let v: serde_json::Value = serde_json::from_slice(json)
+            .map_err(|e| DrvError::BadName { name: String::new(), reason: format!("`__json` is not JSON: {e}") })?;
+        match v.get("name").and_then(|n| n.as_str()) {
+            Some(n) => n.to_string(),
+            None => return Err(DrvError::NoName),
+        }
+    } else {
+        return Err(DrvError::NoName);
+    };
+    validate_drv_name(&raw)?;
+    Ok(raw)
+}
+
 fn validate_drv_name(name: &str) -> Result<(), DrvError> {
     validate_name(&format!("{name}.drv"))
         .map_err(|e| DrvError::BadName { name: name.to_string(), reason: e.to_string() })
@@ -543,5 +550,7 @@ impl fmt::Display for OutputKind {
     }
 }
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;

@@ -29,7 +29,7 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
-fn name_err(name: &str, e: StorePathError) -> DrvError {
+pub(super) fn name_err(name: &str, e: StorePathError) -> DrvError {
     DrvError::BadName { name: name.to_string(), reason: e.to_string() }
 }
 
@@ -61,6 +61,12 @@ pub(super) fn fixed_output_path(
         }
     };
     result.map_err(|e| name_err(&path_name, e))
+}
+
+/// `hashDerivationModulo` of a fixed output at `path`: `sha256("fixed:out:<method><algo>:<hex>:<path>")`.
+pub(super) fn fixed_hash_modulo(store_dir: &StoreDir, path: &StorePath, method: CaMethod, hash: &NixHash) -> [u8; 32] {
+    let s = format!("fixed:out:{}:{}:{}", method.method_algo(hash.algo()), hash.to_hex(), store_dir.display(path));
+    sha256(s.as_bytes())
 }
 
 fn digest_32(d: &[u8]) -> Option<[u8; 32]> {
@@ -135,13 +141,7 @@ impl Derivation {
             for (out, o) in &self.outputs {
                 if let OutputHash::Fixed { method, hash } = &o.hash {
                     let path = fixed_output_path(store_dir, name, out, *method, hash)?;
-                    let s = format!(
-                        "fixed:out:{}:{}:{}",
-                        method.method_algo(hash.algo()),
-                        hash.to_hex(),
-                        store_dir.display(&path)
-                    );
-                    hashes.insert(out.clone(), sha256(s.as_bytes()));
+                    hashes.insert(out.clone(), fixed_hash_modulo(store_dir, &path, *method, hash));
                 }
             }
             return Ok(DrvHash { hashes, deferred: false });

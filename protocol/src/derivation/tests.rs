@@ -301,7 +301,7 @@ fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 prop_compose! {
-    fn arb_drv()(
+    pub(super) fn arb_drv()(
         outputs in prop::collection::btree_map(arb_name(), arb_output(), 0..4),
         input_drvs in prop::collection::btree_map(arb_path(".drv"), prop::collection::btree_set(arb_name(), 1..3), 0..4),
         input_srcs in prop::collection::btree_set(arb_path(""), 0..4),

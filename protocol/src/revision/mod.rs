@@ -104,6 +104,8 @@ pub struct RevisionHeader {
 /// Canonical form (checked by the decoder): `systems` sorted and unique; `drvs` sorted by store
 /// path and unique; each drv's `inputs` strictly increasing indices into `drvs`, never itself;
 /// `outputs` sorted by name and unique; `jobs` sorted by (`package`, `drv`) and unique.
+/// Also: every system is used by a derivation, every derivation has 1–64 outputs, and the input
+/// graph is acyclic. Encoding and limits: see [`Manifest::decode`] and `docs/protocol.md`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Manifest {
     /// The store directory of every path.
