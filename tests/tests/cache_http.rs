@@ -334,8 +334,10 @@ fn wrk_bytes_per_sec(url: &str, conns: u32, secs: u32) -> f64 {
 /// the same NAR). The NAR (`NARSERVE_NAR_MIB`, default 256 MiB, half noise and half text in
 /// alternating 64 KiB blocks like `buildmesh bench gateway`) is a `source` path, so the trust
 /// rule accepts it from its NarHash alone; it is written to `NARSERVE_NAR_OUT` when set (to give
-/// the other server the same bytes). Run with `cargo test --release -p buildmesh-tests --test
-/// cache_http -- --ignored --nocapture nar_streaming_speed`.
+/// the other server the same bytes). The node's first cell includes its first, checked download
+/// of the blob, which also writes the plain copy later downloads send (`store::plain`). Run with
+/// `cargo test --release -p buildmesh-tests --test cache_http -- --ignored --nocapture
+/// nar_streaming_speed`.
 #[test]
 #[ignore = "benchmark: prints a table"]
 fn nar_streaming_speed() {

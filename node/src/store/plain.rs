@@ -45,7 +45,7 @@ pub(crate) struct PlainCopies {
 #[derive(Debug, Default)]
 struct State {
     /// The copies in place.
-    copies: HashMap<ArtifactHash, Copy>,
+    copies: HashMap<ArtifactHash, PlacedCopy>,
     /// The copies being written (one writer per blob).
     making: HashSet<ArtifactHash>,
     /// Bytes of the copies in place.
@@ -54,8 +54,9 @@ struct State {
     tick: u64,
 }
 
+/// A copy in place: its file's identity when written, its length, its last use.
 #[derive(Debug, Clone, Copy)]
-struct Copy {
+struct PlacedCopy {
     stamp: FileStamp,
     len: u64,
     used: u64,
@@ -158,7 +159,7 @@ impl PlainCopies {
         };
         st.tick += 1;
         let used = st.tick;
-        if let Some(old) = st.copies.insert(id, Copy { stamp: FileStamp::of(&meta), len, used }) {
+        if let Some(old) = st.copies.insert(id, PlacedCopy { stamp: FileStamp::of(&meta), len, used }) {
             st.bytes -= old.len;
         }
         st.bytes += len;
