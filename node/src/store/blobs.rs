@@ -55,7 +55,7 @@ pub enum ServedNar {
     Plain(PlainReader),
     /// The blob itself, decompressed and checked as it is read (a large one also writes its
     /// plain copy).
-    Blob(NarBlobReader),
+    Blob(Box<NarBlobReader>),
 }
 
 impl Read for ServedNar {
@@ -251,7 +251,7 @@ impl BlobDir {
         }
         let mut reader = self.reader(id, nar_size)?;
         reader.copy = self.plain.start(id, nar_size);
-        Ok(ServedNar::Blob(reader))
+        Ok(ServedNar::Blob(Box::new(reader)))
     }
 
     /// Re-read a blob completely and return its digest and the stamp of the file read (for
