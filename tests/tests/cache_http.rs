@@ -256,6 +256,57 @@ fn a_damaged_blob_never_yields_a_complete_nar_ranged_or_not() {
     assert_eq!((a.status, a.cut), (200, false));
 }
 
+/// A large `.nar` (at least `buildmesh::store::plain::PLAIN_MIN`) is sent from the node's plain
+/// (uncompressed) copy once a complete, checked download made it; a damaged blob never gets one,
+/// so it is cut on every download; a restarted node does not trust the copies of the old one.
+#[test]
+fn a_large_nar_is_sent_from_its_plain_copy_only_after_a_checked_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let contents = noise(buildmesh::store::plain::PLAIN_MIN as usize + 100_000, 9);
+    let big = seed_source(&data, "large", &contents);
+    let plain_dir = data.join("blobs").join(".plain");
+    let plain_files = || std::fs::read_dir(&plain_dir).map(|d| d.count()).unwrap_or(0);
+    let complete = |a: &Raw| !a.cut && a.status == 200 && a.body.len() == a.content_length();
+    let mut n = NodeProc::start(&data, &[]);
+
+    // Damaged before its first download: cut every time, and no copy is made of it.
+    let nar = {
+        let mut w = buildmesh_protocol::nar::NarWriter::new(Vec::new()).unwrap();
+        w.regular(false, contents.len() as u64, &mut &contents[..]).unwrap();
+        w.finish().unwrap()
+    };
+    let file = blob_file(&data, &nar);
+    let good = std::fs::read(&file).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    std::fs::write(&file, &bad).unwrap();
+    for _ in 0..2 {
+        let a = raw(&n.url, "GET", &big.nar_url, &[]);
+        assert!(!complete(&a), "a damaged blob was served completely: {} bytes", a.body.len());
+        assert_eq!(plain_files(), 0, "a damaged blob got a plain copy");
+    }
+    // Repaired: the first download is checked and makes the copy; the next ones send the copy
+    // (they complete with the blob file gone), whole or ranged.
+    std::fs::write(&file, &good).unwrap();
+    let a = raw(&n.url, "GET", &big.nar_url, &[]);
+    assert!(complete(&a) && a.body == nar);
+    assert_eq!(plain_files(), 1);
+    std::fs::rename(&file, file.with_extension("moved")).unwrap();
+    let a = raw(&n.url, "GET", &big.nar_url, &[]);
+    assert!(complete(&a) && a.body == nar, "not sent from the plain copy: {} bytes", a.body.len());
+    let a = raw(&n.url, "GET", &big.nar_url, &[("Range", "bytes=1000-1999")]);
+    assert_eq!((a.status, &a.body[..]), (206, &nar[1000..2000]));
+    // A new node process deletes the old copies and checks the (now damaged) blob again.
+    drop(n);
+    std::fs::write(&file, &bad).unwrap();
+    n = NodeProc::start(&data, &[]);
+    assert_eq!(plain_files(), 0);
+    let a = raw(&n.url, "GET", &big.nar_url, &[]);
+    assert!(!complete(&a), "a restarted node served a damaged blob completely");
+}
+
 /// wrk's `Transfer/sec` in bytes per second (wrk's units are binary: 1 MB = 2^20 bytes).
 fn wrk_bytes_per_sec(url: &str, conns: u32, secs: u32) -> f64 {
     let threads = conns.min(2);
@@ -283,8 +334,10 @@ fn wrk_bytes_per_sec(url: &str, conns: u32, secs: u32) -> f64 {
 /// the same NAR). The NAR (`NARSERVE_NAR_MIB`, default 256 MiB, half noise and half text in
 /// alternating 64 KiB blocks like `buildmesh bench gateway`) is a `source` path, so the trust
 /// rule accepts it from its NarHash alone; it is written to `NARSERVE_NAR_OUT` when set (to give
-/// the other server the same bytes). Run with `cargo test --release -p buildmesh-tests --test
-/// cache_http -- --ignored --nocapture nar_streaming_speed`.
+/// the other server the same bytes). The node's first cell includes its first, checked download
+/// of the blob, which also writes the plain copy later downloads send (`store::plain`). Run with
+/// `cargo test --release -p buildmesh-tests --test cache_http -- --ignored --nocapture
+/// nar_streaming_speed`.
 #[test]
 #[ignore = "benchmark: prints a table"]
 fn nar_streaming_speed() {

@@ -21,6 +21,12 @@
 //! once and decompression overlapping sending, `.nar` is level with harmonia on one connection
 //! and ahead on four (docs/benchmarks.md). Issue 11 item 3 allows this choice.
 //!
+//! **Plain copies** ([`crate::store::plain`]): the first download of a large blob in a process also
+//! writes the NAR it decompresses to an uncompressed file, put in place only when that read's
+//! checks passed; later downloads send that file (no decompression: level with a server sending
+//! from the page cache on four connections, docs/benchmarks.md). Same trade as above: a copy
+//! damaged in place after it was written is caught by the client's `NarHash` check.
+//!
 //! **`.nar.zst` is not checked by the node**: checking it costs a full decompression, which is
 //! what serving the stored file avoids; the client checks it (Nix decompresses and compares the
 //! NarHash of the narinfo, so a damaged `.nar.zst` never becomes a valid path), and
@@ -50,7 +56,7 @@ use super::AppState;
 use super::cache::{NAR_CACHE, internal, not_found, plain};
 use super::range::{self, RangeReader, Ranged};
 use super::stream::{BodyReader, stream_body_with};
-use crate::store::StoreError;
+use crate::store::{ServedNar, StoreError};
 
 /// `Content-Type` of NARs (whatever the compression).
 const NAR_TYPE: &str = "application/x-nix-nar";
@@ -173,8 +179,15 @@ fn open(
             file.seek(SeekFrom::Start(*r.start())).map_err(io("seek blob"))?;
             Box::new(file.take(r.end() - r.start() + 1))
         }
-        (None, None) => Box::new(st.store().open_nar(&blob.blake3)?),
-        (None, Some(r)) => Box::new(RangeReader::new(st.store().open_nar(&blob.blake3)?, r)),
+        (None, part) => match (st.store().open_nar_for_serving(&blob.blake3)?, part) {
+            (nar, None) => Box::new(nar),
+            // A plain copy holds verified bytes: a range is a slice of it.
+            (ServedNar::Plain(mut copy), Some(r)) => {
+                copy.skip(*r.start()).map_err(io("seek plain copy"))?;
+                Box::new(copy.take(r.end() - r.start() + 1))
+            }
+            (nar, Some(r)) => Box::new(RangeReader::new(nar, r)),
+        },
     };
     if part.is_some() || size > WHOLE_BODY {
         return Ok(Some((size, ranged, Opened::Stream(reader))));

@@ -8,7 +8,9 @@
 //!
 //! Reading a blob back ([`NarBlobReader`]) checks its blake3 id and length at the end of the
 //! stream, unless this process already verified the same file ([`super::verified`]: verify once
-//! per process; the module docs there say what that trades).
+//! per process; the module docs there say what that trades). A large blob read for serving
+//! ([`BlobDir::reader_for_serving`]) is also written out uncompressed as it is read, and served
+//! from that copy afterwards ([`super::plain`]).
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -20,10 +22,13 @@ use buildmesh_protocol::id::ArtifactHash;
 use buildmesh_protocol::nar::{NarDigest, NarHasher};
 
 use super::StoreError;
+use super::plain::{PlainCopies, PlainReader, PlainWriter};
 use super::verified::{FileStamp, VerifiedBlobs};
 
 /// Prefix of temporary blob files.
 const TEMP_PREFIX: &str = ".tmp-";
+/// Directory (under the blob directory) of the plain copies.
+const PLAIN_DIR: &str = ".plain";
 /// Suffix of blob files.
 const BLOB_SUFFIX: &str = ".nar.zst";
 /// Read chunk size when streaming a NAR in.
@@ -39,6 +44,27 @@ pub(crate) struct BlobDir {
     level: i32,
     /// Blobs whose full check passed in this process (shared by clones).
     verified: Arc<VerifiedBlobs>,
+    /// Uncompressed copies of large verified blobs, for serving (shared by clones).
+    plain: Arc<PlainCopies>,
+}
+
+/// A stored NAR opened for serving ([`BlobDir::reader_for_serving`]).
+#[derive(Debug)]
+pub enum ServedNar {
+    /// The blob's plain copy made by this process (read as a file; see [`super::plain`]).
+    Plain(PlainReader),
+    /// The blob itself, decompressed and checked as it is read (a large one also writes its
+    /// plain copy).
+    Blob(Box<NarBlobReader>),
+}
+
+impl Read for ServedNar {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ServedNar::Plain(r) => r.read(buf),
+            ServedNar::Blob(r) => r.read(buf),
+        }
+    }
 }
 
 /// What a size/hash check of an incoming NAR expects.
@@ -78,10 +104,12 @@ impl<W: Write> Write for Counting<W> {
 }
 
 impl BlobDir {
-    /// Open (creating) the blob directory.
-    pub(crate) fn open(root: PathBuf, level: i32) -> Result<BlobDir, StoreError> {
+    /// Open (creating) the blob directory, with at most `plain_budget` bytes of plain copies
+    /// (in `.plain/`; those of an earlier process are deleted).
+    pub(crate) fn open(root: PathBuf, level: i32, plain_budget: u64) -> Result<BlobDir, StoreError> {
         fs::create_dir_all(&root).map_err(io_err(&root, "create blob directory"))?;
-        Ok(BlobDir { root, level, verified: Arc::default() })
+        let plain = Arc::new(PlainCopies::open(root.join(PLAIN_DIR), plain_budget)?);
+        Ok(BlobDir { root, level, verified: Arc::default(), plain })
     }
 
     /// The final file name of a blob.
@@ -211,7 +239,19 @@ impl BlobDir {
             stamp,
             read: 0,
             checked: false,
+            copy: None,
         })
+    }
+
+    /// A NAR to serve: the blob's plain copy when this process made one (see [`super::plain`]),
+    /// else [`BlobDir::reader`], which for a large blob also writes its plain copy as it is read.
+    pub(crate) fn reader_for_serving(&self, id: &ArtifactHash, nar_size: u64) -> Result<ServedNar, StoreError> {
+        if let Some(copy) = self.plain.open_copy(id, nar_size) {
+            return Ok(ServedNar::Plain(copy));
+        }
+        let mut reader = self.reader(id, nar_size)?;
+        reader.copy = self.plain.start(id, nar_size);
+        Ok(ServedNar::Blob(Box::new(reader)))
     }
 
     /// Re-read a blob completely and return its digest and the stamp of the file read (for
@@ -235,7 +275,14 @@ impl BlobDir {
             self.verified.insert(*id, stamp);
         } else {
             self.verified.remove(id);
+            self.plain.forget(id);
         }
+    }
+
+    /// Bytes of plain copies in place (tests).
+    #[cfg(test)]
+    pub(crate) fn plain_bytes(&self) -> u64 {
+        self.plain.bytes()
     }
 
     /// Whether the blob `id` is in this process's verified set with its current file (tests).
@@ -265,6 +312,8 @@ pub struct NarBlobReader {
     stamp: FileStamp,
     read: u64,
     checked: bool,
+    /// The plain copy this read writes (put in place when the read's checks pass).
+    copy: Option<PlainWriter>,
 }
 
 impl std::fmt::Debug for NarBlobReader {
@@ -298,6 +347,7 @@ impl Read for NarBlobReader {
             Ok(n) => n,
             Err(e) => {
                 self.verified.remove(&self.id);
+                self.copy = None;
                 return Err(self.corrupt(format!("cannot decompress: {e}")));
             }
         };
@@ -307,23 +357,33 @@ impl Read for NarBlobReader {
             }
             self.read += n as u64;
             if self.read > self.nar_size {
+                self.copy = None;
                 return Err(self.corrupt(format!("longer than its NarSize {}", self.nar_size)));
+            }
+            if let Some(c) = &mut self.copy {
+                c.write(&buf[..n]);
             }
             return Ok(n);
         }
         if !self.checked {
             if self.read != self.nar_size {
                 self.verified.remove(&self.id);
+                self.copy = None;
                 return Err(self.corrupt(format!("{} bytes, NarSize says {}", self.read, self.nar_size)));
             }
             if let Some(h) = &self.hasher {
                 if h.finalize().as_bytes() != self.id.as_bytes() {
                     self.verified.remove(&self.id);
+                    self.copy = None;
                     return Err(self.corrupt("content does not hash to its id".to_string()));
                 }
                 self.verified.insert(self.id, self.stamp);
             }
             self.checked = true;
+            // Only now, with every check passed, does the plain copy go in place.
+            if let Some(c) = self.copy.take() {
+                c.finish();
+            }
         }
         Ok(0)
     }

@@ -31,6 +31,7 @@ mod health;
 mod manifests;
 mod mesh;
 mod paths;
+pub mod plain;
 mod records;
 mod revisions;
 mod signed;
@@ -50,7 +51,7 @@ use buildmesh_protocol::store_path::StorePath;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 use thiserror::Error;
 
-pub use blobs::NarBlobReader;
+pub use blobs::{NarBlobReader, ServedNar};
 pub use health::StoreFailure;
 pub use manifests::{CheckedManifest, MAX_MANIFEST_BYTES};
 pub use records::{
@@ -83,11 +84,20 @@ pub struct StoreOptions {
     /// Largest build log kept per derivation, uncompressed (default 4 MiB); longer logs keep their
     /// tail.
     pub max_log_bytes: usize,
+    /// Most bytes of uncompressed copies of large verified blobs kept for serving `.nar`
+    /// ([`plain`]; default 1 GiB, `0`: none).
+    pub plain_copy_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_size: 64 << 20, check_integrity_on_open: false, zstd_level: 3, max_log_bytes: 4 << 20 }
+        StoreOptions {
+            cache_size: 64 << 20,
+            check_integrity_on_open: false,
+            zstd_level: 3,
+            max_log_bytes: 4 << 20,
+            plain_copy_bytes: 1 << 30,
+        }
     }
 }
 
@@ -301,7 +311,7 @@ impl Store {
         }
         let db = open_database(&builder, &db_path)?;
         remove_database_drafts(data_dir)?;
-        let blobs = BlobDir::open(data_dir.join(BLOB_DIR), options.zstd_level)?;
+        let blobs = BlobDir::open(data_dir.join(BLOB_DIR), options.zstd_level, options.plain_copy_bytes)?;
         Store::init(db, blobs, db_path, options, true)
     }
 
@@ -315,7 +325,7 @@ impl Store {
         let mut builder = redb::Builder::new();
         builder.set_cache_size(options.cache_size);
         let db = builder.create_with_backend(backend).ctx("opening the database")?;
-        let blobs = BlobDir::open(blob_dir.as_ref().to_path_buf(), options.zstd_level)?;
+        let blobs = BlobDir::open(blob_dir.as_ref().to_path_buf(), options.zstd_level, options.plain_copy_bytes)?;
         Store::init(db, blobs, PathBuf::from("<backend>"), options, false)
     }
 
@@ -600,6 +610,9 @@ pub(crate) mod test_support;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod plain_tests;
 
 #[cfg(test)]
 mod mesh_tests;

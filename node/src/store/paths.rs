@@ -11,7 +11,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use super::blobs::{Expected, Written};
 use super::records::{BlobRow, decode, encode};
 use super::tables::*;
-use super::{BlobInfo, DbResultExt, NarBlobReader, PathInfo, Store, StoreError, StoreWriter};
+use super::{BlobInfo, DbResultExt, NarBlobReader, PathInfo, ServedNar, Store, StoreError, StoreWriter};
 
 /// Marker put in front of a log whose head was dropped to respect the cap.
 const LOG_TRUNCATED: &[u8] = b"[buildmesh: log truncated; earlier output dropped]\n";
@@ -197,6 +197,14 @@ impl Store {
     pub fn open_nar(&self, id: &ArtifactHash) -> Result<NarBlobReader, StoreError> {
         let info = self.blob_info(id)?.ok_or_else(|| StoreError::NotFound { table: "blobs", key: id.to_string() })?;
         self.inner.blobs.reader(id, info.nar_size)
+    }
+
+    /// A stored NAR to serve: like [`Store::open_nar`], but from this process's uncompressed copy
+    /// of a large blob once one was made (the first serving read of it writes it; see
+    /// [`super::plain`]).
+    pub fn open_nar_for_serving(&self, id: &ArtifactHash) -> Result<ServedNar, StoreError> {
+        let info = self.blob_info(id)?.ok_or_else(|| StoreError::NotFound { table: "blobs", key: id.to_string() })?;
+        self.inner.blobs.reader_for_serving(id, info.nar_size)
     }
 
     /// The zstd file of a stored NAR as it is on disk (to serve `Compression: zstd` without

@@ -50,6 +50,11 @@ impl FileStamp {
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         }
     }
+
+    /// The file's length.
+    pub fn file_len(&self) -> u64 {
+        self.len
+    }
 }
 
 /// The set of verified blobs (see the module docs). Shared by every clone of a store.
