@@ -71,7 +71,7 @@ fn wait_for_mesh_facts(c: &Cluster, revs: &[&Revision]) {
     loop {
         let Err(why) = mesh_facts(c, &fates) else { return };
         assert!(std::time::Instant::now() < deadline, "the mesh did not end as the table says: {why}\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -164,16 +164,17 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// GET `url` + `path` with the query pairs: (status, JSON body).
+/// GET `url` + `path` with the query pairs: (status, JSON body, or the body as a JSON string when
+/// it is not JSON).
 fn route(url: &str, path: &str, query: &[(&str, &str)]) -> (u16, serde_json::Value) {
     let q: Vec<String> = query.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect();
     let full = if q.is_empty() { format!("{url}{path}") } else { format!("{url}{path}?{}", q.join("&")) };
     let r = http().get(&full).send().unwrap_or_else(|e| panic!("GET {full}: {e}"));
     let status = r.status().as_u16();
     let body = r.bytes().expect("body");
-    let j = serde_json::from_slice(&body).unwrap_or_else(|e| {
-        panic!("GET {path} {query:?}: {status}, not JSON ({e}): {}", String::from_utf8_lossy(&body))
-    });
+    // An error body that is not JSON is kept as a string (its text still has to name the culprit).
+    let j = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
     (status, j)
 }
 
@@ -299,6 +300,20 @@ fn show_says(j: &serde_json::Value, rev: &Revision, commit: &str) -> Result<(), 
         return Err(format!("{commit}: the counts add up to {listed}, not {}: {}", rev.packages.len(), j["counts"]));
     }
     Ok(())
+}
+
+/// Poll `f` every 500 ms until it is `Ok`, at most `limit`; on timeout, panic with its last `Err`.
+fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(why) => {
+                assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}: {why}")
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The packages `names` of `rev`, as a revision of their own (for a smaller revision).
@@ -516,9 +531,12 @@ fn two_revisions_compared_weathered_explained_and_judged() {
 
     // Status of every job (item 2), once the node's QA view caught up with the mesh.
     for (id, rev, commit) in [(id1, &r1, "r1"), (id2, &r2, "r2"), (id3, &r3, "r3")] {
-        wait_for(&format!("{id}'s jobs to show their end states"), Duration::from_secs(60), || {
-            let (s, j) = route(&url, &show_route(id), &[]);
-            (s == 200 && show_says(&j, rev, commit).is_ok()).then_some(())
+        wait_until(&format!("{id}'s jobs to show their end states"), Duration::from_secs(60), || {
+            let (st, out, err) = run(&url, &["revision", "show", id]);
+            if !st.success() {
+                return Err(format!("revision show {id}: {st}: {err}"));
+            }
+            show_says(&parse(&["revision", "show", id], &out, &err), rev, commit)
         });
         let j = twin(&url, &["revision", "show", id], true, &show_route(id), &[]);
         show_says(&j, rev, commit).unwrap();
@@ -722,9 +740,9 @@ fn two_revisions_compared_weathered_explained_and_judged() {
     c.restart(3);
     c.peer_ids[3] = c.node(3).peer_id.clone();
     let late = c.urls[3].clone();
-    wait_for("the late node to answer the same compare", Duration::from_secs(120), || {
+    wait_until("the late node to answer the same compare", Duration::from_secs(120), || {
         let (s, j) = route(&late, "/api/v1/compare", &[("base", id1), ("target", id2)]);
-        (s == 200 && j == cmp).then_some(())
+        (s == 200 && j == cmp).then_some(()).ok_or(format!("{s} {j}"))
     });
     let late_cmp = twin(&late, &["compare", id1, id2], true, "/api/v1/compare", &[("base", id1), ("target", id2)]);
     assert_eq!(late_cmp, cmp);
