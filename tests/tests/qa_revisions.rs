@@ -244,9 +244,12 @@ fn submit_revision(c: &Cluster, i: usize, store: &QaStore, branch: &str, commit:
     assert_eq!(j["jobs"], drvs.len(), "{j}");
 }
 
-/// How node `i` (or its key) may be named as a submitter or builder.
+/// How node `i` (or its key) may be named as a submitter or builder: peer id, `name:base64` key,
+/// the key's base64 alone, NodeId hex.
 fn names_of(c: &Cluster, i: usize) -> Vec<String> {
-    vec![c.peer_ids[i].clone(), c.keys[i].nix_public_key().to_string(), c.keys[i].node_id().to_string()]
+    let key = c.keys[i].nix_public_key().to_string();
+    let base64 = key.split_once(':').map(|(_, k)| k.to_string()).unwrap_or_default();
+    vec![c.peer_ids[i].clone(), key, base64, c.keys[i].node_id().to_string()]
 }
 
 /// A `null` or absent field reads as `None`.
