@@ -39,6 +39,7 @@ pub mod content_address;
 pub mod http;
 pub mod mesh;
 pub mod nar_fs;
+pub mod qa;
 pub mod net;
 pub mod runtime;
 pub mod sandbox;

@@ -55,6 +55,7 @@ use super::serve::Server;
 use super::sync::{Cursors, SyncReport};
 use super::validate::{Checked, SeenCache, check_gossip, topic_of};
 use super::{
+    DrvInMesh,
     BuildEvent, BuildOutcome, Command, Counters, MachineCounts, MeshHandle, MeshParams, MeshStatus, PeerSystems,
     PeerView, Shared, StartError, SubmitRequest, net_config, trust_policy,
 };
@@ -693,6 +694,17 @@ impl Driver {
                 }
                 tracing::info!(target: EVENTS, event = "block", %peer, blocked);
                 let _ = reply.send(r);
+            }
+            Command::Jobs { drvs, reply } => {
+                let views = drvs
+                    .iter()
+                    .map(|d| match self.mesh.job(d) {
+                        Some(v) => DrvInMesh::Tracked(v),
+                        None if self.mesh.is_pending(d) => DrvInMesh::Pending,
+                        None => DrvInMesh::Unknown,
+                    })
+                    .collect();
+                let _ = reply.send(Ok(views));
             }
         }
     }
