@@ -20,6 +20,7 @@
 //! - [`placement`]: weighted rendezvous hashing with eligibility.
 //! - [`verdict`]: agreement of attestations under a trust policy (keys, quorum).
 //! - [`mesh`]: the node's coordination state machine (membership, claims, takeover, quorum).
+//! - [`qa`]: QA across revisions: job status, compare, weather, history, ready (issue 13).
 //!
 //! ## Invariants
 //! - Anything hashed or signed has exactly one canonical byte encoding.
@@ -38,6 +39,7 @@ pub mod narinfo;
 pub mod nixbase32;
 pub mod nixkey;
 pub mod placement;
+pub mod qa;
 pub mod revision;
 pub mod signed;
 pub mod store_path;

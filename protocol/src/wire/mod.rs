@@ -95,12 +95,23 @@ pub enum Kind {
     BuildFailure,
     /// [`Batch`]: several job submissions or claims under one signature.
     Batch,
+    /// [`crate::revision::RevisionHeader`]: the signed header of a revision (an evaluation of a
+    /// channel at a commit). Not a [`Message`] variant: the coordination state machine never sees
+    /// it; verify it with `Signed::<RevisionHeader>::verify` or [`crate::signed::Envelope::verify_as`].
+    Revision,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 6] =
-        [Kind::Announcement, Kind::JobSubmission, Kind::Claim, Kind::Attestation, Kind::BuildFailure, Kind::Batch];
+    pub const ALL: [Kind; 7] = [
+        Kind::Announcement,
+        Kind::JobSubmission,
+        Kind::Claim,
+        Kind::Attestation,
+        Kind::BuildFailure,
+        Kind::Batch,
+        Kind::Revision,
+    ];
 
     /// The tag byte in the envelope.
     pub const fn tag(self) -> u8 {
@@ -111,6 +122,7 @@ impl Kind {
             Kind::Attestation => 4,
             Kind::BuildFailure => 5,
             Kind::Batch => 6,
+            Kind::Revision => 7,
         }
     }
 
@@ -120,7 +132,7 @@ impl Kind {
     }
 
     /// The name in the signing domain (`announcement`, `job-submission`, `claim`, `attestation`,
-    /// `build-failure`, `batch`).
+    /// `build-failure`, `batch`, `revision`).
     pub const fn name(self) -> &'static str {
         match self {
             Kind::Announcement => "announcement",
@@ -129,6 +141,7 @@ impl Kind {
             Kind::Attestation => "attestation",
             Kind::BuildFailure => "build-failure",
             Kind::Batch => "batch",
+            Kind::Revision => "revision",
         }
     }
 
@@ -141,6 +154,7 @@ impl Kind {
             Kind::Attestation => b"buildmesh/v1/attestation\0",
             Kind::BuildFailure => b"buildmesh/v1/build-failure\0",
             Kind::Batch => b"buildmesh/v1/batch\0",
+            Kind::Revision => b"buildmesh/v1/revision\0",
         }
     }
 }
@@ -236,7 +250,9 @@ impl Message {
     }
 
     /// Decode a payload of the given kind (all of `payload`; trailing bytes are an error). A
-    /// [`Kind::Batch`] payload is not one message and is refused here; see [`Batch`].
+    /// [`Kind::Batch`] payload is not one message and is refused here; see [`Batch`]. A
+    /// [`Kind::Revision`] payload is not a coordination message and is refused too; see
+    /// [`crate::revision::RevisionHeader`].
     /// `base` is the payload's offset in the enclosing input, for error offsets.
     pub fn decode_payload(kind: Kind, payload: &[u8], base: usize) -> Result<Message, DecodeError> {
         if payload.len() > MAX_PAYLOAD_SIZE {
@@ -254,6 +270,13 @@ impl Message {
                     "kind",
                     base,
                     "a batch holds several messages; verify it as a `Batch`, not as one message",
+                ));
+            }
+            Kind::Revision => {
+                return Err(Reader::invalid(
+                    "kind",
+                    base,
+                    "a revision header is not a coordination message; verify it as a `RevisionHeader`",
                 ));
             }
         };
