@@ -216,6 +216,9 @@ pub enum BenchCommand {
     /// Compare the HTTP gateway with nginx (and `--against` caches) on loopback: wrk (narinfo
     /// requests/s, NAR throughput, RSS) and real Nix clients (`nix copy`, `nix-store --realise`).
     Gateway(crate::bench::BenchArgs),
+    /// Time the QA answers (revision status, compare, weather with coverage, ready) on revisions
+    /// of 100,000 jobs with real signed attestations of three builders, and the memory held.
+    Qa(crate::qa::bench::QaBenchArgs),
 }
 
 /// A tokio runtime sized for a node: two workers, a bounded blocking pool.
@@ -337,6 +340,7 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
 pub fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Gateway(a) => crate::bench::run(a),
+        BenchCommand::Qa(a) => crate::qa::bench::run(a),
     }
 }
 

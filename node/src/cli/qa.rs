@@ -140,6 +140,9 @@ pub struct WeatherArgs {
     /// List every missing output.
     #[arg(long)]
     pub display_missing: bool,
+    /// With --manifest (a POST): where the node's API token is.
+    #[command(flatten)]
+    pub token: crate::cli::token::TokenArgs,
 }
 
 /// `buildmesh history` arguments.
@@ -375,7 +378,10 @@ fn submit(a: SubmitArgs) -> anyhow::Result<Outcome> {
         "jobs": body_jobs,
     });
     let u = url(&a.api.api, "/api/v1/revisions", &[])?;
-    let mut req = http()?.post(u.clone()).json(&body);
+    let mut req = http()?
+        .post(u.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body)?);
     if let Some(t) = &token {
         req = req.bearer_auth(t);
     }
@@ -441,7 +447,14 @@ pub fn run_weather(a: WeatherArgs) -> anyhow::Result<Outcome> {
             "display_missing": a.display_missing,
         });
         let u = url(&a.api.api, "/api/v1/weather", &[])?;
-        read_json(http()?.post(u.clone()).json(&body).send().with_context(|| format!("POST {u}"))?, "weather")?
+        let mut req = http()?
+            .post(u.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body)?);
+        if let Some(t) = a.token.resolve(&a.api.api)? {
+            req = req.bearer_auth(t);
+        }
+        read_json(req.send().with_context(|| format!("POST {u}"))?, "weather")?
     };
     let complete = v["systems"]
         .as_object()

@@ -13,6 +13,7 @@
 //! none the newest of any submitter (its `submitter` says whose it is). `C:branch` is the newest
 //! revision of the branch under the same preference.
 
+pub mod bench;
 pub mod explain;
 pub mod facts;
 pub mod submit;
@@ -176,10 +177,9 @@ impl QaContext {
     }
 
     fn verify(stored: StoredRevision) -> Result<Revision, QaError> {
-        let header = Signed::<RevisionHeader>::decode(&stored.entry.envelope)
-            .and_then(|s| s.verify().map_err(Into::into))
-            .map_err(|e| QaError::Internal(format!("stored revision header {}: {e}", stored.entry.id)))?
-            .into_value();
+        let bad = |e: String| QaError::Internal(format!("stored revision header {}: {e}", stored.entry.id));
+        let signed = Signed::<RevisionHeader>::decode(&stored.entry.envelope).map_err(|e| bad(e.to_string()))?;
+        let header = signed.verify().map_err(|e| bad(e.to_string()))?.into_value();
         Ok(Revision { header, stored })
     }
 

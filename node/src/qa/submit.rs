@@ -10,12 +10,14 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use buildmesh_protocol::derivation::Derivation;
-use buildmesh_protocol::revision::{MAX_MANIFEST_JOBS, ManifestBuilder, RevisionHeader, RevisionId};
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::revision::{MAX_MANIFEST_JOBS, Manifest, ManifestBuilder, RevisionHeader, RevisionId};
+use buildmesh_protocol::signed::Signed;
 use buildmesh_protocol::store_path::StorePath;
 use serde::{Deserialize, Serialize};
 
 use super::{QaContext, QaError, blocking};
-use crate::store::unix_ms;
+use crate::store::{RevisionEntry, Store, unix_ms};
 
 /// One job of a [`RevisionRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +92,7 @@ pub async fn submit(ctx: &QaContext, req: RevisionRequest) -> Result<RevisionAcc
     }
     let this = ctx.clone();
     let jobs = req.jobs.len();
-    let (header, bytes) = blocking(move || {
+    let (header, bytes, manifest) = blocking(move || {
         let store = this.store();
         let sd = this.store_dir().clone();
         let mut builder = ManifestBuilder::new(sd.clone());
@@ -142,22 +144,46 @@ pub async fn submit(ctx: &QaContext, req: RevisionRequest) -> Result<RevisionAcc
             &bytes,
         )
         .map_err(|e| QaError::BadRequest(e.to_string()))?;
-        Ok((header, bytes))
+        Ok((header, bytes, manifest))
     })
     .await?;
-    publish(ctx, header, bytes).await?;
+    publish(ctx, header, bytes, manifest).await?;
     Ok(RevisionAccepted { revision: id.to_string(), jobs })
 }
 
 /// Store the signed header and the manifest durably, then (on a mesh node) gossip the header.
-async fn publish(ctx: &QaContext, header: RevisionHeader, manifest: Vec<u8>) -> Result<(), QaError> {
+async fn publish(ctx: &QaContext, header: RevisionHeader, bytes: Vec<u8>, manifest: Manifest) -> Result<(), QaError> {
     if let Some(mesh) = ctx.mesh() {
-        return mesh.publish_revision(header, manifest).await.map_err(|e| QaError::Mesh(e.to_string()));
+        return mesh.publish_revision(header, bytes).await.map_err(|e| QaError::Mesh(e.to_string()));
     }
     let this = ctx.clone();
-    blocking(move || {
-        crate::store::store_own_revision(this.store(), &this.inner.key, &header, &manifest)?;
-        Ok(())
-    })
-    .await
+    blocking(move || store_signed(this.store(), &this.inner.key, &header, &bytes, &manifest)).await
+}
+
+/// Sign `header` with `key` (its submitter) and store it with its manifest (`bytes`, the
+/// canonical encoding of `manifest`) durably: the manifest first, so a stored header of this
+/// node always has its manifest.
+pub fn store_signed(
+    store: &Store,
+    key: &NodeKey,
+    header: &RevisionHeader,
+    bytes: &[u8],
+    manifest: &Manifest,
+) -> Result<(), QaError> {
+    let signed = Signed::sign(key, header).map_err(|e| QaError::Internal(format!("signing the revision: {e}")))?;
+    let drvs: Vec<String> = manifest.drvs.iter().map(|d| d.drv.to_string()).collect();
+    store.put_manifest(header.manifest_hash, bytes, drvs.iter())?;
+    store.insert_revision(&RevisionEntry {
+        id: signed.id(),
+        channel: header.channel.clone(),
+        branch: header.branch.clone(),
+        commit: header.commit.clone(),
+        submitter: header.submitter,
+        created_at_ms: header.created_at_ms,
+        manifest_hash: header.manifest_hash,
+        manifest_size: header.manifest_size,
+        received_at: unix_ms(),
+        envelope: buildmesh_protocol::wire::Encode::to_bytes(signed.envelope()),
+    })?;
+    Ok(())
 }
