@@ -151,3 +151,59 @@ fn crash_at_every_sync_keeps_every_acknowledged_write() {
     }
     assert!(interrupted_runs >= 10, "only {interrupted_runs} runs crashed mid-workload");
 }
+
+/// Revision headers and manifests under the same crash at every sync: every acknowledged header
+/// and manifest is there after the crash, the visible header of the name is the latest
+/// acknowledged one (or the one in flight), and the fingerprint counts exactly what is stored.
+#[test]
+fn crash_at_every_sync_keeps_every_acknowledged_revision_and_manifest() {
+    use super::revisions_tests::revision;
+    let blobs = tempfile::tempdir().expect("tempdir");
+    let manifest = |i: u8| bytes(u64::from(i), 3000);
+    let mut interrupted_runs = 0;
+    for freeze_after in 0..30 {
+        let backend = CrashBackend::new(Vec::new(), freeze_after);
+        let Ok(store) = Store::open_with_backend(backend.clone(), blobs.path(), StoreOptions::default()) else {
+            continue;
+        };
+        let mut acked = 0u8;
+        for i in 0..12u8 {
+            let m = manifest(i);
+            let r = revision("guix", "master", "c", 1, u64::from(i), &m);
+            let checked = CheckedManifest::new(r.manifest_hash, &m, 3).expect("checked");
+            let step = store.write(|w| {
+                w.put_manifest(&checked, [format!("{i}-x.drv")])?;
+                w.insert_revision(&r)?;
+                Ok(())
+            });
+            if step.is_err() {
+                break;
+            }
+            acked = i + 1;
+        }
+        drop(store);
+        if acked > 0 && acked < 12 {
+            interrupted_runs += 1;
+        }
+        let reopened = Store::open_with_backend(
+            CrashBackend::new(backend.durable_image(), u64::MAX),
+            blobs.path(),
+            StoreOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("freeze {freeze_after}: reopen failed: {e}"));
+        let stored = reopened.revisions_since(0, 0).expect("since");
+        assert!(stored.len() >= usize::from(acked) && stored.len() <= usize::from(acked) + 1, "freeze {freeze_after}");
+        for r in &stored {
+            let m = reopened.get_manifest(&r.entry.manifest_hash).expect("manifest");
+            assert!(m.is_some(), "freeze {freeze_after}: a header without the manifest written with it");
+        }
+        let summary = reopened.revision_summary().expect("summary");
+        assert_eq!(summary.count, stored.len() as u64);
+        if let Some(last) = stored.last() {
+            let visible = reopened.revision_by_name("guix", "c").expect("by name");
+            assert_eq!(visible.len(), 1);
+            assert_eq!(visible[0].entry.id, last.entry.id, "freeze {freeze_after}: the latest is visible");
+        }
+    }
+    assert!(interrupted_runs >= 5, "only {interrupted_runs} runs crashed mid-workload");
+}

@@ -1,6 +1,6 @@
 //! Mesh bookkeeping kept in the database: per-peer anti-entropy cursors ([`SyncCursor`], table
 //! `sync_cursors`) and this node's own undecided mesh submissions ([`SubmittedJob`], table
-//! `mesh_submissions`). Rows are postcard-encoded; a row that does not decode is a
+//! `mesh_submissions`), and the revision cursors (table `revision_cursors`, a u64 per peer). Rows are postcard-encoded; a row that does not decode is a
 //! [`StoreError::Corrupt`] naming the table and key, and is never removed by a read.
 
 use redb::ReadableTable;
@@ -22,6 +22,16 @@ impl StoreWriter<'_> {
             .ctx("opening table sync_cursors")?
             .insert(peer, bytes.as_slice())
             .ctx("writing sync_cursors")?;
+        Ok(())
+    }
+
+    /// Set the revision anti-entropy cursor of `peer` (the next revision sequence number to pull).
+    pub fn put_revision_cursor(&mut self, peer: &str, next: u64) -> Result<(), StoreError> {
+        self.txn
+            .open_table(REVISION_CURSORS)
+            .ctx("opening table revision_cursors")?
+            .insert(peer, next)
+            .ctx("writing revision_cursors")?;
         Ok(())
     }
 
@@ -72,6 +82,18 @@ impl Store {
     /// [`StoreWriter::put_sync_cursor`]).
     pub fn put_sync_cursor(&self, peer: &str, cursor: &SyncCursor) -> Result<(), StoreError> {
         self.write(|w| w.put_sync_cursor(peer, cursor))
+    }
+
+    /// The revision anti-entropy cursor of `peer` (base58 peer id), if one was stored.
+    pub fn get_revision_cursor(&self, peer: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(REVISION_CURSORS).ctx("opening table revision_cursors")?;
+        Ok(table.get(peer).ctx("reading revision_cursors")?.map(|v| v.value()))
+    }
+
+    /// Set the revision cursor of `peer` in its own durable transaction.
+    pub fn put_revision_cursor(&self, peer: &str, next: u64) -> Result<(), StoreError> {
+        self.write(|w| w.put_revision_cursor(peer, next))
     }
 
     /// The stored submission of `drv` (`.drv` basename), if any.

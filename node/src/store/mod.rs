@@ -28,9 +28,11 @@
 mod blobs;
 mod builds;
 mod health;
+mod manifests;
 mod mesh;
 mod paths;
 mod records;
+mod revisions;
 mod signed;
 mod tables;
 mod trust_index;
@@ -50,11 +52,13 @@ use thiserror::Error;
 
 pub use blobs::NarBlobReader;
 pub use health::StoreFailure;
+pub use manifests::{CheckedManifest, MAX_MANIFEST_BYTES};
 pub use records::{
     AttestationEntry, AttestedOutput, BlobInfo, BuildCounts, BuildFilter, BuildRecord, BuildState, EnqueueOutcome,
     EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,
     SyncCursor,
 };
+pub use revisions::{RevisionEntry, RevisionInserted, StoredRevision};
 pub use trust_index::{MAX_PATHS_PER_NAR_HASH, QuarantinedPath};
 pub use usage::{SignerLimit, SignerUsage};
 
@@ -216,6 +220,14 @@ pub enum StoreError {
         /// The failure that closed it.
         cause: String,
     },
+    /// A manifest was not stored: too large, or its bytes do not hash to the hash it was given as.
+    #[error("manifest {hash} refused: {reason}")]
+    ManifestRefused {
+        /// The hash it was given as (hex).
+        hash: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A build state change that the state machine does not allow.
     #[error("build {drv} is {from}, cannot become {to}")]
     InvalidTransition {
@@ -352,6 +364,13 @@ impl Store {
         txn.open_table(trust_index::NAR_HASH_PATHS).ctx("creating table nar_hash_paths")?;
         txn.open_table(trust_index::QUARANTINE).ctx("creating table quarantine")?;
         txn.open_table(SIGNER_USAGE).ctx("creating table signer_usage")?;
+        txn.open_table(REVISIONS).ctx("creating table revisions")?;
+        txn.open_table(REVISION_SEQ).ctx("creating table revision_seq")?;
+        txn.open_table(REVISIONS_BY_NAME).ctx("creating table revisions_by_name")?;
+        txn.open_table(REVISIONS_BY_MANIFEST).ctx("creating table revisions_by_manifest")?;
+        txn.open_table(MANIFESTS).ctx("creating table manifests")?;
+        txn.open_table(DRV_MANIFESTS).ctx("creating table drv_manifests")?;
+        txn.open_table(REVISION_CURSORS).ctx("creating table revision_cursors")?;
         usage::backfill(&txn)?;
         txn.commit().ctx("committing the schema transaction")?;
         // The database is open exclusively, so temp blobs are leftovers of a crash.
@@ -590,3 +609,6 @@ mod crash_tests;
 
 #[cfg(test)]
 mod model_tests;
+
+#[cfg(test)]
+pub(crate) mod revisions_tests;

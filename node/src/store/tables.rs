@@ -104,3 +104,42 @@ pub(crate) const SIGNER_USAGE: TableDefinition<&[u8; 32], &[u8]> = TableDefiniti
 /// `mesh_submissions`: `.drv` basename -> `SubmittedJob`: this node's own submissions to the mesh
 /// that are not decided yet, resubmitted after a restart (see `mesh::jobs`).
 pub(crate) const MESH_SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("mesh_submissions");
+
+/// `meta` key: the next revision insertion sequence number.
+pub(crate) const META_NEXT_REV_SEQ: &str = "next_revision_seq";
+/// `meta` key: XOR of all revision header ids (every stored envelope, superseded ones included).
+pub(crate) const META_REV_XOR: &str = "revision_xor";
+
+/// `revisions`: message id -> `RevisionRow` (channel, branch, commit, submitter, created_at_ms,
+/// manifest hash and size, seq, received_at, the opaque signed envelope). Union merge: every
+/// verified header is kept (anti-entropy carries them all), also those a later one superseded.
+pub(crate) const REVISIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("revisions");
+
+/// `revision_seq`: local insertion sequence number -> message id (sync paging, as `attestation_seq`).
+pub(crate) const REVISION_SEQ: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("revision_seq");
+
+/// `revisions_by_name`: `(channel, commit, submitter node id) -> message id` of the **visible**
+/// header of that key: the one with the latest `created_at_ms`, then the larger message id.
+pub(crate) const REVISIONS_BY_NAME: TableDefinition<(&str, &str, &[u8; 32]), &[u8; 32]> =
+    TableDefinition::new("revisions_by_name");
+
+/// `revisions_by_manifest`: `(manifest hash, message id) -> ()`, every stored header naming that
+/// manifest (which headers a fetched manifest serves, and the `drv_manifests` join).
+pub(crate) const REVISIONS_BY_MANIFEST: TableDefinition<(&[u8; 32], &[u8; 32]), ()> =
+    TableDefinition::new("revisions_by_manifest");
+
+/// `manifests`: blake3 of a manifest's canonical encoding -> its zstd-compressed bytes. A row is
+/// written only after the uncompressed bytes were checked to hash to the key.
+pub(crate) const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
+
+/// `drv_manifests`: `(.drv basename, manifest hash) -> ()`, written with the manifest: which
+/// manifests contain a derivation. Joined with `revisions_by_manifest` it answers "every revision
+/// a derivation belongs to" whatever order the header and its manifest arrived in (REV-SPEC's
+/// `drv_revisions`, keyed by the manifest rather than the header: a manifest may be named by
+/// several headers, and a header may arrive after its manifest).
+pub(crate) const DRV_MANIFESTS: TableDefinition<(&str, &[u8; 32]), ()> = TableDefinition::new("drv_manifests");
+
+/// `revision_cursors`: peer id (base58) -> the next revision sequence number (u64 LE) to pull from
+/// that peer. A table of its own rather than a field of `SyncCursor`, so that rows written by an
+/// older build still decode and an older build still reads the rows written by this one.
+pub(crate) const REVISION_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("revision_cursors");

@@ -78,7 +78,7 @@ impl StoreWriter<'_> {
     }
 
     /// Whether a new record of `signer` with `len` bytes fits `limit` (`None`: no limit).
-    fn admits(&self, signer: &NodeId, len: usize, limit: Option<&SignerLimit>) -> Result<bool, StoreError> {
+    pub(crate) fn admits(&self, signer: &NodeId, len: usize, limit: Option<&SignerLimit>) -> Result<bool, StoreError> {
         match limit {
             None => Ok(true),
             Some(l) => Ok(usage_in(self.txn, signer)?.admits(len as u64, l)),
