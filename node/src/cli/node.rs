@@ -212,6 +212,7 @@ pub struct BuildRefArgs {
 
 /// `buildmesh bench ...`.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum BenchCommand {
     /// Compare the HTTP gateway with nginx (and `--against` caches) on loopback: wrk (narinfo
     /// requests/s, NAR throughput, RSS) and real Nix clients (`nix copy`, `nix-store --realise`).

@@ -322,7 +322,7 @@ pub enum DrvInMesh {
     /// A submission of this node waits for its inputs before it is placed.
     Pending,
     /// The machine tracks it: its state, claims, attesters, failures and designated builders.
-    Tracked(buildmesh_protocol::mesh::JobView),
+    Tracked(Box<buildmesh_protocol::mesh::JobView>),
 }
 
 /// Most derivations one [`MeshHandle::jobs`] call may ask about (a revision of 200,000 jobs

@@ -62,7 +62,7 @@ fn out_path(drv: &StorePath, output: &str) -> StorePath {
 
 /// The generation of derivation `i` in revision `r`: 5 % of the derivations change per revision.
 fn generation(i: usize, r: usize) -> usize {
-    (0..=r).filter(|k| *k > 0 && (i + k) % 20 == 0).count()
+    (0..=r).filter(|k| *k > 0 && (i + k).is_multiple_of(20)).count()
 }
 
 /// The manifest of revision `r` with `jobs` jobs (every sixth derivation is an inner one, not a
@@ -247,8 +247,9 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
     })?;
     time("weather --coverage (rev1)", &mut || {
         let w = rt.block_on(ctx.weather("bench@rev1", WeatherOptions { coverage: true, display_missing: false }))?;
-        let top = w.coverage.first().map(|c| c.dependents).unwrap_or(0);
-        Ok(format!("{} root causes, top has {top} dependents", w.coverage.len()))
+        let causes = w.coverage.unwrap_or_default();
+        let top = causes.first().map(|c| c.dependents).unwrap_or(0);
+        Ok(format!("{} root causes, top has {top} dependents", causes.len()))
     })?;
     time("ready rev1 --base rev0", &mut || {
         let v = rt.block_on(ctx.ready("bench@rev1", "bench@rev0"))?;

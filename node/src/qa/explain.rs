@@ -128,10 +128,10 @@ fn shape(ctx: &QaContext, drv: &StorePath) -> Result<DrvShape, QaError> {
     for s in revisions_stored {
         let r = QaContext::verify(s)?;
         revisions.push(r.header.id().to_string());
-        if from_manifest.is_none() {
-            if let Ok(m) = ctx.manifest(&r) {
-                from_manifest = manifest_shape(&m, drv);
-            }
+        if from_manifest.is_none()
+            && let Ok(m) = ctx.manifest(&r)
+        {
+            from_manifest = manifest_shape(&m, drv);
         }
     }
     revisions.sort();

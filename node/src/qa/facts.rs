@@ -17,6 +17,9 @@ use buildmesh_protocol::store_path::StorePath;
 use crate::mesh::{DrvInMesh, MAX_JOBS_PER_CALL, MeshHandle};
 use crate::store::{Store, StoreError};
 
+/// Per output: (NarHash digest, NarSize) -> the distinct builders that attested it.
+type Groups = BTreeMap<(Vec<u8>, u64), BTreeSet<NodeId>>;
+
 /// Why facts could not be gathered.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -73,7 +76,7 @@ pub fn facts_of(
 ) -> Result<DrvFacts, FactsError> {
     let attestations = store.attestations_for_drv(drv)?;
     // Per output: (NarHash, NarSize) -> distinct builders.
-    let mut groups: BTreeMap<&StorePath, BTreeMap<(Vec<u8>, u64), BTreeSet<NodeId>>> = BTreeMap::new();
+    let mut groups: BTreeMap<&StorePath, Groups> = BTreeMap::new();
     let mut trusted_builders: BTreeSet<NodeId> = BTreeSet::new();
     let mut other_builders: BTreeSet<NodeId> = BTreeSet::new();
     let mut built_at_ms: Option<u64> = None;
@@ -157,7 +160,7 @@ pub fn facts_of(
 
 /// Whether one (NarHash, NarSize) has `quorum` distinct trusted builders and no other has (the
 /// gateway's rule, [`buildmesh_protocol::mesh::assess_output`]), and its NarSize.
-fn accepted(groups: &BTreeMap<(Vec<u8>, u64), BTreeSet<NodeId>>, trust: &TrustConfig) -> (bool, u64) {
+fn accepted(groups: &Groups, trust: &TrustConfig) -> (bool, u64) {
     let quorate: Vec<&(Vec<u8>, u64)> = groups
         .iter()
         .filter(|(_, b)| b.iter().filter(|n| trust.is_trusted(n)).count() >= trust.quorum.max(1))
@@ -172,7 +175,7 @@ fn accepted(groups: &BTreeMap<(Vec<u8>, u64), BTreeSet<NodeId>>, trust: &TrustCo
 /// The compressed size of the accepted NAR when this node holds its blob.
 fn compressed_size(
     store: &Store,
-    groups: Option<&BTreeMap<(Vec<u8>, u64), BTreeSet<NodeId>>>,
+    groups: Option<&Groups>,
     trust: &TrustConfig,
 ) -> Result<Option<u64>, StoreError> {
     let Some(groups) = groups else { return Ok(None) };

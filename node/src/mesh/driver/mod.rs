@@ -699,7 +699,7 @@ impl Driver {
                 let views = drvs
                     .iter()
                     .map(|d| match self.mesh.job(d) {
-                        Some(v) => DrvInMesh::Tracked(v),
+                        Some(v) => DrvInMesh::Tracked(Box::new(v)),
                         None if self.mesh.is_pending(d) => DrvInMesh::Pending,
                         None => DrvInMesh::Unknown,
                     })
