@@ -7,7 +7,7 @@
 //! the signed failures with their reasons, the `.drv` (system, required features, inputs) from the
 //! store or, when the node has no `.drv`, from a revision manifest that contains it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::qa::{DrvFacts, FactState, PathItem};
@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::{QaContext, QaError, blocking, facts};
 use crate::mesh::DrvInMesh;
 use crate::store::unix_ms;
+
+/// Most derivations `explain` walks to find failed inputs below unbuilt ones.
+const MAX_WALK: usize = 100_000;
 
 /// What this node builds, for `explain` (the mesh's members come from their announcements).
 #[derive(Debug, Clone, Default)]
@@ -221,19 +224,48 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
     let inputs = shape.inputs.clone();
     let outputs = shape.outputs.clone();
     let st = states.clone();
-    let (own, input_facts, failures) = blocking(move || {
+    let (own, input_facts, failures, failed_deep) = blocking(move || {
         let now = unix_ms();
         let trust = &this.inner.trust;
         let outs: Vec<&StorePath> = outputs.iter().collect();
-        let own = facts::facts_of(this.store(), trust, &d, &outs, &st[0], now)?;
+        let own = facts::facts_of(this.store(), &this.inner.index, trust, &d, &outs, &st[0], now)?;
         let mut input_facts = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
             // The inputs' outputs are not needed to tell built from not built.
-            let f = facts::facts_of(this.store(), trust, input, &[], &st[i + 1], now)?;
+            let f = facts::facts_of(this.store(), &this.inner.index, trust, input, &[], &st[i + 1], now)?;
             input_facts.push((input.clone(), f));
         }
+        // Failed inputs further down, through inputs that are not built (a built input blocks
+        // nothing: its outputs exist), as a revision's status finds them.
+        let mut failed_deep: BTreeSet<StorePath> = BTreeSet::new();
+        let mut queue: VecDeque<StorePath> = VecDeque::new();
+        for (p, f) in &input_facts {
+            match f.state {
+                FactState::Failed => {
+                    failed_deep.insert(p.clone());
+                }
+                FactState::Succeeded => {}
+                _ => queue.push_back(p.clone()),
+            }
+        }
+        let mut seen: BTreeSet<StorePath> = BTreeSet::new();
+        while let Some(p) = queue.pop_front() {
+            if !seen.insert(p.clone()) || seen.len() > MAX_WALK {
+                continue;
+            }
+            for input in self::shape(&this, &p)?.inputs {
+                let f = facts::facts_of(this.store(), &this.inner.index, trust, &input, &[], &DrvInMesh::Unknown, now)?;
+                match f.state {
+                    FactState::Failed => {
+                        failed_deep.insert(input);
+                    }
+                    FactState::Succeeded => {}
+                    _ => queue.push_back(input),
+                }
+            }
+        }
         let failures = crate::audit::failures_of(this.store(), &d).unwrap_or_default();
-        Ok((own, input_facts, failures))
+        Ok((own, input_facts, failures, failed_deep))
     })
     .await?;
     let sd = ctx.store_dir();
@@ -242,8 +274,8 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
         DrvInMesh::Pending => "pending".to_string(),
         DrvInMesh::Tracked(v) => v.state.to_string(),
     };
-    let failed_inputs: Vec<String> =
-        input_facts.iter().filter(|(_, f)| f.state == FactState::Failed).map(|(p, _)| sd.display(p)).collect();
+    // Sorted by path: the first is the one a revision's status names in `blocked_by`.
+    let failed_inputs: Vec<String> = failed_deep.iter().map(|p| sd.display(p)).collect();
     let missing_inputs: Vec<String> = input_facts
         .iter()
         .filter(|(_, f)| f.state != FactState::Succeeded)
@@ -389,7 +421,7 @@ pub async fn path_items(ctx: &QaContext, paths: Vec<String>) -> Result<Vec<PathI
                 let state = states.next().unwrap_or(DrvInMesh::Unknown);
                 let sh = shape(&this, p)?;
                 let outs: Vec<&StorePath> = sh.outputs.iter().collect();
-                let f = facts::facts_of(this.store(), trust, p, &outs, &state, now)?;
+                let f = facts::facts_of(this.store(), &this.inner.index, trust, p, &outs, &state, now)?;
                 items.push(PathItem {
                     path: text,
                     system: sh.system.unwrap_or_else(|| "unknown".to_string()),
@@ -404,7 +436,7 @@ pub async fn path_items(ctx: &QaContext, paths: Vec<String>) -> Result<Vec<PathI
                         let drv = a.entry.drv.clone();
                         let sh = shape(&this, &drv)?;
                         (
-                            facts::facts_of(this.store(), trust, &drv, &[p], &DrvInMesh::Unknown, now)?,
+                            facts::facts_of(this.store(), &this.inner.index, trust, &drv, &[p], &DrvInMesh::Unknown, now)?,
                             sh.system.unwrap_or_else(|| "unknown".to_string()),
                         )
                     }

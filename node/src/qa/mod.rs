@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod explain;
 pub mod facts;
+pub mod index;
 pub mod submit;
 
 use std::collections::BTreeSet;
@@ -108,6 +109,7 @@ struct Inner {
     rule: ReadyRule,
     replicas: u8,
     local: explain::LocalCapabilities,
+    index: index::AttestationIndex,
     manifests: Mutex<BoundedCache<[u8; 32], Arc<Manifest>, MANIFEST_CACHE>>,
 }
 
@@ -151,6 +153,7 @@ impl QaContext {
                 rule: params.rule,
                 replicas: params.replicas,
                 local: params.local,
+                index: index::AttestationIndex::default(),
                 manifests: Mutex::new(BoundedCache::default()),
             }),
         }
@@ -169,6 +172,13 @@ impl QaContext {
     /// The mesh, on a mesh node.
     pub fn mesh(&self) -> Option<&MeshHandle> {
         self.inner.mesh.as_ref()
+    }
+
+    /// Bring the in-memory attestation index up to date with the store (blocking). The node calls
+    /// it once at start, so the first question does not pay for reading every attestation.
+    pub fn warm_up(&self) -> Result<(), QaError> {
+        drop(self.inner.index.refreshed(&self.inner.store)?);
+        Ok(())
     }
 
     /// The ready rule.
@@ -260,7 +270,14 @@ impl QaContext {
         let states = facts::mesh_states(self.inner.mesh.as_ref(), &manifest).await?;
         let this = self.clone();
         blocking(move || {
-            let drvs = facts::gather(&this.inner.store, &this.inner.trust, &manifest, &states, unix_ms())?;
+            let drvs = facts::gather(
+                &this.inner.store,
+                &this.inner.index,
+                &this.inner.trust,
+                &manifest,
+                &states,
+                unix_ms(),
+            )?;
             Ok(RevisionFacts { drvs })
         })
         .await

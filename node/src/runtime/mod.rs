@@ -257,6 +257,15 @@ impl Node {
                 features: config.features.iter().cloned().collect(),
             },
         });
+        {
+            // Read every stored attestation into the QA index now, not at the first question.
+            let qa = qa.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = qa.warm_up() {
+                    tracing::warn!(cause = %e, "QA index not built at start; the first question builds it");
+                }
+            });
+        }
         let mut app_state = crate::http::AppState::new(
             store.clone(),
             store_dir.clone(),
