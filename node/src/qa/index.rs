@@ -9,7 +9,7 @@
 //! nothing is verified again here. About 100 bytes per attestation.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use buildmesh_protocol::id::NodeId;
 
@@ -81,13 +81,19 @@ impl IndexState {
 /// The index, shared by every QA question of a node.
 #[derive(Debug, Default)]
 pub struct AttestationIndex {
-    state: Mutex<IndexState>,
+    state: RwLock<IndexState>,
 }
 
 impl AttestationIndex {
-    /// Ingest what the store gained since the last call, then hold the index (blocking).
-    pub fn refreshed(&self, store: &Store) -> Result<MutexGuard<'_, IndexState>, StoreError> {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Ingest what the store gained since the last call, then hold the index for reading
+    /// (blocking; several readers at once, e.g. the two revisions of a compare).
+    pub fn refreshed(&self, store: &Store) -> Result<RwLockReadGuard<'_, IndexState>, StoreError> {
+        self.ingest(store)?;
+        Ok(self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn ingest(&self, store: &Store) -> Result<(), StoreError> {
+        let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         loop {
             let page = store.attestations_since(st.next_attestation, PAGE)?;
             let n = page.len();
@@ -128,6 +134,6 @@ impl AttestationIndex {
                 break;
             }
         }
-        Ok(st)
+        Ok(())
     }
 }

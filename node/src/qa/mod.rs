@@ -36,9 +36,9 @@ use crate::bounded_cache::BoundedCache;
 use crate::mesh::MeshHandle;
 use crate::store::{Store, StoreError, StoredRevision, unix_ms};
 
-/// Decoded manifests kept in memory (two generations of this many): a compare needs two, and a
-/// 100,000-job manifest takes a few tens of MiB decoded.
-const MANIFEST_CACHE: usize = 2;
+/// Decoded manifests kept in memory (two generations of this many, so the two of a compare): a
+/// 100,000-job manifest takes about 50 MiB decoded.
+const MANIFEST_CACHE: usize = 1;
 
 /// Why a QA question could not be answered. Each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -310,8 +310,7 @@ impl QaContext {
 
     /// `compare BASE TARGET`.
     pub async fn compare(&self, base: &str, target: &str, system: Option<String>) -> Result<Comparison, QaError> {
-        let b = self.evaluate(base).await?;
-        let t = self.evaluate(target).await?;
+        let (b, t) = tokio::try_join!(self.evaluate(base), self.evaluate(target))?;
         Ok(qa::compare(
             &b.rev.header.id().to_string(),
             &b.status,
@@ -392,8 +391,7 @@ impl QaContext {
 
     /// `ready TARGET --base BASE` under the node's rule.
     pub async fn ready(&self, target: &str, base: &str) -> Result<ReadyVerdict, QaError> {
-        let b = self.evaluate(base).await?;
-        let t = self.evaluate(target).await?;
+        let (b, t) = tokio::try_join!(self.evaluate(base), self.evaluate(target))?;
         let comparison = qa::compare(
             &b.rev.header.id().to_string(),
             &b.status,
