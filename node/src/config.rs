@@ -106,6 +106,8 @@ pub struct Config {
     /// What `/nix-cache-info` says: `priority`, `want_mass_query` (`[cache]` table; see
     /// [`crate::http::cache::CacheSettings`]).
     pub cache: crate::http::cache::CacheSettings,
+    /// QA across revisions: the ready rule (`[qa.ready]` table; see [`crate::qa::QaSettings`]).
+    pub qa: crate::qa::QaSettings,
     /// How long (seconds) the node keeps trying to reopen a failed database (e.g. after the disk
     /// filled up) before it exits with an error so that its supervisor restarts it; `GET /health`
     /// answers 503 meanwhile.
@@ -140,6 +142,7 @@ impl Default for Config {
             submit: crate::submit::SubmitSettings::default(),
             server: crate::http::server::ServerSettings::default(),
             cache: crate::http::cache::CacheSettings::default(),
+            qa: crate::qa::QaSettings::default(),
             store_failure_exit_secs: 300,
         }
     }

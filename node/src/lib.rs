@@ -40,6 +40,7 @@ pub mod http;
 pub mod mesh;
 pub mod nar_fs;
 pub mod net;
+pub mod qa;
 pub mod runtime;
 pub mod sandbox;
 pub mod scheduler;

@@ -1,5 +1,5 @@
 //! Revisions as mesh objects (issue 13 item 1) on real `buildmesh node` processes: node 0
-//! publishes a revision (`POST /api/v1/revisions`); node 1 receives the signed header by gossip
+//! publishes a revision (`POST /api/v1/mesh/revisions`); node 1 receives the signed header by gossip
 //! and fetches the manifest from node 0; node 2, down while this happened, gets both by
 //! anti-entropy after its restart. Bad input changes nothing: a malformed manifest is refused
 //! with a 400 naming what is wrong, and a header whose manifest no peer has (published by an
@@ -89,7 +89,7 @@ fn revisions_travel_by_gossip_and_sync_and_bad_input_changes_nothing() {
         "channel": "guix", "branch": "master", "commit": "abc123", "replicas": 2,
         "manifest": base64::engine::general_purpose::STANDARD.encode(&bytes),
     });
-    let (s, j) = post_json(&format!("{}/api/v1/revisions", c.urls[0]), &c.token(0), &body);
+    let (s, j) = post_json(&format!("{}/api/v1/mesh/revisions", c.urls[0]), &c.token(0), &body);
     assert_eq!(s, 200, "{j}\n{}", c.logs());
     assert_eq!(j["revision"], "guix@abc123");
     assert_eq!(j["jobs"], 5);
@@ -121,7 +121,7 @@ fn revisions_travel_by_gossip_and_sync_and_bad_input_changes_nothing() {
         "channel": "guix", "branch": "staging", "commit": "big1",
         "manifest": base64::engine::general_purpose::STANDARD.encode(&big),
     });
-    let (s, j) = post_json(&format!("{}/api/v1/revisions", c.urls[0]), &c.token(0), &body);
+    let (s, j) = post_json(&format!("{}/api/v1/mesh/revisions", c.urls[0]), &c.token(0), &body);
     assert_eq!(s, 200, "{j}");
     let started = std::time::Instant::now();
     wait_for("node 1 to fetch the big manifest", Duration::from_secs(60), || {
@@ -142,12 +142,12 @@ fn revisions_travel_by_gossip_and_sync_and_bad_input_changes_nothing() {
         "channel": "guix", "branch": "master", "commit": "bad1",
         "manifest": base64::engine::general_purpose::STANDARD.encode(&bad),
     });
-    let (s, j) = post_json(&format!("{}/api/v1/revisions", c.urls[0]), &c.token(0), &body);
+    let (s, j) = post_json(&format!("{}/api/v1/mesh/revisions", c.urls[0]), &c.token(0), &body);
     assert_eq!(s, 400, "{j}");
     assert!(j["error"].as_str().unwrap().contains("malformed manifest"), "{j}");
     let body = serde_json::json!({ "channel": "gu ix", "branch": "master", "commit": "c",
         "manifest": base64::engine::general_purpose::STANDARD.encode(&bytes) });
-    let (s, j) = post_json(&format!("{}/api/v1/revisions", c.urls[0]), &c.token(0), &body);
+    let (s, j) = post_json(&format!("{}/api/v1/mesh/revisions", c.urls[0]), &c.token(0), &body);
     assert_eq!(s, 400, "{j}");
     assert!(j["error"].as_str().unwrap().contains("channel"), "{j}");
     assert!(revision(&c, 0, "guix@bad1").is_none());

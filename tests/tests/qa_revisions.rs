@@ -516,7 +516,6 @@ fn check_weather(c: &Cluster, j: &serde_json::Value, rev: &Revision) {
 
 /// Two revisions by real `nix-instantiate`, built by 3 nodes with k = 2, then every QA answer.
 #[test]
-#[ignore = "waits for issue 13 CLI"]
 fn two_revisions_compared_weathered_explained_and_judged() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, r1, r2) = instantiate(tmp.path());

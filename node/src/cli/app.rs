@@ -53,6 +53,20 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// Re-check an attestation export (`/api/v1/attestations?format=jsonl`) offline.
     Verify(cli::audit::VerifyArgs),
+    /// Revisions (evaluations of a channel at a commit): submit, list, show.
+    #[command(subcommand)]
+    Revision(cli::qa::RevisionCommand),
+    /// Compare two revisions: new, removed and changed packages, build and reproducibility changes.
+    Compare(cli::qa::CompareArgs),
+    /// Substitute availability of a revision or a manifest per system, with root causes (exit 1
+    /// below 100 %).
+    Weather(cli::qa::WeatherArgs),
+    /// A package's derivations across a branch's revisions, or every revision of a derivation.
+    History(cli::qa::HistoryArgs),
+    /// Why a derivation is or is not building now.
+    Explain(cli::qa::ExplainArgs),
+    /// Whether a target revision is ready against a base, with every reason (exit 1 when not).
+    Ready(cli::qa::ReadyArgs),
     /// Internal: the sandbox helper the `local` executor starts (runs one builder).
     #[command(hide = true, name = "__sandbox-exec")]
     SandboxExec(crate::sandbox::SandboxExecArgs),
@@ -86,12 +100,30 @@ pub fn main() -> std::process::ExitCode {
         Command::Audit(a) => cli::audit::run_audit(a),
         Command::Verify(a) => cli::audit::run_verify(a),
         Command::SandboxExec(a) => return crate::sandbox::sandbox_exec_main(a),
+        Command::Revision(c) => return qa_exit(cli::qa::run_revision(c)),
+        Command::Compare(a) => return qa_exit(cli::qa::run_compare(a)),
+        Command::Weather(a) => return qa_exit(cli::qa::run_weather(a)),
+        Command::History(a) => return qa_exit(cli::qa::run_history(a)),
+        Command::Explain(a) => return qa_exit(cli::qa::run_explain(a)),
+        Command::Ready(a) => return qa_exit(cli::qa::run_ready(a)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("buildmesh: error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit status of a QA command: 0 yes, 1 no (coverage below 100 %, not ready), 2 error.
+fn qa_exit(result: anyhow::Result<cli::qa::Outcome>) -> std::process::ExitCode {
+    match result {
+        Ok(cli::qa::Outcome::Success) => std::process::ExitCode::SUCCESS,
+        Ok(cli::qa::Outcome::No) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("buildmesh: error: {e:#}");
+            std::process::ExitCode::from(2)
         }
     }
 }

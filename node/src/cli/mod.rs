@@ -11,6 +11,7 @@ pub mod nar;
 mod nar_bench;
 pub mod narinfo;
 pub mod node;
+pub mod qa;
 pub mod submit;
 pub mod submit_client;
 pub mod token;

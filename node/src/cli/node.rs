@@ -212,10 +212,14 @@ pub struct BuildRefArgs {
 
 /// `buildmesh bench ...`.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum BenchCommand {
     /// Compare the HTTP gateway with nginx (and `--against` caches) on loopback: wrk (narinfo
     /// requests/s, NAR throughput, RSS) and real Nix clients (`nix copy`, `nix-store --realise`).
     Gateway(crate::bench::BenchArgs),
+    /// Time the QA answers (revision status, compare, weather with coverage, ready) on revisions
+    /// of 100,000 jobs with real signed attestations of three builders, and the memory held.
+    Qa(crate::qa::bench::QaBenchArgs),
 }
 
 /// A tokio runtime sized for a node: two workers, a bounded blocking pool.
@@ -337,6 +341,7 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
 pub fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Gateway(a) => crate::bench::run(a),
+        BenchCommand::Qa(a) => crate::qa::bench::run(a),
     }
 }
 

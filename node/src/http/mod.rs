@@ -40,6 +40,7 @@ pub mod health;
 pub mod limits;
 pub mod mesh;
 pub mod nar;
+pub mod qa;
 pub mod range;
 pub mod revisions;
 pub mod server;
@@ -95,6 +96,8 @@ struct Inner {
     /// The trust policy of the standalone cache routes (this node's own builds).
     trust: buildmesh_protocol::mesh::TrustConfig,
     downloads: Arc<limits::DownloadLimiter>,
+    /// The QA routes' context (revisions, compare, weather, …).
+    qa: Option<crate::qa::QaContext>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -128,6 +131,7 @@ impl AppState {
                 mesh: None,
                 trust,
                 downloads: server::ServerSettings::default().download_limiter(),
+                qa: None,
             }),
         }
     }
@@ -147,6 +151,15 @@ impl AppState {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.cache_info = settings.nix_cache_info(&inner.store_dir.to_string()),
             None => tracing::error!("AppState::with_cache_settings on a shared state; default priority applies"),
+        }
+        self
+    }
+
+    /// Serve the QA routes (`/api/v1/revisions`, `compare`, `weather`, …) from `qa`.
+    pub fn with_qa(mut self, qa: crate::qa::QaContext) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.qa = Some(qa),
+            None => tracing::error!("AppState::with_qa on a shared state; the QA routes are not served"),
         }
         self
     }
@@ -178,6 +191,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
     };
     let mesh = state.inner.mesh.clone().map(mesh::router);
     let revisions = state.inner.mesh.clone().map(|m| revisions::router(state.inner.store.clone(), m));
+    let qa = state.inner.qa.clone().map(qa::router);
     let audit = audit::router(audit::AuditContext {
         store: state.inner.store.clone(),
         store_dir: state.inner.store_dir.clone(),
@@ -202,6 +216,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .merge(audit)
         .merge(mesh.unwrap_or_default())
         .merge(revisions.unwrap_or_default())
+        .merge(qa.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
         .layer(axum::middleware::from_fn(errors::json_errors))
 }

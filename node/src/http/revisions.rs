@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /api/v1/revisions` | `{"channel", "branch", "commit", "replicas", "manifest": "<base64 of the canonical manifest bytes>"}`: this node signs the header (submitter = this node, hash, size and counts from the manifest), stores both, gossips the header; answers `{"revision": "C@ID", "jobs": N, "id", "manifest_hash", "new"}` |
+//! | `POST /api/v1/mesh/revisions` | `{"channel", "branch", "commit", "replicas", "manifest": "<base64 of the canonical manifest bytes>"}`: this node signs the header (submitter = this node, hash, size and counts from the manifest), stores both, gossips the header; answers `{"revision": "C@ID", "jobs": N, "id", "manifest_hash", "new"}` |
 //! | `GET /api/v1/mesh/revisions[?channel=C&branch=B]` | every visible header with where its manifest is: `"manifest": "present" \| "fetching" \| "missing"`, and for a missing one the `error` naming the hash and the peers tried |
 //!
 //! The manifest is size-checked before it is decoded (at most `MAX_MANIFEST_SIZE`, the body at
@@ -13,7 +13,7 @@
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
 use buildmesh_protocol::revision::{MAX_MANIFEST_SIZE, Manifest, RevisionHeader};
@@ -35,8 +35,7 @@ struct Ctx {
 /// The routes (state applied).
 pub fn router(store: Store, mesh: MeshHandle) -> Router {
     Router::new()
-        .route("/api/v1/revisions", post(publish).layer(DefaultBodyLimit::max(MAX_BODY)))
-        .route("/api/v1/mesh/revisions", get(list))
+        .route("/api/v1/mesh/revisions", get(list).post(publish).layer(DefaultBodyLimit::max(MAX_BODY)))
         .with_state(Ctx { store, mesh })
 }
 
@@ -44,7 +43,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-/// Body of `POST /api/v1/revisions`.
+/// Body of `POST /api/v1/mesh/revisions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublishBody {
     /// The channel (`guix`, `nixpkgs`).

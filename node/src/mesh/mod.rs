@@ -312,7 +312,23 @@ pub(crate) enum Command {
     Retry { drv: StorePath, on: NodeId, reply: oneshot::Sender<Result<(), String>> },
     RetryHere { drv: StorePath, reply: oneshot::Sender<Result<bool, String>> },
     Block { peer: PeerId, blocked: bool, reply: oneshot::Sender<Result<bool, String>> },
+    Jobs { drvs: Vec<StorePath>, reply: oneshot::Sender<Result<Vec<DrvInMesh>, String>> },
 }
+
+/// What the mesh machine knows about one derivation (for the QA queries: status, explain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrvInMesh {
+    /// The machine has no job for it.
+    Unknown,
+    /// A submission of this node waits for its inputs before it is placed.
+    Pending,
+    /// The machine tracks it: its state, claims, attesters, failures and designated builders.
+    Tracked(Box<buildmesh_protocol::mesh::JobView>),
+}
+
+/// Most derivations one [`MeshHandle::jobs`] call may ask about (a revision of 200,000 jobs
+/// and its closure are asked about in several calls, so the driver is never held for long).
+pub const MAX_JOBS_PER_CALL: usize = 50_000;
 
 /// The API's side of the mesh driver. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -389,6 +405,18 @@ impl MeshHandle {
     /// unblocking dials it again. Returns whether the block list changed.
     pub async fn set_blocked(&self, peer: PeerId, blocked: bool) -> Result<bool, MeshApiError> {
         self.call(|reply| Command::Block { peer, blocked, reply }).await
+    }
+
+    /// What the mesh machine knows about each of `drvs` (in order), at most
+    /// [`MAX_JOBS_PER_CALL`] at a time: the caller splits longer lists.
+    pub async fn jobs(&self, drvs: Vec<StorePath>) -> Result<Vec<DrvInMesh>, MeshApiError> {
+        if drvs.len() > MAX_JOBS_PER_CALL {
+            return Err(MeshApiError::Refused(format!(
+                "{} derivations asked at once; the limit is {MAX_JOBS_PER_CALL}",
+                drvs.len()
+            )));
+        }
+        self.call(|reply| Command::Jobs { drvs, reply }).await
     }
 
     /// The known live peers.

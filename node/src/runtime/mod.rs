@@ -243,6 +243,29 @@ impl Node {
             slots: sched_options.slots,
         });
 
+        let qa = crate::qa::QaContext::new(crate::qa::QaParams {
+            store: store.clone(),
+            store_dir: store_dir.clone(),
+            key: key.clone(),
+            mesh: mesh.clone(),
+            trust: trust.clone(),
+            rule: config.qa.ready.clone(),
+            replicas: u8::try_from(config.replicas).unwrap_or(buildmesh_protocol::wire::MAX_REPLICAS),
+            local: crate::qa::explain::LocalCapabilities {
+                native: info.systems.native.clone(),
+                emulated: info.systems.emulated.clone(),
+                features: config.features.iter().cloned().collect(),
+            },
+        });
+        {
+            // Read every stored attestation into the QA index now, not at the first question.
+            let qa = qa.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = qa.warm_up() {
+                    tracing::warn!(cause = %e, "QA index not built at start; the first question builds it");
+                }
+            });
+        }
         let mut app_state = crate::http::AppState::new(
             store.clone(),
             store_dir.clone(),
@@ -254,7 +277,7 @@ impl Node {
         if let Some(m) = &mesh {
             app_state = app_state.with_mesh(m.clone());
         }
-        app_state = app_state.with_server_settings(&config.server).with_cache_settings(&config.cache);
+        app_state = app_state.with_server_settings(&config.server).with_cache_settings(&config.cache).with_qa(qa);
         let app = crate::http::router(app_state, token);
         let http_task = {
             let shutdown = shutdown.clone();

@@ -185,6 +185,25 @@ impl Store {
         self.blob_info(&id)
     }
 
+    /// The compressed size of the stored blob of each sha256 NarHash digest (`None` when not
+    /// stored), in one read transaction (the QA weather asks for every output of a revision).
+    pub fn compressed_sizes(&self, nar_hashes: &[[u8; 32]]) -> Result<Vec<Option<u64>>, StoreError> {
+        let txn = self.read()?;
+        let index = txn.open_table(BLOBS_BY_NAR_HASH).ctx("opening table blobs_by_nar_hash")?;
+        let blobs = txn.open_table(BLOBS).ctx("opening table blobs")?;
+        let mut out = Vec::with_capacity(nar_hashes.len());
+        for sha in nar_hashes {
+            let Some(id) = index.get(sha).ctx("reading blobs_by_nar_hash")?.map(|v| *v.value()) else {
+                out.push(None);
+                continue;
+            };
+            let id = ArtifactHash::from_bytes(id);
+            let row = blobs.get(id.as_bytes()).ctx("reading blobs")?;
+            out.push(row.map(|v| decode::<BlobRow>("blobs", &id, v.value()).map(|r| r.compressed_size)).transpose()?);
+        }
+        Ok(out)
+    }
+
     /// Whether the blob is stored (its row committed).
     pub fn has_nar(&self, id: &ArtifactHash) -> Result<bool, StoreError> {
         let txn = self.read()?;

@@ -140,6 +140,9 @@ pub struct JobView {
     pub state: &'static str,
     /// Builders holding a live claim.
     pub claimants: Vec<NodeId>,
+    /// The live claims' lease expiries on this node's clock (unix ms), in the order of
+    /// `claimants`.
+    pub lease_expiries_ms: Vec<u64>,
     /// Builders that attested it.
     pub attesters: Vec<NodeId>,
     /// Builders that failed it (those whose failure counts: trusted or designated ones).
@@ -370,6 +373,11 @@ impl Mesh {
                 .filter(|b| b.claim.is_some_and(|c| c.local_expiry_ms > now))
                 .map(|b| b.node)
                 .collect(),
+            lease_expiries_ms: e
+                .builders
+                .iter()
+                .filter_map(|b| b.claim.filter(|c| c.local_expiry_ms > now).map(|c| c.local_expiry_ms))
+                .collect(),
             attesters: e.attesters(),
             failed: e.builders.iter().filter(|b| b.counted_failure().is_some()).map(|b| b.node).collect(),
             designated: e.designated.clone(),
@@ -380,6 +388,11 @@ impl Mesh {
     /// Number of derivations tracked (finished ones included) and of active ones.
     pub fn drv_counts(&self) -> (usize, usize) {
         (self.drvs.len(), self.drvs.active.len())
+    }
+
+    /// Whether a local submission of `drv` waits for its inputs (it is not placed yet).
+    pub fn is_pending(&self, drv: &StorePath) -> bool {
+        self.pending_by_drv.contains_key(drv)
     }
 
     /// Number of local submissions waiting for their inputs.

@@ -55,8 +55,8 @@ use super::serve::Server;
 use super::sync::{Cursors, SyncReport};
 use super::validate::{Checked, SeenCache, check_gossip, topic_of};
 use super::{
-    BuildEvent, BuildOutcome, Command, Counters, MachineCounts, MeshHandle, MeshParams, MeshStatus, PeerSystems,
-    PeerView, Shared, StartError, SubmitRequest, net_config, trust_policy,
+    BuildEvent, BuildOutcome, Command, Counters, DrvInMesh, MachineCounts, MeshHandle, MeshParams, MeshStatus,
+    PeerSystems, PeerView, Shared, StartError, SubmitRequest, net_config, trust_policy,
 };
 use crate::net::{
     InboundId, MessageAcceptance, NetEvent, NetHandle, PublishError, RequestProtocol, keypair_from_seed, short_peer_id,
@@ -704,6 +704,17 @@ impl Driver {
                 }
                 tracing::info!(target: EVENTS, event = "block", %peer, blocked);
                 let _ = reply.send(r);
+            }
+            Command::Jobs { drvs, reply } => {
+                let views = drvs
+                    .iter()
+                    .map(|d| match self.mesh.job(d) {
+                        Some(v) => DrvInMesh::Tracked(Box::new(v)),
+                        None if self.mesh.is_pending(d) => DrvInMesh::Pending,
+                        None => DrvInMesh::Unknown,
+                    })
+                    .collect();
+                let _ = reply.send(Ok(views));
             }
         }
     }
