@@ -204,10 +204,12 @@ impl<'a> Judge<'a> {
                 DrvInMesh::Tracked(v) if v.building || v.lease_expiries_ms.iter().any(|t| *t > self.now_ms) => {
                     FactState::Building
                 }
+                // Signed failures of trusted builders and nobody building it: failed, also where
+                // the machine still tracks it as active (a node that learnt the failures by
+                // anti-entropy never saw the job's submission, so it does not decide).
+                _ if counted_failure => FactState::Failed,
                 DrvInMesh::Tracked(v) if v.state == "active" => FactState::Queued,
                 DrvInMesh::Pending => FactState::Queued,
-                // Not (or no longer) tracked by the machine: failures by trusted builders decide.
-                _ if counted_failure => FactState::Failed,
                 _ => FactState::Unknown,
             }
         };
