@@ -207,7 +207,11 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
         }
     }
     let setup = t0.elapsed();
-    let rt = crate::cli::node::node_runtime()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
     let ctx = QaContext::new(QaParams {
         store: store.clone(),
         store_dir: StoreDir::nix(),
