@@ -55,7 +55,7 @@ impl IntoResponse for QaError {
         let status = match &self {
             QaError::BadRequest(_) => StatusCode::BAD_REQUEST,
             QaError::NotFound(_) => StatusCode::NOT_FOUND,
-            QaError::ManifestMissing { .. } | QaError::Mesh(_) => StatusCode::SERVICE_UNAVAILABLE,
+            QaError::ManifestMissing { .. } | QaError::Mesh(_) | QaError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         error(status, self.to_string())

@@ -212,6 +212,7 @@ fn eligible(ctx: &QaContext, system: &str, features: &[String]) -> Eligible {
 
 /// Explain `drv`.
 pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, QaError> {
+    let _slot = ctx.slot().await?;
     let this = ctx.clone();
     let d = drv.clone();
     let shape = blocking(move || shape(&this, &d)).await?;

@@ -40,6 +40,14 @@ use crate::store::{Store, StoreError, StoredRevision, unix_ms};
 /// 100,000-job manifest takes about 50 MiB decoded.
 const MANIFEST_CACHE: usize = 1;
 
+/// QA questions answered at once; more wait up to [`QA_WAIT`], then get a 503. Each takes up to
+/// a second of CPU and tens of MiB on a 100,000-job revision, and anyone may ask (GET), so their
+/// number is bounded like the NAR downloads.
+const QA_CONCURRENCY: usize = 2;
+
+/// How long a question waits for a free slot.
+const QA_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Why a QA question could not be answered. Each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -65,6 +73,9 @@ pub enum QaError {
         /// Who published it.
         submitter: String,
     },
+    /// Too many questions at once (HTTP 503).
+    #[error("the node is answering {0} QA questions already; try again later")]
+    Busy(usize),
     /// The store failed (HTTP 500).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -111,6 +122,7 @@ struct Inner {
     local: explain::LocalCapabilities,
     index: index::AttestationIndex,
     manifests: Mutex<BoundedCache<[u8; 32], Arc<Manifest>, MANIFEST_CACHE>>,
+    slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for QaContext {
@@ -155,7 +167,16 @@ impl QaContext {
                 local: params.local,
                 index: index::AttestationIndex::default(),
                 manifests: Mutex::new(BoundedCache::default()),
+                slots: tokio::sync::Semaphore::new(QA_CONCURRENCY),
             }),
+        }
+    }
+
+    /// A slot to answer one question (see [`QA_CONCURRENCY`]).
+    pub async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, QaError> {
+        match tokio::time::timeout(QA_WAIT, self.inner.slots.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(QaError::Busy(QA_CONCURRENCY)),
         }
     }
 
@@ -291,6 +312,7 @@ impl QaContext {
 
     /// `revision show`: the header and every job's status, optionally filtered.
     pub async fn show(&self, name: &str, system: Option<&str>, state: Option<&str>) -> Result<RevisionShow, QaError> {
+        let _slot = self.slot().await?;
         let e = self.evaluate(name).await?;
         let mut status = e.status;
         if system.is_some() || state.is_some() {
@@ -303,6 +325,7 @@ impl QaContext {
 
     /// `compare BASE TARGET`.
     pub async fn compare(&self, base: &str, target: &str, system: Option<String>) -> Result<Comparison, QaError> {
+        let _slot = self.slot().await?;
         let (b, t) = tokio::try_join!(self.evaluate(base), self.evaluate(target))?;
         Ok(qa::compare(
             &b.rev.header.id().to_string(),
@@ -315,12 +338,14 @@ impl QaContext {
 
     /// `weather --revision R`.
     pub async fn weather(&self, name: &str, options: WeatherOptions) -> Result<Weather, QaError> {
+        let _slot = self.slot().await?;
         let e = self.evaluate(name).await?;
         Ok(qa::weather(&e.manifest, &e.facts, unix_ms(), options))
     }
 
     /// `weather --manifest FILE`: store paths or `.drv` paths.
     pub async fn weather_of_paths(&self, paths: Vec<String>, options: WeatherOptions) -> Result<Weather, QaError> {
+        let _slot = self.slot().await?;
         let items = explain::path_items(self, paths).await?;
         Ok(qa::weather_of_paths(&self.inner.store_dir, &items, unix_ms(), options))
     }
@@ -332,6 +357,7 @@ impl QaContext {
         channel: Option<&str>,
         branch: Option<&str>,
     ) -> Result<PackageHistory, QaError> {
+        let _slot = self.slot().await?;
         let this = self.clone();
         let (c, b) = (channel.map(str::to_string), branch.map(str::to_string));
         let mut revs = blocking(move || this.list(c.as_deref(), b.as_deref())).await?;
@@ -363,6 +389,7 @@ impl QaContext {
 
     /// `history DRV`: every revision the derivation belongs to.
     pub async fn drv_history(&self, drv: &StorePath) -> Result<qa::DrvHistory, QaError> {
+        let _slot = self.slot().await?;
         let this = self.clone();
         let d = drv.clone();
         let pairs = blocking(move || {
@@ -382,6 +409,7 @@ impl QaContext {
 
     /// `ready TARGET --base BASE` under the node's rule.
     pub async fn ready(&self, target: &str, base: &str) -> Result<ReadyVerdict, QaError> {
+        let _slot = self.slot().await?;
         let (b, t) = tokio::try_join!(self.evaluate(base), self.evaluate(target))?;
         let comparison = qa::compare(
             &b.rev.header.id().to_string(),
