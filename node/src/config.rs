@@ -70,6 +70,9 @@ pub struct Config {
     pub build_timeout_secs: u64,
     /// Cap on the kept log of one build, in bytes.
     pub max_log_bytes: usize,
+    /// Disk the plain (decompressed) copies of large NARs served over HTTP may take, in bytes
+    /// (`DATA/blobs/.plain`, least recently used deleted first; 0 = no copies).
+    pub plain_copy_bytes: u64,
     /// How many times a transiently failing build is tried in all.
     pub max_attempts: u32,
     /// Host paths visible read-only inside the `local` sandbox.
@@ -126,6 +129,7 @@ impl Default for Config {
             slots: 0,
             build_timeout_secs: 4 * 3600,
             max_log_bytes: 4 << 20,
+            plain_copy_bytes: 1 << 30,
             max_attempts: 3,
             sandbox_paths: ["/bin", "/usr", "/lib", "/lib64"].iter().map(PathBuf::from).collect(),
             listen: vec!["/ip4/0.0.0.0/tcp/7801".to_string(), "/ip4/0.0.0.0/udp/7801/quic-v1".to_string()],

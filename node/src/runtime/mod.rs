@@ -448,7 +448,11 @@ fn prepare(config: &Config, store_dir: &StoreDir, custom: Option<Arc<dyn Executo
     if created {
         tracing::info!(file = %crate::http::auth::token_path(data_dir).display(), "created the API token");
     }
-    let options = StoreOptions { max_log_bytes: config.max_log_bytes, ..StoreOptions::default() };
+    let options = StoreOptions {
+        max_log_bytes: config.max_log_bytes,
+        plain_copy_bytes: config.plain_copy_bytes,
+        ..StoreOptions::default()
+    };
     let store_err = |source| StartError::Store { data_dir: data_dir.clone(), source: Box::new(source) };
     let store = Store::open_with(data_dir, options).map_err(store_err)?;
     let requeued = store.requeue_interrupted().map_err(store_err)?;
