@@ -20,7 +20,7 @@ use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{Attestation, BuildFailure, BuildMode, Encode as _, OutputAttestation};
 
 use super::{BuildError, BuildReport};
-use crate::store::{AttestationEntry, AttestedOutput, FailureEntry, Inserted, Store, StoreError, unix_ms};
+use crate::store::{AttestationEntry, FailureEntry, Inserted, Store, StoreError, unix_ms};
 
 /// Why a result could not be signed or committed.
 #[derive(Debug, thiserror::Error)]
@@ -129,18 +129,7 @@ pub fn commit_attestation(
     report: &BuildReport,
 ) -> Result<CommittedAttestation, AttestError> {
     let message = sign_attestation(key, store_dir, drv_path, report)?;
-    let entry = AttestationEntry {
-        id: message.id(),
-        drv: drv_path.clone(),
-        builder: *message.signer(),
-        outputs: message
-            .outputs
-            .values()
-            .map(|o| AttestedOutput { path: o.path.clone(), nar_hash: o.nar_hash(), nar_size: o.nar_size })
-            .collect(),
-        received_at: unix_ms(),
-        envelope: message.envelope().to_bytes(),
-    };
+    let entry = AttestationEntry::of(message.id(), &message, message.envelope().to_bytes(), unix_ms());
     let inserted = store.write(|w| {
         let inserted = w.insert_attestation(&entry)?;
         w.put_log(drv_path, &report.log)?;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::quota::{self, Quotas, Stored};
 use super::rpc::{self, MAX_PAGE_ITEMS, Summary, SyncRequest, SyncResponse};
 use crate::net::{NetConfig, NetHandle, RequestProtocol};
-use crate::store::{AttestationEntry, AttestedOutput, FailureEntry, Store, StoreError, unix_ms};
+use crate::store::{AttestationEntry, FailureEntry, Store, StoreError, unix_ms};
 
 /// Pages pulled from one peer in one run at most (bounds one run; the next run continues).
 const MAX_PAGES_PER_RUN: usize = 4096;
@@ -210,18 +210,7 @@ pub enum Entry {
 pub fn entry_of(v: &Verified<Message>) -> Option<Entry> {
     let envelope = buildmesh_protocol::wire::Encode::to_bytes(v.envelope());
     match v.value() {
-        Message::Attestation(a) => Some(Entry::Attestation(AttestationEntry {
-            id: v.id(),
-            drv: a.drv.clone(),
-            builder: a.builder,
-            outputs: a
-                .outputs
-                .values()
-                .map(|o| AttestedOutput { path: o.path.clone(), nar_hash: o.nar_hash(), nar_size: o.nar_size })
-                .collect(),
-            received_at: unix_ms(),
-            envelope,
-        })),
+        Message::Attestation(a) => Some(Entry::Attestation(AttestationEntry::of(v.id(), a, envelope, unix_ms()))),
         Message::BuildFailure(f) => Some(Entry::Failure(FailureEntry {
             id: v.id(),
             drv: f.drv.clone(),

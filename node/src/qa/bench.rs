@@ -26,7 +26,7 @@ use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{Attestation, BuildMode, OutputAttestation};
 
 use super::{QaContext, QaParams};
-use crate::store::{AttestationEntry, AttestedOutput, Store};
+use crate::store::{AttestationEntry, Store};
 
 /// `buildmesh bench qa` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -136,18 +136,8 @@ fn attest(store: &Store, m: &Manifest, keys: &[NodeKey], done: &mut HashSet<Stor
                 outputs,
             };
             let signed = Signed::sign(key, &a)?;
-            let entry = AttestationEntry {
-                id: signed.id(),
-                drv: a.drv.clone(),
-                builder: a.builder,
-                outputs: a
-                    .outputs
-                    .values()
-                    .map(|o| AttestedOutput { path: o.path.clone(), nar_hash: o.nar_hash(), nar_size: o.nar_size })
-                    .collect(),
-                received_at: crate::store::unix_ms(),
-                envelope: buildmesh_protocol::wire::Encode::to_bytes(signed.envelope()),
-            };
+            let envelope = buildmesh_protocol::wire::Encode::to_bytes(signed.envelope());
+            let entry = AttestationEntry::of(signed.id(), &a, envelope, crate::store::unix_ms());
             batch.push(entry);
             n += 1;
         }

@@ -226,6 +226,25 @@ pub struct AttestationEntry {
     pub envelope: Vec<u8>,
 }
 
+impl AttestationEntry {
+    /// The entry of attestation `a` (whose signature the caller checked or made), with message id
+    /// `id`, its encoded envelope and when this node received or made it.
+    pub fn of(id: MessageId, a: &buildmesh_protocol::wire::Attestation, envelope: Vec<u8>, received_at: u64) -> Self {
+        AttestationEntry {
+            id,
+            drv: a.drv.clone(),
+            builder: a.builder,
+            outputs: a
+                .outputs
+                .values()
+                .map(|o| AttestedOutput { path: o.path.clone(), nar_hash: o.nar_hash(), nar_size: o.nar_size })
+                .collect(),
+            received_at,
+            envelope,
+        }
+    }
+}
+
 /// An attestation read back from the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredAttestation {
