@@ -594,6 +594,20 @@ fn two_revisions_compared_weathered_explained_and_judged() {
     let rows: Vec<&str> =
         darwin["derivation_changes"].as_array().unwrap().iter().map(|r| r["package"].as_str().unwrap()).collect();
     assert_eq!(rows, ["darwin-tool"], "{darwin}");
+    // --changed-only: only the pairs whose derivation changed (or on one side only), same summary.
+    let changed = twin(
+        &url,
+        &["compare", id1, id2, "--changed-only"],
+        true,
+        "/api/v1/compare",
+        &[("base", id1), ("target", id2), ("changed_only", "true")],
+    );
+    assert_eq!(changed["summary"], cmp["summary"], "{changed}");
+    let all = cmp["derivation_changes"].as_array().unwrap();
+    let kept = changed["derivation_changes"].as_array().unwrap();
+    let expected: Vec<&serde_json::Value> = all.iter().filter(|c| c["drv_changed"] == true).collect();
+    assert!(!kept.is_empty() && kept.len() < all.len(), "{} of {}", kept.len(), all.len());
+    assert_eq!(kept.iter().collect::<Vec<_>>(), expected, "{changed}");
 
     // Weather (item 4): rev 2 is not fully covered (exit status non-zero), rev 3 is.
     let w2 = twin(

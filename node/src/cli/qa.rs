@@ -119,6 +119,10 @@ pub struct CompareArgs {
     /// Only this system.
     #[arg(long)]
     pub system: Option<String>,
+    /// List only the pairs whose derivation changed (or that are on one side only); the summary
+    /// still counts every pair.
+    #[arg(long)]
+    pub changed_only: bool,
 }
 
 /// `buildmesh weather` arguments.
@@ -399,7 +403,12 @@ pub fn run_compare(a: CompareArgs) -> anyhow::Result<Outcome> {
     let v = get_json(
         &a.api.api,
         "/api/v1/compare",
-        &[("base", Some(&a.base)), ("target", Some(&a.target)), ("system", a.system.as_deref())],
+        &[
+            ("base", Some(&a.base)),
+            ("target", Some(&a.target)),
+            ("system", a.system.as_deref()),
+            ("changed_only", a.changed_only.then_some("true")),
+        ],
     )?;
     if a.api.json {
         print_json(&v)?;

@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use buildmesh_protocol::qa::WeatherOptions;
+use buildmesh_protocol::qa::{CompareOptions, WeatherOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::qa::submit::RevisionRequest;
@@ -154,6 +154,9 @@ struct CompareQuery {
     base: String,
     target: String,
     system: Option<String>,
+    /// List only the pairs whose derivation changed (or that are on one side only).
+    #[serde(default)]
+    changed_only: bool,
 }
 
 async fn compare(State(ctx): State<QaContext>, q: Result<Query<CompareQuery>, QueryRejection>) -> Response {
@@ -161,7 +164,8 @@ async fn compare(State(ctx): State<QaContext>, q: Result<Query<CompareQuery>, Qu
         Ok(q) => q,
         Err(e) => return bad_query(e),
     };
-    answer(ctx.compare(&q.base, &q.target, q.system).await)
+    let options = CompareOptions { system: q.system, changed_only: q.changed_only };
+    answer(ctx.compare_with(&q.base, &q.target, &options).await)
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,3 +261,7 @@ async fn ready(State(ctx): State<QaContext>, q: Result<Query<ReadyQuery>, QueryR
     };
     answer(ctx.ready(&q.target, &q.base).await)
 }
+
+#[cfg(test)]
+#[path = "qa_tests.rs"]
+mod tests;

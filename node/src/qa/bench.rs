@@ -40,6 +40,11 @@ pub struct QaBenchArgs {
     /// Runs of each timed answer (the best and the worst are printed).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Keep the bench store in DIR and, when DIR already holds one made by an earlier run with
+    /// the same `--jobs` and `--revisions`, answer from it without setting it up again (so the
+    /// memory printed is that of a process that only opened the store, as a restarted node does).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// A synthetic derivation: logical id, generation (bumped in 5 % of revisions).
@@ -164,8 +169,21 @@ fn rss_kib(field: &str) -> u64 {
 
 /// Run `buildmesh bench qa`.
 pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let store = Store::open(dir.path()).context("opening the bench store")?;
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir().context("creating a temp dir")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let marker = dir.join("bench-qa.done");
+    let shape = format!("{} {}", args.jobs, args.revisions.max(2));
+    let reuse = std::fs::read_to_string(&marker).is_ok_and(|s| s == shape);
+    let store = Store::open(&dir).context("opening the bench store")?;
     let submitter = Arc::new(NodeKey::from_seed("bench-submitter", [7; 32])?);
     let keys: Vec<NodeKey> =
         (0..3u8).map(|i| NodeKey::from_seed(&format!("bench-builder-{i}"), [i + 1; 32])).collect::<Result<_, _>>()?;
@@ -176,6 +194,9 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
     let mut encode_ms = 0.0;
     let mut manifest_bytes = 0;
     for r in 0..args.revisions.max(2) {
+        if reuse {
+            break;
+        }
         let m = manifest(args.jobs, r);
         let t = Instant::now();
         let bytes = m.encode_to_vec();
@@ -197,6 +218,9 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
         }
     }
     let setup = t0.elapsed();
+    if !reuse && args.dir.is_some() {
+        std::fs::write(&marker, &shape).context("writing the bench marker")?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -216,7 +240,7 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
     ctx.warm_up()?;
     let warm = t.elapsed();
     let rss_before = rss_kib("VmRSS:");
-    let mut rows: Vec<(String, Vec<f64>, String)> = Vec::new();
+    let mut rows: Vec<(String, Vec<f64>, String, u64)> = Vec::new();
     let mut time = |what: &str, f: &mut dyn FnMut() -> anyhow::Result<String>| -> anyhow::Result<()> {
         let mut ms = Vec::new();
         let mut note = String::new();
@@ -225,7 +249,7 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
             note = f()?;
             ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        rows.push((what.to_string(), ms, note));
+        rows.push((what.to_string(), ms, note, rss_kib("VmRSS:")));
         Ok(())
     };
     time("manifest decode (revision 1)", &mut || {
@@ -256,39 +280,53 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
     for r in 0..args.revisions {
         rt.block_on(ctx.show(&format!("bench@rev{r}"), None, None))?;
         held += 1;
+        if std::env::var_os("BUILDMESH_BENCH_TRACE_RSS").is_some() {
+            eprintln!("after show rev{r}: RSS {} MiB", rss_kib("VmRSS:") / 1024);
+        }
     }
     let rss_after = rss_kib("VmRSS:");
     let hwm = rss_kib("VmHWM:");
-    println!(
-        "buildmesh bench qa: {} jobs per revision ({} derivations), {} revisions, {} attestations by 3 builders \
+    if reuse {
+        println!(
+            "buildmesh bench qa: {} jobs per revision, {} revisions, answered from the store kept in {} \
+             (set up by an earlier run; this process only opened it, as a restarted node does)",
+            args.jobs,
+            args.revisions.max(2),
+            dir.display()
+        );
+    } else {
+        println!(
+            "buildmesh bench qa: {} jobs per revision ({} derivations), {} revisions, {} attestations by 3 builders \
          (set up in {:.1} s; manifest {:.1} MiB, encoded in {:.0} ms per revision)",
-        args.jobs,
-        args.jobs + args.jobs / 5,
-        args.revisions.max(2),
-        attested,
-        setup.as_secs_f64(),
-        manifest_bytes as f64 / (1 << 20) as f64,
-        encode_ms / args.revisions.max(2) as f64,
-    );
+            args.jobs,
+            args.jobs + args.jobs / 5,
+            args.revisions.max(2),
+            attested,
+            setup.as_secs_f64(),
+            manifest_bytes as f64 / (1 << 20) as f64,
+            encode_ms / args.revisions.max(2) as f64,
+        );
+    }
     println!(
         "attestation index built from the store in {:.1} s (once per node start, in the background)",
         warm.as_secs_f64()
     );
     println!();
-    println!("| answer | best ms | worst ms | result |");
-    println!("|---|---|---|---|");
-    for (what, ms, note) in &rows {
+    println!("| answer | best ms | worst ms | RSS after, MiB | result |");
+    println!("|---|---|---|---|---|");
+    for (what, ms, note, rss) in &rows {
         let best = ms.iter().copied().fold(f64::INFINITY, f64::min);
         let worst = ms.iter().copied().fold(0.0, f64::max);
-        println!("| {what} | {best:.0} | {worst:.0} | {note} |");
+        println!("| {what} | {best:.0} | {worst:.0} | {:.0} | {note} |", *rss as f64 / 1024.0);
     }
     println!();
     println!(
         "memory: RSS {:.0} MiB before the answers, {:.0} MiB after the status of all {held} revisions \
-         (peak {:.0} MiB, set-up included)",
+         (peak {:.0} MiB, {})",
         rss_before as f64 / 1024.0,
         rss_after as f64 / 1024.0,
-        hwm as f64 / 1024.0
+        hwm as f64 / 1024.0,
+        if reuse { "during a compare, which holds two revisions' rows at once" } else { "set-up included" }
     );
     Ok(())
 }

@@ -45,8 +45,9 @@ const MANIFEST_CACHE: usize = 1;
 /// number is bounded like the NAR downloads.
 const QA_CONCURRENCY: usize = 2;
 
-/// How long a question waits for a free slot.
-const QA_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a question waits for a free slot (shorter in unit tests, which check the 503).
+const QA_WAIT: std::time::Duration =
+    if cfg!(test) { std::time::Duration::from_millis(300) } else { std::time::Duration::from_secs(30) };
 
 /// Why a QA question could not be answered. Each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -323,17 +324,22 @@ impl QaContext {
         Ok(RevisionShow { summary: RevisionSummary::new(&e.rev.header), status })
     }
 
-    /// `compare BASE TARGET`.
+    /// `compare BASE TARGET` (every pair listed).
     pub async fn compare(&self, base: &str, target: &str, system: Option<String>) -> Result<Comparison, QaError> {
+        self.compare_with(base, target, &CompareOptions { system, changed_only: false }).await
+    }
+
+    /// `compare BASE TARGET` with the options (`changed_only` lists only the pairs whose
+    /// derivation changed or that are on one side only; the summary still counts every pair).
+    pub async fn compare_with(
+        &self,
+        base: &str,
+        target: &str,
+        options: &CompareOptions,
+    ) -> Result<Comparison, QaError> {
         let _slot = self.slot().await?;
         let (b, t) = tokio::try_join!(self.evaluate(base), self.evaluate(target))?;
-        Ok(qa::compare(
-            &b.rev.header.id().to_string(),
-            &b.status,
-            &t.rev.header.id().to_string(),
-            &t.status,
-            &CompareOptions { system, changed_only: false },
-        ))
+        Ok(qa::compare(&b.rev.header.id().to_string(), &b.status, &t.rev.header.id().to_string(), &t.status, options))
     }
 
     /// `weather --revision R`.
