@@ -30,6 +30,7 @@ mod builds;
 mod health;
 mod manifests;
 mod mesh;
+mod disk_use;
 mod paths;
 pub mod plain;
 mod records;
@@ -52,7 +53,9 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 use thiserror::Error;
 
 pub use blobs::{NarBlobReader, ServedNar};
+pub use disk_use::DiskUse;
 pub use health::StoreFailure;
+pub use paths::capped_log;
 pub use manifests::{CheckedManifest, MAX_MANIFEST_BYTES};
 pub use records::{
     AttestationEntry, AttestedOutput, BlobInfo, BuildCounts, BuildFilter, BuildRecord, BuildState, EnqueueOutcome,

@@ -20,7 +20,7 @@ use crate::store_path::{StoreDir, StorePath};
 /// digest is computed over exactly the bytes the builder serves.
 ///
 /// Encoding (as an extension, see [`Attestation`]): `sha256` 32 bytes ‖ `size` u64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogDigest {
     /// sha256 of the log bytes.
     pub sha256: [u8; 32],
