@@ -536,7 +536,11 @@ impl World {
         let input = if spec.broken {
             Input::BuildFailed { drv: spec.path.clone(), reason: FailureReason::BuilderExit { code: 1 }, log: None }
         } else if chance(&mut self.rng, self.cfg.flaky) {
-            Input::BuildFailed { drv: spec.path.clone(), reason: FailureReason::Timeout { limit_ms: spec.duration_ms }, log: None }
+            Input::BuildFailed {
+                drv: spec.path.clone(),
+                reason: FailureReason::Timeout { limit_ms: spec.duration_ms },
+                log: None,
+            }
         } else {
             let n = &self.nodes[i as usize];
             let hash = if n.byzantine {

@@ -35,7 +35,10 @@ fn submit_wait(c: &Cluster, i: usize, dir: &Path, drv: &StorePath) -> (bool, Str
         .env("BUILDMESH_TOKEN", c.token(i))
         .output()
         .unwrap();
-    (out.status.success(), format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 fn builders_of(c: &Cluster, i: usize, path: &str) -> BTreeSet<String> {
@@ -73,8 +76,8 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     let other = (0..3).find(|i| !builders.contains(&c.peer_ids[*i])).expect("a node that did not build `logged`");
     let b_idx: Vec<usize> = (0..3).filter(|i| builders.contains(&c.peer_ids[*i])).collect();
     let drv_s = sd().display(&logged);
-    let log_url = |i: usize, q: &str| format!("{}/api/v1/builds/{}/log{q}", c.urls[i], logged);
-    let (s, h, body) = get_with(&log_url(other, ""), "text/plain");
+    let log_url = |url: &str, q: &str| format!("{url}/api/v1/builds/{logged}/log{q}");
+    let (s, h, body) = get_with(&log_url(&c.urls[other], ""), "text/plain");
     let text = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(s, 200, "{text}\n{}", c.logs());
     assert!(text.contains("audit-log-marker-1"), "{text}");
@@ -137,7 +140,8 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
         assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
         assert_eq!(st["predicate"]["runDetails"]["builder"]["id"], c.keys[a].nix_public_key().to_string());
         for s in st["subject"].as_array().unwrap() {
-            subjects.insert((s["name"].as_str().unwrap().to_string(), s["digest"]["sha256"].as_str().unwrap().to_string()));
+            subjects
+                .insert((s["name"].as_str().unwrap().to_string(), s["digest"]["sha256"].as_str().unwrap().to_string()));
         }
     }
     let hash_of = |path: &str| -> String {
@@ -147,18 +151,20 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
         hex::encode(n.digest())
     };
     assert!(subjects.contains(&(logged_s.clone(), hash_of(&logged_s))), "{subjects:?}");
-    let (st, stdout, _) = cli_env(&["export", "--api", &c.urls[a], "--format", "in-toto"], &[("BUILDMESH_LOG", "warn")]);
+    let (st, stdout, _) =
+        cli_env(&["export", "--api", &c.urls[a], "--format", "in-toto"], &[("BUILDMESH_LOG", "warn")]);
     assert!(st.success() && stdout.lines().count() == lines.len());
 
     // ---- /reproducible.json and /metrics after a revision of both jobs ----
     let rev = serde_json::json!({
-        "channel": "test", "branch": "main", "commit": "c0ffee",
+        "channel": "test", "branch": "main", "commit": "c0ffee", "replicas": 2,
         "jobs": [{"drv": drv_s, "package": "logged"}, {"drv": sd().display(&unrepro), "package": "unrepro-dir"}],
     });
     let r = http()
         .post(format!("{}/api/v1/revisions", c.urls[0]))
         .bearer_auth(c.token(0))
-        .json(&rev)
+        .header("content-type", "application/json")
+        .body(rev.to_string())
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().unwrap());
@@ -174,11 +180,11 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     assert_eq!(bad["package"], "unrepro-dir");
     assert_eq!(bad["outputs"][&unrepro_s].as_array().unwrap().len(), 2, "{feed}");
 
-    let text = String::from_utf8(get(&format!("{}/metrics", c.urls[b_idx[0]])).1).unwrap();
-    assert_eq!(text.matches("# EOF").count(), 1, "one OpenMetrics document");
-    assert!(text.trim_end().ends_with("# EOF"));
+    let mtext = String::from_utf8(get(&format!("{}/metrics", c.urls[b_idx[0]])).1).unwrap();
+    assert_eq!(mtext.matches("# EOF").count(), 1, "one OpenMetrics document");
+    assert!(mtext.trim_end().ends_with("# EOF"));
     let m = c.metric_series(b_idx[0]);
-    let v = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no series {k} in\n{text}"));
+    let v = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no series {k} in\n{mtext}"));
     assert!(v("buildmesh_attestations") >= 4.0);
     assert_eq!(v("buildmesh_outputs{verdict=\"mismatch\"}"), 1.0);
     assert_eq!(v("buildmesh_peers{state=\"members\"}"), 3.0);
@@ -189,27 +195,37 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     let labels = "channel=\"test\",branch=\"main\",system=\"x86_64-linux\"";
     let m0 = c.metric_series(0);
     let v0 = |k: String| *m0.get(&k).unwrap_or_else(|| panic!("no series {k}"));
-    assert_eq!(v0(format!("buildmesh_revision_jobs{{{labels},state=\"succeeded\"}}")), 1.0);
+    // Both built (the disputed one too: its state is succeeded, its verdict not-matching).
+    assert_eq!(v0(format!("buildmesh_revision_jobs{{{labels},state=\"succeeded\"}}")), 2.0);
     assert_eq!(v0(format!("buildmesh_revision_outputs{{{labels},verdict=\"not-matching\"}}")), 1.0);
     assert!((0.0..=1.0).contains(&v0(format!("buildmesh_revision_availability_ratio{{{labels}}}"))));
 
     // ---- item 4 again: a builder's log swapped in its database is refused ----
-    let swapped = b_idx[0];
+    for &i in &b_idx {
+        let (s, h, body) = get_with(&log_url(&c.urls[other], &format!("?builder={}", c.peer_ids[i])), "text/plain");
+        assert_eq!(s, 200, "builder {i}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(h["x-buildmesh-log-builder"].to_str().unwrap(), c.peer_ids[i]);
+    }
+    // Not node 0: the others bootstrap to its address, which a restart changes.
+    let (swapped, honest) = if b_idx[0] == 0 { (b_idx[1], b_idx[0]) } else { (b_idx[0], b_idx[1]) };
     c.nodes[swapped].as_mut().unwrap().stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
     c.nodes[swapped] = None;
     {
         let store = Store::open(tmp.path().join(format!("node{swapped}"))).unwrap();
-        store.put_log(&logged, b"a different log\n").unwrap();
+        // Same length as the signed log, other bytes: only the hash can tell.
+        let forged = text.replace("marker-1", "marker-X");
+        assert_eq!(forged.len(), text.len());
+        store.put_log(&logged, forged.as_bytes()).unwrap();
     }
     c.restart(swapped);
     c.wait_members(3, Duration::from_secs(60));
     let q = format!("?builder={}", c.peer_ids[swapped]);
-    let (s, _, body) = get_with(&log_url(other, &q), "text/plain");
+    let (s, _, body) = get_with(&log_url(&c.urls[other], &q), "text/plain");
     let msg = String::from_utf8_lossy(&body);
     assert_eq!(s, 502, "{msg}");
     assert!(msg.contains("does not match the builder's signed sha256"), "{msg}");
-    let (s, h, body) = get_with(&log_url(other, ""), "text/plain");
-    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(h["x-buildmesh-log-builder"].to_str().unwrap(), c.peer_ids[b_idx[1]], "the honest builder's log");
+    let (s, h, body) = get_with(&log_url(&c.urls[other], ""), "text/plain");
+    assert_eq!(s, 200, "{}\n{}", String::from_utf8_lossy(&body), c.logs());
+    assert_eq!(h["x-buildmesh-log-builder"].to_str().unwrap(), c.peer_ids[honest], "the honest builder's log");
     assert!(String::from_utf8_lossy(&body).contains("audit-log-marker-1"));
 }

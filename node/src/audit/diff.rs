@@ -170,7 +170,13 @@ impl DiffReport {
             s += &format!("removed  {}  {}\n", e.path, describe(&e.entry));
         }
         for c in &d.changed {
-            s += &format!("changed  {}  ({})  a: {}  b: {}\n", c.path, c.what.join(", "), describe(&c.a), describe(&c.b));
+            s += &format!(
+                "changed  {}  ({})  a: {}  b: {}\n",
+                c.path,
+                c.what.join(", "),
+                describe(&c.a),
+                describe(&c.b)
+            );
             if let Some(u) = &c.unified_diff {
                 s += u;
                 if !u.ends_with('\n') {
@@ -194,11 +200,7 @@ impl DiffReport {
 /// An entry in a few words (`regular 12 bytes executable`, `symlink -> x`, `directory`).
 pub fn describe(e: &Entry) -> String {
     match e.kind.as_str() {
-        "regular" => format!(
-            "regular {} bytes{}",
-            e.size.unwrap_or(0),
-            if e.executable { " executable" } else { "" }
-        ),
+        "regular" => format!("regular {} bytes{}", e.size.unwrap_or(0), if e.executable { " executable" } else { "" }),
         "symlink" => format!("symlink -> {}", e.target.as_deref().unwrap_or("")),
         k => k.to_string(),
     }
@@ -279,7 +281,10 @@ fn prefixes<R: BufRead>(
         let path = nar.path().to_vec();
         let keep = usize::try_from(len).unwrap_or(usize::MAX).min(max);
         let mut bytes = Vec::with_capacity(keep);
-        (&mut nar.contents()).take(keep as u64).read_to_end(&mut bytes).map_err(|source| DiffError::Io { side, source })?;
+        (&mut nar.contents())
+            .take(keep as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|source| DiffError::Io { side, source })?;
         out.insert(path, bytes);
     }
     Ok(out)
@@ -304,7 +309,8 @@ fn detail(c: &mut Changed, a: &[u8], b: &[u8], limits: &DiffLimits) {
         }
         c.unified_diff = Some(kept);
     } else {
-        let first = a.iter().zip(b).position(|(x, y)| x != y).or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())));
+        let first =
+            a.iter().zip(b).position(|(x, y)| x != y).or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())));
         c.first_difference = first.map(|o| o as u64);
     }
 }
@@ -468,8 +474,16 @@ mod tests {
     fn limits_cut_and_say_so() {
         let big_a: String = (0..2000).map(|i| format!("line {i}\n")).collect();
         let big_b: String = (0..2000).map(|i| format!("line {}\n", i * 7)).collect();
-        let a = dir(vec![("f", file(&big_a)), ("g", file("1")), ("h", Node::Regular { executable: false, contents: vec![] })]);
-        let b = dir(vec![("f", file(&big_b)), ("g", file("2")), ("h", Node::Regular { executable: true, contents: vec![] })]);
+        let a = dir(vec![
+            ("f", file(&big_a)),
+            ("g", file("1")),
+            ("h", Node::Regular { executable: false, contents: vec![] }),
+        ]);
+        let b = dir(vec![
+            ("f", file(&big_b)),
+            ("g", file("2")),
+            ("h", Node::Regular { executable: true, contents: vec![] }),
+        ]);
         let limits = DiffLimits { max_listed: 10, max_detailed: 1, max_file_bytes: 1000, max_diff_lines: 20 };
         let d = run(&a, &b, &limits);
         let f = d.changed.iter().find(|c| c.path == "/f").unwrap();

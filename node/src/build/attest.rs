@@ -204,8 +204,7 @@ pub fn commit_failure_in_mode(
         [] => format!("[buildmesh: build failed: {error}]\n").into_bytes(),
         log => crate::store::capped_log(log, store.options().max_log_bytes).into_owned(),
     };
-    let message =
-        sign_failure(key, store_dir, drv_path, attempt, error, emulated, now_ms, Some(LogDigest::of(&log)))?;
+    let message = sign_failure(key, store_dir, drv_path, attempt, error, emulated, now_ms, Some(LogDigest::of(&log)))?;
     let entry = FailureEntry {
         id: message.id(),
         drv: drv_path.clone(),

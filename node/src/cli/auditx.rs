@@ -58,7 +58,8 @@ fn get(api: &str, path: &str, query: &[(&str, &str)]) -> Result<Vec<u8>> {
         .timeout(Duration::from_secs(300))
         .build()
         .context("creating the HTTP client")?;
-    let resp = client.get(url.clone()).header("accept", "application/json").send().with_context(|| format!("GET {url}"))?;
+    let resp =
+        client.get(url.clone()).header("accept", "application/json").send().with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     let body = resp.bytes().with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {

@@ -444,8 +444,7 @@ fn export_stream(
         }
     });
     let stream = libp2p::futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], Body::from_stream(stream))
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], Body::from_stream(stream)).into_response())
 }
 
 /// A [`Write`] that sends what is written as body chunks (blocking when the client is slow).

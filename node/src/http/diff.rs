@@ -54,11 +54,14 @@ struct Claim {
 }
 
 fn claims(state: &AppState, path: &StorePath) -> Result<Vec<Claim>, Failure> {
-    let stored =
-        state.store().attestations_for_output(path).map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let stored = state
+        .store()
+        .attestations_for_output(path)
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut out: Vec<Claim> = Vec::new();
     for s in &stored {
-        let v = crate::audit::verify_stored(s).map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let v =
+            crate::audit::verify_stored(s).map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         for o in v.value().outputs.values().filter(|o| &o.path == path) {
             if !out.iter().any(|c| c.builder == v.builder && c.nar_hash == o.nar_hash) {
                 out.push(Claim { builder: v.builder, nar_hash: o.nar_hash, nar_size: o.nar_size });
@@ -77,11 +80,14 @@ fn pick(all: &[Claim], a: Option<NodeId>, b: Option<NodeId>, shown: &str) -> Res
     match (a, b) {
         (Some(a), Some(b)) => Ok((by(a)?, by(b)?)),
         (None, None) => {
-            let first = all.first().ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no attestation of {shown} here")))?;
+            let first =
+                all.first().ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no attestation of {shown} here")))?;
             let other = all.iter().find(|c| c.nar_hash != first.nar_hash).ok_or_else(|| {
                 Failure(
                     StatusCode::CONFLICT,
-                    format!("every builder of {shown} signed the same NarHash: there is nothing to diff (give a= and b=)"),
+                    format!(
+                        "every builder of {shown} signed the same NarHash: there is nothing to diff (give a= and b=)"
+                    ),
                 )
             })?;
             Ok((first.clone(), other.clone()))
@@ -109,7 +115,8 @@ async fn blob_of(state: &AppState, c: &Claim) -> Result<buildmesh_protocol::id::
 }
 
 async fn report(state: &AppState, q: DiffQuery) -> Result<DiffReport, Failure> {
-    let path = super::audit::parse_target(state.store_dir(), &q.path).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
+    let path =
+        super::audit::parse_target(state.store_dir(), &q.path).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
     let node = |s: Option<String>| -> Result<Option<NodeId>, Failure> {
         s.map(|s| super::mesh::parse_node(&s).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))).transpose()
     };
@@ -151,7 +158,9 @@ fn json_error(status: StatusCode, message: String) -> Response {
 
 /// `GET /api/v1/diff`.
 pub(super) async fn api(State(state): State<AppState>, query: Result<Query<DiffQuery>, QueryRejection>) -> Response {
-    let Ok(Query(q)) = query else { return json_error(StatusCode::BAD_REQUEST, "want ?path=<store path>[&a=&b=]".into()) };
+    let Ok(Query(q)) = query else {
+        return json_error(StatusCode::BAD_REQUEST, "want ?path=<store path>[&a=&b=]".into());
+    };
     match report(&state, q).await {
         Ok(r) => axum::Json(r).into_response(),
         Err(Failure(s, m)) => json_error(s, m),
@@ -167,13 +176,19 @@ pub(super) async fn page(
     let json = wants_json(&headers);
     let Ok(Query(q)) = query else {
         let m = "want ?path=<store path>[&a=&b=]".to_string();
-        return if json { json_error(StatusCode::BAD_REQUEST, m) } else { (StatusCode::BAD_REQUEST, Html(frame("Diff", html! { p { (m) } }).into_string())).into_response() };
+        return if json {
+            json_error(StatusCode::BAD_REQUEST, m)
+        } else {
+            (StatusCode::BAD_REQUEST, Html(frame("Diff", html! { p { (m) } }).into_string())).into_response()
+        };
     };
     match (report(&state, q).await, json) {
         (Ok(r), true) => axum::Json(r).into_response(),
         (Ok(r), false) => Html(render(&r).into_string()).into_response(),
         (Err(Failure(s, m)), true) => json_error(s, m),
-        (Err(Failure(s, m)), false) => (s, Html(frame("Diff", html! { p.error { (m) } }).into_string())).into_response(),
+        (Err(Failure(s, m)), false) => {
+            (s, Html(frame("Diff", html! { p.error { (m) } }).into_string())).into_response()
+        }
     }
 }
 

@@ -106,8 +106,16 @@ async fn slow_samples(state: &AppState) -> Vec<Sample> {
     let more = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         if let Ok(d) = store.disk_use() {
-            out.push(Sample { family: "store_disk_bytes", labels: l(&[("part", "database")]), value: d.database_bytes as f64 });
-            out.push(Sample { family: "store_disk_bytes", labels: l(&[("part", "blobs")]), value: d.blob_bytes as f64 });
+            out.push(Sample {
+                family: "store_disk_bytes",
+                labels: l(&[("part", "database")]),
+                value: d.database_bytes as f64,
+            });
+            out.push(Sample {
+                family: "store_disk_bytes",
+                labels: l(&[("part", "blobs")]),
+                value: d.blob_bytes as f64,
+            });
         }
         if let Ok(r) = crate::audit::audit(&store) {
             for (class, n) in r.totals {
@@ -121,6 +129,14 @@ async fn slow_samples(state: &AppState) -> Vec<Sample> {
     out.extend(more);
     *SLOW.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), out.clone()));
     out
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, samples: &[Sample], family: &str) {
+    let g = Gauge::<f64, AtomicU64>::default();
+    if let Some(s) = samples.iter().find(|s| s.family == family) {
+        g.set(s.value);
+    }
+    reg.register(name, help, g);
 }
 
 fn gauge_family(reg: &mut Registry, name: &str, help: &str, samples: &[Sample], family: &str) {
@@ -138,7 +154,13 @@ pub async fn buildmesh_text(state: &AppState) -> String {
     let fast = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         if let Ok(c) = store.build_counts() {
-            for (s, n) in [("queued", c.queued), ("running", c.running), ("done", c.done), ("failed", c.failed), ("cancelled", c.cancelled)] {
+            for (s, n) in [
+                ("queued", c.queued),
+                ("running", c.running),
+                ("done", c.done),
+                ("failed", c.failed),
+                ("cancelled", c.cancelled),
+            ] {
                 out.push(Sample { family: "local_builds", labels: l(&[("state", s)]), value: n as f64 });
             }
         }
@@ -154,13 +176,37 @@ pub async fn buildmesh_text(state: &AppState) -> String {
     .unwrap_or_default();
     samples.extend(fast);
     let mut reg = Registry::with_prefix("buildmesh");
-    gauge_family(&mut reg, "revision_jobs", "Jobs of the latest revision of each branch, by system and state", &samples, "revision_jobs");
-    gauge_family(&mut reg, "revision_availability_ratio", "Substitutable share of the latest revision of each branch, by system", &samples, "revision_availability_ratio");
-    gauge_family(&mut reg, "revision_outputs", "Jobs of the latest revision of each branch by reproducibility verdict", &samples, "revision_outputs");
+    gauge_family(
+        &mut reg,
+        "revision_jobs",
+        "Jobs of the latest revision of each branch, by system and state",
+        &samples,
+        "revision_jobs",
+    );
+    gauge_family(
+        &mut reg,
+        "revision_availability_ratio",
+        "Substitutable share of the latest revision of each branch, by system",
+        &samples,
+        "revision_availability_ratio",
+    );
+    gauge_family(
+        &mut reg,
+        "revision_outputs",
+        "Jobs of the latest revision of each branch by reproducibility verdict",
+        &samples,
+        "revision_outputs",
+    );
     gauge_family(&mut reg, "local_builds", "This node's build queue by state", &samples, "local_builds");
-    gauge_family(&mut reg, "attestations", "Signed attestations stored on this node", &samples, "attestations");
-    gauge_family(&mut reg, "failures", "Signed build failures stored on this node", &samples, "failures");
-    gauge_family(&mut reg, "outputs", "Outputs known here by verdict (match, mismatch, inconclusive)", &samples, "outputs");
+    gauge(&mut reg, "attestations", "Signed attestations stored on this node", &samples, "attestations");
+    gauge(&mut reg, "failures", "Signed build failures stored on this node", &samples, "failures");
+    gauge_family(
+        &mut reg,
+        "outputs",
+        "Outputs known here by verdict (match, mismatch, inconclusive)",
+        &samples,
+        "outputs",
+    );
     gauge_family(&mut reg, "store_disk_bytes", "Disk used by the store", &samples, "store_disk_bytes");
     let peers = Family::<Labels, Gauge>::default();
     let gossip = Family::<Labels, Counter>::default();
@@ -173,7 +219,11 @@ pub async fn buildmesh_text(state: &AppState) -> String {
     }
     reg.register("peers", "Mesh members and connected peers", peers);
     reg.register("gossip_bytes", "Gossip bytes received and sent", gossip);
-    reg.register("build_duration_seconds", "Durations of this node's builds since it started", crate::metrics::BUILD_DURATIONS.clone());
+    reg.register(
+        "build_duration_seconds",
+        "Durations of this node's builds since it started",
+        crate::metrics::BUILD_DURATIONS.clone(),
+    );
     let mut text = String::new();
     let _ = encode(&mut text, &reg);
     text

@@ -134,7 +134,11 @@ pub fn check(bytes: &[u8], signed: &BTreeSet<LogDigest>) -> Result<LogDigest, Lo
 
 /// Fetch the log of `drv` through `ask` (one builder) and check it against `signed`, that
 /// builder's digests.
-pub async fn fetch_from<F, Fut>(drv: &StorePath, signed: &BTreeSet<LogDigest>, mut ask: F) -> Result<(LogDigest, Vec<u8>), LogRefused>
+pub async fn fetch_from<F, Fut>(
+    drv: &StorePath,
+    signed: &BTreeSet<LogDigest>,
+    mut ask: F,
+) -> Result<(LogDigest, Vec<u8>), LogRefused>
 where
     F: FnMut(SyncRequest) -> Fut,
     Fut: Future<Output = Result<SyncResponse, String>>,
@@ -203,8 +207,10 @@ pub async fn fetch(
         let ask = |req: SyncRequest| {
             let net = net.clone();
             async move {
-                let bytes =
-                    net.send_request(peer, RequestProtocol::Sync, rpc::encode(&req)).await.map_err(|e| e.to_string())?;
+                let bytes = net
+                    .send_request(peer, RequestProtocol::Sync, rpc::encode(&req))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 rpc::decode::<SyncResponse>("sync response", &bytes, max).map_err(|e| e.to_string())
             }
         };

@@ -16,8 +16,8 @@ use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use libp2p::PeerId;
 
 use super::rpc::{
-    self, ClosureRequest, ClosureResponse, LOG_CHUNK_SIZE, MANIFEST_CHUNK_SIZE, MAX_PAGE_BYTES, MAX_PAGE_ITEMS, NarRequest,
-    NarResponse, SourceInfo, SyncRequest, SyncResponse,
+    self, ClosureRequest, ClosureResponse, LOG_CHUNK_SIZE, MANIFEST_CHUNK_SIZE, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
+    NarRequest, NarResponse, SourceInfo, SyncRequest, SyncResponse,
 };
 use crate::net::{NAR_CHUNK_SIZE, NetConfig};
 use crate::store::{NarBlobReader, Store, StoreError};

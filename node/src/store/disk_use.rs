@@ -33,7 +33,10 @@ fn walk(dir: &Path, out: &mut DiskUse, depth: u32) -> std::io::Result<()> {
 impl Store {
     /// Walk the store's files (blocking; linear in the number of blobs).
     pub fn disk_use(&self) -> std::io::Result<DiskUse> {
-        let mut out = DiskUse { database_bytes: std::fs::metadata(&self.inner.db_path).map(|m| m.len()).unwrap_or(0), ..DiskUse::default() };
+        let mut out = DiskUse {
+            database_bytes: std::fs::metadata(&self.inner.db_path).map(|m| m.len()).unwrap_or(0),
+            ..DiskUse::default()
+        };
         let root = self.inner.blobs.root();
         if root.exists() {
             walk(root, &mut out, 0)?;

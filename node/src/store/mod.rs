@@ -27,10 +27,10 @@
 
 mod blobs;
 mod builds;
+mod disk_use;
 mod health;
 mod manifests;
 mod mesh;
-mod disk_use;
 mod paths;
 pub mod plain;
 mod records;
@@ -55,8 +55,8 @@ use thiserror::Error;
 pub use blobs::{NarBlobReader, ServedNar};
 pub use disk_use::DiskUse;
 pub use health::StoreFailure;
-pub use paths::capped_log;
 pub use manifests::{CheckedManifest, MAX_MANIFEST_BYTES};
+pub use paths::capped_log;
 pub use records::{
     AttestationEntry, AttestedOutput, BlobInfo, BuildCounts, BuildFilter, BuildRecord, BuildState, EnqueueOutcome,
     EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,

@@ -118,8 +118,7 @@ impl StoreWriter<'_> {
     /// marker line. Stored zstd-compressed.
     pub fn put_log(&mut self, drv: &StorePath, log: &[u8]) -> Result<(), StoreError> {
         let capped = capped_log(log, self.store.options.max_log_bytes);
-        let compressed = zstd::bulk::compress(&capped, 3)
-        .map_err(|e| StoreError::Corrupt {
+        let compressed = zstd::bulk::compress(&capped, 3).map_err(|e| StoreError::Corrupt {
             table: "logs",
             key: drv.to_string(),
             reason: format!("cannot compress: {e}"),

@@ -625,8 +625,10 @@ fn bounds_and_errors() {
     assert_eq!(net.nodes[0].handle_message(&m, net.now).unwrap(), Disposition::Applied);
     assert!(net.nodes[0].job(&drv(1)).is_none(), "evicted");
     assert!(matches!(
-        net.nodes[0]
-            .handle(Input::BuildFailed { drv: drv(4), reason: FailureReason::Timeout { limit_ms: 1 }, log: None }, net.now),
+        net.nodes[0].handle(
+            Input::BuildFailed { drv: drv(4), reason: FailureReason::Timeout { limit_ms: 1 }, log: None },
+            net.now
+        ),
         Err(MeshError::NotBuilding { .. })
     ));
     // Backpressure: an undrained queue refuses input.

@@ -513,8 +513,17 @@ fn log_digest_is_an_optional_trailing_extension() {
         finished_at_ms: 2,
         outputs: BTreeMap::from([("out".to_string(), {
             let path = StorePath::new([5; 20], "y").unwrap();
-            OutputAttestation::new_signed(&k, &StoreDir::nix(), path, [6; 32], 9, BTreeSet::new(), ArtifactHash::from_bytes([7; 32]), None)
-                .unwrap()
+            OutputAttestation::new_signed(
+                &k,
+                &StoreDir::nix(),
+                path,
+                [6; 32],
+                9,
+                BTreeSet::new(),
+                ArtifactHash::from_bytes([7; 32]),
+                None,
+            )
+            .unwrap()
         })]),
         log: None,
     };

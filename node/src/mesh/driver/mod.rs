@@ -29,8 +29,7 @@ use buildmesh_protocol::signed::{Envelope, Signed, Verified};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
     Attestation, Batch, Encode as _, FailureReason, JobSubmission, Kind, LogDigest, MAX_REPLICAS, MAX_TEXT_LEN,
-    Message,
-    validate_feature, validate_system,
+    Message, validate_feature, validate_system,
 };
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Semaphore, mpsc};
