@@ -425,7 +425,7 @@ pub fn diff_nars<R: BufRead>(
 
 #[cfg(test)]
 mod tests {
-    use buildmesh_protocol::nar::Node;
+    use buildmesh_protocol::nar::tree::Node;
 
     use super::*;
 
