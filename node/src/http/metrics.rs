@@ -47,7 +47,10 @@ struct Sample {
     value: f64,
 }
 
-static SLOW: LazyLock<Mutex<Option<(Instant, Vec<Sample>)>>> = LazyLock::new(|| Mutex::new(None));
+/// The costly samples and when they were computed.
+type Cached = Option<(Instant, Vec<Sample>)>;
+
+static SLOW: LazyLock<Mutex<Cached>> = LazyLock::new(|| Mutex::new(None));
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

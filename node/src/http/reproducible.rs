@@ -144,7 +144,7 @@ pub(super) async fn feed(State(qa): State<QaContext>, query: Result<Query<FeedQu
             None => {
                 let this = qa.clone();
                 let mut revs = crate::qa::blocking(move || this.list(None, None)).await?;
-                revs.sort_by(|a, b| b.header.created_at_ms.cmp(&a.header.created_at_ms));
+                revs.sort_by_key(|r| std::cmp::Reverse(r.header.created_at_ms));
                 let limit = q.limit.unwrap_or(DEFAULT_REVISIONS).clamp(1, MAX_REVISIONS);
                 revs.into_iter().take(limit).map(|r| RevisionSummary::new(&r.header).revision).collect()
             }
