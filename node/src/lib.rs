@@ -38,6 +38,7 @@ pub mod config;
 pub mod content_address;
 pub mod http;
 pub mod mesh;
+pub mod metrics;
 pub mod nar_fs;
 pub mod net;
 pub mod qa;

@@ -39,6 +39,7 @@ fn attest(store: &Store, key: &NodeKey, drv: &StorePath, out: &StorePath, h: u8,
         started_at_ms: 1_000,
         finished_at_ms: 2_000,
         outputs: BTreeMap::from([("out".to_string(), output)]),
+        log: None,
     };
     let signed = Signed::sign(key, &att).unwrap();
     let verified = signed.verify().unwrap();

@@ -534,9 +534,13 @@ impl World {
         let b = n.running.remove(pos);
         let spec = &self.dag.drvs[b.drv as usize];
         let input = if spec.broken {
-            Input::BuildFailed { drv: spec.path.clone(), reason: FailureReason::BuilderExit { code: 1 } }
+            Input::BuildFailed { drv: spec.path.clone(), reason: FailureReason::BuilderExit { code: 1 }, log: None }
         } else if chance(&mut self.rng, self.cfg.flaky) {
-            Input::BuildFailed { drv: spec.path.clone(), reason: FailureReason::Timeout { limit_ms: spec.duration_ms } }
+            Input::BuildFailed {
+                drv: spec.path.clone(),
+                reason: FailureReason::Timeout { limit_ms: spec.duration_ms },
+                log: None,
+            }
         } else {
             let n = &self.nodes[i as usize];
             let hash = if n.byzantine {
@@ -574,6 +578,7 @@ impl World {
                 started_at_ms: b.started_ms,
                 finished_at_ms: now,
                 outputs: [("out".to_string(), out)].into_iter().collect(),
+                log: None,
             };
             // Durable before announced: the driver persists, then the machine publishes.
             self.nodes[i as usize].persisted.push(a.clone());

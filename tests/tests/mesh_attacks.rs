@@ -103,6 +103,7 @@ fn failure(builder: &NodeKey, drv: &StorePath) -> Message {
         mode: BuildMode::Native,
         at_ms: now_ms(),
         reason: FailureReason::BuilderExit { code: 1 },
+        log: None,
     })
 }
 
@@ -198,6 +199,7 @@ fn attestation(key: &NodeKey, i: u32) -> Attestation {
         started_at_ms: now - 10,
         finished_at_ms: now,
         outputs: BTreeMap::from([("out".to_string(), o)]),
+        log: None,
     }
 }
 

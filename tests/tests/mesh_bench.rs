@@ -77,6 +77,7 @@ fn synthetic_attestations(key: &NodeKey, n: usize) -> Vec<buildmesh::store::Atte
                 started_at_ms: now - 1000,
                 finished_at_ms: now,
                 outputs: BTreeMap::from([("out".to_string(), o)]),
+                log: None,
             };
             let v = Envelope::sign(key, &Message::Attestation(a)).unwrap().verify().unwrap();
             match entry_of(&v) {

@@ -70,6 +70,7 @@ fn attestation(key: &NodeKey, builder: buildmesh_protocol::id::NodeId, path: &St
         started_at_ms: now - 10,
         finished_at_ms: now,
         outputs: BTreeMap::from([("out".to_string(), o)]),
+        log: None,
     }
 }
 

@@ -13,6 +13,9 @@
 //! The export ([`export_jsonl`]) is one JSON object per line, each carrying the whole signed
 //! envelope in base64; [`verify_export`] re-verifies every line and recomputes the verdicts.
 
+pub mod diff;
+pub mod intoto;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 

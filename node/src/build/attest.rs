@@ -17,7 +17,7 @@ use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::narinfo::FingerprintError;
 use buildmesh_protocol::signed::{SignError, Signed, SignedError, Verified};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
-use buildmesh_protocol::wire::{Attestation, BuildFailure, BuildMode, Encode as _, OutputAttestation};
+use buildmesh_protocol::wire::{Attestation, BuildFailure, BuildMode, Encode as _, LogDigest, OutputAttestation};
 
 use super::{BuildError, BuildReport};
 use crate::store::{AttestationEntry, FailureEntry, Inserted, Store, StoreError, unix_ms};
@@ -80,12 +80,14 @@ fn mode(emulated: bool) -> BuildMode {
     if emulated { BuildMode::Emulated } else { BuildMode::Native }
 }
 
-/// The signed attestation of `report` (not committed); see [`commit_attestation`].
+/// The signed attestation of `report` (not committed), carrying `log`, the digest of the build log
+/// as stored ([`crate::store::capped_log`]); see [`commit_attestation`].
 pub fn sign_attestation(
     key: &NodeKey,
     store_dir: &StoreDir,
     drv_path: &StorePath,
     report: &BuildReport,
+    log: Option<LogDigest>,
 ) -> Result<Verified<Attestation>, AttestError> {
     let mut outputs = std::collections::BTreeMap::new();
     for (name, o) in &report.outputs {
@@ -114,6 +116,7 @@ pub fn sign_attestation(
         started_at_ms: report.started_at_ms,
         finished_at_ms: report.finished_at_ms.max(report.started_at_ms),
         outputs,
+        log,
     };
     Ok(Signed::sign(key, &attestation)?.verify()?)
 }
@@ -128,18 +131,24 @@ pub fn commit_attestation(
     drv_path: &StorePath,
     report: &BuildReport,
 ) -> Result<CommittedAttestation, AttestError> {
-    let message = sign_attestation(key, store_dir, drv_path, report)?;
+    let log = crate::store::capped_log(&report.log, store.options().max_log_bytes);
+    let message = sign_attestation(key, store_dir, drv_path, report, Some(LogDigest::of(&log)))?;
     let entry = AttestationEntry::of(message.id(), &message, message.envelope().to_bytes(), unix_ms());
     let inserted = store.write(|w| {
         let inserted = w.insert_attestation(&entry)?;
-        w.put_log(drv_path, &report.log)?;
+        w.put_log(drv_path, &log)?;
         Ok(inserted)
     })?;
+    if inserted.new {
+        crate::metrics::observe_build_ms(report.finished_at_ms.saturating_sub(report.started_at_ms));
+    }
     tracing::info!(id = %entry.id.fmt_short(), new = inserted.new, outputs = entry.outputs.len(), "attestation committed");
     Ok(CommittedAttestation { entry, message, inserted })
 }
 
-/// The signed failure (not committed); see [`commit_failure`].
+/// The signed failure (not committed), carrying `log`, the digest of the stored build log; see
+/// [`commit_failure`].
+#[allow(clippy::too_many_arguments)]
 pub fn sign_failure(
     key: &NodeKey,
     store_dir: &StoreDir,
@@ -148,6 +157,7 @@ pub fn sign_failure(
     error: &BuildError,
     emulated: bool,
     now_ms: u64,
+    log: Option<LogDigest>,
 ) -> Result<Verified<BuildFailure>, AttestError> {
     let failure = BuildFailure {
         builder: key.node_id(),
@@ -157,6 +167,7 @@ pub fn sign_failure(
         mode: mode(emulated),
         at_ms: now_ms,
         reason: error.to_reason(),
+        log,
     };
     Ok(Signed::sign(key, &failure)?.verify()?)
 }
@@ -189,7 +200,11 @@ pub fn commit_failure_in_mode(
     emulated: bool,
     now_ms: u64,
 ) -> Result<CommittedFailure, AttestError> {
-    let message = sign_failure(key, store_dir, drv_path, attempt, error, emulated, now_ms)?;
+    let log = match error.log() {
+        [] => format!("[buildmesh: build failed: {error}]\n").into_bytes(),
+        log => crate::store::capped_log(log, store.options().max_log_bytes).into_owned(),
+    };
+    let message = sign_failure(key, store_dir, drv_path, attempt, error, emulated, now_ms, Some(LogDigest::of(&log)))?;
     let entry = FailureEntry {
         id: message.id(),
         drv: drv_path.clone(),
@@ -197,10 +212,6 @@ pub fn commit_failure_in_mode(
         attempt: message.attempt,
         received_at: now_ms,
         envelope: message.envelope().to_bytes(),
-    };
-    let log = match error.log() {
-        [] => format!("[buildmesh: build failed: {error}]\n").into_bytes(),
-        log => log.to_vec(),
     };
     let inserted = store.write(|w| {
         let inserted = w.insert_failure(&entry)?;

@@ -53,6 +53,12 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// Re-check an attestation export (`/api/v1/attestations?format=jsonl`) offline.
     Verify(cli::audit::VerifyArgs),
+    /// A derivation's build log, from this node or fetched from a builder (checked against its signature).
+    Log(cli::auditx::LogArgs),
+    /// The NAR diff of an output two builders disagree on: entries added, removed, changed.
+    Diff(cli::auditx::DiffArgs),
+    /// Every attestation as an in-toto Statement (SLSA provenance) in a DSSE envelope.
+    Export(cli::auditx::ExportArgs),
     /// Revisions (evaluations of a channel at a commit): submit, list, show.
     #[command(subcommand)]
     Revision(cli::qa::RevisionCommand),
@@ -99,6 +105,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Query(a) => cli::audit::run_query(a),
         Command::Audit(a) => cli::audit::run_audit(a),
         Command::Verify(a) => cli::audit::run_verify(a),
+        Command::Log(a) => cli::auditx::run_log(a),
+        Command::Diff(a) => cli::auditx::run_diff(a),
+        Command::Export(a) => cli::auditx::run_export(a),
         Command::SandboxExec(a) => return crate::sandbox::sandbox_exec_main(a),
         Command::Revision(c) => return qa_exit(cli::qa::run_revision(c)),
         Command::Compare(a) => return qa_exit(cli::qa::run_compare(a)),

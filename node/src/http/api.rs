@@ -273,16 +273,6 @@ pub(super) async fn build(State(state): State<AppState>, Path(drv): Path<String>
     Ok(Json(one_build(&state, drv).await?))
 }
 
-pub(super) async fn log(State(state): State<AppState>, Path(drv): Path<String>) -> Result<Response, ApiError> {
-    let drv = parse_drv(state.store_dir(), &drv)?;
-    let st = state.clone();
-    let log = blocking(move || {
-        st.store().get_log(&drv)?.ok_or_else(|| ApiError::not_found(format!("no log of {drv} on this node")))
-    })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], log).into_response())
-}
-
 /// Answer of `POST …/retry`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RetryView {
@@ -371,8 +361,17 @@ pub(super) async fn attestations(
             }
             return export_jsonl(state.store().clone());
         }
+        Some("in-toto") => {
+            if q.path.is_some() || q.drv.is_some() {
+                return Err(ApiError::bad_request("format=in-toto exports every attestation; drop path= and drv="));
+            }
+            let key = state.inner.key.clone();
+            return export_stream(state.store().clone(), "application/jsonl", move |store, w| {
+                audit::intoto::export_in_toto(store, &key, w)
+            });
+        }
         Some(other) => {
-            return Err(ApiError::bad_request(format!("format {} is not json or jsonl", super::echo(other))));
+            return Err(ApiError::bad_request(format!("format {} is not json, jsonl or in-toto", super::echo(other))));
         }
     }
     let store_dir = state.store_dir().clone();
@@ -421,6 +420,15 @@ static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_C
 /// `?format=jsonl`: every attestation, streamed as [`audit::ExportLine`]s (503 when
 /// [`MAX_CONCURRENT_EXPORTS`] are already running).
 fn export_jsonl(store: Store) -> Result<Response, ApiError> {
+    export_stream(store, "application/jsonl", |store, w| audit::export_jsonl(store, w))
+}
+
+/// Stream what `export` writes (in a blocking task, at most [`MAX_CONCURRENT_EXPORTS`] at once).
+fn export_stream(
+    store: Store,
+    content_type: &'static str,
+    export: impl FnOnce(&Store, &mut dyn Write) -> Result<u64, audit::AuditError> + Send + 'static,
+) -> Result<Response, ApiError> {
     let permit = EXPORTS.try_acquire().map_err(|_| ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: format!("{MAX_CONCURRENT_EXPORTS} attestation exports are already running; try again later"),
@@ -429,15 +437,14 @@ fn export_jsonl(store: Store) -> Result<Response, ApiError> {
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut w = io::BufWriter::with_capacity(64 * 1024, ChannelWriter { tx: tx.clone() });
-        let result = audit::export_jsonl(&store, &mut w).map_err(io::Error::other).and_then(|_| w.flush());
+        let result = export(&store, &mut w).map_err(io::Error::other).and_then(|_| w.flush());
         if let Err(e) = result {
             tracing::error!(cause = %e, "attestation export failed; cutting the response");
             let _ = tx.blocking_send(Err(e));
         }
     });
     let stream = libp2p::futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/jsonl"))], Body::from_stream(stream))
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], Body::from_stream(stream)).into_response())
 }
 
 /// A [`Write`] that sends what is written as body chunks (blocking when the client is slow).

@@ -7,7 +7,8 @@
 //! | `GET /api/v1/mesh/delays` | `{"attestation_delay_ms": [..]}`: build end to acceptance here, recent gossip |
 //! | `POST /api/v1/mesh/retry` | `{"drv": "<drv>", "on": "<peer id>"}`: build `drv` on that node |
 //! | `POST /api/v1/peers/<peer id>/block`, `…/unblock` | close and refuse (or allow again) a peer's connections |
-//! | `GET /metrics` | libp2p counters in the Prometheus text format (gossipsub per topic, transport bytes) |
+//!
+//! `GET /metrics` (the libp2p counters and buildmesh's own) is served by [`super::metrics`].
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -41,7 +42,6 @@ pub fn router(handle: MeshHandle) -> Router {
         .route("/api/v1/mesh/retry", post(retry))
         .route("/api/v1/peers/{peer}/block", post(block))
         .route("/api/v1/peers/{peer}/unblock", post(unblock))
-        .route("/metrics", get(metrics))
         .with_state(handle)
 }
 
@@ -51,14 +51,6 @@ async fn peers(State(h): State<MeshHandle>) -> Response {
 
 async fn status(State(h): State<MeshHandle>) -> Response {
     Json(h.status()).into_response()
-}
-
-async fn metrics(State(h): State<MeshHandle>) -> Response {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        h.metrics_text(),
-    )
-        .into_response()
 }
 
 async fn delays(State(h): State<MeshHandle>) -> Response {

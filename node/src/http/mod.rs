@@ -11,9 +11,12 @@
 //! | `GET /api/v1/node` | who this node is ([`api::NodeInfo`]) |
 //! | `GET /api/v1/builds[?state=…]` | builds ([`api::BuildView`]) |
 //! | `GET /api/v1/builds/<drv>` | one build; `<drv>` is a base name or a full path, URL-encoded |
-//! | `GET /api/v1/builds/<drv>/log` | its log, `text/plain` |
+//! | `GET /api/v1/builds/<drv>/log[?builder=]` | its log, `text/plain`; fetched from a builder when not here ([`logs`]) |
 //! | `POST /api/v1/builds/<drv>/retry`, `…/cancel` | retry a failed/cancelled build, cancel one |
-//! | `GET /api/v1/attestations?path=…` / `?drv=…` / `?format=jsonl` | attestations |
+//! | `GET /api/v1/attestations?path=…` / `?drv=…` / `?format=jsonl` / `?format=in-toto` | attestations ([`crate::audit::intoto`]) |
+//! | `GET /diff?path=…`, `GET /api/v1/diff?path=…` | the NAR diff of a disputed output ([`diff`]) |
+//! | `GET /metrics` | OpenMetrics text: libp2p's counters and buildmesh's ([`metrics`]) |
+//! | `GET /reproducible.json` | the reproducibility feed (QA nodes; [`reproducible`]) |
 //! | `GET /api/v1/quarantine` | local registrations replaced by the accepted NarHash ([`crate::trust`]) |
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
 //! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
@@ -35,13 +38,17 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod diff;
 pub mod errors;
 pub mod health;
 pub mod limits;
+pub mod logs;
 pub mod mesh;
+pub mod metrics;
 pub mod nar;
 pub mod qa;
 pub mod range;
+pub mod reproducible;
 pub mod revisions;
 pub mod server;
 pub mod stream;
@@ -84,6 +91,8 @@ pub struct AppState {
 
 struct Inner {
     store: Store,
+    /// The node key (signs this node's own DSSE envelopes, issue 14).
+    key: Arc<NodeKey>,
     store_dir: StoreDir,
     info: Arc<NodeInfo>,
     scheduler: SchedulerHandle,
@@ -121,6 +130,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 store,
+                key,
                 store_dir,
                 info,
                 scheduler,
@@ -204,10 +214,13 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .route("/api/v1/node", get(api::node))
         .route("/api/v1/builds", get(api::builds))
         .route("/api/v1/builds/{drv}", get(api::build))
-        .route("/api/v1/builds/{drv}/log", get(api::log))
+        .route("/api/v1/builds/{drv}/log", get(logs::log))
         .route("/api/v1/builds/{drv}/retry", post(api::retry))
         .route("/api/v1/builds/{drv}/cancel", post(api::cancel))
         .route("/api/v1/attestations", get(api::attestations))
+        .route("/api/v1/diff", get(diff::api))
+        .route("/metrics", get(metrics::metrics))
+        .route("/diff", get(diff::page))
         .route("/api/v1/quarantine", get(trust::quarantine))
         .route(auth::CHECK_PATH, post(auth::auth_check))
         .fallback(api::not_found)

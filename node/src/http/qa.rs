@@ -15,6 +15,7 @@
 //! | `GET /api/v1/history?package=&channel=&branch=` or `?drv=` | a package across revisions, or a derivation's revisions |
 //! | `GET /api/v1/explain?drv=` | why a derivation is or is not building |
 //! | `GET /api/v1/ready?target=&base=` | the ready verdict with its reasons and rule |
+//! | `GET /reproducible.json?revision=&limit=` | the reproducibility feed ([`super::reproducible`]) |
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -42,6 +43,7 @@ pub fn router(ctx: QaContext) -> Router {
         .route("/api/v1/history", get(history))
         .route("/api/v1/explain", get(explain))
         .route("/api/v1/ready", get(ready))
+        .route("/reproducible.json", get(super::reproducible::feed))
         .layer(DefaultBodyLimit::max(MAX_QA_BODY))
         .with_state(ctx)
 }

@@ -106,6 +106,11 @@ impl Gateway {
         Gateway { fetcher, index }
     }
 
+    /// The fetcher (peers' NARs, verified).
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
+    }
+
     /// The output index.
     pub fn index(&self) -> &Arc<OutputIndex> {
         &self.index

@@ -37,6 +37,7 @@ pub mod driver;
 pub mod fetch;
 pub mod gateway;
 pub mod jobs;
+pub mod logs;
 pub mod quota;
 pub mod revisions;
 pub mod rpc;
@@ -371,6 +372,29 @@ impl MeshHandle {
     /// The network's counters in the Prometheus text format ([`crate::net::NetHandle::metrics_text`]).
     pub fn metrics_text(&self) -> String {
         self.net.metrics_text()
+    }
+
+    /// The build log of `drv` from a builder that signed one (only `builder`, when given),
+    /// checked against the builder's signed [`buildmesh_protocol::wire::LogDigest`] ([`logs`]).
+    pub async fn fetch_log(
+        &self,
+        store: &crate::store::Store,
+        drv: &StorePath,
+        builder: Option<NodeId>,
+    ) -> Result<logs::VerifiedLog, logs::LogError> {
+        logs::fetch(&self.net, store, drv, builder, self.node_id()).await
+    }
+
+    /// Fetch the NAR with this NarHash and NarSize from `builders` (verified; stored as a blob,
+    /// not registered as a path), unless it is stored already (`buildmesh diff`, issue 14).
+    pub async fn fetch_nar(
+        &self,
+        nar_hash: [u8; 32],
+        nar_size: u64,
+        builders: &[NodeId],
+    ) -> Result<crate::store::BlobInfo, fetch::FetchError> {
+        let peers: Vec<PeerId> = builders.iter().filter_map(fetch::peer_of).collect();
+        self.gateway.fetcher().fetch_nar(nar_hash, nar_size, &peers).await
     }
 
     async fn call<T>(

@@ -18,6 +18,11 @@
 //! anti-entropy, [`SyncRequest::Manifest`] for one chunk of a manifest. A node older than these
 //! cannot decode them and answers [`SyncResponse::Error`], which the asker takes as "this peer
 //! has no revisions"; it never asks for them itself, so it never sees the new responses.
+//!
+//! Build logs (issue 14) are appended the same way: [`SyncRequest::Log`] asks a builder for one
+//! chunk of its stored log of a derivation ([`SyncResponse::LogChunk`] or
+//! [`SyncResponse::LogNotFound`]); the asker checks the whole log against the
+//! [`buildmesh_protocol::wire::LogDigest`] in the builder's signed attestation or failure.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -216,7 +221,20 @@ pub enum SyncRequest {
         /// Most bytes wanted (at most [`MANIFEST_CHUNK_SIZE`]).
         len: u32,
     },
+    /// `len` bytes at `offset` of the responder's stored build log of `drv` (base name)
+    /// ([`SyncResponse::LogChunk`]).
+    Log {
+        /// The derivation.
+        drv: String,
+        /// Offset in the log.
+        offset: u64,
+        /// Most bytes wanted (at most [`LOG_CHUNK_SIZE`]).
+        len: u32,
+    },
 }
+
+/// Largest log chunk asked for or served (1 MiB, well under the sync response cap).
+pub const LOG_CHUNK_SIZE: u32 = 1 << 20;
 
 /// Largest manifest chunk asked for or served (1 MiB, well under the sync response cap).
 pub const MANIFEST_CHUNK_SIZE: u32 = 1 << 20;
@@ -280,6 +298,16 @@ pub enum SyncResponse {
     },
     /// The responder has no manifest with this hash.
     ManifestNotFound,
+    /// A chunk of a build log.
+    LogChunk {
+        /// The whole log's length.
+        total: u64,
+        /// The bytes at the requested offset (shorter at the end).
+        #[serde(with = "serde_bytes_vec")]
+        bytes: Vec<u8>,
+    },
+    /// The responder holds no log of this derivation.
+    LogNotFound,
 }
 
 #[cfg(test)]
@@ -314,6 +342,8 @@ mod tests {
         assert_eq!(encode(&SyncRequest::RevisionSummary), [4]);
         assert_eq!(encode(&SyncResponse::Error("e".into())), [3, 1, b'e']);
         assert_eq!(encode(&SyncResponse::ManifestNotFound)[0], 6);
+        assert_eq!(encode(&SyncRequest::Log { drv: "x".into(), offset: 0, len: 1 })[0], 7);
+        assert_eq!(encode(&SyncResponse::LogNotFound)[0], 8);
         let req = SyncRequest::Manifest { hash: [7; 32], offset: 5, len: MANIFEST_CHUNK_SIZE };
         assert_eq!(decode::<SyncRequest>("r", &encode(&req), 1024).unwrap(), req);
         let resp = SyncResponse::ManifestChunk { total: 9, bytes: vec![1; 1000] };

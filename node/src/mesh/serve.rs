@@ -16,8 +16,8 @@ use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use libp2p::PeerId;
 
 use super::rpc::{
-    self, ClosureRequest, ClosureResponse, MANIFEST_CHUNK_SIZE, MAX_PAGE_BYTES, MAX_PAGE_ITEMS, NarRequest,
-    NarResponse, SourceInfo, SyncRequest, SyncResponse,
+    self, ClosureRequest, ClosureResponse, LOG_CHUNK_SIZE, MANIFEST_CHUNK_SIZE, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
+    NarRequest, NarResponse, SourceInfo, SyncRequest, SyncResponse,
 };
 use crate::net::{NAR_CHUNK_SIZE, NetConfig};
 use crate::store::{NarBlobReader, Store, StoreError};
@@ -216,8 +216,33 @@ impl Server {
                     })
                 }
             }
+            SyncRequest::Log { drv, offset, len } => Ok(self.log_chunk(drv, *offset, *len)),
         };
         r.unwrap_or_else(|e| SyncResponse::Error(e.to_string()))
+    }
+
+    /// A chunk of this node's stored log of `drv` (issue 14): the bytes its signed attestation or
+    /// failure names by [`buildmesh_protocol::wire::LogDigest`].
+    fn log_chunk(&self, drv: &str, offset: u64, len: u32) -> SyncResponse {
+        if len == 0 || len > LOG_CHUNK_SIZE {
+            return SyncResponse::Error(format!("log chunk length {len} is outside 1..={LOG_CHUNK_SIZE}"));
+        }
+        let drv = match StorePath::from_basename(drv) {
+            Ok(d) => d,
+            Err(e) => return SyncResponse::Error(format!("{:?} is not a store path: {e}", drv)),
+        };
+        match self.store.get_log(&drv) {
+            Err(e) => SyncResponse::Error(e.to_string()),
+            Ok(None) => SyncResponse::LogNotFound,
+            Ok(Some(log)) => {
+                let total = log.len() as u64;
+                if offset > total {
+                    return SyncResponse::Error(format!("offset {offset} is past the log's end ({total} bytes)"));
+                }
+                let end = (offset + u64::from(len)).min(total);
+                SyncResponse::LogChunk { total, bytes: log[offset as usize..end as usize].to_vec() }
+            }
+        }
     }
 }
 

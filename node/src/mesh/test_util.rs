@@ -29,6 +29,7 @@ pub(crate) fn att(key: &NodeKey, path: &StorePath, hash: u8) -> Attestation {
         started_at_ms: 1,
         finished_at_ms: 2,
         outputs: BTreeMap::from([("out".to_string(), o)]),
+        log: None,
     }
 }
 

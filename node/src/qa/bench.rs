@@ -139,6 +139,7 @@ fn attest(store: &Store, m: &Manifest, keys: &[NodeKey], done: &mut HashSet<Stor
                 started_at_ms: 1,
                 finished_at_ms: 2,
                 outputs,
+                log: None,
             };
             let signed = Signed::sign(key, &a)?;
             let envelope = buildmesh_protocol::wire::Encode::to_bytes(signed.envelope());

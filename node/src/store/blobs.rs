@@ -106,6 +106,11 @@ impl<W: Write> Write for Counting<W> {
 impl BlobDir {
     /// Open (creating) the blob directory, with at most `plain_budget` bytes of plain copies
     /// (in `.plain/`; those of an earlier process are deleted).
+    /// The directory of the blob files.
+    pub(crate) fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub(crate) fn open(root: PathBuf, level: i32, plain_budget: u64) -> Result<BlobDir, StoreError> {
         fs::create_dir_all(&root).map_err(io_err(&root, "create blob directory"))?;
         let plain = Arc::new(PlainCopies::open(root.join(PLAIN_DIR), plain_budget)?);

@@ -27,6 +27,7 @@
 
 mod blobs;
 mod builds;
+mod disk_use;
 mod health;
 mod manifests;
 mod mesh;
@@ -52,8 +53,10 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 use thiserror::Error;
 
 pub use blobs::{NarBlobReader, ServedNar};
+pub use disk_use::DiskUse;
 pub use health::StoreFailure;
 pub use manifests::{CheckedManifest, MAX_MANIFEST_BYTES};
+pub use paths::capped_log;
 pub use records::{
     AttestationEntry, AttestedOutput, BlobInfo, BuildCounts, BuildFilter, BuildRecord, BuildState, EnqueueOutcome,
     EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,

@@ -117,17 +117,8 @@ impl StoreWriter<'_> {
     /// Replace the build log of `drv`. Logs longer than `max_log_bytes` keep their tail, behind a
     /// marker line. Stored zstd-compressed.
     pub fn put_log(&mut self, drv: &StorePath, log: &[u8]) -> Result<(), StoreError> {
-        let max = self.store.options.max_log_bytes;
-        let compressed = if log.len() > max {
-            let keep = max.saturating_sub(LOG_TRUNCATED.len());
-            let mut capped = Vec::with_capacity(max);
-            capped.extend_from_slice(&LOG_TRUNCATED[..LOG_TRUNCATED.len().min(max)]);
-            capped.extend_from_slice(&log[log.len() - keep..]);
-            zstd::bulk::compress(&capped, 3)
-        } else {
-            zstd::bulk::compress(log, 3)
-        }
-        .map_err(|e| StoreError::Corrupt {
+        let capped = capped_log(log, self.store.options.max_log_bytes);
+        let compressed = zstd::bulk::compress(&capped, 3).map_err(|e| StoreError::Corrupt {
             table: "logs",
             key: drv.to_string(),
             reason: format!("cannot compress: {e}"),
@@ -140,6 +131,20 @@ impl StoreWriter<'_> {
             .ctx("writing logs")?;
         Ok(())
     }
+}
+
+/// The bytes [`StoreWriter::put_log`] keeps of `log` under a cap of `max` bytes: all of it when it
+/// fits, else a marker line and the tail. The digest a builder signs (issue 14) is of these bytes,
+/// which are what it serves.
+pub fn capped_log(log: &[u8], max: usize) -> std::borrow::Cow<'_, [u8]> {
+    if log.len() <= max {
+        return std::borrow::Cow::Borrowed(log);
+    }
+    let keep = max.saturating_sub(LOG_TRUNCATED.len());
+    let mut capped = Vec::with_capacity(max);
+    capped.extend_from_slice(&LOG_TRUNCATED[..LOG_TRUNCATED.len().min(max)]);
+    capped.extend_from_slice(&log[log.len() - keep..]);
+    std::borrow::Cow::Owned(capped)
 }
 
 impl Store {

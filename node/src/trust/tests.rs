@@ -56,6 +56,7 @@ fn attest(store: &Store, key: &NodeKey, path: &StorePath, nar: &[u8]) {
         started_at_ms: 1,
         finished_at_ms: 2,
         outputs: [("out".to_string(), out)].into(),
+        log: None,
     };
     let v = Signed::sign(key, &a).unwrap().verify().unwrap();
     let entry = AttestationEntry {

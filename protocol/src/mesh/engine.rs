@@ -544,6 +544,7 @@ impl Mesh {
         &mut self,
         drv: &StorePath,
         reason: FailureReason,
+        log: Option<crate::wire::LogDigest>,
         now_ms: u64,
     ) -> Result<(), MeshError> {
         self.check_backpressure()?;
@@ -560,6 +561,7 @@ impl Mesh {
             mode: own.mode,
             at_ms: now,
             reason: reason.clone(),
+            log,
         };
         e.own_failure = Some(Box::new(failure.clone()));
         e.last_republish_ms = Some(now);

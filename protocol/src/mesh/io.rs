@@ -45,6 +45,8 @@ pub enum Input {
         drv: StorePath,
         /// Why.
         reason: FailureReason,
+        /// The digest of the build log the node stored, carried in the signed failure.
+        log: Option<crate::wire::LogDigest>,
     },
     /// `buildmesh retry DRV --on PEER`: build `drv` on `on`. Given to the node `on` itself, it
     /// claims and builds the derivation whatever the placement says (forgetting its own earlier

@@ -253,8 +253,8 @@ impl Mesh {
             }
             Input::BuildFinished(a) => self.build_finished(a, now_ms, true).map(|()| Disposition::Applied),
             Input::RestoreAttestation(a) => self.build_finished(a, now_ms, false).map(|()| Disposition::Applied),
-            Input::BuildFailed { drv, reason } => {
-                self.build_failed(&drv, reason, now_ms).map(|()| Disposition::Applied)
+            Input::BuildFailed { drv, reason, log } => {
+                self.build_failed(&drv, reason, log, now_ms).map(|()| Disposition::Applied)
             }
             Input::Retry { drv, on } => self.retry(&drv, on, now_ms).map(|()| Disposition::Applied),
         }
@@ -286,14 +286,14 @@ impl Mesh {
         self.handle(Input::BuildFinished(attestation), now_ms).map(drop)
     }
 
-    /// This node's build failed: `handle(Input::BuildFailed { drv, reason }, now_ms)`.
+    /// This node's build failed: `handle(Input::BuildFailed { drv, reason, log: None }, now_ms)`.
     pub fn handle_build_failed(
         &mut self,
         drv: &StorePath,
         reason: crate::wire::FailureReason,
         now_ms: u64,
     ) -> Result<(), MeshError> {
-        self.handle(Input::BuildFailed { drv: drv.clone(), reason }, now_ms).map(drop)
+        self.handle(Input::BuildFailed { drv: drv.clone(), reason, log: None }, now_ms).map(drop)
     }
 
     /// The live view as placement sees it (this node included); `None` only

@@ -67,6 +67,7 @@ fn attestation(k: &NodeKey, d: u8, hash: [u8; 32], now: u64) -> Attestation {
         started_at_ms: now - 10,
         finished_at_ms: now,
         outputs: [("out".to_string(), o)].into_iter().collect(),
+        log: None,
     }
 }
 
@@ -346,12 +347,12 @@ fn failure_retries_on_another_node_and_deterministic_failures_end_the_job() {
     net.input(0, Input::Submit { job: job(a, 6, 1), inputs: BTreeSet::new() });
     assert_eq!(Net::started(&net.take_log()), vec![rank[0]]);
     // A timeout is worth retrying elsewhere.
-    net.input(rank[0], Input::BuildFailed { drv: drv(6), reason: FailureReason::Timeout { limit_ms: 5 } });
+    net.input(rank[0], Input::BuildFailed { drv: drv(6), reason: FailureReason::Timeout { limit_ms: 5 }, log: None });
     assert_eq!(Net::started(&net.take_log()), vec![rank[1]]);
     // A builder exit is deterministic: one more builder confirms it, then the job is given up.
-    net.input(rank[1], Input::BuildFailed { drv: drv(6), reason: FailureReason::BuilderExit { code: 1 } });
+    net.input(rank[1], Input::BuildFailed { drv: drv(6), reason: FailureReason::BuilderExit { code: 1 }, log: None });
     assert_eq!(Net::started(&net.take_log()), vec![rank[2]]);
-    net.input(rank[2], Input::BuildFailed { drv: drv(6), reason: FailureReason::BuilderExit { code: 1 } });
+    net.input(rank[2], Input::BuildFailed { drv: drv(6), reason: FailureReason::BuilderExit { code: 1 }, log: None });
     let log = net.take_log();
     assert!(Net::started(&log).is_empty());
     let failed: Vec<usize> = events(&log)
@@ -371,7 +372,7 @@ fn failure_retries_on_another_node_and_deterministic_failures_end_the_job() {
     let rank = net.rank(7);
     net.input(0, Input::Submit { job: job(a, 7, 1), inputs: BTreeSet::new() });
     for r in &rank[..2] {
-        net.input(*r, Input::BuildFailed { drv: drv(7), reason: FailureReason::Timeout { limit_ms: 5 } });
+        net.input(*r, Input::BuildFailed { drv: drv(7), reason: FailureReason::Timeout { limit_ms: 5 }, log: None });
     }
     let log = net.take_log();
     assert!(
@@ -521,9 +522,9 @@ fn dependents_wait_for_their_inputs() {
     assert_eq!(net.nodes[0].pending_submissions(), 1);
     let builder = Net::started(&log)[0];
     // The input fails: the dependent waiting for it fails too, without being published.
-    net.input(builder, Input::BuildFailed { drv: drv(12), reason: FailureReason::BuilderExit { code: 2 } });
+    net.input(builder, Input::BuildFailed { drv: drv(12), reason: FailureReason::BuilderExit { code: 2 }, log: None });
     let builder = Net::started(&net.take_log())[0];
-    net.input(builder, Input::BuildFailed { drv: drv(12), reason: FailureReason::BuilderExit { code: 2 } });
+    net.input(builder, Input::BuildFailed { drv: drv(12), reason: FailureReason::BuilderExit { code: 2 }, log: None });
     let log = net.take_log();
     assert!(events(&log).iter().any(|(i, e)| *i == 0
         && matches!(e, Event::JobFailed { drv: d, failure: JobFailure::InputFailed { .. }, .. } if *d == drv(13))));
@@ -624,8 +625,10 @@ fn bounds_and_errors() {
     assert_eq!(net.nodes[0].handle_message(&m, net.now).unwrap(), Disposition::Applied);
     assert!(net.nodes[0].job(&drv(1)).is_none(), "evicted");
     assert!(matches!(
-        net.nodes[0]
-            .handle(Input::BuildFailed { drv: drv(4), reason: FailureReason::Timeout { limit_ms: 1 } }, net.now),
+        net.nodes[0].handle(
+            Input::BuildFailed { drv: drv(4), reason: FailureReason::Timeout { limit_ms: 1 }, log: None },
+            net.now
+        ),
         Err(MeshError::NotBuilding { .. })
     ));
     // Backpressure: an undrained queue refuses input.

@@ -13,6 +13,72 @@ use crate::narinfo::{self, FingerprintError, NarInfo};
 use crate::nixkey::NixSignature;
 use crate::store_path::{StoreDir, StorePath};
 
+/// The digest of a build log as the builder stored it: what a node that fetches the log from the
+/// builder checks it against, so a peer relaying it cannot swap it (issue 14).
+///
+/// The log is the builder's stored log (capped at its `max_log_bytes`, keeping the tail), so its
+/// digest is computed over exactly the bytes the builder serves.
+///
+/// Encoding (as an extension, see [`Attestation`]): `sha256` 32 bytes ‖ `size` u64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogDigest {
+    /// sha256 of the log bytes.
+    pub sha256: [u8; 32],
+    /// Length of the log in bytes.
+    pub size: u64,
+}
+
+impl LogDigest {
+    /// The extension tag of a log digest.
+    pub const TAG: u8 = 1;
+
+    /// The digest of `log`.
+    pub fn of(log: &[u8]) -> LogDigest {
+        use sha2::Digest as _;
+        LogDigest { sha256: sha2::Sha256::digest(log).into(), size: log.len() as u64 }
+    }
+
+    /// Whether `log` is the log this digest names.
+    pub fn matches(&self, log: &[u8]) -> bool {
+        *self == LogDigest::of(log)
+    }
+}
+
+/// Encode the optional extensions of a build result: nothing for none (the encoding of a message
+/// without them is unchanged), else each present one as `tag` u8 ‖ fields, tags increasing.
+fn put_extensions<S: Sink + ?Sized>(out: &mut S, log: Option<&LogDigest>) {
+    if let Some(l) = log {
+        put_u8(out, LogDigest::TAG);
+        out.put(&l.sha256);
+        put_u64(out, l.size);
+    }
+}
+
+/// Decode the extensions after the mandatory fields (whatever is left of `r`): a message from
+/// before they existed has none. Tags must increase; an unknown tag is an error (a later version
+/// that adds one also teaches its decoders).
+fn read_extensions(r: &mut Reader<'_>, field: &'static str) -> Result<Option<LogDigest>, DecodeError> {
+    let mut log = None;
+    let mut last = 0u8;
+    while r.remaining() > 0 {
+        let offset = r.offset();
+        let tag = r.u8(field)?;
+        if tag <= last {
+            return Err(DecodeError::NotCanonical { field, offset });
+        }
+        last = tag;
+        match tag {
+            LogDigest::TAG => {
+                let sha256 = r.array::<32>(field)?;
+                let size = r.u64(field)?;
+                log = Some(LogDigest { sha256, size });
+            }
+            tag => return Err(DecodeError::InvalidTag { field, offset, tag }),
+        }
+    }
+    Ok(log)
+}
+
 /// One output of an attested build.
 ///
 /// Encoding: `path` ‖ `nar_hash` 32 bytes ‖ `nar_size` u64 (> 0) ‖ `references` (set of store paths)
@@ -121,7 +187,8 @@ impl OutputAttestation {
 ///
 /// Encoding: `builder` ‖ `store_dir` ‖ `drv` ‖ `mode` u8 (0 native, 1 emulated) ‖ `started_at_ms` u64
 /// ‖ `finished_at_ms` u64 (≥ start) ‖ outputs: count (1..=64) then, strictly increasing by name,
-/// name ‖ [`OutputAttestation`].
+/// name ‖ [`OutputAttestation`] ‖ extensions: nothing, or `1` u8 ‖ [`LogDigest`] (appended in
+/// issue 14; a message without it encodes and decodes as before).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attestation {
     /// The builder (must be the signer; its key also made the Nix signatures).
@@ -138,6 +205,8 @@ pub struct Attestation {
     pub finished_at_ms: u64,
     /// Outputs by name (`out`, `dev`, …); at least one.
     pub outputs: BTreeMap<String, OutputAttestation>,
+    /// The digest of the build log the builder stored (`None`: an older builder, or no log).
+    pub log: Option<LogDigest>,
 }
 
 impl Encode for Attestation {
@@ -153,6 +222,7 @@ impl Encode for Attestation {
             put_str(out, name);
             o.encode(out);
         }
+        put_extensions(out, self.log.as_ref());
     }
 }
 
@@ -185,7 +255,8 @@ impl Payload for Attestation {
             let o = OutputAttestation::decode(r)?;
             outputs.insert(name, o);
         }
-        Ok(Attestation { builder, store_dir, drv, mode, started_at_ms, finished_at_ms, outputs })
+        let log = read_extensions(r, "attestation.extensions")?;
+        Ok(Attestation { builder, store_dir, drv, mode, started_at_ms, finished_at_ms, outputs, log })
     }
 
     fn author(&self) -> &NodeId {
@@ -333,7 +404,8 @@ impl FailureReason {
 ///
 /// Idempotence and replays: keyed by (`drv`, `builder`, `attempt`); duplicates are dropped.
 ///
-/// Encoding: `builder` ‖ `store_dir` ‖ `drv` ‖ `attempt` u32 (≥ 1) ‖ `mode` u8 ‖ `at_ms` u64 ‖ `reason`.
+/// Encoding: `builder` ‖ `store_dir` ‖ `drv` ‖ `attempt` u32 (≥ 1) ‖ `mode` u8 ‖ `at_ms` u64 ‖ `reason`
+/// ‖ extensions as in [`Attestation`] (the [`LogDigest`] of the failed build's log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildFailure {
     /// The builder (must be the signer).
@@ -350,6 +422,8 @@ pub struct BuildFailure {
     pub at_ms: u64,
     /// Why.
     pub reason: FailureReason,
+    /// The digest of the build log the builder stored (`None`: an older builder).
+    pub log: Option<LogDigest>,
 }
 
 impl Encode for BuildFailure {
@@ -361,6 +435,7 @@ impl Encode for BuildFailure {
         put_u8(out, self.mode.tag());
         put_u64(out, self.at_ms);
         self.reason.encode(out);
+        put_extensions(out, self.log.as_ref());
     }
 }
 
@@ -379,7 +454,8 @@ impl Payload for BuildFailure {
         let mode = BuildMode::decode(r, "build_failure.mode")?;
         let at_ms = r.u64("build_failure.at_ms")?;
         let reason = FailureReason::decode(r)?;
-        Ok(BuildFailure { builder, store_dir, drv, attempt, mode, at_ms, reason })
+        let log = read_extensions(r, "build_failure.extensions")?;
+        Ok(BuildFailure { builder, store_dir, drv, attempt, mode, at_ms, reason, log })
     }
 
     fn author(&self) -> &NodeId {

@@ -106,7 +106,7 @@ prop_compose! {
             (name, OutputAttestation::new_signed(&k, &store_dir, p, h, s, r, c, d).unwrap())
         }).collect();
         let a = Attestation { builder: k.node_id(), store_dir, drv, mode, started_at_ms: start,
-            finished_at_ms: start + dur, outputs };
+            finished_at_ms: start + dur, outputs, log: None };
         (k, a)
     }
 }
@@ -129,7 +129,7 @@ fn arb_reason() -> impl Strategy<Value = FailureReason> {
 prop_compose! {
     fn arb_failure()(k in arb_key(), store_dir in arb_store_dir(), drv in arb_drv(), attempt in 1u32..,
         mode in arb_mode(), at in any::<u64>(), reason in arb_reason()) -> (NodeKey, BuildFailure) {
-        let f = BuildFailure { builder: k.node_id(), store_dir, drv, attempt, mode, at_ms: at, reason };
+        let f = BuildFailure { builder: k.node_id(), store_dir, drv, attempt, mode, at_ms: at, reason, log: None };
         (k, f)
     }
 }
@@ -286,6 +286,7 @@ fn oversize_is_rejected_before_decoding() {
         started_at_ms: 0,
         finished_at_ms: 0,
         outputs: [("out".to_string(), out)].into_iter().collect(),
+        log: None,
     };
     assert!(matches!(Signed::sign(&k, &a), Err(SignError::TooLarge { .. })));
 }
@@ -341,6 +342,7 @@ fn attestation_nix_signatures_are_checked() {
         started_at_ms: 5,
         finished_at_ms: 6,
         outputs: [("out".to_string(), out(&a))].into_iter().collect(),
+        log: None,
     };
     let ok = Signed::sign(&a, &att).unwrap().verify().unwrap();
     // The narinfo the gateway would serve verifies with the builder's Nix key.
@@ -440,6 +442,7 @@ fn decode_errors_are_typed() {
         mode: BuildMode::Native,
         at_ms: 0,
         reason: FailureReason::Timeout { limit_ms: 1 },
+        log: None,
     };
     let mut b = f.to_bytes();
     let tag_pos = b.len() - 9;
@@ -458,4 +461,76 @@ fn message_ids_ignore_nothing_but_the_signature() {
     let s2 = Signed::sign(&k, &c2).unwrap();
     assert_ne!(s1.id(), s2.id());
     assert_eq!(s1.id(), Signed::<Claim>::decode(&s1.to_bytes()).unwrap().id());
+}
+
+/// The log digest (issue 14) is an extension appended at the end: a message without it keeps the
+/// encoding it always had, one with it is that encoding plus `1 ‖ sha256 ‖ size`, and both verify
+/// and round-trip; a repeated or unknown extension tag is refused, naming the field.
+#[test]
+fn log_digest_is_an_optional_trailing_extension() {
+    let k = key(5);
+    let f = BuildFailure {
+        builder: k.node_id(),
+        store_dir: StoreDir::nix(),
+        drv: StorePath::new([3; 20], "x.drv").unwrap(),
+        attempt: 1,
+        mode: BuildMode::Native,
+        at_ms: 7,
+        reason: FailureReason::BuilderExit { code: 2 },
+        log: None,
+    };
+    let old = f.to_bytes();
+    let digest = LogDigest::of(b"building\nfailed\n");
+    assert!(digest.matches(b"building\nfailed\n"));
+    assert!(!digest.matches(b"building\nworked\n"));
+    let with = BuildFailure { log: Some(digest), ..f.clone() };
+    let new = with.to_bytes();
+    assert_eq!(&new[..old.len()], &old[..], "the older fields keep their encoding");
+    assert_eq!(new.len(), old.len() + 1 + 32 + 8);
+    assert_eq!(new[old.len()], LogDigest::TAG);
+    assert_eq!(BuildFailure::decode_payload(&mut Reader::new(&old)).unwrap(), f);
+    assert_eq!(BuildFailure::decode_payload(&mut Reader::new(&new)).unwrap(), with);
+    let signed = Signed::sign(&k, &with).unwrap().verify().unwrap();
+    assert_eq!(signed.log, Some(digest));
+
+    let mut twice = new.clone();
+    twice.extend_from_slice(&new[old.len()..]);
+    let err = BuildFailure::decode_payload(&mut Reader::new(&twice)).unwrap_err();
+    assert!(matches!(err, DecodeError::NotCanonical { field: "build_failure.extensions", .. }), "{err}");
+    let mut unknown = old.clone();
+    unknown.push(9);
+    let err = BuildFailure::decode_payload(&mut Reader::new(&unknown)).unwrap_err();
+    assert!(matches!(err, DecodeError::InvalidTag { field: "build_failure.extensions", tag: 9, .. }), "{err}");
+    let truncated = &new[..new.len() - 1];
+    assert!(BuildFailure::decode_payload(&mut Reader::new(truncated)).is_err());
+
+    let a = Attestation {
+        builder: k.node_id(),
+        store_dir: StoreDir::nix(),
+        drv: StorePath::new([4; 20], "y.drv").unwrap(),
+        mode: BuildMode::Native,
+        started_at_ms: 1,
+        finished_at_ms: 2,
+        outputs: BTreeMap::from([("out".to_string(), {
+            let path = StorePath::new([5; 20], "y").unwrap();
+            OutputAttestation::new_signed(
+                &k,
+                &StoreDir::nix(),
+                path,
+                [6; 32],
+                9,
+                BTreeSet::new(),
+                ArtifactHash::from_bytes([7; 32]),
+                None,
+            )
+            .unwrap()
+        })]),
+        log: None,
+    };
+    let old = a.to_bytes();
+    let with = Attestation { log: Some(digest), ..a.clone() };
+    let new = with.to_bytes();
+    assert_eq!(&new[..old.len()], &old[..]);
+    assert_eq!(Attestation::decode_payload(&mut Reader::new(&old)).unwrap(), a);
+    assert_eq!(Signed::sign(&k, &with).unwrap().verify().unwrap().log, Some(digest));
 }

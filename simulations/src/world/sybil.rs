@@ -100,6 +100,7 @@ impl World {
                     mode: BuildMode::Native,
                     at_ms: self.now,
                     reason: FailureReason::BuilderExit { code: 1 },
+                    log: None,
                 })
             })
             .collect();

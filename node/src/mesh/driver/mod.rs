@@ -28,8 +28,8 @@ use buildmesh_protocol::mesh::{
 use buildmesh_protocol::signed::{Envelope, Signed, Verified};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
-    Attestation, Batch, Encode as _, FailureReason, JobSubmission, Kind, MAX_REPLICAS, MAX_TEXT_LEN, Message,
-    validate_feature, validate_system,
+    Attestation, Batch, Encode as _, FailureReason, JobSubmission, Kind, LogDigest, MAX_REPLICAS, MAX_TEXT_LEN,
+    Message, validate_feature, validate_system,
 };
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Semaphore, mpsc};
@@ -481,7 +481,13 @@ impl Driver {
             other => other,
         };
         tracing::warn!(target: EVENTS, event = "build_failed", drv = %drv, ?reason);
-        if let Err(e) = self.input(Input::BuildFailed { drv: drv.clone(), reason }).await {
+        // The signed failure names the log this node stored (and serves to peers, issue 14).
+        let (store, d) = (self.ctx.store.clone(), drv.clone());
+        let log = tokio::task::spawn_blocking(move || store.get_log(&d).ok().flatten().map(|l| LogDigest::of(&l)))
+            .await
+            .ok()
+            .flatten();
+        if let Err(e) = self.input(Input::BuildFailed { drv: drv.clone(), reason, log }).await {
             tracing::debug!(drv = %drv, cause = %e, "the machine did not take the failure");
         }
     }

@@ -26,6 +26,7 @@ fn failure(k: &NodeKey, d: u8, now: u64) -> Message {
         mode: BuildMode::Native,
         at_ms: now,
         reason: FailureReason::BuilderExit { code: 1 },
+        log: None,
     })
 }
 
@@ -117,7 +118,7 @@ fn a_strangers_failure_counts_once_placement_designates_it() {
     assert!(net.nodes[0].job(&drv(d)).unwrap().failed.is_empty());
     // The first builder fails deterministically too: the next in line is the stranger, whom
     // placement would have asked anyway; now its failure counts, and two confirm the job broken.
-    net.input(first[0], Input::BuildFailed { drv: drv(d), reason: FailureReason::BuilderExit { code: 1 } });
+    net.input(first[0], Input::BuildFailed { drv: drv(d), reason: FailureReason::BuilderExit { code: 1 }, log: None });
     for i in 0..3 {
         let v = net.nodes[i].job(&drv(d)).unwrap();
         assert_eq!(v.state, "failed", "node {i}: {v:?}");

@@ -112,7 +112,7 @@ proptest! {
                     let reason = if deterministic { FailureReason::BuilderExit { code: 1 } }
                         else { FailureReason::Timeout { limit_ms: 1 } };
                     let f = crate::wire::BuildFailure { builder: keys[node].node_id(), store_dir: StoreDir::nix(),
-                        drv: drv(d), attempt, mode: BuildMode::Native, at_ms: now, reason };
+                        drv: drv(d), attempt, mode: BuildMode::Native, at_ms: now, reason, log: None };
                     mesh.handle_message(&Message::BuildFailure(f), now).map(|_| ())
                 }
                 Op::LocalSubmit { d, input } => {
@@ -133,7 +133,7 @@ proptest! {
                 Op::FailOwn => match building.keys().next().cloned() {
                     Some(p) => {
                         building.remove(&p);
-                        mesh.handle(Input::BuildFailed { drv: p, reason: FailureReason::Timeout { limit_ms: 1 } }, now)
+                        mesh.handle(Input::BuildFailed { drv: p, reason: FailureReason::Timeout { limit_ms: 1 }, log: None }, now)
                             .map(|_| ())
                     }
                     None => Ok(()),

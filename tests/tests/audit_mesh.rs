@@ -1,0 +1,231 @@
+//! Issue 14, items 4 to 7, on one real 3-node mesh (k = 2, quorum 2, every key trusted): a
+//! deterministic derivation built by two builders and an unreproducible one (a directory with a
+//! file that holds the build time) built by two, which disagree.
+//!
+//! - Logs from any node: the node that built neither fetches the log from a builder, checked
+//!   against the builder's signed log digest (`GET /api/v1/builds/<drv>/log`, `buildmesh log`);
+//!   after a builder's stored log is swapped (written into its stopped database), asking that
+//!   builder is refused and the other builder's log is served.
+//! - NAR diff: that node fetches both NARs of the disputed output and reports the differing file
+//!   (`buildmesh diff`, `GET /diff` as HTML and as JSON).
+//! - in-toto export: every DSSE envelope a builder exports verifies with ed25519 over the PAE
+//!   under the builder's key (checked here, independently of the node), and names the outputs'
+//!   NarHashes; an altered payload does not verify.
+//! - `/reproducible.json` and `/metrics` after a revision of both jobs is published.
+
+mod mesh_support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use buildmesh::store::Store;
+use buildmesh_protocol::store_path::StorePath;
+use mesh_support::*;
+
+fn submit_wait(c: &Cluster, i: usize, dir: &Path, drv: &StorePath) -> (bool, String) {
+    let shown = sd().display(drv);
+    let out = Command::new(bin())
+        .args(["submit", "--api", &c.urls[i], "--from", dir.to_str().unwrap(), "--replicas", "2", "--wait"])
+        .args(["--timeout", "180", &shown])
+        .env("BUILDMESH_LOG", "warn")
+        .env("BUILDMESH_TOKEN", c.token(i))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+fn builders_of(c: &Cluster, i: usize, path: &str) -> BTreeSet<String> {
+    c.attesters(i, path).into_values().flatten().collect()
+}
+
+fn get_with(url: &str, accept: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let r = http().get(url).header("accept", accept).send().unwrap();
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.bytes().unwrap().to_vec())
+}
+
+#[test]
+fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(tmp.path(), 3, &[]);
+    let dir = tmp.path().join("drvs");
+    let mut d = Drvs::new(&dir);
+    let (logged, logged_out) = d.add("logged", "echo audit-log-marker-1; echo ok > $out", &[]);
+    let (unrepro, unrepro_out) =
+        d.add("unrepro-dir", "mkdir $out; echo same > $out/same; date +%s%N > $out/stamp; echo unrepro-log", &[]);
+    let (ok, out) = submit_wait(&c, 0, &dir, &logged);
+    assert!(ok, "logged: {out}\n{}", c.logs());
+    let (ok, out) = submit_wait(&c, 0, &dir, &unrepro);
+    assert!(!ok, "the unreproducible derivation is disputed: {out}");
+    let (logged_s, unrepro_s) = (sd().display(&logged_out), sd().display(&unrepro_out));
+    for i in 0..3 {
+        wait_for(&format!("node {i} to hold both builders' attestations"), Duration::from_secs(60), || {
+            (builders_of(&c, i, &logged_s).len() >= 2 && builders_of(&c, i, &unrepro_s).len() >= 2).then_some(())
+        });
+    }
+
+    // ---- item 4: the log from a node that built nothing ----
+    let builders = builders_of(&c, 0, &logged_s);
+    let other = (0..3).find(|i| !builders.contains(&c.peer_ids[*i])).expect("a node that did not build `logged`");
+    let b_idx: Vec<usize> = (0..3).filter(|i| builders.contains(&c.peer_ids[*i])).collect();
+    let drv_s = sd().display(&logged);
+    let log_url = |url: &str, q: &str| format!("{url}/api/v1/builds/{logged}/log{q}");
+    let (s, h, body) = get_with(&log_url(&c.urls[other], ""), "text/plain");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(s, 200, "{text}\n{}", c.logs());
+    assert!(text.contains("audit-log-marker-1"), "{text}");
+    let served_by = h["x-buildmesh-log-builder"].to_str().unwrap().to_string();
+    assert!(builders.contains(&served_by), "{served_by} is a builder");
+    assert!(h.contains_key("x-buildmesh-log-sha256"), "a fetched log is marked as checked");
+    let (st, stdout, stderr) = cli_env(
+        &["log", "--api", &c.urls[other], "--builder", &c.peer_ids[b_idx[1]], &drv_s],
+        &[("BUILDMESH_LOG", "warn")],
+    );
+    assert!(st.success() && stdout.contains("audit-log-marker-1"), "{stdout}\n{stderr}");
+
+    // ---- item 5: the NAR diff of the disputed output, computed by the node that built `logged` neither ----
+    let (st, stdout, stderr) = cli_env(&["diff", "--api", &c.urls[other], &unrepro_s], &[("BUILDMESH_LOG", "warn")]);
+    assert!(st.success(), "{stdout}\n{stderr}\n{}", c.logs());
+    assert!(stdout.contains("changed  /stamp  (contents)"), "{stdout}");
+    assert!(!stdout.contains("/same"), "the identical file is not reported: {stdout}");
+    assert!(stdout.contains("0 added, 0 removed, 1 changed"), "{stdout}");
+    let diff_url = format!("{}/diff?path={}", c.urls[other], unrepro_s);
+    let (s, h, body) = get_with(&diff_url, "text/html");
+    let html = String::from_utf8_lossy(&body);
+    assert_eq!(s, 200, "{html}");
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(html.contains("/stamp") && html.contains("<pre>"), "{html}");
+    let (s, _, body) = get_with(&diff_url, "application/json");
+    assert_eq!(s, 200);
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["diff"]["changed"][0]["path"], "/stamp", "{j}");
+    assert!(j["diff"]["changed"][0]["unified_diff"].as_str().unwrap().contains("+"), "{j}");
+    assert_ne!(j["a"]["nar_hash"], j["b"]["nar_hash"]);
+    let (s, _, _) = get_with(&format!("{}/api/v1/diff?path={}", c.urls[other], logged_s), "application/json");
+    assert_eq!(s, 409, "builders that agree have nothing to diff");
+
+    // ---- item 6: in-toto export, verified here with ed25519 over the PAE ----
+    let a = b_idx[0];
+    let (s, body) = get(&format!("{}/api/v1/attestations?format=in-toto", c.urls[a]));
+    assert_eq!(s, 200);
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(c.keys[a].node_id().as_bytes()).unwrap();
+    let mut subjects = BTreeSet::new();
+    let lines: Vec<&str> = std::str::from_utf8(&body).unwrap().lines().collect();
+    assert!(lines.len() >= 2, "builder {a} exports its attestations: {lines:?}");
+    for line in &lines {
+        let env: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(env["payloadType"], "application/vnd.in-toto+json");
+        let payload = B64.decode(env["payload"].as_str().unwrap()).unwrap();
+        let sig = &env["signatures"][0];
+        assert_eq!(sig["keyid"].as_str().unwrap(), c.keys[a].nix_public_key().to_string());
+        let sig = ed25519_dalek::Signature::from_slice(&B64.decode(sig["sig"].as_str().unwrap()).unwrap()).unwrap();
+        let pae = |p: &[u8]| {
+            let mut v = format!("DSSEv1 28 application/vnd.in-toto+json {} ", p.len()).into_bytes();
+            v.extend_from_slice(p);
+            v
+        };
+        vk.verify_strict(&pae(&payload), &sig).expect("the DSSE signature verifies under the builder key");
+        let mut altered = payload.clone();
+        altered[10] ^= 1;
+        assert!(vk.verify_strict(&pae(&altered), &sig).is_err(), "an altered statement does not verify");
+        let st: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+        assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+        assert_eq!(st["predicate"]["runDetails"]["builder"]["id"], c.keys[a].nix_public_key().to_string());
+        for s in st["subject"].as_array().unwrap() {
+            subjects
+                .insert((s["name"].as_str().unwrap().to_string(), s["digest"]["sha256"].as_str().unwrap().to_string()));
+        }
+    }
+    let hash_of = |path: &str| -> String {
+        let by = c.attesters(a, path);
+        let (h, _) = by.iter().find(|(_, who)| who.contains(&c.peer_ids[a])).unwrap();
+        let n = buildmesh_protocol::hash::NixHash::parse(h, None).unwrap();
+        hex::encode(n.digest())
+    };
+    assert!(subjects.contains(&(logged_s.clone(), hash_of(&logged_s))), "{subjects:?}");
+    let (st, stdout, _) =
+        cli_env(&["export", "--api", &c.urls[a], "--format", "in-toto"], &[("BUILDMESH_LOG", "warn")]);
+    assert!(st.success() && stdout.lines().count() == lines.len());
+
+    // ---- /reproducible.json and /metrics after a revision of both jobs ----
+    let rev = serde_json::json!({
+        "channel": "test", "branch": "main", "commit": "c0ffee", "replicas": 2,
+        "jobs": [{"drv": drv_s, "package": "logged"}, {"drv": sd().display(&unrepro), "package": "unrepro-dir"}],
+    });
+    let r = http()
+        .post(format!("{}/api/v1/revisions", c.urls[0]))
+        .bearer_auth(c.token(0))
+        .header("content-type", "application/json")
+        .body(rev.to_string())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let feed = wait_for("the revision in /reproducible.json", Duration::from_secs(30), || {
+        let (s, j) = get_json(&format!("{}/reproducible.json", c.urls[0]));
+        (s == 200 && j["revisions"].as_array().is_some_and(|r| !r.is_empty())).then_some(j)
+    });
+    let r0 = &feed["revisions"][0];
+    assert_eq!(r0["branch"], "main", "{feed}");
+    assert_eq!(r0["systems"]["x86_64-linux"]["matching"], 1, "{feed}");
+    assert_eq!(r0["systems"]["x86_64-linux"]["not_matching"], 1, "{feed}");
+    let bad = &r0["not_matching"][0];
+    assert_eq!(bad["package"], "unrepro-dir");
+    assert_eq!(bad["outputs"][&unrepro_s].as_array().unwrap().len(), 2, "{feed}");
+
+    let mtext = String::from_utf8(get(&format!("{}/metrics", c.urls[b_idx[0]])).1).unwrap();
+    assert_eq!(mtext.matches("# EOF").count(), 1, "one OpenMetrics document");
+    assert!(mtext.trim_end().ends_with("# EOF"));
+    let m = c.metric_series(b_idx[0]);
+    let v = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no series {k} in\n{mtext}"));
+    assert!(v("buildmesh_attestations") >= 4.0);
+    assert_eq!(v("buildmesh_outputs{verdict=\"mismatch\"}"), 1.0);
+    assert_eq!(v("buildmesh_peers{state=\"members\"}"), 3.0);
+    assert!(v("buildmesh_gossip_bytes_total{direction=\"in\"}") > 0.0);
+    assert!(v("buildmesh_build_duration_seconds_count") >= 1.0, "this builder built `logged`");
+    assert!(v("buildmesh_store_disk_bytes{part=\"database\"}") > 0.0);
+    assert!(v("buildmesh_local_builds{state=\"done\"}") >= 1.0);
+    let labels = "channel=\"test\",branch=\"main\",system=\"x86_64-linux\"";
+    let m0 = c.metric_series(0);
+    let v0 = |k: String| *m0.get(&k).unwrap_or_else(|| panic!("no series {k}"));
+    // Both built (the disputed one too: its state is succeeded, its verdict not-matching).
+    assert_eq!(v0(format!("buildmesh_revision_jobs{{{labels},state=\"succeeded\"}}")), 2.0);
+    assert_eq!(v0(format!("buildmesh_revision_outputs{{{labels},verdict=\"not-matching\"}}")), 1.0);
+    assert!((0.0..=1.0).contains(&v0(format!("buildmesh_revision_availability_ratio{{{labels}}}"))));
+
+    // ---- item 4 again: a builder's log swapped in its database is refused ----
+    for &i in &b_idx {
+        let (s, h, body) = get_with(&log_url(&c.urls[other], &format!("?builder={}", c.peer_ids[i])), "text/plain");
+        assert_eq!(s, 200, "builder {i}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(h["x-buildmesh-log-builder"].to_str().unwrap(), c.peer_ids[i]);
+    }
+    // Not node 0: the others bootstrap to its address, which a restart changes.
+    let (swapped, honest) = if b_idx[0] == 0 { (b_idx[1], b_idx[0]) } else { (b_idx[0], b_idx[1]) };
+    c.nodes[swapped].as_mut().unwrap().stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+    c.nodes[swapped] = None;
+    {
+        let store = Store::open(tmp.path().join(format!("node{swapped}"))).unwrap();
+        // Same length as the signed log, other bytes: only the hash can tell.
+        let forged = text.replace("marker-1", "marker-X");
+        assert_eq!(forged.len(), text.len());
+        store.put_log(&logged, forged.as_bytes()).unwrap();
+    }
+    c.restart(swapped);
+    c.wait_members(3, Duration::from_secs(60));
+    let q = format!("?builder={}", c.peer_ids[swapped]);
+    let (s, _, body) = get_with(&log_url(&c.urls[other], &q), "text/plain");
+    let msg = String::from_utf8_lossy(&body);
+    assert_eq!(s, 502, "{msg}");
+    assert!(msg.contains("does not match the builder's signed sha256"), "{msg}");
+    let (s, h, body) = get_with(&log_url(&c.urls[other], ""), "text/plain");
+    assert_eq!(s, 200, "{}\n{}", String::from_utf8_lossy(&body), c.logs());
+    assert_eq!(h["x-buildmesh-log-builder"].to_str().unwrap(), c.peer_ids[honest], "the honest builder's log");
+    assert!(String::from_utf8_lossy(&body).contains("audit-log-marker-1"));
+}
