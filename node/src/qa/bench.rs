@@ -162,21 +162,40 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Run `buildmesh bench qa`.
-pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
+/// The bench's data: a temporary store with `revisions` revisions of `jobs` jobs (channel
+/// `bench`, branch `main`, commits `rev0`, `rev1`, …), the first two attested by three builders.
+#[derive(Debug)]
+pub struct BenchData {
+    /// Holds the store's files.
+    pub dir: tempfile::TempDir,
+    /// The store.
+    pub store: Store,
+    /// The submitter of the revisions.
+    pub submitter: Arc<NodeKey>,
+    /// The three builders (trusted).
+    pub trusted: BTreeSet<NodeId>,
+    /// Attestations stored.
+    pub attested: usize,
+    /// Encoded manifest size (the last revision).
+    pub manifest_bytes: usize,
+    /// Milliseconds spent encoding manifests.
+    pub encode_ms: f64,
+}
+
+/// Make the bench's data (see [`BenchData`]); also used by `buildmesh bench pages`.
+pub fn setup(jobs: usize, revisions: usize) -> anyhow::Result<BenchData> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
     let store = Store::open(dir.path()).context("opening the bench store")?;
     let submitter = Arc::new(NodeKey::from_seed("bench-submitter", [7; 32])?);
     let keys: Vec<NodeKey> =
         (0..3u8).map(|i| NodeKey::from_seed(&format!("bench-builder-{i}"), [i + 1; 32])).collect::<Result<_, _>>()?;
     let trusted: BTreeSet<NodeId> = keys.iter().map(NodeKey::node_id).collect();
-    let t0 = Instant::now();
     let mut done = HashSet::new();
     let mut attested = 0;
     let mut encode_ms = 0.0;
     let mut manifest_bytes = 0;
-    for r in 0..args.revisions.max(2) {
-        let m = manifest(args.jobs, r);
+    for r in 0..revisions.max(2) {
+        let m = manifest(jobs, r);
         let t = Instant::now();
         let bytes = m.encode_to_vec();
         encode_ms += t.elapsed().as_secs_f64() * 1000.0;
@@ -196,6 +215,14 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
             attested += attest(&store, &m, &keys, &mut done)?;
         }
     }
+    Ok(BenchData { dir, store, submitter, trusted, attested, manifest_bytes, encode_ms })
+}
+
+/// Run `buildmesh bench qa`.
+pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let BenchData { dir: _dir, store, submitter, trusted, attested, manifest_bytes, encode_ms } =
+        setup(args.jobs, args.revisions)?;
     let setup = t0.elapsed();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
