@@ -110,7 +110,7 @@ async fn overview(ctx: &PagesContext, headers: &HeaderMap) -> Result<Response, P
     let list = data::revisions(ctx, None, None).await?;
     let latest: Vec<&ListItem> = data::latest_per_branch(&list).into_iter().take(MAX_BRANCHES).collect();
     let mut weathers: Vec<(&ListItem, Option<Arc<Weather>>)> = Vec::with_capacity(latest.len());
-    let mut problems = Vec::new();
+    let mut shows = Vec::new();
     for r in latest {
         let name = &r.summary.revision;
         if r.manifest != "present" {
@@ -118,15 +118,27 @@ async fn overview(ctx: &PagesContext, headers: &HeaderMap) -> Result<Response, P
             continue;
         }
         let (w, shown) = tokio::try_join!(data::weather(ctx, name, false), data::show(ctx, name))?;
-        let bad = |j: &&JobStatus| j.status == JobState::Failed || j.verdict == Some(OutputVerdict::NotMatching);
-        problems
-            .extend(shown.status.jobs.iter().filter(bad).map(|j| Problem { revision: name.clone(), job: j.clone() }));
+        shows.push((name.as_str(), shown));
         weathers.push((r, Some(w)));
     }
     let branches: Vec<BranchView<'_>> =
         weathers.iter().map(|(r, w)| BranchView { revision: r, weather: w.as_deref() }).collect();
-    problems.sort_by(|a, b| b.job.built_at_ms.cmp(&a.job.built_at_ms).then_with(|| a.job.package.cmp(&b.job.package)));
-    problems.truncate(MAX_PROBLEMS);
+    let mut problems: Vec<(&str, &JobStatus)> = Vec::new();
+    for (name, shown) in &shows {
+        let bad = |j: &&JobStatus| j.status == JobState::Failed || j.verdict == Some(OutputVerdict::NotMatching);
+        problems.extend(shown.status.jobs.iter().filter(bad).map(|j| (*name, j)));
+    }
+    // The newest first (a partial sort: a revision may have thousands).
+    let newest = |a: &(&str, &JobStatus), b: &(&str, &JobStatus)| {
+        b.1.built_at_ms.cmp(&a.1.built_at_ms).then_with(|| a.1.package.cmp(&b.1.package))
+    };
+    if problems.len() > MAX_PROBLEMS {
+        problems.select_nth_unstable_by(MAX_PROBLEMS, newest);
+        problems.truncate(MAX_PROBLEMS);
+    }
+    problems.sort_by(newest);
+    let problems: Vec<Problem> =
+        problems.into_iter().map(|(r, j)| Problem { revision: r.to_string(), job: j.clone() }).collect();
     let peers = ctx.mesh().map(|m| m.peers()).unwrap_or_default();
     let agreement = agreement(ctx).await?;
     let twin = OverviewTwin {

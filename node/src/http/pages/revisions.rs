@@ -99,11 +99,24 @@ pub async fn show(
     page_or_error(&headers, show_page(&ctx, &headers, &name, q).await)
 }
 
-fn matches(j: &JobStatus, q: &ShowQuery) -> bool {
-    let nonempty = |o: &Option<String>| o.clone().filter(|s| !s.is_empty());
-    nonempty(&q.system).is_none_or(|s| j.system == s)
-        && nonempty(&q.status).is_none_or(|s| j.status.as_str() == s)
-        && nonempty(&q.q).is_none_or(|s| j.package.contains(s.as_str()))
+/// The filters of a job table (empty values mean no filter).
+struct Filter<'a> {
+    system: Option<&'a str>,
+    status: Option<&'a str>,
+    package: Option<&'a str>,
+}
+
+impl<'a> Filter<'a> {
+    fn of(system: &'a Option<String>, status: &'a Option<String>, package: &'a Option<String>) -> Filter<'a> {
+        let nonempty = |o: &'a Option<String>| o.as_deref().filter(|s| !s.is_empty());
+        Filter { system: nonempty(system), status: nonempty(status), package: nonempty(package) }
+    }
+
+    fn matches(&self, j: &JobStatus) -> bool {
+        self.system.is_none_or(|s| j.system == s)
+            && self.status.is_none_or(|s| j.status.as_str() == s)
+            && self.package.is_none_or(|s| j.package.contains(s))
+    }
 }
 
 async fn show_page(
@@ -114,14 +127,15 @@ async fn show_page(
 ) -> Result<Response, PageError> {
     let Query(q) = q.map_err(bad_query)?;
     let shown = data::show(ctx, name).await?;
-    let jobs: Vec<&JobStatus> = shown.status.jobs.iter().filter(|j| matches(j, &q)).collect();
     if super::wants_json(headers) {
         // The twin of `GET /api/v1/revisions/{name}?system=&status=`.
-        let api = ShowQuery { system: q.system.clone(), status: q.status.clone(), q: None, page: None, size: None };
+        let api = Filter::of(&q.system, &q.status, &None);
         let mut status = shown.status.clone();
-        status.jobs.retain(|j| matches(j, &api));
+        status.jobs.retain(|j| api.matches(j));
         return Ok(respond(headers, &RevisionShow { summary: shown.summary.clone(), status }, || html! {}));
     }
+    let filter = Filter::of(&q.system, &q.status, &q.q);
+    let jobs: Vec<&JobStatus> = shown.status.jobs.iter().filter(|j| filter.matches(j)).collect();
     let (rows, pages) =
         paginate(&jobs, Paging { page: q.page, size: q.size }.page(), Paging { page: q.page, size: q.size }.size());
     let href = |page: usize| {
