@@ -4,6 +4,9 @@
 
 use plotters::prelude::*;
 
+/// A line of the chart: its legend, colour and value.
+type Series = (&'static str, RGBColor, fn(&TrendPoint) -> u64);
+
 /// One revision of the trend.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TrendPoint {
@@ -55,7 +58,7 @@ pub fn trend_svg(points: &[TrendPoint]) -> Result<String, String> {
             .light_line_style(RGBColor(235, 238, 241).stroke_width(1))
             .draw()
             .map_err(|e| e.to_string())?;
-        let series: [(&str, RGBColor, fn(&TrendPoint) -> u64); 3] = [
+        let series: [Series; 3] = [
             ("matching", RGBColor(26, 127, 55), |p| p.matching),
             ("not matching", RGBColor(207, 34, 46), |p| p.not_matching),
             ("single builder", RGBColor(154, 103, 0), |p| p.single),

@@ -76,7 +76,7 @@ async fn weather_page(
                     td { a href=(link_segment("/package", &c.package)) { (c.package) } }
                     td { (c.system) }
                     td.n { (c.dependents) }
-                    td { (serde_json::to_value(&c.reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
+                    td { (serde_json::to_value(c.reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
                     td { (badge(c.status.as_str())) }
                     td { a href=(drv_link(&c.drv)) { code { (short_drv(&c.drv)) } } }
                 } } }
