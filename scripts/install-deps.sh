@@ -25,6 +25,14 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# The dashboard's browser test (tests/tests/dashboard_browser.rs): Debian's chromium, driven
+# headless through chromedriver (WebDriver).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "install-deps.sh: installing chromium chromium-driver"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 if ! grep -qs '^build-users-group' /etc/nix/nix.conf; then
   $SUDO mkdir -p /etc/nix
   printf 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\n' | $SUDO tee -a /etc/nix/nix.conf >/dev/null

@@ -220,6 +220,9 @@ pub enum BenchCommand {
     /// Time the QA answers (revision status, compare, weather with coverage, ready) on revisions
     /// of 100,000 jobs with real signed attestations of three builders, and the memory held.
     Qa(crate::qa::bench::QaBenchArgs),
+    /// Time every dashboard page (HTML) on revisions of 100,000 jobs with 50 concurrent clients:
+    /// p50, p99 and the page size.
+    Pages(crate::http::pages::bench::PagesBenchArgs),
 }
 
 /// A tokio runtime sized for a node: two workers, a bounded blocking pool.
@@ -342,6 +345,7 @@ pub fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Gateway(a) => crate::bench::run(a),
         BenchCommand::Qa(a) => crate::qa::bench::run(a),
+        BenchCommand::Pages(a) => crate::http::pages::bench::run(a),
     }
 }
 

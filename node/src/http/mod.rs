@@ -22,6 +22,7 @@
 //! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`audit`]) |
 //! | `POST /api/v1/revisions`, `GET /api/v1/mesh/revisions` | publish a revision, the mesh's revision headers (mesh nodes; [`revisions`]) |
+//! | `GET /`, `/revisions`, `/revision/…`, `/compare`, `/weather`, `/reproducibility`, `/builders`, `/drv/…`, `/package/…` | the dashboard, HTML or its JSON twin ([`pages`]) |
 //!
 //! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status (all of them, see
 //! [`errors`]); the binary cache answers
@@ -46,6 +47,7 @@ pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod nar;
+pub mod pages;
 pub mod qa;
 pub mod range;
 pub mod reproducible;
@@ -202,6 +204,13 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
     let mesh = state.inner.mesh.clone().map(mesh::router);
     let revisions = state.inner.mesh.clone().map(|m| revisions::router(state.inner.store.clone(), m));
     let qa = state.inner.qa.clone().map(qa::router);
+    // The dashboard (`/`, `/revisions`, …; [`pages`]): static routes, so `/{file}` still serves
+    // narinfos and an unknown page is its 404.
+    let pages = state.inner.qa.clone().map(|q| {
+        let ctx =
+            pages::PagesContext::new(q, state.inner.store.clone(), state.inner.mesh.clone(), state.inner.info.clone());
+        pages::router(ctx)
+    });
     let audit = audit::router(audit::AuditContext {
         store: state.inner.store.clone(),
         store_dir: state.inner.store_dir.clone(),
@@ -230,6 +239,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .merge(mesh.unwrap_or_default())
         .merge(revisions.unwrap_or_default())
         .merge(qa.unwrap_or_default())
+        .merge(pages.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
         .layer(axum::middleware::from_fn(errors::json_errors))
 }

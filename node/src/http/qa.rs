@@ -89,13 +89,32 @@ struct ListQuery {
 
 /// One revision in the list.
 #[derive(Debug, Serialize)]
-struct ListItem {
+pub struct ListItem {
+    /// The header's fields.
     #[serde(flatten)]
-    summary: buildmesh_protocol::qa::RevisionSummary,
-    job_count: u64,
-    drv_count: u32,
+    pub summary: buildmesh_protocol::qa::RevisionSummary,
+    /// Jobs of its manifest.
+    pub job_count: u64,
+    /// Derivations of its manifest.
+    pub drv_count: u32,
     /// `present` or `missing` (the header is here, its manifest has not arrived).
-    manifest: &'static str,
+    pub manifest: &'static str,
+}
+
+/// The revisions list of `GET /api/v1/revisions` (blocking; the dashboard shows the same).
+pub fn list_items(c: &QaContext, channel: Option<&str>, branch: Option<&str>) -> Result<Vec<ListItem>, QaError> {
+    let revs = c.list(channel, branch)?;
+    let mut out = Vec::with_capacity(revs.len());
+    for r in revs {
+        let present = c.store().has_manifest(&r.header.manifest_hash)?;
+        out.push(ListItem {
+            summary: buildmesh_protocol::qa::RevisionSummary::new(&r.header),
+            job_count: r.header.job_count(),
+            drv_count: r.header.drv_count,
+            manifest: if present { "present" } else { "missing" },
+        });
+    }
+    Ok(out)
 }
 
 async fn list(State(ctx): State<QaContext>, q: Result<Query<ListQuery>, QueryRejection>) -> Response {
@@ -104,23 +123,7 @@ async fn list(State(ctx): State<QaContext>, q: Result<Query<ListQuery>, QueryRej
         Err(e) => return bad_query(e),
     };
     let c = ctx.clone();
-    answer(
-        crate::qa::blocking(move || {
-            let revs = c.list(q.channel.as_deref(), q.branch.as_deref())?;
-            let mut out = Vec::with_capacity(revs.len());
-            for r in revs {
-                let present = c.store().has_manifest(&r.header.manifest_hash)?;
-                out.push(ListItem {
-                    summary: buildmesh_protocol::qa::RevisionSummary::new(&r.header),
-                    job_count: r.header.job_count(),
-                    drv_count: r.header.drv_count,
-                    manifest: if present { "present" } else { "missing" },
-                });
-            }
-            Ok(out)
-        })
-        .await,
-    )
+    answer(crate::qa::blocking(move || list_items(&c, q.channel.as_deref(), q.branch.as_deref())).await)
 }
 
 async fn submit(State(ctx): State<QaContext>, body: Result<Json<RevisionRequest>, JsonRejection>) -> Response {

@@ -168,37 +168,60 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Run `buildmesh bench qa`.
-pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
-    let temp;
-    let dir = match &args.dir {
+/// The bench's data: a store with `revisions` revisions of `jobs` jobs (channel `bench`, branch
+/// `main`, commits `rev0`, `rev1`, …), the first two attested by three builders.
+#[derive(Debug)]
+pub struct BenchData {
+    /// Holds the store's files when they are temporary (no `--dir`).
+    pub temp: Option<tempfile::TempDir>,
+    /// The store.
+    pub store: Store,
+    /// The submitter of the revisions.
+    pub submitter: Arc<NodeKey>,
+    /// The three builders (trusted).
+    pub trusted: BTreeSet<NodeId>,
+    /// Attestations stored (0 when an earlier run's store was reused).
+    pub attested: usize,
+    /// Encoded manifest size (the last revision; 0 when reused).
+    pub manifest_bytes: usize,
+    /// Milliseconds spent encoding manifests.
+    pub encode_ms: f64,
+    /// Whether the store of an earlier run in `--dir` was reused as it was.
+    pub reused: bool,
+}
+
+/// Make the bench's data (see [`BenchData`]) in a temporary directory, or in `keep`, where a store
+/// left by an earlier run with the same `jobs` and `revisions` is reused; also used by
+/// `buildmesh bench pages`.
+pub fn setup(jobs: usize, revisions: usize, keep: Option<&std::path::Path>) -> anyhow::Result<BenchData> {
+    let (temp, dir) = match keep {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
+            (None, d.to_path_buf())
         }
         None => {
-            temp = tempfile::tempdir().context("creating a temp dir")?;
-            temp.path().to_path_buf()
+            let t = tempfile::tempdir().context("creating a temp dir")?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
         }
     };
     let marker = dir.join("bench-qa.done");
-    let shape = format!("{} {}", args.jobs, args.revisions.max(2));
-    let reuse = std::fs::read_to_string(&marker).is_ok_and(|s| s == shape);
+    let shape = format!("{} {}", jobs, revisions.max(2));
+    let reused = std::fs::read_to_string(&marker).is_ok_and(|s| s == shape);
     let store = Store::open(&dir).context("opening the bench store")?;
     let submitter = Arc::new(NodeKey::from_seed("bench-submitter", [7; 32])?);
     let keys: Vec<NodeKey> =
         (0..3u8).map(|i| NodeKey::from_seed(&format!("bench-builder-{i}"), [i + 1; 32])).collect::<Result<_, _>>()?;
     let trusted: BTreeSet<NodeId> = keys.iter().map(NodeKey::node_id).collect();
-    let t0 = Instant::now();
     let mut done = HashSet::new();
     let mut attested = 0;
     let mut encode_ms = 0.0;
     let mut manifest_bytes = 0;
-    for r in 0..args.revisions.max(2) {
-        if reuse {
+    for r in 0..revisions.max(2) {
+        if reused {
             break;
         }
-        let m = manifest(args.jobs, r);
+        let m = manifest(jobs, r);
         let t = Instant::now();
         let bytes = m.encode_to_vec();
         encode_ms += t.elapsed().as_secs_f64() * 1000.0;
@@ -218,10 +241,18 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
             attested += attest(&store, &m, &keys, &mut done)?;
         }
     }
-    let setup = t0.elapsed();
-    if !reuse && args.dir.is_some() {
+    if !reused && keep.is_some() {
         std::fs::write(&marker, &shape).context("writing the bench marker")?;
     }
+    Ok(BenchData { temp, store, submitter, trusted, attested, manifest_bytes, encode_ms, reused })
+}
+
+/// Run `buildmesh bench qa`.
+pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let BenchData { temp: _temp, store, submitter, trusted, attested, manifest_bytes, encode_ms, reused: reuse } =
+        setup(args.jobs, args.revisions, args.dir.as_deref())?;
+    let setup = t0.elapsed();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -293,7 +324,7 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
              (set up by an earlier run; this process only opened it, as a restarted node does)",
             args.jobs,
             args.revisions.max(2),
-            dir.display()
+            args.dir.as_deref().unwrap_or(std::path::Path::new("?")).display()
         );
     } else {
         println!(

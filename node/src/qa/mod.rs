@@ -13,6 +13,7 @@
 //! none the newest of any submitter (its `submitter` says whose it is). `C:branch` is the newest
 //! revision of the branch under the same preference.
 
+pub mod agreement;
 pub mod bench;
 pub mod explain;
 pub mod facts;
