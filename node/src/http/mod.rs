@@ -8,6 +8,8 @@
 //! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a path the trust rule accepts ([`crate::trust`]) |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed, checked and streamed from its blob; `Range` ([`nar`]) |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar.zst` | the blob's zstd file as stored; `Range` ([`nar`]) |
+//! | `GET`, `HEAD /nar/zstd/<basename>`, `/nar/<basename>`, `/log/<basename>`, `/signing-key.pub` | what `guix publish` serves beyond narinfos ([`guix`]) |
+//! | `GET`, `HEAD /builder/<key id>/…` | per-builder views: each output as one builder attested it ([`builder`]) |
 //! | `GET /api/v1/node` | who this node is ([`api::NodeInfo`]) |
 //! | `GET /api/v1/builds[?state=…]` | builds ([`api::BuildView`]) |
 //! | `GET /api/v1/builds/<drv>` | one build; `<drv>` is a base name or a full path, URL-encoded |
@@ -34,8 +36,10 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod builder;
 pub mod cache;
 pub mod errors;
+pub mod guix;
 pub mod health;
 pub mod limits;
 pub mod mesh;
@@ -85,6 +89,8 @@ pub struct AppState {
 struct Inner {
     store: Store,
     store_dir: StoreDir,
+    /// This node's id (its Guix public key is served at `/signing-key.pub`).
+    node_id: buildmesh_protocol::id::NodeId,
     info: Arc<NodeInfo>,
     scheduler: SchedulerHandle,
     submit: SubmitContext,
@@ -122,6 +128,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 store_dir,
+                node_id: key.node_id(),
                 info,
                 scheduler,
                 submit,
@@ -201,6 +208,12 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .route("/nix-cache-info", get(cache::nix_cache_info))
         .route("/{file}", get(cache::narinfo))
         .route("/nar/{file}", get(nar::nar))
+        .route("/nar/zstd/{file}", get(guix::nar_zstd))
+        .route("/log/{file}", get(guix::log))
+        .route("/signing-key.pub", get(guix::signing_key))
+        .route("/builder/{key}/{file}", get(builder::file))
+        .route("/builder/{key}/nar/{file}", get(builder::nar))
+        .route("/builder/{key}/nar/zstd/{file}", get(builder::nar_zstd))
         .route("/api/v1/node", get(api::node))
         .route("/api/v1/builds", get(api::builds))
         .route("/api/v1/builds/{drv}", get(api::build))
