@@ -1,0 +1,1 @@
+//! Property and unit tests of the Guix signature module (filled in below).
