@@ -25,14 +25,17 @@ use super::AppState;
 use super::cache::{CACHE_INFO_CACHE, MISSING_CACHE, internal, not_found, plain, sized};
 
 /// Guix's public key s-expression of a node (its Ed25519 public key as a point of edwards25519),
-/// what `guix archive --authorize` reads.
-pub fn public_key_sexp(node: &NodeId) -> String {
-    format!("(public-key \n (ecc \n  (curve Ed25519)\n  (q #{}#)\n  )\n )\n", hex::encode_upper(node.as_bytes()))
+/// what `guix archive --authorize` reads; `None` for an id that is no curve point.
+pub fn public_key_sexp(node: &NodeId) -> Option<String> {
+    buildmesh_protocol::narinfo::guix_layout::guix_public_key(node).ok().map(|k| k.to_sexp())
 }
 
 /// The answer of a `signing-key.pub` route: `node`'s Guix public key.
 pub(super) fn public_key_response(node: &NodeId) -> Response {
-    sized(StatusCode::OK, "text/plain; charset=utf-8", Some(CACHE_INFO_CACHE), Bytes::from(public_key_sexp(node)))
+    match public_key_sexp(node) {
+        Some(sexp) => sized(StatusCode::OK, "text/plain; charset=utf-8", Some(CACHE_INFO_CACHE), Bytes::from(sexp)),
+        None => not_found(),
+    }
 }
 
 /// `GET`/`HEAD /signing-key.pub`: this node's Guix public key.
@@ -119,7 +122,7 @@ mod tests {
     #[test]
     fn public_key_is_guix_sexp_of_the_ed25519_key() {
         let key = buildmesh_protocol::identity::NodeKey::from_seed("k", [7; 32]).unwrap();
-        let s = public_key_sexp(&key.node_id());
+        let s = public_key_sexp(&key.node_id()).unwrap();
         assert!(s.starts_with("(public-key \n (ecc \n  (curve Ed25519)\n  (q #"), "{s}");
         assert!(s.contains(&hex::encode_upper(key.node_id().as_bytes())));
     }

@@ -25,6 +25,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use crate::guix::{GuixPublicKey, GuixSecretKey, GuixStatus, sign_narinfo, verify_narinfo_in};
 use crate::hash::NixHash;
 use crate::id::NodeId;
 use crate::identity::NodeKey;
@@ -106,17 +107,38 @@ pub fn is_guix_store(sd: &StoreDir) -> bool {
 /// Guix's store directory.
 pub const GUIX_STORE: &str = "/gnu/store";
 
-/// The builder's Guix signature of an output it attests (`Signature:` value `1;<key name>;…`),
-/// over [`OutputAttestation::guix_signed_part`](crate::wire::OutputAttestation::guix_signed_part).
+/// The builder's Guix signature of an output it attests: the value of the `Signature:` line
+/// (`1;<key name>;<base64>`) over [`OutputAttestation::guix_signed_part`], made with the Guix key
+/// of the node key (its Ed25519 secret scalar; [`GuixSecretKey::from_ed25519_seed`]). `None` only
+/// when Guix could not read the signed part (a key name that cannot be a Guix host name).
 pub fn sign_output(key: &NodeKey, sd: &StoreDir, o: &OutputAttestation) -> Option<String> {
-    // Filled in once the Guix signature module lands (guixsig).
-    let _ = (key, sd, o);
-    None
+    let secret = GuixSecretKey::from_ed25519_seed(&key.seed());
+    let line = sign_narinfo(&o.guix_signed_part(sd), key.name(), &secret).ok()?;
+    Some(line.strip_prefix("Signature: ")?.strip_suffix('\n')?.to_string())
 }
 
-/// Check that `sig` is `builder`'s valid Guix signature of the output `o`.
+/// The Guix public key of a node (its Ed25519 public key as an edwards25519 point).
+pub fn guix_public_key(node: &NodeId) -> Result<GuixPublicKey, String> {
+    let vk = node.verifying_key().map_err(|e| e.to_string())?;
+    Ok(GuixPublicKey::from_ed25519(&vk))
+}
+
+/// Check that `sig` (a `Signature:` value) is `builder`'s valid Guix signature of the output `o`:
+/// Guix's own verdict ([`verify_narinfo_in`]) on the narinfo a gateway serves, under an ACL of the
+/// builder's key alone.
 pub fn check_output_signature(builder: &NodeId, sd: &StoreDir, o: &OutputAttestation, sig: &str) -> Result<(), String> {
-    let _ = (builder, sd, o, sig);
+    if sig.contains('\n') || !sig.starts_with("1;") {
+        return Err("the Guix signature is not one `1;<host>;<base64>` value".to_string());
+    }
+    let key = guix_public_key(builder)?;
+    let text = render(&o.guix_signed_part(sd), Some(sig), &[NarUrl::none(&o.path, o.nar_size)]);
+    let verdict = verify_narinfo_in(&text, &[key], &sd.to_string());
+    if verdict.status != GuixStatus::ValidSignature {
+        return Err(format!(
+            "the Guix signature is not the builder's signature of its narinfo: {}",
+            verdict.describe()
+        ));
+    }
     Ok(())
 }
 
@@ -150,6 +172,48 @@ mod tests {
              URL: nar/zstd/cs56i9digj9qg1bd383cmxc6xrfpdn9n-hello-2.12.2\nCompression: zstd\nFileSize: 10\n\
              URL: nar/cs56i9digj9qg1bd383cmxc6xrfpdn9n-hello-2.12.2\nCompression: none\nFileSize: 282616\n"
         ));
+    }
+
+    #[test]
+    fn attested_outputs_carry_a_guix_signature_that_guix_accepts() {
+        let sd = StoreDir::new(GUIX_STORE).unwrap();
+        let key = NodeKey::from_seed("builder-1", [9; 32]).unwrap();
+        let out = p("cs56i9digj9qg1bd383cmxc6xrfpdn9n-x");
+        let refs = BTreeSet::from([out.clone()]);
+        let o = OutputAttestation::new_signed(
+            &key,
+            &sd,
+            out.clone(),
+            [3; 32],
+            5,
+            refs,
+            crate::id::ArtifactHash::of(b"x"),
+            None,
+        )
+        .unwrap();
+        let sig = o.guix_signature.clone().expect("a /gnu/store output is signed for Guix");
+        assert!(sig.starts_with("1;builder-1;"), "{sig}");
+        check_output_signature(&key.node_id(), &sd, &o, &sig).unwrap();
+        // Another builder's key, other facts, or a mangled value: refused.
+        let other = NodeKey::from_seed("b2", [8; 32]).unwrap();
+        assert!(check_output_signature(&other.node_id(), &sd, &o, &sig).unwrap_err().contains("unauthorized"));
+        let mut changed = o.clone();
+        changed.nar_size = 6;
+        assert!(check_output_signature(&key.node_id(), &sd, &changed, &sig).unwrap_err().contains("hash-mismatch"));
+        assert!(check_output_signature(&key.node_id(), &sd, &o, &format!("{sig}\nURL: x")).is_err());
+        // A /nix/store output carries none.
+        let nix = OutputAttestation::new_signed(
+            &key,
+            &StoreDir::nix(),
+            out,
+            [3; 32],
+            5,
+            BTreeSet::new(),
+            crate::id::ArtifactHash::of(b"x"),
+            None,
+        )
+        .unwrap();
+        assert!(nix.guix_signature.is_none());
     }
 
     #[test]
