@@ -192,7 +192,9 @@ pub fn signature_value(hash: &[u8; 32], key: &GuixSecretKey) -> String {
         ]),
         key.public().to_tree(),
     ]);
-    base64::engine::general_purpose::STANDARD.encode(tree.advanced())
+    // guile-gcrypt reads libgcrypt's rendering as Latin-1 and `guix publish` base64-encodes the
+    // string's UTF-8 (an r or s printed as a quoted string may hold bytes 0xA1..=0xFF).
+    base64::engine::general_purpose::STANDARD.encode(tree.advanced_string())
 }
 
 /// `(data (flags rfc6979) (hash sha256 #H#))`, as guile-gcrypt's `bytevector->hash-data` builds it.
