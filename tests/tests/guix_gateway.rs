@@ -101,7 +101,19 @@ fn guix_substitute_fetches_and_checks_what_a_gnu_store_node_built() {
     let keys: Vec<&str> = ni.lines().map(|l| l.split_once(": ").map_or(l, |(k, _)| k)).collect();
     assert_eq!(
         keys,
-        ["StorePath", "NarHash", "NarSize", "References", "Signature", "URL", "Compression", "FileSize", "URL", "Compression", "FileSize"],
+        [
+            "StorePath",
+            "NarHash",
+            "NarSize",
+            "References",
+            "Signature",
+            "URL",
+            "Compression",
+            "FileSize",
+            "URL",
+            "Compression",
+            "FileSize"
+        ],
         "{ni}"
     );
     assert!(ni.contains(&format!("URL: nar/zstd/{out}\nCompression: zstd\n")), "{ni}");
@@ -128,7 +140,12 @@ fn guix_substitute_fetches_and_checks_what_a_gnu_store_node_built() {
         .arg(&ni_file)
         .output()
         .unwrap();
-    assert!(v.status.success(), "Guix's verifier: {}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert!(
+        v.status.success(),
+        "Guix's verifier: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
 
     // The log and the per-builder view (the builder's own statement, labelled).
     let (s, log) = text(&format!("{}/log/{out}", node.url));
@@ -139,7 +156,10 @@ fn guix_substitute_fetches_and_checks_what_a_gnu_store_node_built() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-buildmesh-builder").is_some());
     let view_ni = resp.text().unwrap();
-    assert_eq!(view_ni.split("Signature: ").nth(1).map(|s| s.lines().next()), ni.split("Signature: ").nth(1).map(|s| s.lines().next()));
+    assert_eq!(
+        view_ni.split("Signature: ").nth(1).map(|s| s.lines().next()),
+        ni.split("Signature: ").nth(1).map(|s| s.lines().next())
+    );
     assert_eq!(text(&format!("{view}/signing-key.pub")).1.trim(), key.trim());
 
     // The real `guix substitute`: finds, fetches and checks it.
@@ -233,7 +253,11 @@ fn per_builder_views_show_each_builders_own_output_to_nix_clients() {
             &["--extra-experimental-features", "nix-command", "path-info", "--json", "--store", &view, &out_s],
         );
         let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success() && stdout.contains(hash.as_str()), "nix path-info: {stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success() && stdout.contains(hash.as_str()),
+            "nix path-info: {stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let root = tmp.path().join(format!("client-{i}"));
         let o = nix(
             "nix-store",
@@ -256,7 +280,12 @@ fn per_builder_views_show_each_builders_own_output_to_nix_clients() {
                 "0",
             ],
         );
-        assert!(o.status.success(), "nix-store --realise from {view}: {}\n{}", String::from_utf8_lossy(&o.stderr), c.logs());
+        assert!(
+            o.status.success(),
+            "nix-store --realise from {view}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            c.logs()
+        );
         let o = nix("nix-store", &["--store", root.to_str().unwrap(), "--query", "--hash", &out_s]);
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), hash.as_str());
         seen.insert(hash.clone());
@@ -267,4 +296,105 @@ fn per_builder_views_show_each_builders_own_output_to_nix_clients() {
     if let Some(s) = stranger {
         assert_eq!(get(&format!("{}/builder/{s}/{}.narinfo", c.urls[gw], out.hash_part())).0, 404);
     }
+}
+
+/// `buildmesh challenge` against a classic server: a `file://` binary cache written by real Nix
+/// (`nix copy --to file://…`) served by `python3 -m http.server`, holding one path as the mesh
+/// built it and one whose narinfo says another NarHash.
+#[test]
+fn challenge_compares_a_classic_cache_with_the_mesh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&tmp.path().join("node"), &["--slots", "2"]);
+    let dir = tmp.path().join("drvs");
+    let mut d = Drvs::new(&dir);
+    let (a, a_out) = d.add("challenge-same", "echo same > $out", &[]);
+    let (b, b_out) = d.add("challenge-differ", "echo differ > $out", &[]);
+    submit(&node.url, &dir, &[a.clone(), b.clone()], 0);
+    wait_state(&node.url, &a, "done", Duration::from_secs(60));
+    wait_state(&node.url, &b, "done", Duration::from_secs(60));
+    let (a_s, b_s) = (sd().display(&a_out), sd().display(&b_out));
+
+    // Real Nix: substitute both from the node into a store, copy them into a file:// cache.
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let root = tmp.path().join("root");
+    let cache = tmp.path().join("cache");
+    let nix = |prog: &str, args: &[&str]| {
+        let o = Command::new(prog)
+            .args(args)
+            .env("HOME", &home)
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env_remove("NIX_CONFIG")
+            .output()
+            .expect("run nix");
+        assert!(o.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let root_s = root.to_str().unwrap();
+    let key = node.public_key.clone();
+    nix(
+        "nix-store",
+        &[
+            "--store",
+            root_s,
+            "--realise",
+            &a_s,
+            &b_s,
+            "--option",
+            "substituters",
+            &node.url,
+            "--option",
+            "trusted-public-keys",
+            &key,
+            "--option",
+            "max-jobs",
+            "0",
+        ],
+    );
+    let to = format!("file://{}", cache.display());
+    nix("nix", &["--extra-experimental-features", "nix-command", "copy", "--store", root_s, "--to", &to, &a_s, &b_s]);
+    // The second path's narinfo now says another NarHash (its signature no longer verifies).
+    let ni = cache.join(format!("{}.narinfo", b_out.hash_part()));
+    let text = std::fs::read_to_string(&ni).unwrap();
+    let other = "sha256:0000000000000000000000000000000000000000000000000000";
+    let changed: String = text
+        .lines()
+        .map(|l| if l.starts_with("NarHash: ") { format!("NarHash: {other}\n") } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(&ni, changed).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", cache.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the classic server", Duration::from_secs(20), || {
+        (get(&format!("{url}/nix-cache-info")).0 == 200).then_some(())
+    });
+
+    let (st, out, err) = cli(&["challenge", "--api", &node.url, "--server", &url, "--json", &a_s, &b_s]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    assert_eq!(st.code(), Some(2), "a mismatch exits 2: {out}\n{err}");
+    assert_eq!(j["paths"][0]["verdict"], "match", "{j}");
+    assert_eq!(j["paths"][1]["verdict"], "mismatch", "{j}");
+    assert_eq!(j["paths"][1]["servers"][0]["nar_hash"], other, "{j}");
+    assert_eq!(j["totals"]["identical"], 1);
+    assert_eq!(j["totals"]["differed"], 1);
+    // The text report, worded as guix challenge's.
+    let (_, text_out, _) = cli(&["challenge", "--api", &node.url, "--server", &url, &a_s, &b_s]);
+    assert!(text_out.contains(&format!("{b_s} contents differ:")), "{text_out}");
+    assert!(text_out.contains("2 store items were analyzed:") && text_out.contains("1 (50.0%) differed"), "{text_out}");
+    // With the cache's key trusted (Nix copied the node's signatures), the tampered narinfo no
+    // longer counts: the path is inconclusive, the other still matches.
+    let (st, out, err) =
+        cli(&["challenge", "--api", &node.url, "--server", &url, "--trusted-key", &key, "--json", &a_s, &b_s]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    assert_eq!(st.code(), Some(1), "{out}");
+    assert_eq!(j["paths"][0]["verdict"], "match", "{j}");
+    assert_eq!(j["paths"][1]["verdict"], "inconclusive", "{j}");
+    assert_eq!(j["paths"][1]["servers"][0]["status"], "untrusted", "{j}");
+    let _ = server.kill();
+    let _ = server.wait();
 }
