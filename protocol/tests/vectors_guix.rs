@@ -131,3 +131,62 @@ fn our_signatures_equal_guix_signatures() {
     }
     assert!(compared >= 20);
 }
+
+/// Edits of a Guix-signed vector's signature, with the verdicts Guix's own verifier gave them
+/// (tests/fixtures/guix/verify-dir.scm over these files, 2026-12-06; Debian's libgcrypt 1.10).
+#[test]
+fn signature_edge_cases_get_guix_verdict() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let src = read(&vectors().join("pos-01-modern-k1.narinfo"));
+    let line = src.lines().find(|l| l.starts_with("Signature:")).unwrap().to_string();
+    let (head, b64) = line.rsplit_once(';').unwrap();
+    let sexp = String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap();
+    let with_payload = |p: &str| src.replace(&line, &format!("{head};{}", STANDARD.encode(p)));
+    let with_line = |l: String| src.replace(&line, &l);
+    let r = {
+        let at = sexp.find("(r #").unwrap() + 4;
+        sexp[at..at + 64].to_string()
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("digest name in capitals", with_payload(&sexp.replace("sha256", "SHA256")), "valid-signature"),
+        ("algorithm in capitals", with_payload(&sexp.replace("(ecdsa", "(ECDSA")), "valid-signature"),
+        ("outer name changed", with_payload(&sexp.replace("(signature", "(sig")), "valid-signature"),
+        ("empty payload", with_payload(""), "corrupt-signature"),
+        ("empty list", with_payload("()"), "corrupt-signature"),
+        ("an atom", with_payload("signature"), "corrupt-signature"),
+        ("extra atom in sig-val", with_payload(&sexp.replace("(s #", "foo (s #")), "valid-signature"),
+        (
+            "r with a leading zero",
+            with_payload(&sexp.replace(&format!("(r #{r}"), &format!("(r #00{r}"))),
+            "valid-signature",
+        ),
+        ("version 1.0", with_line(line.replace("Signature: 1;", "Signature: 1.0;")), "valid-signature"),
+        ("version #x1", with_line(line.replace("Signature: 1;", "Signature: #x1;")), "valid-signature"),
+        ("version with a space", with_line(line.replace("Signature: 1;", "Signature:  1 ;")), "no-parsable-signature"),
+        ("digest sha512", with_payload(&sexp.replace("sha256", "sha512")), "valid-signature"),
+        ("no flags", with_payload(&sexp.replace("(flags rfc6979)", "(flags)")), "error"),
+        ("raw flag", with_payload(&sexp.replace("(flags rfc6979)", "(flags raw)")), "valid-signature"),
+        ("a second s-expression", with_payload(&format!("{sexp}(foo)")), "valid-signature"),
+        ("trailing whitespace", with_payload(&format!("{sexp}   \n")), "valid-signature"),
+        ("quoted digest name", with_payload(&sexp.replace("(hash sha256", "(hash \"sha256\"")), "valid-signature"),
+        ("flags in sig-val", with_payload(&sexp.replace("(sig-val \n", "(sig-val (flags) \n")), "valid-signature"),
+        ("algorithm ecc", with_payload(&sexp.replace("(ecdsa", "(ecc")), "valid-signature"),
+        ("algorithm eddsa", with_payload(&sexp.replace("(ecdsa", "(eddsa")), "error"),
+        ("NUL byte", with_payload(&format!("{}\0{}", &sexp[..5], &sexp[5..])), "no-parsable-signature"),
+        ("digest name a list", with_payload(&sexp.replace("(hash sha256", "(hash (sha256)")), "error"),
+        ("other curve", with_payload(&sexp.replace("(curve Ed25519)", "(curve Ed448)")), "unauthorized-key"),
+        (
+            "two hashes",
+            with_payload(&sexp.replace("(flags rfc6979)", "(flags rfc6979)(hash sha256 #00#)")),
+            "hash-mismatch",
+        ),
+        ("unknown flag", with_payload(&sexp.replace("(flags rfc6979)", "(flags rfc6979 foo)")), "error"),
+        ("four fields", with_line(line.replace("1;node-a;", "1;node;a;")), "no-parsable-signature"),
+    ];
+    let acl = acl("keys/k1/signing-key.pub");
+    for (what, text, guix) in cases {
+        let verdict = verify_narinfo(&text, &acl);
+        assert_eq!(verdict.status.as_str(), guix, "{what}: {}", verdict.reason);
+    }
+}

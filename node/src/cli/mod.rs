@@ -6,6 +6,8 @@ pub mod challenge;
 pub mod demo;
 mod demo_deps;
 pub mod drv;
+pub mod guix;
+pub mod guix_bench;
 pub mod key;
 pub mod mesh;
 pub mod nar;

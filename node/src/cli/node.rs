@@ -220,6 +220,9 @@ pub enum BenchCommand {
     /// Time the QA answers (revision status, compare, weather with coverage, ready) on revisions
     /// of 100,000 jobs with real signed attestations of three builders, and the memory held.
     Qa(crate::qa::bench::QaBenchArgs),
+    /// Guix narinfo signatures (ECDSA over edwards25519) signed and verified per second on one
+    /// core, beside Nix's (Ed25519); the goal is 10,000 Guix verifications per second.
+    Guix(crate::cli::guix_bench::GuixBenchArgs),
 }
 
 /// A tokio runtime sized for a node: two workers, a bounded blocking pool.
@@ -342,6 +345,7 @@ pub fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Gateway(a) => crate::bench::run(a),
         BenchCommand::Qa(a) => crate::qa::bench::run(a),
+        BenchCommand::Guix(a) => crate::cli::guix_bench::run(a),
     }
 }
 

@@ -318,3 +318,19 @@ pub fn acl_sexp(keys: &[GuixPublicKey]) -> String {
     items.extend(keys.iter().map(|k| Sexp::list(vec![Sexp::atom("entry"), k.to_tree(), tag.clone()])));
     Sexp::list(items).advanced_string()
 }
+
+/// A trusted key as a configuration may give it: a Nix public key `name:base64`, or a Guix
+/// public key `(public-key (ecc (curve Ed25519) (q #…#)))` (as in `/etc/guix/acl` or a farm's
+/// `signing-key.pub`), which becomes the Nix public key of the same point named
+/// `guix-<first 8 bytes of q in hex>`. Either way the key names one Ed25519 point.
+pub fn parse_trusted_key(text: &str) -> Result<crate::nixkey::PublicKey, String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('(') {
+        let key = GuixPublicKey::parse_sexp(trimmed).map_err(|e| format!("not a Guix public key: {e}"))?;
+        let point = ed25519_dalek::VerifyingKey::from_bytes(&key.to_bytes()).map_err(|e| e.to_string())?;
+        let name = format!("guix-{}", hex::encode(&key.to_bytes()[..8]));
+        crate::nixkey::PublicKey::new(&name, point).map_err(|e| e.to_string())
+    } else {
+        crate::nixkey::PublicKey::parse(trimmed).map_err(|e| e.to_string())
+    }
+}

@@ -21,7 +21,7 @@ pub mod narinfo;
 pub mod recutils;
 pub mod sexp;
 
-pub use keys::{GuixKeyError, GuixPublicKey, GuixSecretKey, acl_sexp, parse_acl, parse_keys};
+pub use keys::{GuixKeyError, GuixPublicKey, GuixSecretKey, acl_sexp, parse_acl, parse_keys, parse_trusted_key};
 pub use narinfo::{
     GUIX_STORE_DIR, GuixSignError, GuixStatus, GuixVerdict, sign_narinfo, signed_region, verify_narinfo,
     verify_narinfo_in,
