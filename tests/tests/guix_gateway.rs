@@ -106,6 +106,7 @@ fn guix_substitute_fetches_and_checks_what_a_gnu_store_node_built() {
             "NarHash",
             "NarSize",
             "References",
+            "Deriver",
             "Signature",
             "URL",
             "Compression",
@@ -250,11 +251,11 @@ fn per_builder_views_show_each_builders_own_output_to_nix_clients() {
         };
         let o = nix(
             "nix",
-            &["--extra-experimental-features", "nix-command", "path-info", "--json", "--store", &view, &out_s],
+            &["--extra-experimental-features", "nix-command", "path-info", "--sigs", "--store", &view, &out_s],
         );
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert!(
-            o.status.success() && stdout.contains(hash.as_str()),
+            o.status.success() && stdout.contains(&format!("{}:", c.keys[i].name())),
             "nix path-info: {stdout}\n{}",
             String::from_utf8_lossy(&o.stderr)
         );
@@ -371,7 +372,7 @@ fn challenge_compares_a_classic_cache_with_the_mesh() {
         .expect("python3 -m http.server");
     let url = format!("http://127.0.0.1:{port}");
     wait_for("the classic server", Duration::from_secs(20), || {
-        (get(&format!("{url}/nix-cache-info")).0 == 200).then_some(())
+        http().get(format!("{url}/nix-cache-info")).send().ok().filter(|r| r.status() == 200).map(|_| ())
     });
 
     let (st, out, err) = cli(&["challenge", "--api", &node.url, "--server", &url, "--json", &a_s, &b_s]);
@@ -397,4 +398,51 @@ fn challenge_compares_a_classic_cache_with_the_mesh() {
     assert_eq!(j["paths"][1]["servers"][0]["status"], "untrusted", "{j}");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// A 3-node `/gnu/store` mesh with k = 2: the quorum gateway of a node serves an output two
+/// builders agreed on to the real `guix substitute`, under an ACL of the builder whose Guix
+/// signature it carries (an agreeing trusted builder's, made when it built the output).
+#[test]
+fn a_gnu_store_mesh_serves_agreed_outputs_to_guix_substitute() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(tmp.path(), 3, &["--store-dir", "/gnu/store"]);
+    let dir = tmp.path().join("drvs");
+    let (drv, out) = gnu_drv(&dir, "guix-mesh-hello", "mkdir -p $out; echo agreed > $out/greeting");
+    let (st, o, e) = cli(&[
+        "submit",
+        "--api",
+        &c.urls[0],
+        "--store-dir",
+        "/gnu/store",
+        "--from",
+        dir.to_str().unwrap(),
+        "--replicas",
+        "2",
+        "--wait",
+        "--timeout",
+        "120",
+        &gnu().display(&drv),
+    ]);
+    assert!(st.success(), "submit: {o}\n{e}\n{}", c.logs());
+    let item = gnu().display(&out);
+    let gw = 2;
+    let ni = wait_for("the quorum narinfo at the gateway", Duration::from_secs(60), || {
+        let (s, t) = text(&format!("{}/{}.narinfo", c.urls[gw], out.hash_part()));
+        (s == 200).then_some(t)
+    });
+    assert_eq!(ni.matches("Signature: ").count(), 1, "{ni}");
+    // Whose signature: the builder named in it; its key from the builder view of the gateway.
+    let host = ni.split("Signature: 1;").nth(1).and_then(|s| s.split(';').next()).unwrap().to_string();
+    let i = c.keys.iter().position(|k| k.name() == host).unwrap_or_else(|| panic!("signer {host}: {ni}"));
+    let builders: BTreeSet<String> = c.attesters(gw, &item).into_values().flatten().collect();
+    assert!(builders.contains(&c.peer_ids[i]) && builders.len() >= 2, "{builders:?}");
+    let (s, key) = text(&format!("{}/builder/{}/signing-key.pub", c.urls[gw], c.peer_ids[i]));
+    assert_eq!(s, 200);
+    let key_file = tmp.path().join("builder.pub");
+    std::fs::write(&key_file, key).unwrap();
+    let wd = tmp.path().join("e2e");
+    let (ok, log) = substitute_e2e(&c.urls[gw], &key_file, &item, &wd);
+    assert!(ok, "guix substitute against the quorum gateway:\n{log}\n{}", c.logs());
+    assert_eq!(std::fs::read_to_string(wd.join("out/greeting")).unwrap(), "agreed\n");
 }
