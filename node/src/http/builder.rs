@@ -50,12 +50,12 @@ use crate::store::{BlobInfo, StoreError};
 /// The header naming whose statement a per-builder answer is.
 pub const BUILDER_HEADER: &str = "x-buildmesh-builder";
 
-fn builder_id(key: &str) -> Result<NodeId, Response> {
+fn builder_id(key: &str) -> Result<NodeId, Box<Response>> {
     key.parse::<NodeId>().map_err(|_| {
-        plain(
+        Box::new(plain(
             StatusCode::BAD_REQUEST,
             format!("{} is not a builder's key id (64 hex digits or a peer id)", super::echo(key)),
-        )
+        ))
     })
 }
 
@@ -124,7 +124,7 @@ fn labelled(mut resp: Response, builder: &NodeId) -> Response {
 pub(super) async fn file(State(state): State<AppState>, Path((key, file)): Path<(String, String)>) -> Response {
     let builder = match builder_id(&key) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if file == "nix-cache-info" {
         return labelled(super::cache::nix_cache_info(State(state)).await, &builder);
@@ -196,7 +196,7 @@ async fn send(
 ) -> Response {
     let builder = match builder_id(key) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let Ok(path) = StorePath::from_basename(file) else {
         return plain(StatusCode::BAD_REQUEST, format!("{} is not a store path's base name", super::echo(file)));
