@@ -37,3 +37,13 @@ if ! grep -qs '^build-users-group' /etc/nix/nix.conf; then
   $SUDO mkdir -p /etc/nix
   printf 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\n' | $SUDO tee -a /etc/nix/nix.conf >/dev/null
 fi
+
+# Guix's own code as the oracle of the Guix tests (../shared/guix/README.md): Debian's Guile and
+# the Guile libraries Guix's modules load (tests/tests/guix_signatures.rs).
+guix_pkgs=(guile-3.0 guile-gcrypt guile-json guile-zlib guile-lzlib guile-zstd guile-sqlite3 guile-gnutls guile-git)
+if ! command -v guile >/dev/null 2>&1 || [ ! -f /usr/share/guile/site/3.0/gcrypt/pk-crypto.scm ] \
+  || [ ! -f /usr/share/guile/site/3.0/zstd.scm ]; then
+  echo "install-deps.sh: installing ${guix_pkgs[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${guix_pkgs[@]}" >/dev/null
+fi

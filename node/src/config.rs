@@ -203,7 +203,11 @@ impl Config {
     pub fn trusted_public_keys(&self) -> Result<Vec<PublicKey>, ConfigError> {
         self.trusted_keys
             .iter()
-            .map(|k| PublicKey::parse(k).map_err(|e| invalid("trusted_keys", format!("{k:?}: {e}"))))
+            // Nix `name:base64` or a Guix `(public-key ...)` s-expression (docs/guix.md).
+            .map(|k| {
+                buildmesh_protocol::guix::parse_trusted_key(k)
+                    .map_err(|e| invalid("trusted_keys", format!("{k:?}: {e}")))
+            })
             .collect()
     }
 

@@ -130,6 +130,17 @@ impl NodeKey {
         self.nix.public()
     }
 
+    /// The node's Guix signing key: the same secret scalar, used for ECDSA over edwards25519 as
+    /// Guix signs narinfos (see [`crate::guix`]).
+    pub fn guix_secret_key(&self) -> crate::guix::GuixSecretKey {
+        crate::guix::GuixSecretKey::from_ed25519_seed(&self.seed())
+    }
+
+    /// The node's Guix public key: its Ed25519 public key as `(public-key (ecc (curve Ed25519) (q #…#)))`.
+    pub fn guix_public_key(&self) -> crate::guix::GuixPublicKey {
+        crate::guix::GuixPublicKey::from_ed25519(self.nix.signing_key().as_ref())
+    }
+
     /// A Nix signature (`name:base64(sig)`) over `message`, e.g. a narinfo fingerprint.
     pub fn sign_nix(&self, message: &[u8]) -> NixSignature {
         self.nix.sign(message)

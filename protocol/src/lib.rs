@@ -13,6 +13,7 @@
 //! - [`nar`]: Nix ARchive streaming writer and strict streaming reader, NarHash/NarSize.
 //! - [`nixkey`]: Nix key files `name:base64(...)` (secret 64 bytes, public 32 bytes).
 //! - [`narinfo`]: `.narinfo` parse/render, fingerprint, Sig lines.
+//! - [`guix`]: Guix narinfo signatures (ECDSA over edwards25519), keys and ACLs as s-expressions.
 //! - [`id`]: `NodeId`, `JobId`, `ArtifactHash`, `MessageId` newtypes (text and binary forms).
 //! - [`identity`]: one ed25519 key per node: PeerId, mesh signatures and Nix signatures.
 //! - [`signed`]: `Signed<T>` with versioned domain separation.
@@ -30,6 +31,7 @@
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod derivation;
+pub mod guix;
 pub mod hash;
 pub mod id;
 pub mod identity;

@@ -51,6 +51,9 @@ enum Command {
     Query(cli::audit::QueryArgs),
     /// Classify every output the node knows (match, mismatch, inconclusive) with per-builder statistics.
     Audit(cli::audit::AuditArgs),
+    /// Compare classic substitute servers (Nix caches, `guix publish`, nar-herder) with the mesh's
+    /// attestations, as `guix challenge` does (exit 0 all match, 2 a mismatch, 1 otherwise).
+    Challenge(cli::challenge::ChallengeArgs),
     /// Re-check an attestation export (`/api/v1/attestations?format=jsonl`) offline.
     Verify(cli::audit::VerifyArgs),
     /// A derivation's build log, from this node or fetched from a builder (checked against its signature).
@@ -108,6 +111,15 @@ pub fn main() -> std::process::ExitCode {
         Command::Log(a) => cli::auditx::run_log(a),
         Command::Diff(a) => cli::auditx::run_diff(a),
         Command::Export(a) => cli::auditx::run_export(a),
+        Command::Challenge(a) => {
+            return match cli::challenge::run(a) {
+                Ok(code) => std::process::ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("buildmesh: error: {e:#}");
+                    std::process::ExitCode::from(1)
+                }
+            };
+        }
         Command::SandboxExec(a) => return crate::sandbox::sandbox_exec_main(a),
         Command::Revision(c) => return qa_exit(cli::qa::run_revision(c)),
         Command::Compare(a) => return qa_exit(cli::qa::run_compare(a)),

@@ -37,6 +37,23 @@ pub enum Command {
         #[arg(long)]
         secret_file: PathBuf,
     },
+    /// Print a node's Guix public key, `(public-key (ecc (curve Ed25519) (q #...#)))`: what
+    /// `guix archive --authorize` takes. The same key as the node's Nix key (docs/guix.md).
+    GuixPublic {
+        /// A node key file (`DATA/node.key`), a Nix public key, or a Guix key s-expression.
+        #[arg(long, required_unless_present = "api", conflicts_with = "api")]
+        key: Option<PathBuf>,
+        /// A running node's HTTP address; its key is read from `GET /api/v1/node`.
+        #[arg(long)]
+        api: Option<String>,
+    },
+    /// Print a node key as Guix's `signing-key.sec` s-expression (for `guix publish` or
+    /// `guix archive --export` with the node's key). Prints a secret: redirect it to a file.
+    GuixSecret {
+        /// The node key file (`DATA/node.key`) or a Nix secret key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 /// Run a `buildmesh key` subcommand.
@@ -62,6 +79,19 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Public { secret_file } => {
             let key = read_secret_key(&secret_file)?;
             println!("{}", key.public());
+            Ok(())
+        }
+        Command::GuixPublic { key, api } => {
+            let public = match (key, api) {
+                (Some(path), _) => super::guix::read_guix_public(&path)?,
+                (None, Some(api)) => super::guix::fetch_guix_public(&api)?,
+                (None, None) => bail!("pass --key FILE or --api URL"),
+            };
+            print!("{}", public.to_sexp());
+            Ok(())
+        }
+        Command::GuixSecret { key } => {
+            print!("{}", super::guix::read_guix_secret(&key)?.to_sexp());
             Ok(())
         }
     }

@@ -3,9 +3,12 @@
 pub mod app;
 pub mod audit;
 pub mod auditx;
+pub mod challenge;
 pub mod demo;
 mod demo_deps;
 pub mod drv;
+pub mod guix;
+pub mod guix_bench;
 pub mod key;
 pub mod mesh;
 pub mod nar;

@@ -1,4 +1,5 @@
-//! `buildmesh narinfo ...` commands: sign and verify `.narinfo` files with Nix keys.
+//! `buildmesh narinfo ...` commands: sign and verify `.narinfo` files with Nix keys, or with
+//! `--guix`/`--guix-key`/`--acl` as Guix does (`cli/guix.rs`).
 
 use std::fs::File;
 use std::io::{self, Read, Write as _};
@@ -12,18 +13,30 @@ use clap::Subcommand;
 
 use super::key::read_secret_key;
 
+/// The store directory of Nix narinfos unless `--store-dir` says otherwise.
+const NIX_STORE_DIR: &str = "/nix/store";
+
 /// `buildmesh narinfo` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Sign a narinfo's fingerprint with a Nix secret key and print the narinfo with the new `Sig`
     /// line (a `Sig` by the same key name is replaced). Other lines are kept byte for byte.
+    /// With `--guix`, sign it as Guix does instead (a `Signature:` line; docs/guix.md).
     Sign {
-        /// The secret key file (`nix-store --generate-binary-cache-key` or `buildmesh key generate`).
+        /// The secret key file (`nix-store --generate-binary-cache-key` or `buildmesh key generate`;
+        /// with `--guix` also Guix's `signing-key.sec`).
         #[arg(long)]
         secret_file: PathBuf,
-        /// The store directory of the narinfo's paths.
-        #[arg(long, default_value = "/nix/store")]
-        store_dir: String,
+        /// The store directory of the narinfo's paths (default `/nix/store`; not used with `--guix`).
+        #[arg(long)]
+        store_dir: Option<String>,
+        /// Sign for Guix: ECDSA over edwards25519 with the same key, `Signature: 1;<host>;<base64>`.
+        #[arg(long)]
+        guix: bool,
+        /// With `--guix`: the host name in the `Signature:` line (default: this machine's name, as
+        /// `guix publish` writes it).
+        #[arg(long, requires = "guix")]
+        host: Option<String>,
         /// The narinfo file, or `-` for standard input.
         narinfo: PathBuf,
     },
@@ -31,11 +44,19 @@ pub enum Command {
     /// the narinfo's fingerprint; prints one line per `Sig` with its outcome.
     Verify {
         /// A trusted public key `name:base64` (repeatable), as in Nix's `trusted-public-keys`.
-        #[arg(long = "trusted-key", required = true)]
+        #[arg(long = "trusted-key", required_unless_present_any = ["guix_keys", "acls"])]
         trusted_keys: Vec<String>,
-        /// The store directory of the narinfo's paths.
-        #[arg(long, default_value = "/nix/store")]
-        store_dir: String,
+        /// Check the Guix `Signature:` instead, as Guix does, authorizing this Guix public key
+        /// file (repeatable; `signing-key.pub`, or the output of `buildmesh key guix-public`).
+        /// Exits 0 only when Guix would accept the narinfo; otherwise prints Guix's status.
+        #[arg(long = "guix-key", conflicts_with = "trusted_keys")]
+        guix_keys: Vec<PathBuf>,
+        /// Like `--guix-key`, with the keys of a Guix ACL file (`/etc/guix/acl`; repeatable).
+        #[arg(long = "acl", conflicts_with = "trusted_keys")]
+        acls: Vec<PathBuf>,
+        /// The store directory of the narinfo's paths (default `/nix/store`, `/gnu/store` for Guix).
+        #[arg(long)]
+        store_dir: Option<String>,
         /// The narinfo file, or `-` for standard input.
         narinfo: PathBuf,
     },
@@ -44,21 +65,28 @@ pub enum Command {
 /// Run a `buildmesh narinfo` subcommand.
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Sign { secret_file, store_dir, narinfo } => {
+        Command::Sign { secret_file, guix: true, host, narinfo, .. } => {
+            super::guix::sign(&secret_file, host.as_deref(), &narinfo)
+        }
+        Command::Sign { secret_file, store_dir, narinfo, .. } => {
             let key = read_secret_key(&secret_file)?;
-            let mut ni = read_narinfo(&narinfo, &store_dir)?;
+            let mut ni = read_narinfo(&narinfo, store_dir.as_deref().unwrap_or(NIX_STORE_DIR))?;
             ni.sign(&key).with_context(|| format!("cannot sign {}", display_name(&narinfo)))?;
             let mut out = io::stdout().lock();
             out.write_all(ni.to_string().as_bytes())?;
             out.flush()?;
             Ok(())
         }
-        Command::Verify { trusted_keys, store_dir, narinfo } => {
+        Command::Verify { guix_keys, acls, store_dir, narinfo, .. } if !guix_keys.is_empty() || !acls.is_empty() => {
+            super::guix::verify(&guix_keys, &acls, store_dir.as_deref(), &narinfo)
+        }
+        Command::Verify { trusted_keys, store_dir, narinfo, .. } => {
+            let store_dir = store_dir.as_deref().unwrap_or(NIX_STORE_DIR);
             let keys = trusted_keys
                 .iter()
                 .map(|k| PublicKey::parse(k).with_context(|| format!("--trusted-key {k:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let ni = read_narinfo(&narinfo, &store_dir)?;
+            let ni = read_narinfo(&narinfo, store_dir)?;
             let v = ni.verify(&keys).with_context(|| format!("cannot verify {}", display_name(&narinfo)))?;
             println!("{}", ni.store_path_string());
             for check in &v.checks {

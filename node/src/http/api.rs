@@ -104,6 +104,10 @@ pub struct NodeInfo {
     pub key_name: String,
     /// The Nix public key `name:base64` (what users put in `trusted-public-keys`).
     pub public_key: String,
+    /// The Guix public key `(public-key (ecc (curve Ed25519) (q #…#)))` of the same node key
+    /// (what `guix archive --authorize` takes; `buildmesh key guix-public --api URL` prints it).
+    #[serde(default)]
+    pub guix_public_key: String,
     /// Systems built natively and through emulation.
     pub systems: Systems,
     /// The store directory (`/nix/store`).

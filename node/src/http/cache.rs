@@ -121,7 +121,7 @@ impl NarinfoCache {
 }
 
 /// `Content-Type` of narinfos.
-const NARINFO_TYPE: &str = "text/x-nix-narinfo";
+pub(super) const NARINFO_TYPE: &str = "text/x-nix-narinfo";
 
 /// A plain-text answer (with its `Content-Length`, so `HEAD` shows it too).
 pub(super) fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -139,7 +139,12 @@ pub(super) fn not_found() -> Response {
 
 /// A response with a body in memory and its `Content-Length` set explicitly (axum answers `HEAD`
 /// with the `GET` response's headers and no body; an explicit length survives that).
-fn sized(status: StatusCode, content_type: &'static str, cache: Option<&'static str>, body: Bytes) -> Response {
+pub(super) fn sized(
+    status: StatusCode,
+    content_type: &'static str,
+    cache: Option<&'static str>,
+    body: Bytes,
+) -> Response {
     let len = body.len();
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;

@@ -8,6 +8,8 @@
 //! | `GET`, `HEAD /<hash32>.narinfo` | the narinfo of a path the trust rule accepts ([`crate::trust`]) |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar` | the NAR, decompressed, checked and streamed from its blob; `Range` ([`nar`]) |
 //! | `GET`, `HEAD /nar/<nix32 NarHash>.nar.zst` | the blob's zstd file as stored; `Range` ([`nar`]) |
+//! | `GET`, `HEAD /nar/zstd/<basename>`, `/nar/<basename>`, `/log/<basename>`, `/signing-key.pub` | what `guix publish` serves beyond narinfos ([`guix`]) |
+//! | `GET`, `HEAD /builder/<key id>/…` | per-builder views: each output as one builder attested it ([`builder`]) |
 //! | `GET /api/v1/node` | who this node is ([`api::NodeInfo`]) |
 //! | `GET /api/v1/builds[?state=…]` | builds ([`api::BuildView`]) |
 //! | `GET /api/v1/builds/<drv>` | one build; `<drv>` is a base name or a full path, URL-encoded |
@@ -38,9 +40,11 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod builder;
 pub mod cache;
 pub mod diff;
 pub mod errors;
+pub mod guix;
 pub mod health;
 pub mod limits;
 pub mod logs;
@@ -96,6 +100,8 @@ struct Inner {
     /// The node key (signs this node's own DSSE envelopes, issue 14).
     key: Arc<NodeKey>,
     store_dir: StoreDir,
+    /// This node's id (its Guix public key is served at `/signing-key.pub`).
+    node_id: buildmesh_protocol::id::NodeId,
     info: Arc<NodeInfo>,
     scheduler: SchedulerHandle,
     submit: SubmitContext,
@@ -132,6 +138,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 store,
+                node_id: key.node_id(),
                 key,
                 store_dir,
                 info,
@@ -220,6 +227,12 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .route("/nix-cache-info", get(cache::nix_cache_info))
         .route("/{file}", get(cache::narinfo))
         .route("/nar/{file}", get(nar::nar))
+        .route("/nar/zstd/{file}", get(guix::nar_zstd))
+        .route("/log/{file}", get(guix::log))
+        .route("/signing-key.pub", get(guix::signing_key))
+        .route("/builder/{key}/{file}", get(builder::file))
+        .route("/builder/{key}/nar/{file}", get(builder::nar))
+        .route("/builder/{key}/nar/zstd/{file}", get(builder::nar_zstd))
         .route("/api/v1/node", get(api::node))
         .route("/api/v1/builds", get(api::builds))
         .route("/api/v1/builds/{drv}", get(api::build))

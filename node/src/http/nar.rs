@@ -70,6 +70,11 @@ pub(super) async fn nar(
     ext: axum::http::Extensions,
     Path(file): Path<String>,
 ) -> Response {
+    if file.contains('-') {
+        // A store path's base name (`nar/<basename>`, the Guix layout's uncompressed URL); a
+        // nix32 NarHash has no `-`.
+        return super::guix::nar_of_path(state, &file, false, method, headers, ext).await;
+    }
     let (hash, compressed) = match file.strip_suffix(".nar.zst") {
         Some(h) => (h, true),
         None => match file.strip_suffix(".nar") {
@@ -91,12 +96,27 @@ pub(super) async fn nar(
         Ok(false) => return not_found(),
         Err(e) => return internal("trust", e),
     }
-    let head = method == Method::HEAD;
+    send_blob(&state, digest, compressed, &method, headers, &ext).await
+}
+
+/// Send the stored NAR with NarHash `digest` (the zstd blob file when `compressed`, else the
+/// decompressed NAR), once the caller's trust rule allowed it: a download slot, `Range`, `HEAD`.
+/// Also the NAR routes of the Guix layout ([`super::guix`]) and of the per-builder views
+/// ([`super::builder`]).
+pub(super) async fn send_blob(
+    state: &AppState,
+    digest: [u8; 32],
+    compressed: bool,
+    method: &Method,
+    headers: HeaderMap,
+    ext: &axum::http::Extensions,
+) -> Response {
+    let head = *method == Method::HEAD;
     // A download holds its slot until its body is done or dropped.
     let slot = if head {
         None
     } else {
-        match state.inner.downloads.acquire(super::server::client_ip(&ext)).await {
+        match state.inner.downloads.acquire(super::server::client_ip(ext)).await {
             Ok(slot) => Some(slot),
             Err(busy) => {
                 tracing::debug!(cause = %busy, "NAR download refused");

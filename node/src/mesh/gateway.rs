@@ -21,11 +21,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use buildmesh_protocol::hash::NixHash;
+use buildmesh_protocol::id::NodeId;
 use buildmesh_protocol::store_path::StorePath;
 use buildmesh_protocol::wire::Attestation;
 
 use super::fetch::{FetchError, Fetcher, peer_of};
-use crate::store::{PathInfo, StoreError, unix_ms};
+use crate::store::{BlobInfo, PathInfo, StoreError, unix_ms};
 pub use crate::trust::{Accepted, accepted_of};
 use crate::trust::{Judgement, Refusal};
 
@@ -172,7 +174,14 @@ impl Gateway {
                     .blocking(move |g| {
                         let blob = g.fetcher.store.blob_info(&info.blob)?;
                         Ok(blob.and_then(|b| {
-                            crate::trust::serve::render(&g.fetcher.store_dir, &info.path, &j, &b, Some(&info))
+                            crate::trust::serve::render(
+                                &g.fetcher.store_dir,
+                                &g.fetcher.trust,
+                                &info.path,
+                                &j,
+                                &b,
+                                Some(&info),
+                            )
                         }))
                     })
                     .await;
@@ -210,7 +219,8 @@ impl Gateway {
                 Err(e) => return Err(e.into()),
             }
             let local = store.path_info(&info.path)?;
-            Ok(crate::trust::serve::render(&g.fetcher.store_dir, &info.path, &judgement, &blob, local.as_ref()))
+            let (sd, trust) = (&g.fetcher.store_dir, &g.fetcher.trust);
+            Ok(crate::trust::serve::render(sd, trust, &info.path, &judgement, &blob, local.as_ref()))
         })
         .await
     }
@@ -223,6 +233,35 @@ impl Gateway {
             Ok(crate::trust::serve::nar_servable(&f.store, &f.store_dir, &f.trust, &nar_hash)?)
         })
         .await
+    }
+
+    /// The trust policy the gateway applies.
+    pub fn trust(&self) -> &buildmesh_protocol::mesh::TrustConfig {
+        &self.fetcher.trust
+    }
+
+    /// The NAR `builder` attested (NarHash `nar_hash`, NarSize `nar_size`), for a per-builder view
+    /// (`/builder/<key id>/nar/…`): the stored blob, or else fetched from that builder and
+    /// verified against the NarHash it signed. Only a builder of the node's trust policy is asked
+    /// (a stranger's attestation cannot make this node download its NARs); `None` when the NAR is
+    /// not here and the builder is not trusted.
+    pub async fn builder_nar(
+        &self,
+        builder: NodeId,
+        nar_hash: [u8; 32],
+        nar_size: u64,
+    ) -> Result<Option<BlobInfo>, GatewayError> {
+        let h = NixHash::sha256(nar_hash);
+        let held = self.blocking(move |g| Ok(g.fetcher.store.blob_by_nar_hash(&h)?)).await?;
+        if let Some(b) = held.filter(|b| b.nar_size == nar_size) {
+            return Ok(Some(b));
+        }
+        if !self.fetcher.trust.is_trusted(&builder) {
+            return Ok(None);
+        }
+        let Some(peer) = peer_of(&builder) else { return Ok(None) };
+        tracing::info!(%builder, "fetching a builder's NAR for its per-builder view");
+        Ok(Some(self.fetcher.fetch_nar(nar_hash, nar_size, &[peer]).await?))
     }
 
     /// Fetch the source `path`, referenced by the attested output `referrer`, through the `.drv`

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use buildmesh_protocol::id::NodeId;
 use buildmesh_protocol::mesh::{MeshConfig, ReplicaRule, TrustConfig};
-use buildmesh_protocol::nixkey::PublicKey;
 use buildmesh_protocol::store_path::StoreDir;
 use serde::{Deserialize, Serialize};
 
@@ -181,8 +180,9 @@ pub fn trust_policy(
     let mut trusted = BTreeSet::from([me]);
     let mut names = vec![(me, my_key_name.to_string())];
     for k in trusted_keys {
-        let pk =
-            PublicKey::parse(k).map_err(|e| SettingsError::TrustedKey { key: k.clone(), reason: e.to_string() })?;
+        // Nix `name:base64` or a Guix `(public-key ...)` s-expression: one Ed25519 point either way.
+        let pk = buildmesh_protocol::guix::parse_trusted_key(k)
+            .map_err(|reason| SettingsError::TrustedKey { key: k.clone(), reason })?;
         let id = NodeId::from_bytes(&pk.verifying_key().to_bytes())
             .map_err(|e| SettingsError::TrustedKey { key: k.clone(), reason: e.to_string() })?;
         trusted.insert(id);

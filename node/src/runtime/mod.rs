@@ -234,6 +234,7 @@ impl Node {
             peer_id: key.peer_id(),
             key_name: key.name().to_string(),
             public_key: key.nix_public_key().to_string(),
+            guix_public_key: key.guix_public_key().to_sexp(),
             systems,
             store_dir: store_dir.to_string(),
             executor: executor.name().to_string(),

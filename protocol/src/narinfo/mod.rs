@@ -37,6 +37,7 @@
 //! result says which one matched ([`ReferenceOrder`]). [`NarInfo::sign`] always signs the sorted
 //! form, as Nix does.
 
+pub mod guix_layout;
 mod parse;
 mod sign;
 

@@ -40,7 +40,7 @@ pub use announce::Announcement;
 pub use batch::{Batch, BatchError, MAX_BATCH_ITEMS};
 pub use codec::{Decode, DecodeError, Encode, Reader, Sink};
 pub use job::{Claim, JobSubmission};
-pub use result::{Attestation, BuildFailure, FailureReason, LogDigest, OutputAttestation};
+pub use result::{Attestation, BuildFailure, FailureReason, LogDigest, MAX_GUIX_SIGNATURE_LEN, OutputAttestation};
 
 use crate::id::NodeId;
 use crate::store_path::{StoreDir, StorePath};

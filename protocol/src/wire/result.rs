@@ -82,7 +82,9 @@ fn read_extensions(r: &mut Reader<'_>, field: &'static str) -> Result<Option<Log
 /// One output of an attested build.
 ///
 /// Encoding: `path` ‖ `nar_hash` 32 bytes ‖ `nar_size` u64 (> 0) ‖ `references` (set of store paths)
-/// ‖ `content_id` 32 bytes ‖ `deriver` (option of store path) ‖ `nix_signature`.
+/// ‖ `content_id` 32 bytes ‖ `deriver` (option of store path) ‖ `nix_signature`. The optional Guix
+/// signature is not part of this record's encoding: it follows the attestation's outputs (see
+/// [`Attestation`]), so attestations made before it existed decode unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputAttestation {
     /// The output's store path.
@@ -100,7 +102,16 @@ pub struct OutputAttestation {
     /// The builder's Nix signature over the Nix fingerprint of this output
     /// (`1;<path>;<narHash>;<narSize>;<refs>`), so the gateway can serve it as a narinfo `Sig:`.
     pub nix_signature: NixSignature,
+    /// The builder's Guix signature of this output (store dir `/gnu/store` only): the value of a
+    /// narinfo `Signature:` line, `1;<host>;<base64 s-expression>`, over the signed part
+    /// [`crate::narinfo::guix_layout::signed_part`] renders from this record's facts (the same
+    /// bytes on every node), so any gateway can serve the builder's own Guix signature.
+    pub guix_signature: Option<String>,
 }
+
+/// The longest Guix signature value (`1;<host>;<base64>`) an attestation may carry, in bytes
+/// (Guix's own are about 480).
+pub const MAX_GUIX_SIGNATURE_LEN: usize = 2048;
 
 impl OutputAttestation {
     /// An output attestation signed (for Nix) with `key`.
@@ -117,7 +128,33 @@ impl OutputAttestation {
     ) -> Result<OutputAttestation, FingerprintError> {
         let fp = narinfo::fingerprint(store_dir, &path, &nar_hash, nar_size, &references)?;
         let nix_signature = key.sign_nix(fp.as_bytes());
-        Ok(OutputAttestation { path, nar_hash, nar_size, references, content_id, deriver, nix_signature })
+        let mut o = OutputAttestation {
+            path,
+            nar_hash,
+            nar_size,
+            references,
+            content_id,
+            deriver,
+            nix_signature,
+            guix_signature: None,
+        };
+        if crate::narinfo::guix_layout::is_guix_store(store_dir) {
+            o.guix_signature = crate::narinfo::guix_layout::sign_output(key, store_dir, &o);
+        }
+        Ok(o)
+    }
+
+    /// The signed part of this output's Guix narinfo (what [`OutputAttestation::guix_signature`]
+    /// signs and what every gateway serves before the `Signature:` line).
+    pub fn guix_signed_part(&self, store_dir: &StoreDir) -> String {
+        crate::narinfo::guix_layout::signed_part(
+            store_dir,
+            &self.path,
+            &self.nar_hash,
+            self.nar_size,
+            &self.references,
+            self.deriver.as_ref(),
+        )
     }
 
     /// NarHash as a [`NixHash`] (`sha256:<nix32>`).
@@ -173,7 +210,16 @@ impl OutputAttestation {
         let content_id = ArtifactHash::decode(r, "attestation.outputs.content_id")?;
         let deriver = r.option("attestation.outputs.deriver", |r| read_drv(r, "attestation.outputs.deriver"))?;
         let nix_signature = NixSignature::decode(r, "attestation.outputs.nix_signature")?;
-        Ok(OutputAttestation { path, nar_hash, nar_size, references, content_id, deriver, nix_signature })
+        Ok(OutputAttestation {
+            path,
+            nar_hash,
+            nar_size,
+            references,
+            content_id,
+            deriver,
+            nix_signature,
+            guix_signature: None,
+        })
     }
 }
 
@@ -187,8 +233,11 @@ impl OutputAttestation {
 ///
 /// Encoding: `builder` ‖ `store_dir` ‖ `drv` ‖ `mode` u8 (0 native, 1 emulated) ‖ `started_at_ms` u64
 /// ‖ `finished_at_ms` u64 (≥ start) ‖ outputs: count (1..=64) then, strictly increasing by name,
-/// name ‖ [`OutputAttestation`] ‖ extensions: nothing, or `1` u8 ‖ [`LogDigest`] (appended in
-/// issue 14; a message without it encodes and decodes as before).
+/// name ‖ [`OutputAttestation`] ‖ extensions, each a tag u8 then its value, tags increasing, each
+/// optional (a message without them encodes and decodes as before they existed):
+/// `1` ‖ [`LogDigest`] (issue 14); `2` ‖ the Guix signatures, per output in the same order an
+/// option of the signature text (at most [`MAX_GUIX_SIGNATURE_LEN`] bytes; at least one present,
+/// or the tag and list are absent; issue 17).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attestation {
     /// The builder (must be the signer; its key also made the Nix signatures).
@@ -223,8 +272,17 @@ impl Encode for Attestation {
             o.encode(out);
         }
         put_extensions(out, self.log.as_ref());
+        if self.outputs.values().any(|o| o.guix_signature.is_some()) {
+            put_u8(out, GUIX_SIGNATURES_TAG);
+            for o in self.outputs.values() {
+                put_option(out, o.guix_signature.as_ref(), |out, s| put_str(out, s));
+            }
+        }
     }
 }
+
+/// The tag of the Guix signatures that may follow an attestation's outputs.
+const GUIX_SIGNATURES_TAG: u8 = 2;
 
 impl Payload for Attestation {
     const KIND: Kind = Kind::Attestation;
@@ -255,7 +313,36 @@ impl Payload for Attestation {
             let o = OutputAttestation::decode(r)?;
             outputs.insert(name, o);
         }
-        let log = read_extensions(r, "attestation.extensions")?;
+        let mut log = None;
+        let mut last = 0u8;
+        while r.remaining() > 0 {
+            const F: &str = "attestation.extensions";
+            let offset = r.offset();
+            let tag = r.u8(F)?;
+            if tag <= last {
+                return Err(DecodeError::NotCanonical { field: F, offset });
+            }
+            last = tag;
+            match tag {
+                LogDigest::TAG => {
+                    let sha256 = r.array::<32>(F)?;
+                    let size = r.u64(F)?;
+                    log = Some(LogDigest { sha256, size });
+                }
+                GUIX_SIGNATURES_TAG => {
+                    const G: &str = "attestation.guix_signatures";
+                    let mut any = false;
+                    for o in outputs.values_mut() {
+                        o.guix_signature = r.option(G, |r| r.str(G, MAX_GUIX_SIGNATURE_LEN).map(str::to_string))?;
+                        any |= o.guix_signature.is_some();
+                    }
+                    if !any {
+                        return Err(DecodeError::NotCanonical { field: G, offset });
+                    }
+                }
+                tag => return Err(DecodeError::InvalidTag { field: F, offset, tag }),
+            }
+        }
         Ok(Attestation { builder, store_dir, drv, mode, started_at_ms, finished_at_ms, outputs, log })
     }
 
@@ -272,6 +359,10 @@ impl Payload for Attestation {
                 return Err(format!(
                     "output {name}: the Nix signature is not the builder's signature of the fingerprint {fp}"
                 ));
+            }
+            if let Some(sig) = &o.guix_signature {
+                crate::narinfo::guix_layout::check_output_signature(&self.builder, &self.store_dir, o, sig)
+                    .map_err(|e| format!("output {name}: {e}"))?;
             }
         }
         Ok(())

@@ -534,3 +534,57 @@ fn log_digest_is_an_optional_trailing_extension() {
     assert_eq!(Attestation::decode_payload(&mut Reader::new(&old)).unwrap(), a);
     assert_eq!(Signed::sign(&k, &with).unwrap().verify().unwrap().log, Some(digest));
 }
+
+/// A `/gnu/store` attestation with the builder's Guix signatures (appended after the outputs)
+/// round-trips through signing and verification; without them the encoding is the old one; an
+/// empty trailer is not canonical; a wrong Guix signature makes the attestation invalid.
+#[test]
+fn guix_signatures_follow_the_outputs_and_are_checked() {
+    let k = key(4);
+    let sd = StoreDir::new("/gnu/store").unwrap();
+    let mk = |sd: &StoreDir, name: &str| {
+        OutputAttestation::new_signed(
+            &k,
+            sd,
+            StorePath::new([5; 20], name).unwrap(),
+            [1; 32],
+            9,
+            BTreeSet::new(),
+            ArtifactHash::of(b"n"),
+            None,
+        )
+        .unwrap()
+    };
+    let att = |sd: &StoreDir| Attestation {
+        builder: k.node_id(),
+        store_dir: sd.clone(),
+        drv: StorePath::new([2; 20], "g.drv").unwrap(),
+        mode: BuildMode::Native,
+        started_at_ms: 1,
+        finished_at_ms: 2,
+        outputs: [("dev".to_string(), mk(sd, "g-dev")), ("out".to_string(), mk(sd, "g"))].into_iter().collect(),
+        log: None,
+    };
+    let a = att(&sd);
+    assert!(a.outputs.values().all(|o| o.guix_signature.is_some()));
+    let signed = Signed::sign(&k, &a).unwrap();
+    let back = Signed::<Attestation>::decode(&signed.to_bytes()).unwrap().verify().unwrap();
+    assert_eq!(back.value(), &a);
+    // Without Guix signatures: exactly the encoding before the field existed (no trailer).
+    let mut plain = a.clone();
+    plain.outputs.values_mut().for_each(|o| o.guix_signature = None);
+    let with = a.to_bytes();
+    let without = plain.to_bytes();
+    assert!(with.starts_with(&without) && with.len() > without.len());
+    // A trailer with no signature in it is not canonical.
+    let mut empty = without.clone();
+    empty.extend_from_slice(&[2, 0, 0]);
+    let mut r = Reader::new(&empty);
+    assert!(matches!(Attestation::decode_payload(&mut r), Err(DecodeError::NotCanonical { .. })));
+    // Another output's signature in this output's place: refused by the check.
+    let mut swapped = a.clone();
+    let dev = swapped.outputs["dev"].guix_signature.clone();
+    swapped.outputs.get_mut("out").unwrap().guix_signature = dev;
+    let e = swapped.check().unwrap_err();
+    assert!(e.contains("output out") && e.contains("Guix"), "{e}");
+}

@@ -128,6 +128,7 @@ pub fn run(args: PagesBenchArgs) -> anyhow::Result<()> {
         peer_id: data.submitter.node_id().to_peer_id(),
         key_name: "bench-submitter".into(),
         public_key: data.submitter.nix_public_key().to_string(),
+        guix_public_key: data.submitter.guix_public_key().to_sexp(),
         systems: crate::systems::Systems::default(),
         store_dir: "/nix/store".into(),
         executor: "local".into(),
