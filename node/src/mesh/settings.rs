@@ -54,6 +54,9 @@ pub struct MeshSettings {
     pub trusted_key_records: u64,
     /// Most envelope bytes stored per trusted key (default 16 GiB).
     pub trusted_key_bytes: u64,
+    /// Inbound libp2p connections from one IP address (an IPv4 address or an IPv6 /64) at most
+    /// (default 16; 0 = no limit). A local mesh of many nodes on 127.0.0.1 sets 0.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for MeshSettings {
@@ -77,6 +80,7 @@ impl Default for MeshSettings {
             untrusted_key_bytes: 256 << 20,
             trusted_key_records: 10_000_000,
             trusted_key_bytes: 16 << 30,
+            max_connections_per_ip: NetConfig::default().max_connections_per_ip,
         }
     }
 }
@@ -226,6 +230,7 @@ pub fn net_config(
         gossip_heartbeat: Duration::from_millis(s.heartbeat_ms.max(1)),
         gossip_duplicate_cache: duplicate_cache(s),
         redial_interval: Duration::from_millis(s.redial_interval_ms.max(1)),
+        max_connections_per_ip: s.max_connections_per_ip,
         ..NetConfig::default()
     })
 }
