@@ -15,7 +15,7 @@ use buildmesh::mesh::rpc::{
     self, ClosureRequest, ClosureResponse, NarRequest, NarResponse, SourceInfo, Summary, SyncRequest, SyncResponse,
 };
 use buildmesh::submit::wire::{DrvEntry, HEADER_VERSION, SourceEntry, SubmitHeader, encode_body};
-use buildmesh_protocol::derivation::{Derivation, Output, OutputHash};
+use buildmesh_protocol::derivation::{Derivation, DrvSet, Output, OutputHash};
 use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::id::{ArtifactHash, JobId, NodeId};
 use buildmesh_protocol::identity::NodeKey;
@@ -66,7 +66,7 @@ fn job(submitter: NodeId, i: u8) -> JobSubmission {
         submitted_at_ms: T,
         store_dir: StoreDir::nix(),
         drv: path(i, &format!("seed-{i}.drv")),
-        outputs: BTreeSet::from([path(i + 100, &format!("seed-{i}"))]),
+        outputs: BTreeSet::from(["out".to_string()]),
         system: "x86_64-linux".into(),
         required_features: BTreeSet::new(),
         priority: 3,
@@ -137,7 +137,7 @@ fn manifest(extra_drvs: u8) -> Manifest {
         drvs.push(drv(3 + i, &format!("pkg{i}-1.0"), vec![0]));
     }
     let jobs = (0..drvs.len() as u32)
-        .map(|d| ManifestJob { drv: d, package: format!("p{d}"), version: "1.0".into() })
+        .map(|d| ManifestJob { drv: d, package: format!("p{d:04}"), version: "1.0".into() })
         .collect();
     let m = Manifest { store_dir: StoreDir::nix(), systems: vec!["x86_64-linux".into()], drvs, jobs };
     m.validate().unwrap();
@@ -163,29 +163,38 @@ fn header(m: &Manifest, submitter: NodeId) -> RevisionHeader {
     h
 }
 
-/// A derivation with one input-addressed output, its path filled in.
+/// A derivation with one input-addressed output and an input derivation, paths filled in.
 fn derivation(sd: &StoreDir, big: bool) -> (String, Vec<u8>) {
-    let mut env = BTreeMap::from([
-        (b"name".to_vec(), b"hello-2.12.1".to_vec()),
-        (b"system".to_vec(), b"x86_64-linux".to_vec()),
-        (b"builder".to_vec(), b"/bin/sh".to_vec()),
-        (b"out".to_vec(), Vec::new()),
-    ]);
-    if big {
-        env.insert(b"buildCommand".to_vec(), "echo 'a long build script'\n".repeat(300).into_bytes());
-    }
-    let mut d = Derivation {
+    let mut set = DrvSet::new(sd.clone());
+    let env = |name: &str| {
+        BTreeMap::from([
+            (b"name".to_vec(), name.as_bytes().to_vec()),
+            (b"system".to_vec(), b"x86_64-linux".to_vec()),
+            (b"builder".to_vec(), b"/bin/sh".to_vec()),
+            (b"out".to_vec(), Vec::new()),
+        ])
+    };
+    let base = |name: &str| Derivation {
         outputs: BTreeMap::from([("out".to_string(), Output { path: None, hash: OutputHash::None })]),
-        input_drvs: BTreeMap::from([(path(9, "bash-5.2.drv"), BTreeSet::from(["out".to_string()]))]),
+        input_drvs: BTreeMap::new(),
         input_srcs: BTreeSet::from([path(8, "builder.sh")]),
         system: b"x86_64-linux".to_vec(),
         builder: b"/bin/sh".to_vec(),
         args: vec![b"-c".to_vec(), b"echo hello > $out".to_vec()],
-        env,
+        env: env(name),
     };
-    d.fill_in_output_paths(sd, "hello-2.12.1", &mut |_: &StorePath| None).unwrap();
+    let mut bash = base("bash-5.2");
+    set.fill_in(&mut bash, "bash-5.2").unwrap();
+    let bash_path = set.insert("bash-5.2".into(), bash).unwrap();
+    let mut d = base("hello-2.12.1");
+    d.input_drvs.insert(bash_path, BTreeSet::from(["out".to_string()]));
+    if big {
+        d.env.insert(b"buildCommand".to_vec(), "echo 'a long build script'\n".repeat(300).into_bytes());
+    }
+    set.fill_in(&mut d, "hello-2.12.1").unwrap();
     let aterm = d.to_aterm(sd);
-    (d.drv_path(sd, "hello-2.12.1").unwrap().to_string(), aterm)
+    let drv_path = set.insert("hello-2.12.1".into(), d).unwrap();
+    (drv_path.to_string(), aterm)
 }
 
 /// A NAR of a directory with a file, an executable, a symlink and a subdirectory; `big` adds a
@@ -239,7 +248,7 @@ fn seeds() -> Seeds {
 
     // revision_header and manifest_decode.
     let small = manifest(0);
-    let large = manifest(120);
+    let large = manifest(90);
     let h = header(&small, me);
     let signed = Signed::sign(&k, &h).unwrap().to_bytes();
     s.insert(("revision_header", "seed-envelope".into()), signed.clone());
@@ -396,9 +405,11 @@ fn fuzz_seeds_decode() {
     let sd = StoreDir::nix();
     for ((target, name), bytes) in seeds() {
         let ok = match target {
-            "wire_decode" if name.starts_with("seed-envelope") => Envelope::decode(&bytes).is_ok_and(|e| {
-                e.verify().is_ok() || e.verify_as::<Batch>().is_ok() || e.verify_as::<RevisionHeader>().is_ok()
-            }),
+            "wire_decode" if name.starts_with("seed-envelope") || name.starts_with("seed-batch") => {
+                Envelope::decode(&bytes).is_ok_and(|e| {
+                    e.verify().is_ok() || e.verify_as::<Batch>().is_ok() || e.verify_as::<RevisionHeader>().is_ok()
+                })
+            }
             "wire_decode" => {
                 let kind = Kind::ALL[usize::from(bytes[0]) % Kind::ALL.len()];
                 Message::decode_payload(kind, &bytes[1..], 1).is_ok() || kind == Kind::Batch
