@@ -735,7 +735,7 @@ impl EventLoop {
 
 /// 1, 10, 100, ...: which occurrences of a repeated refusal are logged at warn level.
 pub(super) fn is_power_of_ten(mut n: u64) -> bool {
-    while n >= 10 && n % 10 == 0 {
+    while n >= 10 && n.is_multiple_of(10) {
         n /= 10;
     }
     n == 1
