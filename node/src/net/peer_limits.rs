@@ -310,7 +310,9 @@ mod tests {
         assert!(l.app_score(&p) < -80.0, "three oversized frames graylist: {}", l.app_score(&p));
         let q = PeerId::random();
         for _ in 0..100 {
-            let _ = l.admit(q, RequestProtocol::Sync, false, t0);
+            if l.admit(q, RequestProtocol::Sync, false, t0).is_ok() {
+                l.done(&q);
+            }
         }
         let flood = l.app_score(&q);
         assert!(flood < -100.0, "98 refusals cost about 5 strikes: {flood}");
