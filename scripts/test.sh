@@ -21,3 +21,9 @@ scripts/check-links.sh
 python3 scripts/check-module-cycles.py
 
 cargo test --workspace "$@"
+
+# Every parser of untrusted input, fuzzed for a bounded time from the committed seed corpus
+# (docs/fuzzing.md; BUILDMESH_FUZZ_SECONDS=0 skips it).
+if [[ "${BUILDMESH_FUZZ_SECONDS:-20}" != 0 ]]; then
+  scripts/fuzz.sh
+fi

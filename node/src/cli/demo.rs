@@ -87,7 +87,8 @@ fn http() -> Result<reqwest::blocking::Client> {
 }
 
 /// Timers of the demo's mesh (a `[mesh]` config table): seconds instead of minutes, so a laptop
-/// demo finishes quickly. The multi-node tests use the same timers.
+/// demo finishes quickly, and no limit of connections per IP address (every node is on
+/// 127.0.0.1). The multi-node tests use the same settings.
 pub const DEMO_MESH: &str = "[mesh]
 enabled = true
 announce_interval_ms = 1000
@@ -102,6 +103,7 @@ republish_interval_ms = 2000
 sync_interval_ms = 2000
 redial_interval_ms = 1000
 heartbeat_ms = 200
+max_connections_per_ip = 0
 ";
 
 fn make_key(i: usize) -> Result<NodeKey> {

@@ -92,7 +92,7 @@ pub struct SubmitRequest {
 }
 
 /// A peer as `GET /api/v1/peers` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerView {
     /// libp2p peer id.
     pub peer_id: String,
@@ -120,6 +120,10 @@ pub struct PeerView {
     pub version: String,
     /// Its addresses (as it reported them, or as seen on the connection).
     pub addresses: Vec<String>,
+    /// What this node holds against it: gossip score, graylisting, refused requests, oversized
+    /// frames (issue 15 item 7; all zero for a peer that behaved).
+    #[serde(default)]
+    pub conduct: crate::net::PeerConduct,
 }
 
 /// Systems of a peer.

@@ -53,6 +53,16 @@ pub struct MeshSettings {
     pub trusted_key_records: u64,
     /// Most envelope bytes stored per trusted key (default 16 GiB).
     pub trusted_key_bytes: u64,
+    /// Inbound libp2p connections from one IP address (an IPv4 address or an IPv6 /64) at most
+    /// (default 16; 0 = no limit). A local mesh of many nodes on 127.0.0.1 sets 0.
+    pub max_connections_per_ip: u32,
+    /// `/buildmesh/closure/1` requests one peer may keep sending per second (default 128; twice
+    /// as many at once after a quiet spell). More are refused and count against the peer.
+    pub peer_closure_requests_per_sec: u32,
+    /// `/buildmesh/nar/1` requests (1 MiB chunks) per peer and second (default 512).
+    pub peer_nar_requests_per_sec: u32,
+    /// `/buildmesh/sync/1` requests per peer and second (default 128).
+    pub peer_sync_requests_per_sec: u32,
 }
 
 impl Default for MeshSettings {
@@ -76,6 +86,10 @@ impl Default for MeshSettings {
             untrusted_key_bytes: 256 << 20,
             trusted_key_records: 10_000_000,
             trusted_key_bytes: 16 << 30,
+            max_connections_per_ip: NetConfig::default().max_connections_per_ip,
+            peer_closure_requests_per_sec: 128,
+            peer_nar_requests_per_sec: 512,
+            peer_sync_requests_per_sec: 128,
         }
     }
 }
@@ -130,6 +144,9 @@ impl MeshSettings {
             ("untrusted_key_bytes", self.untrusted_key_bytes),
             ("trusted_key_records", self.trusted_key_records),
             ("trusted_key_bytes", self.trusted_key_bytes),
+            ("peer_closure_requests_per_sec", u64::from(self.peer_closure_requests_per_sec)),
+            ("peer_nar_requests_per_sec", u64::from(self.peer_nar_requests_per_sec)),
+            ("peer_sync_requests_per_sec", u64::from(self.peer_sync_requests_per_sec)),
         ] {
             if v == 0 {
                 return Err(SettingsError::Zero { field });
@@ -199,6 +216,11 @@ pub fn duplicate_cache(s: &MeshSettings) -> Duration {
     Duration::from_millis((shortest / 2).clamp(1_000, 60_000))
 }
 
+/// A per-peer request rate of `per_sec`, with a burst of twice that.
+fn rate(per_sec: u32) -> crate::net::RateLimit {
+    crate::net::RateLimit { burst: per_sec.saturating_mul(2).max(1), per_sec: f64::from(per_sec.max(1)) }
+}
+
 /// The network configuration of a node: its `listen` addresses, `bootstrap` peers and `mdns`
 /// from the configuration; gossip heartbeat, duplicate window and redial interval from its
 /// `[mesh]` settings `s`.
@@ -226,6 +248,13 @@ pub fn net_config(
         gossip_heartbeat: Duration::from_millis(s.heartbeat_ms.max(1)),
         gossip_duplicate_cache: duplicate_cache(s),
         redial_interval: Duration::from_millis(s.redial_interval_ms.max(1)),
+        max_connections_per_ip: s.max_connections_per_ip,
+        peer_limits: crate::net::PeerLimitsConfig {
+            closure: rate(s.peer_closure_requests_per_sec),
+            nar: rate(s.peer_nar_requests_per_sec),
+            sync: rate(s.peer_sync_requests_per_sec),
+            ..crate::net::PeerLimitsConfig::default()
+        },
         ..NetConfig::default()
     })
 }

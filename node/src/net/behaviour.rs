@@ -15,6 +15,7 @@ use libp2p::{
 
 use super::codec::LengthPrefixedCodec;
 use super::config::{NetConfig, RrLimits};
+use super::ip_limits;
 use super::{RequestProtocol, SpawnError};
 
 /// Kademlia protocol name of the mesh (private: buildmesh nodes do not join the IPFS DHT).
@@ -29,6 +30,7 @@ pub const AGENT_VERSION: &str = concat!("buildmesh/", env!("CARGO_PKG_VERSION"))
 pub(crate) struct MeshBehaviour {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) ip_limits: ip_limits::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) kad: kad::Behaviour<MemoryStore>,
     pub(crate) identify: identify::Behaviour,
@@ -119,7 +121,9 @@ fn score_params(topics: &[String]) -> gossipsub::PeerScoreParams {
     }
 }
 
-fn score_thresholds() -> gossipsub::PeerScoreThresholds {
+/// The thresholds of [`score_params`]: below `graylist_threshold` a peer's gossip is ignored and
+/// (see [`super::peer_limits`]) its requests are refused.
+pub(crate) fn score_thresholds() -> gossipsub::PeerScoreThresholds {
     gossipsub::PeerScoreThresholds {
         gossip_threshold: -10.0,
         publish_threshold: -50.0,
@@ -138,7 +142,9 @@ fn rr_behaviour(
     request_response::Behaviour::with_codec(
         codec,
         [(protocol.stream_protocol(), request_response::ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(cfg.request_timeout).with_max_concurrent_streams(64),
+        request_response::Config::default()
+            .with_request_timeout(cfg.request_timeout)
+            .with_max_concurrent_streams(cfg.max_concurrent_streams),
     )
 }
 
@@ -177,6 +183,7 @@ fn build_behaviour(keypair: &Keypair, cfg: &NetConfig, registry: &mut Registry) 
     Ok(MeshBehaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits,
+        ip_limits: ip_limits::Behaviour::new(cfg.max_connections_per_ip),
         gossipsub: gossipsub_behaviour(cfg, registry)?,
         kad,
         identify,

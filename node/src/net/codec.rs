@@ -79,6 +79,35 @@ where
     Ok(buf)
 }
 
+/// A request as it travels through the codec. A request whose announced length is above the
+/// cap is not an I/O error but [`RequestFrame::TooLarge`], so that the event loop learns which
+/// peer sent it (libp2p reports a failed `read_request` to nobody) and can count it against
+/// that peer; its body is never read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RequestFrame {
+    /// A request within the cap.
+    Data(Vec<u8>),
+    /// A request above the cap (read side only; never written).
+    TooLarge(FrameTooLarge),
+}
+
+/// Reads the length prefix of one request and, when it is within `max`, its bytes.
+pub(crate) async fn read_request_frame<T>(io: &mut T, max: usize) -> io::Result<RequestFrame>
+where
+    T: AsyncRead + Unpin + Send,
+{
+    let mut len_bytes = [0u8; 4];
+    io.read_exact(&mut len_bytes).await?;
+    let len = u32::from_le_bytes(len_bytes);
+    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+    if len_usize > max {
+        return Ok(RequestFrame::TooLarge(FrameTooLarge { kind: FrameKind::Request, len: u64::from(len), max }));
+    }
+    let mut buf = vec![0u8; len_usize];
+    io.read_exact(&mut buf).await?;
+    Ok(RequestFrame::Data(buf))
+}
+
 /// Writes one frame, refusing data longer than `max` (or than `u32::MAX`).
 pub(crate) async fn write_frame<T>(io: &mut T, kind: FrameKind, max: usize, data: &[u8]) -> io::Result<()>
 where
@@ -96,14 +125,14 @@ where
 
 impl request_response::Codec for LengthPrefixedCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
+    type Request = RequestFrame;
     type Response = Vec<u8>;
 
-    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<RequestFrame>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, FrameKind::Request, self.max_request).await
+        read_request_frame(io, self.max_request).await
     }
 
     async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Vec<u8>>
@@ -113,11 +142,14 @@ impl request_response::Codec for LengthPrefixedCodec {
         read_frame(io, FrameKind::Response, self.max_response).await
     }
 
-    async fn write_request<T>(&mut self, _: &Self::Protocol, io: &mut T, req: Vec<u8>) -> io::Result<()>
+    async fn write_request<T>(&mut self, _: &Self::Protocol, io: &mut T, req: RequestFrame) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, FrameKind::Request, self.max_request, &req).await
+        match req {
+            RequestFrame::Data(data) => write_frame(io, FrameKind::Request, self.max_request, &data).await,
+            RequestFrame::TooLarge(t) => Err(t.into_io(io::ErrorKind::InvalidInput)),
+        }
     }
 
     async fn write_response<T>(&mut self, _: &Self::Protocol, io: &mut T, res: Vec<u8>) -> io::Result<()>
@@ -166,6 +198,16 @@ mod tests {
         let too_large = FrameTooLarge::from_io(&err).unwrap();
         assert_eq!(too_large.len, u64::from(u32::MAX));
         assert_eq!(too_large.kind, FrameKind::Response);
+    }
+
+    #[test]
+    fn oversize_request_is_reported_not_read() {
+        // 5,000 bytes announced, a cap of 1,000: the body is not read (here it is not even there).
+        let mut input = Cursor::new(5000u32.to_le_bytes().to_vec());
+        let frame = block_on(read_request_frame(&mut input, 1000)).unwrap();
+        assert_eq!(frame, RequestFrame::TooLarge(FrameTooLarge { kind: FrameKind::Request, len: 5000, max: 1000 }));
+        let mut ok = Cursor::new(vec![2, 0, 0, 0, 7, 8]);
+        assert_eq!(block_on(read_request_frame(&mut ok, 1000)).unwrap(), RequestFrame::Data(vec![7, 8]));
     }
 
     #[test]

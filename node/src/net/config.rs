@@ -6,6 +6,8 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 
+use super::peer_limits::PeerLimitsConfig;
+
 /// Hard ceiling for any single request or response frame (64 MiB): a configuration above it is
 /// refused, so a typo cannot turn into a gigabyte allocation per stream.
 pub const MAX_FRAME_CEILING: usize = 64 * 1024 * 1024;
@@ -78,6 +80,13 @@ pub struct NetConfig {
     pub max_provider_keys: usize,
     /// Maximum established connections in total.
     pub max_connections: u32,
+    /// Inbound connections (pending and established) from one IP address (an IPv4 address or an
+    /// IPv6 /64) at most; 0 = no limit.
+    pub max_connections_per_ip: u32,
+    /// Concurrent request-response streams per connection and protocol (both directions).
+    pub max_concurrent_streams: usize,
+    /// Per-peer limits on inbound requests (rates, unanswered requests).
+    pub peer_limits: PeerLimitsConfig,
     /// Capacity of the command channel (handle to event loop).
     pub command_buffer: usize,
     /// Capacity of the event channel (event loop to application) plus the loop's overflow queue;
@@ -119,6 +128,9 @@ impl Default for NetConfig {
             target_peers: 8,
             max_provider_keys: 65_536,
             max_connections: 256,
+            max_connections_per_ip: 16,
+            max_concurrent_streams: 64,
+            peer_limits: PeerLimitsConfig::default(),
             command_buffer: 256,
             event_buffer: 1024,
             max_pending_inbound: 256,
@@ -147,6 +159,12 @@ pub enum NetConfigError {
         value: u64,
         /// The largest accepted value.
         max: u64,
+    },
+    /// A request rate has a zero burst or a rate that is not a positive number.
+    #[error("{field} needs a burst of at least 1 and a positive, finite rate")]
+    BadRate {
+        /// Field name.
+        field: &'static str,
     },
     /// A duration field is zero.
     #[error("{field} must be greater than zero")]
@@ -184,11 +202,22 @@ impl NetConfig {
             ("max_pending_inbound", self.max_pending_inbound, 1 << 20),
             ("publish_queue_cap", self.publish_queue_cap, 1 << 20),
             ("max_provider_keys", self.max_provider_keys, 1 << 24),
+            ("max_concurrent_streams", self.max_concurrent_streams, 1 << 16),
+            ("peer_limits.max_pending_per_peer", self.peer_limits.max_pending_per_peer, 1 << 20),
         ];
         for (field, value, max) in sizes {
             let value = value as u64;
             if value == 0 || value > max {
                 return Err(NetConfigError::OutOfRange { field, value, max });
+            }
+        }
+        for (field, rate) in [
+            ("peer_limits.closure", self.peer_limits.closure),
+            ("peer_limits.nar", self.peer_limits.nar),
+            ("peer_limits.sync", self.peer_limits.sync),
+        ] {
+            if rate.burst == 0 || !(rate.per_sec > 0.0 && rate.per_sec.is_finite()) {
+                return Err(NetConfigError::BadRate { field });
             }
         }
         if self.max_connections == 0 {

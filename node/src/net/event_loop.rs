@@ -12,7 +12,7 @@ use std::time::Duration;
 use libp2p::futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
@@ -20,12 +20,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, trace, warn};
 
-use super::behaviour::{ID_PROTOCOL_VERSION, KAD_PROTOCOL, MeshBehaviour, MeshBehaviourEvent, build_swarm, message_id};
-use super::codec::FrameTooLarge;
+use super::behaviour::{
+    ID_PROTOCOL_VERSION, KAD_PROTOCOL, MeshBehaviour, MeshBehaviourEvent, build_swarm, message_id, score_thresholds,
+};
 use super::config::{NetConfig, peer_id_of};
+use super::handle::RequestError;
 use super::handle::{Command, DialError, HandleTimeouts, NetError, NetHandle, Priority, PublishError, Published};
-use super::handle::{RequestError, RespondError};
-use super::{GossipMessage, InboundId, NetEvent, RequestProtocol, SpawnError};
+use super::peer_limits::PeerLimits;
+use super::{GossipMessage, InboundId, NetEvent, RequestProtocol, SharedConduct, SpawnError};
+
+mod requests;
 
 /// Commands handled in a row before the swarm gets a turn.
 const COMMAND_BURST: u32 = 64;
@@ -64,7 +68,12 @@ pub struct EventLoop {
     backlog: VecDeque<NetEvent>,
     pending_dials: HashMap<ConnectionId, (Multiaddr, Reply<Result<PeerId, DialError>>)>,
     pending_requests: PendingRequests,
-    pending_inbound: HashMap<InboundId, ResponseChannel<Vec<u8>>>,
+    /// Inbound requests waiting for an answer, with their requester.
+    pending_inbound: HashMap<InboundId, (PeerId, ResponseChannel<Vec<u8>>)>,
+    peer_limits: PeerLimits,
+    /// Peers below the graylist threshold at the last tick (to log each crossing once).
+    graylisted: BTreeSet<PeerId>,
+    conduct: SharedConduct,
     pending_start_providing: HashMap<kad::QueryId, Reply<Result<(), NetError>>>,
     pending_get_providers: HashMap<kad::QueryId, PendingProviders>,
     publish_queue: HashMap<gossipsub::TopicHash, VecDeque<QueuedPublish>>,
@@ -121,7 +130,9 @@ impl EventLoop {
         let (cmd_tx, cmd_rx) = mpsc::channel(cfg.command_buffer);
         let (prio_tx, prio_rx) = mpsc::channel(PRIORITY_BUFFER);
         let (ev_tx, ev_rx) = mpsc::channel(cfg.event_buffer);
+        let conduct = SharedConduct::default();
         let handle = NetHandle {
+            conduct: conduct.clone(),
             commands: cmd_tx,
             priority: prio_tx,
             local_peer_id,
@@ -143,6 +154,9 @@ impl EventLoop {
             pending_dials: HashMap::new(),
             pending_requests: HashMap::new(),
             pending_inbound: HashMap::new(),
+            peer_limits: PeerLimits::new(cfg.peer_limits),
+            graylisted: BTreeSet::new(),
+            conduct,
             pending_start_providing: HashMap::new(),
             pending_get_providers: HashMap::new(),
             publish_queue: HashMap::new(),
@@ -273,7 +287,15 @@ impl EventLoop {
             warn!(expired, "dropped queued gossip messages: no subscriber within publish_queue_ttl");
         }
         // Drop inbound requests whose requester is gone (libp2p also reports most of them).
-        self.pending_inbound.retain(|_, ch| ch.is_open());
+        let limits = &mut self.peer_limits;
+        self.pending_inbound.retain(|_, (peer, ch)| {
+            let open = ch.is_open();
+            if !open {
+                limits.done(peer);
+            }
+            open
+        });
+        self.review_peers(now);
 
         if now.duration_since(self.last_redial) >= self.cfg.redial_interval {
             self.last_redial = now;
@@ -283,6 +305,47 @@ impl EventLoop {
             self.top_up_peers();
             self.rebootstrap_if_lonely();
         }
+    }
+
+    /// Lets strikes decay (telling gossipsub the new application scores), logs each peer that
+    /// fell below or rose above the graylist threshold, and publishes the conduct records.
+    fn review_peers(&mut self, now: Instant) {
+        for (peer, score) in self.peer_limits.decay(now) {
+            self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
+        }
+        let threshold = score_thresholds().graylist_threshold;
+        let mut records: HashMap<PeerId, super::PeerConduct> = HashMap::new();
+        let mut peers: BTreeSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        peers.extend(self.peer_limits.peers().copied());
+        peers.extend(self.graylisted.iter().copied());
+        let mut graylisted = BTreeSet::new();
+        for peer in peers {
+            let mut c = self.peer_limits.conduct(&peer);
+            c.gossip_score = self.swarm.behaviour().gossipsub.peer_score(&peer).map(|s| (s * 100.0).round() / 100.0);
+            c.graylisted = c.gossip_score.is_some_and(|s| s < threshold);
+            if c.graylisted {
+                graylisted.insert(peer);
+                if !self.graylisted.contains(&peer) {
+                    warn!(target: EVENTS, event = "peer_graylisted", %peer, score = ?c.gossip_score, strikes = c.strikes, "peer graylisted: its gossip is ignored and its requests refused");
+                }
+            } else if self.graylisted.contains(&peer) && c.gossip_score.is_none() && c.strikes > 0.0 {
+                // Gone, and gossipsub forgot its score: still held against it while strikes last.
+                c.graylisted = true;
+                graylisted.insert(peer);
+            } else if self.graylisted.contains(&peer) {
+                info!(target: EVENTS, event = "peer_forgiven", %peer, score = ?c.gossip_score, "peer no longer graylisted");
+            }
+            if c != super::PeerConduct::default() {
+                records.insert(peer, c);
+            }
+        }
+        self.graylisted = graylisted;
+        *self.conduct.write().unwrap_or_else(std::sync::PoisonError::into_inner) = records;
+    }
+
+    /// Whether `peer` is below the graylist threshold now.
+    fn is_graylisted(&self, peer: &PeerId) -> bool {
+        self.swarm.behaviour().gossipsub.peer_score(peer).is_some_and(|s| s < score_thresholds().graylist_threshold)
     }
 
     /// Re-runs a Kademlia bootstrap while the node has fewer peers than it wants: the first
@@ -478,48 +541,6 @@ impl EventLoop {
         }
     }
 
-    fn rr(&mut self, protocol: RequestProtocol) -> &mut request_response::Behaviour<super::codec::LengthPrefixedCodec> {
-        let b = self.swarm.behaviour_mut();
-        match protocol {
-            RequestProtocol::Closure => &mut b.closure,
-            RequestProtocol::Nar => &mut b.nar,
-            RequestProtocol::Sync => &mut b.sync,
-        }
-    }
-
-    fn cmd_send_request(
-        &mut self,
-        peer: PeerId,
-        protocol: RequestProtocol,
-        data: Vec<u8>,
-        reply: Reply<Result<Vec<u8>, RequestError>>,
-    ) {
-        let max = protocol.limits(&self.cfg).max_request;
-        if data.len() > max {
-            let _ = reply.send(Err(RequestError::RequestTooLarge { protocol, len: data.len(), max }));
-            return;
-        }
-        if peer == self.local_peer_id {
-            let _ = reply.send(Err(RequestError::DialFailure { protocol, peer }));
-            return;
-        }
-        let len = data.len();
-        let id = self.rr(protocol).send_request(&peer, data);
-        trace!(%peer, %protocol, request_id = %id, len, "request sent");
-        self.pending_requests.insert((protocol, id), (peer, reply));
-    }
-
-    fn cmd_respond(&mut self, id: InboundId, data: Vec<u8>) -> Result<(), RespondError> {
-        let channel = self.pending_inbound.remove(&id).ok_or(RespondError::UnknownRequest(id))?;
-        let max = id.protocol.limits(&self.cfg).max_response;
-        if data.len() > max {
-            // Dropping the channel makes libp2p close the stream: the requester gets an error.
-            drop(channel);
-            return Err(RespondError::TooLarge { protocol: id.protocol, len: data.len(), max });
-        }
-        self.rr(id.protocol).send_response(channel, data).map_err(|_| RespondError::ChannelClosed(id))
-    }
-
     // ---------------------------------------------------------------- swarm events
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
@@ -554,6 +575,14 @@ impl EventLoop {
                 }
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                if let libp2p::swarm::ListenError::Denied { cause } = &error
+                    && let Some(t) = cause.downcast_ref::<super::ip_limits::TooManyFromIp>()
+                {
+                    // Every refusal at debug level; the 1st, 10th, 100th, ... at warn.
+                    if is_power_of_ten(t.refused_total) {
+                        warn!(target: EVENTS, event = "connections_per_ip_refused", %send_back_addr, max = t.max, refused_total = t.refused_total, "connection refused: too many from one IP address");
+                    }
+                }
                 debug!(%send_back_addr, cause = %error, "incoming connection failed");
             }
             SwarmEvent::ListenerError { error, .. } => warn!(cause = %error, "listener error"),
@@ -579,7 +608,9 @@ impl EventLoop {
                     debug!(peer = %ev.peer, cause = %e, "ping failed");
                 }
             }
-            MeshBehaviourEvent::Limits(never) | MeshBehaviourEvent::Blocked(never) => match never {},
+            MeshBehaviourEvent::Limits(never)
+            | MeshBehaviourEvent::IpLimits(never)
+            | MeshBehaviourEvent::Blocked(never) => match never {},
         }
     }
 
@@ -700,56 +731,14 @@ impl EventLoop {
             }
         }
     }
-
-    fn on_rr(&mut self, protocol: RequestProtocol, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request_id, request, channel } => {
-                    let id = InboundId { protocol, id: request_id };
-                    if self.pending_inbound.len() >= self.cfg.max_pending_inbound {
-                        warn!(%peer, %protocol, "too many unanswered inbound requests; dropping one");
-                        drop(channel);
-                        return;
-                    }
-                    debug!(target: EVENTS, event = "inbound_request", %peer, %protocol, %id, len = request.len());
-                    self.pending_inbound.insert(id, channel);
-                    self.emit(NetEvent::InboundRequest { peer, protocol, id, data: request });
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some((_, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                debug!(%peer, %protocol, cause = %error, "outbound request failed");
-                if let Some((_, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
-                    let _ = reply.send(Err(map_outbound_failure(protocol, peer, error)));
-                }
-            }
-            request_response::Event::InboundFailure { peer, request_id, error, .. } => {
-                debug!(%peer, %protocol, cause = %error, "inbound request failed");
-                self.pending_inbound.remove(&InboundId { protocol, id: request_id });
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
 }
 
-fn map_outbound_failure(protocol: RequestProtocol, peer: PeerId, error: OutboundFailure) -> RequestError {
-    match error {
-        OutboundFailure::DialFailure => RequestError::DialFailure { protocol, peer },
-        OutboundFailure::Timeout => RequestError::Timeout { protocol, peer },
-        OutboundFailure::ConnectionClosed => RequestError::ConnectionClosed { protocol, peer },
-        OutboundFailure::UnsupportedProtocols => RequestError::UnsupportedProtocol { protocol, peer },
-        OutboundFailure::Io(e) => match FrameTooLarge::from_io(&e) {
-            Some(t) if t.kind == super::FrameKind::Response => {
-                RequestError::ResponseTooLarge { protocol, len: t.len, max: t.max }
-            }
-            Some(t) => RequestError::RequestTooLarge { protocol, len: t.len as usize, max: t.max },
-            None => RequestError::Io { protocol, peer, reason: e.to_string() },
-        },
+/// 1, 10, 100, ...: which occurrences of a repeated refusal are logged at warn level.
+pub(super) fn is_power_of_ten(mut n: u64) -> bool {
+    while n >= 10 && n.is_multiple_of(10) {
+        n /= 10;
     }
+    n == 1
 }
 
 /// Whether an address a peer reports is worth storing (not unspecified, not empty).
@@ -774,15 +763,8 @@ mod tests {
     }
 
     #[test]
-    fn oversize_response_io_error_maps_to_typed_error() {
-        let peer = PeerId::random();
-        let e = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            FrameTooLarge { kind: super::super::FrameKind::Response, len: 5_000_000, max: 1_000_000 },
-        );
-        assert_eq!(
-            map_outbound_failure(RequestProtocol::Nar, peer, OutboundFailure::Io(e)),
-            RequestError::ResponseTooLarge { protocol: RequestProtocol::Nar, len: 5_000_000, max: 1_000_000 }
-        );
+    fn powers_of_ten() {
+        let hits: Vec<u64> = (0..=1000).filter(|n| is_power_of_ten(*n)).collect();
+        assert_eq!(hits, [1, 10, 100, 1000]);
     }
 }

@@ -359,6 +359,8 @@ pub struct NetHandle {
     pub(crate) local_peer_id: PeerId,
     pub(crate) metrics: std::sync::Arc<libp2p::metrics::Registry>,
     pub(crate) timeouts: HandleTimeouts,
+    /// What the event loop holds against each peer, refreshed on its housekeeping tick.
+    pub(crate) conduct: super::SharedConduct,
 }
 
 /// Slack added to the event loop's own timeouts before the handle gives up waiting.
@@ -370,6 +372,13 @@ impl NetHandle {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// What this node holds against the peers it has a record of (gossip score, graylisting,
+    /// refused requests, oversized frames), as of the event loop's last housekeeping tick
+    /// (every 500 ms). Peers without a record behaved.
+    pub fn peer_conduct(&self) -> std::collections::HashMap<PeerId, super::PeerConduct> {
+        self.conduct.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The network's counters in the Prometheus text format (OpenMetrics): gossipsub per topic

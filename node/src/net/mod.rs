@@ -13,6 +13,10 @@
 //! - gossipsub, signed with the node key, content-addressed message ids ([`message_id`]), every
 //!   received message waits for [`NetHandle::report_validation`] before it is forwarded; `Reject`
 //!   lowers the sender's peer score (graylisted after three rejects).
+//! - every inbound request passes the per-peer limits ([`peer_limits`]: a token bucket per peer
+//!   and protocol, a cap on a peer's unanswered requests); oversized frames and request floods
+//!   are strikes that lower the peer's gossipsub application score, and a graylisted peer's
+//!   requests are refused. Inbound connections per IP address are capped ([`ip_limits`]).
 //! - Kademlia `/buildmesh/kad/1.0.0` (server mode) for peer routing and provider records.
 //! - identify `/buildmesh/id/1.0.0`, ping, mDNS (optional).
 //! - request-response, length-prefixed frames with separate caps per direction:
@@ -25,6 +29,8 @@ mod codec;
 mod config;
 mod event_loop;
 mod handle;
+pub mod ip_limits;
+pub mod peer_limits;
 
 use std::fmt;
 
@@ -41,6 +47,10 @@ pub use handle::{
     ChunkError, ChunkPlan, DialError, NetError, NetHandle, PublishError, Published, RequestError, RespondError,
 };
 pub use libp2p::gossipsub::{MessageAcceptance, MessageId};
+pub use peer_limits::{PeerConduct, PeerLimitsConfig, RateLimit};
+
+/// The per-peer records the event loop publishes for [`NetHandle::peer_conduct`].
+pub(crate) type SharedConduct = std::sync::Arc<std::sync::RwLock<std::collections::HashMap<PeerId, PeerConduct>>>;
 
 /// The three request-response protocols of the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

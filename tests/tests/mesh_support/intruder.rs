@@ -27,15 +27,22 @@ pub struct Intruder {
 impl Intruder {
     /// Join `c` through node 0 with identity `key`, once node 0 subscribed to every topic.
     pub fn join(c: &Cluster, key: NodeKey) -> Intruder {
+        Intruder::join_with(c, key, |_| {})
+    }
+
+    /// Like [`Intruder::join`], with its network configuration changed by `tweak` first (e.g.
+    /// larger request caps than the nodes', to send them oversized requests).
+    pub fn join_with(c: &Cluster, key: NodeKey, tweak: impl FnOnce(&mut NetConfig)) -> Intruder {
         let node_peer: PeerId = c.peer_ids[0].parse().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let cfg = NetConfig {
+        let mut cfg = NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap: vec![c.bootstrap.parse().unwrap()],
             mdns: false,
             gossip_heartbeat: Duration::from_millis(200),
             ..NetConfig::default()
         };
+        tweak(&mut cfg);
         let net = rt.block_on(async {
             let (net, mut events, _task) = buildmesh::net::spawn(keypair_from_seed(key.seed()), cfg).unwrap();
             let mut subscribed = BTreeSet::new();

@@ -157,6 +157,7 @@ impl Driver {
             owner: String::new(),
             version: String::new(),
             addresses: Vec::new(),
+            conduct: Default::default(),
         };
         for ann in self.mesh.members() {
             if ann.node == me {
@@ -183,6 +184,13 @@ impl Driver {
             let v = peers.entry(*peer).or_insert_with(|| view_of(peer, node_of(peer)));
             v.connected = k.connected;
             v.addresses = k.addrs.iter().map(|a| a.to_string()).collect();
+        }
+        // What the net layer holds against peers: shown on their entries, and a graylisted or
+        // struck peer that is neither a member nor connected still gets one.
+        for (peer, conduct) in self.ctx.net.peer_conduct() {
+            if conduct.graylisted || conduct.strikes > 0.0 || peers.contains_key(&peer) {
+                peers.entry(peer).or_insert_with(|| view_of(&peer, node_of(&peer))).conduct = conduct;
+            }
         }
         *self.ctx.shared.peers.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             peers.into_values().collect();
