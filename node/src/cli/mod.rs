@@ -5,6 +5,7 @@ pub mod audit;
 pub mod demo;
 mod demo_deps;
 pub mod drv;
+pub mod gc;
 pub mod key;
 pub mod mesh;
 pub mod nar;

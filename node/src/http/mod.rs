@@ -18,6 +18,7 @@
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
 //! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`audit`]) |
+//! | `POST /api/v1/gc`, `GET`/`POST /api/v1/pins`, `POST /api/v1/pins/remove` | garbage collection and the operator's pins ([`gc`]) |
 //! | `POST /api/v1/revisions`, `GET /api/v1/mesh/revisions` | publish a revision, the mesh's revision headers (mesh nodes; [`revisions`]) |
 //!
 //! Errors of the JSON API are `{"error": "…"}` with a 4xx/5xx status (all of them, see
@@ -36,6 +37,7 @@ pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod errors;
+pub mod gc;
 pub mod health;
 pub mod limits;
 pub mod mesh;
@@ -98,6 +100,8 @@ struct Inner {
     downloads: Arc<limits::DownloadLimiter>,
     /// The QA routes' context (revisions, compare, weather, …).
     qa: Option<crate::qa::QaContext>,
+    /// The garbage collector's routes (`/api/v1/gc`, `/api/v1/pins`).
+    gc: Option<crate::gc::Collector>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -132,6 +136,7 @@ impl AppState {
                 trust,
                 downloads: server::ServerSettings::default().download_limiter(),
                 qa: None,
+                gc: None,
             }),
         }
     }
@@ -164,6 +169,15 @@ impl AppState {
         self
     }
 
+    /// Serve the garbage collection routes (`POST /api/v1/gc`, `/api/v1/pins`) from `gc`.
+    pub fn with_gc(mut self, gc: crate::gc::Collector) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.gc = Some(gc),
+            None => tracing::error!("AppState::with_gc on a shared state; the gc routes are not served"),
+        }
+        self
+    }
+
     /// Use the download limits of `settings` (instead of the defaults).
     pub fn with_server_settings(mut self, settings: &server::ServerSettings) -> AppState {
         match Arc::get_mut(&mut self.inner) {
@@ -192,6 +206,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
     let mesh = state.inner.mesh.clone().map(mesh::router);
     let revisions = state.inner.mesh.clone().map(|m| revisions::router(state.inner.store.clone(), m));
     let qa = state.inner.qa.clone().map(qa::router);
+    let gc = state.inner.gc.clone().map(|c| gc::router(c, state.inner.store_dir.clone()));
     let audit = audit::router(audit::AuditContext {
         store: state.inner.store.clone(),
         store_dir: state.inner.store_dir.clone(),
@@ -217,6 +232,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .merge(mesh.unwrap_or_default())
         .merge(revisions.unwrap_or_default())
         .merge(qa.unwrap_or_default())
+        .merge(gc.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
         .layer(axum::middleware::from_fn(errors::json_errors))
 }

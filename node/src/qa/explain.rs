@@ -366,6 +366,11 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
             }
         }
     }
+    if status != "succeeded"
+        && let Some(disk) = ctx.store().disk_pressure()
+    {
+        reasons.push(format!("this node takes no new builds: {disk}"));
+    }
     Ok(Explanation {
         drv: sd.display(drv),
         system: shape.system,

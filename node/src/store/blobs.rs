@@ -118,6 +118,45 @@ impl BlobDir {
         self.root.join(&hex[..2]).join(format!("{hex}{BLOB_SUFFIX}"))
     }
 
+    /// The directory.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Unlink a blob's file (and its plain copy); a missing file is fine.
+    pub(crate) fn remove_blob_file(&self, id: &ArtifactHash) -> Result<(), StoreError> {
+        self.plain.forget(id);
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, "remove blob")(e)),
+        }
+    }
+
+    /// Every blob file under its final name, with its length.
+    pub(crate) fn list_blob_files(&self) -> Result<Vec<(ArtifactHash, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&self.root).map_err(io_err(&self.root, "list blob directory"))? {
+            let shard = shard.map_err(io_err(&self.root, "list blob directory"))?;
+            let name = shard.file_name();
+            let name = name.to_string_lossy();
+            if name.len() != 2 || !shard.path().is_dir() {
+                continue;
+            }
+            let dir = shard.path();
+            for entry in fs::read_dir(&dir).map_err(io_err(&dir, "list blob shard"))? {
+                let entry = entry.map_err(io_err(&dir, "list blob shard"))?;
+                let file = entry.file_name();
+                let Some(hex) = file.to_str().and_then(|f| f.strip_suffix(BLOB_SUFFIX)) else { continue };
+                let Ok(id) = hex.parse::<ArtifactHash>() else { continue };
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((id, len));
+            }
+        }
+        Ok(out)
+    }
+
     /// Delete temp files left by a crash. Call only while holding the database (exclusive).
     pub(crate) fn remove_temp_files(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
