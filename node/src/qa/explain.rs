@@ -366,7 +366,8 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
             }
         }
     }
-    if status != "succeeded"
+    // Over its disk limits this node takes no new builds (it announces no slots).
+    if (status != "succeeded" || mesh_state == "active")
         && let Some(disk) = ctx.store().disk_pressure()
     {
         reasons.push(format!("this node takes no new builds: {disk}"));
