@@ -230,13 +230,13 @@ impl Collector {
                 "the store takes {} bytes, over max_store_bytes {} ({} bytes pinned); not taking new builds",
                 report.store_bytes, l.max_store_bytes, report.pinned_bytes
             ))
-        } else if let Some(f) = free.filter(|f| l.min_free_bytes > 0 && *f < l.min_free_bytes) {
-            Some(format!(
-                "{f} bytes free on the data directory's filesystem, under min_free_bytes {}; not taking new builds",
-                l.min_free_bytes
-            ))
         } else {
-            None
+            free.filter(|f| l.min_free_bytes > 0 && *f < l.min_free_bytes).map(|f| {
+                format!(
+                    "{f} bytes free on the data directory's filesystem, under min_free_bytes {}; not taking new builds",
+                    l.min_free_bytes
+                )
+            })
         };
         let was = self.inner.store.disk_pressure();
         if pressure != was {

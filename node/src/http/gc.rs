@@ -71,9 +71,9 @@ struct PinBody {
     path: String,
 }
 
-fn parse(store_dir: &StoreDir, s: &str) -> Result<StorePath, Response> {
+fn parse(store_dir: &StoreDir, s: &str) -> Result<StorePath, String> {
     let parsed = if s.starts_with('/') { store_dir.parse_path(s) } else { StorePath::from_basename(s) };
-    parsed.map_err(|e| error(StatusCode::BAD_REQUEST, format!("path {}: {e}", super::echo(s))))
+    parsed.map_err(|e| format!("path {}: {e}", super::echo(s)))
 }
 
 async fn change(st: GcState, body: Result<Json<PinBody>, JsonRejection>, add: bool) -> Response {
@@ -83,7 +83,7 @@ async fn change(st: GcState, body: Result<Json<PinBody>, JsonRejection>, add: bo
     };
     let path = match parse(&st.store_dir, &body.path) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let c = st.collector.clone();
     let p = path.clone();
