@@ -115,6 +115,27 @@ pub struct Config {
     /// filled up) before it exits with an error so that its supervisor restarts it; `GET /health`
     /// answers 503 meanwhile.
     pub store_failure_exit_secs: u64,
+    /// Most bytes the store may take (compressed NAR blobs plus realised paths); the background
+    /// collector keeps it under this, least recently used first, keeping what is pinned (0 = no
+    /// limit). See [`crate::gc`].
+    pub max_store_bytes: u64,
+    /// Least free bytes to leave on the data directory's filesystem (0 = no limit).
+    pub min_free_bytes: u64,
+    /// Seconds between two checks of the disk limits by the background collector.
+    pub gc_interval_secs: u64,
+    /// Most memory one build may use, in bytes (its cgroup's limit; no swap). Unset: 3/4 of the
+    /// machine's memory, where cgroups can be used; `0`: no limit. See
+    /// [`crate::sandbox::cgroup`].
+    pub build_memory_max: Option<u64>,
+    /// Most processes (and threads) one build may have at once. Unset: 4096 where cgroups can be
+    /// used; `0`: no limit.
+    pub build_pids_max: Option<u64>,
+    /// Most CPU one build may use, in cores (`1.5`). Unset or `0`: no limit (builds already get
+    /// `NIX_BUILD_CORES` = CPUs / slots).
+    pub build_cpu_max: Option<f64>,
+    /// Most bytes one build's directory and outputs may take on disk (measured every 2 s; the
+    /// build is killed past it); `0` = no limit.
+    pub build_dir_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -148,6 +169,13 @@ impl Default for Config {
             cache: crate::http::cache::CacheSettings::default(),
             qa: crate::qa::QaSettings::default(),
             store_failure_exit_secs: 300,
+            max_store_bytes: 0,
+            min_free_bytes: 0,
+            gc_interval_secs: 30,
+            build_memory_max: None,
+            build_pids_max: None,
+            build_cpu_max: None,
+            build_dir_max_bytes: 0,
         }
     }
 }
@@ -194,6 +222,29 @@ impl Config {
         if self.slots > 0 { self.slots } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
     }
 
+    /// The garbage collector's limits.
+    pub fn gc_settings(&self) -> crate::gc::GcSettings {
+        crate::gc::GcSettings {
+            max_store_bytes: self.max_store_bytes,
+            min_free_bytes: self.min_free_bytes,
+            interval_secs: self.gc_interval_secs,
+        }
+    }
+
+    /// The per-build limits, and whether they were asked for explicitly (then a node that cannot
+    /// enforce them refuses to start; the defaults are applied where cgroups can be used).
+    pub fn build_limits(&self) -> (crate::sandbox::BuildLimits, bool) {
+        let explicit = self.build_memory_max.is_some() || self.build_pids_max.is_some() || self.build_cpu_max.is_some();
+        let memory_default = nix::sys::sysinfo::sysinfo().map(|i| i.ram_total() / 4 * 3).unwrap_or(0);
+        let limits = crate::sandbox::BuildLimits {
+            memory_max: self.build_memory_max.unwrap_or(memory_default),
+            pids_max: self.build_pids_max.unwrap_or(4096),
+            cpu_max: self.build_cpu_max.unwrap_or(0.0),
+            dir_max: self.build_dir_max_bytes,
+        };
+        (limits, explicit)
+    }
+
     /// The store dir, validated.
     pub fn store_dir(&self) -> Result<StoreDir, ConfigError> {
         StoreDir::new(&self.store_dir).map_err(|e| invalid("store_dir", e.to_string()))
@@ -231,6 +282,20 @@ impl Config {
         }
         if self.build_timeout_secs == 0 {
             return Err(invalid("build_timeout_secs", "must be at least 1"));
+        }
+        if let Some(m) = self.build_memory_max
+            && m > 0
+            && m < (4 << 20)
+        {
+            return Err(invalid("build_memory_max", "must be 0 (no limit) or at least 4 MiB"));
+        }
+        if let Some(c) = self.build_cpu_max
+            && !(c.is_finite() && c >= 0.0)
+        {
+            return Err(invalid("build_cpu_max", "must be a number of cores, 0 or more"));
+        }
+        if self.gc_interval_secs == 0 {
+            return Err(invalid("gc_interval_secs", "must be at least 1"));
         }
         if self.max_log_bytes < 1024 {
             return Err(invalid("max_log_bytes", "must be at least 1024"));

@@ -36,6 +36,7 @@ pub mod build;
 pub mod cli;
 pub mod config;
 pub mod content_address;
+pub mod gc;
 pub mod http;
 pub mod mesh;
 pub mod metrics;

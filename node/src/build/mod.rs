@@ -186,6 +186,14 @@ pub enum BuildError {
         /// Whether waiting may help (more attestations may arrive).
         transient: bool,
     },
+    /// The build ran into a resource limit of its cgroup (memory or process count).
+    #[error("{hit}")]
+    ResourceLimit {
+        /// Which limit.
+        hit: crate::sandbox::LimitHit,
+        /// The (capped) log.
+        log: Vec<u8>,
+    },
     /// The build was cancelled.
     #[error("build cancelled")]
     Cancelled,
@@ -213,6 +221,7 @@ impl BuildError {
             | BuildError::HashMismatch { log, .. }
             | BuildError::OutputMissing { log, .. }
             | BuildError::OutputRejected { log, .. }
+            | BuildError::ResourceLimit { log, .. }
             | BuildError::Executor { log, .. } => log,
             BuildError::MissingInput { .. } | BuildError::InputRejected { .. } | BuildError::Cancelled => &[],
         }
@@ -243,9 +252,10 @@ impl BuildError {
                 actual: actual.clone(),
             },
             BuildError::MissingInput { path } => FailureReason::MissingInput { path: path.clone() },
-            BuildError::OutputMissing { .. } | BuildError::OutputRejected { .. } | BuildError::Cancelled => {
-                FailureReason::Other { message: cut(self.to_string()) }
-            }
+            BuildError::OutputMissing { .. }
+            | BuildError::OutputRejected { .. }
+            | BuildError::ResourceLimit { .. }
+            | BuildError::Cancelled => FailureReason::Other { message: cut(self.to_string()) },
             BuildError::Executor { message, .. } => FailureReason::Executor { message: cut(message.clone()) },
             BuildError::InputRejected { reason, .. } => FailureReason::Other { message: cut(reason.clone()) },
         }
@@ -303,6 +313,10 @@ pub struct ExecutorConfig {
     /// Build isolation: build users, fixed-output network, impure env allow-list, and whether
     /// the `nix` executor may run at all ([`crate::sandbox::SandboxSettings`]).
     pub sandbox: crate::sandbox::SandboxSettings,
+    /// Per-build cgroup limits of the `local` executor (`None`: none).
+    pub cgroups: Option<crate::sandbox::Cgroups>,
+    /// Most bytes a build's directory and outputs may take (`local` executor; 0: no limit).
+    pub build_dir_max: u64,
 }
 
 impl ExecutorConfig {
@@ -323,6 +337,8 @@ impl ExecutorConfig {
             kill_grace: crate::sandbox::DEFAULT_KILL_GRACE,
             nix_bin_dir: None,
             sandbox: crate::sandbox::SandboxSettings::default(),
+            cgroups: None,
+            build_dir_max: 0,
         })
     }
 }

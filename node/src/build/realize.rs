@@ -167,6 +167,19 @@ impl StoreFs {
         std::fs::symlink_metadata(self.path_of(path)).is_ok()
     }
 
+    /// Delete the realised copy of `path` (the blob and registration stay): renamed to a `.tmp-`
+    /// name first, so a crash in the middle leaves only an entry [`StoreFs::open`] removes (never
+    /// a half-deleted tree under the path's name). A path that is not realised is fine.
+    pub fn remove(&self, path: &StorePath) -> Result<(), RealizeError> {
+        let host = self.path_of(path);
+        let temp = self.temp_path(path);
+        match std::fs::rename(&host, &temp) {
+            Ok(()) => remove_tree(&temp),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("rename for removal", &host)(e)),
+        }
+    }
+
     fn temp_path(&self, path: &StorePath) -> PathBuf {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root.join(format!("{TMP_PREFIX}{}-{n}-{}", std::process::id(), path.hash_part()))
@@ -274,12 +287,6 @@ impl StoreFs {
             }
             Err(e) => Err(errno_err("rename into place", &target)(e)),
         }
-    }
-
-    /// Delete the realised copy of `path` (the blob and registration stay).
-    pub fn remove(&self, path: &StorePath) -> Result<(), RealizeError> {
-        let target = self.path_of(path);
-        if std::fs::symlink_metadata(&target).is_ok() { remove_tree(&target) } else { Ok(()) }
     }
 }
 

@@ -38,6 +38,13 @@ enum Command {
     Retry(cli::node::BuildRefArgs),
     /// Cancel a queued or running build, through a node's API.
     Cancel(cli::node::BuildRefArgs),
+    /// Collect the node's store: everything not pinned, least recently used first (`--dry-run`:
+    /// only say what).
+    Gc(cli::gc::GcArgs),
+    /// Keep a store path (and everything it references) whatever the disk limits.
+    Pin(cli::gc::PinArgs),
+    /// Remove a pin made with `buildmesh pin`.
+    Unpin(cli::gc::PinArgs),
     /// A node's state in the mesh: addresses, members, peers, gossip and sync counters.
     Status(crate::cli::mesh::StatusArgs),
     /// Benchmarks.
@@ -103,6 +110,9 @@ pub fn main() -> std::process::ExitCode {
         Command::Retry(a) => cli::node::run_build_action(a, false),
         Command::Cancel(a) => cli::node::run_build_action(a, true),
         Command::Status(a) => crate::cli::mesh::run_status(a),
+        Command::Gc(a) => cli::gc::run_gc(a),
+        Command::Pin(a) => cli::gc::run_pin(a, true),
+        Command::Unpin(a) => cli::gc::run_pin(a, false),
         Command::Bench(c) => cli::node::run_bench(c),
         Command::Demo(a) => cli::demo::run(a),
         Command::Query(a) => cli::audit::run_query(a),

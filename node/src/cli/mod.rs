@@ -7,6 +7,7 @@ pub mod challenge;
 pub mod demo;
 mod demo_deps;
 pub mod drv;
+pub mod gc;
 pub mod guix;
 pub mod guix_bench;
 pub mod key;

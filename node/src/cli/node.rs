@@ -51,6 +51,27 @@ pub struct ConfigArgs {
     /// Attempts in all for a transiently failing build.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// Most bytes the store may take (blobs plus realised paths; 0 = no limit).
+    #[arg(long, value_name = "N")]
+    pub max_store_bytes: Option<u64>,
+    /// Least free bytes to leave on the data directory's filesystem (0 = no limit).
+    #[arg(long, value_name = "N")]
+    pub min_free_bytes: Option<u64>,
+    /// Seconds between two checks of the disk limits.
+    #[arg(long, value_name = "SECS")]
+    pub gc_interval_secs: Option<u64>,
+    /// Most memory one build may use, in bytes (0 = no limit).
+    #[arg(long, value_name = "BYTES")]
+    pub build_memory_max: Option<u64>,
+    /// Most processes one build may have at once (0 = no limit).
+    #[arg(long, value_name = "N")]
+    pub build_pids_max: Option<u64>,
+    /// Most CPU one build may use, in cores (0 = no limit).
+    #[arg(long, value_name = "CORES")]
+    pub build_cpu_max: Option<f64>,
+    /// Most bytes one build's directory and outputs may take on disk (0 = no limit).
+    #[arg(long, value_name = "BYTES")]
+    pub build_dir_max_bytes: Option<u64>,
     /// Host path visible read-only in the `local` sandbox (repeatable; replaces the list).
     #[arg(long = "sandbox-path", value_name = "PATH")]
     pub sandbox_paths: Vec<PathBuf>,
@@ -146,6 +167,19 @@ impl ConfigArgs {
         set(&mut c.build_timeout_secs, &self.build_timeout_secs);
         set(&mut c.max_log_bytes, &self.max_log_bytes);
         set(&mut c.max_attempts, &self.max_attempts);
+        set(&mut c.max_store_bytes, &self.max_store_bytes);
+        set(&mut c.min_free_bytes, &self.min_free_bytes);
+        set(&mut c.gc_interval_secs, &self.gc_interval_secs);
+        if self.build_memory_max.is_some() {
+            c.build_memory_max = self.build_memory_max;
+        }
+        if self.build_pids_max.is_some() {
+            c.build_pids_max = self.build_pids_max;
+        }
+        if self.build_cpu_max.is_some() {
+            c.build_cpu_max = self.build_cpu_max;
+        }
+        set(&mut c.build_dir_max_bytes, &self.build_dir_max_bytes);
         set_list(&mut c.sandbox_paths, &self.sandbox_paths);
         set_list(&mut c.listen, &self.listen);
         set_list(&mut c.bootstrap, &self.bootstrap);

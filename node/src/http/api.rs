@@ -134,6 +134,10 @@ pub struct NodeView {
     pub builds: BuildCounts,
     /// Registered store paths.
     pub paths: u64,
+    /// Why the node takes no new builds because it is over its disk limits (`max_store_bytes`,
+    /// `min_free_bytes`); absent when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_pressure: Option<String>,
 }
 
 pub(super) async fn node(State(state): State<AppState>) -> Result<Json<NodeView>, ApiError> {
@@ -143,7 +147,8 @@ pub(super) async fn node(State(state): State<AppState>) -> Result<Json<NodeView>
     if let Some(m) = &state.inner.mesh {
         info.addresses = m.addresses();
     }
-    Ok(Json(NodeView { info, builds, paths }))
+    let disk_pressure = state.store().disk_pressure();
+    Ok(Json(NodeView { info, builds, paths, disk_pressure }))
 }
 
 /// One build as the API shows it.

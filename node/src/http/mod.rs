@@ -23,6 +23,7 @@
 //! | `POST /api/v1/submit` | upload a closure ([`crate::submit::server`]) |
 //! | `POST /api/v1/auth/check` | 204 when the request carries the node's token (clients check before a big upload) |
 //! | `GET /api/v1/query`, `/api/v1/audit`, `/api/v1/attestations/export` | auditors ([`audit`]) |
+//! | `POST /api/v1/gc`, `GET`/`POST /api/v1/pins`, `POST /api/v1/pins/remove` | garbage collection and the operator's pins ([`gc`]) |
 //! | `POST /api/v1/revisions`, `GET /api/v1/mesh/revisions` | publish a revision, the mesh's revision headers (mesh nodes; [`revisions`]) |
 //! | `GET /`, `/revisions`, `/revision/…`, `/compare`, `/weather`, `/reproducibility`, `/builders`, `/drv/…`, `/package/…` | the dashboard, HTML or its JSON twin ([`pages`]) |
 //!
@@ -44,6 +45,7 @@ pub mod builder;
 pub mod cache;
 pub mod diff;
 pub mod errors;
+pub mod gc;
 pub mod guix;
 pub mod health;
 pub mod limits;
@@ -115,6 +117,8 @@ struct Inner {
     downloads: Arc<limits::DownloadLimiter>,
     /// The QA routes' context (revisions, compare, weather, …).
     qa: Option<crate::qa::QaContext>,
+    /// The garbage collector's routes (`/api/v1/gc`, `/api/v1/pins`).
+    gc: Option<crate::gc::Collector>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -151,6 +155,7 @@ impl AppState {
                 trust,
                 downloads: server::ServerSettings::default().download_limiter(),
                 qa: None,
+                gc: None,
             }),
         }
     }
@@ -179,6 +184,15 @@ impl AppState {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.qa = Some(qa),
             None => tracing::error!("AppState::with_qa on a shared state; the QA routes are not served"),
+        }
+        self
+    }
+
+    /// Serve the garbage collection routes (`POST /api/v1/gc`, `/api/v1/pins`) from `gc`.
+    pub fn with_gc(mut self, gc: crate::gc::Collector) -> AppState {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.gc = Some(gc),
+            None => tracing::error!("AppState::with_gc on a shared state; the gc routes are not served"),
         }
         self
     }
@@ -218,6 +232,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
             pages::PagesContext::new(q, state.inner.store.clone(), state.inner.mesh.clone(), state.inner.info.clone());
         pages::router(ctx)
     });
+    let gc = state.inner.gc.clone().map(|c| gc::router(c, state.inner.store_dir.clone()));
     let audit = audit::router(audit::AuditContext {
         store: state.inner.store.clone(),
         store_dir: state.inner.store_dir.clone(),
@@ -253,6 +268,7 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .merge(revisions.unwrap_or_default())
         .merge(qa.unwrap_or_default())
         .merge(pages.unwrap_or_default())
+        .merge(gc.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
         .layer(axum::middleware::from_fn(errors::json_errors))
 }

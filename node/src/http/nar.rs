@@ -178,6 +178,8 @@ fn open(
     headers: &HeaderMap,
 ) -> Result<Option<(u64, Ranged, Opened)>, StoreError> {
     let Some(blob) = st.store().blob_by_nar_hash(&NixHash::sha256(digest))? else { return Ok(None) };
+    // Least recently served blobs are collected first (`crate::gc`).
+    st.store().note_blob_access(&blob.blake3);
     let io = |op: &'static str| move |source| StoreError::Io { op, path: blob.blake3.to_string().into(), source };
     let (size, mut file) = if compressed {
         let (file, _) = st.store().open_nar_compressed(&blob.blake3)?;

@@ -148,6 +148,7 @@ impl Server {
                 let Some(blob) = self.store.blob_by_nar_hash(&NixHash::sha256(req.nar_hash))? else {
                     return Ok(NarResponse::NotFound);
                 };
+                self.store.note_blob_access(&blob.blake3);
                 if req.offset >= blob.nar_size {
                     return Ok(NarResponse::Error(format!("offset {} is past the NAR's end", req.offset)));
                 }

@@ -366,6 +366,12 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
             }
         }
     }
+    // Over its disk limits this node takes no new builds (it announces no slots).
+    if (status != "succeeded" || mesh_state == "active")
+        && let Some(disk) = ctx.store().disk_pressure()
+    {
+        reasons.push(format!("this node takes no new builds: {disk}"));
+    }
     Ok(Explanation {
         drv: sd.display(drv),
         system: shape.system,

@@ -100,6 +100,9 @@ pub enum StartError {
     /// A startup task panicked.
     #[error("startup task failed: {0}")]
     Task(String),
+    /// The garbage collector could not be set up.
+    #[error("cannot set up the garbage collector: {0}")]
+    Gc(String),
     /// The mesh (libp2p, driver) could not start.
     #[error("cannot start the mesh: {0}")]
     Mesh(#[from] crate::mesh::StartError),
@@ -137,6 +140,7 @@ pub struct Node {
     http_task: Option<JoinHandle<()>>,
     scheduler_task: Option<JoinHandle<()>>,
     store_task: Option<JoinHandle<()>>,
+    gc_task: Option<JoinHandle<()>>,
     /// Why the node stopped by itself (see [`Node::failure`]).
     failure: Arc<std::sync::Mutex<Option<String>>>,
     mesh: Option<crate::mesh::MeshHandle>,
@@ -267,6 +271,15 @@ impl Node {
                 }
             });
         }
+        let collector = crate::gc::Collector::new(
+            store.clone(),
+            store_dir.clone(),
+            data_dir.clone(),
+            Some(qa.clone()),
+            config.gc_settings(),
+        )
+        .map_err(|e| StartError::Gc(e.to_string()))?;
+        let gc_task = tokio::spawn(collector.clone().watch(shutdown.clone()).instrument(span.clone()));
         let mut app_state = crate::http::AppState::new(
             store.clone(),
             store_dir.clone(),
@@ -278,7 +291,11 @@ impl Node {
         if let Some(m) = &mesh {
             app_state = app_state.with_mesh(m.clone());
         }
-        app_state = app_state.with_server_settings(&config.server).with_cache_settings(&config.cache).with_qa(qa);
+        app_state = app_state
+            .with_server_settings(&config.server)
+            .with_cache_settings(&config.cache)
+            .with_qa(qa)
+            .with_gc(collector);
         let app = crate::http::router(app_state, token);
         let http_task = {
             let shutdown = shutdown.clone();
@@ -316,6 +333,7 @@ impl Node {
             http_task: Some(http_task),
             scheduler_task: Some(scheduler_task),
             store_task: Some(store_task),
+            gc_task: Some(gc_task),
             failure,
             mesh,
             mesh_task,
@@ -395,6 +413,11 @@ impl Node {
                 && let Err(e) = t.await
             {
                 tracing::error!(cause = %e, "store watch task failed");
+            }
+            if let Some(t) = self.gc_task.take()
+                && let Err(e) = t.await
+            {
+                tracing::error!(cause = %e, "garbage collector task failed");
             }
             if let Some(t) = self.mesh_task.take()
                 && let Err(e) = t.await
@@ -479,10 +502,38 @@ fn prepare(config: &Config, store_dir: &StoreDir, custom: Option<Arc<dyn Executo
             ec.systems = systems.clone();
             ec.sandbox_paths = config.sandbox_paths.clone();
             ec.sandbox = config.sandbox.clone();
+            if kind == build::ExecutorKind::Local {
+                ec.cgroups = build_cgroups(config).map_err(exec_err)?;
+                ec.build_dir_max = config.build_dir_max_bytes;
+            }
             build::make_executor(kind, ec).map_err(|e| exec_err(e.to_string()))?
         }
     };
     Ok(Prepared { key, store, executor, systems, token })
+}
+
+/// The per-build cgroups of the `local` executor: the configured limits, or the defaults where
+/// cgroups can be used (an explicit limit that cannot be enforced is an error).
+fn build_cgroups(config: &Config) -> Result<Option<crate::sandbox::Cgroups>, String> {
+    let (limits, explicit) = config.build_limits();
+    match crate::sandbox::Cgroups::setup(limits, &format!("buildmesh-{}", std::process::id())) {
+        Ok(Some(c)) => {
+            tracing::info!(
+                cgroup = c.version(),
+                memory_max = limits.memory_max,
+                pids_max = limits.pids_max,
+                cpu_max = limits.cpu_max,
+                "per-build resource limits"
+            );
+            Ok(Some(c))
+        }
+        Ok(None) => Ok(None),
+        Err(e) if explicit => Err(format!("build_memory_max / build_pids_max / build_cpu_max cannot be enforced: {e}")),
+        Err(e) => {
+            tracing::warn!(cause = %e, "builds run without memory and process limits (no usable cgroup)");
+            Ok(None)
+        }
+    }
 }
 
 /// Create `dir` and delete what is in it.

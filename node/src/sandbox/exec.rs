@@ -82,6 +82,10 @@ pub struct SandboxExecArgs {
     /// Give the build outbound network through this `slirp4netns` (fixed-output builds).
     #[arg(long)]
     pub slirp4netns: Option<PathBuf>,
+    /// Join this cgroup first (repeatable: one per v1 hierarchy), while the helper is still the
+    /// build's only process ([`super::cgroup`]).
+    #[arg(long = "cgroup")]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// A setup step that failed in the helper.
@@ -143,6 +147,10 @@ pub fn sandbox_exec_main(args: SandboxExecArgs) -> ExitCode {
 }
 
 fn stage1(args: &SandboxExecArgs) -> Result<ExitCode, SetupError> {
+    for dir in &args.cgroups {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, "0").ctx(|| format!("joining the build cgroup {}", dir.display()))?;
+    }
     let spec = read_spec(&args.spec)?;
     let missing = |what: &str| SetupError::Spec {
         path: args.spec.clone(),

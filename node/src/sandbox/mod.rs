@@ -28,6 +28,7 @@
 //! [`exec`] for why this needs no `unsafe`.
 
 pub mod build_users;
+pub mod cgroup;
 pub mod confine;
 pub mod exec;
 mod process;
@@ -36,6 +37,7 @@ pub mod slirp;
 mod spec;
 
 pub use build_users::{BuildUser, BuildUserError, BuildUsers};
+pub use cgroup::{BuildLimits, Cgroups, LimitHit};
 pub use exec::{SandboxExecArgs, sandbox_exec_main};
 pub use process::{BuildOutcome, DEFAULT_KILL_GRACE, ExecutorError, SandboxRunner, Termination, run_sandboxed};
 pub use settings::{FixedOutputNetwork, SandboxSettings};

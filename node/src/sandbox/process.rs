@@ -14,12 +14,15 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::build_users::{BuildUser, BuildUserError, BuildUsers, chown_tree};
+use super::cgroup::{BuildCgroup, Cgroups, LimitHit};
 use super::exec::READY_MARKER;
 use super::slirp::find_program;
 use super::spec::{SandboxSpec, SpecError};
 
 /// How long after SIGTERM the whole sandbox gets SIGKILL.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
+/// How often a running build's cgroup is checked for a process-limit hit.
+const LIMIT_POLL: Duration = Duration::from_millis(250);
 /// How long the log pipe may stay open after the helper exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kept output of the helper before the builder starts (setup error messages).
@@ -100,6 +103,10 @@ pub enum Termination {
     TimedOut,
     /// The cancellation future completed and the sandbox was killed.
     Cancelled,
+    /// The build ran into a resource limit of its cgroup ([`super::cgroup`]): the kernel killed
+    /// a process for memory, or a fork failed at the process limit (then the runner killed the
+    /// build, which would otherwise keep retrying until its timeout).
+    Limit(LimitHit),
 }
 
 /// The result of one sandboxed builder run.
@@ -137,6 +144,9 @@ pub struct SandboxRunner {
     kill_grace: Duration,
     users: BuildUsers,
     slirp4netns: Option<PathBuf>,
+    cgroups: Option<Cgroups>,
+    /// Most bytes a build's directory and outputs may take (0: no limit).
+    dir_max: u64,
 }
 
 impl SandboxRunner {
@@ -147,7 +157,21 @@ impl SandboxRunner {
             kill_grace: DEFAULT_KILL_GRACE,
             users: BuildUsers::default(),
             slirp4netns: find_program(std::path::Path::new("slirp4netns")),
+            cgroups: None,
+            dir_max: 0,
         }
+    }
+
+    /// Kill a build whose directory and outputs take more than `bytes` on disk (0: no limit).
+    pub fn with_dir_limit(mut self, bytes: u64) -> SandboxRunner {
+        self.dir_max = bytes;
+        self
+    }
+
+    /// Run every build in its own cgroup of `cgroups` (memory, process and CPU limits).
+    pub fn with_cgroups(mut self, cgroups: Option<Cgroups>) -> SandboxRunner {
+        self.cgroups = cgroups;
+        self
     }
 
     /// Take build users from `users` instead of the default range.
@@ -228,6 +252,16 @@ impl SandboxRunner {
         {
             cmd.arg("--slirp4netns").arg(slirp);
         }
+        let cgroup: Option<BuildCgroup> = match &self.cgroups {
+            Some(c) => Some(
+                c.create(&format!("build-{}", lease.user.uid()))
+                    .map_err(|e| ExecutorError::Io { what: e.to_string(), source: std::io::Error::other("cgroup") })?,
+            ),
+            None => None,
+        };
+        for dir in cgroup.iter().flat_map(|c| c.dirs()) {
+            cmd.arg("--cgroup").arg(dir);
+        }
         cmd.env_clear().stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0).kill_on_drop(true);
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(|source| ExecutorError::Spawn { helper: self.helper.clone(), source })?;
@@ -252,6 +286,9 @@ impl SandboxRunner {
         let mut eof = false;
         let mut kill_at: Option<Instant> = None;
         let mut drain_until: Option<Instant> = None;
+        let mut limit_tick = tokio::time::interval(LIMIT_POLL);
+        let mut dir_tick = tokio::time::interval(super::cgroup::DIR_POLL);
+        let dir_max = self.dir_max;
         while !(eof && status.is_some()) {
             tokio::select! {
                 biased;
@@ -282,6 +319,25 @@ impl SandboxRunner {
                     signal_group(Signal::SIGTERM);
                     kill_at = Some(Instant::now() + self.kill_grace);
                 }
+                _ = limit_tick.tick(), if cgroup.is_some() && killed.is_none() && status.is_none() => {
+                    if let Some(hit @ LimitHit::Pids { .. }) = cgroup.as_ref().and_then(BuildCgroup::hit) {
+                        tracing::info!(%hit, "build hit its process limit: killing it");
+                        killed = Some(Termination::Limit(hit));
+                        signal_group(Signal::SIGKILL);
+                    }
+                }
+                _ = dir_tick.tick(), if dir_max > 0 && killed.is_none() && status.is_none() => {
+                    let dirs = [spec.build_dir_host.clone(), spec.store_host.clone()];
+                    let used = tokio::task::spawn_blocking(move || dirs.iter().map(|d| super::cgroup::tree_bytes(d)).sum::<u64>())
+                        .await
+                        .unwrap_or(0);
+                    if used > dir_max {
+                        let hit = LimitHit::Disk { limit: dir_max };
+                        tracing::info!(%hit, used, "build directory over its limit: killing the build");
+                        killed = Some(Termination::Limit(hit));
+                        signal_group(Signal::SIGKILL);
+                    }
+                }
                 _ = sleep_until(drain_until), if drain_until.is_some() => {
                     tracing::warn!("log pipe still open after the helper exited; giving up on it");
                     signal_group(Signal::SIGKILL);
@@ -290,6 +346,16 @@ impl SandboxRunner {
             }
         }
         let duration = start.elapsed();
+        let hit = match cgroup {
+            Some(cg) => tokio::task::spawn_blocking(move || {
+                let hit = cg.hit();
+                cg.remove();
+                hit
+            })
+            .await
+            .unwrap_or(None),
+            None => None,
+        };
         lease.give_back().await?;
         let status = status.unwrap_or_else(|| ExitStatus::from_raw(0));
         let ready = log.ready;
@@ -314,6 +380,12 @@ impl SandboxRunner {
             (None, Some(s)) => Termination::Signaled(s),
             (None, None) => Termination::Exited(-1),
         });
+        // A build that failed after running into a limit failed because of it.
+        let termination = match (termination, hit) {
+            (Termination::Exited(c), Some(hit)) if c != 0 => Termination::Limit(hit),
+            (Termination::Signaled(_), Some(hit)) => Termination::Limit(hit),
+            (t, _) => t,
+        };
         tracing::debug!(?termination, ?duration, log_bytes = log_bytes_total, "sandbox finished");
         Ok(BuildOutcome { termination, duration, log: log_bytes, log_bytes: log_bytes_total, log_truncated: truncated })
     }

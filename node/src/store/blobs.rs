@@ -106,11 +106,6 @@ impl<W: Write> Write for Counting<W> {
 impl BlobDir {
     /// Open (creating) the blob directory, with at most `plain_budget` bytes of plain copies
     /// (in `.plain/`; those of an earlier process are deleted).
-    /// The directory of the blob files.
-    pub(crate) fn root(&self) -> &std::path::Path {
-        &self.root
-    }
-
     pub(crate) fn open(root: PathBuf, level: i32, plain_budget: u64) -> Result<BlobDir, StoreError> {
         fs::create_dir_all(&root).map_err(io_err(&root, "create blob directory"))?;
         let plain = Arc::new(PlainCopies::open(root.join(PLAIN_DIR), plain_budget)?);
@@ -121,6 +116,45 @@ impl BlobDir {
     pub(crate) fn path_of(&self, id: &ArtifactHash) -> PathBuf {
         let hex = id.to_string();
         self.root.join(&hex[..2]).join(format!("{hex}{BLOB_SUFFIX}"))
+    }
+
+    /// The directory.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Unlink a blob's file (and its plain copy); a missing file is fine.
+    pub(crate) fn remove_blob_file(&self, id: &ArtifactHash) -> Result<(), StoreError> {
+        self.plain.forget(id);
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, "remove blob")(e)),
+        }
+    }
+
+    /// Every blob file under its final name, with its length.
+    pub(crate) fn list_blob_files(&self) -> Result<Vec<(ArtifactHash, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&self.root).map_err(io_err(&self.root, "list blob directory"))? {
+            let shard = shard.map_err(io_err(&self.root, "list blob directory"))?;
+            let name = shard.file_name();
+            let name = name.to_string_lossy();
+            if name.len() != 2 || !shard.path().is_dir() {
+                continue;
+            }
+            let dir = shard.path();
+            for entry in fs::read_dir(&dir).map_err(io_err(&dir, "list blob shard"))? {
+                let entry = entry.map_err(io_err(&dir, "list blob shard"))?;
+                let file = entry.file_name();
+                let Some(hex) = file.to_str().and_then(|f| f.strip_suffix(BLOB_SUFFIX)) else { continue };
+                let Ok(id) = hex.parse::<ArtifactHash>() else { continue };
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((id, len));
+            }
+        }
+        Ok(out)
     }
 
     /// Delete temp files left by a crash. Call only while holding the database (exclusive).

@@ -28,6 +28,7 @@
 mod blobs;
 mod builds;
 mod disk_use;
+mod gc;
 mod health;
 mod manifests;
 mod mesh;
@@ -54,6 +55,7 @@ use thiserror::Error;
 
 pub use blobs::{NarBlobReader, ServedNar};
 pub use disk_use::DiskUse;
+pub use gc::GcBlob;
 pub use health::StoreFailure;
 pub use manifests::{CheckedManifest, MAX_MANIFEST_BYTES};
 pub use paths::capped_log;
@@ -279,6 +281,13 @@ struct Inner {
     blobs: BlobDir,
     db_path: PathBuf,
     options: StoreOptions,
+    /// Held shared while a blob is written and recorded, exclusively while one is collected
+    /// (see [`gc`]).
+    gc_lock: RwLock<()>,
+    /// Blob accesses not yet written to `blob_access` (see [`gc`]).
+    access: Mutex<std::collections::HashMap<ArtifactHash, u64>>,
+    /// Why the node is over its disk limits and does not take new builds (`None`: it is not).
+    disk_pressure: Mutex<Option<String>>,
 }
 
 /// The node's durable state. Cheap to clone; every clone is the same store.
@@ -384,6 +393,8 @@ impl Store {
         txn.open_table(MANIFESTS).ctx("creating table manifests")?;
         txn.open_table(DRV_MANIFESTS).ctx("creating table drv_manifests")?;
         txn.open_table(REVISION_CURSORS).ctx("creating table revision_cursors")?;
+        txn.open_table(gc::GC_PINS).ctx("creating table gc_pins")?;
+        txn.open_table(gc::BLOB_ACCESS).ctx("creating table blob_access")?;
         usage::backfill(&txn)?;
         txn.commit().ctx("committing the schema transaction")?;
         // The database is open exclusively, so temp blobs are leftovers of a crash.
@@ -399,10 +410,29 @@ impl Store {
                 blobs,
                 db_path,
                 options,
+                gc_lock: RwLock::new(()),
+                access: Mutex::default(),
+                disk_pressure: Mutex::new(None),
             }),
         };
         store.write(|w| w.backfill_nar_hash_index())?;
         Ok(store)
+    }
+
+    /// Say why the node is over its disk limits (`Some`), or that it is not any more (`None`).
+    /// The mesh announces no build slots while this is set, and the API and `explain` show it.
+    pub fn set_disk_pressure(&self, reason: Option<String>) {
+        *self.inner.disk_pressure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+    }
+
+    /// Why the node is over its disk limits and takes no new builds, if it is.
+    pub fn disk_pressure(&self) -> Option<String> {
+        self.inner.disk_pressure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The directory of the blob files (its filesystem is the one `min_free_bytes` watches).
+    pub fn blob_dir(&self) -> &Path {
+        self.inner.blobs.root()
     }
 
     /// The options the store was opened with.
@@ -622,6 +652,9 @@ mod mesh_tests;
 
 #[cfg(test)]
 mod crash_tests;
+
+#[cfg(test)]
+mod gc_tests;
 
 #[cfg(test)]
 mod model_tests;

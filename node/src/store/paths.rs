@@ -22,7 +22,7 @@ fn blob_info(id: ArtifactHash, row: BlobRow) -> BlobInfo {
     BlobInfo { blake3: id, nar_hash: row.nar_hash, nar_size: row.nar_size, compressed_size: row.compressed_size }
 }
 
-fn sha256_digest(h: &NixHash) -> Option<[u8; 32]> {
+pub(super) fn sha256_digest(h: &NixHash) -> Option<[u8; 32]> {
     (h.algo() == HashAlgo::Sha256).then(|| h.digest().try_into().ok()).flatten()
 }
 
@@ -151,8 +151,11 @@ impl Store {
     /// Store a NAR read from `reader` as a blob (zstd at rest), computing blake3, NarHash and
     /// NarSize on the way. Idempotent: storing the same NAR again yields the same [`BlobInfo`].
     pub fn put_nar(&self, reader: &mut dyn Read) -> Result<BlobInfo, StoreError> {
+        let _shared = self.inner.gc_lock.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let written = self.inner.blobs.write(reader, None)?;
-        self.write(|w| w.record_blob(&written))
+        let info = self.write(|w| w.record_blob(&written))?;
+        self.note_blob_access(&info.blake3);
+        Ok(info)
     }
 
     /// Store an untrusted NAR only if it has exactly `nar_size` bytes and hashes to `nar_hash`.
@@ -163,8 +166,11 @@ impl Store {
         nar_hash: &NixHash,
         nar_size: u64,
     ) -> Result<BlobInfo, StoreError> {
+        let _shared = self.inner.gc_lock.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let written = self.inner.blobs.write(reader, Some(Expected { nar_hash, nar_size }))?;
-        self.write(|w| w.record_blob(&written))
+        let info = self.write(|w| w.record_blob(&written))?;
+        self.note_blob_access(&info.blake3);
+        Ok(info)
     }
 
     /// The record of a stored blob.

@@ -97,7 +97,9 @@ impl LocalExecutor {
             .sandbox
             .runner(config.sandbox_helper)
             .map_err(ExecutorSetupError::Unusable)?
-            .with_kill_grace(config.kill_grace);
+            .with_kill_grace(config.kill_grace)
+            .with_cgroups(config.cgroups.clone())
+            .with_dir_limit(config.build_dir_max);
         Ok(LocalExecutor {
             inner: Arc::new(Inner {
                 store: config.store,
@@ -268,6 +270,7 @@ impl Inner {
             }
             Termination::TimedOut => return Err(BuildError::Timeout { limit: req.timeout.unwrap_or_default(), log }),
             Termination::Cancelled => return Err(BuildError::Cancelled),
+            Termination::Limit(hit) => return Err(BuildError::ResourceLimit { hit, log }),
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.finish(&req, prepared, log, started_at_ms, emulated, &cancel))

@@ -132,6 +132,9 @@ struct Ctx {
 
 /// The driver (see the module docs).
 pub(crate) struct Driver {
+    /// The configured build slots: announced unless the store is over its disk limits
+    /// ([`crate::store::Store::disk_pressure`]), then 0 (no new builds are placed here).
+    configured_slots: u32,
     ctx: Ctx,
     mesh: Mesh,
     trust: TrustConfig,
@@ -207,6 +210,7 @@ pub(crate) async fn start(
     }
     std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
     let local = local_info(&params);
+    let configured_slots = local.slots;
     let mcfg = params.settings.mesh_config(params.store_dir.clone(), trust.clone());
     let mesh = Mesh::new(mcfg, me, local, unix_ms())?;
     let (net, net_events, net_task) = crate::net::spawn(keypair_from_seed(key.seed()), netcfg)?;
@@ -255,6 +259,7 @@ pub(crate) async fn start(
     let store_dir = params.store_dir.clone();
     let handle = MeshHandle { commands: cmd_tx, shared, gateway, store_dir, net: net.clone(), revisions };
     let driver = Driver {
+        configured_slots,
         mesh,
         trust,
         key_names: names.into_iter().collect(),
@@ -582,9 +587,16 @@ impl Driver {
 
     fn refresh_load(&mut self) {
         let load = u32::try_from(self.ctx.scheduler.running().len()).unwrap_or(u32::MAX);
-        if load != self.mesh.local().load {
+        // Over the disk limits: announce no slots, so that placement gives this node no new
+        // builds (its running builds finish) until the collector gets it under them again.
+        let slots = if self.ctx.store.disk_pressure().is_some() { 0 } else { self.configured_slots };
+        if load != self.mesh.local().load || slots != self.mesh.local().slots {
+            if slots != self.mesh.local().slots {
+                tracing::info!(slots, "announcing build slots (disk limits)");
+            }
             let mut info = self.mesh.local().clone();
             info.load = load;
+            info.slots = slots;
             if let Err(e) = self.mesh.handle(Input::SetLocal(info), unix_ms()) {
                 tracing::debug!(cause = %e, "load not updated");
             }
