@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod control;
 pub mod demo;
 mod demo_deps;
 pub mod drv;

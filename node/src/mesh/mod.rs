@@ -37,6 +37,7 @@ pub mod driver;
 pub mod fetch;
 pub mod gateway;
 pub mod jobs;
+pub mod policy;
 pub mod quota;
 pub mod revisions;
 pub mod rpc;
@@ -324,6 +325,11 @@ pub enum DrvInMesh {
     Pending,
     /// The machine tracks it: its state, claims, attesters, failures and designated builders.
     Tracked(Box<buildmesh_protocol::mesh::JobView>),
+    /// A submission of it was refused: its submitter is not among this node's `submitters`.
+    Refused {
+        /// The refused submitter.
+        submitter: buildmesh_protocol::id::NodeId,
+    },
 }
 
 /// Most derivations one [`MeshHandle::jobs`] call may ask about (a revision of 200,000 jobs
@@ -501,6 +507,10 @@ pub struct MeshParams {
     pub features: Vec<String>,
     /// Features a job must require to be built here (`mandatory_features`).
     pub mandatory_features: Vec<String>,
+    /// Whose jobs this node accepts (`submitters`; [`policy`]).
+    pub submitters: policy::Submitters,
+    /// Who may be designated to build (`builders`; empty: an open mesh; [`policy`]).
+    pub builders: Vec<String>,
     /// The mesh timers.
     pub settings: MeshSettings,
     /// What this machine builds.
