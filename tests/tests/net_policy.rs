@@ -1,5 +1,7 @@
 //! Issue 15 items 1-3 replayed against real `buildmesh node` processes over real HTTP and libp2p:
 //!
+//! - `submit.max_outstanding_jobs`: an upload over the submitter's outstanding jobs is a 429
+//!   naming the limit;
 //! - the public listener serves the cache and the read-only API but refuses every control route
 //!   (403 naming the admin listener, with or without the token); the admin listener serves them
 //!   behind the token; the CLI finds the admin listener by itself (`submit`, `cancel`);
@@ -29,7 +31,9 @@ fn post(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
 fn control_routes_live_on_the_admin_listener_only() {
     let dir = tempfile::tempdir().unwrap();
     // A public address and no `admin_http`: the admin listener defaults to loopback.
-    let node = NodeProc::start(&dir.path().join("n"), &["--http", "0.0.0.0:0"]);
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[submit]\nmax_outstanding_jobs = 1\n").unwrap();
+    let node = NodeProc::start(&dir.path().join("n"), &["--http", "0.0.0.0:0", "--config", config.to_str().unwrap()]);
     let public = node.url.replace("0.0.0.0", "127.0.0.1");
     let (s, info) = get_json(&format!("{public}/api/v1/node"));
     assert_eq!(s, 200);
@@ -68,6 +72,14 @@ fn control_routes_live_on_the_admin_listener_only() {
         &[("BUILDMESH_TOKEN", &token)],
     );
     assert!(st.success(), "submit through the public URL: {out}\n{err}");
+    // Item 4: one outstanding job is this submitter's limit; the next upload is refused, 429.
+    let (other, _) = drvs.add("over-quota", "echo no > $out", &[]);
+    let (st, out, err) = cli_env(
+        &["submit", "--api", &public, "--from", drvs_dir.to_str().unwrap(), &sd().display(&other)],
+        &[("BUILDMESH_TOKEN", &token)],
+    );
+    assert!(!st.success(), "{out}");
+    assert!(err.contains("429") && err.contains("submit.max_outstanding_jobs") && err.contains("is 1"), "{err}");
     let (st, out, err) = cli_env(&["cancel", "--api", &public, &sd().display(&drv)], &[("BUILDMESH_TOKEN", &token)]);
     assert!(st.success() && out.contains("cancelled"), "cancel through the public URL: {out}\n{err}");
 
@@ -84,7 +96,7 @@ fn job(submitter: &buildmesh_protocol::identity::NodeKey, drv: &str) -> Message 
         submitter: submitter.node_id(),
         submitted_at_ms: now_ms(),
         store_dir: StoreDir::nix(),
-        drv: sd().parse(drv).unwrap(),
+        drv: sd().parse_path(drv).unwrap(),
         outputs: BTreeSet::new(),
         system: "x86_64-linux".into(),
         required_features: BTreeSet::new(),
@@ -152,10 +164,11 @@ fn jobs_of_keys_that_are_not_submitters_are_refused_and_explained() {
     std::thread::sleep(Duration::from_secs(8));
     for i in 0..2 {
         assert!(c.attesters(i, &sd().display(&out)).is_empty(), "node {i} knows attesters");
-        let (s, _) = get(&format!("{}/api/v1/builds/{}", c.urls[i], d.file_name()));
+        let (s, _) = get(&format!("{}/api/v1/builds/{}", c.urls[i], format!("{}-{}", d.hash_part(), d.name())));
         assert_eq!(s, 404, "node {i} has no build of the outsider's job");
     }
-    let (_, attested) = get_json(&format!("{}/api/v1/attestations?drv={}", outsider.url, d.file_name()));
+    let (_, attested) =
+        get_json(&format!("{}/api/v1/attestations?drv={}", outsider.url, format!("{}-{}", d.hash_part(), d.name())));
     let keys: BTreeSet<String> = attested
         .as_array()
         .into_iter()

@@ -120,6 +120,13 @@ pub struct PeerView {
     pub version: String,
     /// Its addresses (as it reported them, or as seen on the connection).
     pub addresses: Vec<String>,
+    /// Times it was designated here and did not deliver (claim timeout or lease run out) in its
+    /// current run of strikes (protocol `mesh/strikes.rs`).
+    #[serde(default)]
+    pub lapses: u32,
+    /// Until when (unix ms) placement designates it last for not delivering; `null` if not.
+    #[serde(default)]
+    pub penalised_until_ms: Option<u64>,
 }
 
 /// Systems of a peer.
@@ -267,6 +274,12 @@ pub struct MachineCounts {
     pub builds_cancelled: u64,
     /// Own results republished.
     pub republished: u64,
+    /// Job submissions refused by the `submitters` policy ([`policy`]).
+    #[serde(default)]
+    pub refused_submissions: u64,
+    /// Lapses of designated members that did not deliver (the no-delivery penalty).
+    #[serde(default)]
+    pub lapses: u64,
 }
 
 /// Gossip delays kept for `GET /api/v1/mesh/delays` (the most recent ones).

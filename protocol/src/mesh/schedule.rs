@@ -66,10 +66,8 @@ impl Mesh {
                     b.waiting_since_ms = None;
                     b.lapsed_at_ms = Some(now);
                     lapsed = true;
-                    lapses.push(c.node);
                 }
             }
-            self.record_lapses(&mut lapses, now);
             if !lapsed {
                 break;
             }

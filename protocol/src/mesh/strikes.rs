@@ -1,7 +1,11 @@
 //! Members that were designated and did not deliver lose their designation weight for a while.
 //!
-//! A *strike* is recorded when a member's claim lapses here: it was designated and did not claim
-//! within `claim_timeout_ms`, or its lease ran out without an attestation or a failure. A member
+//! A *strike* is recorded when a member **claimed and did not deliver**: its lease ran out here
+//! without an attestation or a failure (while it stayed in the view). A designated member that
+//! does not claim at all is not struck: an honest node busy with its slots steps aside that way
+//! on purpose (see `schedule.rs`), and nodes that observe such lapses at different times would
+//! otherwise designate differently (the simulator's stable-view checker caught more than k
+//! claims when they were struck). A member
 //! with a strike is *penalised* until `last + penalty`, where `penalty` is
 //! `no_delivery_penalty_ms` doubled for every further strike that came while it was penalised
 //! (at most 16 times the base). A penalised member is treated by designation like a lapsed one
@@ -10,8 +14,7 @@
 //! does not end the penalty early: anyone can sign an attestation, so that would let a Sybil
 //! wash its record for free; the penalty runs out by itself.
 //!
-//! Why: a Sybil member that claims and never builds costs each job it is designated for one
-//! lease (or one claim timeout). Without the penalty it is designated again for every new
+//! Why: a Sybil member that claims and never builds costs each job it claims one lease. Without the penalty it is designated again for every new
 //! derivation at its full weight; with it, every identity costs the mesh at most one timeout per
 //! penalty period, and the simulator (`sim --sybil-members`) shows the effect. The table is
 //! bounded (`max_members`); when full, the oldest strike is forgotten.
