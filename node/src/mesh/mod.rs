@@ -120,7 +120,7 @@ pub struct PeerView {
     pub version: String,
     /// Its addresses (as it reported them, or as seen on the connection).
     pub addresses: Vec<String>,
-    /// Times it was designated here and did not deliver (claim timeout or lease run out) in its
+    /// Times it claimed here and let its lease run out without a result, in its
     /// current run of strikes (protocol `mesh/strikes.rs`).
     #[serde(default)]
     pub lapses: u32,

@@ -152,9 +152,8 @@ pub struct MeshConfig {
     /// ([`crate::mesh::Ignored::NotABuilder`]). Every node of a mesh should use the same set, or
     /// their designations differ.
     pub builders: Option<BTreeSet<NodeId>>,
-    /// A member whose claim lapsed (designated and never claimed, or a lease that ran out
-    /// without a result) is designated only after every other candidate for this long (default
-    /// 30 min); each further lapse within the penalty doubles it, up to 16 times. See
+    /// A member that claimed and let its lease run out without a result is designated only
+    /// after every other candidate for this long (default 30 min); each further lapse within the penalty doubles it, up to 16 times. See
     /// `strikes.rs`.
     pub no_delivery_penalty_ms: u64,
 }
