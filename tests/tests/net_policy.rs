@@ -33,7 +33,13 @@ fn control_routes_live_on_the_admin_listener_only() {
     // A public address and no `admin_http`: the admin listener defaults to loopback.
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "[submit]\nmax_outstanding_jobs = 1\n").unwrap();
-    let node = NodeProc::start(&dir.path().join("n"), &["--http", "0.0.0.0:0", "--config", config.to_str().unwrap()]);
+    let node = NodeProc::start_with(
+        &dir.path().join("n"),
+        &[],
+        "0.0.0.0:0",
+        "/ip4/127.0.0.1/tcp/0",
+        &["--config", config.to_str().unwrap()],
+    );
     let public = node.url.replace("0.0.0.0", "127.0.0.1");
     let (s, info) = get_json(&format!("{public}/api/v1/node"));
     assert_eq!(s, 200);
@@ -84,7 +90,7 @@ fn control_routes_live_on_the_admin_listener_only() {
     assert!(st.success() && out.contains("cancelled"), "cancel through the public URL: {out}\n{err}");
 
     // Explicitly one listener: `--admin-http` equal to `--http`.
-    let one = NodeProc::start(&dir.path().join("one"), &["--http", "127.0.0.1:0"]);
+    let one = NodeProc::start(&dir.path().join("one"), &[]);
     let (_, info) = get_json(&format!("{}/api/v1/node", one.url));
     assert_eq!(info["admin_http"], info["http"], "a loopback http serves everything");
     assert_eq!(post(&format!("{}/api/v1/auth/check", one.url), Some(&one.token())).0, 204);

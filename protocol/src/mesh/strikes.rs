@@ -14,6 +14,9 @@
 //! does not end the penalty early: anyone can sign an attestation, so that would let a Sybil
 //! wash its record for free; the penalty runs out by itself.
 //!
+//! Known gap: a penalised member that claims first still keeps its claim (claims are sticky):
+//! the penalty moves the designations others compute, not what it claims for itself.
+//!
 //! Why: a Sybil member that claims and never builds costs each job it claims one lease. Without the penalty it is designated again for every new
 //! derivation at its full weight; with it, every identity costs the mesh at most one timeout per
 //! penalty period, and the simulator (`sim --sybil-members`) shows the effect. The table is
