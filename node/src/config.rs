@@ -55,6 +55,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the HTTP server (binary-cache gateway and JSON API).
     pub http: SocketAddr,
+    /// Address of the admin listener, which serves the control routes (every request that is not
+    /// `GET`/`HEAD`, token-guarded) besides everything `http` serves. Unset: the same listener as
+    /// `http` when `http` is a loopback address, else `127.0.0.1:7802` (`127.0.0.1:0` when the
+    /// `http` port is 0). Equal to `http`: one listener serves everything. See
+    /// [`Config::admin_listener`].
+    pub admin_http: Option<SocketAddr>,
     /// The node's secret key file (Nix format `name:base64`); default `<data_dir>/node.key`,
     /// created on first start.
     pub key_file: Option<PathBuf>,
@@ -88,6 +94,12 @@ pub struct Config {
     pub trusted_keys: Vec<String>,
     /// How many distinct trusted builders must attest the same NarHash before the gateway serves it.
     pub quorum: usize,
+    /// Whose mesh jobs this node accepts and builds: `"any"`, or keys (`name:base64`); empty
+    /// (the default) means `trusted_keys`. The node's own key always ([`crate::mesh::policy`]).
+    pub submitters: crate::mesh::policy::Submitters,
+    /// Who may be designated to build: keys (`name:base64`); empty (the default) is an open mesh
+    /// ([`crate::mesh::policy`]).
+    pub builders: Vec<String>,
     /// Default replication factor: how many independent nodes build each derivation.
     pub replicas: usize,
     /// A label naming who operates this machine; placement prefers builders with distinct owners.
@@ -143,6 +155,7 @@ impl Default for Config {
         Config {
             data_dir: default_data_dir(),
             http: SocketAddr::from(([127, 0, 0, 1], 7800)),
+            admin_http: None,
             key_file: None,
             key_name: None,
             store_dir: "/nix/store".to_string(),
@@ -158,6 +171,8 @@ impl Default for Config {
             mdns: true,
             trusted_keys: Vec::new(),
             quorum: 2,
+            submitters: crate::mesh::policy::Submitters::default(),
+            builders: Vec::new(),
             replicas: 2,
             owner: None,
             features: Vec::new(),
@@ -179,6 +194,9 @@ impl Default for Config {
         }
     }
 }
+
+/// The admin listener's port when `admin_http` is unset and `http` is not loopback.
+pub const DEFAULT_ADMIN_PORT: u16 = 7802;
 
 /// `$XDG_DATA_HOME/buildmesh`, `~/.local/share/buildmesh`, or `/var/lib/buildmesh` for root
 /// without a home.
@@ -250,6 +268,19 @@ impl Config {
         StoreDir::new(&self.store_dir).map_err(|e| invalid("store_dir", e.to_string()))
     }
 
+    /// Where the control routes are served: `None` when the `http` listener serves them itself,
+    /// else the address of a separate admin listener (see [`Config::admin_http`]).
+    pub fn admin_listener(&self) -> Option<SocketAddr> {
+        match self.admin_http {
+            Some(a) if a == self.http => None,
+            Some(a) => Some(a),
+            None if self.http.ip().is_loopback() => None,
+            None => {
+                Some(SocketAddr::from(([127, 0, 0, 1], if self.http.port() == 0 { 0 } else { DEFAULT_ADMIN_PORT })))
+            }
+        }
+    }
+
     /// The trusted keys, parsed.
     pub fn trusted_public_keys(&self) -> Result<Vec<PublicKey>, ConfigError> {
         self.trusted_keys
@@ -266,6 +297,21 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store_dir()?;
         self.trusted_public_keys()?;
+        if let crate::mesh::policy::Submitters::Keys(keys) = &self.submitters {
+            for k in keys {
+                crate::mesh::policy::key_to_node(k).map_err(|e| invalid("submitters", e))?;
+            }
+        }
+        for k in &self.builders {
+            crate::mesh::policy::key_to_node(k).map_err(|e| invalid("builders", e))?;
+        }
+        if let Some(a) = self.admin_listener()
+            && a.port() != 0
+            && a.port() == self.http.port()
+            && (a.ip() == self.http.ip() || a.ip().is_unspecified() || self.http.ip().is_unspecified())
+        {
+            return Err(invalid("admin_http", format!("{a} collides with http {}", self.http)));
+        }
         self.mesh.validate().map_err(|e| invalid("mesh", e.to_string()))?;
         self.sandbox.validate(self.effective_slots()).map_err(|e| invalid("sandbox", e.to_string()))?;
         self.submit.validate().map_err(|e| invalid("submit", e))?;
@@ -332,6 +378,28 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn admin_listener_defaults_to_loopback() {
+        let c = Config::default();
+        assert_eq!(c.admin_listener(), None, "loopback http serves everything");
+        let c = Config { http: "0.0.0.0:7800".parse().unwrap(), ..Config::default() };
+        assert_eq!(c.admin_listener(), Some("127.0.0.1:7802".parse().unwrap()));
+        let c = Config { http: "0.0.0.0:0".parse().unwrap(), ..Config::default() };
+        assert_eq!(c.admin_listener(), Some("127.0.0.1:0".parse().unwrap()));
+        let c = Config { admin_http: Some("127.0.0.1:9000".parse().unwrap()), ..Config::default() };
+        assert_eq!(c.admin_listener(), Some("127.0.0.1:9000".parse().unwrap()));
+        let c = Config { admin_http: Some(c.http), ..Config::default() };
+        assert_eq!(c.admin_listener(), None);
+        let c = Config {
+            http: "0.0.0.0:7800".parse().unwrap(),
+            admin_http: Some("127.0.0.1:7800".parse().unwrap()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("admin_http"));
+        let c = Config::from_toml("submitters = \"any\"\nbuilders = [\"nope\"]\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("builders"));
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct SimConfig {
     /// Sybil attacker (see `world/sybil.rs`): this many throwaway keys fail every job, and a
     /// liar member announces the most slots there are (0: no attacker).
     pub sybils: usize,
+    /// Sybil members (see `world/sybil_members.rs`): fresh identities that join as members,
+    /// claim and never deliver.
+    pub sybil_members: usize,
+    /// Every honest node lists the honest keys as its `builders` (issue 15 item 3).
+    pub builders_policy: bool,
     /// Trust only honest nodes (what an operator does); `false` trusts every builder, so
     /// colluding liars can reach the quorum (used to show that the checker catches it).
     pub trust_honest_only: bool,
@@ -79,6 +84,8 @@ impl Default for SimConfig {
             unreproducible: 0.02,
             byzantine: 0.0,
             sybils: 0,
+            sybil_members: 0,
+            builders_policy: false,
             trust_honest_only: true,
             max_virtual_ms: 48 * 3_600_000,
             mesh: sim_mesh_config(),

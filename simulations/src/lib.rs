@@ -28,6 +28,7 @@ pub mod config;
 pub mod dag;
 mod report;
 mod rng;
+pub mod sybil_table;
 pub mod world;
 
 pub use config::SimConfig;

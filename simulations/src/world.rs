@@ -27,6 +27,7 @@ pub const T0: u64 = 1_700_000_000_000;
 
 mod debug;
 mod sybil;
+mod sybil_members;
 
 #[derive(Debug)]
 enum Ev {
@@ -91,6 +92,9 @@ struct SimNode {
     resolved: BTreeSet<u32>,
     failed: BTreeSet<u32>,
     byzantine: bool,
+    /// A Sybil member (`sybil_members.rs`) and the derivations it claimed once.
+    sybil_member: bool,
+    sybil_claimed: BTreeSet<StorePath>,
 }
 
 struct HashSink<'a>(&'a mut blake3::Hasher);
@@ -164,6 +168,8 @@ impl World {
                 resolved: BTreeSet::new(),
                 failed: BTreeSet::new(),
                 byzantine: liar,
+                sybil_member: false,
+                sybil_claimed: BTreeSet::new(),
             });
         }
         let mut unresolved = 0;
@@ -175,6 +181,7 @@ impl World {
             cfg.trust_honest_only.then(|| nodes.iter().filter(|n| !n.byzantine).map(|n| n.id).collect());
         let mut mesh_cfg = cfg.mesh.clone();
         mesh_cfg.trust = TrustConfig { trusted: trusted.clone(), quorum: cfg.quorum };
+        sybil_members::add_members(&cfg, &mut nodes, &mut mesh_cfg)?;
         let checker = Checker::new(
             &dag,
             usize::from(cfg.replicas),
@@ -375,6 +382,9 @@ impl World {
                 };
                 self.note(i, Some(&p), || text);
             }
+        }
+        if self.nodes[i as usize].sybil_member {
+            return self.sybil_member_output(i, o);
         }
         match o {
             Output::Publish(m) => self.publish(i, m),

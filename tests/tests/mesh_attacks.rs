@@ -226,7 +226,8 @@ fn a_flood_from_one_untrusted_key_stops_being_stored_at_its_quota() {
 #[test]
 fn k1_without_trusted_keys_is_built_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::start_trusting_nobody(tmp.path(), 3, &[]);
+    // Nodes that trust nobody accept only their own jobs unless told otherwise (`submitters`).
+    let c = Cluster::start_trusting_nobody(tmp.path(), 3, &["--submitter", "any"]);
     let mut d = Drvs::new(&tmp.path().join("drvs"));
     let (drv, out) = d.add("built-once", "echo once > $out", &[]);
     c.submit(0, &d.dir, &[sd().display(&drv)], 1);

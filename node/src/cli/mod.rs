@@ -4,6 +4,7 @@ pub mod app;
 pub mod audit;
 pub mod auditx;
 pub mod challenge;
+pub mod control;
 pub mod demo;
 mod demo_deps;
 pub mod drv;

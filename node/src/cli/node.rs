@@ -27,6 +27,10 @@ pub struct ConfigArgs {
     /// HTTP address (binary cache + JSON API); port 0 picks a free port.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<SocketAddr>,
+    /// Admin listener: the control routes (every non-GET/HEAD request, token-guarded). Default:
+    /// the `http` listener when it is loopback, else 127.0.0.1:7802.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_http: Option<SocketAddr>,
     /// The node's secret key file (Nix format); created on first start when missing.
     #[arg(long = "key", value_name = "SECRET-KEY-FILE")]
     pub key_file: Option<PathBuf>,
@@ -93,6 +97,14 @@ pub struct ConfigArgs {
     /// Trusted builder key `name:base64` (repeatable; replaces the list).
     #[arg(long = "trusted-key", value_name = "KEY")]
     pub trusted_keys: Vec<String>,
+    /// Key whose mesh jobs this node accepts and builds, `name:base64` (repeatable; replaces the
+    /// list; `any` accepts everyone's). Default: the trusted keys and the node's own.
+    #[arg(long = "submitter", value_name = "KEY")]
+    pub submitters: Vec<String>,
+    /// Key that placement may designate to build (repeatable; replaces the list). Default: none,
+    /// an open mesh.
+    #[arg(long = "builder", value_name = "KEY")]
+    pub builders: Vec<String>,
     /// Distinct trusted builders that must agree before the gateway serves an output.
     #[arg(long, value_name = "N")]
     pub quorum: Option<usize>,
@@ -155,6 +167,13 @@ impl ConfigArgs {
         }
         set(&mut c.data_dir, &self.data_dir);
         set(&mut c.http, &self.http);
+        if self.admin_http.is_some() {
+            c.admin_http = self.admin_http;
+        }
+        if let Some(s) = crate::mesh::policy::Submitters::from_flags(&self.submitters) {
+            c.submitters = s;
+        }
+        set_list(&mut c.builders, &self.builders);
         if self.key_file.is_some() {
             c.key_file = self.key_file.clone();
         }
@@ -287,6 +306,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         println!("peer-id: {}", info.peer_id);
         println!("public-key: {}", info.public_key);
         println!("http: {}", node.http_url());
+        println!("admin-http: {}", node.admin_url());
         println!("data-dir: {}", node.data_dir().display());
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
@@ -326,7 +346,8 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
             bail!("--on applies to retry only");
         }
         let token = args.token.resolve(&args.api)?;
-        return super::mesh::run_retry_on(&args.api, &args.drv, on, args.json, token.as_deref());
+        let control = super::control::control_api(&args.api);
+        return super::mesh::run_retry_on(&control, &args.drv, on, args.json, token.as_deref());
     }
     let basename = args.drv.trim_end_matches('/').rsplit('/').next().unwrap_or(&args.drv);
     if basename.is_empty() {
@@ -334,7 +355,7 @@ pub fn run_build_action(args: BuildRefArgs, cancel: bool) -> anyhow::Result<()> 
     }
     let url = format!(
         "{}/api/v1/builds/{}/{action}",
-        args.api.trim_end_matches('/'),
+        super::control::control_api(&args.api),
         super::submit_client::encode_segment(basename)
     );
     let client = reqwest::blocking::Client::builder()

@@ -348,8 +348,9 @@ fn submit(a: SubmitArgs) -> anyhow::Result<Outcome> {
     let token = a.token.resolve(&a.api.api)?;
     let drv_args: Vec<String> = jobs.iter().map(|j| j.drv.clone()).collect();
     let closure = closure::collect(&drv_args, &origin, &sd)?;
+    let control = crate::cli::control::control_api(&a.api.api);
     let opts = ClientOptions {
-        api: a.api.api.clone(),
+        api: control.clone(),
         priority: 0,
         replicas: a.replicas.unwrap_or(0),
         progress: false,
@@ -381,7 +382,7 @@ fn submit(a: SubmitArgs) -> anyhow::Result<Outcome> {
         "replicas": a.replicas,
         "jobs": body_jobs,
     });
-    let u = url(&a.api.api, "/api/v1/revisions", &[])?;
+    let u = url(&control, "/api/v1/revisions", &[])?;
     let mut req = http()?
         .post(u.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -454,7 +455,7 @@ pub fn run_weather(a: WeatherArgs) -> anyhow::Result<Outcome> {
             "coverage": a.coverage,
             "display_missing": a.display_missing,
         });
-        let u = url(&a.api.api, "/api/v1/weather", &[])?;
+        let u = url(&crate::cli::control::control_api(&a.api.api), "/api/v1/weather", &[])?;
         let mut req = http()?
             .post(u.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")

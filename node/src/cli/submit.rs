@@ -73,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let closure = closure::collect(&args.drvs, &origin, &sd)?;
     tracing::info!(summary = %client::describe(&closure), "collected the closure");
     let opts = ClientOptions {
-        api: args.api.clone(),
+        api: crate::cli::control::control_api(&args.api),
         priority: args.priority,
         replicas: args.replicas.unwrap_or(0),
         progress: !args.json && std::io::stderr().is_terminal(),

@@ -120,6 +120,10 @@ pub struct NodeInfo {
     pub addresses: Vec<String>,
     /// The HTTP address the node listens on.
     pub http: String,
+    /// The address of the listener that serves the control routes (every request that is not
+    /// `GET`/`HEAD`): `http` itself, or the separate admin listener (`admin_http`).
+    #[serde(default)]
+    pub admin_http: String,
     /// Build slots.
     pub slots: usize,
 }

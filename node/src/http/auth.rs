@@ -271,6 +271,37 @@ pub async fn require_token(State(token): State<ApiToken>, request: Request, next
     unauthorized(denied, &method)
 }
 
+/// Where a node's control routes are, for the public listener's refusals (see
+/// [`control_elsewhere`]).
+#[derive(Debug, Clone)]
+pub struct AdminAddress(pub std::sync::Arc<str>);
+
+/// The middleware of the public listener when the node has a separate admin listener
+/// (`admin_http`): `GET` and `HEAD` pass; any other method is answered **403** with
+/// `{"error": "…", "admin_http": "<addr>"}` naming the admin listener, before the token is looked
+/// at and before any handler runs, so the public port changes nothing whoever asks.
+pub async fn control_elsewhere(State(admin): State<AdminAddress>, request: Request, next: Next) -> Response {
+    if is_read_only(request.method()) {
+        return next.run(request).await;
+    }
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    tracing::info!(%method, path = %truncate(&path, 200), "refused a control request on the public listener");
+    drain(request.into_body()).await;
+    let message = format!(
+        "{method} {} is a control route: this node serves control routes only on its admin listener \
+         (`admin_http`, {}), not on this public port; run the command on the node's machine \
+         (the CLI finds the admin listener through GET /api/v1/node) or pass --api http://{}",
+        crate::http::echo(&path),
+        admin.0,
+        admin.0
+    );
+    let mut resp =
+        (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message, "admin_http": admin.0.as_ref() })))
+            .into_response();
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],

@@ -36,6 +36,10 @@
 //! later) needs `Authorization: Bearer <token>` ([`auth`]: `DATA/api.token`); without it the
 //! answer is 401 and nothing changes.
 //!
+//! With a separate admin listener (`admin_http`), the public listener serves
+//! [`public_router`]: everything but the control routes, which answer 403 naming the admin
+//! listener; the admin listener serves [`router`].
+//!
 //! The server itself (timeouts, connection and download limits, `TCP_NODELAY`) is [`server`].
 
 pub mod api;
@@ -271,6 +275,16 @@ pub fn router(state: AppState, token: auth::ApiToken) -> Router {
         .merge(gc.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(token, auth::require_token))
         .layer(axum::middleware::from_fn(errors::json_errors))
+}
+
+/// The router of the public listener of a node with a separate admin listener: the same routes
+/// as [`router`], but every request that is not `GET`/`HEAD` is refused with 403 naming
+/// `admin` ([`auth::control_elsewhere`]). The admin listener serves [`router`] itself.
+pub fn public_router(state: AppState, token: auth::ApiToken, admin: std::net::SocketAddr) -> Router {
+    router(state, token).layer(axum::middleware::from_fn_with_state(
+        auth::AdminAddress(admin.to_string().into()),
+        auth::control_elsewhere,
+    ))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub mod fetch;
 pub mod gateway;
 pub mod jobs;
 pub mod logs;
+pub mod policy;
 pub mod quota;
 pub mod revisions;
 pub mod rpc;
@@ -124,6 +125,13 @@ pub struct PeerView {
     /// frames (issue 15 item 7; all zero for a peer that behaved).
     #[serde(default)]
     pub conduct: crate::net::PeerConduct,
+    /// Times it claimed here and let its lease run out without a result, in its
+    /// current run of strikes (protocol `mesh/strikes.rs`).
+    #[serde(default)]
+    pub lapses: u32,
+    /// Until when (unix ms) placement designates it last for not delivering; `null` if not.
+    #[serde(default)]
+    pub penalised_until_ms: Option<u64>,
 }
 
 /// Systems of a peer.
@@ -271,6 +279,12 @@ pub struct MachineCounts {
     pub builds_cancelled: u64,
     /// Own results republished.
     pub republished: u64,
+    /// Job submissions refused by the `submitters` policy ([`policy`]).
+    #[serde(default)]
+    pub refused_submissions: u64,
+    /// Lapses of designated members that did not deliver (the no-delivery penalty).
+    #[serde(default)]
+    pub lapses: u64,
 }
 
 /// Gossip delays kept for `GET /api/v1/mesh/delays` (the most recent ones).
@@ -329,6 +343,11 @@ pub enum DrvInMesh {
     Pending,
     /// The machine tracks it: its state, claims, attesters, failures and designated builders.
     Tracked(Box<buildmesh_protocol::mesh::JobView>),
+    /// A submission of it was refused: its submitter is not among this node's `submitters`.
+    Refused {
+        /// The refused submitter.
+        submitter: buildmesh_protocol::id::NodeId,
+    },
 }
 
 /// Most derivations one [`MeshHandle::jobs`] call may ask about (a revision of 200,000 jobs
@@ -529,6 +548,10 @@ pub struct MeshParams {
     pub features: Vec<String>,
     /// Features a job must require to be built here (`mandatory_features`).
     pub mandatory_features: Vec<String>,
+    /// Whose jobs this node accepts (`submitters`; [`policy`]).
+    pub submitters: policy::Submitters,
+    /// Who may be designated to build (`builders`; empty: an open mesh; [`policy`]).
+    pub builders: Vec<String>,
     /// The mesh timers.
     pub settings: MeshSettings,
     /// What this machine builds.

@@ -106,6 +106,14 @@ pub enum SettingsError {
         /// Why it is refused.
         reason: String,
     },
+    /// A key of `submitters` or `builders` does not parse.
+    #[error("{field}: {reason}")]
+    Policy {
+        /// `submitters` or `builders`.
+        field: &'static str,
+        /// Which key and why.
+        reason: String,
+    },
     /// A listen or bootstrap multiaddr does not parse.
     #[error("{field} address {addr:?}: {reason}")]
     Multiaddr {

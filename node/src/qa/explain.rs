@@ -111,6 +111,10 @@ pub struct Explanation {
     pub revisions: Vec<String>,
     /// What would unblock it, when something would.
     pub unblock: Option<String>,
+    /// The submitter this node refused a job of for this derivation (`submitters`), as
+    /// `<hex node id> <base64 key>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_submitter: Option<String>,
 }
 
 /// The derivation's system, required features and input derivations: from its `.drv` in the
@@ -276,6 +280,11 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
         DrvInMesh::Unknown => "unknown".to_string(),
         DrvInMesh::Pending => "pending".to_string(),
         DrvInMesh::Tracked(v) => v.state.to_string(),
+        DrvInMesh::Refused { .. } => "refused".to_string(),
+    };
+    let refused_submitter = match &states[0] {
+        DrvInMesh::Refused { submitter } => Some(submitter_key(submitter)),
+        _ => None,
     };
     // Sorted by path: the first is the one a revision's status names in `blocked_by`.
     let failed_inputs: Vec<String> = failed_deep.iter().map(|p| sd.display(p)).collect();
@@ -358,6 +367,22 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
                     reasons.push("the mesh has no job for it (not submitted, or not seen by this node)".into())
                 }
                 "pending" => reasons.push("submitted here; placed once its inputs are built".into()),
+                "refused" => {
+                    let who = refused_submitter.as_deref().unwrap_or("?");
+                    reasons.insert(
+                        0,
+                        format!(
+                            "refused: its submitter {who} is not one of this node's `submitters` \
+                             (this node neither builds nor forwards that key's jobs)"
+                        ),
+                    );
+                    unblock.get_or_insert_with(|| {
+                        format!(
+                            "add the submitter to `submitters` (--submitter NAME:{})",
+                            who.rsplit(' ').next().unwrap_or("")
+                        )
+                    });
+                }
                 "active" if claims.is_empty() => reasons.push(format!(
                     "queued; designated builders: {}",
                     if designated.is_empty() { "none".to_string() } else { designated.join(", ") }
@@ -391,7 +416,15 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
         failed_inputs,
         revisions: shape.revisions,
         unblock,
+        refused_submitter,
     })
+}
+
+/// A node id as `explain` names a submitter: `<hex node id> <base64 key>` (the base64 is what
+/// follows `name:` in the Nix public key to put in `submitters`).
+fn submitter_key(n: &buildmesh_protocol::id::NodeId) -> String {
+    use base64::Engine as _;
+    format!("{} {}", n, base64::engine::general_purpose::STANDARD.encode(n.as_bytes()))
 }
 
 /// The facts of each path of a `weather --manifest FILE` list: a `.drv` path with its outputs, an

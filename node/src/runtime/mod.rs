@@ -138,6 +138,9 @@ pub struct Node {
     scheduler: SchedulerHandle,
     shutdown: CancellationToken,
     http_task: Option<JoinHandle<()>>,
+    /// The admin listener's server, when it is separate (`admin_http`).
+    admin_task: Option<JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
     scheduler_task: Option<JoinHandle<()>>,
     store_task: Option<JoinHandle<()>>,
     gc_task: Option<JoinHandle<()>>,
@@ -213,6 +216,8 @@ impl Node {
                 bootstrap: config.bootstrap.clone(),
                 mdns: config.mdns,
                 trusted_keys: config.trusted_keys.clone(),
+                submitters: config.submitters.clone(),
+                builders: config.builders.clone(),
                 quorum: config.quorum,
                 replicas: config.replicas,
                 owner: config.owner.clone(),
@@ -233,6 +238,22 @@ impl Node {
         let listener =
             crate::http::server::bind(config.http).map_err(|source| StartError::Bind { addr: config.http, source })?;
         let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.http, source })?;
+        let admin_listener = match config.admin_listener() {
+            Some(addr) => Some(crate::http::server::bind(addr).map_err(|source| StartError::Bind { addr, source })?),
+            None => None,
+        };
+        let admin_addr = match &admin_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind { addr: config.http, source })?),
+            None => None,
+        };
+        if let Some(a) = admin_addr
+            && !a.ip().is_loopback()
+        {
+            tracing::warn!(admin_http = %a, "the admin listener is not on a loopback address: firewall it");
+        }
+        if admin_addr.is_none() && !http_addr.ip().is_loopback() {
+            tracing::warn!(http = %http_addr, "admin_http = http: control routes (token-guarded) are served on a public address");
+        }
 
         let info = Arc::new(NodeInfo {
             peer_id: key.peer_id(),
@@ -245,6 +266,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").to_string(),
             addresses: Vec::new(),
             http: http_addr.to_string(),
+            admin_http: admin_addr.unwrap_or(http_addr).to_string(),
             slots: sched_options.slots,
         });
 
@@ -296,14 +318,21 @@ impl Node {
             .with_cache_settings(&config.cache)
             .with_qa(qa)
             .with_gc(collector);
-        let app = crate::http::router(app_state, token);
-        let http_task = {
+        let serve = |listener, app| {
             let shutdown = shutdown.clone();
             let settings = config.server.clone();
             tokio::spawn(
                 async move { crate::http::server::serve(listener, app, &settings, shutdown).await }
                     .instrument(span.clone()),
             )
+        };
+        let (http_task, admin_task) = match (admin_listener, admin_addr) {
+            (Some(admin), Some(addr)) => {
+                let public = crate::http::public_router(app_state.clone(), token.clone(), addr);
+                let full = crate::http::router(app_state, token);
+                (serve(listener, public), Some(serve(admin, full)))
+            }
+            _ => (serve(listener, crate::http::router(app_state, token)), None),
         };
         let failure = Arc::new(std::sync::Mutex::new(None));
         let store_task = tokio::spawn(
@@ -331,6 +360,8 @@ impl Node {
             scheduler: handle,
             shutdown,
             http_task: Some(http_task),
+            admin_task,
+            admin_addr,
             scheduler_task: Some(scheduler_task),
             store_task: Some(store_task),
             gc_task: Some(gc_task),
@@ -364,6 +395,12 @@ impl Node {
     /// `http://<http_addr>`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http_addr)
+    }
+
+    /// `http://<address>` of the listener serving the control routes: the admin listener, or
+    /// [`Node::http_url`] when there is no separate one.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr.unwrap_or(self.http_addr))
     }
 
     /// The data dir.
@@ -423,6 +460,12 @@ impl Node {
                 && let Err(e) = t.await
             {
                 tracing::error!(cause = %e, "mesh task failed");
+            }
+            if let Some(mut t) = self.admin_task.take()
+                && tokio::time::timeout(HTTP_DRAIN, &mut t).await.is_err()
+            {
+                t.abort();
+                let _ = t.await;
             }
             if let Some(mut t) = self.http_task.take() {
                 match tokio::time::timeout(HTTP_DRAIN, &mut t).await {

@@ -66,6 +66,10 @@ pub struct SubmitLimits {
     pub max_nar_depth: u32,
     /// Most directory entries in one source NAR (default 1 000 000).
     pub max_nar_entries: u64,
+    /// Most outstanding jobs (queued or running builds on a standalone node, unfinished mesh
+    /// submissions on a mesh node) of the submitter, the API token's holder, before a new upload
+    /// is refused with 429 naming this limit (default 100 000).
+    pub max_outstanding_jobs: usize,
 }
 
 impl Default for SubmitLimits {
@@ -82,6 +86,7 @@ impl Default for SubmitLimits {
             max_concurrent: 2,
             max_nar_depth: 256,
             max_nar_entries: 1_000_000,
+            max_outstanding_jobs: 100_000,
         }
     }
 }
@@ -111,6 +116,9 @@ pub struct SubmitSettings {
     pub min_free_disk_bytes: u64,
     /// Largest sum of the `.drv` files of one upload in bytes (default 64 MiB, held in memory).
     pub max_drv_bytes: u64,
+    /// Most outstanding jobs of the submitter before an upload is refused with 429 (default
+    /// 100 000; see [`SubmitLimits::max_outstanding_jobs`]).
+    pub max_outstanding_jobs: usize,
 }
 
 impl Default for SubmitSettings {
@@ -121,6 +129,7 @@ impl Default for SubmitSettings {
             max_concurrent: l.max_concurrent,
             min_free_disk_bytes: l.min_free_disk,
             max_drv_bytes: l.max_drv_bytes,
+            max_outstanding_jobs: l.max_outstanding_jobs,
         }
     }
 }
@@ -150,6 +159,7 @@ impl SubmitSettings {
         limits.max_concurrent = self.max_concurrent;
         limits.min_free_disk = self.min_free_disk_bytes;
         limits.max_drv_bytes = self.max_drv_bytes;
+        limits.max_outstanding_jobs = self.max_outstanding_jobs;
     }
 }
 
@@ -224,6 +234,17 @@ pub enum SubmitError {
         ours: String,
         /// The upload's.
         theirs: String,
+    },
+    /// The submitter has as many outstanding jobs as `submit.max_outstanding_jobs` allows.
+    #[error(
+        "this submitter has {outstanding} outstanding job(s); the limit `submit.max_outstanding_jobs` is {max}: \
+         wait for some to finish"
+    )]
+    Outstanding {
+        /// Its outstanding jobs.
+        outstanding: usize,
+        /// The limit.
+        max: usize,
     },
     /// Too many entries of one kind.
     #[error("too many {what}: {count}, the limit is {max}")]
@@ -455,6 +476,7 @@ impl SubmitError {
     pub fn status(&self) -> u16 {
         match self {
             SubmitError::NoSpace { .. } => 507,
+            SubmitError::Outstanding { .. } => 429,
             SubmitError::HeaderTooLarge { .. } | SubmitError::TooMany { .. } | SubmitError::TooLarge { .. } => 413,
             SubmitError::Spool { .. }
             | SubmitError::Store(_)

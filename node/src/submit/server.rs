@@ -119,6 +119,13 @@ async fn submit(State(state): State<Arc<ServerState>>, headers: HeaderMap, body:
     let Ok(_permit) = state.permits.acquire().await else {
         return error_response(&SubmitError::Internal("the submit endpoint is shutting down".to_string()));
     };
+    if let Some(outstanding) = outstanding_jobs(&state).await
+        && outstanding >= state.ctx.limits.max_outstanding_jobs
+    {
+        let e = SubmitError::Outstanding { outstanding, max: state.ctx.limits.max_outstanding_jobs };
+        tracing::warn!(cause = %e, "refused a submission");
+        return error_response(&e);
+    }
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let worker_state = state.clone();
     let mesh_mode = state.mesh.is_some();
@@ -165,6 +172,17 @@ async fn submit(State(state): State<Arc<ServerState>>, headers: HeaderMap, body:
             error_response(&e)
         }
     }
+}
+
+/// The submitter's outstanding jobs: unfinished mesh submissions, or queued and running builds
+/// (`None` when the store cannot say; the upload is then not held back).
+async fn outstanding_jobs(state: &Arc<ServerState>) -> Option<usize> {
+    if let Some(mesh) = &state.mesh {
+        return Some(mesh.status().own_submissions);
+    }
+    let store = state.ctx.store.clone();
+    let counts = tokio::task::spawn_blocking(move || store.build_counts()).await.ok()?.ok()?;
+    Some((counts.queued + counts.running) as usize)
 }
 
 /// Feed the body to the acceptor; once it stops listening, discard up to [`DRAIN_LIMIT`] bytes.

@@ -142,6 +142,20 @@ pub struct MeshConfig {
     /// Most active derivations opened by untrusted submitters together (default 32,768, half of
     /// `max_drvs`): trusted submitters and this node always have the rest.
     pub max_untrusted_active_jobs: usize,
+    /// Whose job submissions this node accepts (`None`: anyone's). A submission of another key
+    /// is not tracked, not built and not forwarded ([`crate::mesh::Ignored::SubmitterRefused`]);
+    /// the machine remembers the last refusals for `explain` ([`crate::mesh::Mesh::refusal`]).
+    /// This node's own submissions are always accepted.
+    pub submitters: Option<BTreeSet<NodeId>>,
+    /// Who may be designated to build (`None`: an open mesh, any member). A member outside the
+    /// set is not admitted to the view: it is never designated and its claims do not count
+    /// ([`crate::mesh::Ignored::NotABuilder`]). Every node of a mesh should use the same set, or
+    /// their designations differ.
+    pub builders: Option<BTreeSet<NodeId>>,
+    /// A member that claimed and let its lease run out without a result is designated only
+    /// after every other candidate for this long (default 30 min); each further lapse within the penalty doubles it, up to 16 times. See
+    /// `strikes.rs`.
+    pub no_delivery_penalty_ms: u64,
 }
 
 impl Default for MeshConfig {
@@ -172,6 +186,9 @@ impl Default for MeshConfig {
             max_unvetted_builders_per_drv: 8,
             max_active_jobs_per_untrusted_submitter: 4096,
             max_untrusted_active_jobs: 32_768,
+            submitters: None,
+            builders: None,
+            no_delivery_penalty_ms: 1_800_000,
         }
     }
 }

@@ -29,7 +29,9 @@ impl Mesh {
             slots: l.slots,
             load: l.load,
         };
-        let change = self.members.upsert(&ann, now);
+        // Outside the `builders` policy this node is no member of its own view either (every
+        // node must designate alike); it still announces (others judge by their own policy).
+        let change = if self.accepts_builder(&self.me) { self.members.upsert(&ann, now) } else { Change::Renewed };
         self.publish(ann);
         self.next_announce_ms = now.saturating_add(self.cfg.announce_interval_ms);
         if change != Change::Renewed {
@@ -72,6 +74,9 @@ impl Mesh {
         }
         if a.timestamp_ms.saturating_add(self.cfg.member_ttl_ms) < now {
             return Disposition::Stale;
+        }
+        if !self.accepts_builder(&a.node) {
+            return Disposition::Ignored(Ignored::NotABuilder);
         }
         match self.members.seq_of(&a.node) {
             Some(seq) if a.seq < seq => return Disposition::Stale,
@@ -143,6 +148,10 @@ impl Mesh {
         }
         if let Err(d) = self.store_dir_ok(&j.store_dir).and_then(|()| self.fresh(j.submitted_at_ms, now)) {
             return d;
+        }
+        if !self.accepts_submitter(&j.submitter) {
+            self.note_refusal(&j.drv, j.submitter);
+            return Disposition::Ignored(Ignored::SubmitterRefused);
         }
         if let Err(why) = self.submitter_quota(&j.submitter, &j.drv) {
             return Disposition::Ignored(why);

@@ -249,6 +249,10 @@ pub enum Ignored {
     /// (`max_active_jobs_per_untrusted_submitter`), or untrusted submitters together have
     /// (`max_untrusted_active_jobs`).
     SubmitterQuota,
+    /// A submission of a key this node does not accept jobs from (`submitters`).
+    SubmitterRefused,
+    /// An announcement of a member outside the `builders` policy: it is not admitted to the view.
+    NotABuilder,
 }
 
 /// Why an input was refused. The state is unchanged when an error is returned.

@@ -77,10 +77,12 @@
 mod config;
 mod designate;
 mod engine;
+mod fair;
 mod io;
 mod membership;
 mod quorum;
 mod schedule;
+mod strikes;
 mod table;
 mod vetting;
 
@@ -92,6 +94,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub use config::{ConfigError, LocalInfo, MeshConfig, ReplicaRule, TrustConfig};
 pub use io::{BuildOrder, CancelReason, Disposition, Event, Ignored, Input, JobFailure, MeshError, Output};
 pub use quorum::{OutputClaim, assess_attestations, assess_output};
+pub use strikes::Strike;
 
 use crate::id::{JobId, NodeId};
 use crate::store_path::StorePath;
@@ -125,6 +128,10 @@ pub struct MeshStats {
     pub builds_cancelled: u64,
     /// Own results republished for nodes that did not know them.
     pub republished: u64,
+    /// Job submissions refused by the `submitters` policy.
+    pub refused_submissions: u64,
+    /// Lapses recorded against members (designated and not delivered; see [`Strike`]).
+    pub lapses: u64,
 }
 
 /// A derivation as [`Mesh::job`] shows it.
@@ -183,7 +190,16 @@ pub struct Mesh {
     untrusted_open: BTreeMap<NodeId, usize>,
     /// Their sum.
     untrusted_open_total: usize,
+    /// Members that were designated and did not deliver (see `strikes.rs`).
+    strikes: strikes::Strikes,
+    /// The latest submissions refused by the `submitters` policy: derivation -> submitter, at
+    /// most [`MAX_REFUSALS`], oldest forgotten first.
+    refused: BTreeMap<StorePath, NodeId>,
+    refused_order: VecDeque<StorePath>,
 }
+
+/// How many refused submissions [`Mesh::refusal`] remembers.
+pub const MAX_REFUSALS: usize = 4096;
 
 impl Mesh {
     /// A machine for node `me` with capabilities `local`, started at `now_ms`. It announces itself
@@ -209,9 +225,53 @@ impl Mesh {
             stats: MeshStats::default(),
             untrusted_open: BTreeMap::new(),
             untrusted_open_total: 0,
+            strikes: strikes::Strikes::default(),
+            refused: BTreeMap::new(),
+            refused_order: VecDeque::new(),
         };
         mesh.announce(now_ms);
         Ok(mesh)
+    }
+
+    /// Whether this node accepts job submissions of `submitter` (the `submitters` policy; its
+    /// own always).
+    pub fn accepts_submitter(&self, submitter: &NodeId) -> bool {
+        *submitter == self.me || self.cfg.submitters.as_ref().is_none_or(|s| s.contains(submitter))
+    }
+
+    /// Whether `node` may be designated (the `builders` policy; `None` = open mesh).
+    pub fn accepts_builder(&self, node: &NodeId) -> bool {
+        self.cfg.builders.as_ref().is_none_or(|b| b.contains(node))
+    }
+
+    /// The submitter whose submission of `drv` this node refused (the `submitters` policy), if
+    /// it is among the last [`MAX_REFUSALS`] refusals.
+    pub fn refusal(&self, drv: &StorePath) -> Option<NodeId> {
+        self.refused.get(drv).copied()
+    }
+
+    /// Record that a submission of `drv` by `submitter` was refused (also called by a driver
+    /// that refuses before the machine sees the message).
+    pub fn note_refusal(&mut self, drv: &StorePath, submitter: NodeId) {
+        if self.refused.insert(drv.clone(), submitter).is_none() {
+            self.refused_order.push_back(drv.clone());
+            self.stats.refused_submissions += 1;
+        }
+        while self.refused_order.len() > MAX_REFUSALS {
+            if let Some(old) = self.refused_order.pop_front() {
+                self.refused.remove(&old);
+            }
+        }
+    }
+
+    /// Members that did not deliver, with their penalty (see `strikes.rs`).
+    pub fn strikes(&self) -> impl Iterator<Item = (&NodeId, &Strike)> {
+        self.strikes.iter()
+    }
+
+    /// Whether `node` is penalised now for not delivering.
+    pub fn penalised(&self, node: &NodeId) -> bool {
+        self.strikes.penalised(node, self.now_ms)
     }
 
     /// This node.

@@ -20,6 +20,7 @@ impl Mesh {
             self.reschedule(slot, now);
             return;
         }
+        let mut lapses = Vec::new();
         for b in e.builders.iter_mut().filter(|b| b.node != me) {
             if let Some(c) = b.claim
                 && c.local_expiry_ms <= now
@@ -29,9 +30,11 @@ impl Mesh {
                 // an absence just ends.
                 if self.members.get(&b.node).is_none_or(|m| m.joined_at_ms <= c.received_ms) {
                     b.lapsed_at_ms = Some(now);
+                    lapses.push(b.node);
                 }
             }
         }
+        self.record_lapses(&mut lapses, now);
         let (timeout, max_b, warmup) = (self.cfg.claim_timeout_ms, self.cfg.max_builders_per_drv, self.cfg.warmup_ms);
         let room = self.room();
         let mut chosen = Vec::new();
@@ -96,12 +99,24 @@ impl Mesh {
                     if let Some(e) = self.drvs.get_mut(slot) {
                         e.own_wait_since_ms.get_or_insert(now);
                     }
-                    self.drvs.waiting_for_slot.insert(slot);
+                    if let Some(j) = self.drvs.get(slot).and_then(|e| e.job.as_deref()) {
+                        let (submitter, priority) = (j.canonical.submitter, j.canonical.priority);
+                        self.drvs.waiting_for_slot.insert(slot, submitter, priority);
+                    }
                 }
             }
             _ => {}
         }
         self.reschedule(slot, now);
+    }
+
+    /// Strike every member in `lapses` (see `strikes.rs`) and empty the list.
+    fn record_lapses(&mut self, lapses: &mut Vec<NodeId>, now: u64) {
+        let (base, max) = (self.cfg.no_delivery_penalty_ms, self.cfg.max_members);
+        for node in lapses.drain(..) {
+            self.strikes.record(node, now, base, max);
+            self.stats.lapses += 1;
+        }
     }
 
     /// k minus the distinct attesters that count ([`Mesh::counted_attesters`]).
@@ -153,6 +168,9 @@ impl Mesh {
                 lapsed.insert(b.node);
             }
         }
+        // Members penalised for not delivering (`strikes.rs`) come last, like lapsed ones.
+        let now_ms = self.now_ms;
+        lapsed.extend(self.strikes.iter().filter(|(n, s)| **n != self.me && s.until_ms > now_ms).map(|(n, _)| *n));
         // This node waited too long for a free slot: the others are about to count it as
         // lapsed (after the whole timeout), so it steps aside first (after half of it).
         if e.own_wait_since_ms.is_some_and(|t| self.now_ms >= t.saturating_add(self.cfg.claim_timeout_ms / 2)) {
@@ -206,11 +224,11 @@ impl Mesh {
     pub(super) fn fill_free_slots(&mut self) {
         let now = self.now_ms;
         while self.has_free_slot() {
-            let Some(slot) = self.drvs.waiting_for_slot.pop_first() else { break };
             if self.outputs.len() >= self.cfg.max_queued_outputs {
-                self.drvs.waiting_for_slot.insert(slot);
                 break;
             }
+            let running = self.drvs.own_builds_by_submitter();
+            let Some(slot) = self.drvs.waiting_for_slot.pop(&running) else { break };
             self.evaluate(slot, now);
         }
     }

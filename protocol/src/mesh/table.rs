@@ -290,7 +290,7 @@ pub(crate) struct DrvTable {
     /// this node uses.
     building: BTreeSet<u32>,
     /// Slots this node is designated for but could not claim because every build slot was taken.
-    pub(crate) waiting_for_slot: BTreeSet<u32>,
+    pub(crate) waiting_for_slot: super::fair::FairQueue,
     /// Strangers' entries (see `vetting.rs`), oldest first: evicted first.
     strangers: BTreeSet<(u64, u32)>,
 }
@@ -391,7 +391,7 @@ impl DrvTable {
         }
         self.active.remove(&slot);
         self.building.remove(&slot);
-        self.waiting_for_slot.remove(&slot);
+        self.waiting_for_slot.remove(slot);
         self.free.push(slot);
     }
 
@@ -403,7 +403,7 @@ impl DrvTable {
         if build.is_some() {
             e.own_wait_since_ms = None;
             self.building.insert(slot);
-            self.waiting_for_slot.remove(&slot);
+            self.waiting_for_slot.remove(slot);
         } else {
             self.building.remove(&slot);
         }
@@ -413,6 +413,18 @@ impl DrvTable {
     /// How many builds this node runs (entries with an `own_build`).
     pub(crate) fn own_builds(&self) -> usize {
         self.building.len()
+    }
+
+    /// This node's running builds per submitter (of the job's canonical submission), for the
+    /// fair share of slots (`fair.rs`).
+    pub(crate) fn own_builds_by_submitter(&self) -> BTreeMap<NodeId, usize> {
+        let mut out = BTreeMap::new();
+        for &slot in &self.building {
+            if let Some(j) = self.get(slot).and_then(|e| e.job.as_deref()) {
+                *out.entry(j.canonical.submitter).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     pub(crate) fn index_path(&mut self, path: &StorePath, slot: u32) {

@@ -12,6 +12,7 @@ use crate::wire::{BuildMode, FailureReason, OutputAttestation};
 
 mod attacks;
 mod capacity;
+mod policy;
 mod props;
 mod replicas;
 

@@ -67,6 +67,20 @@ struct Args {
     /// most slots there are (placement capture). Every sound job must still complete.
     #[arg(long, default_value_t = 0)]
     sybils: usize,
+    /// Sybil members: fresh identities that join as members, claim what they are designated for
+    /// and never deliver (issue 15 item 3).
+    #[arg(long, default_value_t = 0)]
+    sybil_members: usize,
+    /// Every honest node lists the honest keys as `builders` (Sybil members are never designated).
+    #[arg(long)]
+    builders_policy: bool,
+    /// How long a member that did not deliver is designated last (ms; protocol default 30 min).
+    #[arg(long)]
+    no_delivery_penalty_ms: Option<u64>,
+    /// Print the Sybil table instead of one run: no Sybils, open mesh without and with the
+    /// no-delivery penalty, builders policy; `--sybil-members` Sybils (default 100), each seed.
+    #[arg(long)]
+    sybil_table: bool,
     /// Virtual time limit, hours.
     #[arg(long, default_value_t = 48)]
     hours: u64,
@@ -106,11 +120,23 @@ fn main_inner() -> Result<bool> {
             unreproducible: a.unreproducible,
             byzantine: a.byzantine,
             sybils: a.sybils,
+            sybil_members: a.sybil_members,
+            builders_policy: a.builders_policy,
             trust_honest_only: !a.trust_all,
             max_virtual_ms: a.hours * 3_600_000,
             ..SimConfig::default()
         };
         cfg.mesh.max_drvs = cfg.mesh.max_drvs.max(a.drvs);
+        if let Some(p) = a.no_delivery_penalty_ms {
+            cfg.mesh.no_delivery_penalty_ms = p;
+        }
+        if a.sybil_table {
+            let n = if a.sybil_members == 0 { 100 } else { a.sybil_members };
+            let started = Instant::now();
+            print!("{}", buildmesh_sim::sybil_table::table(&cfg, n, seed..seed + a.seeds.max(1))?);
+            println!("wall time: {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(true);
+        }
         let started = Instant::now();
         let mut world = World::new(cfg)?;
         if let Some(d) = a.watch {

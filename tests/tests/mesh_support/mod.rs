@@ -22,7 +22,7 @@ pub const FAST_MESH: &str = buildmesh::cli::demo::DEMO_MESH;
 
 /// The key seed of node `i` of the cluster in `dir`: distinct per cluster, so that clusters of
 /// tests running at once in one test binary never share a peer id.
-fn key_seed(dir: &Path, i: usize) -> [u8; 32] {
+pub fn key_seed(dir: &Path, i: usize) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(dir.as_os_str().as_encoded_bytes());
     h.update(&(i as u64).to_le_bytes());
@@ -140,6 +140,12 @@ impl Cluster {
         if i > 0 {
             args.push("--bootstrap".into());
             args.push(self.bootstrap.clone());
+        }
+        if let Some(ns) = &self.netns {
+            // The API is reached over the control link, not the namespace's loopback: one
+            // listener serves everything there (`admin_http` = `http`).
+            args.push("--admin-http".into());
+            args.push(ns.http(i));
         }
         args.extend(self.extra.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -135,6 +135,7 @@ pub fn run(args: PagesBenchArgs) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").into(),
         addresses: Vec::new(),
         http: String::new(),
+        admin_http: String::new(),
         slots: 2,
     });
     let ctx = PagesContext::new(qa.clone(), data.store.clone(), None, info);

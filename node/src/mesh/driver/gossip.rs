@@ -143,7 +143,7 @@ impl Driver {
         };
         match verified.value() {
             Message::Attestation(a) => self.index.add(a),
-            Message::JobSubmission(j) => self.note_submitter(j),
+            Message::JobSubmission(j) if self.mesh.accepts_submitter(&j.submitter) => self.note_submitter(j),
             Message::Announcement(_) => self.dirty = true,
             _ => {}
         }
@@ -173,7 +173,9 @@ impl Driver {
     pub(super) async fn judge_batch(&mut self, id: MessageId, batch: Batch) -> MessageAcceptance {
         let (mut applied, mut refused) = (false, false);
         for m in batch.into_items() {
-            if let Message::JobSubmission(j) = &m {
+            if let Message::JobSubmission(j) = &m
+                && self.mesh.accepts_submitter(&j.submitter)
+            {
                 self.note_submitter(j);
             }
             match self.input(Input::Message(m)).await {

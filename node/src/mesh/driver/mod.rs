@@ -56,7 +56,7 @@ use super::sync::{Cursors, SyncReport};
 use super::validate::{Checked, SeenCache, check_gossip, topic_of};
 use super::{
     BuildEvent, BuildOutcome, Command, Counters, DrvInMesh, MachineCounts, MeshHandle, MeshParams, MeshStatus,
-    PeerSystems, PeerView, Shared, StartError, SubmitRequest, net_config, trust_policy,
+    PeerSystems, PeerView, SettingsError, Shared, StartError, SubmitRequest, net_config, trust_policy,
 };
 use crate::net::{
     InboundId, MessageAcceptance, NetEvent, NetHandle, PublishError, RequestProtocol, keypair_from_seed, short_peer_id,
@@ -211,7 +211,19 @@ pub(crate) async fn start(
     std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
     let local = local_info(&params);
     let configured_slots = local.slots;
-    let mcfg = params.settings.mesh_config(params.store_dir.clone(), trust.clone());
+    let mut mcfg = params.settings.mesh_config(params.store_dir.clone(), trust.clone());
+    let policy_err = |field: &'static str| move |reason: String| SettingsError::Policy { field, reason };
+    mcfg.submitters = super::policy::resolve_submitters(&params.submitters, &params.trusted_keys, me)
+        .map_err(policy_err("submitters"))?;
+    mcfg.builders = super::policy::resolve_builders(&params.builders).map_err(policy_err("builders"))?;
+    match &mcfg.submitters {
+        None => tracing::warn!("submitters = \"any\": this node accepts and builds jobs of ANY key on the mesh"),
+        Some(s) => tracing::info!(keys = s.len(), "accepting jobs of the configured submitters only"),
+    }
+    match &mcfg.builders {
+        None => tracing::info!("builders not set: an open mesh, any member may be designated to build"),
+        Some(b) => tracing::info!(keys = b.len(), "only the configured builders are designated"),
+    }
     let mesh = Mesh::new(mcfg, me, local, unix_ms())?;
     let (net, net_events, net_task) = crate::net::spawn(keypair_from_seed(key.seed()), netcfg)?;
 
@@ -729,7 +741,10 @@ impl Driver {
                     .map(|d| match self.mesh.job(d) {
                         Some(v) => DrvInMesh::Tracked(Box::new(v)),
                         None if self.mesh.is_pending(d) => DrvInMesh::Pending,
-                        None => DrvInMesh::Unknown,
+                        None => match self.mesh.refusal(d) {
+                            Some(submitter) => DrvInMesh::Refused { submitter },
+                            None => DrvInMesh::Unknown,
+                        },
                     })
                     .collect();
                 let _ = reply.send(Ok(views));

@@ -158,6 +158,8 @@ impl Driver {
             version: String::new(),
             addresses: Vec::new(),
             conduct: Default::default(),
+            lapses: 0,
+            penalised_until_ms: None,
         };
         for ann in self.mesh.members() {
             if ann.node == me {
@@ -176,6 +178,13 @@ impl Driver {
             v.owner = ann.owner.clone();
             v.version = ann.version.clone();
             peers.insert(peer, v);
+        }
+        let now = unix_ms();
+        for (node, strike) in self.mesh.strikes() {
+            if let Some(v) = peer_of(node).and_then(|p| peers.get_mut(&p)) {
+                v.lapses = strike.count;
+                v.penalised_until_ms = (strike.until_ms > now).then_some(strike.until_ms);
+            }
         }
         for (peer, k) in &self.known {
             if !k.connected && !peers.contains_key(peer) {
@@ -219,6 +228,8 @@ impl Driver {
                 builds_started: st.builds_started,
                 builds_cancelled: st.builds_cancelled,
                 republished: st.republished,
+                refused_submissions: st.refused_submissions,
+                lapses: st.lapses,
             },
             ..MeshStatus::default()
         };
