@@ -29,3 +29,9 @@ if ! grep -qs '^build-users-group' /etc/nix/nix.conf; then
   $SUDO mkdir -p /etc/nix
   printf 'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\n' | $SUDO tee -a /etc/nix/nix.conf >/dev/null
 fi
+
+# QEMU user-mode emulation for the emulated-build tests (docs/emulation.md): qemu-user-static,
+# aarch64 and arm registered in binfmt_misc with the F flag, static busyboxes in
+# /var/cache/buildmesh/busybox. What it registers is listed in $BUILDMESH_BINFMT_STATE;
+# scripts/test.sh removes it again at exit (`scripts/emulation.sh cleanup`).
+"$(dirname "${BASH_SOURCE[0]}")/emulation.sh" setup
