@@ -2,13 +2,15 @@
 # QEMU user-mode emulation for the emulated-build tests (docs/emulation.md), on Debian:
 #
 #   scripts/emulation.sh setup     install qemu-user-static, mount binfmt_misc if needed, register
-#                                  aarch64 and arm (armhf) with the static interpreter and the `F`
-#                                  flag, and put static busyboxes for them (and the host) in
+#                                  aarch64 and arm (armhf) with the static interpreter and the flags
+#                                  `PF`, and put static busyboxes for them (and the host) in
 #                                  $BUILDMESH_BUSYBOX_DIR (default /var/cache/buildmesh/busybox)
 #   scripts/emulation.sh cleanup   unregister the entries `setup` registered (and only those)
 #
 # `F` makes the kernel open the interpreter at registration, so it works inside a build's mount
-# namespace where /usr/bin does not exist. An entry that is already registered is left alone (and
+# namespace where /usr/bin does not exist. `P` keeps argv[0] (QEMU 7 reads it from AT_FLAGS):
+# without it a multi-call binary that re-executes itself under another name (busybox running the
+# commands of a pipeline) gets the wrong applet name and fails ("applet not found"). An entry that is already registered is left alone (and
 # not cleaned up): with `F` it is used as is; without it, a warning says builds in the sandbox
 # cannot use it (the node then does not count it, see node/src/systems.rs).
 #
@@ -37,11 +39,13 @@ setup() {
     if [ -e "$BINFMT/$name" ]; then
       grep -q '^flags:.*F' "$BINFMT/$name" ||
         echo "emulation.sh: warning: $name is registered without the F flag; builds in the sandbox cannot use it" >&2
+      grep -q '^flags:.*P' "$BINFMT/$name" ||
+        echo "emulation.sh: warning: $name is registered without the P flag; programs that re-execute themselves may fail" >&2
       continue
     fi
     # ":name:M::magic:mask:interpreter:flags" with our interpreter and flags.
     local line
-    line="$(sed -E "s#^(:[^:]*:[^:]*:[^:]*:[^:]*:[^:]*):[^:]*:[^:]*\$#\\1:/usr/bin/qemu-$q-static:F#" "$conf")"
+    line="$(sed -E "s#^(:[^:]*:[^:]*:[^:]*:[^:]*:[^:]*):[^:]*:[^:]*\$#\\1:/usr/bin/qemu-$q-static:PF#" "$conf")"
     printf '%s' "$line" | $SUDO tee "$BINFMT/register" >/dev/null
     echo "$name" | $SUDO tee -a "$STATE" >/dev/null
   done

@@ -115,19 +115,27 @@ mod tests {
     fn quorum_needs_native_refuses_emulated_agreement_alone() {
         let (a, b, c) = (node(1), node(2), node(3));
         let h = [1u8; 32];
-        let claim = |b: &NodeId, emulated: bool| OutputClaim { builder: b, nar_hash: &h, nar_size: 9, emulated };
+        fn claim<'a>(b: &'a NodeId, h: &'a [u8; 32], emulated: bool) -> OutputClaim<'a> {
+            OutputClaim { builder: b, nar_hash: h, nar_size: 9, emulated }
+        }
         let plain = TrustConfig { trusted: None, quorum: 2, needs_native: false };
         let strict = TrustConfig { needs_native: true, ..plain.clone() };
-        let emulated_only = [claim(&a, true), claim(&b, true)];
+        let emulated_only = [claim(&a, &h, true), claim(&b, &h, true)];
         assert!(assess_output(emulated_only, &plain).accepted.is_some(), "the default counts emulated builds");
         assert_eq!(assess_output(emulated_only, &strict).accepted, None, "two emulated builds are not enough");
-        assert!(assess_output([claim(&a, true), claim(&c, false)], &strict).accepted.is_some(), "one native agrees");
+        assert!(
+            assess_output([claim(&a, &h, true), claim(&c, &h, false)], &strict).accepted.is_some(),
+            "one native agrees"
+        );
         // An untrusted native builder does not lift the rule.
         let strict_ab = TrustConfig { trusted: Some([a, b].into_iter().collect()), ..strict.clone() };
-        assert_eq!(assess_output([claim(&a, true), claim(&b, true), claim(&c, false)], &strict_ab).accepted, None);
+        assert_eq!(
+            assess_output([claim(&a, &h, true), claim(&b, &h, true), claim(&c, &h, false)], &strict_ab).accepted,
+            None
+        );
         // A native builder that got another NarHash does not either.
         let other = [2u8; 32];
         let native_other = OutputClaim { builder: &c, nar_hash: &other, nar_size: 9, emulated: false };
-        assert_eq!(assess_output([claim(&a, true), claim(&b, true), native_other], &strict).accepted, None);
+        assert_eq!(assess_output([claim(&a, &h, true), claim(&b, &h, true), native_other], &strict).accepted, None);
     }
 }
