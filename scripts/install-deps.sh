@@ -47,3 +47,9 @@ if ! command -v guile >/dev/null 2>&1 || [ ! -f /usr/share/guile/site/3.0/gcrypt
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${guix_pkgs[@]}" >/dev/null
 fi
+
+# QEMU user-mode emulation for the emulated-build tests (docs/emulation.md): qemu-user-static,
+# aarch64 and arm registered in binfmt_misc with the F flag, static busyboxes in
+# /var/cache/buildmesh/busybox. What it registers is listed in $BUILDMESH_BINFMT_STATE;
+# scripts/test.sh removes it again at exit (`scripts/emulation.sh cleanup`).
+"$(dirname "${BASH_SOURCE[0]}")/emulation.sh" setup

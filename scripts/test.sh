@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The binfmt_misc entries this run registers (scripts/emulation.sh) are removed at exit; entries
+# that were there before are left alone.
+BUILDMESH_BINFMT_STATE="$(mktemp)"
+export BUILDMESH_BINFMT_STATE
+trap 'scripts/emulation.sh cleanup' EXIT
 source scripts/install-deps.sh
 
 # protocol/ must stay pure: no tokio, libp2p or redb among its normal dependencies.

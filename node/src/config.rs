@@ -108,6 +108,15 @@ pub struct Config {
     pub features: Vec<String>,
     /// Features a derivation must require to be built here (like Nix's mandatory features).
     pub mandatory_features: Vec<String>,
+    /// The foreign systems this node builds under QEMU user-mode emulation (docs/emulation.md):
+    /// absent = every system binfmt_misc can run here (entries with the `F` flag); `[]` = none.
+    pub emulated_systems: Option<Vec<String>>,
+    /// Whether an output needs at least one native builder among the agreeing trusted builders
+    /// before it is accepted: emulated attestations alone never make a quorum.
+    pub quorum_needs_native: bool,
+    /// Systems for which emulated builds do not count at all: this node does not emulate them,
+    /// and emulated attestations of their derivations never count towards the quorum here.
+    pub no_emulation_for: Vec<String>,
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
     /// Build isolation: build users, fixed-output network, impure env allow-list, `nix`
@@ -177,6 +186,9 @@ impl Default for Config {
             owner: None,
             features: Vec::new(),
             mandatory_features: Vec::new(),
+            emulated_systems: None,
+            quorum_needs_native: false,
+            no_emulation_for: Vec::new(),
             mesh: crate::mesh::MeshSettings::default(),
             sandbox: crate::sandbox::SandboxSettings::default(),
             submit: crate::submit::SubmitSettings::default(),
@@ -360,6 +372,14 @@ impl Config {
                 return Err(invalid("sandbox_paths", format!("{} is not an absolute path", p.display())));
             }
         }
+        for (field, list) in [
+            ("emulated_systems", self.emulated_systems.as_deref().unwrap_or_default()),
+            ("no_emulation_for", &self.no_emulation_for),
+        ] {
+            if let Some(s) = list.iter().find(|s| !is_system_name(s)) {
+                return Err(invalid(field, format!("{s:?} is not a system name like \"aarch64-linux\"")));
+            }
+        }
         if let Some(name) = &self.key_name
             && (name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace))
         {
@@ -367,6 +387,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `<cpu>-<os>` as Nix spells systems: ASCII letters, digits and `_`, one `-` or more.
+fn is_system_name(s: &str) -> bool {
+    s.contains('-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]
@@ -426,5 +455,11 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("cache"));
         let e = Config::from_toml("[cache]\npriority = -1\n").unwrap_err().to_string();
         assert!(e.contains("priority"), "{e}");
+        let c = Config { emulated_systems: Some(vec!["aarch64 linux".into()]), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("emulated_systems"));
+        let c = Config::from_toml("emulated_systems = []\nno_emulation_for = [\"armv7l-linux\"]\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.emulated_systems, Some(vec![]));
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
     }
 }

@@ -3,8 +3,12 @@
 //! Native: the kernel's machine (`uname -m` as `std::env::consts::ARCH`) mapped to a Nix system,
 //! plus the 32-bit sibling the CPU runs directly (`i686-linux` on `x86_64-linux`, as Nix's default
 //! `extra-platforms`). Emulated: every enabled `/proc/sys/fs/binfmt_misc` entry whose ELF magic
-//! names another machine (typically `qemu-<arch>` entries from `qemu-user-static`/`binfmt-support`).
-//! Attestations made for an emulated system are marked as such.
+//! names another machine (typically `qemu-<arch>` entries from `qemu-user-static`/`binfmt-support`)
+//! and that has the `F` flag: the kernel opened its interpreter when it was registered, so it runs
+//! inside a build's mount namespace, where the host's `/usr/bin` does not exist (an entry without
+//! `F` would fail every sandboxed build, so it is not counted). The node's `emulated_systems`
+//! setting narrows the detected set ([`Systems::restrict_emulated`]). Attestations and failures
+//! made for an emulated system are marked as such (docs/emulation.md).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -27,6 +31,15 @@ impl Systems {
     /// Whether a build for `system` here runs under emulation.
     pub fn is_emulated(&self, system: &str) -> bool {
         !self.native.contains(system) && self.emulated.contains(system)
+    }
+
+    /// Keep only the emulated systems in `allowed` (`None`: keep all, the default; an empty list:
+    /// none). Returns the allowed systems binfmt_misc cannot run here (so the caller can warn).
+    pub fn restrict_emulated(&mut self, allowed: Option<&[String]>) -> Vec<String> {
+        let Some(allowed) = allowed else { return Vec::new() };
+        let missing = allowed.iter().filter(|s| !self.supports(s)).cloned().collect();
+        self.emulated.retain(|s| allowed.contains(s));
+        missing
     }
 }
 
@@ -94,7 +107,8 @@ pub fn nix_system_for_arch(arch: &str) -> Option<&'static str> {
 
 /// Parse one binfmt_misc entry: `enabled`, then `interpreter ...`, `flags: ...`, `offset N`,
 /// `magic HEX`, `mask HEX`. Returns the Nix system it emulates, from the ELF header in `magic`
-/// (EI_CLASS, EI_DATA, e_machine) or, failing that, from a `qemu-<arch>` entry name.
+/// (EI_CLASS, EI_DATA, e_machine) or, failing that, from a `qemu-<arch>` entry name; `None` for a
+/// disabled entry or one without the `F` flag (its interpreter is not reachable in the sandbox).
 pub fn parse_binfmt_entry(name: &str, text: &str) -> Option<String> {
     let mut lines = text.lines();
     if lines.next()?.trim() != "enabled" {
@@ -102,12 +116,18 @@ pub fn parse_binfmt_entry(name: &str, text: &str) -> Option<String> {
     }
     let mut magic = None;
     let mut offset = None;
+    let mut fix_binary = false;
     for line in text.lines() {
-        if let Some(m) = line.strip_prefix("magic ") {
+        if let Some(f) = line.strip_prefix("flags:") {
+            fix_binary = f.contains('F');
+        } else if let Some(m) = line.strip_prefix("magic ") {
             magic = hex::decode(m.trim()).ok();
         } else if let Some(o) = line.strip_prefix("offset ") {
             offset = o.trim().parse::<usize>().ok();
         }
+    }
+    if !fix_binary {
+        return None;
     }
     if let (Some(magic), Some(0)) = (magic, offset)
         && let Some(sys) = system_from_elf_magic(&magic)
@@ -153,6 +173,8 @@ mod tests {
         assert_eq!(parse_binfmt_entry("qemu-aarch64", AARCH64).as_deref(), Some("aarch64-linux"));
         assert_eq!(parse_binfmt_entry("whatever", RISCV).as_deref(), Some("riscv64-linux"));
         assert_eq!(parse_binfmt_entry("qemu-aarch64", &AARCH64.replace("enabled", "disabled")), None);
+        // Without F the interpreter would be looked up inside the sandbox, where it is not.
+        assert_eq!(parse_binfmt_entry("qemu-aarch64", &AARCH64.replace("flags: POCF", "flags: OC")), None);
         assert_eq!(
             parse_binfmt_entry("python3.11", "enabled\ninterpreter /usr/bin/python3\noffset 0\nmagic 0d0a\n"),
             None
@@ -177,5 +199,14 @@ mod tests {
         assert!(s.is_emulated("aarch64-linux") && !s.is_emulated("x86_64-linux"));
         let none = detect_with("x86_64", &dir.path().join("missing"));
         assert!(none.emulated.is_empty());
+        let mut only = s.clone();
+        assert_eq!(only.restrict_emulated(Some(&["aarch64-linux".into(), "s390x-linux".into()])), ["s390x-linux"]);
+        assert_eq!(only.emulated, ["aarch64-linux".to_string()].into());
+        let mut off = s.clone();
+        off.restrict_emulated(Some(&[]));
+        assert!(off.emulated.is_empty() && off.native == s.native);
+        let mut all = s.clone();
+        all.restrict_emulated(None);
+        assert_eq!(all, s);
     }
 }

@@ -91,6 +91,11 @@ pub struct OutputReport {
     pub verdict: Verdict,
     /// Every attestation, one per (builder, message).
     pub attestations: Vec<AttestationView>,
+    /// A mismatch where the native builders agree and only emulated builders got something else:
+    /// most likely a bug of the emulator, not an unreproducible build
+    /// ([`likely_emulation_bug`]).
+    #[serde(default)]
+    pub likely_emulation_bug: bool,
 }
 
 impl OutputReport {
@@ -243,7 +248,23 @@ fn report(path: String, mut views: Vec<AttestationView>) -> OutputReport {
         (&a.builder_key, a.finished_at, &a.message_id).cmp(&(&b.builder_key, b.finished_at, &b.message_id))
     });
     views.dedup_by(|a, b| a.message_id == b.message_id && a.builder_key == b.builder_key);
-    OutputReport { verdict: verdict_of(&views), path, attestations: views }
+    OutputReport {
+        verdict: verdict_of(&views),
+        likely_emulation_bug: likely_emulation_bug(&views),
+        path,
+        attestations: views,
+    }
+}
+
+/// Whether the attestations of one output disagree along the build mode: every native builder
+/// got one NarHash and at least one emulated builder got another. Such a mismatch points at the
+/// emulator (QEMU user mode) rather than at the build, which the native builders reproduce.
+pub fn likely_emulation_bug(views: &[AttestationView]) -> bool {
+    let native: BTreeSet<(&str, u64)> =
+        views.iter().filter(|v| !v.emulated).map(|v| (v.nar_hash.as_str(), v.nar_size)).collect();
+    let mut native = native.into_iter();
+    let (Some(one), None) = (native.next(), native.next()) else { return false };
+    views.iter().any(|v| v.emulated && (v.nar_hash.as_str(), v.nar_size) != one)
 }
 
 /// Every attestation of `path` the store holds, with the verdict.
@@ -526,6 +547,24 @@ mod tests {
         assert_eq!((k3.outputs, k3.mismatched, k3.disagreed, k3.single), (2, 1, 1, 1));
         let k1 = r.builders.iter().find(|b| b.builder_key == "k1").unwrap();
         assert_eq!((k1.outputs, k1.matched, k1.mismatched, k1.disagreed), (2, 1, 1, 0));
+        assert!(r.outputs.iter().all(|o| !o.likely_emulation_bug), "all native: plain unreproducibility");
+    }
+
+    #[test]
+    fn a_mismatch_only_emulated_builders_cause_is_named() {
+        let emu = |key: &str, hash: &str| AttestationView { emulated: true, ..view(key, hash) };
+        let bug = report("/nix/store/a".into(), vec![view("n1", "h1"), view("n2", "h1"), emu("e1", "h2")]);
+        assert_eq!(bug.verdict, Verdict::Mismatch);
+        assert!(bug.likely_emulation_bug);
+        // Native builders that disagree among themselves: the build is unreproducible.
+        let plain = report("/nix/store/b".into(), vec![view("n1", "h1"), view("n2", "h2"), emu("e1", "h3")]);
+        assert!(!plain.likely_emulation_bug);
+        // Emulated builders agreeing with the natives: no mismatch, nothing to name.
+        assert!(!report("/nix/store/c".into(), vec![view("n1", "h1"), emu("e1", "h1")]).likely_emulation_bug);
+        // No native builder: nothing to compare with.
+        assert!(!report("/nix/store/d".into(), vec![emu("e1", "h1"), emu("e2", "h2")]).likely_emulation_bug);
+        let json = serde_json::to_value(&bug).unwrap();
+        assert_eq!(json["likely_emulation_bug"], true);
     }
 
     #[test]

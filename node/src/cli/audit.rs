@@ -67,7 +67,8 @@ fn get_json<T: serde::de::DeserializeOwned>(api: &str, path: &str, query: &[(&st
 }
 
 fn print_report(r: &OutputReport) {
-    println!("{}  {}", r.path, r.verdict.as_str());
+    let note = if r.likely_emulation_bug { "  (likely emulation bug: the native builders agree)" } else { "" };
+    println!("{}  {}{note}", r.path, r.verdict.as_str());
     for a in &r.attestations {
         println!(
             "  {}  {}  {} bytes  {}  {}",
@@ -102,7 +103,8 @@ pub fn run_query(args: QueryArgs) -> Result<()> {
 
 fn print_audit(r: &AuditReport) {
     for o in &r.outputs {
-        println!("{:<12} {}  ({} builders)", o.class(), o.path, o.attestations.len());
+        let note = if o.likely_emulation_bug { "  likely emulation bug (native builders agree)" } else { "" };
+        println!("{:<12} {}  ({} builders){note}", o.class(), o.path, o.attestations.len());
     }
     println!();
     println!("{:<60} {:>7} {:>7} {:>9} {:>7} {:>9}", "builder", "outputs", "match", "mismatch", "single", "disagreed");
@@ -115,6 +117,10 @@ fn print_audit(r: &AuditReport) {
     println!();
     let t = |k: &str| r.totals.get(k).copied().unwrap_or(0);
     println!("{} match, {} mismatch, {} inconclusive", t("match"), t("mismatch"), t("inconclusive"));
+    let emulation = r.outputs.iter().filter(|o| o.likely_emulation_bug).count();
+    if emulation > 0 {
+        println!("{emulation} of the mismatches are likely emulation bugs (only emulated builders disagree)");
+    }
 }
 
 /// Run `buildmesh audit`.

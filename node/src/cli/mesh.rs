@@ -10,7 +10,8 @@ pub struct StatusArgs {
     /// The node's HTTP address.
     #[arg(long, env = "BUILDMESH_API", default_value = "http://127.0.0.1:7800", value_name = "URL")]
     pub api: String,
-    /// Print `{"node": …, "mesh": …, "peers": […]}` as JSON.
+    /// Print `{"node": …, "mesh": …, "peers": […], "systems": {SYSTEM: {"native": N, "emulated": N}}}`
+    /// as JSON (`systems` counts this node and the peers that are members, by how they build).
     #[arg(long)]
     pub json: bool,
 }
@@ -42,8 +43,9 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let node = get(&c, &format!("{base}/api/v1/node"))?.unwrap_or(serde_json::Value::Null);
     let mesh = get(&c, &format!("{base}/api/v1/mesh"))?;
     let peers = get(&c, &format!("{base}/api/v1/peers"))?.unwrap_or(serde_json::json!([]));
+    let systems = system_counts(&node, &peers);
     if args.json {
-        let doc = serde_json::json!({ "node": node, "mesh": mesh, "peers": peers });
+        let doc = serde_json::json!({ "node": node, "mesh": mesh, "peers": peers, "systems": systems });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -79,6 +81,11 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
             println!("building {d}");
         }
     }
+    if let Some(systems) = systems.as_object() {
+        for (system, c) in systems {
+            println!("system   {system}: {} native, {} emulated", c["native"], c["emulated"]);
+        }
+    }
     let peers = peers.as_array().cloned().unwrap_or_default();
     println!("peers    {}", peers.len());
     for p in &peers {
@@ -99,6 +106,22 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Per system, how many builders build it natively and how many under emulation: this node (from
+/// `/api/v1/node`) and every peer that is a member (from `/api/v1/peers`).
+pub fn system_counts(node: &serde_json::Value, peers: &serde_json::Value) -> serde_json::Value {
+    let mut counts: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+    let members = peers.as_array().into_iter().flatten().filter(|p| p["member"].as_bool() == Some(true));
+    for builder in std::iter::once(node).filter(|n| !n.is_null()).chain(members) {
+        for (mode, emulated) in [("native", false), ("emulated", true)] {
+            for s in builder["systems"][mode].as_array().into_iter().flatten().filter_map(|s| s.as_str()) {
+                let c = counts.entry(s.to_string()).or_default();
+                if emulated { c.1 += 1 } else { c.0 += 1 }
+            }
+        }
+    }
+    counts.into_iter().map(|(s, (n, e))| (s, serde_json::json!({ "native": n, "emulated": e }))).collect()
 }
 
 /// `buildmesh retry DRV --on PEER`: ask the node at `api` to have `drv` built on `on` (sending
@@ -122,10 +145,60 @@ pub fn run_retry_on(api: &str, drv: &str, on: &str, json: bool, token: Option<&s
         let hint = super::token::hint(status.as_u16(), token.is_some());
         bail!("retry {drv} --on {on}: {status}: {msg}{hint}");
     }
+    // How the chosen peer builds the derivation's system (to check an emulated result, pick a
+    // peer that builds it natively): from the node's view of its peers and of the derivation.
+    let mode = retry_mode(api, drv, on).unwrap_or(None);
     if json {
+        let mut v = v;
+        if let (Some(obj), Some(mode)) = (v.as_object_mut(), mode) {
+            obj.insert("mode".into(), serde_json::Value::String(mode.to_string()));
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{drv}: retry requested on {on}");
+        match mode {
+            Some(mode) => println!("{drv}: retry requested on {on} (it builds this system {mode})"),
+            None => println!("{drv}: retry requested on {on}"),
+        }
     }
     Ok(())
+}
+
+/// `native` or `emulated`: how peer `on` announced it builds the system of `drv`, when the node
+/// at `api` knows both (`None` otherwise).
+fn retry_mode(api: &str, drv: &str, on: &str) -> anyhow::Result<Option<&'static str>> {
+    let base = api.trim_end_matches('/');
+    let c = client()?;
+    let Some(explain) = get(&c, &format!("{base}/api/v1/explain?drv={drv}"))? else { return Ok(None) };
+    let Some(system) = explain["system"].as_str() else { return Ok(None) };
+    let peers = get(&c, &format!("{base}/api/v1/peers"))?.unwrap_or_default();
+    let Some(peer) = peers.as_array().into_iter().flatten().find(|p| p["peer_id"] == on || p["key"] == on) else {
+        return Ok(None);
+    };
+    let has = |mode: &str| peer["systems"][mode].as_array().is_some_and(|l| l.iter().any(|s| s == system));
+    Ok(if has("native") {
+        Some("native")
+    } else if has("emulated") {
+        Some("emulated")
+    } else {
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn counts_builders_per_system_by_mode() {
+        let node = json!({"systems": {"native": ["x86_64-linux", "i686-linux"], "emulated": ["aarch64-linux"]}});
+        let peers = json!([
+            {"member": true, "systems": {"native": ["aarch64-linux"], "emulated": []}},
+            {"member": true, "systems": {"native": ["x86_64-linux"], "emulated": ["aarch64-linux"]}},
+            {"member": false, "systems": {"native": ["aarch64-linux"], "emulated": []}},
+        ]);
+        let c = super::system_counts(&node, &peers);
+        assert_eq!(c["aarch64-linux"], json!({"native": 1, "emulated": 2}));
+        assert_eq!(c["x86_64-linux"], json!({"native": 2, "emulated": 0}));
+        assert_eq!(c["i686-linux"], json!({"native": 1, "emulated": 0}));
+    }
 }

@@ -120,6 +120,16 @@ pub struct ConfigArgs {
     /// Mandatory system feature (repeatable; replaces the list).
     #[arg(long = "mandatory-feature", value_name = "FEATURE")]
     pub mandatory_features: Vec<String>,
+    /// A foreign system to build under QEMU emulation (repeatable; replaces `emulated_systems`;
+    /// `none` for none). Default: every system binfmt_misc can run here.
+    #[arg(long = "emulated-system", value_name = "SYSTEM")]
+    pub emulated_systems: Vec<String>,
+    /// Emulated attestations alone never make a quorum: at least one native builder must agree.
+    #[arg(long)]
+    pub quorum_needs_native: bool,
+    /// A system whose emulated builds never count here (repeatable; replaces `no_emulation_for`).
+    #[arg(long = "no-emulation-for", value_name = "SYSTEM")]
+    pub no_emulation_for: Vec<String>,
     /// First host uid of the build users (`sandbox.build_uid_base`).
     #[arg(long, value_name = "UID")]
     pub build_uid_base: Option<u32>,
@@ -217,6 +227,13 @@ impl ConfigArgs {
         }
         set_list(&mut c.features, &self.features);
         set_list(&mut c.mandatory_features, &self.mandatory_features);
+        if !self.emulated_systems.is_empty() {
+            c.emulated_systems = Some(self.emulated_systems.iter().filter(|s| *s != "none").cloned().collect());
+        }
+        if self.quorum_needs_native {
+            c.quorum_needs_native = true;
+        }
+        set_list(&mut c.no_emulation_for, &self.no_emulation_for);
         set(&mut c.sandbox.build_uid_base, &self.build_uid_base);
         set(&mut c.sandbox.build_uid_count, &self.build_uid_count);
         set(&mut c.sandbox.fixed_output_network, &self.fixed_output_network);
@@ -443,6 +460,13 @@ mod tests {
         assert_eq!(c.features, vec!["big-parallel".to_string(), "benchmark".to_string()]);
         assert_eq!(c.executor, ExecutorKind::Nix);
         assert_eq!(c.http, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.emulated_systems, None, "default: every system binfmt_misc runs");
+        let c = T::parse_from(["x", "--emulated-system", "none", "--quorum-needs-native"]).c.load().unwrap();
+        assert_eq!(c.emulated_systems, Some(vec![]));
+        assert!(c.quorum_needs_native);
+        let c =
+            T::parse_from(["x", "--emulated-system", "aarch64-linux", "--emulated-system", "armv7l-linux"]).c.load();
+        assert_eq!(c.unwrap().emulated_systems, Some(vec!["aarch64-linux".into(), "armv7l-linux".into()]));
     }
 
     #[test]

@@ -310,7 +310,11 @@ mod tests {
     fn quorum_of_trusted_builders_is_needed() {
         let path = StorePath::from_basename("an8vyn8v0lxs937kjy709ghv3zp4wms6-x").unwrap();
         let k: Vec<NodeKey> = (1..=3).map(|i| NodeKey::from_seed("k", [i; 32]).unwrap()).collect();
-        let trust = TrustConfig { trusted: Some(BTreeSet::from([k[0].node_id(), k[1].node_id()])), quorum: 2 };
+        let trust = TrustConfig {
+            trusted: Some(BTreeSet::from([k[0].node_id(), k[1].node_id()])),
+            quorum: 2,
+            needs_native: false,
+        };
         // One trusted builder and one stranger: not enough.
         assert!(accepted_of(&path, &[att(&k[0], &path, 1), att(&k[2], &path, 1)], &trust).is_none());
         // Two trusted builders agree: accepted, with both (and the agreeing stranger) listed.

@@ -540,6 +540,8 @@ pub struct MeshParams {
     pub trusted_keys: Vec<String>,
     /// Matching results of trusted builders needed to accept an output (`quorum`).
     pub quorum: usize,
+    /// At least one of them must have built natively (`quorum_needs_native`).
+    pub quorum_needs_native: bool,
     /// Copies of each job this node submits (`replicas`).
     pub replicas: usize,
     /// Who runs this node, announced to peers (`owner`).

@@ -263,7 +263,7 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
         store_dir: StoreDir::nix(),
         key: submitter.clone(),
         mesh: None,
-        trust: TrustConfig { trusted: Some(trusted), quorum: 2 },
+        trust: TrustConfig { trusted: Some(trusted), quorum: 2, needs_native: false },
         rule: ReadyRule::default(),
         replicas: 2,
         local: super::explain::LocalCapabilities::default(),

@@ -75,6 +75,8 @@ pub struct FailureInfo {
     pub reason: String,
     /// When (unix ms, the builder's clock).
     pub at: u64,
+    /// The failed build ran under emulation (the signed failure says so).
+    pub emulated: bool,
 }
 
 /// The answer of `buildmesh explain DRV`.
@@ -320,6 +322,13 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
             own.builders.join(", "),
             own.verdict.map_or("unknown", |v| v.as_str())
         )),
+        "failed" if !failures.is_empty() && failures.iter().all(|f| f.emulated) => {
+            reasons.push(format!(
+                "the mesh gave up after {} signed failure(s), all under emulation: possibly an emulation problem",
+                failures.len()
+            ));
+            unblock = Some("`buildmesh retry DRV --on PEER` with a peer that builds this system natively".to_string());
+        }
         "failed" => {
             reasons.push(format!("the mesh gave up after {} signed failure(s)", failures.len()));
             unblock = Some("fix the derivation, or `buildmesh retry DRV` if the failure was transient".to_string());
@@ -410,7 +419,13 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
         attesters,
         failures: failures
             .into_iter()
-            .map(|f| FailureInfo { builder: f.public_key, attempt: f.attempt, reason: f.reason, at: f.at })
+            .map(|f| FailureInfo {
+                builder: f.public_key,
+                attempt: f.attempt,
+                reason: f.reason,
+                at: f.at,
+                emulated: f.emulated,
+            })
             .collect(),
         missing_inputs,
         failed_inputs,

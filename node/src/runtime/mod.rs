@@ -195,9 +195,11 @@ impl Node {
         // The trust rule for inputs and the cache: this node's own builds, or on a mesh node
         // the mesh's policy (own key plus `trusted_keys`, `quorum`).
         let trust = if mesh_on {
-            crate::mesh::trust_policy(&config.trusted_keys, config.quorum, key.node_id(), key.name())
+            let mut t = crate::mesh::trust_policy(&config.trusted_keys, config.quorum, key.node_id(), key.name())
                 .map_err(|e| StartError::Mesh(crate::mesh::StartError::from(e)))?
-                .0
+                .0;
+            t.needs_native = config.quorum_needs_native;
+            t
         } else {
             crate::trust::standalone(key.node_id())
         };
@@ -219,6 +221,7 @@ impl Node {
                 submitters: config.submitters.clone(),
                 builders: config.builders.clone(),
                 quorum: config.quorum,
+                quorum_needs_native: config.quorum_needs_native,
                 replicas: config.replicas,
                 owner: config.owner.clone(),
                 features: config.features.clone(),
@@ -530,7 +533,12 @@ fn prepare(config: &Config, store_dir: &StoreDir, custom: Option<Arc<dyn Executo
     build::reset_builds_dir(&builds_dir)
         .map_err(|e| StartError::Executor { executor: "(any)".into(), message: e.to_string() })?;
     reset_dir(&data_dir.join(SPOOL_DIR))?;
-    let systems = crate::systems::detect();
+    let mut systems = crate::systems::detect();
+    for missing in systems.restrict_emulated(config.emulated_systems.as_deref()) {
+        tracing::warn!(system = %missing, "emulated_systems names a system binfmt_misc cannot run here; ignored");
+    }
+    systems.emulated.retain(|s| !config.no_emulation_for.contains(s));
+    tracing::info!(native = ?systems.native, emulated = ?systems.emulated, "systems");
     let executor = match custom {
         Some(e) => e,
         None => {

@@ -58,6 +58,7 @@ impl SubmitContext {
             trust: buildmesh_protocol::mesh::TrustConfig {
                 trusted: Some(std::collections::BTreeSet::new()),
                 quorum: 1,
+                needs_native: false,
             },
         }
     }

@@ -33,7 +33,7 @@ use buildmesh_protocol::mesh::{OutputClaim, TrustConfig, assess_output};
 use buildmesh_protocol::nixkey::NixSignature;
 use buildmesh_protocol::signed::Signed;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
-use buildmesh_protocol::wire::{Attestation, OutputAttestation};
+use buildmesh_protocol::wire::{Attestation, BuildMode, OutputAttestation};
 
 use crate::store::{PathInfo, Store, StoreError};
 
@@ -56,7 +56,7 @@ pub enum TrustError {
 
 /// The trust policy of a node without a mesh: only its own builds count, one is enough.
 pub fn standalone(me: NodeId) -> TrustConfig {
-    TrustConfig { trusted: Some(BTreeSet::from([me])), quorum: 1 }
+    TrustConfig { trusted: Some(BTreeSet::from([me])), quorum: 1, needs_native: false }
 }
 
 /// What the trust policy accepts for one output.
@@ -102,13 +102,18 @@ impl Accepted {
 pub fn accepted_of(path: &StorePath, attestations: &[Attestation], trust: &TrustConfig) -> Option<Accepted> {
     let outputs = outputs_of(path, attestations);
     let assessment = assess_output(
-        outputs.iter().map(|(b, o)| OutputClaim { builder: b, nar_hash: &o.nar_hash, nar_size: o.nar_size }),
+        outputs.iter().map(|(b, o, emulated)| OutputClaim {
+            builder: b,
+            nar_hash: &o.nar_hash,
+            nar_size: o.nar_size,
+            emulated: *emulated,
+        }),
         trust,
     );
     let (hash, size) = assessment.accepted?;
     let mut agreeing = BTreeMap::new();
     let mut digest = None;
-    for (b, o) in outputs {
+    for (b, o, _) in outputs {
         if o.nar_size == size && NixHash::sha256(o.nar_hash).to_string() == hash {
             digest = Some(o.nar_hash);
             agreeing.entry(*b).or_insert_with(|| o.clone());
@@ -117,10 +122,14 @@ pub fn accepted_of(path: &StorePath, attestations: &[Attestation], trust: &Trust
     Some(Accepted { path: path.clone(), nar_hash: digest?, nar_size: size, agreeing })
 }
 
-fn outputs_of<'a>(path: &StorePath, attestations: &'a [Attestation]) -> Vec<(&'a NodeId, &'a OutputAttestation)> {
+/// The records of `path` in `attestations`: builder, output, built under emulation.
+fn outputs_of<'a>(path: &StorePath, attestations: &'a [Attestation]) -> Vec<(&'a NodeId, &'a OutputAttestation, bool)> {
     attestations
         .iter()
-        .flat_map(|a| a.outputs.values().filter(|o| o.path == *path).map(move |o| (&a.builder, o)))
+        .flat_map(|a| {
+            let emulated = a.mode == BuildMode::Emulated;
+            a.outputs.values().filter(|o| o.path == *path).map(move |o| (&a.builder, o, emulated))
+        })
         .collect()
 }
 
@@ -135,6 +144,12 @@ pub enum Refusal {
     Disputed {
         /// The NarHashes attested (`sha256:<nix32>`).
         hashes: Vec<String>,
+    },
+    /// Enough trusted builders agree, but all of them built under emulation and the policy
+    /// needs a native one (`quorum_needs_native`).
+    NoNative {
+        /// The distinct trusted (emulated) builders that agree.
+        trusted: usize,
     },
     /// Attested, but not (yet) by enough distinct trusted builders.
     NoQuorum {
@@ -163,6 +178,11 @@ impl fmt::Display for Refusal {
             Refusal::Disputed { hashes } => {
                 write!(f, "builders disagree on its NarHash ({}); none is accepted", hashes.join(", "))
             }
+            Refusal::NoNative { trusted } => write!(
+                f,
+                "{trusted} trusted builder(s) agree, all under emulation; the trust policy (quorum_needs_native) \
+                 needs a native builder among them"
+            ),
             Refusal::NoQuorum { trusted, quorum } => write!(
                 f,
                 "attested by {trusted} distinct trusted builder(s), the trust policy needs {quorum} with one NarHash"
@@ -227,7 +247,12 @@ fn refusal_of(path: &StorePath, attestations: &[Attestation], trust: &TrustConfi
         return Refusal::Unattested;
     }
     let assessment = assess_output(
-        outputs.iter().map(|(b, o)| OutputClaim { builder: b, nar_hash: &o.nar_hash, nar_size: o.nar_size }),
+        outputs.iter().map(|(b, o, emulated)| OutputClaim {
+            builder: b,
+            nar_hash: &o.nar_hash,
+            nar_size: o.nar_size,
+            emulated: *emulated,
+        }),
         trust,
     );
     let trusted_groups: Vec<usize> = assessment
@@ -239,7 +264,11 @@ fn refusal_of(path: &StorePath, attestations: &[Attestation], trust: &TrustConfi
     if trusted_groups.len() > 1 {
         return Refusal::Disputed { hashes: assessment.groups.keys().map(|(h, _)| h.clone()).collect() };
     }
-    Refusal::NoQuorum { trusted: trusted_groups.first().copied().unwrap_or(0), quorum: trust.quorum }
+    let trusted = trusted_groups.first().copied().unwrap_or(0);
+    if trust.needs_native && trusted >= trust.quorum {
+        return Refusal::NoNative { trusted };
+    }
+    Refusal::NoQuorum { trusted, quorum: trust.quorum }
 }
 
 /// The content address of the registered `info` when it is a `text` or `source` path whose

@@ -146,7 +146,7 @@ fn a_disputed_input_is_refused_for_good() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let k: Vec<NodeKey> = (1..=2).map(|i| NodeKey::from_seed("k", [i; 32]).unwrap()).collect();
-    let trust = TrustConfig { trusted: Some(k.iter().map(|k| k.node_id()).collect()), quorum: 2 };
+    let trust = TrustConfig { trusted: Some(k.iter().map(|k| k.node_id()).collect()), quorum: 2, needs_native: false };
     let out = StorePath::from_basename("an8vyn8v0lxs937kjy709ghv3zp4wms6-x").unwrap();
     attest(&store, &k[0], &out, &nar(b"one"));
     match input_state(&store, &sd(), &trust, &out).unwrap() {

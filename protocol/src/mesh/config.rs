@@ -39,11 +39,14 @@ pub struct TrustConfig {
     /// How many distinct trusted builders must attest the same NarHash before an output is
     /// accepted (default 2).
     pub quorum: usize,
+    /// Whether at least one of the agreeing trusted builders must have built natively: emulated
+    /// attestations alone never make a quorum (`quorum_needs_native`, default false).
+    pub needs_native: bool,
 }
 
 impl Default for TrustConfig {
     fn default() -> Self {
-        TrustConfig { trusted: None, quorum: 2 }
+        TrustConfig { trusted: None, quorum: 2, needs_native: false }
     }
 }
 

@@ -469,6 +469,7 @@ impl Mesh {
                 builder: &a.builder,
                 nar_hash: &o.nar_hash,
                 nar_size: o.nar_size,
+                emulated: a.emulated,
             })
         });
         let assessment = assess_output(results, &self.cfg.trust);

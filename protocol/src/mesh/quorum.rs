@@ -22,25 +22,38 @@ pub struct OutputClaim<'a> {
     pub nar_hash: &'a [u8; 32],
     /// The NarSize it got.
     pub nar_size: u64,
+    /// Whether it built under emulation ([`crate::wire::BuildMode::Emulated`]).
+    pub emulated: bool,
 }
 
 /// The verdict on one output from the builders' results, under `trust`. `accepted` is set when
-/// exactly one NarHash has at least `trust.quorum` distinct trusted builders.
+/// exactly one NarHash has at least `trust.quorum` distinct trusted builders (and, with
+/// `trust.needs_native`, at least one of them built it natively).
 pub fn assess_output<'a>(
     results: impl IntoIterator<Item = OutputClaim<'a>>,
     trust: &TrustConfig,
 ) -> Assessment<NodeId> {
+    let mut native: BTreeSet<(NodeId, String, u64)> = BTreeSet::new();
     let observations: Vec<Observation<NodeId>> = results
         .into_iter()
-        .map(|r| Observation {
-            builder: *r.builder,
-            nar_hash: NixHash::sha256(*r.nar_hash).to_string(),
-            nar_size: r.nar_size,
+        .map(|r| {
+            let nar_hash = NixHash::sha256(*r.nar_hash).to_string();
+            if !r.emulated {
+                native.insert((*r.builder, nar_hash.clone(), r.nar_size));
+            }
+            Observation { builder: *r.builder, nar_hash, nar_size: r.nar_size }
         })
         .collect();
     // Only the builders seen matter: the trusted ones among them.
     let trusted: BTreeSet<NodeId> = observations.iter().map(|o| o.builder).filter(|b| trust.is_trusted(b)).collect();
-    assess(observations.iter(), &TrustPolicy { trusted, quorum: trust.quorum })
+    let mut assessment = assess(observations.iter(), &TrustPolicy { trusted, quorum: trust.quorum });
+    if trust.needs_native
+        && let Some((hash, size)) = &assessment.accepted
+        && !native.iter().any(|(b, h, s)| h == hash && s == size && trust.is_trusted(b))
+    {
+        assessment.accepted = None;
+    }
+    assessment
 }
 
 /// The verdict on the output `path` from a set of attestations (of any derivations; those without
@@ -55,6 +68,7 @@ pub fn assess_attestations<'a>(
             builder: &a.builder,
             nar_hash: &o.nar_hash,
             nar_size: o.nar_size,
+            emulated: a.mode == crate::wire::BuildMode::Emulated,
         })
     });
     assess_output(results, trust)
@@ -75,8 +89,13 @@ mod tests {
         let (a, b, c) = (node(1), node(2), node(3));
         let h1 = [1u8; 32];
         let h2 = [2u8; 32];
-        let all = TrustConfig { trusted: None, quorum: 2 };
-        let r = |b: &'static NodeId, h: &'static [u8; 32]| OutputClaim { builder: b, nar_hash: h, nar_size: 9 };
+        let all = TrustConfig { trusted: None, quorum: 2, needs_native: false };
+        let r = |b: &'static NodeId, h: &'static [u8; 32]| OutputClaim {
+            builder: b,
+            nar_hash: h,
+            nar_size: 9,
+            emulated: false,
+        };
         let leak = |n: NodeId| -> &'static NodeId { Box::leak(Box::new(n)) };
         let (a, b, c) = (leak(a), leak(b), leak(c));
         let h1: &'static [u8; 32] = Box::leak(Box::new(h1));
@@ -85,10 +104,38 @@ mod tests {
         let got = assess_output([r(a, h1), r(b, h1)], &all);
         assert_eq!(got.verdict, Verdict::Match);
         assert_eq!(got.accepted, Some((NixHash::sha256(*h1).to_string(), 9)));
-        let only_a = TrustConfig { trusted: Some([*a].into_iter().collect()), quorum: 2 };
+        let only_a = TrustConfig { trusted: Some([*a].into_iter().collect()), quorum: 2, needs_native: false };
         assert_eq!(assess_output([r(a, h1), r(b, h1)], &only_a).accepted, None);
         let got = assess_output([r(a, h1), r(b, h1), r(c, h2)], &all);
         assert_eq!(got.verdict, Verdict::Mismatch);
         assert!(got.accepted.is_some(), "one quorate hash is served, the mismatch is reported");
+    }
+
+    #[test]
+    fn quorum_needs_native_refuses_emulated_agreement_alone() {
+        let (a, b, c) = (node(1), node(2), node(3));
+        let h = [1u8; 32];
+        fn claim<'a>(b: &'a NodeId, h: &'a [u8; 32], emulated: bool) -> OutputClaim<'a> {
+            OutputClaim { builder: b, nar_hash: h, nar_size: 9, emulated }
+        }
+        let plain = TrustConfig { trusted: None, quorum: 2, needs_native: false };
+        let strict = TrustConfig { needs_native: true, ..plain.clone() };
+        let emulated_only = [claim(&a, &h, true), claim(&b, &h, true)];
+        assert!(assess_output(emulated_only, &plain).accepted.is_some(), "the default counts emulated builds");
+        assert_eq!(assess_output(emulated_only, &strict).accepted, None, "two emulated builds are not enough");
+        assert!(
+            assess_output([claim(&a, &h, true), claim(&c, &h, false)], &strict).accepted.is_some(),
+            "one native agrees"
+        );
+        // An untrusted native builder does not lift the rule.
+        let strict_ab = TrustConfig { trusted: Some([a, b].into_iter().collect()), ..strict.clone() };
+        assert_eq!(
+            assess_output([claim(&a, &h, true), claim(&b, &h, true), claim(&c, &h, false)], &strict_ab).accepted,
+            None
+        );
+        // A native builder that got another NarHash does not either.
+        let other = [2u8; 32];
+        let native_other = OutputClaim { builder: &c, nar_hash: &other, nar_size: 9, emulated: false };
+        assert_eq!(assess_output([claim(&a, &h, true), claim(&b, &h, true), native_other], &strict).accepted, None);
     }
 }

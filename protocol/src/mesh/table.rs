@@ -123,6 +123,8 @@ pub(crate) struct OutputResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AttSummary {
     pub(crate) builder: NodeId,
+    /// Built under emulation (for `TrustConfig::needs_native`).
+    pub(crate) emulated: bool,
     pub(crate) outputs: Vec<OutputResult>,
 }
 
@@ -130,6 +132,7 @@ impl AttSummary {
     pub(crate) fn of(a: &Attestation) -> AttSummary {
         AttSummary {
             builder: a.builder,
+            emulated: a.mode == crate::wire::BuildMode::Emulated,
             outputs: a
                 .outputs
                 .iter()

@@ -43,6 +43,8 @@ pub struct Cluster {
     pub netns: Option<netns::Netns>,
     /// Whether every node trusts every node's key (`false`: each trusts only itself).
     pub trust_each_other: bool,
+    /// Flags of single nodes, after `extra` ([`Cluster::start_each`]).
+    pub node_extra: BTreeMap<usize, Vec<String>>,
 }
 
 impl Cluster {
@@ -57,9 +59,16 @@ impl Cluster {
         Cluster::start_with(dir, n, extra, mesh, None)
     }
 
+    /// Like [`Cluster::start`] with flags per node: node `i` gets `each[i]` (and the cluster has
+    /// `each.len()` nodes).
+    pub fn start_each(dir: &Path, each: &[&[&str]]) -> Cluster {
+        let node_extra = each.iter().enumerate().map(|(i, f)| (i, f.iter().map(|s| s.to_string()).collect())).collect();
+        Cluster::start_full(dir, each.len(), &[], FAST_MESH, None, true, node_extra)
+    }
+
     /// Like [`Cluster::start`] without `--trusted-key`: each node trusts only its own key.
     pub fn start_trusting_nobody(dir: &Path, n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_full(dir, n, extra, FAST_MESH, None, false)
+        Cluster::start_full(dir, n, extra, FAST_MESH, None, false, BTreeMap::new())
     }
 
     /// Like [`Cluster::start`], each node in its own network namespace of `netns` (mesh traffic
@@ -69,7 +78,7 @@ impl Cluster {
     }
 
     fn start_with(dir: &Path, n: usize, extra: &[&str], mesh: &str, netns: Option<netns::Netns>) -> Cluster {
-        Cluster::start_full(dir, n, extra, mesh, netns, true)
+        Cluster::start_full(dir, n, extra, mesh, netns, true, BTreeMap::new())
     }
 
     fn start_full(
@@ -79,6 +88,7 @@ impl Cluster {
         mesh: &str,
         netns: Option<netns::Netns>,
         trust_each_other: bool,
+        node_extra: BTreeMap<usize, Vec<String>>,
     ) -> Cluster {
         let keys: Vec<NodeKey> =
             (0..n).map(|i| NodeKey::from_seed(&format!("mesh-test-{i}"), key_seed(dir, i)).unwrap()).collect();
@@ -95,6 +105,7 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
             trust_each_other,
+            node_extra,
         };
         for i in 0..n {
             let node = c.spawn(i);
@@ -148,6 +159,7 @@ impl Cluster {
             args.push(ns.http(i));
         }
         args.extend(self.extra.iter().cloned());
+        args.extend(self.node_extra.get(&i).into_iter().flatten().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         match &self.netns {
             Some(ns) => NodeProc::start_with(&data, &ns.wrapper(i), &ns.http(i), &ns.listen(i), &refs),

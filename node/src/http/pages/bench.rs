@@ -118,7 +118,7 @@ pub fn run(args: PagesBenchArgs) -> anyhow::Result<()> {
         store_dir: StoreDir::nix(),
         key: data.submitter.clone(),
         mesh: None,
-        trust: TrustConfig { trusted: Some(data.trusted.clone()), quorum: 2 },
+        trust: TrustConfig { trusted: Some(data.trusted.clone()), quorum: 2, needs_native: false },
         rule: ReadyRule::default(),
         replicas: 2,
         local: crate::qa::explain::LocalCapabilities::default(),

@@ -197,7 +197,8 @@ pub(crate) async fn start(
     params.settings.validate()?;
     let key = params.key.clone();
     let me = key.node_id();
-    let (trust, names) = trust_policy(&params.trusted_keys, params.quorum, me, key.name())?;
+    let (mut trust, names) = trust_policy(&params.trusted_keys, params.quorum, me, key.name())?;
+    trust.needs_native = params.quorum_needs_native;
     let netcfg = net_config(&params.listen, &params.bootstrap, params.mdns, &params.settings)?;
     let mesh_dir = params.data_dir.join("mesh");
     let tmp_dir = mesh_dir.join("tmp");

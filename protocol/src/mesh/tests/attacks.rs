@@ -7,7 +7,10 @@ use super::*;
 /// A config trusting nodes `0..n` (the honest ones).
 fn trusting(n: usize) -> MeshConfig {
     let trusted: BTreeSet<NodeId> = (0..n).map(|i| key(i).node_id()).collect();
-    MeshConfig { trust: TrustConfig { trusted: Some(trusted), quorum: 2 }, ..MeshConfig::default() }
+    MeshConfig {
+        trust: TrustConfig { trusted: Some(trusted), quorum: 2, needs_native: false },
+        ..MeshConfig::default()
+    }
 }
 
 /// A key of no node of the mesh.

@@ -9,7 +9,11 @@ use super::*;
 fn self_trusting(n: usize, rule: ReplicaRule) -> Net {
     let cfgs = (0..n)
         .map(|i| MeshConfig {
-            trust: TrustConfig { trusted: Some([key(i).node_id()].into_iter().collect()), quorum: 2 },
+            trust: TrustConfig {
+                trusted: Some([key(i).node_id()].into_iter().collect()),
+                quorum: 2,
+                needs_native: false,
+            },
             replicas_from: rule,
             ..MeshConfig::default()
         })
