@@ -1,7 +1,6 @@
 //! The world: nodes running `protocol::mesh::Mesh`, a virtual clock, a virtual network, simulated
 //! executors, and the fault injector, driven by one event queue.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::rc::Rc;
 
@@ -26,46 +25,11 @@ use crate::rng::{between, chance, exponential, pick, unit};
 pub const T0: u64 = 1_700_000_000_000;
 
 mod debug;
+mod events;
 mod sybil;
 mod sybil_members;
 
-#[derive(Debug)]
-enum Ev {
-    Deliver { to: u32, msg: Rc<Message> },
-    Timer { node: u32, inc: u32 },
-    BuildDone { node: u32, inc: u32, build: u64 },
-    Crash { node: u32 },
-    Restart { node: u32 },
-    PartitionStart { id: u32 },
-    Heal { id: u32 },
-    Submit,
-    SybilAnnounce,
-}
-
-#[derive(Debug)]
-struct Scheduled {
-    time: u64,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.time, self.seq) == (other.time, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-/// Reversed: the heap pops the earliest (time, seq) first.
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.time, other.seq).cmp(&(self.time, self.seq))
-    }
-}
+use events::{Ev, Scheduled};
 
 #[derive(Debug, Clone, Copy)]
 struct Build {

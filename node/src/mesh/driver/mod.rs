@@ -22,9 +22,7 @@ use base64::Engine as _;
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::id::{JobId, MessageId, NodeId};
 use buildmesh_protocol::identity::NodeKey;
-use buildmesh_protocol::mesh::{
-    BuildOrder, Disposition, Event, Input, LocalInfo, Mesh, MeshError, Output, TrustConfig,
-};
+use buildmesh_protocol::mesh::{BuildOrder, Disposition, Event, Input, Mesh, MeshError, Output, TrustConfig};
 use buildmesh_protocol::signed::{Envelope, Signed, Verified};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
@@ -38,11 +36,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 mod gossip;
+mod local_info;
+mod nar_worker;
 mod prepare;
 mod restore;
 mod submissions;
 
 pub use prepare::required_features;
+
+use local_info::local_info;
+use nar_worker::nar_worker;
 use prepare::{own_attestation, placement_info, prepare};
 use submissions::Finish;
 
@@ -160,21 +163,6 @@ pub(crate) struct Driver {
     helpers: CancellationToken,
     dirty: bool,
     last_snapshot: Instant,
-}
-
-fn local_info(params: &MeshParams) -> LocalInfo {
-    let c = params;
-    let native = params.systems.native.clone();
-    LocalInfo {
-        version: format!("buildmesh {}", env!("CARGO_PKG_VERSION")),
-        owner: c.owner.clone().unwrap_or_default(),
-        emulated_systems: params.systems.emulated.difference(&native).cloned().collect(),
-        native_systems: native,
-        features: c.features.iter().cloned().collect(),
-        mandatory_features: c.mandatory_features.iter().cloned().collect(),
-        slots: u32::try_from(params.slots).unwrap_or(u32::MAX),
-        load: 0,
-    }
 }
 
 fn reason_text(s: String) -> String {
@@ -304,20 +292,6 @@ pub(crate) async fn start(
     span.in_scope(|| driver.ctx.revisions.fetcher.spawn(driver.helpers.child_token()));
     let task = tokio::spawn(driver.run(shutdown, net_task).instrument(span));
     Ok((handle, task))
-}
-
-/// Serves NAR chunks one at a time, in arrival order (so readers can be continued).
-async fn nar_worker(ctx: Ctx, mut rx: mpsc::Receiver<(PeerId, InboundId, Vec<u8>)>) {
-    while let Some((peer, id, body)) = rx.recv().await {
-        let server = ctx.server.clone();
-        let resp = match tokio::task::spawn_blocking(move || server.nar(peer, &body)).await {
-            Ok(r) => r,
-            Err(e) => rpc::encode(&rpc::NarResponse::Error(format!("task failed: {e}"))),
-        };
-        if let Err(e) = ctx.net.respond(id, resp).await {
-            tracing::debug!(%peer, cause = %e, "could not answer a NAR request");
-        }
-    }
 }
 
 impl Driver {
