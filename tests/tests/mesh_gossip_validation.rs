@@ -104,7 +104,9 @@ fn gossip_counts(url: &str) -> (u64, u64, u64) {
 #[test]
 fn forged_replayed_and_oversized_messages_are_rejected() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::start(tmp.path(), 1, &[]);
+    // `--submitter any`: the intruder's batch of jobs must be accepted as valid gossip and its
+    // jobs tracked (under the default `submitters` they are ignored; mesh_policy tests that).
+    let c = Cluster::start(tmp.path(), 1, &["--submitter", "any"]);
     let url = c.urls[0].clone();
     let node_peer: PeerId = c.peer_ids[0].parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
