@@ -118,7 +118,8 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     let vk = ed25519_dalek::VerifyingKey::from_bytes(c.keys[a].node_id().as_bytes()).unwrap();
     let mut subjects = BTreeSet::new();
     let lines: Vec<&str> = std::str::from_utf8(&body).unwrap().lines().collect();
-    assert!(lines.len() >= 2, "builder {a} exports its attestations: {lines:?}");
+    // `a` built `logged`; whether it also built `unrepro-dir` depends on placement.
+    assert!(!lines.is_empty(), "builder {a} exports its attestations: {lines:?}");
     for line in &lines {
         let env: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(env["payloadType"], "application/vnd.in-toto+json");
