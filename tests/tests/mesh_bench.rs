@@ -92,7 +92,7 @@ fn synthetic_attestations(key: &NodeKey, n: usize) -> Vec<buildmesh::store::Atte
 type Rows = Vec<(String, String)>;
 
 #[test]
-#[ignore]
+#[ignore = "benchmark: prints a table (MESH_BENCH_PART selects a part)"]
 fn mesh_bench() {
     let part = std::env::var("MESH_BENCH_PART").unwrap_or_default();
     let mut rows = Rows::new();

@@ -314,7 +314,7 @@ in derivation {
 /// `cargo test --release -p buildmesh-tests --test submit_cli -- --ignored --nocapture bench_upload`
 /// (`BENCH_MIB` sets the size, default 256).
 #[test]
-#[ignore]
+#[ignore = "benchmark: upload throughput, run in release with --ignored --nocapture"]
 fn bench_upload() {
     use buildmesh_protocol::derivation::{DrvSet, Output};
     use buildmesh_protocol::hash::NixHash;

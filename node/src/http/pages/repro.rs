@@ -95,7 +95,11 @@ pub async fn page(
 pub fn counts(shown: &RevisionShow) -> BTreeMap<String, ReproCounts> {
     let mut out: BTreeMap<String, ReproCounts> = BTreeMap::new();
     for j in &shown.status.jobs {
-        let c = out.entry(j.system.clone()).or_default();
+        // One allocation per system, not per job (this runs on every request of the page).
+        if !out.contains_key(&j.system) {
+            out.insert(j.system.clone(), ReproCounts::default());
+        }
+        let Some(c) = out.get_mut(&j.system) else { continue };
         match (j.status, j.verdict) {
             (JobState::Succeeded, Some(OutputVerdict::Matching)) => c.matching += 1,
             (JobState::Succeeded, Some(OutputVerdict::NotMatching)) => c.not_matching += 1,
