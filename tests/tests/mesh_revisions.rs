@@ -175,3 +175,36 @@ fn revisions_travel_by_gossip_and_sync_and_bad_input_changes_nothing() {
     // The first revision is unaffected.
     assert_eq!(revision(&c, 1, "guix@abc123").unwrap()["manifest"], "present");
 }
+
+/// Benchmark (issue 13 item 1: a revision's manifest of 100,000 jobs reaches another node within
+/// 2 s): two nodes; node 0 publishes revisions of 30,000, 100,000 and 200,000 chained derivations;
+/// the table gives the publish time (the POST) and the time until node 1 holds the verified
+/// manifest (header by gossip, manifest fetched in chunks, hash checked, stored). Measure in
+/// release: `cargo test --release -p buildmesh-tests --test mesh_revisions -- --ignored --nocapture bench`.
+#[test]
+#[ignore = "benchmark: prints a table"]
+fn bench_manifest_transfer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(tmp.path(), 2, &[]);
+    println!("| derivations | manifest bytes | zstd bytes | publish (POST) ms | on node 1 after ms |");
+    println!("|---|---|---|---|---|");
+    for (k, n) in [30_000u32, 100_000, 200_000].into_iter().enumerate() {
+        let big = manifest(n, 10 + k as u8);
+        let compressed = zstd::bulk::compress(&big, 3).unwrap().len();
+        let commit = format!("bench{n}");
+        let body = serde_json::json!({
+            "channel": "bench", "branch": "master", "commit": commit,
+            "manifest": base64::engine::general_purpose::STANDARD.encode(&big),
+        });
+        let t = std::time::Instant::now();
+        let (s, j) = post_json(&format!("{}/api/v1/mesh/revisions", c.urls[0]), &c.token(0), &body);
+        assert_eq!(s, 200, "{j}");
+        let posted = t.elapsed();
+        let t = std::time::Instant::now();
+        let rev = format!("bench@{commit}");
+        wait_for("node 1 to hold the manifest", Duration::from_secs(120), || {
+            revision(&c, 1, &rev).filter(|r| r["manifest"] == "present")
+        });
+        println!("| {n} | {} | {compressed} | {} | {} |", big.len(), posted.as_millis(), t.elapsed().as_millis());
+    }
+}

@@ -7,7 +7,8 @@
 //! of the derivations built differently by one builder (not matching) and 2 % not built at all.
 //! Consecutive revisions differ in 5 % of their derivations. Nothing is built.
 //!
-//! It prints one table: the time of `revision show` (status), `compare` and `weather --coverage`
+//! It prints one table: the time of `revision show` (status), `compare`, `weather --coverage`,
+//! `ready` and `explain` (of a job whose inputs are all unbuilt)
 //! through the same [`QaContext`] the HTTP routes use (no mesh: the facts come from the store),
 //! and the process's memory after holding every revision.
 
@@ -307,6 +308,35 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
     time("ready rev1 --base rev0", &mut || {
         let v = rt.block_on(ctx.ready("bench@rev1", "bench@rev0"))?;
         Ok(format!("ready {}, {} reasons", v.ready, v.reasons.len()))
+    })?;
+    // An unattested revision: every input is unbuilt, so explain walks the whole input closure.
+    let unbuilt = format!("bench@rev{}", args.revisions.max(2) - 1);
+    // The job with the most unbuilt derivations below it (changed in this revision, so no
+    // attestation), found on the manifest's graph.
+    let deepest = {
+        let m = ctx.manifest(&ctx.resolve(&unbuilt)?)?;
+        let unattested = |i: usize| store.attestations_for_drv(&m.drvs[i].drv).map(|a| a.is_empty()).unwrap_or(false);
+        let mut best = (0usize, None);
+        for (i, d) in m.drvs.iter().enumerate().rev().take(2000) {
+            if !unattested(i) {
+                continue;
+            }
+            let mut seen = BTreeSet::new();
+            let mut stack = vec![i];
+            while let Some(j) = stack.pop() {
+                if seen.insert(j) {
+                    stack.extend(m.drvs[j].inputs.iter().map(|x| *x as usize).filter(|x| unattested(*x)));
+                }
+            }
+            if seen.len() > best.0 {
+                best = (seen.len(), Some(d.drv.clone()));
+            }
+        }
+        best.1.context("no unattested derivation in the last revision")?
+    };
+    time(&format!("explain (a job of {unbuilt}, nothing built)"), &mut || {
+        let e = rt.block_on(super::explain::explain(&ctx, &deepest))?;
+        Ok(format!("{}; {} missing inputs, {} failed", e.status, e.missing_inputs.len(), e.failed_inputs.len()))
     })?;
     let mut held = 0;
     for r in 0..args.revisions {

@@ -8,6 +8,7 @@
 //! store or, when the node has no `.drv`, from a revision manifest that contains it.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::qa::{DrvFacts, FactState, PathItem};
@@ -127,6 +128,9 @@ struct DrvShape {
     inputs: Vec<StorePath>,
     outputs: Vec<StorePath>,
     revisions: Vec<String>,
+    /// A manifest this node holds that contains the derivation: the walk through unbuilt inputs
+    /// reads its graph rather than one stored `.drv` (or manifest decode) per input.
+    manifests: Vec<Arc<Manifest>>,
 }
 
 fn shape(ctx: &QaContext, drv: &StorePath) -> Result<DrvShape, QaError> {
@@ -134,13 +138,19 @@ fn shape(ctx: &QaContext, drv: &StorePath) -> Result<DrvShape, QaError> {
     let revisions_stored = ctx.store().revisions_of_drv(&drv.to_string())?;
     let mut revisions: Vec<String> = Vec::new();
     let mut from_manifest: Option<(String, Vec<StorePath>, Vec<StorePath>)> = None;
+    let mut manifests: Vec<Arc<Manifest>> = Vec::new();
     for s in revisions_stored {
         let r = QaContext::verify(s)?;
         revisions.push(r.header.id().to_string());
+        // One manifest that holds it is enough: a manifest is closed under inputs, so the walk
+        // through unbuilt inputs never leaves it (and each decode of a 100,000-job manifest costs).
         if from_manifest.is_none()
             && let Ok(m) = ctx.manifest(&r)
         {
             from_manifest = manifest_shape(&m, drv);
+            if from_manifest.is_some() {
+                manifests.push(m);
+            }
         }
     }
     revisions.sort();
@@ -159,14 +169,33 @@ fn shape(ctx: &QaContext, drv: &StorePath) -> Result<DrvShape, QaError> {
             inputs: d.input_drvs.keys().cloned().collect(),
             outputs: d.outputs.values().filter_map(|o| o.path.clone()).collect(),
             revisions,
+            manifests,
         });
     }
     Ok(match from_manifest {
         Some((system, inputs, outputs)) => {
-            DrvShape { system: Some(system), features: Vec::new(), inputs, outputs, revisions }
+            DrvShape { system: Some(system), features: Vec::new(), inputs, outputs, revisions, manifests }
         }
-        None => DrvShape { system: None, features: Vec::new(), inputs: Vec::new(), outputs: Vec::new(), revisions },
+        None => DrvShape {
+            system: None,
+            features: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            revisions,
+            manifests,
+        },
     })
+}
+
+/// The input derivations of `drv`: from the first of `manifests` that holds it (one binary
+/// search, no store read), else from its stored `.drv` or another revision's manifest.
+fn inputs_of(ctx: &QaContext, manifests: &[Arc<Manifest>], drv: &StorePath) -> Result<Vec<StorePath>, QaError> {
+    for m in manifests {
+        if let Some((_, inputs, _)) = manifest_shape(m, drv) {
+            return Ok(inputs);
+        }
+    }
+    Ok(shape(ctx, drv)?.inputs)
 }
 
 fn manifest_shape(m: &Manifest, drv: &StorePath) -> Option<(String, Vec<StorePath>, Vec<StorePath>)> {
@@ -232,6 +261,7 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
     let d = drv.clone();
     let inputs = shape.inputs.clone();
     let outputs = shape.outputs.clone();
+    let manifests = shape.manifests.clone();
     let st = states.clone();
     let (own, input_facts, failures, failed_deep) = blocking(move || {
         let now = unix_ms();
@@ -262,7 +292,7 @@ pub async fn explain(ctx: &QaContext, drv: &StorePath) -> Result<Explanation, Qa
             if !seen.insert(p.clone()) || seen.len() > MAX_WALK {
                 continue;
             }
-            for input in self::shape(&this, &p)?.inputs {
+            for input in inputs_of(&this, &manifests, &p)? {
                 let f = facts::facts_of(this.store(), &this.inner.index, trust, &input, &[], &DrvInMesh::Unknown, now)?;
                 match f.state {
                     FactState::Failed => {
