@@ -49,6 +49,8 @@ pub struct CentralRun {
     pub complete: usize,
     /// Derivations failed (or behind a failed one).
     pub failed: usize,
+    /// Builds that failed (transiently or not).
+    pub build_failures: u64,
 }
 
 /// The submission time, as in the mesh run (ms after the world's start).
@@ -94,8 +96,11 @@ struct Job {
     ok: u32,
     running: u32,
     started: u32,
-    /// Machines that built it, are building it, or failed it (distinct builders).
+    /// Machines that built it or are building it (k distinct builders).
     used: Vec<u32>,
+    /// Machines that failed it (distinct; a retry goes elsewhere if it can, as in the mesh, and
+    /// back to one of them if no other machine can build it).
+    failed_on: Vec<u32>,
     failed_by: u32,
     failed_det: u32,
     resolved: bool,
@@ -200,7 +205,7 @@ impl<'a> Central<'a> {
             prio,
             ready: BTreeSet::new(),
             free,
-            out: CentralRun { makespan_ms: None, builds_started: 0, complete: 0, failed: 0 },
+            out: CentralRun { makespan_ms: None, builds_started: 0, complete: 0, failed: 0, build_failures: 0 },
         }
     }
 
@@ -262,11 +267,15 @@ impl<'a> Central<'a> {
         if job.resolved {
             return;
         }
-        if self.dag.drvs[d as usize].broken {
-            job.failed_by += 1;
-            job.failed_det += 1;
-        } else if self.draws.flaky(d, nth) {
-            job.failed_by += 1;
+        let broken = self.dag.drvs[d as usize].broken;
+        if broken || self.draws.flaky(d, nth) {
+            self.out.build_failures += 1;
+            job.used.retain(|&x| x != node);
+            if !job.failed_on.contains(&node) {
+                job.failed_on.push(node);
+                job.failed_by += 1;
+                job.failed_det += u32::from(broken);
+            }
         } else {
             job.ok += 1;
             if job.ok >= self.k {
@@ -338,10 +347,8 @@ impl<'a> Central<'a> {
     /// Assign ready builds to free machines, critical path first: one pass over the ready list
     /// in priority order, each derivation taking as many free machines as it still needs.
     fn dispatch(&mut self) {
-        // Per (system, features) class: no free machine at all in this round, and when the first
-        // native machine frees up.
+        // The (system, features) classes with no free machine at all in this round.
         let mut dead: BTreeSet<(u64, u64)> = BTreeSet::new();
-        let mut native_at: BTreeMap<(u64, u64), u64> = BTreeMap::new();
         let mut cursor: Option<(Reverse<u64>, u32)> = None;
         while !self.free.is_empty() {
             let next = match cursor {
@@ -350,7 +357,7 @@ impl<'a> Central<'a> {
             };
             let Some(&(prio, d)) = next else { return };
             cursor = Some((prio, d));
-            while let Some((node, emulated)) = self.place(d, &mut dead, &mut native_at) {
+            while let Some((node, emulated)) = self.place(d, &mut dead) {
                 self.start(d, node, emulated);
                 if self.jobs[d as usize].ok + self.jobs[d as usize].running >= self.k {
                     break;
@@ -360,18 +367,14 @@ impl<'a> Central<'a> {
     }
 
     /// The free machine for `d`, if one fits and it should start now.
-    fn place(
-        &self,
-        d: u32,
-        dead: &mut BTreeSet<(u64, u64)>,
-        native_at: &mut BTreeMap<(u64, u64), u64>,
-    ) -> Option<(u32, bool)> {
+    fn place(&self, d: u32, dead: &mut BTreeSet<(u64, u64)>) -> Option<(u32, bool)> {
         let job = &self.jobs[d as usize];
         let class = (job.system, job.features);
         if dead.contains(&class) {
             return None;
         }
-        let mut best: Option<(bool, u32, u32)> = None;
+        // Fresh machines first, then native ones, then the least versatile.
+        let mut best: Option<(bool, bool, u32, u32)> = None;
         let mut any = false;
         for &i in &self.free {
             let m = &self.machines[i as usize];
@@ -383,7 +386,7 @@ impl<'a> Central<'a> {
             if job.used.contains(&i) {
                 continue;
             }
-            let key = (!native, m.breadth, i);
+            let key = (job.failed_on.contains(&i), !native, m.breadth, i);
             if best.is_none_or(|b| key < b) {
                 best = Some(key);
             }
@@ -392,10 +395,14 @@ impl<'a> Central<'a> {
             dead.insert(class);
             return None;
         }
-        let (emulated, _, node) = best?;
+        let (again, emulated, _, node) = best?;
+        if again && self.fresh_machine_exists(job) {
+            // Wait for a machine that has not failed it yet.
+            return None;
+        }
         if emulated {
             // Earliest finish: wait for a native machine if it would end the build sooner.
-            let at = *native_at.entry(class).or_insert_with(|| self.native_available_at(job));
+            let at = self.native_available_at(job);
             let base = self.dag.drvs[d as usize].duration_ms;
             if at.saturating_add(base) < self.now + 3 * base {
                 return None;
@@ -404,11 +411,30 @@ impl<'a> Central<'a> {
         Some((node, emulated))
     }
 
-    /// When the first native machine for `job`'s class can start a build (`u64::MAX`: none up).
+    /// Whether a machine that has neither built nor failed `job` could build it (up or not).
+    fn fresh_machine_exists(&self, job: &Job) -> bool {
+        self.machines.iter().enumerate().any(|(i, m)| {
+            m.slots > 0
+                && (m.native | m.emulated) & job.system != 0
+                && job.features & !m.features == 0
+                && !job.used.contains(&(i as u32))
+                && !job.failed_on.contains(&(i as u32))
+        })
+    }
+
+    /// When the first native machine that may build `job` (it has not built or failed it) can
+    /// start a build (`u64::MAX`: none is up).
     fn native_available_at(&self, job: &Job) -> u64 {
         self.machines
             .iter()
-            .filter(|m| m.up && m.native & job.system != 0 && job.features & !m.features == 0)
+            .enumerate()
+            .filter(|(i, m)| {
+                m.up && m.native & job.system != 0
+                    && job.features & !m.features == 0
+                    && !job.used.contains(&(*i as u32))
+                    && !job.failed_on.contains(&(*i as u32))
+            })
+            .map(|(_, m)| m)
             .map(|m| {
                 if (m.running.len() as u32) < m.slots {
                     self.now
