@@ -155,6 +155,7 @@ mod tests {
             messages_per_node_per_job: 10.0,
             bytes_per_node_per_job: 2000.0,
             published_per_node_per_job: 0.1,
+            announcements_per_node_per_job: 5.0,
             drvs_complete: 100,
             drvs_failed: 0,
             crashes: 0,

@@ -39,6 +39,11 @@ pub struct Figures {
     pub bytes_per_node_per_job: f64,
     /// Messages each node published per derivation.
     pub published_per_node_per_job: f64,
+    /// Of `messages_per_node_per_job`, the announcements (every node announces itself every
+    /// `announce_interval_ms` to every other: this share grows with N). Computed from the
+    /// announcements published × (nodes − 1), so it ignores `--loss`.
+    #[serde(default)]
+    pub announcements_per_node_per_job: f64,
     /// Derivations complete / failed in the mesh.
     pub drvs_complete: usize,
     /// Derivations failed in the mesh.
@@ -75,6 +80,7 @@ impl Figures {
             messages_per_node_per_job: r.messages_per_node_per_job(),
             bytes_per_node_per_job: r.bytes_per_node_per_job(),
             published_per_node_per_job: r.messages as f64 / per_job,
+            announcements_per_node_per_job: r.messages_by_kind[0] as f64 * r.nodes.saturating_sub(1) as f64 / per_job,
             drvs_complete: r.drvs_complete,
             drvs_failed: r.drvs_failed,
             crashes: r.crashes,

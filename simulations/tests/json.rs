@@ -39,6 +39,8 @@ fn json_is_one_object_with_consistent_figures() {
     assert!(num("makespan_ratio") >= 1.0, "{text}");
     // Every message carries at least its signed envelope (102 bytes).
     assert!(num("messages_per_node_per_job") > 1.0, "{text}");
+    let announce = num("announcements_per_node_per_job");
+    assert!(announce > 0.0 && announce < num("messages_per_node_per_job"), "{text}");
     assert!(num("bytes_per_node_per_job") >= 102.0 * num("messages_per_node_per_job"), "{text}");
     assert!(num("peak_rss_bytes") > 1e6 && num("wall_s") > 0.0, "{text}");
     assert!(num("crashes") > 0.0, "churn 1 crashed nodes: {text}");
