@@ -156,6 +156,7 @@ mod tests {
             bytes_per_node_per_job: 2000.0,
             published_per_node_per_job: 0.1,
             announcements_per_node_per_job: 5.0,
+            queued_build_s: 0.0,
             drvs_complete: 100,
             drvs_failed: 0,
             crashes: 0,

@@ -44,6 +44,9 @@ pub struct Figures {
     /// announcements published × (nodes − 1), so it ignores `--loss`.
     #[serde(default)]
     pub announcements_per_node_per_job: f64,
+    /// Seconds claimed builds waited for a slot at a busy builder, summed over builds.
+    #[serde(default)]
+    pub queued_build_s: f64,
     /// Derivations complete / failed in the mesh.
     pub drvs_complete: usize,
     /// Derivations failed in the mesh.
@@ -81,6 +84,7 @@ impl Figures {
             bytes_per_node_per_job: r.bytes_per_node_per_job(),
             published_per_node_per_job: r.messages as f64 / per_job,
             announcements_per_node_per_job: r.messages_by_kind[0] as f64 * r.nodes.saturating_sub(1) as f64 / per_job,
+            queued_build_s: r.queued_build_ms as f64 / 1000.0,
             drvs_complete: r.drvs_complete,
             drvs_failed: r.drvs_failed,
             crashes: r.crashes,

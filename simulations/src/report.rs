@@ -49,6 +49,9 @@ pub struct Report {
     /// Bytes of those transmissions: the message's encoding plus its signed envelope
     /// (`wire::ENVELOPE_OVERHEAD`), without gossipsub's framing.
     pub bytes_sent: u64,
+    /// Time claimed builds waited at their builder for a free slot, summed (placement does not
+    /// look at load, so a designated builder may be busy while others idle).
+    pub queued_build_ms: u64,
     /// The same workload scheduled centrally ([`crate::central`]).
     pub central: CentralRun,
     /// Most nodes building one derivation at once (non-forced), at any time.
@@ -132,6 +135,7 @@ impl fmt::Display for Report {
                 ),
             ),
             ("build time lost to cancellations", hms(self.cancelled_build_ms)),
+            ("build time waiting for a busy builder's slot", hms(self.queued_build_ms)),
             ("build failures", self.failures.to_string()),
             ("messages per node (published)", format!("{:.1}", self.messages_per_node())),
             ("  announce / submit / claim / attest / fail", {

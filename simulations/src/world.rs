@@ -116,6 +116,8 @@ pub struct World {
     /// Messages and bytes (payload plus envelope) sent to a node, all nodes: each published
     /// message counts once per node it goes to (not lost, not cut off), whether that node is up.
     transmissions: (u64, u64),
+    /// Time builds spent queued at a builder whose slots were all busy, summed.
+    queued_ms: u64,
 }
 
 impl World {
@@ -203,6 +205,7 @@ impl World {
             draws: Draws::new(&cfg),
             builds_of: vec![0; cfg.drvs],
             transmissions: (0, 0),
+            queued_ms: 0,
             cfg,
         };
         if w.sybil.is_some() {
@@ -507,6 +510,7 @@ impl World {
                 return;
             }
             let Some(mut b) = n.queue.pop_front() else { return };
+            self.queued_ms += now - b.started_ms;
             b.started_ms = now;
             n.running.push(b);
             let inc = n.inc;
@@ -775,6 +779,7 @@ impl World {
             deliveries: self.deliveries,
             transmissions: self.transmissions.0,
             bytes_sent: self.transmissions.1,
+            queued_build_ms: self.queued_ms,
             central,
             max_claims: self.checker.max_claims,
             max_claims_stable: self.checker.max_claims_stable,
