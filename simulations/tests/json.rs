@@ -69,5 +69,11 @@ fn sweep_writes_its_figures_and_charts() {
         let svg = std::fs::read_to_string(dir.join(chart)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("nodes (log scale)"), "{chart}");
     }
+    // The charts can be drawn again from the figures alone (several sweeps merged).
+    let again = dir.join("again");
+    let json = dir.join("sweep.json");
+    let o = sim(&["--plot", &format!("{},{}", json.display(), json.display()), "--out", again.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(again.join("sim-messages.svg")).unwrap().contains("churn 2 crashes/node/h"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

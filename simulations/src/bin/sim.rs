@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use buildmesh_sim::{Figures, SimConfig, World};
 use clap::Parser;
 
@@ -99,6 +99,10 @@ struct Args {
     /// Sweep: the churn rates to run at each size (crashes per node per hour).
     #[arg(long, value_delimiter = ',', default_values_t = [0.0])]
     sweep_churn: Vec<f64>,
+    /// Draw the charts from these `sweep.json` files (merged; comma-separated) into `--out`
+    /// instead of running anything.
+    #[arg(long, value_delimiter = ',')]
+    plot: Vec<std::path::PathBuf>,
     /// Sweep: where to write `sweep.json` and the charts.
     #[arg(long, default_value = "sim-sweep")]
     out: std::path::PathBuf,
@@ -117,6 +121,20 @@ fn main() -> ExitCode {
 
 fn main_inner() -> Result<bool> {
     let a = Args::parse();
+    if !a.plot.is_empty() {
+        let mut runs: Vec<Figures> = Vec::new();
+        for file in &a.plot {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            runs.extend(
+                serde_json::from_str::<Vec<Figures>>(&text).with_context(|| format!("parsing {}", file.display()))?,
+            );
+        }
+        std::fs::create_dir_all(&a.out)?;
+        for file in buildmesh_sim::charts::write_all(&runs, &a.out)? {
+            println!("wrote {file}");
+        }
+        return Ok(true);
+    }
     if !a.sweep.is_empty() {
         let exe = std::env::current_exe()?;
         let args: Vec<String> = std::env::args().skip(1).collect();
