@@ -49,8 +49,9 @@ pub struct Report {
     /// Bytes of those transmissions: the message's encoding plus its signed envelope
     /// (`wire::ENVELOPE_OVERHEAD`), without gossipsub's framing.
     pub bytes_sent: u64,
-    /// Time claimed builds waited at their builder for a free slot, summed (placement does not
-    /// look at load, so a designated builder may be busy while others idle).
+    /// Time claimed builds waited at their builder for a free slot, summed. A machine claims only
+    /// with a free slot, so this stays near 0 (targeted retries aside): a busy designated builder
+    /// costs claim timeouts instead, which show in the makespan ratio.
     pub queued_build_ms: u64,
     /// The same workload scheduled centrally ([`crate::central`]).
     pub central: CentralRun,
