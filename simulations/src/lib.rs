@@ -23,15 +23,22 @@
 //! real driver does after checking them); attestations carry real Nix signatures.
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod central;
+pub mod charts;
 mod checkers;
 pub mod config;
 pub mod dag;
+pub mod draws;
+pub mod figures;
 mod report;
+pub mod resources;
 mod rng;
+pub mod sweep;
 pub mod sybil_table;
 pub mod world;
 
 pub use config::SimConfig;
+pub use figures::Figures;
 pub use report::Report;
 pub use world::World;
 

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::central::CentralRun;
+
 /// What a run measured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -41,6 +43,18 @@ pub struct Report {
     pub messages_by_kind: [u64; 5],
     /// Message deliveries, all nodes.
     pub deliveries: u64,
+    /// Messages sent to a node, all nodes: each published message once per node it goes to
+    /// (not lost, not cut off by a partition), up or not.
+    pub transmissions: u64,
+    /// Bytes of those transmissions: the message's encoding plus its signed envelope
+    /// (`wire::ENVELOPE_OVERHEAD`), without gossipsub's framing.
+    pub bytes_sent: u64,
+    /// Time claimed builds waited at their builder for a free slot, summed. A machine claims only
+    /// with a free slot, so this stays near 0 (targeted retries aside): a busy designated builder
+    /// costs claim timeouts instead, which show in the makespan ratio.
+    pub queued_build_ms: u64,
+    /// The same workload scheduled centrally ([`crate::central`]).
+    pub central: CentralRun,
     /// Most nodes building one derivation at once (non-forced), at any time.
     pub max_claims: usize,
     /// The same, in stable views only.
@@ -71,6 +85,29 @@ impl Report {
     pub fn messages_per_node(&self) -> f64 {
         self.messages as f64 / self.nodes.max(1) as f64
     }
+
+    /// The mesh's makespan over the central one (`None` if either did not finish).
+    pub fn makespan_ratio(&self) -> Option<f64> {
+        match (self.completion_ms, self.central.makespan_ms) {
+            (Some(m), Some(c)) => Some(m as f64 / c.max(1) as f64),
+            _ => None,
+        }
+    }
+
+    /// Duplicated builds as a fraction of the k × derivations builds the protocol intends.
+    pub fn duplicated_fraction(&self) -> f64 {
+        self.duplicated_builds as f64 / (usize::from(self.replicas) * self.drvs).max(1) as f64
+    }
+
+    /// Messages each node receives per derivation ([`Report::transmissions`] / nodes / drvs).
+    pub fn messages_per_node_per_job(&self) -> f64 {
+        self.transmissions as f64 / self.nodes.max(1) as f64 / self.drvs.max(1) as f64
+    }
+
+    /// Bytes each node receives per derivation ([`Report::bytes_sent`] / nodes / drvs).
+    pub fn bytes_per_node_per_job(&self) -> f64 {
+        self.bytes_sent as f64 / self.nodes.max(1) as f64 / self.drvs.max(1) as f64
+    }
 }
 
 impl fmt::Display for Report {
@@ -80,9 +117,14 @@ impl fmt::Display for Report {
             ("nodes / drvs / k", format!("{} / {} / {}", self.nodes, self.drvs, self.replicas)),
             ("completion time (virtual)", self.completion_ms.map_or("not reached".to_string(), hms)),
             ("drvs complete / failed", format!("{} / {}", self.drvs_complete, self.drvs_failed)),
+            ("central makespan (virtual)", self.central.makespan_ms.map_or("not reached".to_string(), hms)),
+            ("makespan ratio (mesh / central)", self.makespan_ratio().map_or("-".to_string(), |r| format!("{r:.3}"))),
             ("builds started", self.builds_started.to_string()),
             ("attestations", self.attestations.to_string()),
-            ("duplicated builds (beyond k)", self.duplicated_builds.to_string()),
+            (
+                "duplicated builds (beyond k)",
+                format!("{} ({:.2} %)", self.duplicated_builds, 100.0 * self.duplicated_fraction()),
+            ),
             (
                 "cancelled builds (yield / complete / failed)",
                 format!(
@@ -94,6 +136,7 @@ impl fmt::Display for Report {
                 ),
             ),
             ("build time lost to cancellations", hms(self.cancelled_build_ms)),
+            ("build time waiting for a busy builder's slot", hms(self.queued_build_ms)),
             ("build failures", self.failures.to_string()),
             ("messages per node (published)", format!("{:.1}", self.messages_per_node())),
             ("  announce / submit / claim / attest / fail", {
@@ -102,6 +145,10 @@ impl fmt::Display for Report {
                 k.join(" / ")
             }),
             ("deliveries per node", format!("{:.1}", self.deliveries as f64 / self.nodes.max(1) as f64)),
+            (
+                "received per node per job (messages / bytes)",
+                format!("{:.1} / {:.0}", self.messages_per_node_per_job(), self.bytes_per_node_per_job()),
+            ),
             ("max concurrent claims (any / stable view)", format!("{} / {}", self.max_claims, self.max_claims_stable)),
             ("transient overlaps in stable view", self.transient_overlaps.to_string()),
             ("crashes / partitions", format!("{} / {}", self.crashes, self.partitions)),

@@ -29,9 +29,3 @@ pub(crate) fn log_uniform(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> u64 {
     let x = a * (b / a).powf(unit(rng));
     (x as u64).clamp(lo, hi)
 }
-
-/// Exponentially distributed with the given mean.
-pub(crate) fn exponential(rng: &mut ChaCha8Rng, mean: f64) -> u64 {
-    let u = unit(rng).max(1e-12);
-    (-u.ln() * mean) as u64
-}

@@ -10,7 +10,7 @@ use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::mesh::{CancelReason, Event, Input, LocalInfo, Mesh, MeshConfig, Output, TrustConfig};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
-    Attestation, BuildMode, Encode, FailureReason, JobSubmission, Message, OutputAttestation, Sink,
+    Attestation, BuildMode, ENVELOPE_OVERHEAD, Encode, FailureReason, JobSubmission, Message, OutputAttestation, Sink,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -18,8 +18,9 @@ use rand_core::{Rng, SeedableRng};
 use crate::SimConfig;
 use crate::checkers::Checker;
 use crate::dag::{self, Dag};
+use crate::draws::Draws;
 use crate::report::Report;
-use crate::rng::{between, chance, exponential, pick, unit};
+use crate::rng::{between, chance, pick, unit};
 
 /// The virtual clock starts here (unix ms), so timestamps look real.
 pub const T0: u64 = 1_700_000_000_000;
@@ -37,6 +38,8 @@ struct Build {
     drv: u32,
     mode: BuildMode,
     started_ms: u64,
+    /// Builds of this derivation started before this one, on any node (see `draws.rs`).
+    nth: u32,
 }
 
 #[derive(Debug)]
@@ -61,11 +64,13 @@ struct SimNode {
     sybil_claimed: BTreeSet<StorePath>,
 }
 
-struct HashSink<'a>(&'a mut blake3::Hasher);
+/// Hashes a message into the trace and counts its bytes.
+struct HashSink<'a>(&'a mut blake3::Hasher, usize);
 
 impl Sink for HashSink<'_> {
     fn put(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+        self.1 += bytes.len();
     }
 }
 
@@ -104,6 +109,15 @@ pub struct World {
     watch: Option<(u32, Vec<String>)>,
     cancels: Vec<(u64, u32, u32, CancelReason)>,
     sybil: Option<sybil::Sybils>,
+    /// Per-derivation and per-node draws shared with the central baseline.
+    draws: Draws,
+    /// Builds started per derivation (the `nth` of the next one).
+    builds_of: Vec<u32>,
+    /// Messages and bytes (payload plus envelope) sent to a node, all nodes: each published
+    /// message counts once per node it goes to (not lost, not cut off), whether that node is up.
+    transmissions: (u64, u64),
+    /// Time builds spent queued at a builder whose slots were all busy, summed.
+    queued_ms: u64,
 }
 
 impl World {
@@ -188,6 +202,10 @@ impl World {
             watch: None,
             cancels: Vec::new(),
             sybil: (cfg.sybils > 0).then(|| sybil::Sybils::new(cfg.sybils)).transpose()?,
+            draws: Draws::new(&cfg),
+            builds_of: vec![0; cfg.drvs],
+            transmissions: (0, 0),
+            queued_ms: 0,
             cfg,
         };
         if w.sybil.is_some() {
@@ -287,9 +305,8 @@ impl World {
     }
 
     fn schedule_crash(&mut self, i: u32) {
-        if self.cfg.churn > 0.0 {
-            let t = exponential(&mut self.rng, 3_600_000.0 / self.cfg.churn);
-            self.push(self.now + t.max(1), Ev::Crash { node: i });
+        if let Some(t) = self.draws.uptime_ms(i, self.nodes[i as usize].inc) {
+            self.push(self.now + t, Ev::Crash { node: i });
         }
     }
 
@@ -360,7 +377,9 @@ impl World {
                 self.checker.on_start(self.now, i, d, &deps, order.forced, stable);
                 self.builds_started += 1;
                 self.next_build += 1;
-                let b = Build { id: self.next_build, drv: d, mode: order.mode, started_ms: self.now };
+                let nth = self.builds_of[d as usize];
+                self.builds_of[d as usize] += 1;
+                let b = Build { id: self.next_build, drv: d, mode: order.mode, started_ms: self.now, nth };
                 self.nodes[i as usize].queue.push_back(b);
                 self.try_start(i);
             }
@@ -452,7 +471,9 @@ impl World {
         self.trace.update(&self.now.to_le_bytes());
         self.trace.update(&from.to_le_bytes());
         self.trace.update(&[m.kind().tag()]);
-        m.encode(&mut HashSink(&mut self.trace));
+        let mut sink = HashSink(&mut self.trace, 0);
+        m.encode(&mut sink);
+        let size = (sink.1 + ENVELOPE_OVERHEAD) as u64;
         match &m {
             Message::Attestation(a) => {
                 if let (Some(d), Some(o)) = (self.drv_index(&a.drv), a.outputs.values().next()) {
@@ -473,6 +494,8 @@ impl World {
                 continue;
             }
             let latency = between(&mut self.rng, self.cfg.latency_ms);
+            self.transmissions.0 += 1;
+            self.transmissions.1 += size;
             self.push(self.now + latency, Ev::Deliver { to, msg: Rc::clone(&msg) });
         }
     }
@@ -487,14 +510,13 @@ impl World {
                 return;
             }
             let Some(mut b) = n.queue.pop_front() else { return };
+            self.queued_ms += now - b.started_ms;
             b.started_ms = now;
             n.running.push(b);
             let inc = n.inc;
             let spec = &self.dag.drvs[b.drv as usize];
-            let slow = if b.mode == BuildMode::Emulated { 3.0 } else { 1.0 };
-            let jitter = 0.8 + 0.45 * unit(&mut self.rng);
-            let t = (spec.duration_ms as f64 * slow * jitter) as u64;
-            self.push(now + t.max(1), Ev::BuildDone { node: i, inc, build: b.id });
+            let t = self.draws.build_ms(spec.duration_ms, b.mode == BuildMode::Emulated, b.drv, b.nth);
+            self.push(now + t, Ev::BuildDone { node: i, inc, build: b.id });
         }
     }
 
@@ -509,7 +531,7 @@ impl World {
         let spec = &self.dag.drvs[b.drv as usize];
         let input = if spec.broken {
             Input::BuildFailed { drv: spec.path.clone(), reason: FailureReason::BuilderExit { code: 1 }, log: None }
-        } else if chance(&mut self.rng, self.cfg.flaky) {
+        } else if self.draws.flaky(b.drv, b.nth) {
             Input::BuildFailed {
                 drv: spec.path.clone(),
                 reason: FailureReason::Timeout { limit_ms: spec.duration_ms },
@@ -646,6 +668,7 @@ impl World {
         if n.mesh.is_none() {
             return;
         }
+        let down = self.draws.downtime_ms(i, n.inc);
         n.mesh = None;
         n.inc += 1;
         n.timer_at = None;
@@ -656,7 +679,6 @@ impl World {
         self.crashes += 1;
         self.last_disturbance = self.now;
         self.trace(i, 30, &[]);
-        let down = between(&mut self.rng, self.cfg.downtime_ms);
         self.push(self.now + down, Ev::Restart { node: i });
     }
 
@@ -734,6 +756,8 @@ impl World {
             }
         }
         let k = usize::from(self.cfg.replicas);
+        let byzantine: Vec<bool> = self.nodes.iter().map(|n| n.byzantine).collect();
+        let central = crate::central::schedule(&self.cfg, &self.mesh_cfg, &self.dag, &byzantine);
         let truth = &self.checker.truth;
         Report {
             seed: self.cfg.seed,
@@ -753,6 +777,10 @@ impl World {
             messages: self.messages,
             messages_by_kind: self.by_kind,
             deliveries: self.deliveries,
+            transmissions: self.transmissions.0,
+            bytes_sent: self.transmissions.1,
+            queued_build_ms: self.queued_ms,
+            central,
             max_claims: self.checker.max_claims,
             max_claims_stable: self.checker.max_claims_stable,
             transient_overlaps: self.checker.transient_overlaps,

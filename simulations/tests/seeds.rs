@@ -29,6 +29,23 @@ fn fault_free_mesh_builds_everything_exactly_k_times() {
 }
 
 #[test]
+fn the_central_baseline_faces_the_same_builds_and_is_not_beaten() {
+    for seed in 1..=3 {
+        let r = run(SimConfig { flaky: 0.2, ..small(seed) }).unwrap();
+        assert_clean(&r);
+        // Without faults the mesh starts no extra build, so the nth build of every derivation is
+        // the same build in both runs: same transient failures (shared draws, `draws.rs`), hence
+        // the same retries.
+        assert!(r.central.build_failures > 10, "{r}");
+        assert_eq!(r.builds_started, r.central.builds_started, "{r}");
+        // Same durations: the omniscient list scheduler is not slower than the mesh, and the
+        // mesh stays within its overhead (warm-up, gossip latency) of it.
+        let ratio = r.makespan_ratio().unwrap();
+        assert!((1.0..1.3).contains(&ratio), "ratio {ratio}\n{r}");
+    }
+}
+
+#[test]
 fn churn_partitions_and_loss() {
     for seed in 1..=3 {
         let cfg = SimConfig {

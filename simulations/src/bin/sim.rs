@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! cargo run -p buildmesh-sim --release --bin sim -- --nodes 200 --drvs 5000 --churn 0.1 --seed 1
+//! sim --nodes 300 --drvs 2000 --json          # one JSON object (figures.rs)
+//! sim --sweep 100,300,1000 --sweep-churn 0,0.1 --drvs 2000 --out docs/img   # charts.rs
 //! ```
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
-use buildmesh_sim::{SimConfig, World};
+use anyhow::{Context, Result};
+use buildmesh_sim::{Figures, SimConfig, World};
 use clap::Parser;
 
 /// Deterministic simulation of a buildmesh mesh (virtual time, virtual network, seeded faults).
@@ -87,6 +89,23 @@ struct Args {
     /// Print everything that happened to this derivation (index) and what every node knows.
     #[arg(long)]
     watch: Option<u32>,
+    /// Print the run's figures as one JSON object per seed (one line) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Sweep: run these node counts (comma-separated), each in its own `sim --json` process with
+    /// the other flags, and write `sweep.json` and SVG charts into `--out`.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// Sweep: the churn rates to run at each size (crashes per node per hour).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0])]
+    sweep_churn: Vec<f64>,
+    /// Draw the charts from these `sweep.json` files (merged; comma-separated) into `--out`
+    /// instead of running anything.
+    #[arg(long, value_delimiter = ',')]
+    plot: Vec<std::path::PathBuf>,
+    /// Sweep: where to write `sweep.json` and the charts.
+    #[arg(long, default_value = "sim-sweep")]
+    out: std::path::PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +121,30 @@ fn main() -> ExitCode {
 
 fn main_inner() -> Result<bool> {
     let a = Args::parse();
+    if !a.plot.is_empty() {
+        let mut runs: Vec<Figures> = Vec::new();
+        for file in &a.plot {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            runs.extend(
+                serde_json::from_str::<Vec<Figures>>(&text).with_context(|| format!("parsing {}", file.display()))?,
+            );
+        }
+        std::fs::create_dir_all(&a.out)?;
+        for file in buildmesh_sim::charts::write_all(&runs, &a.out)? {
+            println!("wrote {file}");
+        }
+        return Ok(true);
+    }
+    if !a.sweep.is_empty() {
+        let exe = std::env::current_exe()?;
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let base = buildmesh_sim::sweep::child_args(&args);
+        let runs = buildmesh_sim::sweep::run(&exe, &base, &a.sweep, &a.sweep_churn, &a.out)?;
+        for file in buildmesh_sim::charts::write_all(&runs, &a.out)? {
+            println!("wrote {file}");
+        }
+        return Ok(runs.iter().all(|r| r.violations == 0));
+    }
     let mut ok = true;
     for seed in a.seed..a.seed + a.seeds.max(1) {
         let mut cfg = SimConfig {
@@ -150,8 +193,14 @@ fn main_inner() -> Result<bool> {
             print!("{}", world.describe(d));
         }
         let report = world.into_report();
-        print!("{report}");
-        println!("wall time: {:.1} s\n", started.elapsed().as_secs_f64());
+        let wall_s = started.elapsed().as_secs_f64();
+        if a.json {
+            let peak = buildmesh_sim::resources::peak_rss_bytes();
+            println!("{}", Figures::new(&report, a.churn, wall_s, peak).to_json());
+        } else {
+            print!("{report}");
+            println!("wall time: {wall_s:.1} s\n");
+        }
         if report.violations > 0 {
             eprintln!("sim: seed {seed} violated invariants (rerun with --seed {seed})");
             ok = false;
