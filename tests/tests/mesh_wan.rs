@@ -8,8 +8,9 @@
 //!   attested by two builders on every node and every node holds the same attestation set (none
 //!   lost), and the attestations did cross the emulated delays.
 //! - `bench_wan` (ignored; prints a table): 20 nodes in the same three regions. Run with
-//!   `cargo test -p buildmesh-tests --release --test mesh_wan -- --ignored --nocapture bench_wan`
-//!   (`BENCH_WAN_*` variables below change its sizes).
+//!   `cargo test -p buildmesh-tests --test mesh_wan -- --ignored --nocapture bench_wan`
+//!   (`BENCH_WAN_*` variables below change its sizes; `BENCH_WAN_NET=lan` runs it without delay
+//!   or loss, as a baseline of what the machine itself adds).
 
 mod mesh_support;
 
@@ -124,13 +125,16 @@ fn synced(c: &Cluster) -> u64 {
 }
 
 #[test]
-#[ignore = "benchmark: prints a table (BENCH_WAN_NODES, _JOBS, _MISSED, _NAR_MB, _HEARTBEAT_MS)"]
+#[ignore = "benchmark: prints a table (BENCH_WAN_NODES, _JOBS, _MISSED, _NAR_MB, _HEARTBEAT_MS, _NET=lan)"]
 fn bench_wan() {
     let nodes = env("BENCH_WAN_NODES", 20);
     let jobs = env("BENCH_WAN_JOBS", 20);
     let missed_jobs = env("BENCH_WAN_MISSED", 25);
     let nar_mb = env("BENCH_WAN_NAR_MB", 16);
-    let model = WanModel::three_regions(0.01);
+    let wan = WanModel::three_regions(0.01);
+    // BENCH_WAN_NET=lan: the same run with no delay and no loss, to tell the WAN's share from the
+    // machine's (CPU, disk) in every figure.
+    let model = if std::env::var("BENCH_WAN_NET").as_deref() == Ok("lan") { wan.without_delay_or_loss() } else { wan };
     let regions: Vec<usize> = (0..nodes).map(|i| i % 3).collect();
     let mut rows = Rows::new();
     rows.push(("network".into(), model.describe()));

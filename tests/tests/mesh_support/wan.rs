@@ -63,6 +63,12 @@ impl WanModel {
         WanModel { regions: vec!["west".into(), "central".into(), "east".into()], one_way, jitter, loss, seed: 18 }
     }
 
+    /// The same regions with no delay, jitter or loss (a baseline: what the machine itself adds).
+    pub fn without_delay_or_loss(&self) -> WanModel {
+        let zero = |m: &Vec<Vec<Duration>>| m.iter().map(|r| vec![Duration::ZERO; r.len()]).collect();
+        WanModel { one_way: zero(&self.one_way), jitter: zero(&self.jitter), loss: 0.0, ..self.clone() }
+    }
+
     /// The largest one-way delay between two regions.
     pub fn max_one_way(&self) -> Duration {
         self.one_way.iter().flatten().copied().max().unwrap_or_default()
