@@ -383,6 +383,10 @@ pub struct ExportLine {
     pub outputs: BTreeMap<String, String>,
     /// The signed envelope, base64.
     pub envelope: String,
+    /// When this node received (or made) it, Unix ms: with the builder's own line, how long the
+    /// attestation took to arrive here (the WAN benchmark's propagation times).
+    #[serde(default)]
+    pub received_at_ms: u64,
 }
 
 /// Write every stored attestation as JSON lines. Returns how many were written.
@@ -396,6 +400,7 @@ pub fn export_jsonl(store: &Store, out: &mut dyn Write) -> Result<u64, AuditErro
             builder: a.builder.to_peer_id(),
             outputs: a.outputs.values().map(|o| (a.store_dir.display(&o.path), o.nar_hash().to_string())).collect(),
             envelope: BASE64.encode(&stored.entry.envelope),
+            received_at_ms: stored.entry.received_at,
         };
         serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::other)?;
         out.write_all(b"\n")?;

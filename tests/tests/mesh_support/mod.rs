@@ -16,6 +16,7 @@ pub use node_support::*;
 
 pub mod intruder;
 pub mod netns;
+pub mod wan;
 
 /// The `[mesh]` timers of the tests (seconds instead of minutes).
 pub const FAST_MESH: &str = buildmesh::cli::demo::DEMO_MESH;

@@ -20,6 +20,16 @@ pub use buildmesh_tests::{ip, ip_program};
 impl Netns {
     /// Create namespaces for `nodes` nodes, every mesh port on bridge A.
     pub fn new(nodes: usize) -> Netns {
+        Netns::create(nodes, true)
+    }
+
+    /// Namespaces with their control links but no mesh link: the caller gives each one (see
+    /// `wan::Wan`, which adds a TUN device holding [`Netns::mesh_ip`]).
+    pub fn without_mesh_link(nodes: usize) -> Netns {
+        Netns::create(nodes, false)
+    }
+
+    fn create(nodes: usize, bridged: bool) -> Netns {
         assert!(nodes < 200);
         let pid = std::process::id();
         // A 10.x.0.0/16 that no route of this machine uses yet.
@@ -41,11 +51,13 @@ impl Netns {
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             // Mesh link: eth0 in the namespace, its peer a port of bridge A.
             let port = n.port(i);
-            ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-            ip(&["link", "set", &port, "master", &n.bridge('a')]);
-            ip(&["link", "set", &port, "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", n.mesh_ip(i)), "dev", "eth0"]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            if bridged {
+                ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+                ip(&["link", "set", &port, "master", &n.bridge('a')]);
+                ip(&["link", "set", &port, "up"]);
+                ip(&["-n", &ns, "addr", "add", &format!("{}/24", n.mesh_ip(i)), "dev", "eth0"]);
+                ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            }
             // Control link: ctl0 in the namespace, point to point with the test's namespace.
             let ctl = n.control(i);
             ip(&["link", "add", &ctl, "type", "veth", "peer", "name", "ctl0", "netns", &ns]);
