@@ -38,6 +38,7 @@ pub mod fetch;
 pub mod gateway;
 pub mod jobs;
 pub mod logs;
+pub mod peer_book;
 pub mod policy;
 pub mod quota;
 pub mod revisions;
@@ -132,6 +133,10 @@ pub struct PeerView {
     /// Until when (unix ms) placement designates it last for not delivering; `null` if not.
     #[serde(default)]
     pub penalised_until_ms: Option<u64>,
+    /// When this node last saw it (unix ms): now while connected, else from the remembered
+    /// peers ([`peer_book`]); `null` if not remembered.
+    #[serde(default)]
+    pub last_seen_ms: Option<u64>,
 }
 
 /// Systems of a peer.
@@ -222,6 +227,9 @@ pub struct MeshStatus {
     pub builds_started: u64,
     /// State machine counters.
     pub machine: MachineCounts,
+    /// Peers remembered in the database (table `peers`) as of the last write ([`peer_book`]).
+    #[serde(default)]
+    pub remembered_peers: u64,
 }
 
 /// Gossip counters.

@@ -63,6 +63,11 @@ pub struct MeshSettings {
     pub peer_nar_requests_per_sec: u32,
     /// `/buildmesh/sync/1` requests per peer and second (default 128).
     pub peer_sync_requests_per_sec: u32,
+    /// Most peers remembered in the database (table `peers`) and dialled after a restart,
+    /// besides `bootstrap` (default 1024; 0 = remember none and forget those remembered).
+    pub remember_peers: usize,
+    /// A remembered peer not seen for this many days is forgotten (default 14).
+    pub forget_peers_after_days: u64,
 }
 
 impl Default for MeshSettings {
@@ -90,6 +95,8 @@ impl Default for MeshSettings {
             peer_closure_requests_per_sec: 128,
             peer_nar_requests_per_sec: 512,
             peer_sync_requests_per_sec: 128,
+            remember_peers: 1024,
+            forget_peers_after_days: 14,
         }
     }
 }
@@ -155,6 +162,7 @@ impl MeshSettings {
             ("peer_closure_requests_per_sec", u64::from(self.peer_closure_requests_per_sec)),
             ("peer_nar_requests_per_sec", u64::from(self.peer_nar_requests_per_sec)),
             ("peer_sync_requests_per_sec", u64::from(self.peer_sync_requests_per_sec)),
+            ("forget_peers_after_days", self.forget_peers_after_days),
         ] {
             if v == 0 {
                 return Err(SettingsError::Zero { field });

@@ -33,6 +33,7 @@ mod health;
 mod manifests;
 mod mesh;
 mod paths;
+mod peers;
 pub mod plain;
 mod records;
 mod revisions;
@@ -59,6 +60,7 @@ pub use gc::GcBlob;
 pub use health::StoreFailure;
 pub use manifests::{CheckedManifest, MAX_MANIFEST_BYTES};
 pub use paths::capped_log;
+pub use peers::{PeerRecord, PeerRows, Reachability};
 pub use records::{
     AttestationEntry, AttestedOutput, BlobInfo, BuildCounts, BuildFilter, BuildRecord, BuildState, EnqueueOutcome,
     EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,
@@ -393,6 +395,7 @@ impl Store {
         txn.open_table(MANIFESTS).ctx("creating table manifests")?;
         txn.open_table(DRV_MANIFESTS).ctx("creating table drv_manifests")?;
         txn.open_table(REVISION_CURSORS).ctx("creating table revision_cursors")?;
+        txn.open_table(PEERS).ctx("creating table peers")?;
         txn.open_table(gc::GC_PINS).ctx("creating table gc_pins")?;
         txn.open_table(gc::BLOB_ACCESS).ctx("creating table blob_access")?;
         usage::backfill(&txn)?;

@@ -143,3 +143,8 @@ pub(crate) const DRV_MANIFESTS: TableDefinition<(&str, &[u8; 32]), ()> = TableDe
 /// that peer. A table of its own rather than a field of `SyncCursor`, so that rows written by an
 /// older build still decode and an older build still reads the rows written by this one.
 pub(crate) const REVISION_CURSORS: TableDefinition<&str, u64> = TableDefinition::new("revision_cursors");
+
+/// `peers`: peer id (base58) -> `PeerRecord` (dialable addresses, last seen, reachability): the
+/// peers this node rejoins after a restart without a bootstrap address (see `peers`; bounded by
+/// the mesh's peer book). Losing a row costs at most one bootstrap.
+pub(crate) const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");

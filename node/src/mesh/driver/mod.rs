@@ -38,6 +38,7 @@ use tracing::Instrument as _;
 mod gossip;
 mod local_info;
 mod nar_worker;
+mod peers;
 mod prepare;
 mod restore;
 mod submissions;
@@ -163,6 +164,8 @@ pub(crate) struct Driver {
     helpers: CancellationToken,
     dirty: bool,
     last_snapshot: Instant,
+    /// Remembered peers (table `peers`), dialled after a restart ([`peers`]).
+    peers: peers::PeerStore,
 }
 
 fn reason_text(s: String) -> String {
@@ -257,6 +260,10 @@ pub(crate) async fn start(
         serve_permits: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
         revisions: revisions.clone(),
     };
+    let is_trusted = |p: &PeerId| node_of(p).is_some_and(|n| trust.is_trusted(&n));
+    let (remember, forget) = (params.settings.remember_peers, params.settings.forget_peers_after_days);
+    let peers =
+        peers::PeerStore::load(&params.store, net.local_peer_id(), remember, forget, is_trusted).map_err(Box::new)?;
     let store_dir = params.store_dir.clone();
     let handle = MeshHandle { commands: cmd_tx, shared, gateway, store_dir, net: net.clone(), revisions };
     let driver = Driver {
@@ -285,6 +292,7 @@ pub(crate) async fn start(
         helpers: CancellationToken::new(),
         dirty: true,
         last_snapshot: Instant::now(),
+        peers,
         ctx,
     };
     let span = tracing::info_span!("mesh", peer = %short_peer_id(&net.local_peer_id()));
@@ -332,6 +340,7 @@ impl Driver {
                 _ = tokio::time::sleep(wait) => self.mesh.handle_timeout(unix_ms()),
                 _ = sync_tick.tick() => self.periodic_sync(),
                 _ = refresh.tick() => {
+                    self.peers_tick();
                     self.refresh_load();
                     self.dirty = true;
                 }
@@ -342,6 +351,7 @@ impl Driver {
             }
         }
         self.helpers.cancel();
+        self.peers.shutdown().await;
         self.ctx.net.shutdown().await;
         if let Err(e) = net_task.await {
             tracing::error!(cause = %e, "network task failed");
@@ -691,6 +701,9 @@ impl Driver {
             }
             Command::Block { peer, blocked, reply } => {
                 let r = self.ctx.net.set_blocked(peer, blocked).await.map_err(|e| e.to_string());
+                if blocked {
+                    self.peers.book.forget(&peer);
+                }
                 if !blocked && r.is_ok() {
                     let addrs = self.known.get(&peer).map(|k| k.addrs.clone()).unwrap_or_default();
                     let net = self.ctx.net.clone();
@@ -730,6 +743,7 @@ impl Driver {
     // ------------------------------------------------------------------ network
 
     async fn on_net(&mut self, ev: NetEvent) {
+        self.peers_observe(&ev);
         match ev {
             NetEvent::Gossip(g) => {
                 Counters::bump(&self.ctx.shared.counters.bytes_in, g.data.len() as u64);
@@ -769,25 +783,5 @@ impl Driver {
             }
             _ => {}
         }
-    }
-
-    fn remember(&mut self, peer: PeerId, addr: Option<Multiaddr>, connected: bool) {
-        if !self.known.contains_key(&peer) && self.known.len() >= MAX_KNOWN_PEERS {
-            let stale: Option<PeerId> = self.known.iter().find(|(_, k)| !k.connected).map(|(p, _)| *p);
-            if let Some(s) = stale {
-                self.known.remove(&s);
-            }
-        }
-        let k = self.known.entry(peer).or_default();
-        if connected {
-            k.connected = true;
-        }
-        if let Some(a) = addr
-            && !k.addrs.contains(&a)
-            && k.addrs.len() < 16
-        {
-            k.addrs.push(a);
-        }
-        self.dirty = true;
     }
 }

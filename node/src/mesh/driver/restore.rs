@@ -160,6 +160,7 @@ impl Driver {
             conduct: Default::default(),
             lapses: 0,
             penalised_until_ms: None,
+            last_seen_ms: None,
         };
         for ann in self.mesh.members() {
             if ann.node == me {
@@ -201,6 +202,9 @@ impl Driver {
                 peers.entry(peer).or_insert_with(|| view_of(&peer, node_of(&peer))).conduct = conduct;
             }
         }
+        for (peer, v) in peers.iter_mut() {
+            v.last_seen_ms = if v.connected { Some(now) } else { self.peers.book.last_seen(peer) };
+        }
         *self.ctx.shared.peers.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             peers.into_values().collect();
         let (tracked, active) = self.mesh.drv_counts();
@@ -231,6 +235,7 @@ impl Driver {
                 refused_submissions: st.refused_submissions,
                 lapses: st.lapses,
             },
+            remembered_peers: self.peers.stored(),
             ..MeshStatus::default()
         };
         *self.ctx.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
