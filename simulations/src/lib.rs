@@ -32,7 +32,7 @@ pub mod sybil_table;
 pub mod world;
 
 pub use config::SimConfig;
-pub use report::Report;
+pub use report::{Report, peak_rss_bytes};
 pub use world::World;
 
 /// Build the world for `cfg` and run it to the end.

@@ -81,6 +81,14 @@ struct Args {
     /// no-delivery penalty, builders policy; `--sybil-members` Sybils (default 100), each seed.
     #[arg(long)]
     sybil_table: bool,
+    /// Members per shard (gossip topic) of the mesh: `ceil(nodes / shard-size)` shards; 0 = one
+    /// shard. The default splits meshes above 250 nodes (see protocol::mesh::shard).
+    #[arg(long, default_value_t = 250)]
+    shard_size: usize,
+    /// Most finished derivations each node keeps (protocol `max_finished_drvs`; default: all,
+    /// up to the table size). A small number bounds each node's memory by its active jobs.
+    #[arg(long)]
+    max_finished_drvs: Option<usize>,
     /// Virtual time limit, hours.
     #[arg(long, default_value_t = 48)]
     hours: u64,
@@ -124,9 +132,13 @@ fn main_inner() -> Result<bool> {
             builders_policy: a.builders_policy,
             trust_honest_only: !a.trust_all,
             max_virtual_ms: a.hours * 3_600_000,
+            shard_size: a.shard_size,
             ..SimConfig::default()
         };
         cfg.mesh.max_drvs = cfg.mesh.max_drvs.max(a.drvs);
+        if let Some(m) = a.max_finished_drvs {
+            cfg.mesh.max_finished_drvs = m;
+        }
         if let Some(p) = a.no_delivery_penalty_ms {
             cfg.mesh.no_delivery_penalty_ms = p;
         }
@@ -149,9 +161,10 @@ fn main_inner() -> Result<bool> {
             }
             print!("{}", world.describe(d));
         }
-        let report = world.into_report();
+        let mut report = world.into_report();
+        report.measure(started);
         print!("{report}");
-        println!("wall time: {:.1} s\n", started.elapsed().as_secs_f64());
+        println!();
         if report.violations > 0 {
             eprintln!("sim: seed {seed} violated invariants (rerun with --seed {seed})");
             ok = false;
