@@ -57,6 +57,9 @@ pub struct SimConfig {
     pub trust_honest_only: bool,
     /// Give up (a liveness violation) if the work is not done by this virtual time (ms).
     pub max_virtual_ms: u64,
+    /// Members per shard of the mesh (`mesh.shards` becomes `ceil(nodes / shard_size)`; 0
+    /// keeps `mesh.shards` as it is, one shard by default). See `protocol::mesh::shard`.
+    pub shard_size: usize,
     /// The protocol's timers and limits.
     pub mesh: MeshConfig,
 }
@@ -88,6 +91,7 @@ impl Default for SimConfig {
             builders_policy: false,
             trust_honest_only: true,
             max_virtual_ms: 48 * 3_600_000,
+            shard_size: 0,
             mesh: sim_mesh_config(),
         }
     }

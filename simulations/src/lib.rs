@@ -39,7 +39,7 @@ pub mod world;
 
 pub use config::SimConfig;
 pub use figures::Figures;
-pub use report::Report;
+pub use report::{Report, peak_rss_bytes};
 pub use world::World;
 
 /// Build the world for `cfg` and run it to the end.

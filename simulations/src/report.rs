@@ -5,7 +5,7 @@ use std::fmt;
 use crate::central::CentralRun;
 
 /// What a run measured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     /// The seed.
     pub seed: u64,
@@ -73,7 +73,17 @@ pub struct Report {
     pub trace_hash: String,
     /// Events processed.
     pub steps: u64,
+    /// Shards of the mesh (`protocol::mesh::shard`; 1: not split).
+    pub shards: u32,
+    /// Wall-clock seconds the run took (set by [`Report::measure`]; 0 until then, so that two
+    /// runs of one seed compare equal).
+    pub wall_s: f64,
+    /// Peak resident memory of the process so far, bytes (`VmHWM` of `/proc/self/status`; set by
+    /// [`Report::measure`]; 0 until then or where there is no `/proc`).
+    pub peak_rss_bytes: u64,
 }
+
+pub use crate::resources::peak_rss_bytes;
 
 fn hms(ms: u64) -> String {
     let s = ms / 1000;
@@ -81,6 +91,12 @@ fn hms(ms: u64) -> String {
 }
 
 impl Report {
+    /// Fill `wall_s` (since `started`) and `peak_rss_bytes` (now).
+    pub fn measure(&mut self, started: std::time::Instant) {
+        self.wall_s = started.elapsed().as_secs_f64();
+        self.peak_rss_bytes = peak_rss_bytes().unwrap_or(0);
+    }
+
     /// Messages published per node.
     pub fn messages_per_node(&self) -> f64 {
         self.messages as f64 / self.nodes.max(1) as f64
@@ -115,6 +131,7 @@ impl fmt::Display for Report {
         let rows: Vec<(&str, String)> = vec![
             ("seed", self.seed.to_string()),
             ("nodes / drvs / k", format!("{} / {} / {}", self.nodes, self.drvs, self.replicas)),
+            ("shards", self.shards.to_string()),
             ("completion time (virtual)", self.completion_ms.map_or("not reached".to_string(), hms)),
             ("drvs complete / failed", format!("{} / {}", self.drvs_complete, self.drvs_failed)),
             ("central makespan (virtual)", self.central.makespan_ms.map_or("not reached".to_string(), hms)),
@@ -155,6 +172,10 @@ impl fmt::Display for Report {
             ("invariant violations", self.violations.to_string()),
             ("events", self.steps.to_string()),
             ("trace hash", self.trace_hash[..16].to_string()),
+            (
+                "wall time / peak RSS",
+                format!("{:.1} s / {:.0} MiB", self.wall_s, self.peak_rss_bytes as f64 / 1048576.0),
+            ),
         ];
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let v = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use buildmesh_protocol::id::{ArtifactHash, JobId, NodeId};
@@ -29,8 +30,10 @@ mod debug;
 mod events;
 mod sybil;
 mod sybil_members;
+mod topics;
 
 use events::{Ev, Scheduled};
+use topics::Topics;
 
 #[derive(Debug, Clone, Copy)]
 struct Build {
@@ -118,6 +121,9 @@ pub struct World {
     transmissions: (u64, u64),
     /// Time builds spent queued at a builder whose slots were all busy, summed.
     queued_ms: u64,
+    topics: Topics,
+    /// `mesh_cfg`, shared by every node's machine.
+    shared_cfg: Arc<MeshConfig>,
 }
 
 impl World {
@@ -170,6 +176,13 @@ impl World {
         );
         let by_drv = dag.drvs.iter().enumerate().map(|(i, d)| (d.path.clone(), i as u32)).collect();
         let stable_window_ms = mesh_cfg.lease_ms.max(mesh_cfg.member_ttl_ms) + mesh_cfg.claim_timeout_ms;
+        if cfg.shard_size > 0 {
+            mesh_cfg.shards = nodes.len().div_ceil(cfg.shard_size) as u32;
+            topics::mix_capabilities(&mut nodes[..cfg.nodes], mesh_cfg.shards);
+        }
+        let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+        let topics = Topics::new(mesh_cfg.shards, &ids, &dag);
+        let shared_cfg = Arc::new(mesh_cfg.clone());
         let mut w = World {
             mesh_cfg,
             rng,
@@ -206,6 +219,8 @@ impl World {
             builds_of: vec![0; cfg.drvs],
             transmissions: (0, 0),
             queued_ms: 0,
+            topics,
+            shared_cfg,
             cfg,
         };
         if w.sybil.is_some() {
@@ -255,7 +270,8 @@ impl World {
     fn start_node(&mut self, i: u32) -> Result<()> {
         let now = self.now;
         let n = &mut self.nodes[i as usize];
-        let mut mesh = Mesh::new(self.mesh_cfg.clone(), n.id, n.info.clone(), now).context("Mesh::new")?;
+        let mut mesh =
+            Mesh::with_shared_config(Arc::clone(&self.shared_cfg), n.id, n.info.clone(), now).context("Mesh::new")?;
         for a in &n.persisted {
             mesh.handle(Input::RestoreAttestation(a.clone()), now).context("restore")?;
         }
@@ -488,8 +504,9 @@ impl World {
             }
             _ => {}
         }
+        let subscribers = self.topics.subscribers(&m);
         let msg = Rc::new(m);
-        for to in 0..self.nodes.len() as u32 {
+        for &to in subscribers.iter() {
             if to == from || !self.linked(from, to) || chance(&mut self.rng, self.cfg.loss) {
                 continue;
             }
@@ -790,6 +807,9 @@ impl World {
             violation_log: self.checker.violations.clone(),
             trace_hash: hex::encode(self.trace.finalize().as_bytes()),
             steps: self.steps,
+            shards: self.topics.shards(),
+            wall_s: 0.0,
+            peak_rss_bytes: 0,
         }
     }
 }

@@ -83,6 +83,22 @@ fn byzantine_builders_never_get_a_forged_output_accepted() {
 }
 
 #[test]
+fn sharded_mesh_with_churn_and_forgetting_is_clean_and_replays() {
+    // 60 nodes in 3 shards of about 20; each keeps 16 finished jobs.
+    let cfg = |seed| {
+        let mut c =
+            SimConfig { seed, nodes: 60, drvs: 150, churn: 1.0, loss: 0.01, shard_size: 20, ..SimConfig::default() };
+        c.mesh.max_finished_drvs = 16;
+        c
+    };
+    let a = run(cfg(2)).unwrap();
+    assert_clean(&a);
+    assert_eq!(a.shards, 3, "{a}");
+    assert!(a.crashes > 0, "{a}");
+    assert_eq!(a, run(cfg(2)).unwrap(), "replaying a sharded run gave another run");
+}
+
+#[test]
 fn same_seed_same_trace() {
     let cfg = |seed| SimConfig { seed, nodes: 10, drvs: 40, churn: 3.0, loss: 0.05, ..SimConfig::default() };
     let a = run(cfg(7)).unwrap();

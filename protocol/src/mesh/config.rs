@@ -124,6 +124,12 @@ pub struct MeshConfig {
     /// Most derivations tracked, finished ones included; finished ones are evicted oldest first
     /// (default 65,536).
     pub max_drvs: usize,
+    /// Most *finished* derivations kept (default: no limit below `max_drvs`); beyond it the
+    /// oldest finished one is forgotten at once, not only when the table is full. A node that
+    /// serves outputs as a gateway keeps them (the default); a pure builder of a large mesh needs
+    /// only the recent ones (late messages about a finished job), so its memory stays bounded by
+    /// the active jobs.
+    pub max_finished_drvs: usize,
     /// Most local submissions waiting for their inputs (default 65,536).
     pub max_pending_submissions: usize,
     /// Most outputs queued before inputs are refused with [`crate::mesh::MeshError::Backpressure`]
@@ -159,6 +165,10 @@ pub struct MeshConfig {
     /// after every other candidate for this long (default 30 min); each further lapse within the penalty doubles it, up to 16 times. See
     /// `strikes.rs`.
     pub no_delivery_penalty_ms: u64,
+    /// Number of shards the mesh is split into (default 1: no split). Each node and each
+    /// derivation belongs to one shard; a node hears, tracks and designates among its own shard
+    /// only (see `shard.rs`). Every node of a mesh must use the same number.
+    pub shards: u32,
 }
 
 impl Default for MeshConfig {
@@ -181,6 +191,7 @@ impl Default for MeshConfig {
             trust: TrustConfig::default(),
             max_members: 4096,
             max_drvs: 65_536,
+            max_finished_drvs: usize::MAX,
             max_pending_submissions: 65_536,
             max_queued_outputs: 262_144,
             max_builders_per_drv: 64,
@@ -192,6 +203,7 @@ impl Default for MeshConfig {
             submitters: None,
             builders: None,
             no_delivery_penalty_ms: 1_800_000,
+            shards: 1,
         }
     }
 }
@@ -202,7 +214,7 @@ impl MeshConfig {
     /// claims), every interval and limit above 0, `failure_quorum ≤ max_attempts`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 11] = [
             ("announce_interval_ms", self.announce_interval_ms),
             ("member_ttl_ms", self.member_ttl_ms),
             ("lease_ms", self.lease_ms),
@@ -213,6 +225,7 @@ impl MeshConfig {
             ("max_attempts", u64::from(self.max_attempts)),
             ("failure_quorum", u64::from(self.failure_quorum)),
             ("max_replicas", u64::from(self.max_replicas)),
+            ("shards", u64::from(self.shards)),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -252,12 +265,13 @@ impl MeshConfig {
         if self.trust.quorum == 0 {
             return bad("trust.quorum", "must be above 0".to_string());
         }
-        let limits: [(&'static str, usize); 9] = [
+        let limits: [(&'static str, usize); 10] = [
             ("max_unvetted_builders_per_drv", self.max_unvetted_builders_per_drv),
             ("max_active_jobs_per_untrusted_submitter", self.max_active_jobs_per_untrusted_submitter),
             ("max_untrusted_active_jobs", self.max_untrusted_active_jobs),
             ("max_members", self.max_members),
             ("max_drvs", self.max_drvs),
+            ("max_finished_drvs", self.max_finished_drvs),
             ("max_pending_submissions", self.max_pending_submissions),
             ("max_queued_outputs", self.max_queued_outputs),
             ("max_builders_per_drv", self.max_builders_per_drv),

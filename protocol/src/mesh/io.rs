@@ -253,6 +253,9 @@ pub enum Ignored {
     SubmitterRefused,
     /// An announcement of a member outside the `builders` policy: it is not admitted to the view.
     NotABuilder,
+    /// A message of another shard: an announcement of a member of another shard, or a message
+    /// about a derivation of another shard that this node does not observe (see `shard.rs`).
+    OtherShard,
 }
 
 /// Why an input was refused. The state is unchanged when an error is returned.

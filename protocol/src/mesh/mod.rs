@@ -82,6 +82,7 @@ mod io;
 mod membership;
 mod quorum;
 mod schedule;
+pub mod shard;
 mod strikes;
 mod table;
 mod vetting;
@@ -90,6 +91,7 @@ mod vetting;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 pub use config::{ConfigError, LocalInfo, MeshConfig, ReplicaRule, TrustConfig};
 pub use io::{BuildOrder, CancelReason, Disposition, Event, Ignored, Input, JobFailure, MeshError, Output};
@@ -169,8 +171,12 @@ struct Pending {
 /// The state machine of one node. See the module docs.
 #[derive(Debug)]
 pub struct Mesh {
-    cfg: MeshConfig,
+    /// Shared: a simulator runs thousands of machines with one configuration (whose trusted set
+    /// alone can hold every node's key).
+    cfg: Arc<MeshConfig>,
     me: NodeId,
+    /// This node's shard (`shard.rs`; 0 with one shard).
+    shard: u32,
     local: LocalInfo,
     seq: u64,
     now_ms: u64,
@@ -205,6 +211,16 @@ impl Mesh {
     /// A machine for node `me` with capabilities `local`, started at `now_ms`. It announces itself
     /// at once (the first output) and listens for `warmup_ms` before it claims anything.
     pub fn new(cfg: MeshConfig, me: NodeId, local: LocalInfo, now_ms: u64) -> Result<Mesh, MeshError> {
+        Mesh::with_shared_config(Arc::new(cfg), me, local, now_ms)
+    }
+
+    /// [`Mesh::new`] with a configuration shared with other machines (not copied per machine).
+    pub fn with_shared_config(
+        cfg: Arc<MeshConfig>,
+        me: NodeId,
+        local: LocalInfo,
+        now_ms: u64,
+    ) -> Result<Mesh, MeshError> {
         cfg.validate()?;
         local.validate()?;
         let mut mesh = Mesh {
@@ -212,6 +228,7 @@ impl Mesh {
             warmup_until_ms: now_ms.saturating_add(cfg.warmup_ms),
             warmup_done: cfg.warmup_ms == 0,
             next_announce_ms: now_ms,
+            shard: shard::node_shard(&me, cfg.shards),
             cfg,
             me,
             local,
@@ -274,6 +291,36 @@ impl Mesh {
         self.strikes.penalised(node, self.now_ms)
     }
 
+    /// This node's shard (0 with one shard; see [`shard`]).
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Whether this node designates, claims and builds `drv`: it is in this node's shard.
+    pub fn designates(&self, drv: &StorePath) -> bool {
+        self.cfg.shards <= 1 || shard::drv_shard(drv, self.cfg.shards) == self.shard
+    }
+
+    /// Whether this node tracks `drv`: it designates it, or observes it (a derivation of another
+    /// shard that it submitted or waits for; see [`shard`]).
+    pub fn tracks(&self, drv: &StorePath) -> bool {
+        self.designates(drv) || self.drvs.lookup(drv).is_some() || self.waiters.contains_key(drv)
+    }
+
+    /// Whether a message concerns this node's shard or a derivation it observes.
+    fn in_scope(&self, m: &Message) -> bool {
+        if self.cfg.shards <= 1 {
+            return true;
+        }
+        match m {
+            Message::Announcement(a) => a.node == self.me || shard::node_shard(&a.node, self.cfg.shards) == self.shard,
+            Message::JobSubmission(j) => self.tracks(&j.drv),
+            Message::Claim(c) => self.tracks(&c.drv),
+            Message::Attestation(a) => self.tracks(&a.drv),
+            Message::BuildFailure(f) => self.tracks(&f.drv),
+        }
+    }
+
     /// This node.
     pub fn me(&self) -> NodeId {
         self.me
@@ -325,6 +372,7 @@ impl Mesh {
         self.check_backpressure()?;
         let now = self.clock(now_ms);
         let d = match message {
+            _ if !self.in_scope(message) => Disposition::Ignored(Ignored::OtherShard),
             Message::Announcement(a) => self.on_announcement(a, now),
             Message::JobSubmission(j) => self.on_submission(j, now),
             Message::Claim(c) => self.on_claim(c, now),

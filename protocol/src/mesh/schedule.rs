@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::designate::{Cand, SelectInput, Selection, select};
+use super::shard;
 use super::table::{ClaimState, DrvEntry, DrvState, OwnBuild};
 use super::{BuildOrder, CancelReason, Event, JobFailure, Mesh, Output, RELEASE_LEASE_MS};
 use crate::id::NodeId;
@@ -131,6 +132,10 @@ impl Mesh {
         let need = self.need(slot);
         let Some(e) = self.drvs.get_mut(slot) else { return Vec::new() };
         let Some(job) = e.job.as_deref() else { return Vec::new() };
+        // A derivation of another shard is only observed here (`shard.rs`).
+        if self.cfg.shards > 1 && shard::drv_shard(&e.drv, self.cfg.shards) != self.shard {
+            return Vec::new();
+        }
         let len = (4 * usize::from(job.replicas)).max(16);
         let window = match &mut e.window {
             Some(w) => {
@@ -455,6 +460,7 @@ impl Mesh {
             Some(_) => self.resolve_failed(&drv),
         }
         self.reschedule(slot, now);
+        self.drvs.forget_finished(self.cfg.max_finished_drvs);
     }
 
     /// The event that reports a finished derivation.
@@ -592,7 +598,10 @@ impl Mesh {
             return;
         }
         match e.state {
-            DrvState::Complete { at_ms } | DrvState::Failed { at_ms } => self.drvs.mark_finished(slot, at_ms),
+            DrvState::Complete { at_ms } | DrvState::Failed { at_ms } => {
+                self.drvs.mark_finished(slot, at_ms);
+                self.drvs.forget_finished(self.cfg.max_finished_drvs);
+            }
             DrvState::Active => {
                 self.evaluate(slot, now);
             }

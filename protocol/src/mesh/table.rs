@@ -455,6 +455,14 @@ impl DrvTable {
         self.set_deadline(slot, None);
     }
 
+    /// Forget the oldest finished entries beyond `keep`.
+    pub(crate) fn forget_finished(&mut self, keep: usize) {
+        while self.finished.len() > keep {
+            let Some((_, victim)) = self.finished.pop_first() else { return };
+            self.remove(victim);
+        }
+    }
+
     /// A finished entry became active again (a forced retry).
     pub(crate) fn unmark_finished(&mut self, slot: u32, at_ms: u64) {
         self.finished.remove(&(at_ms, slot));

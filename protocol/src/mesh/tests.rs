@@ -15,6 +15,7 @@ mod capacity;
 mod policy;
 mod props;
 mod replicas;
+mod shards;
 
 const T0: u64 = 1_700_000_000_000;
 const SYS: &str = "x86_64-linux";

@@ -83,6 +83,14 @@ struct Args {
     /// no-delivery penalty, builders policy; `--sybil-members` Sybils (default 100), each seed.
     #[arg(long)]
     sybil_table: bool,
+    /// Members per shard (gossip topic) of the mesh: `ceil(nodes / shard-size)` shards; 0 = one
+    /// shard. The default splits meshes above 250 nodes (see protocol::mesh::shard).
+    #[arg(long, default_value_t = 250)]
+    shard_size: usize,
+    /// Most finished derivations each node keeps (protocol `max_finished_drvs`; default: all,
+    /// up to the table size). A small number bounds each node's memory by its active jobs.
+    #[arg(long)]
+    max_finished_drvs: Option<usize>,
     /// Virtual time limit, hours.
     #[arg(long, default_value_t = 48)]
     hours: u64,
@@ -167,9 +175,13 @@ fn main_inner() -> Result<bool> {
             builders_policy: a.builders_policy,
             trust_honest_only: !a.trust_all,
             max_virtual_ms: a.hours * 3_600_000,
+            shard_size: a.shard_size,
             ..SimConfig::default()
         };
         cfg.mesh.max_drvs = cfg.mesh.max_drvs.max(a.drvs);
+        if let Some(m) = a.max_finished_drvs {
+            cfg.mesh.max_finished_drvs = m;
+        }
         if let Some(p) = a.no_delivery_penalty_ms {
             cfg.mesh.no_delivery_penalty_ms = p;
         }
@@ -192,14 +204,14 @@ fn main_inner() -> Result<bool> {
             }
             print!("{}", world.describe(d));
         }
-        let report = world.into_report();
-        let wall_s = started.elapsed().as_secs_f64();
+        let mut report = world.into_report();
+        report.measure(started);
         if a.json {
-            let peak = buildmesh_sim::resources::peak_rss_bytes();
-            println!("{}", Figures::new(&report, a.churn, wall_s, peak).to_json());
+            let peak = Some(report.peak_rss_bytes).filter(|b| *b > 0);
+            println!("{}", Figures::new(&report, a.churn, report.wall_s, peak).to_json());
         } else {
             print!("{report}");
-            println!("wall time: {wall_s:.1} s\n");
+            println!();
         }
         if report.violations > 0 {
             eprintln!("sim: seed {seed} violated invariants (rerun with --seed {seed})");
