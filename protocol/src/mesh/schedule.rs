@@ -156,6 +156,13 @@ impl Mesh {
                 continue;
             }
             let Some(m) = member else { continue };
+            // A member penalised for not delivering (`strikes.rs`) keeps no sticky claim: its
+            // claim does not count here, and it comes last like a lapsed member (added below),
+            // so a better designated builder claims instead of waiting for its lease to end.
+            let penalised = b.node != self.me && self.strikes.penalised(&b.node, self.now_ms);
+            if penalised {
+                continue;
+            }
             if b.claim.is_some_and(|c| c.received_ms >= m.joined_at_ms) {
                 let cand =
                     window.order.iter().find(|c| c.node == b.node).copied().or_else(|| m.cand(&job.key, &job.req));

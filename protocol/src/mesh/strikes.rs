@@ -9,13 +9,15 @@
 //! with a strike is *penalised* until `last + penalty`, where `penalty` is
 //! `no_delivery_penalty_ms` doubled for every further strike that came while it was penalised
 //! (at most 16 times the base). A penalised member is treated by designation like a lapsed one
-//! for every derivation: it is designated only when no other candidate is left. Its claims that
-//! are live still count (a penalised member that does claim and build is not pushed out). A result
+//! for every derivation: it is designated only when no other candidate is left. Its live claims
+//! do not count either (claims are sticky only for members in good standing): while penalised,
+//! a member that claims first does not keep the derivation until its lease ends; the best
+//! designated member claims it as well, and whichever delivers first counts. A result
 //! does not end the penalty early: anyone can sign an attestation, so that would let a Sybil
 //! wash its record for free; the penalty runs out by itself.
 //!
-//! Known gap: a penalised member that claims first still keeps its claim (claims are sticky):
-//! the penalty moves the designations others compute, not what it claims for itself.
+//! A penalised member does not see its own penalty (a node never strikes itself), so an honest
+//! but slow member that claims while penalised still builds; the others just do not wait for it.
 //!
 //! Why: a Sybil member that claims and never builds costs each job it claims one lease. Without the penalty it is designated again for every new
 //! derivation at its full weight; with it, every identity costs the mesh at most one timeout per

@@ -65,6 +65,18 @@ fn a_claim_left_to_lapse_is_struck_and_designated_last() {
         let s = net.nodes[i].strikes().find(|(n, _)| **n == bad).map(|(_, s)| *s).unwrap();
         assert_eq!(s.count, 1);
     }
-    // Known gap (see strikes.rs): a penalised member that claims first keeps its claim (claims
-    // are sticky), so the penalty only moves the designations other members compute.
+    // While penalised, its claims are not sticky: for a derivation it ranks first for and claims
+    // at once, the next member claims too instead of waiting for its lease to run out.
+    net.mute_claims.remove(&first);
+    let d = (10..200u8).find(|&d| net.rank(d)[0] == first).expect("a derivation it ranks first for");
+    let second = net.rank(d)[1];
+    net.input(sub, Input::Submit { job: job(a, d, 1), inputs: BTreeSet::new() });
+    net.advance(1);
+    net.advance(cfg.renew_interval_ms);
+    let log = net.take_log();
+    let started = started_by(&log);
+    let cancelled: Vec<usize> = Net::cancelled(&log).into_iter().map(|(i, _)| i).collect();
+    assert!(started.contains(&first), "it still builds what it claimed: {started:?}");
+    assert!(started.contains(&second), "the next member builds too: {started:?}");
+    assert!(!cancelled.contains(&second), "and does not yield to the penalised claim: {cancelled:?}");
 }
