@@ -49,7 +49,7 @@ pub mod sync;
 mod test_util;
 pub mod validate;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -132,6 +132,13 @@ pub struct PeerView {
     /// Until when (unix ms) placement designates it last for not delivering; `null` if not.
     #[serde(default)]
     pub penalised_until_ms: Option<u64>,
+    /// The slowdown it measured for each emulated system (`8.5`: 8.5 times as long as native),
+    /// which divides its placement weight for that system (issue 16); empty if it stated none.
+    #[serde(default)]
+    pub slowdown: BTreeMap<String, f64>,
+    /// Why it takes no new builds (over its disk limits), as it announced; `null` if it is not.
+    #[serde(default)]
+    pub disk_pressure: Option<String>,
 }
 
 /// Systems of a peer.

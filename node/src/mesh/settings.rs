@@ -63,6 +63,10 @@ pub struct MeshSettings {
     pub peer_nar_requests_per_sec: u32,
     /// `/buildmesh/sync/1` requests per peer and second (default 128).
     pub peer_sync_requests_per_sec: u32,
+    /// Where the static busyboxes that measure the emulation slowdown are
+    /// (`<dir>/<debian arch>/busybox`; default `/var/cache/buildmesh/busybox`, filled by
+    /// `scripts/emulation.sh setup`; see `crate::slowdown`).
+    pub emulation_probe_dir: std::path::PathBuf,
 }
 
 impl Default for MeshSettings {
@@ -90,6 +94,7 @@ impl Default for MeshSettings {
             peer_closure_requests_per_sec: 128,
             peer_nar_requests_per_sec: 512,
             peer_sync_requests_per_sec: 128,
+            emulation_probe_dir: crate::slowdown::DEFAULT_PROBE_DIR.into(),
         }
     }
 }
