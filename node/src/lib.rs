@@ -46,6 +46,7 @@ pub mod qa;
 pub mod runtime;
 pub mod sandbox;
 pub mod scheduler;
+pub mod slowdown;
 pub mod store;
 pub mod submit;
 pub mod systems;

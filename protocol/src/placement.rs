@@ -23,8 +23,18 @@
 //! - every required feature is one of its features or mandatory features (Nix's `allSupported`);
 //! - every one of its mandatory features is required by the derivation.
 //!
+//! ## Emulation and disk pressure
+//! An emulated member's weight for a system is further divided by its announced slowdown for that
+//! system ([`Announcement::slowdown`], measured by the node; [`DEFAULT_SLOWDOWN`] when it states
+//! none): its cost is multiplied by the factor, so among the emulated members of a system one
+//! twice as slow gets half the share. A factor below 1x is not accepted, so announcing a small
+//! factor gains at most what a native member of the same weight gets among emulated ones, and
+//! nothing against native members, which rank first anyway. A member that announces disk pressure
+//! ([`Announcement::disk_pressure`]) has weight 0 (it takes no new builds until it is under its
+//! limits again), whatever slots it states.
+//!
 //! ## Order
-//! Every eligible member gets a cost `-ln(u) / weight`, where `u ∈ (0, 1)` is a 53-bit uniform
+//! Every eligible member gets a cost `-ln(u) / weight` (times its slowdown when emulated), where `u ∈ (0, 1)` is a 53-bit uniform
 //! value from a hash of (derivation key, member). The cost is an exponential variable with rate
 //! `weight`, so the cheapest member is member *i* with probability `weight_i / Σ weight`: each node's
 //! expected share of derivations equals its share of the total weight (weighted rendezvous
@@ -60,6 +70,16 @@ use crate::wire::{Announcement, BuildMode, JobSubmission};
 /// How many times the median member's slots a member's placement weight may be (see the module
 /// docs).
 pub const MAX_WEIGHT_OVER_MEDIAN: u32 = 2;
+
+/// The slowdown (hundredths) an emulated member that states none for a system is assumed to have:
+/// 10x, about what a QEMU user-mode build takes on the benchmarks of docs/benchmarks.md, so a
+/// measured faster emulator ranks before an unmeasured one and a measured slower one after it.
+pub const DEFAULT_SLOWDOWN: u32 = 1000;
+
+/// The slots an announcement counts with in placement: 0 under disk pressure, else its slots.
+pub fn placement_slots(a: &Announcement) -> u32 {
+    if a.disk_pressure.is_some() { 0 } else { a.slots }
+}
 
 /// The lower median of the non-zero `slots`, or 0 if there is none (what weights are clamped by).
 pub fn median_slots(slots: impl Iterator<Item = u32>) -> u32 {
@@ -100,20 +120,38 @@ pub struct Member {
     pub features: BTreeSet<String>,
     /// Mandatory features.
     pub mandatory_features: BTreeSet<String>,
+    /// Measured slowdown per emulated system, in hundredths (missing: [`DEFAULT_SLOWDOWN`]).
+    pub slowdown: BTreeMap<String, u32>,
 }
 
 impl Member {
-    /// The member an announcement describes (weight = slots; current load is deliberately ignored so
-    /// that placement depends only on slowly changing facts).
+    /// The member an announcement describes (weight = slots, 0 under disk pressure; current load is
+    /// deliberately ignored so that placement depends only on slowly changing facts).
     pub fn from_announcement(a: &Announcement) -> Member {
         Member {
             id: a.node,
-            weight: a.slots,
+            weight: placement_slots(a),
             owner: a.owner.clone(),
             native_systems: a.native_systems.clone(),
             emulated_systems: a.emulated_systems.clone(),
             features: a.features.clone(),
             mandatory_features: a.mandatory_features.clone(),
+            slowdown: a.slowdown.clone(),
+        }
+    }
+
+    /// The slowdown of this member building `system` (hundredths): 100 when native, its announced
+    /// factor (at least 1x, at most [`crate::wire::MAX_SLOWDOWN`]) or [`DEFAULT_SLOWDOWN`] when
+    /// emulated.
+    pub fn slowdown_of(&self, system: &str, mode: BuildMode) -> u32 {
+        match mode {
+            BuildMode::Native => 100,
+            BuildMode::Emulated => self
+                .slowdown
+                .get(system)
+                .copied()
+                .unwrap_or(DEFAULT_SLOWDOWN)
+                .clamp(crate::wire::MIN_SLOWDOWN, crate::wire::MAX_SLOWDOWN),
         }
     }
 
@@ -282,7 +320,12 @@ impl View {
             .members
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.member.eligibility(req).map(|mode| (i as u32, mode)))
+            .filter_map(|(i, p)| {
+                p.member.eligibility(req).map(|mode| {
+                    let factor = f64::from(p.member.slowdown_of(&req.system, mode)) / 100.0;
+                    (i as u32, mode, factor)
+                })
+            })
             .collect();
         Candidates { view: self, eligible }
     }
@@ -302,7 +345,8 @@ impl View {
 #[derive(Debug, Clone)]
 pub struct Candidates<'a> {
     view: &'a View,
-    eligible: Vec<(u32, BuildMode)>,
+    /// (member index, mode, slowdown factor: 1.0 native).
+    eligible: Vec<(u32, BuildMode, f64)>,
 }
 
 /// Sort key: (mode, cost, id) ascending.
@@ -335,15 +379,16 @@ impl<'a> Candidates<'a> {
         self.eligible.is_empty()
     }
 
-    fn score(&self, word: u64, index: u32, mode: BuildMode) -> Score<'a> {
+    fn score(&self, word: u64, index: u32, mode: BuildMode, factor: f64) -> Score<'a> {
         let p = &self.view.members[index as usize];
-        let cost = cost(word, p.k0, p.k1, p.weight);
+        let cost = cost(word, p.k0, p.k1, p.weight) * factor;
         Score { mode, cost, id: &p.member.id, index }
     }
 
     fn sorted(&self, key: &PlacementKey) -> Vec<Score<'a>> {
         let word = key.word();
-        let mut scores: Vec<Score<'a>> = self.eligible.iter().map(|&(i, mode)| self.score(word, i, mode)).collect();
+        let mut scores: Vec<Score<'a>> =
+            self.eligible.iter().map(|&(i, mode, f)| self.score(word, i, mode, f)).collect();
         scores.sort_by(|a, b| a.cmp(b));
         scores
     }
@@ -357,8 +402,8 @@ impl<'a> Candidates<'a> {
     pub fn primary(&self, key: &PlacementKey) -> Option<NodeId> {
         let word = key.word();
         let mut best: Option<Score<'a>> = None;
-        for &(i, mode) in &self.eligible {
-            let s = self.score(word, i, mode);
+        for &(i, mode, f) in &self.eligible {
+            let s = self.score(word, i, mode, f);
             if best.as_ref().is_none_or(|b| s.better_than(b)) {
                 best = Some(s);
             }
@@ -494,6 +539,7 @@ mod tests {
             emulated_systems: emulated.iter().map(|s| s.to_string()).collect(),
             features: BTreeSet::new(),
             mandatory_features: BTreeSet::new(),
+            slowdown: BTreeMap::new(),
         }
     }
 
@@ -543,6 +589,69 @@ mod tests {
             assert!(r.windows(2).all(|w| w[0].mode < w[1].mode || (w[0].mode == w[1].mode && w[0].cost <= w[1].cost)));
             assert_eq!(place(&key, &req, &members, 3).unwrap()[0], node(10));
         }
+    }
+
+    /// Issue 16: an emulated member's weight is divided by its measured slowdown. Two emulators of
+    /// equal slots, 2x and 8x slow, behind a native member: the native one still ranks first for
+    /// every derivation, and among the emulated the 2x one ranks first in 1/2 / (1/2 + 1/8) = 80 %
+    /// of derivations (50 % when neither states a factor, or both state the same).
+    #[test]
+    fn emulated_weight_is_lowered_by_the_slowdown() {
+        let sys = "aarch64-linux";
+        let req = Requirements::new(sys, Vec::<String>::new());
+        let emulator = |i, x: Option<u32>| {
+            let mut m = member(i, 4, "", &["x86_64-linux"], &[sys]);
+            m.slowdown.extend(x.map(|x| (sys.to_string(), x)));
+            m
+        };
+        let share = |a: Option<u32>, b: Option<u32>| {
+            let members = vec![member(0, 1, "", &[sys], &[]), emulator(1, a), emulator(2, b)];
+            let view = View::new(members).unwrap();
+            let mut first = 0u32;
+            for d in 0..4000u32 {
+                let r = view.rank(&PlacementKey::from_bytes(&d.to_le_bytes()), &req);
+                assert_eq!((r[0].node, r[0].mode), (node(0), BuildMode::Native), "native first");
+                assert!(r[1..].iter().all(|x| x.mode == BuildMode::Emulated));
+                first += u32::from(r[1].node == node(1));
+            }
+            f64::from(first) / 4000.0
+        };
+        let fast = share(Some(200), Some(800));
+        assert!((0.77..0.83).contains(&fast), "2x vs 8x: {fast}");
+        let even = share(None, None);
+        assert!((0.47..0.53).contains(&even), "unmeasured: {even}");
+        assert!((0.47..0.53).contains(&share(Some(500), Some(500))));
+        let unmeasured = share(Some(DEFAULT_SLOWDOWN * 2), None);
+        assert!((0.30..0.37).contains(&unmeasured), "20x vs the 10x default: {unmeasured}");
+        // A native member never pays a factor; a factor below 1x counts as 1x.
+        let m = Member { slowdown: [(sys.to_string(), 1)].into(), ..emulator(3, None) };
+        assert_eq!(m.slowdown_of(sys, BuildMode::Emulated), crate::wire::MIN_SLOWDOWN);
+        assert_eq!(m.slowdown_of(sys, BuildMode::Native), 100);
+    }
+
+    /// Issue 15: a member announcing disk pressure gets no derivation, whatever slots it states.
+    #[test]
+    fn disk_pressure_means_weight_zero() {
+        let a = crate::wire::Announcement {
+            node: node(5),
+            seq: 1,
+            timestamp_ms: 1,
+            version: "v".into(),
+            owner: String::new(),
+            native_systems: ["s".to_string()].into(),
+            emulated_systems: BTreeSet::new(),
+            features: BTreeSet::new(),
+            mandatory_features: BTreeSet::new(),
+            slots: 8,
+            load: 0,
+            slowdown: BTreeMap::new(),
+            disk_pressure: None,
+        };
+        assert_eq!(Member::from_announcement(&a).weight, 8);
+        let pressed = crate::wire::Announcement { disk_pressure: Some("store over max_store_bytes".into()), ..a };
+        let m = Member::from_announcement(&pressed);
+        assert_eq!((m.weight, placement_slots(&pressed)), (0, 0));
+        assert_eq!(m.eligibility(&Requirements::new("s", Vec::<String>::new())), None);
     }
 
     #[test]

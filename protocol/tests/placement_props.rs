@@ -46,6 +46,7 @@ fn plain(i: u32, weight: u32) -> Member {
         emulated_systems: BTreeSet::new(),
         features: BTreeSet::new(),
         mandatory_features: BTreeSet::new(),
+        slowdown: Default::default(),
     }
 }
 

@@ -92,4 +92,22 @@ derivation {{ name = "emu-mesh-{}"; system = "aarch64-linux"; builder = "${{bb}}
         "node 2 must not serve an output only emulated builders attested: {}",
         String::from_utf8_lossy(&body)
     );
+
+    // Each emulating node measured its slowdown (a busybox run natively and under QEMU) and
+    // announced it: the plain node sees it in /api/v1/peers (and `status --json` under `peers`).
+    let peers = wait_for("the emulating peers' slowdown on node 2", LONG, || {
+        let (s, j) = get_json(&format!("{}/api/v1/peers", c.urls[2]));
+        let measured = |id: &str| {
+            j.as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["peer_id"] == id && p["slowdown"]["aarch64-linux"].as_f64().is_some_and(|x| x > 1.0))
+        };
+        (s == 200 && measured(&c.peer_ids[0]) && measured(&c.peer_ids[1])).then_some(j)
+    });
+    let plain = peers.as_array().unwrap().iter().find(|p| p["peer_id"] == c.peer_ids[2].as_str());
+    assert!(plain.is_none_or(|p| p["slowdown"].as_object().is_none_or(|m| m.is_empty())), "{peers}");
+    let (st, out, err) = cli(&["status", "--api", &c.urls[2], "--json"]);
+    assert!(st.success(), "{err}");
+    assert!(out.contains("\"slowdown\""), "{out}");
 }

@@ -56,6 +56,8 @@ fn announcement(node: NodeId) -> Announcement {
         mandatory_features: BTreeSet::new(),
         slots: 4,
         load: 1,
+        slowdown: Default::default(),
+        disk_pressure: None,
     }
 }
 

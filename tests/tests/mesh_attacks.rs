@@ -41,6 +41,8 @@ fn announcement(node: NodeId, slots: u32) -> Announcement {
         mandatory_features: BTreeSet::new(),
         slots,
         load: 0,
+        slowdown: Default::default(),
+        disk_pressure: None,
     }
 }
 

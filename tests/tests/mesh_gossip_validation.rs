@@ -44,6 +44,8 @@ fn announcement(node: buildmesh_protocol::id::NodeId, seq: u64) -> Announcement 
         mandatory_features: BTreeSet::new(),
         slots: 1,
         load: 0,
+        slowdown: Default::default(),
+        disk_pressure: None,
     }
 }
 

@@ -212,6 +212,8 @@ fn announcement(node: &buildmesh_protocol::identity::NodeKey) -> Message {
         mandatory_features: BTreeSet::new(),
         slots: 2,
         load: 0,
+        slowdown: Default::default(),
+        disk_pressure: None,
     })
 }
 

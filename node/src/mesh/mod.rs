@@ -50,7 +50,7 @@ pub mod sync;
 mod test_util;
 pub mod validate;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -137,6 +137,13 @@ pub struct PeerView {
     /// peers ([`peer_book`]); `null` if not remembered.
     #[serde(default)]
     pub last_seen_ms: Option<u64>,
+    /// The slowdown it measured for each emulated system (`8.5`: 8.5 times as long as native),
+    /// which divides its placement weight for that system (issue 16); empty if it stated none.
+    #[serde(default)]
+    pub slowdown: BTreeMap<String, f64>,
+    /// Why it takes no new builds (over its disk limits), as it announced; `null` if it is not.
+    #[serde(default)]
+    pub disk_pressure: Option<String>,
 }
 
 /// Systems of a peer.

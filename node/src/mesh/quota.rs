@@ -42,6 +42,9 @@ pub struct Quotas {
     trust: TrustConfig,
     trusted: SignerLimit,
     untrusted: SignerLimit,
+    /// Whose revision headers are kept (`submitters`; `None`: any key). A header of another
+    /// submitter is not stored at all, not even within a quota (issue 15).
+    submitters: Option<std::collections::BTreeSet<NodeId>>,
 }
 
 impl Quotas {
@@ -52,7 +55,19 @@ impl Quotas {
             trust,
             trusted: SignerLimit { records: s.trusted_key_records, bytes: s.trusted_key_bytes },
             untrusted: SignerLimit { records: s.untrusted_key_records, bytes: s.untrusted_key_bytes },
+            submitters: None,
         }
+    }
+
+    /// Keep revision headers of these submitters only (`None`: any; this node's own always).
+    pub fn with_submitters(mut self, submitters: Option<std::collections::BTreeSet<NodeId>>) -> Quotas {
+        self.submitters = submitters;
+        self
+    }
+
+    /// Whether revision headers of `submitter` are kept here.
+    pub fn accepts_submitter(&self, submitter: &NodeId) -> bool {
+        *submitter == self.me || self.submitters.as_ref().is_none_or(|s| s.contains(submitter))
     }
 
     /// The limit of `signer` (`None`: this node, no limit).
@@ -157,5 +172,9 @@ mod tests {
         let own_peer = crate::net::keypair_from_seed(stranger.seed()).public().to_peer_id();
         assert_eq!(over_quota_verdict(&stranger.node_id(), &own_peer), MessageAcceptance::Reject);
         assert_eq!(over_quota_verdict(&stranger.node_id(), &PeerId::random()), MessageAcceptance::Ignore);
+        assert!(q.accepts_submitter(&stranger.node_id()), "submitters = any by default");
+        let q = q.with_submitters(Some(BTreeSet::from([friend])));
+        assert!(q.accepts_submitter(&friend) && q.accepts_submitter(&me));
+        assert!(!q.accepts_submitter(&stranger.node_id()));
     }
 }

@@ -68,6 +68,10 @@ pub struct MeshSettings {
     pub remember_peers: usize,
     /// A remembered peer not seen for this many days is forgotten (default 14).
     pub forget_peers_after_days: u64,
+    /// Where the static busyboxes that measure the emulation slowdown are
+    /// (`<dir>/<debian arch>/busybox`; default `/var/cache/buildmesh/busybox`, filled by
+    /// `scripts/emulation.sh setup`; see `crate::slowdown`).
+    pub emulation_probe_dir: std::path::PathBuf,
 }
 
 impl Default for MeshSettings {
@@ -97,6 +101,7 @@ impl Default for MeshSettings {
             peer_sync_requests_per_sec: 128,
             remember_peers: 1024,
             forget_peers_after_days: 14,
+            emulation_probe_dir: crate::slowdown::DEFAULT_PROBE_DIR.into(),
         }
     }
 }

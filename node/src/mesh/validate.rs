@@ -177,6 +177,8 @@ mod tests {
             mandatory_features: BTreeSet::new(),
             slots: 2,
             load: 0,
+            slowdown: Default::default(),
+            disk_pressure: None,
         }
     }
 

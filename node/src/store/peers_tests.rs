@@ -5,7 +5,6 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 
 use super::*;
-use crate::store::DbResultExt as _;
 
 fn rec(i: u64) -> PeerRecord {
     PeerRecord {

@@ -1,6 +1,6 @@
 //! [`MeshConfig`] (timers, limits, trust) and [`LocalInfo`] (what this node announces).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
@@ -317,6 +317,11 @@ pub struct LocalInfo {
     pub slots: u32,
     /// Builds running now (informational; placement ignores it).
     pub load: u32,
+    /// The measured slowdown of each emulated system, in hundredths (see
+    /// [`crate::wire::Announcement::slowdown`]); empty = not measured.
+    pub slowdown: BTreeMap<String, u32>,
+    /// Why this node takes no new builds (over its disk limits), announced as such.
+    pub disk_pressure: Option<String>,
 }
 
 impl LocalInfo {
@@ -331,6 +336,8 @@ impl LocalInfo {
             mandatory_features: BTreeSet::new(),
             slots,
             load: 0,
+            slowdown: BTreeMap::new(),
+            disk_pressure: None,
         }
     }
 
@@ -366,6 +373,12 @@ impl LocalInfo {
         if self.slots > MAX_SLOTS {
             return bad("slots", format!("{} slots, at most {MAX_SLOTS}", self.slots));
         }
+        if let Err(e) = crate::wire::validate_slowdown(&self.slowdown, &self.emulated_systems) {
+            return bad("slowdown", e);
+        }
+        if let Some(Err(e)) = self.disk_pressure.as_deref().map(crate::wire::validate_disk_pressure) {
+            return bad("disk_pressure", e);
+        }
         Ok(())
     }
 
@@ -377,5 +390,7 @@ impl LocalInfo {
             && self.features == other.features
             && self.mandatory_features == other.mandatory_features
             && self.slots == other.slots
+            && self.slowdown == other.slowdown
+            && self.disk_pressure == other.disk_pressure
     }
 }

@@ -156,6 +156,7 @@ mod tests {
                 emulated_systems: if i % 4 == 0 { ["e".to_string()].into_iter().collect() } else { BTreeSet::new() },
                 features: BTreeSet::new(),
                 mandatory_features: BTreeSet::new(),
+                slowdown: Default::default(),
             })
             .collect()
     }

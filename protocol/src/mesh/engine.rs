@@ -28,6 +28,8 @@ impl Mesh {
             mandatory_features: l.mandatory_features.clone(),
             slots: l.slots,
             load: l.load,
+            slowdown: l.slowdown.clone(),
+            disk_pressure: l.disk_pressure.clone(),
         };
         // Outside the `builders` policy this node is no member of its own view either (every
         // node must designate alike); it still announces (others judge by their own policy).

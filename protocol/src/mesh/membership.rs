@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::designate::{Cand, owner_key};
 use crate::id::NodeId;
-use crate::placement::{Member, PlacementKey, Requirements, View, clamped_weight, median_slots};
+use crate::placement::{Member, PlacementKey, Requirements, View, clamped_weight, median_slots, placement_slots};
 use crate::wire::Announcement;
 
 /// How many view changes are remembered for incremental updates of rank windows.
@@ -33,7 +33,7 @@ pub(crate) struct MemberEntry {
 
 impl MemberEntry {
     fn new(ann: Announcement, now_ms: u64, epoch: u64, median: u32) -> MemberEntry {
-        let weight = clamped_weight(ann.slots, median);
+        let weight = clamped_weight(placement_slots(&ann), median);
         let owner = owner_key(&ann.node, &ann.owner);
         let solo = Self::solo(&ann, weight);
         MemberEntry { ann, solo, weight, owner, last_heard_ms: now_ms, joined_at_ms: now_ms, since_epoch: epoch }
@@ -55,6 +55,8 @@ impl MemberEntry {
 /// Whether two announcements of one node agree on everything placement uses.
 fn same_capabilities(a: &Announcement, b: &Announcement) -> bool {
     a.slots == b.slots
+        && a.slowdown == b.slowdown
+        && a.disk_pressure == b.disk_pressure
         && a.owner == b.owner
         && a.native_systems == b.native_systems
         && a.emulated_systems == b.emulated_systems
@@ -182,7 +184,7 @@ impl Membership {
     /// Recompute the median of the slots; every member whose clamped weight changed with it
     /// counts as changed (its rank windows are recomputed).
     fn reweigh(&mut self) {
-        let median = median_slots(self.members.values().map(|m| m.ann.slots));
+        let median = median_slots(self.members.values().map(|m| placement_slots(&m.ann)));
         if median == self.median {
             return;
         }
@@ -190,13 +192,13 @@ impl Membership {
         let moved: Vec<NodeId> = self
             .members
             .values()
-            .filter(|m| clamped_weight(m.ann.slots, median) != m.weight)
+            .filter(|m| clamped_weight(placement_slots(&m.ann), median) != m.weight)
             .map(|m| m.ann.node)
             .collect();
         for node in moved {
             let epoch = self.bump(node);
             if let Some(m) = self.members.get_mut(&node) {
-                m.weight = clamped_weight(m.ann.slots, median);
+                m.weight = clamped_weight(placement_slots(&m.ann), median);
                 m.solo = MemberEntry::solo(&m.ann, m.weight);
                 m.since_epoch = epoch;
             }

@@ -1,9 +1,11 @@
 //! [`Announcement`]: what a node can build.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::codec::{Decode, DecodeError, Encode, Reader, Sink, put_str, put_str_set, put_u32, put_u64};
-use super::{Kind, Payload, read_features, read_label, read_systems};
+use super::codec::{
+    Decode, DecodeError, Encode, Reader, Sink, put_len, put_str, put_str_set, put_u8, put_u32, put_u64,
+};
+use super::{Kind, Payload, read_features, read_label, read_system, read_systems};
 use crate::id::NodeId;
 
 /// A node's capabilities, gossiped periodically and on change.
@@ -12,7 +14,14 @@ use crate::id::NodeId;
 /// (ties: the later `timestamp_ms`, then the larger message id) and drop any other.
 ///
 /// Encoding: `node` ‖ `seq` u64 ‖ `timestamp_ms` u64 ‖ `version` ‖ `owner` ‖ `native_systems` ‖
-/// `emulated_systems` ‖ `features` ‖ `mandatory_features` ‖ `slots` u32 ‖ `load` u32.
+/// `emulated_systems` ‖ `features` ‖ `mandatory_features` ‖ `slots` u32 ‖ `load` u32 ‖ extensions,
+/// each a tag u8 then its value, tags strictly increasing, each optional (an announcement without
+/// them encodes exactly as before they existed, so older decoders read it):
+/// `1` ‖ the [`slowdown`](Announcement::slowdown) map: count u32 (1..=[`super::MAX_SYSTEMS`]), then
+/// per system, strictly increasing, the system ‖ its slowdown u32 (issue 16);
+/// `2` ‖ the [`disk_pressure`](Announcement::disk_pressure) reason, a string of 1..=
+/// [`MAX_DISK_PRESSURE_LEN`] bytes without control characters (issue 15). An unknown tag does not
+/// decode (a later version that adds one also teaches its decoders).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
     /// The announcing node (must be the signer).
@@ -39,6 +48,53 @@ pub struct Announcement {
     pub slots: u32,
     /// Builds running now.
     pub load: u32,
+    /// The measured slowdown of each emulated system it announces, in hundredths (`850`: a build
+    /// under emulation takes 8.5 times as long as natively): what lowers its placement weight
+    /// for that system ([`crate::placement`]). Keys are emulated systems; values in
+    /// [`MIN_SLOWDOWN`]..=[`MAX_SLOWDOWN`]. A system without an entry (not measured, or an older
+    /// node) counts as [`crate::placement::DEFAULT_SLOWDOWN`].
+    pub slowdown: BTreeMap<String, u32>,
+    /// Why the node takes no new builds, when it is over its disk limits (`None`: it is not):
+    /// placement gives it no new derivation while it says so, and others show the reason.
+    pub disk_pressure: Option<String>,
+}
+
+/// The smallest slowdown an emulated system may announce (1x: as fast as native).
+pub const MIN_SLOWDOWN: u32 = 100;
+/// The largest slowdown an emulated system may announce (1000x).
+pub const MAX_SLOWDOWN: u32 = 100_000;
+/// Longest disk-pressure reason.
+pub const MAX_DISK_PRESSURE_LEN: usize = 256;
+/// The extension tag of the slowdown map.
+const SLOWDOWN_TAG: u8 = 1;
+/// The extension tag of the disk-pressure reason.
+const DISK_PRESSURE_TAG: u8 = 2;
+
+/// Check a slowdown map against an announcement's emulated systems (the rule receivers apply).
+pub fn validate_slowdown(slowdown: &BTreeMap<String, u32>, emulated: &BTreeSet<String>) -> Result<(), String> {
+    if slowdown.len() > super::MAX_SYSTEMS {
+        return Err(format!("{} entries, at most {}", slowdown.len(), super::MAX_SYSTEMS));
+    }
+    for (system, &x) in slowdown {
+        if !emulated.contains(system) {
+            return Err(format!("system {system:?} is not an emulated system of the announcement"));
+        }
+        if !(MIN_SLOWDOWN..=MAX_SLOWDOWN).contains(&x) {
+            return Err(format!("slowdown {x} of {system:?} is outside {MIN_SLOWDOWN}..={MAX_SLOWDOWN}"));
+        }
+    }
+    Ok(())
+}
+
+/// Check a disk-pressure reason (1..=[`MAX_DISK_PRESSURE_LEN`] bytes, no control characters).
+pub fn validate_disk_pressure(reason: &str) -> Result<(), String> {
+    if reason.is_empty() || reason.len() > MAX_DISK_PRESSURE_LEN {
+        return Err(format!("reason of {} bytes, 1..={MAX_DISK_PRESSURE_LEN} allowed", reason.len()));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err("reason contains a control character".to_string());
+    }
+    Ok(())
 }
 
 impl Encode for Announcement {
@@ -54,7 +110,67 @@ impl Encode for Announcement {
         put_str_set(out, &self.mandatory_features);
         put_u32(out, self.slots);
         put_u32(out, self.load);
+        if !self.slowdown.is_empty() {
+            put_u8(out, SLOWDOWN_TAG);
+            put_len(out, self.slowdown.len());
+            for (system, x) in &self.slowdown {
+                put_str(out, system);
+                put_u32(out, *x);
+            }
+        }
+        if let Some(reason) = &self.disk_pressure {
+            put_u8(out, DISK_PRESSURE_TAG);
+            put_str(out, reason);
+        }
     }
+}
+
+/// The extensions after the mandatory fields (see [`Announcement`]).
+fn read_extensions(
+    r: &mut Reader<'_>,
+    emulated: &BTreeSet<String>,
+) -> Result<(BTreeMap<String, u32>, Option<String>), DecodeError> {
+    const F: &str = "announcement.extensions";
+    let mut slowdown = BTreeMap::new();
+    let mut disk_pressure = None;
+    let mut last = 0u8;
+    while r.remaining() > 0 {
+        let offset = r.offset();
+        let tag = r.u8(F)?;
+        if tag <= last {
+            return Err(DecodeError::NotCanonical { field: F, offset });
+        }
+        last = tag;
+        match tag {
+            SLOWDOWN_TAG => {
+                const S: &str = "announcement.slowdown";
+                let offset = r.offset();
+                let n = r.len(S, super::MAX_SYSTEMS, 4 + 1 + 4)?;
+                if n == 0 {
+                    return Err(DecodeError::NotCanonical { field: S, offset });
+                }
+                for _ in 0..n {
+                    let offset = r.offset();
+                    let system = read_system(r, S)?;
+                    if slowdown.last_key_value().is_some_and(|(last, _): (&String, _)| *last >= system) {
+                        return Err(DecodeError::NotCanonical { field: S, offset });
+                    }
+                    let x = r.u32(S)?;
+                    slowdown.insert(system, x);
+                }
+                validate_slowdown(&slowdown, emulated).map_err(|e| Reader::invalid(S, offset, e))?;
+            }
+            DISK_PRESSURE_TAG => {
+                const D: &str = "announcement.disk_pressure";
+                let offset = r.offset();
+                let reason = r.str(D, MAX_DISK_PRESSURE_LEN)?;
+                validate_disk_pressure(reason).map_err(|e| Reader::invalid(D, offset, e))?;
+                disk_pressure = Some(reason.to_string());
+            }
+            tag => return Err(DecodeError::InvalidTag { field: F, offset, tag }),
+        }
+    }
+    Ok((slowdown, disk_pressure))
 }
 
 impl Payload for Announcement {
@@ -88,6 +204,7 @@ impl Payload for Announcement {
             ));
         }
         let load = r.u32("announcement.load")?;
+        let (slowdown, disk_pressure) = read_extensions(r, &emulated_systems)?;
         Ok(Announcement {
             node,
             seq,
@@ -100,6 +217,8 @@ impl Payload for Announcement {
             mandatory_features,
             slots,
             load,
+            slowdown,
+            disk_pressure,
         })
     }
 

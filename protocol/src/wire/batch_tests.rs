@@ -92,6 +92,8 @@ fn new_refuses_what_cannot_be_one_batch() {
         mandatory_features: Default::default(),
         slots: 1,
         load: 0,
+        slowdown: Default::default(),
+        disk_pressure: None,
     };
     assert_eq!(
         Batch::new(vec![Message::Announcement(announcement.clone())]),

@@ -36,7 +36,9 @@ mod result;
 use std::collections::BTreeSet;
 use std::fmt;
 
-pub use announce::Announcement;
+pub use announce::{
+    Announcement, MAX_DISK_PRESSURE_LEN, MAX_SLOWDOWN, MIN_SLOWDOWN, validate_disk_pressure, validate_slowdown,
+};
 pub use batch::{Batch, BatchError, MAX_BATCH_ITEMS};
 pub use codec::{Decode, DecodeError, Encode, Reader, Sink};
 pub use job::{Claim, JobSubmission};
@@ -405,6 +407,8 @@ pub(crate) fn read_store_dir(r: &mut Reader<'_>) -> Result<StoreDir, DecodeError
     StoreDir::decode(r, "store_dir")
 }
 
+#[cfg(test)]
+mod announce_tests;
 #[cfg(test)]
 mod batch_tests;
 #[cfg(test)]

@@ -63,10 +63,14 @@ fn arb_mode() -> impl Strategy<Value = BuildMode> {
 prop_compose! {
     fn arb_announcement()(k in arb_key(), seq in any::<u64>(), ts in any::<u64>(), version in "[ -~]{1,20}",
         owner in "[ -~]{0,20}", native in arb_systems(), emulated in arb_systems(), features in arb_features(),
-        mandatory in arb_features(), slots in 0..=super::MAX_SLOTS, load in any::<u32>()) -> (NodeKey, Announcement) {
-        let emulated = emulated.difference(&native).cloned().collect();
+        mandatory in arb_features(), slots in 0..=super::MAX_SLOTS, load in any::<u32>(),
+        factor in proptest::option::of(MIN_SLOWDOWN..=MAX_SLOWDOWN), pressure in proptest::option::of("[ -~]{1,40}"))
+        -> (NodeKey, Announcement) {
+        let emulated: BTreeSet<String> = emulated.difference(&native).cloned().collect();
+        let slowdown = factor.map(|x| emulated.iter().map(|s| (s.clone(), x)).collect()).unwrap_or_default();
         let a = Announcement { node: k.node_id(), seq, timestamp_ms: ts, version, owner, native_systems: native,
-            emulated_systems: emulated, features, mandatory_features: mandatory, slots, load };
+            emulated_systems: emulated, features, mandatory_features: mandatory, slots, load, slowdown,
+            disk_pressure: pressure };
         (k, a)
     }
 }
@@ -424,6 +428,8 @@ fn decode_errors_are_typed() {
         mandatory_features: BTreeSet::new(),
         slots: 1,
         load: 0,
+        slowdown: Default::default(),
+        disk_pressure: None,
     };
     assert!(matches!(Signed::sign(&k, &ann), Err(SignError::Invalid { .. })));
     // More slots than any machine has (the placement weight): refused, the field named.

@@ -76,6 +76,8 @@ impl World {
             mandatory_features: BTreeSet::new(),
             slots: MAX_SLOTS,
             load: 0,
+            slowdown: Default::default(),
+            disk_pressure: None,
         };
         self.inject(Message::Announcement(ann));
         self.push(self.now + self.mesh_cfg.announce_interval_ms, Ev::SybilAnnounce);

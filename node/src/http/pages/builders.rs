@@ -93,11 +93,12 @@ pub fn members(me: &NodeInfo, peers: &[PeerView], agreement: &[BuilderAgreement]
                     td { (short(p.public_key.as_deref().unwrap_or(&p.key))) }
                     td { (p.owner) }
                     td { (p.systems.native.join(", ")) }
-                    td { (p.systems.emulated.join(", ")) }
+                    td { (emulated_with_slowdown(p)) }
                     td { (p.features.join(", ")) }
                     td.n { (p.slots) }
                     td.n { (p.load) }
-                    td { @if p.member { (badge("member")) } " " @if p.connected { (badge("connected")) } @else { (badge("no")) } }
+                    td { @if p.member { (badge("member")) } " " @if p.connected { (badge("connected")) } @else { (badge("no")) }
+                        @if let Some(r) = &p.disk_pressure { " " span.b.no title=(r) { "disk pressure" } } }
                     td.n { (a.map(|a| a.builds).unwrap_or(0)) }
                     td.n { (a.map(|a| a.failed).unwrap_or(0)) }
                     td.n { (rate(a)) }
@@ -105,6 +106,16 @@ pub fn members(me: &NodeInfo, peers: &[PeerView], agreement: &[BuilderAgreement]
             }
         } }
     }
+}
+
+/// A peer's emulated systems, each with the slowdown it measured (`aarch64-linux (8.5x)`), which
+/// divides its placement weight for that system.
+fn emulated_with_slowdown(p: &PeerView) -> String {
+    let one = |s: &String| match p.slowdown.get(s) {
+        Some(x) => format!("{s} ({x:.1}x)"),
+        None => s.clone(),
+    };
+    p.systems.emulated.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
 /// Names joined by commas.

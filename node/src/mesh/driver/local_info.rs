@@ -18,5 +18,7 @@ pub(super) fn local_info(params: &MeshParams) -> LocalInfo {
         mandatory_features: c.mandatory_features.iter().cloned().collect(),
         slots: u32::try_from(params.slots).unwrap_or(u32::MAX),
         load: 0,
+        slowdown: Default::default(),
+        disk_pressure: None,
     }
 }

@@ -91,10 +91,24 @@ const PREPARE_ATTEMPTS: u32 = 5;
 
 /// Results of helper tasks.
 enum Internal {
-    Prepared { drv: StorePath, result: Result<Prepared, FailureReason> },
-    SyncDone { peer: PeerId, result: Result<SyncReport, String> },
-    Finished { drv: StorePath, ok: bool },
-    OwnAttestation { drv: StorePath, attestation: Option<Attestation> },
+    Prepared {
+        drv: StorePath,
+        result: Result<Prepared, FailureReason>,
+    },
+    SyncDone {
+        peer: PeerId,
+        result: Result<SyncReport, String>,
+    },
+    Finished {
+        drv: StorePath,
+        ok: bool,
+    },
+    OwnAttestation {
+        drv: StorePath,
+        attestation: Option<Attestation>,
+    },
+    /// The measured slowdown of the emulated systems (`crate::slowdown`), to announce.
+    Slowdown(BTreeMap<String, u32>),
 }
 
 enum Prepared {
@@ -203,6 +217,7 @@ pub(crate) async fn start(
     std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
     let local = local_info(&params);
     let configured_slots = local.slots;
+    let local_emulated: Vec<String> = local.emulated_systems.iter().cloned().collect();
     let mut mcfg = params.settings.mesh_config(params.store_dir.clone(), trust.clone());
     let policy_err = |field: &'static str| move |reason: String| SettingsError::Policy { field, reason };
     mcfg.submitters = super::policy::resolve_submitters(&params.submitters, &params.trusted_keys, me)
@@ -216,6 +231,7 @@ pub(crate) async fn start(
         None => tracing::info!("builders not set: an open mesh, any member may be designated to build"),
         Some(b) => tracing::info!(keys = b.len(), "only the configured builders are designated"),
     }
+    let accepted_submitters = mcfg.submitters.clone();
     let mesh = Mesh::new(mcfg, me, local, unix_ms())?;
     let (net, net_events, net_task) = crate::net::spawn(keypair_from_seed(key.seed()), netcfg)?;
 
@@ -235,7 +251,7 @@ pub(crate) async fn start(
     let (synced_tx, synced_rx) = mpsc::channel(64);
     let (nar_tx, nar_rx) = mpsc::channel(NAR_QUEUE);
     let server = Server::new(params.store.clone(), params.store_dir.clone());
-    let quotas = Arc::new(Quotas::new(me, trust.clone(), &params.settings));
+    let quotas = Arc::new(Quotas::new(me, trust.clone(), &params.settings).with_submitters(accepted_submitters));
     let revisions = Arc::new(super::revisions::Revisions::new(
         key.clone(),
         params.store.clone(),
@@ -298,6 +314,22 @@ pub(crate) async fn start(
     let span = tracing::info_span!("mesh", peer = %short_peer_id(&net.local_peer_id()));
     tokio::spawn(nar_worker(driver.ctx.clone(), nar_rx).instrument(span.clone()));
     span.in_scope(|| driver.ctx.revisions.fetcher.spawn(driver.helpers.child_token()));
+    if !local_emulated.is_empty() {
+        let int_tx = driver.ctx.internal.clone();
+        let probe_dir = params.settings.emulation_probe_dir.clone();
+        let data_dir = params.data_dir.clone();
+        let native = crate::systems::nix_system_for_arch(std::env::consts::ARCH).unwrap_or("unknown").to_string();
+        let binfmt = std::path::Path::new(crate::systems::BINFMT_MISC_DIR);
+        tokio::spawn(
+            async move {
+                let x = crate::slowdown::slowdowns(&local_emulated, &native, &probe_dir, binfmt, &data_dir).await;
+                if !x.is_empty() {
+                    let _ = int_tx.send(Internal::Slowdown(x)).await;
+                }
+            }
+            .instrument(span.clone()),
+        );
+    }
     let task = tokio::spawn(driver.run(shutdown, net_task).instrument(span));
     Ok((handle, task))
 }
@@ -582,18 +614,32 @@ impl Driver {
         });
     }
 
+    fn set_slowdown(&mut self, mut slowdown: BTreeMap<String, u32>) {
+        let mut info = self.mesh.local().clone();
+        slowdown.retain(|s, _| info.emulated_systems.contains(s));
+        tracing::info!(?slowdown, "announcing the emulation slowdown (hundredths)");
+        info.slowdown = slowdown;
+        if let Err(e) = self.mesh.handle(Input::SetLocal(info), unix_ms()) {
+            tracing::warn!(cause = %e, "emulation slowdown not announced");
+        }
+        self.dirty = true;
+    }
+
     fn refresh_load(&mut self) {
         let load = u32::try_from(self.ctx.scheduler.running().len()).unwrap_or(u32::MAX);
         // Over the disk limits: announce no slots, so that placement gives this node no new
         // builds (its running builds finish) until the collector gets it under them again.
-        let slots = if self.ctx.store.disk_pressure().is_some() { 0 } else { self.configured_slots };
-        if load != self.mesh.local().load || slots != self.mesh.local().slots {
+        let pressure = self.ctx.store.disk_pressure().map(|r| announced_reason(&r));
+        let slots = if pressure.is_some() { 0 } else { self.configured_slots };
+        let local = self.mesh.local();
+        if load != local.load || slots != local.slots || pressure != local.disk_pressure {
             if slots != self.mesh.local().slots {
                 tracing::info!(slots, "announcing build slots (disk limits)");
             }
             let mut info = self.mesh.local().clone();
             info.load = load;
             info.slots = slots;
+            info.disk_pressure = pressure;
             if let Err(e) = self.mesh.handle(Input::SetLocal(info), unix_ms()) {
                 tracing::debug!(cause = %e, "load not updated");
             }
@@ -604,6 +650,7 @@ impl Driver {
 
     async fn on_internal(&mut self, i: Internal) {
         match i {
+            Internal::Slowdown(x) => self.set_slowdown(x),
             Internal::Prepared { drv, result } => {
                 if !self.building.contains_key(&drv) {
                     return; // cancelled meanwhile
@@ -784,4 +831,18 @@ impl Driver {
             _ => {}
         }
     }
+}
+
+/// The store's disk-pressure reason as announced: within the wire's length, without control
+/// characters.
+fn announced_reason(reason: &str) -> String {
+    use buildmesh_protocol::wire::MAX_DISK_PRESSURE_LEN;
+    let mut r: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if r.trim().is_empty() {
+        r = "over the disk limits".to_string();
+    }
+    while r.len() > MAX_DISK_PRESSURE_LEN {
+        r.pop();
+    }
+    r
 }

@@ -161,6 +161,8 @@ impl Driver {
             lapses: 0,
             penalised_until_ms: None,
             last_seen_ms: None,
+            slowdown: BTreeMap::new(),
+            disk_pressure: None,
         };
         for ann in self.mesh.members() {
             if ann.node == me {
@@ -178,6 +180,8 @@ impl Driver {
             v.load = ann.load;
             v.owner = ann.owner.clone();
             v.version = ann.version.clone();
+            v.slowdown = ann.slowdown.iter().map(|(s, x)| (s.clone(), f64::from(*x) / 100.0)).collect();
+            v.disk_pressure = ann.disk_pressure.clone();
             peers.insert(peer, v);
         }
         let now = unix_ms();

@@ -58,6 +58,10 @@ pub fn entry_of(v: &Verified<RevisionHeader>) -> RevisionEntry {
 
 /// Store a received, verified header within its submitter's quota (inside a write transaction).
 pub fn insert(w: &mut StoreWriter<'_>, v: &Verified<RevisionHeader>, quotas: &Quotas) -> Result<Stored, StoreError> {
+    if !quotas.accepts_submitter(&v.value().submitter) {
+        // Not one of `submitters`: nothing is stored (nor forwarded, nor its manifest fetched).
+        return Ok(Stored::NotKept);
+    }
     let e = entry_of(v);
     Ok(match w.insert_revision_within(&e, quotas.limit_for(&e.submitter))? {
         None => Stored::OverQuota,
@@ -68,6 +72,9 @@ pub fn insert(w: &mut StoreWriter<'_>, v: &Verified<RevisionHeader>, quotas: &Qu
 
 /// Commit a received header (blocking); a header already stored costs a read.
 pub fn commit(store: &Store, v: &Verified<RevisionHeader>, quotas: &Quotas) -> Result<Stored, StoreError> {
+    if !quotas.accepts_submitter(&v.value().submitter) {
+        return Ok(Stored::NotKept);
+    }
     if store.has_revision(&v.id())? {
         return Ok(Stored::Known);
     }
@@ -226,3 +233,6 @@ impl Revisions {
         self.key.node_id()
     }
 }
+
+#[cfg(test)]
+mod policy_tests;

@@ -58,6 +58,8 @@ fn announcement(k: &NodeKey, slots: u32, now: u64) -> Message {
         mandatory_features: BTreeSet::new(),
         slots,
         load: 0,
+        slowdown: Default::default(),
+        disk_pressure: None,
     })
 }
 

@@ -89,6 +89,8 @@ proptest! {
                         owner: info.owner.clone(), native_systems: info.native_systems.clone(),
                         emulated_systems: BTreeSet::new(), features: BTreeSet::new(),
                         mandatory_features: BTreeSet::new(), slots, load: 0,
+                        slowdown: Default::default(),
+                        disk_pressure: None,
                     };
                     mesh.handle_message(&Message::Announcement(a), now).map(|_| ())
                 }
