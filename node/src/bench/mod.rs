@@ -24,6 +24,8 @@
 //! the small paths no slower than from nginx or from any `--against` cache (harmonia).
 
 mod clients;
+pub mod narinfo;
+mod pipeline;
 mod populate;
 mod procs;
 mod wrk;

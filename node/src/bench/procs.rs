@@ -48,12 +48,18 @@ pub(super) struct Node {
 
 /// Start this executable as a node on a free loopback port; its log goes to `log`.
 pub(super) fn start_node(data: &Path, log: &Path, log_level: &str) -> anyhow::Result<Node> {
+    start_node_with(data, log, log_level, &[])
+}
+
+/// [`start_node`] with more flags for `buildmesh node` (e.g. `--store-dir /gnu/store`).
+pub(super) fn start_node_with(data: &Path, log: &Path, log_level: &str, extra: &[&str]) -> anyhow::Result<Node> {
     let exe = std::env::current_exe().context("cannot find the buildmesh executable")?;
     let log = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     let mut child = Command::new(&exe)
         .args(["node", "--data-dir"])
         .arg(data)
         .args(["--http", "127.0.0.1:0", "--slots", "1"])
+        .args(extra)
         .env("BUILDMESH_LOG", log_level)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

@@ -296,6 +296,10 @@ pub enum BenchCommand {
     /// Guix narinfo signatures (ECDSA over edwards25519) signed and verified per second on one
     /// core, beside Nix's (Ed25519); the goal is 10,000 Guix verifications per second.
     Guix(crate::cli::guix_bench::GuixBenchArgs),
+    /// Narinfo lookups per second as `guix substitute` makes them (pipelined batches of 1,000 on
+    /// a keep-alive connection): the Guix layout of a `/gnu/store` gateway beside the Nix layout,
+    /// hits and misses, with p50/p99.
+    Narinfo(crate::bench::narinfo::NarinfoBenchArgs),
 }
 
 /// A tokio runtime sized for a node: two workers, a bounded blocking pool.
@@ -422,6 +426,7 @@ pub fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Qa(a) => crate::qa::bench::run(a),
         BenchCommand::Pages(a) => crate::http::pages::bench::run(a),
         BenchCommand::Guix(a) => crate::cli::guix_bench::run(a),
+        BenchCommand::Narinfo(a) => crate::bench::narinfo::run(a),
     }
 }
 
