@@ -11,7 +11,7 @@ fn rec(i: u64) -> PeerRecord {
         addrs: vec![format!("/ip4/10.0.0.{}/tcp/7801", i % 250), format!("/ip4/10.0.0.{}/udp/7801/quic-v1", i % 250)],
         last_seen_ms: 1_000 + i,
         first_seen_ms: 500,
-        reachability: if i % 2 == 0 { Reachability::Public } else { Reachability::Unknown },
+        reachability: if i.is_multiple_of(2) { Reachability::Public } else { Reachability::Unknown },
         seen_from: format!("10.0.0.{}", i % 250),
     }
 }

@@ -70,10 +70,8 @@ impl World {
     pub(super) fn sybil_member_output(&mut self, i: u32, o: Output) {
         match o {
             Output::Publish(m @ Message::Announcement(_)) => self.publish(i, m),
-            Output::Publish(Message::Claim(c)) => {
-                if self.nodes[i as usize].sybil_claimed.insert(c.drv.clone()) {
-                    self.publish(i, Message::Claim(c));
-                }
+            Output::Publish(Message::Claim(c)) if self.nodes[i as usize].sybil_claimed.insert(c.drv.clone()) => {
+                self.publish(i, Message::Claim(c));
             }
             _ => {}
         }
