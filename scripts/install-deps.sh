@@ -53,3 +53,11 @@ fi
 # /var/cache/buildmesh/busybox. What it registers is listed in $BUILDMESH_BINFMT_STATE;
 # scripts/test.sh removes it again at exit (`scripts/emulation.sh cleanup`).
 "$(dirname "${BASH_SOURCE[0]}")/emulation.sh" setup
+
+# The WAN tests (tests/tests/mesh_wan.rs) give each node namespace a TUN device: the kernel here
+# has no netem, so delay and loss are applied in user space (docs/mesh.md, "Across a WAN").
+if [ ! -c /dev/net/tun ]; then
+  $SUDO mkdir -p /dev/net
+  $SUDO mknod /dev/net/tun c 10 200
+  $SUDO chmod 0666 /dev/net/tun
+fi
