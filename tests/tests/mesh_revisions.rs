@@ -152,16 +152,28 @@ fn revisions_travel_by_gossip_and_sync_and_bad_input_changes_nothing() {
     assert!(j["error"].as_str().unwrap().contains("channel"), "{j}");
     assert!(revision(&c, 0, "guix@bad1").is_none());
 
-    // A header whose manifest nobody has: an intruder gossips it for a submitter that is not on
-    // the mesh, then leaves. Every node keeps it, and shows the manifest as missing.
-    let submitter = throwaway(7);
+    // A header by a key that is not one of the nodes' `submitters` (default: the trusted keys and
+    // the node's own): validated, then refused, never stored (issue 15).
+    let intruder = Intruder::join(&c, throwaway(8));
+    let stranger = throwaway(7);
+    let refused = manifest(2, 8);
+    let m = Manifest::decode(&refused).unwrap();
+    let h = RevisionHeader::for_manifest(stranger.node_id(), now_ms(), "guix", "master", "refused", 2, &m, &refused)
+        .unwrap();
+    intruder.publish_raw("buildmesh/revision/1", Signed::sign(&stranger, &h).unwrap().to_bytes());
+    // A header whose manifest nobody has: the intruder gossips one signed by an accepted
+    // submitter (node 2's key; no node was given the manifest), then leaves. Every node keeps
+    // it, and shows the manifest as missing.
+    let submitter = &c.keys[2];
     let orphan = manifest(3, 9);
     let m = Manifest::decode(&orphan).unwrap();
     let h = RevisionHeader::for_manifest(submitter.node_id(), now_ms(), "guix", "master", "orphan", 2, &m, &orphan)
         .unwrap();
-    let intruder = Intruder::join(&c, throwaway(8));
-    intruder.publish_raw("buildmesh/revision/1", Signed::sign(&submitter, &h).unwrap().to_bytes());
+    intruder.publish_raw("buildmesh/revision/1", Signed::sign(submitter, &h).unwrap().to_bytes());
     wait_for("node 0 to store the orphan header", Duration::from_secs(20), || revision(&c, 0, "guix@orphan"));
+    for i in 0..3 {
+        assert!(revision(&c, i, "guix@refused").is_none(), "node {i} stored a refused submitter's revision");
+    }
     intruder.shutdown();
     let orphan_hash = hex::encode(blake3::hash(&orphan).as_bytes());
     for i in 0..3 {
