@@ -113,7 +113,7 @@ impl NatNet {
             let rules = format!(
                 "table ip home {{\n\
                  chain post {{ type nat hook postrouting priority srcnat; oifname \"wan0\" {masquerade}; }}\n\
-                 chain fwd {{ type filter hook forward priority filter; policy accept; \
+                 chain forward_filter {{ type filter hook forward priority filter; policy accept; \
                  iifname \"wan0\" ct state established,related accept; iifname \"wan0\" drop; }}\n\
                  chain inp {{ type filter hook input priority filter; policy accept; \
                  iifname \"wan0\" ct state established,related accept; iifname \"wan0\" icmp type echo-request accept; \
