@@ -19,6 +19,9 @@ command -v slirp4netns >/dev/null 2>&1 || need_pkgs+=(slirp4netns)
 command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+# The NAT routers of tests/tests/mesh_nat.rs (masquerade, with and without a random port per
+# destination).
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "install-deps.sh: installing ${need_pkgs[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq

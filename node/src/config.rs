@@ -119,6 +119,9 @@ pub struct Config {
     pub no_emulation_for: Vec<String>,
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
+    /// NAT traversal: relays to reserve on, the relay service and its limits, AutoNAT (`[nat]`
+    /// table; see [`crate::net::NatSettings`] and docs/nat.md).
+    pub nat: crate::net::NatSettings,
     /// Build isolation: build users, fixed-output network, impure env allow-list, `nix`
     /// executor opt-in (`[sandbox]` table; see [`crate::sandbox::SandboxSettings`]).
     pub sandbox: crate::sandbox::SandboxSettings,
@@ -190,6 +193,7 @@ impl Default for Config {
             quorum_needs_native: false,
             no_emulation_for: Vec::new(),
             mesh: crate::mesh::MeshSettings::default(),
+            nat: crate::net::NatSettings::default(),
             sandbox: crate::sandbox::SandboxSettings::default(),
             submit: crate::submit::SubmitSettings::default(),
             server: crate::http::server::ServerSettings::default(),
@@ -367,6 +371,7 @@ impl Config {
                 return Err(invalid("bootstrap", format!("{addr:?} must end in /p2p/<peer id>")));
             }
         }
+        self.nat.to_config().map_err(|e| invalid("nat", e.to_string()))?;
         for p in &self.sandbox_paths {
             if !p.is_absolute() {
                 return Err(invalid("sandbox_paths", format!("{} is not an absolute path", p.display())));

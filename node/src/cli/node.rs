@@ -94,6 +94,18 @@ pub struct ConfigArgs {
     /// Join the mesh (also on when a bootstrap peer is given): gossip, placement, quorum gateway.
     #[arg(long)]
     pub mesh: bool,
+    /// Serve as a relay for peers behind NAT (`nat.relay_server = true`; without it, only while
+    /// AutoNAT finds this node publicly reachable).
+    #[arg(long)]
+    pub relay_server: bool,
+    /// Relay to reserve a slot on while this node is not publicly reachable, a multiaddr ending
+    /// in /p2p/<peer id> (repeatable; replaces `nat.relays`).
+    #[arg(long = "relay", value_name = "MULTIADDR")]
+    pub relays: Vec<String>,
+    /// Treat private address ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) as
+    /// publicly reachable, for AutoNAT and relay selection (`nat.private_as_public`).
+    #[arg(long)]
+    pub private_as_public: bool,
     /// Trusted builder key `name:base64` (repeatable; replaces the list).
     #[arg(long = "trusted-key", value_name = "KEY")]
     pub trusted_keys: Vec<String>,
@@ -218,6 +230,13 @@ impl ConfigArgs {
         }
         if self.mesh {
             c.mesh.enabled = true;
+        }
+        if self.relay_server {
+            c.nat.relay_server = Some(true);
+        }
+        set_list(&mut c.nat.relays, &self.relays);
+        if self.private_as_public {
+            c.nat.private_as_public = true;
         }
         set_list(&mut c.trusted_keys, &self.trusted_keys);
         set(&mut c.quorum, &self.quorum);

@@ -116,8 +116,13 @@ pub struct NodeInfo {
     pub executor: String,
     /// buildmesh version.
     pub version: String,
-    /// The node's libp2p addresses (empty until the mesh is wired in).
+    /// The node's libp2p addresses (empty until the mesh is wired in), relayed ones
+    /// (`…/p2p-circuit/p2p/<id>`) included.
     pub addresses: Vec<String>,
+    /// Whether peers can dial this node: `public`, `private` (behind NAT: reached through
+    /// relays and hole punching) or `unknown` (not tested yet, or not on a mesh).
+    #[serde(default)]
+    pub reachability: crate::net::Reachability,
     /// The HTTP address the node listens on.
     pub http: String,
     /// The address of the listener that serves the control routes (every request that is not
@@ -150,6 +155,7 @@ pub(super) async fn node(State(state): State<AppState>) -> Result<Json<NodeView>
     let mut info = (*state.inner.info).clone();
     if let Some(m) = &state.inner.mesh {
         info.addresses = m.addresses();
+        info.reachability = m.reachability();
     }
     let disk_pressure = state.store().disk_pressure();
     Ok(Json(NodeView { info, builds, paths, disk_pressure }))

@@ -122,6 +122,9 @@ pub struct PeerView {
     pub version: String,
     /// Its addresses (as it reported them, or as seen on the connection).
     pub addresses: Vec<String>,
+    /// How it is connected: `direct`, `relayed` (only through a relay) or `none`.
+    #[serde(default)]
+    pub connection: crate::net::ConnectionKind,
     /// What this node holds against it: gossip score, graylisting, refused requests, oversized
     /// frames (issue 15 item 7; all zero for a peer that behaved).
     #[serde(default)]
@@ -518,6 +521,11 @@ impl MeshHandle {
         self.shared.delays.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
     }
 
+    /// Whether this node is publicly reachable (AutoNAT).
+    pub fn reachability(&self) -> crate::net::Reachability {
+        self.net.reachability()
+    }
+
     /// This node's libp2p addresses (`/…/p2p/<id>`).
     pub fn addresses(&self) -> Vec<String> {
         self.shared.status.read().unwrap_or_else(std::sync::PoisonError::into_inner).addresses.clone()
@@ -549,6 +557,8 @@ pub struct MeshParams {
     pub listen: Vec<String>,
     /// Peers dialled at start (`bootstrap`).
     pub bootstrap: Vec<String>,
+    /// NAT traversal (`[nat]`).
+    pub nat: crate::net::NatSettings,
     /// Whether to discover peers on the local network (`mdns`).
     pub mdns: bool,
     /// Nix public keys whose builds count (`trusted_keys`; this node's own key always does).

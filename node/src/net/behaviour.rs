@@ -9,8 +9,8 @@ use libp2p::metrics::Registry;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise,
-    ping, request_response, tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad,
+    mdns, noise, ping, relay, request_response, tcp, yamux,
 };
 
 use super::codec::LengthPrefixedCodec;
@@ -39,6 +39,14 @@ pub(crate) struct MeshBehaviour {
     pub(crate) closure: request_response::Behaviour<LengthPrefixedCodec>,
     pub(crate) nar: request_response::Behaviour<LengthPrefixedCodec>,
     pub(crate) sync: request_response::Behaviour<LengthPrefixedCodec>,
+    /// Reachability: probes peers and serves their probes ([`super::nat`]).
+    pub(crate) autonat: autonat::Behaviour,
+    /// The relay service (circuit relay v2 hop), bounded by [`super::nat::RelayLimits`].
+    pub(crate) relay: relay::Behaviour,
+    /// Reservations on relays and circuits through them.
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Hole punching over a relayed connection.
+    pub(crate) dcutr: dcutr::Behaviour,
 }
 
 /// Content-addressed gossip message id: blake3 of the payload. Publishing the same bytes twice
@@ -148,7 +156,13 @@ fn rr_behaviour(
     )
 }
 
-fn build_behaviour(keypair: &Keypair, cfg: &NetConfig, registry: &mut Registry) -> Result<MeshBehaviour, SpawnError> {
+/// Every behaviour but the relay client, which the swarm builder makes with its transport: the
+/// returned closure completes the [`MeshBehaviour`] with it.
+fn build_behaviour(
+    keypair: &Keypair,
+    cfg: &NetConfig,
+    registry: &mut Registry,
+) -> Result<impl FnOnce(relay::client::Behaviour) -> MeshBehaviour + use<>, SpawnError> {
     let peer_id = keypair.public().to_peer_id();
 
     let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
@@ -161,7 +175,10 @@ fn build_behaviour(keypair: &Keypair, cfg: &NetConfig, registry: &mut Registry) 
 
     let identify = identify::Behaviour::new(
         identify::Config::new(ID_PROTOCOL_VERSION.to_string(), keypair.public())
-            .with_agent_version(AGENT_VERSION.into()),
+            .with_agent_version(AGENT_VERSION.into())
+            // Tell peers at once when a relayed address appears (a reservation), so that they
+            // and their Kademlia answers can reach a node behind NAT.
+            .with_push_listen_addr_updates(true),
     );
 
     let mdns = if cfg.mdns {
@@ -175,27 +192,40 @@ fn build_behaviour(keypair: &Keypair, cfg: &NetConfig, registry: &mut Registry) 
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
             .with_max_established(Some(cfg.max_connections))
-            .with_max_established_per_peer(Some(2))
+            // A relayed connection, its direct upgrade by DCUtR and one crossing dial.
+            .with_max_established_per_peer(Some(3))
             .with_max_pending_incoming(Some(64))
             .with_max_pending_outgoing(Some(64)),
     );
 
-    Ok(MeshBehaviour {
+    let gossipsub = gossipsub_behaviour(cfg, registry)?;
+    let closure = rr_behaviour(RequestProtocol::Closure, cfg.closure_limits, cfg);
+    let nar = rr_behaviour(RequestProtocol::Nar, cfg.nar_limits, cfg);
+    let sync = rr_behaviour(RequestProtocol::Sync, cfg.sync_limits, cfg);
+    let autonat = super::nat::autonat_behaviour(peer_id, &cfg.nat);
+    let relay = super::nat::relay_server_behaviour(peer_id, &cfg.nat);
+    let max_per_ip = cfg.max_connections_per_ip;
+    Ok(move |relay_client| MeshBehaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits,
-        ip_limits: ip_limits::Behaviour::new(cfg.max_connections_per_ip),
-        gossipsub: gossipsub_behaviour(cfg, registry)?,
+        ip_limits: ip_limits::Behaviour::new(max_per_ip),
+        gossipsub,
         kad,
         identify,
         ping: ping::Behaviour::new(ping::Config::new()),
         mdns: Toggle::from(mdns),
-        closure: rr_behaviour(RequestProtocol::Closure, cfg.closure_limits, cfg),
-        nar: rr_behaviour(RequestProtocol::Nar, cfg.nar_limits, cfg),
-        sync: rr_behaviour(RequestProtocol::Sync, cfg.sync_limits, cfg),
+        closure,
+        nar,
+        sync,
+        autonat,
+        relay,
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer_id),
     })
 }
 
-/// Builds the swarm: TCP (noise + yamux) and QUIC transports, all behaviours, idle timeout.
+/// Builds the swarm: TCP (noise + yamux), QUIC and relayed (noise + yamux over a circuit)
+/// transports, all behaviours, idle timeout.
 /// Gossipsub's counters (per topic: messages and bytes sent, received with and without
 /// duplicates, IDONTWANTs, ...) and the transports' byte counts are registered in `registry`.
 pub(crate) fn build_swarm(
@@ -210,8 +240,10 @@ pub(crate) fn build_swarm(
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| SpawnError::Transport(format!("tcp/noise: {e}")))?
         .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| SpawnError::Transport(format!("relay client/noise: {e}")))?
         .with_bandwidth_metrics(registry.sub_registry_with_prefix("libp2p"))
-        .with_behaviour(|_| behaviour)
+        .with_behaviour(|_, relay_client| behaviour(relay_client))
         .map_err(|e| SpawnError::Behaviour(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
         .build();

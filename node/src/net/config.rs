@@ -99,6 +99,8 @@ pub struct NetConfig {
     pub publish_queue_cap: usize,
     /// A queued publish is dropped after this long without a subscriber.
     pub publish_queue_ttl: Duration,
+    /// NAT traversal: relays, the relay service, AutoNAT ([`super::nat`]).
+    pub nat: super::nat::NatConfig,
 }
 
 impl Default for NetConfig {
@@ -136,6 +138,7 @@ impl Default for NetConfig {
             max_pending_inbound: 256,
             publish_queue_cap: 1024,
             publish_queue_ttl: Duration::from_secs(120),
+            nat: super::nat::NatConfig::default(),
         }
     }
 }

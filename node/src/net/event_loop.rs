@@ -29,6 +29,7 @@ use super::handle::{Command, DialError, HandleTimeouts, NetError, NetHandle, Pri
 use super::peer_limits::PeerLimits;
 use super::{GossipMessage, InboundId, NetEvent, RequestProtocol, SharedConduct, SpawnError};
 
+mod nat;
 mod requests;
 
 /// Commands handled in a row before the swarm gets a turn.
@@ -82,6 +83,7 @@ pub struct EventLoop {
     last_dial: HashMap<PeerId, Instant>,
     last_redial: Instant,
     kad_bootstrapped: bool,
+    nat: nat::NatState,
 }
 
 impl fmt::Debug for EventLoop {
@@ -131,7 +133,10 @@ impl EventLoop {
         let (prio_tx, prio_rx) = mpsc::channel(PRIORITY_BUFFER);
         let (ev_tx, ev_rx) = mpsc::channel(cfg.event_buffer);
         let conduct = SharedConduct::default();
+        let nat_shared = super::nat::SharedNat::default();
+        let nat = nat::NatState::new(cfg.nat.clone(), nat_shared.clone(), nat::NatMetrics::register(&mut registry));
         let handle = NetHandle {
+            nat: nat_shared,
             conduct: conduct.clone(),
             commands: cmd_tx,
             priority: prio_tx,
@@ -165,6 +170,7 @@ impl EventLoop {
             last_dial: HashMap::new(),
             last_redial: Instant::now(),
             kad_bootstrapped: false,
+            nat,
             cfg,
         };
         event_loop.dial_bootstrap_peers();
@@ -296,6 +302,7 @@ impl EventLoop {
             open
         });
         self.review_peers(now);
+        self.nat_housekeeping();
 
         if now.duration_since(self.last_redial) >= self.cfg.redial_interval {
             self.last_redial = now;
@@ -555,6 +562,7 @@ impl EventLoop {
                 if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
+                self.nat_connected(peer_id, connection_id, &endpoint);
                 if num_established.get() == 1 {
                     let address = endpoint.get_remote_address().clone();
                     debug!(target: EVENTS, event = "peer_connected", peer = %peer_id, %address);
@@ -564,9 +572,12 @@ impl EventLoop {
                     self.kad_bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
-                debug!(target: EVENTS, event = "peer_disconnected", peer = %peer_id, cause = ?cause);
-                self.emit(NetEvent::PeerDisconnected { peer: peer_id });
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
+                self.nat_disconnected(peer_id, connection_id);
+                if num_established == 0 {
+                    debug!(target: EVENTS, event = "peer_disconnected", peer = %peer_id, cause = ?cause);
+                    self.emit(NetEvent::PeerDisconnected { peer: peer_id });
+                }
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 debug!(peer = ?peer_id, cause = %error, "outgoing connection failed");
@@ -586,7 +597,8 @@ impl EventLoop {
                 debug!(%send_back_addr, cause = %error, "incoming connection failed");
             }
             SwarmEvent::ListenerError { error, .. } => warn!(cause = %error, "listener error"),
-            SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                self.nat_listener_closed(listener_id);
                 warn!(?addresses, ?reason, "listener closed");
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => debug!(%address, "listen address expired"),
@@ -603,6 +615,10 @@ impl EventLoop {
             MeshBehaviourEvent::Closure(ev) => self.on_rr(RequestProtocol::Closure, ev),
             MeshBehaviourEvent::Nar(ev) => self.on_rr(RequestProtocol::Nar, ev),
             MeshBehaviourEvent::Sync(ev) => self.on_rr(RequestProtocol::Sync, ev),
+            MeshBehaviourEvent::Autonat(ev) => self.on_autonat(ev),
+            MeshBehaviourEvent::Relay(ev) => self.on_relay_server(ev),
+            MeshBehaviourEvent::RelayClient(ev) => self.on_relay_client(ev),
+            MeshBehaviourEvent::Dcutr(ev) => self.on_dcutr(ev),
             MeshBehaviourEvent::Ping(ev) => {
                 if let Err(e) = ev.result {
                     debug!(peer = %ev.peer, cause = %e, "ping failed");
@@ -701,6 +717,7 @@ impl EventLoop {
             let _ = self.swarm.disconnect_peer_id(peer_id);
             return;
         }
+        self.nat_identified(peer_id, &info.protocols);
         if info.protocols.contains(&KAD_PROTOCOL) {
             for addr in &info.listen_addrs {
                 if is_dialable(addr) {

@@ -361,6 +361,8 @@ pub struct NetHandle {
     pub(crate) timeouts: HandleTimeouts,
     /// What the event loop holds against each peer, refreshed on its housekeeping tick.
     pub(crate) conduct: super::SharedConduct,
+    /// Reachability and the kind of connection to each peer ([`super::nat`]).
+    pub(crate) nat: super::nat::SharedNat,
 }
 
 /// Slack added to the event loop's own timeouts before the handle gives up waiting.
@@ -379,6 +381,17 @@ impl NetHandle {
     /// (every 500 ms). Peers without a record behaved.
     pub fn peer_conduct(&self) -> std::collections::HashMap<PeerId, super::PeerConduct> {
         self.conduct.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Whether this node is publicly reachable, as AutoNAT last found it.
+    pub fn reachability(&self) -> super::Reachability {
+        *self.nat.reachability.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The kind of connection to every connected peer (`direct` when at least one connection
+    /// does not go through a relay); peers not in the map are not connected.
+    pub fn connection_kinds(&self) -> std::collections::HashMap<PeerId, super::ConnectionKind> {
+        self.nat.connections.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The network's counters in the Prometheus text format (OpenMetrics): gossipsub per topic

@@ -2,7 +2,8 @@
 //! libp2p's `connection_limits` bounds connections in total and per peer id, but peer ids are
 //! free to mint, so one machine could otherwise open `max_connections` connections under as many
 //! identities and crowd every honest peer out. Pending (handshaking) and established inbound
-//! connections count; outbound connections (this node's own dials) do not.
+//! connections count; outbound connections (this node's own dials) and relayed connections (the
+//! relay limits its circuits) do not.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -110,7 +111,9 @@ impl NetworkBehaviour for Behaviour {
         _local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        if self.max == 0 {
+        // A relayed connection carries the relay's address: the relay bounds its circuits per
+        // peer and per IP address itself.
+        if self.max == 0 || super::nat::is_relayed(remote_addr) {
             return Ok(());
         }
         let Some(key) = IpKey::of_multiaddr(remote_addr) else { return Ok(()) };

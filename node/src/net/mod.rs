@@ -19,6 +19,8 @@
 //!   requests are refused. Inbound connections per IP address are capped ([`ip_limits`]).
 //! - Kademlia `/buildmesh/kad/1.0.0` (server mode) for peer routing and provider records.
 //! - identify `/buildmesh/id/1.0.0`, ping, mDNS (optional).
+//! - NAT traversal ([`nat`]): AutoNAT (reachability), circuit relay v2 (a bounded relay service
+//!   and reservations on relays), DCUtR hole punching.
 //! - request-response, length-prefixed frames with separate caps per direction:
 //!   [`RequestProtocol::Closure`] `/buildmesh/closure/1`, [`RequestProtocol::Nar`]
 //!   `/buildmesh/nar/1` (one bounded chunk per response; see [`NetHandle::fetch_chunked`]) and
@@ -30,6 +32,7 @@ mod config;
 mod event_loop;
 mod handle;
 pub mod ip_limits;
+pub mod nat;
 pub mod peer_limits;
 
 use std::fmt;
@@ -47,6 +50,7 @@ pub use handle::{
     ChunkError, ChunkPlan, DialError, NetError, NetHandle, PublishError, Published, RequestError, RespondError,
 };
 pub use libp2p::gossipsub::{MessageAcceptance, MessageId};
+pub use nat::{ConnectionKind, NatConfig, NatSettings, NatSettingsError, Reachability, RelayLimits};
 pub use peer_limits::{PeerConduct, PeerLimitsConfig, RateLimit};
 
 /// The per-peer records the event loop publishes for [`NetHandle::peer_conduct`].

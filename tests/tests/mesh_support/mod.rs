@@ -15,6 +15,7 @@ pub mod node_support;
 pub use node_support::*;
 
 pub mod intruder;
+pub mod natns;
 pub mod netns;
 pub mod wan;
 

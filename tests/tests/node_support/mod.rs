@@ -297,6 +297,29 @@ impl Drvs {
         inputs: &[&str],
         sources: &[StorePath],
     ) -> (StorePath, StorePath) {
+        self.add_full(name, script, inputs, sources, &[])
+    }
+
+    /// Like [`Drvs::add`], with `requiredSystemFeatures` (placement only designates nodes that
+    /// offer every one of them).
+    pub fn add_requiring(
+        &mut self,
+        name: &str,
+        script: &str,
+        inputs: &[&str],
+        features: &[&str],
+    ) -> (StorePath, StorePath) {
+        self.add_full(name, script, inputs, &[], features)
+    }
+
+    fn add_full(
+        &mut self,
+        name: &str,
+        script: &str,
+        inputs: &[&str],
+        sources: &[StorePath],
+        features: &[&str],
+    ) -> (StorePath, StorePath) {
         let mut d = Derivation {
             system: b"x86_64-linux".to_vec(),
             builder: b"/bin/sh".to_vec(),
@@ -313,6 +336,9 @@ impl Drvs {
             let (drv, out) = self.paths[*input].clone();
             d.input_drvs.insert(drv, BTreeSet::from(["out".to_string()]));
             d.env.insert(format!("input{i}").into_bytes(), sd().display(&out).into_bytes());
+        }
+        if !features.is_empty() {
+            d.env.insert(b"requiredSystemFeatures".to_vec(), features.join(" ").into_bytes());
         }
         for (i, src) in sources.iter().enumerate() {
             d.input_srcs.insert(src.clone());

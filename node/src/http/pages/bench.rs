@@ -134,6 +134,7 @@ pub fn run(args: PagesBenchArgs) -> anyhow::Result<()> {
         executor: "local".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         addresses: Vec::new(),
+        reachability: Default::default(),
         http: String::new(),
         admin_http: String::new(),
         slots: 2,

@@ -205,7 +205,12 @@ pub(crate) async fn start(
     let me = key.node_id();
     let (mut trust, names) = trust_policy(&params.trusted_keys, params.quorum, me, key.name())?;
     trust.needs_native = params.quorum_needs_native;
-    let netcfg = net_config(&params.listen, &params.bootstrap, params.mdns, &params.settings)?;
+    let mut netcfg = net_config(&params.listen, &params.bootstrap, params.mdns, &params.settings)?;
+    netcfg.nat = params.nat.to_config().map_err(|e| SettingsError::Multiaddr {
+        field: "nat",
+        addr: params.nat.relays.join(" "),
+        reason: e.to_string(),
+    })?;
     let mesh_dir = params.data_dir.join("mesh");
     let tmp_dir = mesh_dir.join("tmp");
     let io = |path: &PathBuf| {

@@ -157,6 +157,7 @@ impl Driver {
             owner: String::new(),
             version: String::new(),
             addresses: Vec::new(),
+            connection: Default::default(),
             conduct: Default::default(),
             lapses: 0,
             penalised_until_ms: None,
@@ -198,6 +199,11 @@ impl Driver {
             let v = peers.entry(*peer).or_insert_with(|| view_of(peer, node_of(peer)));
             v.connected = k.connected;
             v.addresses = k.addrs.iter().map(|a| a.to_string()).collect();
+        }
+        for (peer, kind) in self.ctx.net.connection_kinds() {
+            if let Some(v) = peers.get_mut(&peer) {
+                v.connection = kind;
+            }
         }
         // What the net layer holds against peers: shown on their entries, and a graylisted or
         // struck peer that is neither a member nor connected still gets one.

@@ -60,7 +60,7 @@ impl EventLoop {
 
     pub(super) fn on_rr(&mut self, protocol: RequestProtocol, ev: request_response::Event<RequestFrame, Vec<u8>>) {
         match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message { peer, connection_id, message } => match message {
                 request_response::Message::Request { request_id, request, channel } => {
                     let request = match request {
                         RequestFrame::Data(data) => data,
@@ -91,6 +91,7 @@ impl EventLoop {
                     self.emit(NetEvent::InboundRequest { peer, protocol, id, data: request });
                 }
                 request_response::Message::Response { request_id, response } => {
+                    self.nat.count_response(protocol, &peer, &connection_id, response.len());
                     if let Some((_, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
                         let _ = reply.send(Ok(response));
                     }

@@ -1,0 +1,309 @@
+//! NAT traversal on the event loop ([`super::super::nat`]): reachability from AutoNAT,
+//! reservations on relays, the relay service's events, hole punches, and which connections to a
+//! peer are relayed (a relayed connection is closed as soon as a direct one exists, so requests,
+//! which libp2p spreads over a peer's connections, take the direct path).
+
+use std::collections::{BTreeSet, HashMap};
+
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId, autonat, dcutr, relay};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::super::RequestProtocol;
+use super::super::nat::{ConnectionKind, NatConfig, Reachability, SharedNat, circuit_listen_addr, is_public_addr};
+use super::{EVENTS, EventLoop};
+
+type Labels = Vec<(String, String)>;
+
+/// The counters of NAT traversal, served at `GET /metrics`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NatMetrics {
+    /// Bytes of responses received, by protocol and by the kind of connection that carried them.
+    response_bytes: Family<Labels, Counter>,
+    /// Hole punches by result (`success`, `failure`).
+    hole_punches: Family<Labels, Counter>,
+    /// As a relay: reservations accepted and circuits opened for others.
+    relay_served: Family<Labels, Counter>,
+}
+
+impl NatMetrics {
+    /// Registers the counters (`buildmesh_nat_*`) in `registry`.
+    pub(crate) fn register(registry: &mut Registry) -> NatMetrics {
+        let m = NatMetrics::default();
+        let r = registry.sub_registry_with_prefix("buildmesh_nat");
+        r.register(
+            "response_bytes",
+            "Bytes of request-response answers received, by protocol and connection (direct, relayed)",
+            m.response_bytes.clone(),
+        );
+        r.register("hole_punches", "DCUtR hole punches, by result", m.hole_punches.clone());
+        r.register(
+            "relay_served",
+            "Relay service: reservations accepted and circuits opened for other peers",
+            m.relay_served.clone(),
+        );
+        m
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The loop's NAT traversal state.
+#[derive(Debug)]
+pub(crate) struct NatState {
+    cfg: NatConfig,
+    shared: SharedNat,
+    metrics: NatMetrics,
+    reachability: Reachability,
+    /// Open connections per peer: whether each is relayed.
+    conns: HashMap<PeerId, HashMap<ConnectionId, bool>>,
+    /// Reservation listeners (pending or accepted) by relay.
+    listeners: HashMap<ListenerId, PeerId>,
+    /// Relays that accepted a reservation (and whose listener is still open).
+    reserved: BTreeSet<PeerId>,
+    /// Relays picked among connected peers once private (besides the configured ones).
+    auto: HashMap<PeerId, Multiaddr>,
+    /// Connected peers offering the relay service, with the address this node dialled them on.
+    hop_peers: HashMap<PeerId, Multiaddr>,
+    /// Addresses this node dialled, per peer (a relay candidate's address).
+    dialled: HashMap<PeerId, Multiaddr>,
+    last_try: HashMap<PeerId, Instant>,
+}
+
+impl NatState {
+    pub(crate) fn new(cfg: NatConfig, shared: SharedNat, metrics: NatMetrics) -> NatState {
+        NatState {
+            cfg,
+            shared,
+            metrics,
+            reachability: Reachability::Unknown,
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            reserved: BTreeSet::new(),
+            auto: HashMap::new(),
+            hop_peers: HashMap::new(),
+            dialled: HashMap::new(),
+            last_try: HashMap::new(),
+        }
+    }
+
+    fn kind(&self, peer: &PeerId) -> ConnectionKind {
+        match self.conns.get(peer) {
+            Some(c) if c.values().any(|relayed| !relayed) => ConnectionKind::Direct,
+            Some(c) if !c.is_empty() => ConnectionKind::Relayed,
+            _ => ConnectionKind::None,
+        }
+    }
+
+    fn publish(&self, peer: PeerId) {
+        let kind = self.kind(&peer);
+        let mut map = self.shared.connections.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kind == ConnectionKind::None {
+            map.remove(&peer);
+        } else {
+            map.insert(peer, kind);
+        }
+    }
+
+    /// Counts a response of `len` bytes from `peer` on `conn`.
+    pub(crate) fn count_response(&self, protocol: RequestProtocol, peer: &PeerId, conn: &ConnectionId, len: usize) {
+        let relayed = self.conns.get(peer).and_then(|c| c.get(conn)).copied().unwrap_or(false);
+        let kind = if relayed { "relayed" } else { "direct" };
+        let name = protocol.to_string();
+        let name = name.rsplit('/').nth(1).unwrap_or(&name).to_string();
+        self.metrics
+            .response_bytes
+            .get_or_create(&labels(&[("protocol", &name), ("connection", kind)]))
+            .inc_by(len as u64);
+    }
+}
+
+impl EventLoop {
+    /// A connection came up: record whether it is relayed; a direct one replaces relayed ones.
+    pub(super) fn nat_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+        let relayed = endpoint.is_relayed();
+        if let ConnectedPoint::Dialer { address, .. } = endpoint
+            && !relayed
+        {
+            self.nat.dialled.insert(peer, address.clone());
+        }
+        let conns = self.nat.conns.entry(peer).or_default();
+        conns.insert(id, relayed);
+        let has_direct = conns.values().any(|r| !r);
+        let relayed_ids: Vec<ConnectionId> = conns.iter().filter(|(_, r)| **r).map(|(c, _)| *c).collect();
+        debug!(target: EVENTS, event = "connection", %peer, relayed, address = %endpoint.get_remote_address());
+        if has_direct && !relayed_ids.is_empty() {
+            info!(target: EVENTS, event = "direct_connection", %peer, closed_relayed = relayed_ids.len(), "direct connection to a peer reached through a relay; closing the relayed one");
+            for c in relayed_ids {
+                self.swarm.close_connection(c);
+            }
+        }
+        self.nat.publish(peer);
+    }
+
+    /// A connection closed.
+    pub(super) fn nat_disconnected(&mut self, peer: PeerId, id: ConnectionId) {
+        if let Some(c) = self.nat.conns.get_mut(&peer) {
+            c.remove(&id);
+            if c.is_empty() {
+                self.nat.conns.remove(&peer);
+                self.nat.hop_peers.remove(&peer);
+            }
+        }
+        self.nat.publish(peer);
+    }
+
+    /// Identify told us what `peer` runs: remember peers offering the relay service.
+    pub(super) fn nat_identified(&mut self, peer: PeerId, protocols: &[libp2p::StreamProtocol]) {
+        if protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+            if let Some(addr) = self.nat.dialled.get(&peer)
+                && is_public_addr(addr, self.nat.cfg.private_as_public)
+                && !super::super::nat::is_relayed(addr)
+            {
+                self.nat.hop_peers.insert(peer, addr.clone());
+            }
+        } else {
+            self.nat.hop_peers.remove(&peer);
+        }
+    }
+
+    /// A listener closed: a reservation ended (or could not be made).
+    pub(super) fn nat_listener_closed(&mut self, id: ListenerId) {
+        if let Some(relay) = self.nat.listeners.remove(&id) {
+            self.nat.reserved.remove(&relay);
+            info!(target: EVENTS, event = "relay_reservation_closed", %relay, "reservation on a relay ended");
+        }
+    }
+
+    /// Every tick: reserve on relays while this node is not public.
+    pub(super) fn nat_housekeeping(&mut self) {
+        if self.nat.reachability == Reachability::Public {
+            return;
+        }
+        let now = Instant::now();
+        let retry = self.cfg.redial_interval.max(std::time::Duration::from_secs(1));
+        let mut wanted: Vec<(PeerId, Multiaddr)> = Vec::new();
+        for addr in &self.nat.cfg.relays {
+            if let Some(peer) = super::super::peer_id_of(addr) {
+                wanted.push((peer, addr.clone()));
+            }
+        }
+        if self.nat.reachability == Reachability::Private {
+            let room = self.nat.cfg.auto_relays.saturating_sub(self.nat.auto.len());
+            let picks: Vec<(PeerId, Multiaddr)> = self
+                .nat
+                .hop_peers
+                .iter()
+                .filter(|(p, _)| !self.nat.auto.contains_key(p) && !wanted.iter().any(|(w, _)| w == *p))
+                .take(room)
+                .map(|(p, a)| (*p, a.clone().with(libp2p::multiaddr::Protocol::P2p(*p))))
+                .collect();
+            for (p, a) in picks {
+                info!(target: EVENTS, event = "relay_picked", relay = %p, address = %a, "reserving on a connected peer that offers the relay service");
+                self.nat.auto.insert(p, a);
+            }
+            wanted.extend(self.nat.auto.iter().map(|(p, a)| (*p, a.clone())));
+        }
+        for (relay, addr) in wanted {
+            if self.nat.listeners.values().any(|r| *r == relay) {
+                continue;
+            }
+            if self.nat.last_try.get(&relay).is_some_and(|t| now.duration_since(*t) < retry) {
+                continue;
+            }
+            self.nat.last_try.insert(relay, now);
+            let circuit = circuit_listen_addr(&addr);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    debug!(target: EVENTS, event = "relay_reserving", %relay, address = %circuit);
+                    self.nat.listeners.insert(id, relay);
+                }
+                Err(e) => warn!(%relay, address = %circuit, cause = %e, "cannot reserve a slot on a relay"),
+            }
+        }
+    }
+
+    pub(super) fn on_autonat(&mut self, ev: autonat::Event) {
+        match ev {
+            autonat::Event::StatusChanged { old, new } => {
+                let r = match &new {
+                    autonat::NatStatus::Public(_) => Reachability::Public,
+                    autonat::NatStatus::Private => Reachability::Private,
+                    autonat::NatStatus::Unknown => Reachability::Unknown,
+                };
+                info!(target: EVENTS, event = "reachability", reachability = r.as_str(), ?old, ?new, "reachability changed");
+                self.nat.reachability = r;
+                *self.nat.shared.reachability.write().unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+                if r == Reachability::Public {
+                    // Reservations on picked relays are not needed any more (configured ones stay).
+                    self.nat.auto.clear();
+                }
+            }
+            other => debug!(?other, "autonat"),
+        }
+    }
+
+    pub(super) fn on_relay_server(&mut self, ev: relay::Event) {
+        match ev {
+            relay::Event::ReservationReqAccepted { src_peer_id, renewed } => {
+                if !renewed {
+                    info!(target: EVENTS, event = "relay_reservation_accepted", peer = %src_peer_id, "a peer reserved a slot on this relay");
+                }
+                self.nat.metrics.relay_served.get_or_create(&labels(&[("kind", "reservation")])).inc();
+            }
+            relay::Event::CircuitReqAccepted { src_peer_id, dst_peer_id } => {
+                info!(target: EVENTS, event = "relay_circuit", src = %src_peer_id, dst = %dst_peer_id, "relaying a circuit");
+                self.nat.metrics.relay_served.get_or_create(&labels(&[("kind", "circuit")])).inc();
+            }
+            relay::Event::CircuitReqDenied { src_peer_id, dst_peer_id, status } => {
+                debug!(target: EVENTS, event = "relay_circuit_denied", src = %src_peer_id, dst = %dst_peer_id, ?status);
+            }
+            relay::Event::ReservationReqDenied { src_peer_id, status } => {
+                debug!(target: EVENTS, event = "relay_reservation_denied", peer = %src_peer_id, ?status);
+            }
+            relay::Event::StatusChanged { status } => {
+                info!(target: EVENTS, event = "relay_service", ?status, "relay service status");
+            }
+            other => debug!(?other, "relay service"),
+        }
+    }
+
+    pub(super) fn on_relay_client(&mut self, ev: relay::client::Event) {
+        match ev {
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, limit } => {
+                self.nat.reserved.insert(relay_peer_id);
+                if !renewal {
+                    info!(target: EVENTS, event = "relay_reserved", relay = %relay_peer_id, ?limit, "reserved a slot on a relay");
+                }
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                debug!(target: EVENTS, event = "circuit_out", relay = %relay_peer_id);
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                debug!(target: EVENTS, event = "circuit_in", src = %src_peer_id);
+            }
+        }
+    }
+
+    pub(super) fn on_dcutr(&mut self, ev: dcutr::Event) {
+        let peer = ev.remote_peer_id;
+        match ev.result {
+            Ok(conn) => {
+                info!(target: EVENTS, event = "hole_punched", %peer, connection = ?conn, "hole punch succeeded: direct connection");
+                self.nat.metrics.hole_punches.get_or_create(&labels(&[("result", "success")])).inc();
+            }
+            Err(e) => {
+                info!(target: EVENTS, event = "hole_punch_failed", %peer, cause = %e, "hole punch failed; staying on the relay");
+                self.nat.metrics.hole_punches.get_or_create(&labels(&[("result", "failure")])).inc();
+            }
+        }
+    }
+}

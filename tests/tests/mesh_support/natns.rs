@@ -1,0 +1,200 @@
+//! Homes behind NAT routers, in network namespaces: a "public" network (a bridge, 10.x.200.0/24)
+//! with public hosts on it, and homes, each a host behind its own router namespace that
+//! masquerades the home's private network (10.x.(100+h).0/24) with nftables and drops unsolicited
+//! packets from the public side, as a home router does. A home's NAT is either
+//! [`NatKind::Cone`] (Linux masquerade keeps the source port: one mapping per host port, which
+//! hole punching can use) or [`NatKind::Symmetric`] (`masquerade fully-random`: a new random port
+//! per connection, so the address a peer observed is useless to anyone else, and hole punching
+//! fails). Every host also gets a point-to-point "control" link to the test's namespace for its
+//! HTTP API. Needs root, `ip` and `nft`; everything is removed on drop.
+//!
+//! Reusable: `wan` tests can add `tc netem` on a router's `wan0` ([`NatNet::router_namespace`]).
+
+use std::process::Command;
+
+pub use buildmesh_tests::{ip, ip_program};
+
+/// How a home router maps ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// Endpoint-independent mapping (Linux masquerade's port preservation): punchable.
+    Cone,
+    /// A random port per connection (`masquerade fully-random`): not punchable.
+    Symmetric,
+}
+
+/// One host of the topology.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its own address (public for a public host, private in its home otherwise).
+    pub ip: String,
+    /// `None` for a public host, else the index of its home.
+    pub home: Option<usize>,
+    /// Its end of the control link (`--http`), port 0.
+    pub http: String,
+}
+
+/// The namespaces, bridge and routers of one test.
+pub struct NatNet {
+    tag: String,
+    net: u8,
+    /// Every host: the public ones first, then one per home, in the order given.
+    pub hosts: Vec<Host>,
+    homes: Vec<NatKind>,
+}
+
+fn nft_program() -> String {
+    for p in ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    "nft".to_string()
+}
+
+/// Runs `prog args` in namespace `ns`; panics with its stderr on failure.
+fn in_ns(ns: &str, prog: &str, args: &[&str]) {
+    let out = Command::new(ip_program()).args(["netns", "exec", ns, prog]).args(args).output().expect("ip netns exec");
+    assert!(out.status.success(), "{ns}: {prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl NatNet {
+    /// `public` hosts on the public network and one host in each home, behind a router of the
+    /// given kind.
+    pub fn new(public: usize, homes: &[NatKind]) -> NatNet {
+        assert!(public + homes.len() < 90 && homes.len() < 50);
+        let pid = std::process::id();
+        let routes =
+            Command::new(ip_program()).args(["-4", "route", "show", "table", "all"]).output().expect("ip route");
+        let routes = String::from_utf8_lossy(&routes.stdout).to_string();
+        // Another range than `netns::Netns` picks for the same pid.
+        let net = (0..100)
+            .map(|k| (100 + (pid + 50 + k) % 100) as u8)
+            .find(|net| !routes.contains(&format!("10.{net}.")))
+            .expect("a free 10.x.0.0/16");
+        let mut n = NatNet { tag: format!("{:04x}", pid % 0xffff), net, hosts: Vec::new(), homes: homes.to_vec() };
+        ip(&["link", "add", &n.bridge(), "type", "bridge"]);
+        ip(&["link", "set", &n.bridge(), "up"]);
+        for i in 0..public {
+            let ns = n.host_ns(i);
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let addr = format!("10.{}.200.{}", n.net, i + 1);
+            n.plug_public(&ns, &format!("bm{}p{i}", n.tag), "eth0", &addr);
+            n.hosts.push(Host { namespace: ns, ip: addr, home: None, http: String::new() });
+        }
+        for (h, kind) in homes.iter().enumerate() {
+            let router = n.router_namespace(h);
+            ip(&["netns", "add", &router]);
+            ip(&["-n", &router, "link", "set", "lo", "up"]);
+            let wan = format!("10.{}.200.{}", n.net, 100 + h);
+            n.plug_public(&router, &format!("bm{}w{h}", n.tag), "wan0", &wan);
+            let i = public + h;
+            let ns = n.host_ns(i);
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            // The home's link: eth0 in the host, lan0 in the router.
+            ip(&["-n", &router, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            let lan = format!("10.{}.{}", n.net, 100 + h);
+            ip(&["-n", &router, "addr", "add", &format!("{lan}.1/24"), "dev", "lan0"]);
+            ip(&["-n", &router, "link", "set", "lan0", "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("{lan}.2/24"), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "route", "add", "default", "via", &format!("{lan}.1")]);
+            in_ns(&router, "sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
+            let masquerade = match kind {
+                NatKind::Cone => "masquerade",
+                NatKind::Symmetric => "masquerade fully-random",
+            };
+            // NAT out of wan0; from the public side only replies (and what the router itself
+            // sends) get in, silently: an unsolicited SYN or datagram is dropped, not refused.
+            let rules = format!(
+                "table ip home {{\n\
+                 chain post {{ type nat hook postrouting priority srcnat; oifname \"wan0\" {masquerade}; }}\n\
+                 chain forward_filter {{ type filter hook forward priority filter; policy accept; \
+                 iifname \"wan0\" ct state established,related accept; iifname \"wan0\" drop; }}\n\
+                 chain inp {{ type filter hook input priority filter; policy accept; \
+                 iifname \"wan0\" ct state established,related accept; iifname \"wan0\" icmp type echo-request accept; \
+                 iifname \"wan0\" drop; }}\n\
+                 }}\n"
+            );
+            let file = std::env::temp_dir().join(format!("bm-nat-{}-{h}.nft", n.tag));
+            std::fs::write(&file, rules).expect("nft rules file");
+            in_ns(&router, &nft_program(), &["-f", &file.display().to_string()]);
+            let _ = std::fs::remove_file(&file);
+            n.hosts.push(Host { namespace: ns, ip: format!("{lan}.2"), home: Some(h), http: String::new() });
+        }
+        for i in 0..n.hosts.len() {
+            let ns = n.hosts[i].namespace.clone();
+            let ctl = format!("bm{}c{i}", n.tag);
+            ip(&["link", "add", &ctl, "type", "veth", "peer", "name", "ctl0", "netns", &ns]);
+            ip(&["addr", "add", &format!("10.{}.{i}.2/30", n.net), "dev", &ctl]);
+            ip(&["link", "set", &ctl, "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("10.{}.{i}.1/30", n.net), "dev", "ctl0"]);
+            ip(&["-n", &ns, "link", "set", "ctl0", "up"]);
+            n.hosts[i].http = format!("10.{}.{i}.1:0", n.net);
+        }
+        n
+    }
+
+    /// A veth from `ns` (named `inner`, address `addr`/24) to a port `port` of the public bridge.
+    fn plug_public(&self, ns: &str, port: &str, inner: &str, addr: &str) {
+        ip(&["link", "add", port, "type", "veth", "peer", "name", inner, "netns", ns]);
+        ip(&["link", "set", port, "master", &self.bridge()]);
+        ip(&["link", "set", port, "up"]);
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", inner]);
+        ip(&["-n", ns, "link", "set", inner, "up"]);
+    }
+
+    fn bridge(&self) -> String {
+        format!("bm{}pub", self.tag)
+    }
+
+    fn host_ns(&self, i: usize) -> String {
+        format!("bm{}-h{i}", self.tag)
+    }
+
+    /// The router namespace of home `h` (its public side is `wan0`, its home side `lan0`).
+    pub fn router_namespace(&self, h: usize) -> String {
+        format!("bm{}-r{h}", self.tag)
+    }
+
+    /// The public address of home `h`'s router.
+    pub fn router_ip(&self, h: usize) -> String {
+        format!("10.{}.200.{}", self.net, 100 + h)
+    }
+
+    /// The command prefix that runs a program on host `i`.
+    pub fn wrapper(&self, i: usize) -> Vec<String> {
+        vec![ip_program(), "netns".into(), "exec".into(), self.hosts[i].namespace.clone()]
+    }
+
+    /// `--listen` addresses of host `i`: TCP and QUIC on its own address (ports chosen by the
+    /// kernel).
+    pub fn listen(&self, i: usize) -> (String, String) {
+        let ip = &self.hosts[i].ip;
+        (format!("/ip4/{ip}/tcp/0"), format!("/ip4/{ip}/udp/0/quic-v1"))
+    }
+
+    /// The kind of NAT of home `h`.
+    pub fn kind(&self, h: usize) -> NatKind {
+        self.homes[h]
+    }
+}
+
+impl Drop for NatNet {
+    fn drop(&mut self) {
+        for i in 0..self.hosts.len() {
+            let _ = Command::new(ip_program()).args(["link", "del", &format!("bm{}c{i}", self.tag)]).output();
+            let _ = Command::new(ip_program()).args(["link", "del", &format!("bm{}p{i}", self.tag)]).output();
+            let _ = Command::new(ip_program()).args(["netns", "del", &self.hosts[i].namespace]).output();
+        }
+        for h in 0..self.homes.len() {
+            let _ = Command::new(ip_program()).args(["link", "del", &format!("bm{}w{h}", self.tag)]).output();
+            let _ = Command::new(ip_program()).args(["netns", "del", &self.router_namespace(h)]).output();
+        }
+        let _ = Command::new(ip_program()).args(["link", "del", &self.bridge()]).output();
+    }
+}
