@@ -22,7 +22,8 @@ const FAST_NAT: &str = "\n[nat]\nautonat_boot_delay_ms = 1000\nautonat_retry_int
                         autonat_refresh_interval_ms = 20000\n";
 
 struct Nodes {
-    net: NatNet,
+    /// Held for its Drop, which removes the namespaces and the NAT rules.
+    _net: NatNet,
     procs: Vec<NodeProc>,
     keys: Vec<buildmesh_protocol::identity::NodeKey>,
 }
@@ -126,7 +127,7 @@ fn start(dir: &std::path::Path, homes: &[NatKind], features: &[&str]) -> Nodes {
         }
         procs.push(p);
     }
-    Nodes { net, procs, keys }
+    Nodes { _net: net, procs, keys }
 }
 
 #[test]
