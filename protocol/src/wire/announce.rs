@@ -133,14 +133,7 @@ fn read_extensions(
     const F: &str = "announcement.extensions";
     let mut slowdown = BTreeMap::new();
     let mut disk_pressure = None;
-    let mut last = 0u8;
-    while r.remaining() > 0 {
-        let offset = r.offset();
-        let tag = r.u8(F)?;
-        if tag <= last {
-            return Err(DecodeError::NotCanonical { field: F, offset });
-        }
-        last = tag;
+    r.extensions(F, |r, tag, _| {
         match tag {
             SLOWDOWN_TAG => {
                 const S: &str = "announcement.slowdown";
@@ -167,9 +160,10 @@ fn read_extensions(
                 validate_disk_pressure(reason).map_err(|e| Reader::invalid(D, offset, e))?;
                 disk_pressure = Some(reason.to_string());
             }
-            tag => return Err(DecodeError::InvalidTag { field: F, offset, tag }),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok((slowdown, disk_pressure))
 }
 

@@ -237,6 +237,31 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
+    /// Read trailing tagged extensions to the end of the input: each a tag byte, strictly
+    /// greater than the one before (one encoding per value), then what `on_tag` reads for it.
+    /// `on_tag` gets the tag and its offset and returns `Ok(false)` for a tag it does not know,
+    /// which is refused as [`DecodeError::InvalidTag`] (older messages decode unchanged; a newer
+    /// one is refused rather than half-read).
+    pub fn extensions(
+        &mut self,
+        field: &'static str,
+        mut on_tag: impl FnMut(&mut Self, u8, usize) -> Result<bool, DecodeError>,
+    ) -> Result<(), DecodeError> {
+        let mut last = 0u8;
+        while self.remaining() > 0 {
+            let offset = self.offset();
+            let tag = self.u8(field)?;
+            if tag <= last {
+                return Err(DecodeError::NotCanonical { field, offset });
+            }
+            last = tag;
+            if !on_tag(self, tag, offset)? {
+                return Err(DecodeError::InvalidTag { field, offset, tag });
+            }
+        }
+        Ok(())
+    }
+
     /// Fail unless every byte was consumed.
     pub fn finish(&self) -> Result<(), DecodeError> {
         match self.remaining() {

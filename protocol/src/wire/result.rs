@@ -59,23 +59,15 @@ fn put_extensions<S: Sink + ?Sized>(out: &mut S, log: Option<&LogDigest>) {
 /// that adds one also teaches its decoders).
 fn read_extensions(r: &mut Reader<'_>, field: &'static str) -> Result<Option<LogDigest>, DecodeError> {
     let mut log = None;
-    let mut last = 0u8;
-    while r.remaining() > 0 {
-        let offset = r.offset();
-        let tag = r.u8(field)?;
-        if tag <= last {
-            return Err(DecodeError::NotCanonical { field, offset });
+    r.extensions(field, |r, tag, _| {
+        if tag != LogDigest::TAG {
+            return Ok(false);
         }
-        last = tag;
-        match tag {
-            LogDigest::TAG => {
-                let sha256 = r.array::<32>(field)?;
-                let size = r.u64(field)?;
-                log = Some(LogDigest { sha256, size });
-            }
-            tag => return Err(DecodeError::InvalidTag { field, offset, tag }),
-        }
-    }
+        let sha256 = r.array::<32>(field)?;
+        let size = r.u64(field)?;
+        log = Some(LogDigest { sha256, size });
+        Ok(true)
+    })?;
     Ok(log)
 }
 
@@ -314,17 +306,10 @@ impl Payload for Attestation {
             outputs.insert(name, o);
         }
         let mut log = None;
-        let mut last = 0u8;
-        while r.remaining() > 0 {
-            const F: &str = "attestation.extensions";
-            let offset = r.offset();
-            let tag = r.u8(F)?;
-            if tag <= last {
-                return Err(DecodeError::NotCanonical { field: F, offset });
-            }
-            last = tag;
+        r.extensions("attestation.extensions", |r, tag, offset| {
             match tag {
                 LogDigest::TAG => {
+                    const F: &str = "attestation.extensions";
                     let sha256 = r.array::<32>(F)?;
                     let size = r.u64(F)?;
                     log = Some(LogDigest { sha256, size });
@@ -340,9 +325,10 @@ impl Payload for Attestation {
                         return Err(DecodeError::NotCanonical { field: G, offset });
                     }
                 }
-                tag => return Err(DecodeError::InvalidTag { field: F, offset, tag }),
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         Ok(Attestation { builder, store_dir, drv, mode, started_at_ms, finished_at_ms, outputs, log })
     }
 
