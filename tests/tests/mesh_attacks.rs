@@ -133,6 +133,9 @@ fn failures_from_two_throwaway_keys_do_not_give_a_job_up() {
             _ => None,
         }
     });
+    wait_for("two cluster nodes attest it", Duration::from_secs(60), || {
+        (attesters(&c, 0, &out).len() >= 2).then_some(())
+    });
     assert_eq!(attesters(&c, 0, &out).len(), 2);
     intruder.shutdown();
 }
@@ -168,6 +171,11 @@ fn throwaway_claims_do_not_fill_the_builder_table() {
     c.submit(0, &d.dir, &[sd().display(&drv)], 2);
     wait_for("the job done on the submitter", Duration::from_secs(60), || {
         (build_state(&c.urls[0], &drv).as_deref() == Some("done")).then_some(())
+    });
+    // "done" on the submitter can come from its own build before the other builder's
+    // attestation has arrived: wait for the second one rather than racing it.
+    wait_for("two cluster nodes attest it", Duration::from_secs(60), || {
+        (attesters(&c, 0, &out).len() >= 2).then_some(())
     });
     assert_eq!(attesters(&c, 0, &out).len(), 2, "two cluster nodes attested it");
     intruder.shutdown();
