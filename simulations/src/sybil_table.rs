@@ -22,8 +22,12 @@ pub fn table(base: &SimConfig, sybils: usize, seeds: std::ops::Range<u64>) -> an
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} honest nodes, {sybils} Sybil members, {} derivations, k = {}, seeds {}..{}",
-        base.nodes, base.drvs, base.replicas, seeds.start, seeds.end
+        "{} honest nodes, {sybils} Sybil members, {} derivations, k = {}, seeds {} to {}",
+        base.nodes,
+        base.drvs,
+        base.replicas,
+        seeds.start,
+        seeds.end.saturating_sub(1).max(seeds.start)
     );
     let _ = writeln!(
         out,
