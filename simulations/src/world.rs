@@ -165,7 +165,12 @@ impl World {
         let trusted: Option<BTreeSet<NodeId>> =
             cfg.trust_honest_only.then(|| nodes.iter().filter(|n| !n.byzantine).map(|n| n.id).collect());
         let mut mesh_cfg = cfg.mesh.clone();
-        mesh_cfg.trust = TrustConfig { trusted: trusted.clone(), quorum: cfg.quorum, needs_native: false };
+        mesh_cfg.trust = TrustConfig {
+            trusted: trusted.clone(),
+            quorum: cfg.quorum,
+            needs_native: false,
+            no_emulation_for: Default::default(),
+        };
         sybil_members::add_members(&cfg, &mut nodes, &mut mesh_cfg)?;
         let checker = Checker::new(
             &dag,

@@ -46,41 +46,6 @@ fn hash_part(path: &str) -> String {
     base(path).hash_part().to_string()
 }
 
-/// Start node 1 with `extra` flags (the cluster's node 0 is running) and wait for the mesh of 2.
-fn spawn_limited(c: &mut Cluster, extra: &[&str]) {
-    let key = c.dir.join("key-1");
-    std::fs::write(&key, c.keys[1].to_file_string()).unwrap();
-    let mut args: Vec<String> = vec![
-        "--config".into(),
-        c.config.display().to_string(),
-        "--key".into(),
-        key.display().to_string(),
-        "--quorum".into(),
-        "2".into(),
-        "--slots".into(),
-        "2".into(),
-        "--no-mdns".into(),
-        "--bootstrap".into(),
-        c.bootstrap.clone(),
-    ];
-    for k in &c.keys {
-        args.push("--trusted-key".into());
-        args.push(k.nix_public_key().to_string());
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let node = NodeProc::start(&c.dir.join("node1"), &refs);
-    if c.nodes.len() < 2 {
-        c.urls.push(node.url.clone());
-        c.peer_ids.push(node.peer_id.clone());
-        c.nodes.push(Some(node));
-    } else {
-        c.urls[1] = node.url.clone();
-        c.nodes[1] = Some(node);
-    }
-    c.wait_members(2, Duration::from_secs(30));
-}
-
 fn gc_json(c: &Cluster, dry: bool) -> serde_json::Value {
     let token = c.token(1);
     let mut args = vec!["gc", "--api", c.urls[1].as_str(), "--json"];
@@ -148,36 +113,8 @@ fn blob_files(data: &Path) -> usize {
 fn a_small_store_limit_collects_fetches_back_pins_and_pauses_claims() {
     buildmesh_tests::require_nix();
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(tmp.path(), 1, &[]);
-    // The cluster made keys for one node; node 1 needs its own.
-    c.keys.push(buildmesh_protocol::identity::NodeKey::from_seed("mesh-test-1", [7; 32]).unwrap());
-    // Node 0 must trust node 1's key too: restart it with both.
-    {
-        c.nodes[0].take();
-        let key0 = c.dir.join("key-0");
-        let mut args: Vec<String> = vec![
-            "--config".into(),
-            c.config.display().to_string(),
-            "--key".into(),
-            key0.display().to_string(),
-            "--quorum".into(),
-            "2".into(),
-            "--slots".into(),
-            "2".into(),
-            "--no-mdns".into(),
-        ];
-        for k in &c.keys {
-            args.push("--trusted-key".into());
-            args.push(k.nix_public_key().to_string());
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = NodeProc::start(&c.dir.join("node0"), &refs);
-        c.urls[0] = node.url.clone();
-        c.bootstrap = libp2p_address(&node.url);
-        c.nodes[0] = Some(node);
-    }
-    let limited = ["--max-store-bytes", "700000", "--gc-interval-secs", "1"];
-    spawn_limited(&mut c, &limited);
+    // Node 1 runs with the limit (a restart keeps its flags).
+    let mut c = Cluster::start_each(tmp.path(), &[&[], &["--max-store-bytes", "700000", "--gc-interval-secs", "1"]]);
 
     // Six derivations of 200 kB outputs, built by both nodes.
     let drvs: Vec<String> = (0..6).map(|i| nix_instantiate(tmp.path(), &format!("gc-test-{i}"), 0x100 + i)).collect();
@@ -275,7 +212,8 @@ fn a_small_store_limit_collects_fetches_back_pins_and_pauses_claims() {
     std::thread::sleep(Duration::from_millis(30));
     c.nodes[1].as_mut().unwrap().stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10));
     gc.join().unwrap();
-    spawn_limited(&mut c, &limited);
+    c.restart(1);
+    c.wait_members(2, Duration::from_secs(30));
     let r = gc_json(&c, true);
     assert!(r["pinned_bytes"].as_u64().unwrap() >= 200_000, "the pin survived: {r}");
     for out in outs.iter().chain(std::iter::once(&out_of(&late))) {

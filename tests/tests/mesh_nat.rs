@@ -92,35 +92,18 @@ fn start(dir: &std::path::Path, homes: &[NatKind], features: &[&str]) -> Nodes {
         let key = dir.join(format!("key-{i}"));
         std::fs::write(&key, keys[i].to_file_string()).unwrap();
         let (tcp, quic) = net.listen(i);
-        let mut args: Vec<String> = vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-            "--quorum".into(),
-            "2".into(),
-            "--slots".into(),
-            "2".into(),
-            "--no-mdns".into(),
+        let args = NodeArgs::new(&config, &key, &keys).args([
             "--listen".into(),
             quic,
             "--admin-http".into(),
             net.hosts[i].http.clone(),
             "--private-as-public".into(),
-        ];
-        for k in &keys {
-            args.push("--trusted-key".into());
-            args.push(k.nix_public_key().to_string());
-        }
-        match net.hosts[i].home {
-            None => args.extend(["--relay-server".into(), "--mesh".into()]),
-            Some(h) => {
-                args.extend(["--bootstrap".into(), relay.clone(), "--relay".into(), relay.clone()]);
-                args.extend(["--feature".into(), features[h].to_string()]);
-            }
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = NodeProc::start_with(&dir.join(format!("node{i}")), &net.wrapper(i), &net.hosts[i].http, &tcp, &refs);
+        ]);
+        let args = match net.hosts[i].home {
+            None => args.args(["--relay-server", "--mesh"]),
+            Some(h) => args.args(["--bootstrap", relay.as_str(), "--relay", relay.as_str(), "--feature", features[h]]),
+        };
+        let p = args.start_with(&dir.join(format!("node{i}")), &net.wrapper(i), &net.hosts[i].http, &tcp);
         if i == 0 {
             relay = libp2p_address(&p.url);
             assert!(relay.contains("/tcp/"), "the relay's first address is its TCP one: {relay}");

@@ -24,7 +24,12 @@ fn context(dir: &std::path::Path) -> QaContext {
         store_dir: StoreDir::nix(),
         key,
         mesh: None,
-        trust: TrustConfig { trusted: Some(BTreeSet::new()), quorum: 2, needs_native: false },
+        trust: TrustConfig {
+            trusted: Some(BTreeSet::new()),
+            quorum: 2,
+            needs_native: false,
+            no_emulation_for: Default::default(),
+        },
         rule: ReadyRule::default(),
         replicas: 2,
         local: crate::qa::explain::LocalCapabilities::default(),

@@ -403,9 +403,15 @@ impl Fetcher {
                     acc.references()
                 }
                 InputState::Problem(InputProblem::Conflict { .. } | InputProblem::Missing { .. }) => {
-                    let (store, trust, q) = (self.store.clone(), self.trust.clone(), p.clone());
-                    let atts = blocking(move || Ok(crate::trust::verified_attestations(&store, &q)?)).await?;
-                    let Some(acc) = crate::trust::accepted_of(&p, &atts, &trust) else {
+                    let (store, sd, trust, q) =
+                        (self.store.clone(), self.store_dir.clone(), self.trust.clone(), p.clone());
+                    let (atts, systems) = blocking(move || {
+                        let atts = crate::trust::verified_attestations(&store, &q)?;
+                        let systems = crate::trust::drv_systems(&store, &sd, &atts, &trust)?;
+                        Ok((atts, systems))
+                    })
+                    .await?;
+                    let Some(acc) = crate::trust::accepted_of(&p, &atts, &systems, &self.trust) else {
                         return Err(FetchError::Unknown { path: self.store_dir.display(&p) });
                     };
                     let mut peers: Vec<PeerId> = acc.agreeing.keys().filter_map(peer_of).collect();

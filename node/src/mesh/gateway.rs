@@ -166,6 +166,14 @@ impl Gateway {
                 judgement = self.blocking(move |g| g.judge(&p)).await?;
             }
         }
+        if let Judgement::Refused(Refusal::EmulationExcluded { system: None, .. }) = &judgement {
+            // Emulated results of a derivation whose `.drv` is not here: whether they count
+            // (`no_emulation_for`) depends on its system, so fetch it from those builders.
+            if self.fetch_emulated_drvs(&path).await? {
+                let p = path.clone();
+                judgement = self.blocking(move |g| g.judge(&p)).await?;
+            }
+        }
         let acc = match &judgement {
             Judgement::Attested(acc) => acc.clone(),
             Judgement::ContentAddressed(info, _) => {
@@ -264,6 +272,36 @@ impl Gateway {
         Ok(Some(self.fetcher.fetch_nar(nar_hash, nar_size, &[peer]).await?))
     }
 
+    /// Fetch the `.drv` (closure) of every trusted emulated attestation of `path` whose `.drv`
+    /// is not stored, from its builder (verified: each `.drv` must hash to its path). Returns
+    /// whether one arrived.
+    async fn fetch_emulated_drvs(&self, path: &StorePath) -> Result<bool, GatewayError> {
+        let p = path.clone();
+        let wanted = self
+            .blocking(move |g| {
+                let store = &g.fetcher.store;
+                let mut wanted: Vec<(StorePath, NodeId)> = Vec::new();
+                for a in crate::trust::verified_attestations(store, &p)? {
+                    let emulated = a.mode == buildmesh_protocol::wire::BuildMode::Emulated;
+                    if emulated && g.fetcher.trust.is_trusted(&a.builder) && !store.has_drv(&a.drv)? {
+                        wanted.push((a.drv, a.builder));
+                    }
+                }
+                Ok(wanted)
+            })
+            .await?;
+        let mut fetched = false;
+        for (drv, builder) in wanted {
+            let Some(peer) = peer_of(&builder) else { continue };
+            tracing::info!(path = %path, drv = %drv, "fetching the .drv of an emulated build to learn its system");
+            match self.fetcher.ensure_closure(&drv, &[peer]).await {
+                Ok(_) => fetched = true,
+                Err(e) => tracing::warn!(drv = %drv, cause = %e, "could not fetch the .drv of an emulated build"),
+            }
+        }
+        Ok(fetched)
+    }
+
     /// Fetch the source `path`, referenced by the attested output `referrer`, through the `.drv`
     /// closure of `referrer`'s deriver from its agreeing builders. Returns whether it is
     /// registered now.
@@ -314,16 +352,18 @@ mod tests {
             trusted: Some(BTreeSet::from([k[0].node_id(), k[1].node_id()])),
             quorum: 2,
             needs_native: false,
+            no_emulation_for: Default::default(),
         };
+        let none = crate::trust::DrvSystems::new();
         // One trusted builder and one stranger: not enough.
-        assert!(accepted_of(&path, &[att(&k[0], &path, 1), att(&k[2], &path, 1)], &trust).is_none());
+        assert!(accepted_of(&path, &[att(&k[0], &path, 1), att(&k[2], &path, 1)], &none, &trust).is_none());
         // Two trusted builders agree: accepted, with both (and the agreeing stranger) listed.
         let atts = [att(&k[0], &path, 1), att(&k[1], &path, 1), att(&k[2], &path, 1)];
-        let acc = accepted_of(&path, &atts, &trust).unwrap();
+        let acc = accepted_of(&path, &atts, &none, &trust).unwrap();
         assert_eq!(acc.nar_hash, [1; 32]);
         assert_eq!(acc.agreeing.len(), 3);
         // They disagree: nothing is accepted.
-        assert!(accepted_of(&path, &[att(&k[0], &path, 1), att(&k[1], &path, 2)], &trust).is_none());
+        assert!(accepted_of(&path, &[att(&k[0], &path, 1), att(&k[1], &path, 2)], &none, &trust).is_none());
     }
 
     #[test]

@@ -567,6 +567,8 @@ pub struct MeshParams {
     pub quorum: usize,
     /// At least one of them must have built natively (`quorum_needs_native`).
     pub quorum_needs_native: bool,
+    /// Systems whose emulated builds do not count towards the quorum (`no_emulation_for`).
+    pub no_emulation_for: Vec<String>,
     /// Copies of each job this node submits (`replicas`).
     pub replicas: usize,
     /// Who runs this node, announced to peers (`owner`).

@@ -162,7 +162,12 @@ mod tests {
         let me = NodeKey::from_seed("me", [1; 32]).unwrap().node_id();
         let friend = NodeKey::from_seed("f", [2; 32]).unwrap().node_id();
         let stranger = NodeKey::from_seed("s", [3; 32]).unwrap();
-        let trust = TrustConfig { trusted: Some(BTreeSet::from([me, friend])), quorum: 2, needs_native: false };
+        let trust = TrustConfig {
+            trusted: Some(BTreeSet::from([me, friend])),
+            quorum: 2,
+            needs_native: false,
+            no_emulation_for: Default::default(),
+        };
         let s = MeshSettings { untrusted_key_records: 5, trusted_key_records: 50, ..MeshSettings::default() };
         let q = Quotas::new(me, trust, &s);
         assert_eq!(q.limit_for(&me), None);

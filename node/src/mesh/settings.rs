@@ -226,7 +226,15 @@ pub fn trust_policy(
         trusted.insert(id);
         names.push((id, pk.name().to_string()));
     }
-    Ok((TrustConfig { trusted: Some(trusted), quorum: quorum.max(1), needs_native: false }, names))
+    Ok((
+        TrustConfig {
+            trusted: Some(trusted),
+            quorum: quorum.max(1),
+            needs_native: false,
+            no_emulation_for: Default::default(),
+        },
+        names,
+    ))
 }
 
 /// Gossipsub's duplicate window: half the shortest interval at which the mesh republishes

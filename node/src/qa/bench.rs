@@ -264,7 +264,12 @@ pub fn run(args: QaBenchArgs) -> anyhow::Result<()> {
         store_dir: StoreDir::nix(),
         key: submitter.clone(),
         mesh: None,
-        trust: TrustConfig { trusted: Some(trusted), quorum: 2, needs_native: false },
+        trust: TrustConfig {
+            trusted: Some(trusted),
+            quorum: 2,
+            needs_native: false,
+            no_emulation_for: Default::default(),
+        },
         rule: ReadyRule::default(),
         replicas: 2,
         local: super::explain::LocalCapabilities::default(),

@@ -199,6 +199,7 @@ impl Node {
                 .map_err(|e| StartError::Mesh(crate::mesh::StartError::from(e)))?
                 .0;
             t.needs_native = config.quorum_needs_native;
+            t.no_emulation_for = config.no_emulation_for.iter().cloned().collect();
             t
         } else {
             crate::trust::standalone(key.node_id())
@@ -223,6 +224,7 @@ impl Node {
                 builders: config.builders.clone(),
                 quorum: config.quorum,
                 quorum_needs_native: config.quorum_needs_native,
+                no_emulation_for: config.no_emulation_for.clone(),
                 replicas: config.replicas,
                 owner: config.owner.clone(),
                 features: config.features.clone(),

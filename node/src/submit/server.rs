@@ -59,6 +59,7 @@ impl SubmitContext {
                 trusted: Some(std::collections::BTreeSet::new()),
                 quorum: 1,
                 needs_native: false,
+                no_emulation_for: Default::default(),
             },
         }
     }

@@ -27,6 +27,7 @@ pub mod serve;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::hash::{HashAlgo, NixHash};
 use buildmesh_protocol::id::NodeId;
 use buildmesh_protocol::mesh::{OutputClaim, TrustConfig, assess_output};
@@ -56,7 +57,12 @@ pub enum TrustError {
 
 /// The trust policy of a node without a mesh: only its own builds count, one is enough.
 pub fn standalone(me: NodeId) -> TrustConfig {
-    TrustConfig { trusted: Some(BTreeSet::from([me])), quorum: 1, needs_native: false }
+    TrustConfig {
+        trusted: Some(BTreeSet::from([me])),
+        quorum: 1,
+        needs_native: false,
+        no_emulation_for: Default::default(),
+    }
 }
 
 /// What the trust policy accepts for one output.
@@ -98,37 +104,80 @@ impl Accepted {
     }
 }
 
-/// The accepted NarHash of `path` from the verified `attestations`, with the agreeing builders.
-pub fn accepted_of(path: &StorePath, attestations: &[Attestation], trust: &TrustConfig) -> Option<Accepted> {
-    let outputs = outputs_of(path, attestations);
-    let assessment = assess_output(
-        outputs.iter().map(|(b, o, emulated)| OutputClaim {
-            builder: b,
-            nar_hash: &o.nar_hash,
-            nar_size: o.nar_size,
-            emulated: *emulated,
-        }),
-        trust,
-    );
+/// The `system` of the derivation of each emulated attestation, where the node holds its
+/// `.drv`, keyed by the `.drv` path: what `no_emulation_for` needs (attestations do not carry
+/// the system). Empty when the trust policy excludes no system (nothing is read then).
+pub type DrvSystems = BTreeMap<StorePath, String>;
+
+/// The [`DrvSystems`] of `attestations` under `trust`: the stored `.drv` of every emulated
+/// attestation, parsed (a `.drv` not stored here, or that does not parse, is left out: its
+/// system is unknown, and an unknown system's emulated results do not count).
+pub fn drv_systems(
+    store: &Store,
+    sd: &StoreDir,
+    attestations: &[Attestation],
+    trust: &TrustConfig,
+) -> Result<DrvSystems, StoreError> {
+    let mut systems = DrvSystems::new();
+    if trust.no_emulation_for.is_empty() {
+        return Ok(systems);
+    }
+    for a in attestations.iter().filter(|a| a.mode == BuildMode::Emulated) {
+        if systems.contains_key(&a.drv) {
+            continue;
+        }
+        let Some(bytes) = store.get_drv(&a.drv)? else { continue };
+        match Derivation::parse(&bytes, sd) {
+            Ok(d) => {
+                systems.insert(a.drv.clone(), String::from_utf8_lossy(&d.system).into_owned());
+            }
+            Err(e) => {
+                tracing::warn!(drv = %a.drv, cause = %e, "stored derivation does not parse; its system is unknown")
+            }
+        }
+    }
+    Ok(systems)
+}
+
+/// The accepted NarHash of `path` from the verified `attestations`, with the agreeing builders
+/// (`systems`: the [`drv_systems`] of the attestations).
+pub fn accepted_of(
+    path: &StorePath,
+    attestations: &[Attestation],
+    systems: &DrvSystems,
+    trust: &TrustConfig,
+) -> Option<Accepted> {
+    let outputs = outputs_of(path, attestations, systems);
+    let assessment = assess_output(outputs.iter().map(|(claim, _)| *claim), trust);
     let (hash, size) = assessment.accepted?;
     let mut agreeing = BTreeMap::new();
     let mut digest = None;
-    for (b, o, _) in outputs {
+    for (c, o) in outputs {
         if o.nar_size == size && NixHash::sha256(o.nar_hash).to_string() == hash {
             digest = Some(o.nar_hash);
-            agreeing.entry(*b).or_insert_with(|| o.clone());
+            agreeing.entry(*c.builder).or_insert_with(|| o.clone());
         }
     }
     Some(Accepted { path: path.clone(), nar_hash: digest?, nar_size: size, agreeing })
 }
 
-/// The records of `path` in `attestations`: builder, output, built under emulation.
-fn outputs_of<'a>(path: &StorePath, attestations: &'a [Attestation]) -> Vec<(&'a NodeId, &'a OutputAttestation, bool)> {
+/// The records of `path` in `attestations`, each as the claim the quorum counts (builder,
+/// result, mode, the derivation's system when known) with the output record.
+fn outputs_of<'a>(
+    path: &StorePath,
+    attestations: &'a [Attestation],
+    systems: &'a DrvSystems,
+) -> Vec<(OutputClaim<'a>, &'a OutputAttestation)> {
     attestations
         .iter()
         .flat_map(|a| {
             let emulated = a.mode == BuildMode::Emulated;
-            a.outputs.values().filter(|o| o.path == *path).map(move |o| (&a.builder, o, emulated))
+            let system = systems.get(&a.drv).map(String::as_str);
+            a.outputs.values().filter(|o| o.path == *path).map(move |o| {
+                let claim =
+                    OutputClaim { builder: &a.builder, nar_hash: &o.nar_hash, nar_size: o.nar_size, emulated, system };
+                (claim, o)
+            })
         })
         .collect()
 }
@@ -150,6 +199,18 @@ pub enum Refusal {
     NoNative {
         /// The distinct trusted (emulated) builders that agree.
         trusted: usize,
+    },
+    /// Too few trusted builders count, because some built under emulation for a system this
+    /// node's `no_emulation_for` excludes (or whose `.drv` it does not hold).
+    EmulationExcluded {
+        /// The trusted builders whose emulated results do not count.
+        excluded: usize,
+        /// The derivation's system (`None`: its `.drv` is not stored here).
+        system: Option<String>,
+        /// The trusted builders that count and agree.
+        trusted: usize,
+        /// The quorum.
+        quorum: usize,
     },
     /// Attested, but not (yet) by enough distinct trusted builders.
     NoQuorum {
@@ -182,6 +243,12 @@ impl fmt::Display for Refusal {
                 f,
                 "{trusted} trusted builder(s) agree, all under emulation; the trust policy (quorum_needs_native) \
                  needs a native builder among them"
+            ),
+            Refusal::EmulationExcluded { excluded, system, trusted, quorum } => write!(
+                f,
+                "{excluded} trusted builder(s) built it under emulation for {}, which this node does not count \
+                 (no_emulation_for); {trusted} other trusted builder(s) agree, the trust policy needs {quorum}",
+                system.as_deref().unwrap_or("a system it cannot tell (the .drv is not stored here)")
             ),
             Refusal::NoQuorum { trusted, quorum } => write!(
                 f,
@@ -241,24 +308,22 @@ pub fn verified_attestations(store: &Store, path: &StorePath) -> Result<Vec<Atte
 }
 
 /// Why `path`, attested by `attestations`, is not accepted.
-fn refusal_of(path: &StorePath, attestations: &[Attestation], trust: &TrustConfig) -> Refusal {
-    let outputs = outputs_of(path, attestations);
+fn refusal_of(path: &StorePath, attestations: &[Attestation], systems: &DrvSystems, trust: &TrustConfig) -> Refusal {
+    let outputs = outputs_of(path, attestations, systems);
     if outputs.is_empty() {
         return Refusal::Unattested;
     }
-    let assessment = assess_output(
-        outputs.iter().map(|(b, o, emulated)| OutputClaim {
-            builder: b,
-            nar_hash: &o.nar_hash,
-            nar_size: o.nar_size,
-            emulated: *emulated,
-        }),
-        trust,
-    );
+    // Trusted builders whose (emulated) results `no_emulation_for` does not count.
+    let uncounted: BTreeMap<NodeId, Option<&str>> = outputs
+        .iter()
+        .filter(|(c, _)| trust.is_trusted(c.builder) && !trust.counts(c.emulated, c.system))
+        .map(|(c, _)| (*c.builder, c.system))
+        .collect();
+    let assessment = assess_output(outputs.iter().map(|(claim, _)| *claim), trust);
     let trusted_groups: Vec<usize> = assessment
         .groups
         .values()
-        .map(|builders| builders.iter().filter(|b| trust.is_trusted(b)).count())
+        .map(|builders| builders.iter().filter(|b| trust.is_trusted(b) && !uncounted.contains_key(b)).count())
         .filter(|n| *n > 0)
         .collect();
     if trusted_groups.len() > 1 {
@@ -267,6 +332,14 @@ fn refusal_of(path: &StorePath, attestations: &[Attestation], trust: &TrustConfi
     let trusted = trusted_groups.first().copied().unwrap_or(0);
     if trust.needs_native && trusted >= trust.quorum {
         return Refusal::NoNative { trusted };
+    }
+    if let Some(system) = uncounted.values().next() {
+        return Refusal::EmulationExcluded {
+            excluded: uncounted.len(),
+            system: system.map(str::to_string),
+            trusted,
+            quorum: trust.quorum,
+        };
     }
     Refusal::NoQuorum { trusted, quorum: trust.quorum }
 }
@@ -327,7 +400,8 @@ impl std::io::Read for LazyNar<'_> {
 /// `trust`, else a registered content-addressed path whose bytes match it, else refused.
 pub fn judge(store: &Store, sd: &StoreDir, trust: &TrustConfig, path: &StorePath) -> Result<Judgement, TrustError> {
     let atts = verified_attestations(store, path)?;
-    if let Some(acc) = accepted_of(path, &atts, trust) {
+    let systems = drv_systems(store, sd, &atts, trust)?;
+    if let Some(acc) = accepted_of(path, &atts, &systems, trust) {
         return Ok(Judgement::Attested(acc));
     }
     // Not accepted by attestations (none, or disputed: a stranger attesting other bytes for a
@@ -337,7 +411,7 @@ pub fn judge(store: &Store, sd: &StoreDir, trust: &TrustConfig, path: &StorePath
     {
         return Ok(Judgement::ContentAddressed(info, ca));
     }
-    Ok(Judgement::Refused(refusal_of(path, &atts, trust)))
+    Ok(Judgement::Refused(refusal_of(path, &atts, &systems, trust)))
 }
 
 #[cfg(test)]

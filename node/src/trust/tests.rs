@@ -9,6 +9,7 @@ use buildmesh_protocol::store_path::{make_store_path, make_text_path};
 use super::inputs::{InputProblem, InputState, check_inputs, input_state};
 use super::*;
 use crate::store::AttestationEntry;
+use buildmesh_protocol::wire::BuildMode;
 
 fn nar(contents: &[u8]) -> Vec<u8> {
     Node::Regular { executable: false, contents: contents.to_vec() }.to_nar().unwrap()
@@ -32,7 +33,13 @@ fn register(store: &Store, path: &StorePath, nar: &[u8], ca: Option<String>) -> 
 
 /// Store a real signed attestation by `key` that `path` has the NAR `nar`.
 fn attest(store: &Store, key: &NodeKey, path: &StorePath, nar: &[u8]) {
-    use buildmesh_protocol::wire::{BuildMode, Encode as _, OutputAttestation};
+    let drv = StorePath::from_basename("mh08qwc103ql42f2zc4ka9nhz976z7m8-x.drv").unwrap();
+    attest_as(store, key, path, nar, &drv, BuildMode::Native);
+}
+
+/// [`attest`] for the derivation `drv`, built in `mode`.
+fn attest_as(store: &Store, key: &NodeKey, path: &StorePath, nar: &[u8], drv: &StorePath, mode: BuildMode) {
+    use buildmesh_protocol::wire::{Encode as _, OutputAttestation};
     let sd = StoreDir::nix();
     let blob = store.put_nar(&mut &nar[..]).unwrap();
     let digest: [u8; 32] = blob.nar_hash.digest().try_into().unwrap();
@@ -47,12 +54,11 @@ fn attest(store: &Store, key: &NodeKey, path: &StorePath, nar: &[u8]) {
         None,
     )
     .unwrap();
-    let drv = StorePath::from_basename("mh08qwc103ql42f2zc4ka9nhz976z7m8-x.drv").unwrap();
     let a = Attestation {
         builder: key.node_id(),
         store_dir: sd,
         drv: drv.clone(),
-        mode: BuildMode::Native,
+        mode,
         started_at_ms: 1,
         finished_at_ms: 2,
         outputs: [("out".to_string(), out)].into(),
@@ -61,7 +67,7 @@ fn attest(store: &Store, key: &NodeKey, path: &StorePath, nar: &[u8]) {
     let v = Signed::sign(key, &a).unwrap().verify().unwrap();
     let entry = AttestationEntry {
         id: v.id(),
-        drv,
+        drv: drv.clone(),
         builder: key.node_id(),
         outputs: vec![crate::store::AttestedOutput {
             path: path.clone(),
@@ -146,7 +152,12 @@ fn a_disputed_input_is_refused_for_good() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let k: Vec<NodeKey> = (1..=2).map(|i| NodeKey::from_seed("k", [i; 32]).unwrap()).collect();
-    let trust = TrustConfig { trusted: Some(k.iter().map(|k| k.node_id()).collect()), quorum: 2, needs_native: false };
+    let trust = TrustConfig {
+        trusted: Some(k.iter().map(|k| k.node_id()).collect()),
+        quorum: 2,
+        needs_native: false,
+        no_emulation_for: Default::default(),
+    };
     let out = StorePath::from_basename("an8vyn8v0lxs937kjy709ghv3zp4wms6-x").unwrap();
     attest(&store, &k[0], &out, &nar(b"one"));
     match input_state(&store, &sd(), &trust, &out).unwrap() {
@@ -203,4 +214,73 @@ fn a_source_path_is_checked_from_its_nar_hash_without_opening_its_blob() {
     assert!(remove_blob_files(dir.path(), &info) > 0 && remove_blob_files(dir.path(), &text_info) > 0);
     assert_eq!(content_address(&store, &sd(), &info).unwrap(), Some(ca));
     assert!(content_address(&store, &sd(), &text_info).is_err());
+}
+
+#[test]
+fn no_emulation_for_keeps_emulated_builds_of_that_system_out_of_the_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let k: Vec<NodeKey> = (1..=3).map(|i| NodeKey::from_seed("k", [i; 32]).unwrap()).collect();
+    let plain = TrustConfig {
+        trusted: Some(k.iter().map(|k| k.node_id()).collect()),
+        quorum: 2,
+        needs_native: false,
+        no_emulation_for: BTreeSet::new(),
+    };
+    let strict = TrustConfig { no_emulation_for: BTreeSet::from(["aarch64-linux".to_string()]), ..plain.clone() };
+    // One derivation per system, each built by two emulating builders that agree.
+    let mut outs = Vec::new();
+    for (i, system) in ["aarch64-linux", "armv7l-linux"].into_iter().enumerate() {
+        let out = StorePath::from_basename(&format!("an8vyn8v0lxs937kjy709ghv3zp4wms{i}-emu")).unwrap();
+        let mut d = buildmesh_protocol::derivation::Derivation {
+            system: system.as_bytes().to_vec(),
+            builder: b"/bin/sh".to_vec(),
+            ..Default::default()
+        };
+        d.outputs.insert("out".into(), buildmesh_protocol::derivation::Output::input_addressed(Some(out.clone())));
+        let drv = StorePath::from_basename(&format!("mh08qwc103ql42f2zc4ka9nhz976z7m{i}-emu.drv")).unwrap();
+        for key in &k[..2] {
+            attest_as(&store, key, &out, &nar(system.as_bytes()), &drv, BuildMode::Emulated);
+        }
+        outs.push((out, drv, d));
+    }
+    let (arm64, arm64_drv, arm64_d) = &outs[0];
+    let (armv7, armv7_drv, armv7_d) = &outs[1];
+    // Without the setting both count; with it, while the .drv is not here the system is
+    // unknown, and an unknown system's emulated results do not count.
+    assert!(matches!(judge(&store, &sd(), &plain, arm64).unwrap(), Judgement::Attested(_)));
+    match judge(&store, &sd(), &strict, armv7).unwrap() {
+        Judgement::Refused(r @ Refusal::EmulationExcluded { excluded: 2, system: None, trusted: 0, quorum: 2 }) => {
+            assert!(r.may_resolve() && r.to_string().contains("not stored here"), "{r}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // With the .drv stored: aarch64 stays refused (kept and shown, but not counted), the other
+    // system's emulated builds count.
+    store.put_drv(arm64_drv, &arm64_d.to_aterm(&sd())).unwrap();
+    store.put_drv(armv7_drv, &armv7_d.to_aterm(&sd())).unwrap();
+    match judge(&store, &sd(), &strict, arm64).unwrap() {
+        Judgement::Refused(r @ Refusal::EmulationExcluded { excluded: 2, trusted: 0, .. }) => {
+            assert!(
+                r.to_string().contains("emulation for aarch64-linux") && r.to_string().contains("no_emulation_for"),
+                "{r}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.attestations_for_output(arm64).unwrap().len(), 2, "the attestations are kept");
+    assert!(matches!(judge(&store, &sd(), &strict, armv7).unwrap(), Judgement::Attested(_)));
+    // A native builder and an emulated one: the emulated one does not make the quorum of two;
+    // a second native one does, and the NAR is served then.
+    let third = StorePath::from_basename("an8vyn8v0lxs937kjy709ghv3zp4wms9-emu").unwrap();
+    attest_as(&store, &k[0], &third, &nar(b"x"), arm64_drv, BuildMode::Emulated);
+    attest_as(&store, &k[1], &third, &nar(b"x"), arm64_drv, BuildMode::Native);
+    assert!(matches!(
+        judge(&store, &sd(), &strict, &third).unwrap(),
+        Judgement::Refused(Refusal::EmulationExcluded { excluded: 1, trusted: 1, quorum: 2, .. })
+    ));
+    assert!(!serve::nar_servable(&store, &sd(), &strict, &sha(&nar(b"x"))).unwrap());
+    attest_as(&store, &k[2], &third, &nar(b"x"), arm64_drv, BuildMode::Native);
+    assert!(matches!(judge(&store, &sd(), &strict, &third).unwrap(), Judgement::Attested(_)));
+    assert!(serve::nar_servable(&store, &sd(), &strict, &sha(&nar(b"x"))).unwrap());
 }

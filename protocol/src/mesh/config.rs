@@ -42,11 +42,17 @@ pub struct TrustConfig {
     /// Whether at least one of the agreeing trusted builders must have built natively: emulated
     /// attestations alone never make a quorum (`quorum_needs_native`, default false).
     pub needs_native: bool,
+    /// Systems whose emulated builds never count here (`no_emulation_for`, default empty): an
+    /// emulated attestation of a derivation for one of them is kept and shown, but its builder
+    /// counts as untrusted for that output (a disagreement is still reported as one). While the
+    /// set is not empty, an emulated attestation whose derivation's system is unknown does not
+    /// count either (see [`TrustConfig::counts`]).
+    pub no_emulation_for: BTreeSet<String>,
 }
 
 impl Default for TrustConfig {
     fn default() -> Self {
-        TrustConfig { trusted: None, quorum: 2, needs_native: false }
+        TrustConfig { trusted: None, quorum: 2, needs_native: false, no_emulation_for: Default::default() }
     }
 }
 
@@ -55,6 +61,14 @@ impl TrustConfig {
     /// failures and attestations count for scheduling whether designated or not.
     pub fn is_trusted(&self, node: &NodeId) -> bool {
         self.trusted.as_ref().is_none_or(|t| t.contains(node))
+    }
+
+    /// Whether a result built in this mode (`emulated`) for a derivation of `system` (`None`:
+    /// not known here) may count towards the quorum under `no_emulation_for`. A native result
+    /// always may; an emulated one only for a known system that is not excluded (unknown counts
+    /// as excluded while the set is not empty, so a missing `.drv` never lets one through).
+    pub fn counts(&self, emulated: bool, system: Option<&str>) -> bool {
+        !emulated || self.no_emulation_for.is_empty() || system.is_some_and(|s| !self.no_emulation_for.contains(s))
     }
 }
 

@@ -518,6 +518,7 @@ impl Mesh {
                 nar_hash: &o.nar_hash,
                 nar_size: o.nar_size,
                 emulated: a.emulated,
+                system: e.job.as_ref().map(|j| j.canonical.system.as_str()),
             })
         });
         let assessment = assess_output(results, &self.cfg.trust);

@@ -212,8 +212,10 @@ fn events(log: &[(usize, Output)]) -> Vec<(usize, &Event)> {
 
 #[test]
 fn single_node_builds_and_completes() {
-    let cfg =
-        MeshConfig { trust: TrustConfig { trusted: None, quorum: 1, needs_native: false }, ..MeshConfig::default() };
+    let cfg = MeshConfig {
+        trust: TrustConfig { trusted: None, quorum: 1, needs_native: false, no_emulation_for: Default::default() },
+        ..MeshConfig::default()
+    };
     let mut net = Net::new(1, cfg.clone());
     assert_eq!(net.nodes[0].member_count(), 1);
     assert_eq!(net.nodes[0].view().map(|v| v.len()), Some(1));
@@ -503,8 +505,10 @@ fn replays_and_duplicates_are_ignored() {
 
 #[test]
 fn dependents_wait_for_their_inputs() {
-    let cfg =
-        MeshConfig { trust: TrustConfig { trusted: None, quorum: 1, needs_native: false }, ..MeshConfig::default() };
+    let cfg = MeshConfig {
+        trust: TrustConfig { trusted: None, quorum: 1, needs_native: false, no_emulation_for: Default::default() },
+        ..MeshConfig::default()
+    };
     let mut net = Net::new(2, cfg.clone());
     net.advance(cfg.warmup_ms);
     let a = net.id(0);
@@ -573,8 +577,10 @@ fn targeted_retry_forces_a_node() {
 
 #[test]
 fn restart_restores_own_results_and_answers_resubmissions() {
-    let cfg =
-        MeshConfig { trust: TrustConfig { trusted: None, quorum: 1, needs_native: false }, ..MeshConfig::default() };
+    let cfg = MeshConfig {
+        trust: TrustConfig { trusted: None, quorum: 1, needs_native: false, no_emulation_for: Default::default() },
+        ..MeshConfig::default()
+    };
     let mut net = Net::new(3, cfg.clone());
     net.advance(cfg.warmup_ms);
     let rank = net.rank(15);

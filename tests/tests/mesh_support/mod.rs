@@ -31,6 +31,55 @@ pub fn key_seed(dir: &Path, i: usize) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// The command line of one mesh test node: the `[mesh]` configuration file, its key, quorum 2,
+/// 2 build slots, no mDNS and `--trusted-key` for each of `trusted`; more flags with
+/// [`NodeArgs::args`]. [`Cluster`] starts its nodes with it, and so do tests that lay out their
+/// nodes themselves (`mesh_nat`).
+#[derive(Debug, Clone)]
+pub struct NodeArgs(Vec<String>);
+
+impl NodeArgs {
+    pub fn new(config: &Path, key: &Path, trusted: &[NodeKey]) -> NodeArgs {
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--quorum".into(),
+            "2".into(),
+            "--slots".into(),
+            "2".into(),
+            "--no-mdns".into(),
+        ];
+        for k in trusted {
+            args.push("--trusted-key".into());
+            args.push(k.nix_public_key().to_string());
+        }
+        NodeArgs(args)
+    }
+
+    /// These flags after the ones so far.
+    pub fn args<S: Into<String>>(mut self, more: impl IntoIterator<Item = S>) -> NodeArgs {
+        self.0.extend(more.into_iter().map(Into::into));
+        self
+    }
+
+    fn refs(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
+
+    /// Start the node on loopback with the data dir `data`.
+    pub fn start(&self, data: &Path) -> NodeProc {
+        NodeProc::start(data, &self.refs())
+    }
+
+    /// Start the node through `wrapper` (a network namespace), its API on `http`, listening on
+    /// `listen` ([`NodeProc::start_with`]).
+    pub fn start_with(&self, data: &Path, wrapper: &[String], http: &str, listen: &str) -> NodeProc {
+        NodeProc::start_with(data, wrapper, http, listen, &self.refs())
+    }
+}
+
 /// A running local mesh.
 pub struct Cluster {
     pub dir: PathBuf,
@@ -135,21 +184,8 @@ impl Cluster {
     pub fn spawn(&mut self, i: usize) -> NodeProc {
         let key = self.key_file(i);
         let data = self.dir.join(format!("node{i}"));
-        let mut args: Vec<String> = vec![
-            "--config".into(),
-            self.config.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-            "--quorum".into(),
-            "2".into(),
-            "--slots".into(),
-            "2".into(),
-            "--no-mdns".into(),
-        ];
-        for k in self.keys.iter().filter(|_| self.trust_each_other) {
-            args.push("--trusted-key".into());
-            args.push(k.nix_public_key().to_string());
-        }
+        let trusted = if self.trust_each_other { &self.keys[..] } else { &[] };
+        let mut args: Vec<String> = Vec::new();
         // An empty `bootstrap` (set by a test) starts a node without a bootstrap address.
         if i > 0 && !self.bootstrap.is_empty() {
             args.push("--bootstrap".into());
@@ -163,10 +199,10 @@ impl Cluster {
         }
         args.extend(self.extra.iter().cloned());
         args.extend(self.node_extra.get(&i).into_iter().flatten().cloned());
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args = NodeArgs::new(&self.config, &key, trusted).args(args);
         match &self.netns {
-            Some(ns) => NodeProc::start_with(&data, &ns.wrapper(i), &ns.http(i), &ns.listen(i), &refs),
-            None => NodeProc::start(&data, &refs),
+            Some(ns) => args.start_with(&data, &ns.wrapper(i), &ns.http(i), &ns.listen(i)),
+            None => args.start(&data),
         }
     }
 

@@ -118,7 +118,12 @@ pub fn run(args: PagesBenchArgs) -> anyhow::Result<()> {
         store_dir: StoreDir::nix(),
         key: data.submitter.clone(),
         mesh: None,
-        trust: TrustConfig { trusted: Some(data.trusted.clone()), quorum: 2, needs_native: false },
+        trust: TrustConfig {
+            trusted: Some(data.trusted.clone()),
+            quorum: 2,
+            needs_native: false,
+            no_emulation_for: Default::default(),
+        },
         rule: ReadyRule::default(),
         replicas: 2,
         local: crate::qa::explain::LocalCapabilities::default(),

@@ -205,6 +205,7 @@ pub(crate) async fn start(
     let me = key.node_id();
     let (mut trust, names) = trust_policy(&params.trusted_keys, params.quorum, me, key.name())?;
     trust.needs_native = params.quorum_needs_native;
+    trust.no_emulation_for = params.no_emulation_for.iter().cloned().collect();
     let mut netcfg = net_config(&params.listen, &params.bootstrap, params.mdns, &params.settings)?;
     netcfg.nat = params.nat.to_config().map_err(|e| SettingsError::Multiaddr {
         field: "nat",

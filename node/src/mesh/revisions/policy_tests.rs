@@ -18,7 +18,12 @@ fn headers_of_refused_submitters_are_not_stored() {
     let stranger = NodeKey::from_seed("stranger", [3; 32]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let trust = TrustConfig { trusted: Some(BTreeSet::from([me.node_id()])), quorum: 1, needs_native: false };
+    let trust = TrustConfig {
+        trusted: Some(BTreeSet::from([me.node_id()])),
+        quorum: 1,
+        needs_native: false,
+        no_emulation_for: Default::default(),
+    };
     let quotas = Quotas::new(me.node_id(), trust, &MeshSettings::default())
         .with_submitters(Some(BTreeSet::from([friend.node_id()])));
     let verified = |k: &NodeKey, salt: u8| {

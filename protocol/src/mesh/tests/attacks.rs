@@ -8,7 +8,12 @@ use super::*;
 fn trusting(n: usize) -> MeshConfig {
     let trusted: BTreeSet<NodeId> = (0..n).map(|i| key(i).node_id()).collect();
     MeshConfig {
-        trust: TrustConfig { trusted: Some(trusted), quorum: 2, needs_native: false },
+        trust: TrustConfig {
+            trusted: Some(trusted),
+            quorum: 2,
+            needs_native: false,
+            no_emulation_for: Default::default(),
+        },
         ..MeshConfig::default()
     }
 }

@@ -13,6 +13,7 @@ fn self_trusting(n: usize, rule: ReplicaRule) -> Net {
                 trusted: Some([key(i).node_id()].into_iter().collect()),
                 quorum: 2,
                 needs_native: false,
+                no_emulation_for: Default::default(),
             },
             replicas_from: rule,
             ..MeshConfig::default()
