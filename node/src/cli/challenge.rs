@@ -164,7 +164,7 @@ fn load_keys(specs: &[String]) -> Result<Keys> {
 }
 
 /// The fields of a narinfo `challenge` reads, whatever its layout (Nix or Guix).
-pub(super) fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(": ")))
 }
 

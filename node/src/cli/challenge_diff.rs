@@ -22,7 +22,7 @@ use crate::audit::diff::{DiffLimits, DiffReport, Side, diff_nars};
 const MAX_NAR: u64 = 8 << 30;
 
 /// The diffs of one path's mismatch, as text (one block per comparison, or why there is none).
-pub fn diffs(client: &reqwest::blocking::Client, api: &str, report: &PathReport) -> String {
+pub(super) fn diffs(client: &reqwest::blocking::Client, api: &str, report: &PathReport) -> String {
     let mut out = String::new();
     if report.mesh_nar_hashes.len() > 1 {
         out += &match mesh_diff(client, api, &report.path) {
