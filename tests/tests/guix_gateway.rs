@@ -191,7 +191,9 @@ fn guix_substitute_against_gnu_store_nodes() {
     let (mesh_drv, mesh_out) = jobs["guix-mesh-hello"].clone();
 
     // The 3-node mesh starts while the standalone node builds.
-    let c = Cluster::start(&tmp.path().join("mesh"), 3, &["--store-dir", "/gnu/store"]);
+    let mesh_dir = tmp.path().join("mesh");
+    std::fs::create_dir_all(&mesh_dir).unwrap();
+    let c = Cluster::start(&mesh_dir, 3, &["--store-dir", "/gnu/store"]);
     let data = tmp.path().join("node");
     let node = NodeProc::start(&data, &["--store-dir", "/gnu/store", "--slots", "2"]);
     let (ok, log) = submit_gnu(&node.url, &dir, &[&hello_drv, &tampered_drv], "1");
@@ -283,6 +285,7 @@ fn guix_substitute_against_gnu_store_nodes() {
     // The real `guix substitute`, once for everything.
     let (hello_s, tampered_s) = (gnu().display(&hello), gnu().display(&tampered));
     let d = |n: &str| tmp.path().join("e2e").join(n);
+    std::fs::create_dir_all(tmp.path().join("e2e")).unwrap(); // Guix restores DEST into an existing dir
     let r = guix_substitute_session(
         tmp.path(),
         &[
@@ -454,13 +457,29 @@ fn nix_mesh_builder_views_and_challenge() {
         })
         .collect();
     std::fs::write(&ni_file, changed).unwrap();
+    // A lying server under /liar: its narinfo of the same path names the changed NAR with a
+    // NarHash that NAR does not have (`--diff` must refuse to compare it).
+    let liar = cache.join("liar");
+    std::fs::create_dir_all(liar.join("nar")).unwrap();
+    std::fs::copy(cache.join("nar/changed.nar"), liar.join("nar/changed.nar")).unwrap();
+    let lie = NixHash::sha256_of(b"not this NAR").to_string();
+    let lying: String = std::fs::read_to_string(&ni_file)
+        .unwrap()
+        .lines()
+        .map(|l| if l.starts_with("NarHash: ") { format!("NarHash: {lie}\n") } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(liar.join(format!("{}.narinfo", differ_out.hash_part())), lying).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", cache.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 -m http.server");
+    let port_s = port.to_string();
+    let http_server = ["-m", "http.server", &port_s, "--bind", "127.0.0.1", "--directory", cache.to_str().unwrap()];
+    let _server = ChildGuard(
+        Command::new("python3")
+            .args(http_server)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server"),
+    );
     let server_url = format!("http://127.0.0.1:{port}");
     wait_for("the classic server", Duration::from_secs(20), || {
         http().get(format!("{server_url}/nix-cache-info")).send().ok().filter(|r| r.status() == 200).map(|_| ())
@@ -534,6 +553,27 @@ fn nix_mesh_builder_views_and_challenge() {
     let (_, text_out, _) = cli(&["challenge", "--api", api, "--server", &server_url, "--revision", &rev, "--diff"]);
     assert!(text_out.contains("3 store items were analyzed:") && text_out.contains("+dIffer"), "{text_out}");
     assert!(text_out.contains("    builder "), "{text_out}");
-    let _ = server.kill();
-    let _ = server.wait();
+
+    // --diff checks each downloaded NAR against its narinfo's NarHash before comparing.
+    let liar_url = format!("{server_url}/liar");
+    let (code, j, all) =
+        challenge_json(&["challenge", "--api", api, "--server", &liar_url, "--diff", "--json", &differ_s]);
+    assert_eq!(code, Some(2), "{all}");
+    assert_eq!(j["paths"][0]["servers"][0]["nar_hash"], lie, "{j}");
+    let liar_diff = j["paths"][0]["diff"].as_str().unwrap_or_else(|| panic!("a diff field: {j}"));
+    assert!(
+        liar_diff.contains(&format!("no diff with {liar_url}")) && liar_diff.contains(&format!("not the {lie}")),
+        "a NAR without its claimed NarHash is not compared: {liar_diff}"
+    );
+    assert!(!liar_diff.contains("+dIffer"), "{liar_diff}");
+}
+
+/// Kills and reaps a helper process (the classic server) when the test ends, passed or not.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

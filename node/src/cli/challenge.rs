@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::audit::OutputReport;
 
 /// The largest narinfo read from a server.
-const MAX_NARINFO: usize = 256 * 1024;
+pub(super) const MAX_NARINFO: usize = 256 * 1024;
 
 /// `buildmesh challenge` arguments.
 #[derive(Debug, clap::Args)]
@@ -218,10 +218,12 @@ fn ask(client: &reqwest::blocking::Client, server: &str, hash_part: &str, sd: &S
         a.signature = format!("GET {url}: HTTP {}", resp.status());
         return a;
     }
-    let body = match resp.bytes() {
-        Ok(b) if b.len() <= MAX_NARINFO => b,
-        Ok(b) => {
-            a.signature = format!("{url}: {} bytes, more than {MAX_NARINFO}", b.len());
+    // At most MAX_NARINFO + 1 bytes are read from the server, whatever it sends.
+    let mut body = Vec::new();
+    let body = match std::io::Read::read_to_end(&mut std::io::Read::take(resp, MAX_NARINFO as u64 + 1), &mut body) {
+        Ok(_) if body.len() <= MAX_NARINFO => body,
+        Ok(_) => {
+            a.signature = format!("{url}: more than {MAX_NARINFO} bytes");
             return a;
         }
         Err(e) => {

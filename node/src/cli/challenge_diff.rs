@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use buildmesh_protocol::hash::NixHash;
 use sha2::Digest as _;
 
-use super::challenge::PathReport;
+use super::challenge::{MAX_NARINFO, PathReport};
 use crate::audit::diff::{DiffLimits, DiffReport, Side, diff_nars};
 
 /// The largest NAR downloaded for a diff.
@@ -99,7 +99,11 @@ fn fetch_nar(
     if !resp.status().is_success() {
         bail!("GET {ni_url}: HTTP {}", resp.status());
     }
-    let text = resp.text().with_context(|| format!("reading {ni_url}"))?;
+    let mut text = String::new();
+    resp.take(MAX_NARINFO as u64 + 1).read_to_string(&mut text).with_context(|| format!("reading {ni_url}"))?;
+    if text.len() > MAX_NARINFO {
+        bail!("{ni_url}: more than {MAX_NARINFO} bytes");
+    }
     let (url, compression) = nar_url(&text).with_context(|| format!("{ni_url}: no NAR in zstd or uncompressed"))?;
     let nar_url = format!("{base}/{url}");
     let expected = NixHash::parse(nar_hash, None).with_context(|| format!("NarHash {nar_hash}"))?;
