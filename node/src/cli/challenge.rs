@@ -33,10 +33,11 @@ use serde::Serialize;
 use crate::audit::OutputReport;
 
 /// The largest narinfo read from a server.
-const MAX_NARINFO: usize = 256 * 1024;
+pub(super) const MAX_NARINFO: usize = 256 * 1024;
 
 /// `buildmesh challenge` arguments.
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("items").required(true).multiple(true).args(["paths", "revision"]))]
 pub struct ChallengeArgs {
     /// A classic substitute server (repeatable): a Nix binary cache, `guix publish`, nar-herder.
     #[arg(long = "server", value_name = "URL", required = true)]
@@ -57,9 +58,29 @@ pub struct ChallengeArgs {
     /// Print JSON (`{"paths": [...], "totals": {...}}`).
     #[arg(long)]
     pub json: bool,
+    /// Challenge every output of this revision's jobs (`C@ID` or `C:branch`, as `revision show`
+    /// takes), as the node knows them from attestations.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// For each mismatch, show what differs inside the NARs (files added, removed, changed, with
+    /// a unified diff of text files): between the mesh's disagreeing builders, and between a
+    /// mesh builder's NAR and each server's that differs (downloaded, checked against their
+    /// NarHashes, compared by streaming).
+    #[arg(long)]
+    pub diff: bool,
     /// The store paths to challenge.
-    #[arg(required = true)]
     pub paths: Vec<String>,
+}
+
+/// One builder's attested NarHash for a path.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuilderHash {
+    /// The builder's peer id (its view on the node: `/builder/<peer id>/`).
+    pub builder: String,
+    /// Its key name.
+    pub key: String,
+    /// The NarHash it attested.
+    pub nar_hash: String,
 }
 
 /// One server's answer for one path.
@@ -90,8 +111,13 @@ pub struct PathReport {
     pub mesh_nar_hashes: Vec<String>,
     /// How many attestations the mesh holds.
     pub mesh_attestations: usize,
+    /// Each builder's NarHash (the per-builder comparison).
+    pub mesh_builders: Vec<BuilderHash>,
     /// Every server's answer.
     pub servers: Vec<ServerAnswer>,
+    /// With `--diff` and a mismatch: what differs (text of the NAR diffs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
 }
 
 /// The totals, as `guix challenge` prints them.
@@ -192,10 +218,12 @@ fn ask(client: &reqwest::blocking::Client, server: &str, hash_part: &str, sd: &S
         a.signature = format!("GET {url}: HTTP {}", resp.status());
         return a;
     }
-    let body = match resp.bytes() {
-        Ok(b) if b.len() <= MAX_NARINFO => b,
-        Ok(b) => {
-            a.signature = format!("{url}: {} bytes, more than {MAX_NARINFO}", b.len());
+    // At most MAX_NARINFO + 1 bytes are read from the server, whatever it sends.
+    let mut body = Vec::new();
+    let body = match std::io::Read::read_to_end(&mut std::io::Read::take(resp, MAX_NARINFO as u64 + 1), &mut body) {
+        Ok(_) if body.len() <= MAX_NARINFO => body,
+        Ok(_) => {
+            a.signature = format!("{url}: more than {MAX_NARINFO} bytes");
             return a;
         }
         Err(e) => {
@@ -229,6 +257,39 @@ fn ask(client: &reqwest::blocking::Client, server: &str, hash_part: &str, sd: &S
         }
     }
     a
+}
+
+/// The mesh's reports of `target` (a store path: one report; a `.drv`: one per attested output)
+/// from the node's `/api/v1/query`; none when the node knows nothing of it.
+fn mesh_reports(client: &reqwest::blocking::Client, api: &str, target: &str) -> Result<Vec<OutputReport>> {
+    let url = reqwest::Url::parse_with_params(&format!("{api}/api/v1/query"), &[("target", target)])?;
+    let resp = client.get(url.clone()).send().with_context(|| format!("GET {url}"))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(Vec::new());
+    }
+    if !resp.status().is_success() {
+        bail!("GET {url}: HTTP {}", resp.status());
+    }
+    let body = resp.bytes().with_context(|| format!("reading {url}"))?;
+    Ok(match serde_json::from_slice::<serde_json::Value>(&body).with_context(|| format!("{url} is not JSON"))? {
+        v @ serde_json::Value::Array(_) => serde_json::from_value(v)?,
+        v => vec![serde_json::from_value(v)?],
+    })
+}
+
+/// The `.drv` of every job of revision `rev`, from the node's `/api/v1/revisions/{rev}`.
+fn revision_jobs(client: &reqwest::blocking::Client, api: &str, rev: &str) -> Result<Vec<String>> {
+    let mut url = reqwest::Url::parse(&format!("{api}/api/v1/revisions/"))?;
+    url.path_segments_mut().map_err(|()| anyhow::anyhow!("{api} cannot be a base URL"))?.pop_if_empty().push(rev);
+    let resp = client.get(url.clone()).send().with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body = resp.text().with_context(|| format!("reading {url}"))?;
+    if !status.is_success() {
+        bail!("revision {rev}: GET {url}: HTTP {status}: {}", body.trim());
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("{url} is not JSON"))?;
+    let jobs = v["jobs"].as_array().with_context(|| format!("{url}: no `jobs`"))?;
+    Ok(jobs.iter().filter_map(|j| j["drv"].as_str().map(str::to_string)).collect())
 }
 
 fn judge(mesh: &[String], servers: &[ServerAnswer]) -> &'static str {
@@ -279,36 +340,59 @@ pub fn run(args: ChallengeArgs) -> Result<u8> {
         }
     };
     let mut reports = Vec::new();
+    let mut items: Vec<(String, Vec<OutputReport>)> = Vec::new();
     for p in &args.paths {
         let path = sd.parse_path(p).with_context(|| format!("{p} is not a store path in {sd}"))?;
-        let url = reqwest::Url::parse_with_params(&format!("{api}/api/v1/query"), &[("target", sd.display(&path))])?;
-        let resp = client.get(url.clone()).send().with_context(|| format!("GET {url}"))?;
-        let (mesh_hashes, n) = if resp.status().is_success() {
-            let body = resp.bytes().with_context(|| format!("reading {url}"))?;
-            let reps: Vec<OutputReport> = match serde_json::from_slice::<serde_json::Value>(&body)? {
-                v @ serde_json::Value::Array(_) => serde_json::from_value(v)?,
-                v => vec![serde_json::from_value(v)?],
-            };
-            let atts: Vec<_> = reps.iter().flat_map(|r| r.attestations.iter()).collect();
-            let mut hashes: Vec<String> = atts.iter().map(|a| a.nar_hash.clone()).collect();
-            hashes.sort();
-            hashes.dedup();
-            (hashes, atts.len())
-        } else if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            (Vec::new(), 0)
-        } else {
-            bail!("GET {url}: HTTP {}", resp.status());
-        };
+        let shown = sd.display(&path);
+        let reps = mesh_reports(&client, api, &shown)?;
+        items.push((shown, reps));
+    }
+    let mut unbuilt = Vec::new();
+    if let Some(rev) = &args.revision {
+        for drv in revision_jobs(&client, api, rev)? {
+            let reps = mesh_reports(&client, api, &drv)?;
+            if reps.is_empty() {
+                unbuilt.push(drv);
+            }
+            for r in reps {
+                if !items.iter().any(|(p, _)| *p == r.path) {
+                    items.push((r.path.clone(), vec![r]));
+                }
+            }
+        }
+    }
+    for (shown, reps) in items {
+        let path = sd.parse_path(&shown).with_context(|| format!("{shown} is not a store path in {sd}"))?;
+        let atts: Vec<_> = reps.iter().flat_map(|r| r.attestations.iter()).collect();
+        let mut mesh_hashes: Vec<String> = atts.iter().map(|a| a.nar_hash.clone()).collect();
+        mesh_hashes.sort();
+        mesh_hashes.dedup();
+        let mut mesh_builders: Vec<BuilderHash> = atts
+            .iter()
+            .map(|a| BuilderHash {
+                builder: a.peer_id.clone(),
+                key: a.builder_key.split(':').next().unwrap_or_default().to_string(),
+                nar_hash: a.nar_hash.clone(),
+            })
+            .collect();
+        mesh_builders.sort_by(|a, b| (&a.nar_hash, &a.builder).cmp(&(&b.nar_hash, &b.builder)));
+        mesh_builders.dedup_by(|a, b| a.builder == b.builder && a.nar_hash == b.nar_hash);
         let servers: Vec<ServerAnswer> =
             args.servers.iter().map(|s| ask(&client, s, &path.hash_part(), &sd, &keys)).collect();
         let verdict = judge(&mesh_hashes, &servers);
-        reports.push(PathReport {
-            path: sd.display(&path),
+        let mut report = PathReport {
+            path: shown,
             verdict,
             mesh_nar_hashes: mesh_hashes,
-            mesh_attestations: n,
+            mesh_attestations: atts.len(),
+            mesh_builders,
             servers,
-        });
+            diff: None,
+        };
+        if args.diff && verdict == "mismatch" {
+            report.diff = Some(super::challenge_diff::diffs(&client, api, &report));
+        }
+        reports.push(report);
     }
     let totals = Totals {
         analyzed: reports.len(),
@@ -317,9 +401,18 @@ pub fn run(args: ChallengeArgs) -> Result<u8> {
         inconclusive: reports.iter().filter(|r| r.verdict == "inconclusive").count(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"paths": reports, "totals": totals}))?);
+        let mut j = serde_json::json!({"paths": reports, "totals": totals});
+        if args.revision.is_some() {
+            j["unbuilt_jobs"] = serde_json::json!(unbuilt);
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         print!("{}", render(&reports, &totals, args.verbose));
+        if let Some(rev) = &args.revision
+            && !unbuilt.is_empty()
+        {
+            println!("  ({} job(s) of {rev} have no attested output yet and were not analyzed)", unbuilt.len());
+        }
     }
     Ok(if totals.differed > 0 {
         2
@@ -353,6 +446,11 @@ pub fn render(reports: &[PathReport], totals: &Totals, verbose: bool) -> String 
                 }
             }
         }
+        if r.mesh_nar_hashes.len() > 1 || verbose {
+            for b in &r.mesh_builders {
+                s.push_str(&format!("    builder {} ({}): {}\n", b.key, b.builder, b.nar_hash));
+            }
+        }
         for a in &r.servers {
             match (&a.nar_hash, a.status) {
                 (Some(h), "found") => {
@@ -360,6 +458,9 @@ pub fn render(reports: &[PathReport], totals: &Totals, verbose: bool) -> String 
                 }
                 (_, status) => s.push_str(&format!("  {:<50}: {status} ({})\n", a.server, a.signature)),
             }
+        }
+        if let Some(d) = &r.diff {
+            s.push_str(d);
         }
     }
     let pct = |n: usize| if totals.analyzed == 0 { 0.0 } else { 100.0 * n as f64 / totals.analyzed as f64 };

@@ -4,6 +4,7 @@ pub mod app;
 pub mod audit;
 pub mod auditx;
 pub mod challenge;
+mod challenge_diff;
 pub mod control;
 pub mod demo;
 mod demo_deps;
