@@ -178,11 +178,10 @@ fn jobs_of_keys_that_are_not_submitters_are_refused_and_explained() {
         // the cluster attested it.
         let by: BTreeSet<String> = c.attesters(i, &sd().display(&out)).into_values().flatten().collect();
         assert!(c.peer_ids.iter().all(|p| !by.contains(p)), "node {i}: a cluster node attested it: {by:?}");
-        let (s, _) = get(&format!("{}/api/v1/builds/{}", c.urls[i], format!("{}-{}", d.hash_part(), d.name())));
+        let (s, _) = get(&format!("{}/api/v1/builds/{}-{}", c.urls[i], d.hash_part(), d.name()));
         assert_eq!(s, 404, "node {i} has no build of the outsider's job");
     }
-    let (_, attested) =
-        get_json(&format!("{}/api/v1/attestations?drv={}", outsider.url, format!("{}-{}", d.hash_part(), d.name())));
+    let (_, attested) = get_json(&format!("{}/api/v1/attestations?drv={}-{}", outsider.url, d.hash_part(), d.name()));
     let keys: BTreeSet<String> = attested
         .as_array()
         .into_iter()
