@@ -3,7 +3,8 @@
 //! package and fixes another, two outputs are unreproducible), then Debian's chromium, headless
 //! and driven through chromedriver (WebDriver), looks at the pages as a person does: the
 //! overview lists the members and the branch; the compare page shows the broken and the fixed
-//! package and the ready verdict; the reproducibility page lists the unreproducible outputs with
+//! package and the ready verdict; the builders page says when each member was last heard; the
+//! reproducibility page lists the unreproducible outputs with
 //! every builder's NarHash and the diff link; a derivation page shows its attestations and its
 //! log link; a revision page shows a build finishing without a reload. Every page's JSON twin
 //! parses and says what the API says; the binary-cache routes still answer beside the pages.
@@ -206,6 +207,15 @@ fn dashboard_in_a_real_browser() {
     let (_, page) = twin(&url, "/compare?base=qa@r1&target=qa@r2");
     assert_eq!(page["compare"]["summary"], api["summary"]);
     assert_eq!(page["ready"]["ready"], false, "{}", page["ready"]);
+    let (_, page) = twin(&url, "/builders");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let members: Vec<&serde_json::Value> =
+        page["peers"].as_array().unwrap().iter().filter(|p| p["member"] == true).collect();
+    assert_eq!(members.len(), c.peer_ids.len() - 1, "{}", page["peers"]);
+    for p in members {
+        let seen = p["last_seen_ms"].as_u64().unwrap_or_else(|| panic!("no last_seen_ms: {p}"));
+        assert!(seen <= now_ms && now_ms - seen < 120_000, "heard within the announcement period: {p}");
+    }
     let (_, page) = twin(&url, "/reproducibility?revision=qa@r2");
     let listed: Vec<&str> =
         page["not_matching"].as_array().unwrap().iter().filter_map(|n| n["package"].as_str()).collect();
@@ -235,6 +245,17 @@ fn dashboard_in_a_real_browser() {
             "the overview does not show branch main at qa@r2:\n{text}"
         );
         assert!(text.contains("unrepro") && text.contains("broken"), "recent problems missing:\n{text}");
+
+        // Builders: every other member with when this node last heard its announcement.
+        let text = text_of(&b, &format!("{url}/builders")).await;
+        assert!(text.contains("last seen"), "no last seen column:\n{text}");
+        let mut seen_cells = Vec::new();
+        for cell in b.find_all(Locator::Css("table td.seen")).await.unwrap() {
+            seen_cells.push(cell.text().await.unwrap());
+        }
+        assert_eq!(seen_cells.first().map(String::as_str), Some("now"), "this node: {seen_cells:?}");
+        let heard = seen_cells.iter().filter(|t| t.ends_with(" s ago") || t.ends_with(" min ago")).count();
+        assert!(heard >= c.peer_ids.len() - 1, "every other member was heard lately: {seen_cells:?}");
 
         // Compare: the broken and the fixed package, and the verdict.
         let text = text_of(&b, &format!("{url}/compare?base=qa@r1&target=qa@r2&class=broken")).await;
