@@ -6,8 +6,12 @@
 //!   against the builder's signed log digest (`GET /api/v1/builds/<drv>/log`, `buildmesh log`);
 //!   after a builder's stored log is swapped (written into its stopped database), asking that
 //!   builder is refused and the other builder's log is served.
+//!   The fetched log is cached there, served from the cache while it matches the signed digest,
+//!   and fetched again when the cached file is altered.
 //! - NAR diff: that node fetches both NARs of the disputed output and reports the differing file
 //!   (`buildmesh diff`, `GET /diff` as HTML and as JSON).
+//! - Bounds: 20 concurrent anonymous diffs and 20 concurrent log fetches get 503s that name the
+//!   bound, and the dashboard keeps answering meanwhile.
 //! - in-toto export: every DSSE envelope a builder exports verifies with ed25519 over the PAE
 //!   under the builder's key (checked here, independently of the node), and names the outputs'
 //!   NarHashes; an altered payload does not verify.
@@ -51,6 +55,24 @@ fn get_with(url: &str, accept: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8
     (s, h, r.bytes().unwrap().to_vec())
 }
 
+/// `n` concurrent GETs of each of `urls` (JSON), all sent at once: which URL, status, body.
+fn flood(urls: &[(String, &str)], n: usize) -> Vec<(usize, (u16, String))> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(n * urls.len()));
+    let mut threads = Vec::new();
+    for (i, (url, _)) in urls.iter().enumerate() {
+        for _ in 0..n {
+            let (url, start) = (url.clone(), start.clone());
+            threads.push(std::thread::spawn(move || {
+                let client = http();
+                start.wait();
+                let r = client.get(&url).header("accept", "application/json").send().unwrap();
+                (i, (r.status().as_u16(), r.text().unwrap_or_default()))
+            }));
+        }
+    }
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 #[test]
 fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     let tmp = tempfile::tempdir().unwrap();
@@ -84,6 +106,20 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     let served_by = h["x-buildmesh-log-builder"].to_str().unwrap().to_string();
     assert!(builders.contains(&served_by), "{served_by} is a builder");
     assert!(h.contains_key("x-buildmesh-log-sha256"), "a fetched log is marked as checked");
+    // The fetched log is cached on `other`, and read from the cache only while it still matches
+    // the signed digest: altered on disk, it is fetched again.
+    let sha = h["x-buildmesh-log-sha256"].to_str().unwrap().to_string();
+    let cached_file = tmp.path().join(format!("node{other}/mesh/logs/{sha}"));
+    assert_eq!(std::fs::read(&cached_file).unwrap(), body, "the fetched log is cached as {}", cached_file.display());
+    let (s, h, again) = get_with(&log_url(&c.urls[other], ""), "text/plain");
+    assert_eq!((s, again.as_slice()), (200, body.as_slice()));
+    assert_eq!(h.get("x-buildmesh-log-cached").map(|v| v.to_str().unwrap()), Some("true"), "served from the cache");
+    std::fs::write(&cached_file, text.replace("marker-1", "marker-Y")).unwrap();
+    let (s, h, again) = get_with(&log_url(&c.urls[other], ""), "text/plain");
+    assert_eq!(s, 200);
+    assert!(String::from_utf8_lossy(&again).contains("audit-log-marker-1"), "the altered cached log is not served");
+    assert!(h.get("x-buildmesh-log-cached").is_none(), "an altered cached log is fetched again");
+    assert_eq!(std::fs::read(&cached_file).unwrap(), body, "and cached again");
     let (st, stdout, stderr) = cli_env(
         &["log", "--api", &c.urls[other], "--builder", &c.peer_ids[b_idx[1]], &drv_s],
         &[("BUILDMESH_LOG", "warn")],
@@ -110,6 +146,35 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     assert_ne!(j["a"]["nar_hash"], j["b"]["nar_hash"]);
     let (s, _, _) = get_with(&format!("{}/api/v1/diff?path={}", c.urls[other], logged_s), "application/json");
     assert_eq!(s, 409, "builders that agree have nothing to diff");
+
+    // ---- bounds: floods of anonymous diffs and log fetches are refused naming the bound, while
+    // the dashboard keeps answering from its cache ----
+    let logs_dir = tmp.path().join(format!("node{other}/mesh/logs"));
+    let (s, _) = get(&format!("{}/", c.urls[other]));
+    assert_eq!(s, 200, "the overview before the flood");
+    let mut refused = (0, 0);
+    for round in 0..5 {
+        let _ = std::fs::remove_dir_all(&logs_dir);
+        let urls =
+            [(diff_url.clone(), "diffs are running"), (log_url(&c.urls[other], ""), "build log fetches are running")];
+        let answers = flood(&urls, 20);
+        let (s, _) = get(&format!("{}/", c.urls[other]));
+        assert_eq!(s, 200, "the overview during the flood (round {round})");
+        for (i, (status, body)) in answers {
+            let bound = urls[i].1;
+            assert!(status == 200 || status == 503, "{}: {status} {body}", urls[i].0);
+            if status == 503 {
+                assert!(body.contains(bound), "a refusal names the bound ({bound}): {body}");
+                if i == 0 { refused.0 += 1 } else { refused.1 += 1 }
+            }
+        }
+        if refused.0 > 0 && refused.1 > 0 {
+            break;
+        }
+    }
+    assert!(refused.0 > 0 && refused.1 > 0, "20 concurrent diffs and 20 log fetches hit their bounds: {refused:?}");
+    let (s, _, _) = get_with(&diff_url, "application/json");
+    assert_eq!(s, 200, "diffs are served again after the flood");
 
     // ---- item 6: in-toto export, verified here with ed25519 over the PAE ----
     let a = b_idx[0];
@@ -220,6 +285,9 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     }
     c.restart(swapped);
     c.wait_members(3, Duration::from_secs(60));
+    // The honest log is cached on `other` under the digest both builders signed; without the
+    // cache, asking the swapped builder goes to the network.
+    let _ = std::fs::remove_dir_all(&logs_dir);
     let q = format!("?builder={}", c.peer_ids[swapped]);
     let (s, _, body) = get_with(&log_url(&c.urls[other], &q), "text/plain");
     let msg = String::from_utf8_lossy(&body);

@@ -3,7 +3,8 @@
 //! package and fixes another, two outputs are unreproducible), then Debian's chromium, headless
 //! and driven through chromedriver (WebDriver), looks at the pages as a person does: the
 //! overview lists the members and the branch; the compare page shows the broken and the fixed
-//! package and the ready verdict; the reproducibility page lists the unreproducible outputs with
+//! package and the ready verdict; the builders page says when each member was last heard; the
+//! reproducibility page lists the unreproducible outputs with
 //! every builder's NarHash and the diff link; a derivation page shows its attestations and its
 //! log link; a revision page shows a build finishing without a reload. Every page's JSON twin
 //! parses and says what the API says; the binary-cache routes still answer beside the pages.
@@ -146,6 +147,29 @@ fn wait_built(url: &str) {
     }
 }
 
+/// The part `of_page` of a page's JSON twin and the part `of_api` of the API's answer, once they
+/// agree (or the last pair after 30 s). Pages are cached for a few seconds (refreshed in the
+/// background), and `wait_built` does not wait for every second attestation, so right after it a
+/// page may still show the answer from a moment before.
+fn agree(
+    url: &str,
+    page: &str,
+    api: &str,
+    of_page: impl Fn(&serde_json::Value) -> serde_json::Value,
+    of_api: impl Fn(&serde_json::Value) -> serde_json::Value,
+) -> (serde_json::Value, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, a) = get_json(&format!("{url}{api}"));
+        let (_, p) = twin(url, page);
+        let (p, a) = (of_page(&p), of_api(&a));
+        if p == a || Instant::now() > deadline {
+            return (p, a);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn dashboard_in_a_real_browser() {
     buildmesh_tests::require_nix();
@@ -199,13 +223,33 @@ fn dashboard_in_a_real_browser() {
         assert!(html.starts_with("<!DOCTYPE html>") && html.contains("name=\"viewport\""), "GET {p}: {html}");
         assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "GET {p} loads an outside asset");
     }
-    let (_, api) = get_json(&format!("{url}/api/v1/revisions/qa@r2?status=failed"));
-    let (_, page) = twin(&url, "/revision/qa@r2?status=failed");
+    let (page, api) = agree(
+        &url,
+        "/revision/qa@r2?status=failed",
+        "/api/v1/revisions/qa@r2?status=failed",
+        |p| p.clone(),
+        |a| a.clone(),
+    );
     assert_eq!(page, api, "the revision page's twin is the API's answer");
-    let (_, api) = get_json(&format!("{url}/api/v1/compare?base=qa@r1&target=qa@r2"));
+    let (page, api) = agree(
+        &url,
+        "/compare?base=qa@r1&target=qa@r2",
+        "/api/v1/compare?base=qa@r1&target=qa@r2",
+        |p| p["compare"]["summary"].clone(),
+        |a| a["summary"].clone(),
+    );
+    assert_eq!(page, api, "the compare page's twin is the API's answer");
     let (_, page) = twin(&url, "/compare?base=qa@r1&target=qa@r2");
-    assert_eq!(page["compare"]["summary"], api["summary"]);
     assert_eq!(page["ready"]["ready"], false, "{}", page["ready"]);
+    let (_, page) = twin(&url, "/builders");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let members: Vec<&serde_json::Value> =
+        page["peers"].as_array().unwrap().iter().filter(|p| p["member"] == true).collect();
+    assert_eq!(members.len(), c.peer_ids.len() - 1, "{}", page["peers"]);
+    for p in members {
+        let seen = p["last_seen_ms"].as_u64().unwrap_or_else(|| panic!("no last_seen_ms: {p}"));
+        assert!(seen <= now_ms && now_ms - seen < 120_000, "heard within the announcement period: {p}");
+    }
     let (_, page) = twin(&url, "/reproducibility?revision=qa@r2");
     let listed: Vec<&str> =
         page["not_matching"].as_array().unwrap().iter().filter_map(|n| n["package"].as_str()).collect();
@@ -235,6 +279,17 @@ fn dashboard_in_a_real_browser() {
             "the overview does not show branch main at qa@r2:\n{text}"
         );
         assert!(text.contains("unrepro") && text.contains("broken"), "recent problems missing:\n{text}");
+
+        // Builders: every other member with when this node last heard its announcement.
+        let text = text_of(&b, &format!("{url}/builders")).await;
+        assert!(text.contains("last seen"), "no last seen column:\n{text}");
+        let mut seen_cells = Vec::new();
+        for cell in b.find_all(Locator::Css("table td.seen")).await.unwrap() {
+            seen_cells.push(cell.text().await.unwrap());
+        }
+        assert_eq!(seen_cells.first().map(String::as_str), Some("now"), "this node: {seen_cells:?}");
+        let heard = seen_cells.iter().filter(|t| t.ends_with(" s ago") || t.ends_with(" min ago")).count();
+        assert!(heard >= c.peer_ids.len() - 1, "every other member was heard lately: {seen_cells:?}");
 
         // Compare: the broken and the fixed package, and the verdict.
         let text = text_of(&b, &format!("{url}/compare?base=qa@r1&target=qa@r2&class=broken")).await;

@@ -102,3 +102,20 @@ fn the_limit_collects_least_recently_used_first_and_pressure_follows() {
     c.enforce().unwrap();
     assert!(store.disk_pressure().is_none());
 }
+
+#[test]
+fn a_nar_without_a_path_goes_like_any_blob() {
+    // What `buildmesh diff` leaves: a peer's NAR stored as a blob (verified against the signed
+    // NarHash) and never registered as a path.
+    let (_dir, store, c) = setup();
+    let nar = vec![7u8; 4096];
+    let blob = store.put_nar(&mut nar.as_slice()).unwrap();
+    assert!(store.blob_by_nar_hash(&blob.nar_hash).unwrap().is_some());
+    let inv = store.gc_inventory().unwrap();
+    assert!(inv.iter().any(|b| b.blob == blob.blake3 && b.paths.is_empty()), "in the collector's inventory");
+    c.pin(&path(1)).unwrap();
+    let r = c.collect(Goal::Everything, false).unwrap();
+    assert!(store.blob_by_nar_hash(&blob.nar_hash).unwrap().is_none(), "the pathless NAR is collected");
+    assert!(r.freed_bytes >= blob.compressed_size);
+    assert!(store.has_path(&path(1)).unwrap());
+}

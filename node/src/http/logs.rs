@@ -5,8 +5,10 @@
 //! node, the log of a builder that signed one, fetched and checked against the builder's signed
 //! [`buildmesh_protocol::wire::LogDigest`] ([`crate::mesh::logs`]). The answer is `text/plain`
 //! with `X-Buildmesh-Log-Builder` (the builder's peer id) and, for a fetched log,
-//! `X-Buildmesh-Log-Sha256`. Errors: 400 (bad drv or builder), 404 (no log here and none signed),
-//! 502 (builders asked, none served a log that matches its signature: the body names each).
+//! `X-Buildmesh-Log-Sha256` (and `X-Buildmesh-Log-Cached: true` when it came from this node's
+//! cache of fetched logs, [`crate::mesh::log_cache`]). Errors: 400 (bad drv or builder), 404 (no
+//! log here and none signed), 502 (builders asked, none served a log that matches its signature:
+//! the body names each), 503 (too many log fetches at once; the body names the bound).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -21,6 +23,8 @@ use crate::mesh::logs::LogError;
 pub const BUILDER_HEADER: &str = "x-buildmesh-log-builder";
 /// The verified sha256 header (fetched logs).
 pub const SHA256_HEADER: &str = "x-buildmesh-log-sha256";
+/// Set (`true`) on a log served from the cache of fetched logs.
+pub const CACHED_HEADER: &str = "x-buildmesh-log-cached";
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
@@ -80,11 +84,18 @@ pub(super) async fn log(
         return error(StatusCode::NOT_FOUND, format!("no log of {drv} on this node"));
     };
     match mesh.fetch_log(state.store(), &drv, builder).await {
-        Ok(v) => text(v.bytes, v.builder.to_peer_id(), Some(hex::encode(v.digest.sha256))),
+        Ok(v) => {
+            let mut resp = text(v.bytes, v.builder.to_peer_id(), Some(hex::encode(v.digest.sha256)));
+            if v.cached {
+                resp.headers_mut().insert(HeaderName::from_static(CACHED_HEADER), HeaderValue::from_static("true"));
+            }
+            resp
+        }
         Err(e @ LogError::NoSignedLog { .. }) => {
             error(StatusCode::NOT_FOUND, format!("no log of {drv} on this node, and {e}"))
         }
         Err(e @ LogError::Unavailable { .. }) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(e @ LogError::Busy(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -6,7 +6,10 @@
 //! build), so the log must match one of the digests that builder signed for that derivation.
 //!
 //! Bounds: a log larger than [`MAX_FETCHED_LOG`] is not fetched; the size is known from the
-//! signed digest before the first chunk, and the responder's stated total must equal it.
+//! signed digest before the first chunk, and the responder's stated total must equal it. At most
+//! [`MAX_CONCURRENT_LOG_FETCHES`] fetches run at once (each holds up to 64 MiB); beyond,
+//! [`LogError::Busy`]. A fetched log is kept in the [`LogCache`] and read from there next time,
+//! checked again against the digests signed for the derivation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -16,12 +19,17 @@ use buildmesh_protocol::signed::Signed;
 use buildmesh_protocol::store_path::StorePath;
 use buildmesh_protocol::wire::{Attestation, BuildFailure, LogDigest};
 
+use super::log_cache::LogCache;
 use super::rpc::{self, LOG_CHUNK_SIZE, SyncRequest, SyncResponse};
 use crate::net::{NetConfig, NetHandle, RequestProtocol};
 use crate::store::{Store, StoreError};
 
 /// Largest log fetched from a peer (64 MiB, the most a store ever decompresses of a log).
 pub const MAX_FETCHED_LOG: u64 = 64 << 20;
+
+/// Log fetches from peers running at once (a cached log needs none).
+pub const MAX_CONCURRENT_LOG_FETCHES: usize = 4;
+static FETCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_LOG_FETCHES);
 
 /// Why a log could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +51,9 @@ pub enum LogError {
         /// `<builder>: <why>`, separated by `; `.
         tried: String,
     },
+    /// [`MAX_CONCURRENT_LOG_FETCHES`] fetches are running already (HTTP 503).
+    #[error("{0} build log fetches are running; try again later")]
+    Busy(usize),
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -96,6 +107,8 @@ pub struct VerifiedLog {
     pub digest: LogDigest,
     /// The log.
     pub bytes: Vec<u8>,
+    /// Whether it came from this node's [`LogCache`] (checked again) rather than the network.
+    pub cached: bool,
 }
 
 /// Every log digest signed for `drv` in the attestations and failures this node holds, by
@@ -179,10 +192,12 @@ where
 }
 
 /// The log of `drv` from the builders that signed one (only `builder`, when given), the first
-/// whose bytes match its signed digest. `me` is skipped (the caller reads its own store).
+/// whose bytes match its signed digest: from `cache` when it holds one of those digests, else
+/// fetched (and then cached). `me` is skipped (the caller reads its own store).
 pub async fn fetch(
     net: &NetHandle,
     store: &Store,
+    cache: &std::sync::Arc<LogCache>,
     drv: &StorePath,
     builder: Option<NodeId>,
     me: NodeId,
@@ -199,6 +214,16 @@ pub async fn fetch(
     if digests.is_empty() {
         return Err(LogError::NoSignedLog { drv: drv.to_string(), by });
     }
+    let (c, wanted) = (cache.clone(), digests.clone());
+    let hit = tokio::task::spawn_blocking(move || {
+        wanted.iter().find_map(|(node, set)| set.iter().find_map(|d| c.get(d).map(|b| (*node, *d, b))))
+    })
+    .await
+    .map_err(|e| LogError::Task(e.to_string()))?;
+    if let Some((builder, digest, bytes)) = hit {
+        return Ok(VerifiedLog { builder, digest, bytes, cached: true });
+    }
+    let _permit = FETCHES.try_acquire().map_err(|_| LogError::Busy(MAX_CONCURRENT_LOG_FETCHES))?;
     let max = NetConfig::default().sync_limits.max_response;
     let mut tried = Vec::new();
     for (node, signed) in digests {
@@ -215,7 +240,12 @@ pub async fn fetch(
             }
         };
         match fetch_from(drv, &signed, ask).await {
-            Ok((digest, bytes)) => return Ok(VerifiedLog { builder: node, digest, bytes }),
+            Ok((digest, bytes)) => {
+                let (c, b) = (cache.clone(), bytes.clone());
+                // Checked by `fetch_from` against the builder's signed digest before it goes in.
+                let _ = tokio::task::spawn_blocking(move || c.put(&digest, &b)).await;
+                return Ok(VerifiedLog { builder: node, digest, bytes, cached: false });
+            }
             Err(e) => {
                 tracing::info!(drv = %drv, builder = %peer, cause = %e, "log refused");
                 tried.push(format!("{peer}: {e}"));

@@ -37,6 +37,7 @@ pub mod driver;
 pub mod fetch;
 pub mod gateway;
 pub mod jobs;
+pub mod log_cache;
 pub mod logs;
 pub mod peer_book;
 pub mod policy;
@@ -136,8 +137,9 @@ pub struct PeerView {
     /// Until when (unix ms) placement designates it last for not delivering; `null` if not.
     #[serde(default)]
     pub penalised_until_ms: Option<u64>,
-    /// When this node last saw it (unix ms): now while connected, else from the remembered
-    /// peers ([`peer_book`]); `null` if not remembered.
+    /// When this node last saw it (unix ms, this node's clock): now while connected, else the
+    /// later of its last announcement heard and the remembered peers ([`peer_book`]); `null`
+    /// if neither.
     #[serde(default)]
     pub last_seen_ms: Option<u64>,
     /// The slowdown it measured for each emulated system (`8.5`: 8.5 times as long as native),
@@ -381,6 +383,7 @@ pub struct MeshHandle {
     store_dir: StoreDir,
     net: crate::net::NetHandle,
     revisions: Arc<revisions::Revisions>,
+    log_cache: Arc<log_cache::LogCache>,
 }
 
 impl MeshHandle {
@@ -423,7 +426,7 @@ impl MeshHandle {
         drv: &StorePath,
         builder: Option<NodeId>,
     ) -> Result<logs::VerifiedLog, logs::LogError> {
-        logs::fetch(&self.net, store, drv, builder, self.node_id()).await
+        logs::fetch(&self.net, store, &self.log_cache, drv, builder, self.node_id()).await
     }
 
     /// Fetch the NAR with this NarHash and NarSize from `builders` (verified; stored as a blob,

@@ -457,6 +457,12 @@ impl Mesh {
         self.members.iter().map(|m| &m.ann)
     }
 
+    /// The live members' latest announcements with when each was last heard from (the `now_ms`
+    /// of the input that brought its latest announcement; this node's own entry included).
+    pub fn members_heard(&self) -> impl Iterator<Item = (&Announcement, u64)> {
+        self.members.iter().map(|m| (&m.ann, m.last_heard_ms))
+    }
+
     /// Number of live members (this node included).
     pub fn member_count(&self) -> usize {
         self.members.len()

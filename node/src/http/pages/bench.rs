@@ -34,6 +34,10 @@ pub struct PagesBenchArgs {
     /// Requests per page (spread over the clients).
     #[arg(long, default_value_t = 1000)]
     pub requests: usize,
+    /// Measure only the pages whose route starts with this (repeatable, e.g. `--page
+    /// /reproducibility`; `/` is the overview alone); every page when none is given.
+    #[arg(long = "page")]
+    pub only: Vec<String>,
 }
 
 /// Goal: p99 at most this with the clients.
@@ -174,7 +178,9 @@ pub fn run(args: PagesBenchArgs) -> anyhow::Result<()> {
             .context("HTTP client")?;
         let base = format!("http://{addr}");
         let mut rows = Vec::new();
-        for p in &pages {
+        // `/` names the overview only; other routes name themselves and their variants.
+        let wanted = |p: &str| args.only.iter().any(|o| if o == "/" { p == "/" } else { p.starts_with(o.as_str()) });
+        for p in pages.iter().filter(|p| args.only.is_empty() || wanted(p)) {
             rows.push(measure(&client, &base, p, args.clients, args.requests).await?);
         }
         anyhow::Ok(rows)

@@ -1,5 +1,6 @@
 //! `/builders`: every member with its key, owner, systems (native, emulated), features, slots,
-//! load, builds done and failed, and its agreement rate with the other builders.
+//! load, when it was last seen, builds done and failed, and its agreement rate
+//! with the other builders.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde::Serialize;
 
-use super::layout::{Nav, badge, frame, short};
+use super::layout::{Nav, ago, badge, frame, short, time};
 use super::{PageError, PagesContext, page_or_error, respond};
 use crate::http::api::NodeInfo;
 use crate::mesh::PeerView;
@@ -20,7 +21,8 @@ use crate::qa::agreement::BuilderAgreement;
 pub struct BuildersTwin<'a> {
     /// This node.
     pub node: &'a NodeInfo,
-    /// Its peers (empty without a mesh).
+    /// Its peers (empty without a mesh); `last_seen_ms` is when this node last saw each
+    /// (now while connected, else its last announcement heard or the remembered peers').
     pub peers: Vec<PeerView>,
     /// Every builder the store has statements of.
     pub agreement: &'a [BuilderAgreement],
@@ -69,10 +71,11 @@ pub fn members(me: &NodeInfo, peers: &[PeerView], agreement: &[BuilderAgreement]
         None => "-".to_string(),
     };
     let mine = find(agreement, &me.peer_id);
+    let now = crate::store::unix_ms();
     html! {
         div.scroll { table {
             thead { tr { th { "member" } th { "key" } th { "owner" } th { "native" } th { "emulated" } th { "features" }
-                th.n { "slots" } th.n { "load" } th { "state" } th.n { "built" } th.n { "failed" } th.n { "agreement" } } }
+                th.n { "slots" } th.n { "load" } th { "state" } th { "last seen" } th.n { "built" } th.n { "failed" } th.n { "agreement" } } }
             tbody {
                 tr {
                     td { (short(&me.peer_id)) " " span.b { "this node" } }
@@ -84,6 +87,7 @@ pub fn members(me: &NodeInfo, peers: &[PeerView], agreement: &[BuilderAgreement]
                     td.n { (me.slots) }
                     td.n { "-" }
                     td { (badge("yes")) }
+                    td.seen { "now" }
                     td.n { (mine.map(|a| a.builds).unwrap_or(0)) }
                     td.n { (mine.map(|a| a.failed).unwrap_or(0)) }
                     td.n { (rate(mine)) }
@@ -99,6 +103,10 @@ pub fn members(me: &NodeInfo, peers: &[PeerView], agreement: &[BuilderAgreement]
                     td.n { (p.load) }
                     td { @if p.member { (badge("member")) } " " @if p.connected { (badge("connected")) } @else { (badge("no")) }
                         @if let Some(r) = &p.disk_pressure { " " span.b.no title=(r) { "disk pressure" } } }
+                    @match p.last_seen_ms {
+                        Some(ms) => { td.seen title=(format!("{} UTC", time(ms))) { (ago(ms, now)) } }
+                        None => { td.seen { "-" } }
+                    }
                     td.n { (a.map(|a| a.builds).unwrap_or(0)) }
                     td.n { (a.map(|a| a.failed).unwrap_or(0)) }
                     td.n { (rate(a)) }

@@ -147,6 +147,18 @@ pub fn time(ms: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// How long before `now_ms` the time `ms` was, for a person: `12 s ago`, `4 min ago`, `3 h ago`,
+/// else the UTC date ([`time`]).
+pub fn ago(ms: u64, now_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(ms) / 1000;
+    match secs {
+        0..120 => format!("{secs} s ago"),
+        120..7_200 => format!("{} min ago", secs / 60),
+        7_200..172_800 => format!("{} h ago", secs / 3600),
+        _ => time(ms),
+    }
+}
+
 /// Howard Hinnant's days-to-civil (the Gregorian date of a day count since 1970-01-01).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -187,6 +199,16 @@ mod tests {
         assert_eq!(time(0), "-");
         assert_eq!(time(1_000), "1970-01-01 00:00:01");
         assert_eq!(time(1_796_515_200_000), "2026-12-06 00:00:00");
+    }
+
+    #[test]
+    fn ago_is_relative_then_a_date() {
+        let now = 1_796_515_200_000;
+        assert_eq!(ago(now - 12_000, now), "12 s ago");
+        assert_eq!(ago(now + 5_000, now), "0 s ago", "a clock ahead is not the future");
+        assert_eq!(ago(now - 600_000, now), "10 min ago");
+        assert_eq!(ago(now - 3 * 3_600_000, now), "3 h ago");
+        assert_eq!(ago(now - 86_400_000 * 3, now), "2026-12-03 00:00:00");
     }
 
     #[test]

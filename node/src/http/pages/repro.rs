@@ -61,7 +61,7 @@ pub struct ReproTwin<'a> {
     /// `C@ID`.
     pub revision: &'a str,
     /// Counts per system.
-    pub systems: BTreeMap<String, ReproCounts>,
+    pub systems: &'a BTreeMap<String, ReproCounts>,
     /// The branch's newest revisions, oldest first.
     pub trend: &'a [TrendPoint],
     /// Every builder's agreement.
@@ -127,8 +127,56 @@ fn point(shown: &RevisionShow) -> TrendPoint {
     p
 }
 
+/// What the page derives from a revision's 100,000 jobs, computed once per answer of the
+/// revision (not per request): the counts per system and where the not-matching jobs are.
+#[derive(Debug)]
+pub struct ReproSummary {
+    /// The revision the counts are of (the page shows this very answer, so counts, total and
+    /// rows always agree).
+    pub shown: Arc<RevisionShow>,
+    /// Counts per system.
+    pub systems: BTreeMap<String, ReproCounts>,
+    /// Indices into `shown.status.jobs` of the not-matching jobs, in job order.
+    pub not_matching: Vec<usize>,
+}
+
+/// The [`ReproSummary`] of revision `name`, cached like the revision itself: kept for 20 times
+/// what it took (at least [`super::cache::MIN_TTL`]), then refreshed in the background from the
+/// revision's current answer, so new attestations and revisions show within seconds.
+pub async fn summary(ctx: &PagesContext, name: &str) -> Result<Arc<ReproSummary>, PageError> {
+    let (c, n) = (ctx.clone(), name.to_string());
+    ctx.cache()
+        .get(format!("repro:{name}"), move || async move {
+            let shown = data::show(&c, &n).await?;
+            crate::qa::blocking(move || {
+                let systems = counts(&shown);
+                let not_matching = shown
+                    .status
+                    .jobs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, j)| j.verdict == Some(OutputVerdict::NotMatching))
+                    .map(|(i, _)| i)
+                    .collect();
+                Ok(ReproSummary { shown, systems, not_matching })
+            })
+            .await
+            .map_err(PageError::from)
+        })
+        .await
+}
+
+/// The trend of a branch with its chart, drawn once per refresh.
+#[derive(Debug)]
+pub struct Trend {
+    /// The points, oldest first.
+    pub points: Vec<TrendPoint>,
+    /// The SVG chart, or why it could not be drawn.
+    pub svg: Result<String, String>,
+}
+
 /// The trend of the branch of `shown` (cached; each revision evaluated once per refresh).
-async fn trend(ctx: &PagesContext, shown: &RevisionShow) -> Result<Arc<Vec<TrendPoint>>, PageError> {
+async fn trend(ctx: &PagesContext, shown: &RevisionShow) -> Result<Arc<Trend>, PageError> {
     let (channel, branch) = (shown.summary.channel.clone(), shown.summary.branch.clone());
     let c = ctx.clone();
     ctx.cache()
@@ -143,7 +191,8 @@ async fn trend(ctx: &PagesContext, shown: &RevisionShow) -> Result<Arc<Vec<Trend
                 points.push(point(&s));
             }
             points.reverse();
-            Ok(points)
+            let svg = trend_svg(&points);
+            Ok(Trend { points, svg })
         })
         .await
 }
@@ -151,20 +200,18 @@ async fn trend(ctx: &PagesContext, shown: &RevisionShow) -> Result<Arc<Vec<Trend
 /// A page of the not-matching jobs with their attestations (cached per page).
 async fn not_matching(
     ctx: &PagesContext,
-    shown: Arc<RevisionShow>,
+    sum: Arc<ReproSummary>,
     page: usize,
     size: usize,
 ) -> Result<Arc<Vec<NotMatching>>, PageError> {
-    let key = format!("repro-page:{}:{page}:{size}", shown.summary.revision);
+    let key = format!("repro-page:{}:{page}:{size}", sum.shown.summary.revision);
     let c = ctx.clone();
     ctx.cache()
         .get(key, move || async move {
             crate::qa::blocking(move || {
-                let jobs: Vec<_> =
-                    shown.status.jobs.iter().filter(|j| j.verdict == Some(OutputVerdict::NotMatching)).collect();
-                let (rows, _) = paginate(&jobs, page, size);
+                let (rows, _) = paginate(&sum.not_matching, page, size);
                 let mut out = Vec::with_capacity(rows.len());
-                for j in rows {
+                for j in rows.iter().filter_map(|&i| sum.shown.status.jobs.get(i)) {
                     let drv = c
                         .store_dir()
                         .parse_path(&j.drv)
@@ -200,21 +247,22 @@ async fn repro_page(
             message: "no revision is known here yet".into(),
         })?,
     };
-    let shown = data::show(ctx, &name).await?;
-    let total = shown.status.jobs.iter().filter(|j| j.verdict == Some(OutputVerdict::NotMatching)).count();
+    // Everything below comes from the cached summary and pages: no walk of the jobs per request.
+    let sum = summary(ctx, &name).await?;
+    let shown = &sum.shown;
+    let total = sum.not_matching.len();
     let (page, size) = (Paging { page: q.page, size: q.size }.page(), Paging { page: q.page, size: q.size }.size());
     let (trend, builders, rows) =
-        tokio::try_join!(trend(ctx, &shown), agreement(ctx), not_matching(ctx, shown.clone(), page, size))?;
+        tokio::try_join!(trend(ctx, shown), agreement(ctx), not_matching(ctx, sum.clone(), page, size))?;
     let twin = ReproTwin {
         revision: &shown.summary.revision,
-        systems: counts(&shown),
-        trend: &trend,
+        systems: &sum.systems,
+        trend: &trend.points,
         builders: &builders,
         not_matching_total: total,
         not_matching: &rows,
     };
     Ok(respond(headers, &twin, || {
-        let chart = trend_svg(&trend);
         let pages = total.div_ceil(size).max(1);
         let body = html! {
             h1 { "Reproducibility of " code { (twin.revision) } }
@@ -224,12 +272,12 @@ async fn repro_page(
             }
             div.scroll { table {
                 thead { tr { th { "system" } th.n { "matching" } th.n { "not matching" } th.n { "single builder" } th.n { "not built" } } }
-                tbody { @for (sys, c) in &twin.systems { tr {
+                tbody { @for (sys, c) in twin.systems.iter() { tr {
                     td { (sys) } td.n { (c.matching) } td.n { (c.not_matching) } td.n { (c.single) } td.n { (c.not_built) }
                 } } }
             } }
             h2 { "Trend on " (shown.summary.channel) " · " (shown.summary.branch) }
-            @match chart {
+            @match &trend.svg {
                 Ok(svg) => { div.chart role="img" aria-label="reproducibility trend" { (PreEscaped(svg)) } }
                 Err(e) => { p.error { "The chart could not be drawn: " (e) } }
             }

@@ -288,7 +288,9 @@ pub(crate) async fn start(
     let peers =
         peers::PeerStore::load(&params.store, net.local_peer_id(), remember, forget, is_trusted).map_err(Box::new)?;
     let store_dir = params.store_dir.clone();
-    let handle = MeshHandle { commands: cmd_tx, shared, gateway, store_dir, net: net.clone(), revisions };
+    let log_cache =
+        Arc::new(super::log_cache::LogCache::new(mesh_dir.join("logs"), super::log_cache::MAX_CACHED_LOG_BYTES));
+    let handle = MeshHandle { commands: cmd_tx, shared, gateway, store_dir, net: net.clone(), revisions, log_cache };
     let driver = Driver {
         configured_slots,
         mesh,

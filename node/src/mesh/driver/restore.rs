@@ -165,7 +165,7 @@ impl Driver {
             slowdown: BTreeMap::new(),
             disk_pressure: None,
         };
-        for ann in self.mesh.members() {
+        for (ann, heard_ms) in self.mesh.members_heard() {
             if ann.node == me {
                 continue;
             }
@@ -183,6 +183,7 @@ impl Driver {
             v.version = ann.version.clone();
             v.slowdown = ann.slowdown.iter().map(|(s, x)| (s.clone(), f64::from(*x) / 100.0)).collect();
             v.disk_pressure = ann.disk_pressure.clone();
+            v.last_seen_ms = Some(heard_ms);
             peers.insert(peer, v);
         }
         let now = unix_ms();
@@ -213,7 +214,9 @@ impl Driver {
             }
         }
         for (peer, v) in peers.iter_mut() {
-            v.last_seen_ms = if v.connected { Some(now) } else { self.peers.book.last_seen(peer) };
+            // Now while connected; else the later of its last announcement heard and the
+            // remembered peers' record.
+            v.last_seen_ms = if v.connected { Some(now) } else { v.last_seen_ms.max(self.peers.book.last_seen(peer)) };
         }
         *self.ctx.shared.peers.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             peers.into_values().collect();
