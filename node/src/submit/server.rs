@@ -142,8 +142,7 @@ async fn submit(
         return error_response(&SubmitError::Internal("the submit endpoint is shutting down".to_string()));
     };
     if let Err(e) = check_outstanding(&state, &who).await {
-        tracing::warn!(cause = %e, "refused a submission");
-        return error_response(&e);
+        return refuse(&e, body).await;
     }
     let ledger = &state.ctx.submitters;
     let max_bytes = state.ctx.limits.max_closure_bytes_per_submitter;
@@ -152,8 +151,7 @@ async fn submit(
         Err(usage) => {
             let upload = content_length.unwrap_or(0);
             let e = SubmitError::ClosureQuota { submitter: who.to_string(), used: usage.bytes, upload, max: max_bytes };
-            tracing::warn!(cause = %e, "refused a submission");
-            return error_response(&e);
+            return refuse(&e, body).await;
         }
     };
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
@@ -213,6 +211,16 @@ async fn submit(
             error_response(&e)
         }
     }
+}
+
+/// Answer `e` after reading and discarding up to [`DRAIN_LIMIT`] bytes of the body, so that the
+/// client reads the refusal rather than a reset connection.
+async fn refuse(e: &SubmitError, body: Body) -> Response {
+    tracing::warn!(cause = %e, "refused a submission");
+    let (tx, rx) = mpsc::channel(1);
+    drop(rx);
+    forward(body, tx, None).await;
+    error_response(e)
 }
 
 /// Refuse the upload when `who` (on a mesh node: the node, whose key signs every job) or all
