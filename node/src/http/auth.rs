@@ -14,6 +14,13 @@
 //! another one, is answered `401` with `{"error": "..."}` and `WWW-Authenticate: Bearer ...`
 //! before its handler runs, so it changes nothing. Tokens are compared as BLAKE3 digests, whose
 //! equality is constant-time.
+//!
+//! **Submitter tokens**: each file `DATA/submitters/NAME.token` (read at start, same rules as
+//! `api.token`: mode 0600, 16 to 1024 visible ASCII characters; `NAME` is 1 to 64 of
+//! `A-Z a-z 0-9 . _ -`) holds the token of submitter `NAME`. Its holder may upload
+//! (`POST /api/v1/submit`) and check its token, nothing else (403); its uploads count under
+//! `NAME` for the fair share and the per-submitter limits
+//! ([`crate::scheduler::submitters`]). The holder of `api.token` is the submitter `operator`.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -29,6 +36,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use libp2p::futures::StreamExt as _;
 
+use crate::scheduler::Submitter;
+
 /// `POST` here answers 204 when the request carries the token (and 401 like any other route when
 /// it does not): a client checks its token this way before a large upload, whose 401 could
 /// otherwise arrive as a reset connection once the node stops reading the body.
@@ -43,6 +52,10 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub const MAX_TOKEN_LEN: usize = 1024;
 /// Largest token file read.
 const MAX_TOKEN_FILE: u64 = 4096;
+/// The directory of submitter tokens inside the data dir (see the module docs).
+pub const SUBMITTERS_DIR: &str = "submitters";
+/// Most submitter token files read.
+const MAX_SUBMITTERS: usize = 4096;
 /// A refused request's body is read and discarded up to this many bytes (so that the client gets
 /// to read the 401 instead of a reset connection), then the connection is closed.
 pub const DRAIN_LIMIT: u64 = 8 << 20;
@@ -88,10 +101,12 @@ pub enum TokenError {
     Random(String),
 }
 
-/// A node's API token, kept as its BLAKE3 digest (compared in constant time).
+/// A node's API token, kept as its BLAKE3 digest (compared in constant time), with the tokens
+/// of its submitters (see the module docs).
 #[derive(Clone)]
 pub struct ApiToken {
     digest: blake3::Hash,
+    submitters: std::sync::Arc<Vec<(Submitter, blake3::Hash)>>,
 }
 
 impl std::fmt::Debug for ApiToken {
@@ -104,7 +119,32 @@ impl ApiToken {
     /// A token from its text (checked with [`check_token`]).
     pub fn new(token: &str) -> Result<ApiToken, String> {
         check_token(token)?;
-        Ok(ApiToken { digest: blake3::hash(token.as_bytes()) })
+        Ok(ApiToken { digest: blake3::hash(token.as_bytes()), submitters: Default::default() })
+    }
+
+    /// Also accept, for uploads only, the token of each named submitter.
+    pub fn with_submitters(mut self, submitters: Vec<(Submitter, String)>) -> ApiToken {
+        self.submitters =
+            std::sync::Arc::new(submitters.into_iter().map(|(s, t)| (s, blake3::hash(t.as_bytes()))).collect());
+        self
+    }
+
+    /// The submitters with a token, by name.
+    pub fn submitter_names(&self) -> Vec<&str> {
+        self.submitters.iter().map(|(s, _)| s.0.as_ref()).collect()
+    }
+
+    /// Whose token `presented` is: `Some(None)` the operator's, `Some(Some(name))` a
+    /// submitter's, `None` nobody's. Every digest is compared (constant time in which matched).
+    fn holder(&self, presented: &str) -> Option<Option<Submitter>> {
+        let digest = blake3::hash(presented.as_bytes());
+        let mut found = (digest == self.digest).then_some(None);
+        for (s, d) in self.submitters.iter() {
+            if *d == digest && found.is_none() {
+                found = Some(Some(s.clone()));
+            }
+        }
+        found
     }
 
     /// Whether `presented` is this token. Constant-time in the token's contents: both sides are
@@ -172,7 +212,51 @@ pub fn load_or_create(data_dir: &Path) -> Result<(ApiToken, bool), TokenError> {
     }
     let token = read_token_file(&path)?;
     let token = ApiToken::new(&token).map_err(|reason| TokenError::Invalid { path: path.clone(), reason })?;
-    Ok((token, created))
+    Ok((token.with_submitters(load_submitters(data_dir)?), created))
+}
+
+/// The submitter tokens in `DATA/submitters/` (none when the directory does not exist); a file
+/// that group or others may read or write, a bad name or a bad token stops the node.
+pub fn load_submitters(data_dir: &Path) -> Result<Vec<(Submitter, String)>, TokenError> {
+    let dir = data_dir.join(SUBMITTERS_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(TokenError::Io { op: "list", path: dir, source }),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| TokenError::Io { op: "list", path: dir.clone(), source })?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".token")) else {
+            continue;
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || name == crate::scheduler::submitters::OPERATOR
+        {
+            return Err(TokenError::Invalid {
+                path,
+                reason: "a submitter's name is 1 to 64 of A-Z a-z 0-9 . _ - (and not `operator`)".to_string(),
+            });
+        }
+        let meta =
+            fs::metadata(&path).map_err(|source| TokenError::Io { op: "inspect", path: path.clone(), source })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(TokenError::Exposed { path, mode });
+        }
+        out.push((Submitter(name.into()), read_token_file(&path)?));
+        if out.len() > MAX_SUBMITTERS {
+            return Err(TokenError::Invalid {
+                path: dir,
+                reason: format!("more than {MAX_SUBMITTERS} submitter tokens"),
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Write a new random token to `path` without ever replacing a file: the token goes to a temp
@@ -236,8 +320,9 @@ enum Denied {
     Wrong,
 }
 
-/// Check the `Authorization` header(s) of a request against `token`.
-fn check(headers: &HeaderMap, token: &ApiToken) -> Result<(), Denied> {
+/// Check the `Authorization` header(s) of a request against `token`: `Ok(None)` for the
+/// operator's token, `Ok(Some(submitter))` for a submitter's.
+fn check(headers: &HeaderMap, token: &ApiToken) -> Result<Option<Submitter>, Denied> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Err(Denied::Missing) };
     if values.next().is_some() {
@@ -248,7 +333,7 @@ fn check(headers: &HeaderMap, token: &ApiToken) -> Result<(), Denied> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Denied::Malformed);
     }
-    if token.matches(presented.trim()) { Ok(()) } else { Err(Denied::Wrong) }
+    token.holder(presented.trim()).ok_or(Denied::Wrong)
 }
 
 /// Whether a request with this method leaves the node's state alone (and needs no token).
@@ -256,13 +341,33 @@ pub fn is_read_only(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-/// The middleware (see the module docs): `GET` and `HEAD` pass, anything else needs the token.
-pub async fn require_token(State(token): State<ApiToken>, request: Request, next: Next) -> Response {
+/// The middleware (see the module docs): `GET` and `HEAD` pass, anything else needs the token
+/// (a submitter's token: only for an upload or a token check, which then carries the
+/// [`Submitter`] in its extensions).
+pub async fn require_token(State(token): State<ApiToken>, mut request: Request, next: Next) -> Response {
     if is_read_only(request.method()) {
         return next.run(request).await;
     }
     let denied = match check(request.headers(), &token) {
-        Ok(()) => return next.run(request).await,
+        Ok(None) => return next.run(request).await,
+        Ok(Some(submitter)) => {
+            let path = request.uri().path();
+            if path == crate::submit::server::SUBMIT_PATH || path == CHECK_PATH {
+                request.extensions_mut().insert(submitter);
+                return next.run(request).await;
+            }
+            let message = format!(
+                "the token of submitter `{submitter}` may only upload (POST {}); {} {} needs the node's own \
+                 token (DATA/{TOKEN_FILE})",
+                crate::submit::server::SUBMIT_PATH,
+                request.method(),
+                crate::http::echo(path)
+            );
+            drain(request.into_body()).await;
+            let mut resp = (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": message }))).into_response();
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         Err(d) => d,
     };
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
@@ -392,6 +497,37 @@ mod tests {
     }
 
     #[test]
+    fn submitter_tokens_are_read_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let subs = dir.path().join(SUBMITTERS_DIR);
+        assert!(load_submitters(dir.path()).unwrap().is_empty(), "no directory: no submitters");
+        fs::create_dir(&subs).unwrap();
+        let write = |name: &str, token: &str, mode: u32| {
+            let p = subs.join(name);
+            fs::write(&p, token).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("alice.token", "alice-token-0123456789\n", 0o600);
+        write("bob.token", "bob-token-0123456789", 0o600);
+        write("README", "not a token", 0o644);
+        let (token, _) = load_or_create(dir.path()).unwrap();
+        assert_eq!(token.submitter_names(), ["alice", "bob"]);
+        let operator = fs::read_to_string(token_path(dir.path())).unwrap();
+        assert_eq!(token.holder(operator.trim()), Some(None));
+        assert_eq!(token.holder("alice-token-0123456789"), Some(Some(Submitter("alice".into()))));
+        assert_eq!(token.holder("carol-token-0123456789"), None);
+        write("carol.token", "carol-token-0123456789", 0o640);
+        assert!(matches!(load_or_create(dir.path()), Err(TokenError::Exposed { mode: 0o640, .. })));
+        fs::remove_file(subs.join("carol.token")).unwrap();
+        for bad in ["operator.token", "a b.token", ".token"] {
+            write(bad, "some-token-0123456789", 0o600);
+            let e = load_submitters(dir.path()).unwrap_err();
+            assert!(e.to_string().contains("submitter's name"), "{bad}: {e}");
+            fs::remove_file(subs.join(bad)).unwrap();
+        }
+    }
+
+    #[test]
     fn the_header_is_checked() {
         let token = ApiToken::new("0123456789abcdef0123").unwrap();
         let with = |v: &[&str]| {
@@ -402,8 +538,8 @@ mod tests {
             check(&h, &token)
         };
         assert_eq!(with(&[]), Err(Denied::Missing));
-        assert_eq!(with(&["Bearer 0123456789abcdef0123"]), Ok(()));
-        assert_eq!(with(&["bearer 0123456789abcdef0123"]), Ok(()));
+        assert_eq!(with(&["Bearer 0123456789abcdef0123"]), Ok(None));
+        assert_eq!(with(&["bearer 0123456789abcdef0123"]), Ok(None));
         assert_eq!(with(&["Bearer 0123456789abcdef0124"]), Err(Denied::Wrong));
         assert_eq!(with(&["Bearer "]), Err(Denied::Wrong));
         assert_eq!(with(&["Basic 0123456789abcdef0123"]), Err(Denied::Malformed));

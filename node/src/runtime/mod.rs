@@ -522,6 +522,9 @@ fn prepare(config: &Config, store_dir: &StoreDir, custom: Option<Arc<dyn Executo
     if created {
         tracing::info!(file = %crate::http::auth::token_path(data_dir).display(), "created the API token");
     }
+    if !token.submitter_names().is_empty() {
+        tracing::info!(submitters = ?token.submitter_names(), "submitter tokens (DATA/submitters) may upload");
+    }
     let options = StoreOptions {
         max_log_bytes: config.max_log_bytes,
         plain_copy_bytes: config.plain_copy_bytes,
@@ -621,5 +624,6 @@ fn submit_context(
     settings.apply(&mut ctx.limits);
     ctx.limits.spool_dir = Some(data_dir.join(SPOOL_DIR));
     ctx.wake = handle.wake_notify();
+    ctx.submitters = handle.submitters();
     ctx
 }

@@ -82,6 +82,8 @@ pub(super) struct Shared {
     pub(super) store_dir: StoreDir,
     pub(super) wake: Arc<Notify>,
     pub(super) running: Mutex<HashMap<StorePath, CancellationToken>>,
+    /// Who submitted the queued builds ([`super::submitters`]).
+    pub(super) submitters: SubmitterLedger,
 }
 
 impl SchedulerHandle {
@@ -93,6 +95,11 @@ impl SchedulerHandle {
     /// The [`Notify`] the scheduler waits on (what the submit endpoint notifies).
     pub fn wake_notify(&self) -> Arc<Notify> {
         self.shared.wake.clone()
+    }
+
+    /// The ledger of uploads by submitter (the submit endpoint records into it).
+    pub fn submitters(&self) -> SubmitterLedger {
+        self.shared.submitters.clone()
     }
 
     /// The derivations being built right now.

@@ -7,7 +7,8 @@
 //! needed output registered? is the input's own build queued, running, failed, cancelled?),
 //! hands it to the pure [`plan::plan`], and applies the result: fail builds whose input
 //! failed permanently, enqueue input derivations that are stored but not queued, start the ready
-//! builds highest effective priority first, then longest critical path.
+//! builds by fair share across submitters ([`submitters`]), then highest effective priority,
+//! then longest critical path.
 //!
 //! ## One build
 //! `Queued -> Running` (one durable transaction), then [`Executor::build`] with a cancellation
@@ -26,11 +27,13 @@
 
 mod handle;
 pub mod plan;
+pub mod submitters;
 #[cfg(test)]
 mod tests;
 
 use handle::Shared;
 pub use handle::{BUILD_EVENT_BUFFER, BuildEvent, BuildOutcome, ControlError, SchedulerHandle, SchedulerOptions};
+pub use submitters::{Submitter, SubmitterLedger};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -138,6 +141,7 @@ impl Scheduler {
                 store_dir: store_dir.clone(),
                 wake: Arc::new(Notify::new()),
                 running: Mutex::new(HashMap::new()),
+                submitters: SubmitterLedger::default(),
             }),
         };
         let trust = crate::trust::standalone(key.node_id());
@@ -313,9 +317,13 @@ impl Scheduler {
 
     /// Read the pending builds with the status of their inputs.
     fn snapshot(&self) -> Result<Vec<PendingBuild>, StoreError> {
+        let ledger = &self.handle.shared.submitters;
+        let mark = ledger.mark();
         let mut records =
             self.store.list_builds(&BuildFilter { states: vec![BuildState::Running], ..Default::default() })?;
         records.extend(self.store.queued_builds(0)?);
+        ledger.retain_pending(mark, &records.iter().map(|r| &r.drv).collect::<HashSet<_>>());
+        let mut submitter_of = ledger.attribute(records.iter().map(|r| &r.drv));
         let mut pending = Vec::with_capacity(records.len());
         let mut keep: HashSet<StorePath> = HashSet::new();
         for r in records {
@@ -345,7 +353,9 @@ impl Scheduler {
                 }),
             }
             keep.insert(r.drv.clone());
+            let submitter = submitter_of.remove(&r.drv).unwrap_or_else(Submitter::operator);
             pending.push(PendingBuild {
+                submitter,
                 drv: r.drv,
                 priority: r.priority,
                 queue_seq: r.queue_seq,
@@ -365,7 +375,8 @@ impl Scheduler {
         for _ in 0..MAX_ROUNDS {
             let now = unix_ms();
             let pending = self.snapshot()?;
-            let p = plan::plan(&pending, free_slots.saturating_sub(started.len()), now);
+            let ledger = &self.handle.shared.submitters;
+            let p = plan::plan_fair(&pending, free_slots.saturating_sub(started.len()), now, &ledger.served());
             let changed = !p.fail.is_empty() || !p.enqueue.is_empty();
             for (drv, reason) in &p.fail {
                 self.fail_unbuilt(drv, reason, now)?;
@@ -387,6 +398,9 @@ impl Scheduler {
             if shutdown.is_cancelled() {
                 return Ok((started, None));
             }
+            if !p.start.is_empty() {
+                ledger.set_served(p.served);
+            }
             for s in &p.start {
                 let Ok(Some(derivation)) = self.derivation(&s.drv) else { continue };
                 let token = shutdown.child_token();
@@ -395,7 +409,7 @@ impl Scheduler {
                 match self.store.mark_running(&s.drv, unix_ms()) {
                     Ok(record) => {
                         tracing::info!(
-                            drv = %s.drv, priority = s.priority, critical_path = s.critical_path,
+                            drv = %s.drv, submitter = %s.submitter, priority = s.priority, critical_path = s.critical_path,
                             attempt = record.attempts, "starting build"
                         );
                         started.push(Started { drv: s.drv.clone(), record, derivation, token });

@@ -3,8 +3,10 @@
 //! [`plan`] takes every pending build (queued or running), what is known about each of their input
 //! derivations, the number of free slots and the time, and decides:
 //! - which queued builds start now: only builds whose input derivations' outputs are all
-//!   registered ([`InputStatus::Available`]) and whose retry backoff has passed, **highest
-//!   effective priority first, then longest critical path**, then queue order;
+//!   registered ([`InputStatus::Available`]) and whose retry backoff has passed, by **fair share
+//!   across submitters** (the submitter with the fewest builds running first, the rule of the
+//!   mesh's claims: [`buildmesh_protocol::mesh::fair::fair_order`]), then within one submitter
+//!   **highest effective priority first, then longest critical path**, then queue order;
 //! - which queued builds fail because an input failed permanently, was cancelled, or cannot be
 //!   obtained ([`InputStatus::Failed`]);
 //! - which input derivations are stored but not queued, and must be enqueued;
@@ -16,12 +18,21 @@
 //! that (transitively) need it, itself included: starting the head of a long chain first
 //! shortens the total time when slots are scarce.
 //!
+//! **Fair share**: each build counts under one [`Submitter`] (the API token its upload came
+//! with, [`super::submitters`]). With one slot free and submitter A running 1 build with 10,000
+//! waiting while B runs none with 10 waiting, B's best build starts; between submitters running
+//! as many, the one whose last build started longest ago ([`plan_fair`]'s `served`); so a
+//! submitter's queue, however long, takes turns with another's rather than going first.
+//!
 //! Nothing here touches the store or the clock: the scheduler gathers the snapshot, calls
 //! [`plan`], and applies the [`Plan`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use buildmesh_protocol::store_path::StorePath;
+
+use super::submitters::Submitter;
 
 /// What the scheduler knows about one input derivation of a pending build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +72,8 @@ pub struct PendingBuild {
     pub not_before: Option<u64>,
     /// Its input derivations.
     pub inputs: Vec<InputNeed>,
+    /// Whose upload it counts under (fair share across submitters).
+    pub submitter: Submitter,
 }
 
 /// A build to start, with the keys it was ranked by.
@@ -68,6 +81,8 @@ pub struct PendingBuild {
 pub struct Start {
     /// The `.drv` path.
     pub drv: StorePath,
+    /// Whose it counts as.
+    pub submitter: Submitter,
     /// Effective priority.
     pub priority: i32,
     /// Critical path length (builds, itself included).
@@ -87,10 +102,19 @@ pub struct Plan {
     pub enqueue: Vec<(StorePath, i32)>,
     /// The earliest `not_before` in the future of a build that is otherwise ready.
     pub wake_at: Option<u64>,
+    /// When each submitter was last served, after the starts (for the next [`plan_fair`]).
+    pub served: BTreeMap<Submitter, u64>,
 }
 
-/// Rank the pending builds and decide what to start, fail and enqueue (see the module docs).
+/// [`plan_fair`] with no submitter served before.
 pub fn plan(pending: &[PendingBuild], free_slots: usize, now_ms: u64) -> Plan {
+    plan_fair(pending, free_slots, now_ms, &BTreeMap::new())
+}
+
+/// Rank the pending builds and decide what to start, fail and enqueue (see the module docs);
+/// `served` says when each submitter's last build started (larger is more recent; the previous
+/// plan's [`Plan::served`]).
+pub fn plan_fair(pending: &[PendingBuild], free_slots: usize, now_ms: u64, served: &BTreeMap<Submitter, u64>) -> Plan {
     let index: HashMap<&StorePath, usize> = pending.iter().enumerate().map(|(i, b)| (&b.drv, i)).collect();
     // dependents[i]: pending builds that need build i.
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); pending.len()];
@@ -140,18 +164,34 @@ pub fn plan(pending: &[PendingBuild], free_slots: usize, now_ms: u64) -> Plan {
             _ => ready.push(i),
         }
     }
-    ready.sort_by(|&a, &b| {
-        effective[b]
-            .cmp(&effective[a])
-            .then(critical[b].cmp(&critical[a]))
-            .then(pending[a].queue_seq.cmp(&pending[b].queue_seq))
-            .then(pending[a].drv.cmp(&pending[b].drv))
-    });
-    out.waiting_for_slot = ready.len().saturating_sub(free_slots);
-    out.start = ready
+    // Within one submitter: highest effective priority, longest critical path, queue order.
+    let key = |i: usize| (Reverse(effective[i]), Reverse(critical[i]), pending[i].queue_seq, &pending[i].drv, i);
+    let mut queues: BTreeMap<&Submitter, Vec<_>> = BTreeMap::new();
+    for &i in &ready {
+        queues.entry(&pending[i].submitter).or_default().push(key(i));
+    }
+    let queues: BTreeMap<Submitter, VecDeque<_>> = queues
         .into_iter()
-        .take(free_slots)
-        .map(|i| Start { drv: pending[i].drv.clone(), priority: effective[i], critical_path: critical[i] })
+        .map(|(s, mut q)| {
+            q.sort_unstable();
+            (s.clone(), q.into())
+        })
+        .collect();
+    let mut running: BTreeMap<Submitter, usize> = BTreeMap::new();
+    for b in pending.iter().filter(|b| b.running) {
+        *running.entry(b.submitter.clone()).or_insert(0) += 1;
+    }
+    out.waiting_for_slot = ready.len().saturating_sub(free_slots);
+    let (picks, served) = buildmesh_protocol::mesh::fair::fair_order(queues, &running, served, free_slots);
+    out.served = served;
+    out.start = picks
+        .into_iter()
+        .map(|(submitter, (.., i))| Start {
+            drv: pending[i].drv.clone(),
+            submitter,
+            priority: effective[i],
+            critical_path: critical[i],
+        })
         .collect();
     out.enqueue = enqueue.into_iter().collect();
     out
@@ -216,6 +256,7 @@ mod tests {
             running: false,
             not_before: None,
             inputs: inputs.iter().map(|(d, s)| InputNeed { drv: drv(*d), status: s.clone() }).collect(),
+            submitter: Submitter::operator(),
         }
     }
 
@@ -314,7 +355,10 @@ mod tests {
             build(4, 0, &[(2, Pending), (3, Pending)]),
         ];
         let p = plan(&pending, 4, 0);
-        assert_eq!(p.start, vec![Start { drv: drv(1), priority: 0, critical_path: 3 }]);
+        assert_eq!(
+            p.start,
+            vec![Start { drv: drv(1), submitter: Submitter::operator(), priority: 0, critical_path: 3 }]
+        );
         // A 5000-deep chain does not overflow the stack.
         let n = 5000usize;
         let paths: Vec<StorePath> =
@@ -327,10 +371,51 @@ mod tests {
                 running: false,
                 not_before: None,
                 inputs: if i == 0 { vec![] } else { vec![InputNeed { drv: paths[i - 1].clone(), status: Pending }] },
+                submitter: Submitter::operator(),
             })
             .collect();
         let p = plan(&chain, 1, 0);
         assert_eq!(p.start[0].critical_path, n as u32);
+    }
+
+    #[test]
+    fn submitters_take_turns_whatever_their_queue_length_or_priority() {
+        let (alice, bob) = (Submitter(std::sync::Arc::from("alice")), Submitter(std::sync::Arc::from("bob")));
+        // Alice queued 200 builds first (one of them running), Bob 3 afterwards.
+        let mut pending: Vec<PendingBuild> = (0..200u8)
+            .map(|n| PendingBuild { submitter: alice.clone(), ..build(n, 0, &[]) })
+            .chain((200..203u8).map(|n| PendingBuild {
+                submitter: bob.clone(),
+                queue_seq: 1000 + u64::from(n),
+                ..build(n, 0, &[])
+            }))
+            .collect();
+        pending[0].running = true;
+        let p = plan(&pending, 1, 0);
+        assert_eq!(started(&p), vec![drv(200)], "Bob runs nothing, Alice runs one: Bob's turn");
+        assert_eq!(p.waiting_for_slot, 201);
+        let p = plan(&pending, 4, 0);
+        assert_eq!(started(&p), vec![drv(200), drv(1), drv(201), drv(2)], "then turns, each in its own order");
+        // Priority ranks within one submitter, not across: Alice's priority 100 build waits its turn.
+        pending[5].priority = 100;
+        assert_eq!(started(&plan(&pending, 2, 0)), vec![drv(200), drv(5)]);
+        // One slot at a time and nothing running: the submitter served longest ago goes next.
+        pending[0].running = false;
+        pending[5].priority = 0;
+        let mut served = BTreeMap::new();
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            let p = plan_fair(&pending, 1, 0, &served);
+            order.push(p.start[0].submitter.0.to_string());
+            pending.retain(|b| b.drv != p.start[0].drv);
+            served = p.served;
+        }
+        assert_eq!(order, ["alice", "bob", "alice", "bob", "alice"]);
+        // One submitter alone: the order is the old one.
+        pending.retain(|b| b.submitter == alice);
+        pending[0].running = true;
+        pending[2].priority = 100;
+        assert_eq!(started(&plan(&pending, 2, 0)), vec![drv(5), drv(4)]);
     }
 
     #[test]

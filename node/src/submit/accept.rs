@@ -67,6 +67,18 @@ pub fn accept(
     accept_inner(ctx, body, content_length, now, true).map(|(r, _)| r)
 }
 
+/// [`accept`], also returning the derivations it queued (what the upload counts for in its
+/// submitter's ledger, [`crate::scheduler::SubmitterLedger`]).
+pub fn accept_queued(
+    ctx: &SubmitContext,
+    body: &mut dyn Read,
+    content_length: Option<u64>,
+    now: u64,
+) -> Result<(SubmitResponse, BTreeSet<StorePath>), SubmitError> {
+    let (response, plan) = accept_inner(ctx, body, content_length, now, true)?;
+    Ok((response, plan.jobs.into_iter().map(|(drv, ..)| drv).collect()))
+}
+
 /// What a mesh node hands to the mesh after [`accept_for_mesh`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshPlan {

@@ -66,10 +66,20 @@ pub struct SubmitLimits {
     pub max_nar_depth: u32,
     /// Most directory entries in one source NAR (default 1 000 000).
     pub max_nar_entries: u64,
-    /// Most outstanding jobs (queued or running builds on a standalone node, unfinished mesh
-    /// submissions on a mesh node) of the submitter, the API token's holder, before a new upload
-    /// is refused with 429 naming this limit (default 100 000).
+    /// Most outstanding jobs of one submitter, the holder of the API token the upload comes with
+    /// ([`crate::scheduler::submitters`]), before its next upload is refused with 429 naming this
+    /// limit (default 100 000): on a standalone node the queued or running builds of its
+    /// unfinished uploads; on a mesh node, whose jobs are all signed by the node's key, the node's
+    /// unfinished mesh submissions.
     pub max_outstanding_jobs: usize,
+    /// Most outstanding jobs of all submitters together (queued or running builds on a
+    /// standalone node, unfinished mesh submissions on a mesh node) before any upload is refused
+    /// with 429 (default 1 000 000).
+    pub max_outstanding_jobs_total: usize,
+    /// Most bytes (the upload bodies: `.drv` files and source NARs) of one submitter's
+    /// unfinished uploads, this one included, on a standalone node; over it an upload is refused
+    /// with 429 naming the limit, the submitter and the numbers (default 64 GiB).
+    pub max_closure_bytes_per_submitter: u64,
 }
 
 impl Default for SubmitLimits {
@@ -87,6 +97,8 @@ impl Default for SubmitLimits {
             max_nar_depth: 256,
             max_nar_entries: 1_000_000,
             max_outstanding_jobs: 100_000,
+            max_outstanding_jobs_total: 1_000_000,
+            max_closure_bytes_per_submitter: 64 << 30,
         }
     }
 }
@@ -116,9 +128,15 @@ pub struct SubmitSettings {
     pub min_free_disk_bytes: u64,
     /// Largest sum of the `.drv` files of one upload in bytes (default 64 MiB, held in memory).
     pub max_drv_bytes: u64,
-    /// Most outstanding jobs of the submitter before an upload is refused with 429 (default
+    /// Most outstanding jobs of one submitter before its upload is refused with 429 (default
     /// 100 000; see [`SubmitLimits::max_outstanding_jobs`]).
     pub max_outstanding_jobs: usize,
+    /// Most outstanding jobs of all submitters together (default 1 000 000; see
+    /// [`SubmitLimits::max_outstanding_jobs_total`]).
+    pub max_outstanding_jobs_total: usize,
+    /// Most bytes of one submitter's unfinished uploads (default 64 GiB; see
+    /// [`SubmitLimits::max_closure_bytes_per_submitter`]).
+    pub max_closure_bytes_per_submitter: u64,
 }
 
 impl Default for SubmitSettings {
@@ -130,6 +148,8 @@ impl Default for SubmitSettings {
             min_free_disk_bytes: l.min_free_disk,
             max_drv_bytes: l.max_drv_bytes,
             max_outstanding_jobs: l.max_outstanding_jobs,
+            max_outstanding_jobs_total: l.max_outstanding_jobs_total,
+            max_closure_bytes_per_submitter: l.max_closure_bytes_per_submitter,
         }
     }
 }
@@ -142,6 +162,12 @@ impl SubmitSettings {
         }
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".to_string());
+        }
+        if self.max_closure_bytes_per_submitter < 1024 {
+            return Err("max_closure_bytes_per_submitter must be at least 1024".to_string());
+        }
+        if self.max_outstanding_jobs_total == 0 {
+            return Err("max_outstanding_jobs_total must be at least 1".to_string());
         }
         if self.max_drv_bytes < buildmesh_protocol::derivation::MAX_DRV_SIZE as u64 {
             return Err(format!(
@@ -160,6 +186,8 @@ impl SubmitSettings {
         limits.min_free_disk = self.min_free_disk_bytes;
         limits.max_drv_bytes = self.max_drv_bytes;
         limits.max_outstanding_jobs = self.max_outstanding_jobs;
+        limits.max_outstanding_jobs_total = self.max_outstanding_jobs_total;
+        limits.max_closure_bytes_per_submitter = self.max_closure_bytes_per_submitter;
     }
 }
 
@@ -235,16 +263,32 @@ pub enum SubmitError {
         /// The upload's.
         theirs: String,
     },
-    /// The submitter has as many outstanding jobs as `submit.max_outstanding_jobs` allows.
-    #[error(
-        "this submitter has {outstanding} outstanding job(s); the limit `submit.max_outstanding_jobs` is {max}: \
-         wait for some to finish"
-    )]
+    /// The submitter (or all of them) has as many outstanding jobs as `submit.{limit}` allows.
+    #[error("{who} has {outstanding} outstanding job(s); the limit `submit.{limit}` is {max}: wait for some to finish")]
     Outstanding {
-        /// Its outstanding jobs.
+        /// Whose jobs: "submitter `NAME`", or "all submitters together".
+        who: String,
+        /// The limit's field (`max_outstanding_jobs`, `max_outstanding_jobs_total`).
+        limit: &'static str,
+        /// The outstanding jobs.
         outstanding: usize,
         /// The limit.
         max: usize,
+    },
+    /// The submitter's unfinished uploads and this one pass `submit.max_closure_bytes_per_submitter`.
+    #[error(
+        "submitter `{submitter}` has {used} bytes in unfinished uploads; this upload of {upload} bytes would take \
+         it past the limit `submit.max_closure_bytes_per_submitter` of {max} bytes: wait for its builds to finish"
+    )]
+    ClosureQuota {
+        /// The submitter's name.
+        submitter: String,
+        /// Bytes of its unfinished uploads (and of its other uploads under way).
+        used: u64,
+        /// This upload's bytes (so far, for one sent without `Content-Length`).
+        upload: u64,
+        /// The limit.
+        max: u64,
     },
     /// Too many entries of one kind.
     #[error("too many {what}: {count}, the limit is {max}")]
@@ -476,7 +520,7 @@ impl SubmitError {
     pub fn status(&self) -> u16 {
         match self {
             SubmitError::NoSpace { .. } => 507,
-            SubmitError::Outstanding { .. } => 429,
+            SubmitError::Outstanding { .. } | SubmitError::ClosureQuota { .. } => 429,
             SubmitError::HeaderTooLarge { .. } | SubmitError::TooMany { .. } | SubmitError::TooLarge { .. } => 413,
             SubmitError::Spool { .. }
             | SubmitError::Store(_)

@@ -5,10 +5,19 @@
 //! the acceptor rejects the upload early, the handler reads and discards the rest of the body (up
 //! to [`DRAIN_LIMIT`]) so that the client gets to read the error response instead of a reset
 //! connection.
+//!
+//! Per-submitter limits (the submitter is the holder of the request's API token, put into the
+//! request's extensions as a [`Submitter`] by [`crate::http::auth`]; the operator's without one):
+//! the outstanding jobs of the submitter (`max_outstanding_jobs`) and of everyone
+//! (`max_outstanding_jobs_total`) are checked before the body is read; the bytes of the
+//! submitter's unfinished uploads (`max_closure_bytes_per_submitter`) are reserved from
+//! `Content-Length` before the body is read, or chunk by chunk as a body without one arrives.
+//! Every refusal is a 429 naming the limit, the submitter and the numbers.
 
 use std::io::{self, Read};
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -21,6 +30,7 @@ use libp2p::futures::StreamExt as _;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::{SubmitError, SubmitLimits};
+use crate::scheduler::submitters::{Reservation, Submitter, SubmitterLedger};
 use crate::store::{Store, unix_ms};
 
 /// The route this module serves.
@@ -45,6 +55,9 @@ pub struct SubmitContext {
     /// The trust rule deciding whether a registered output counts as built
     /// ([`crate::trust`]); [`SubmitContext::new`] trusts no builder (nothing counts as built).
     pub trust: buildmesh_protocol::mesh::TrustConfig,
+    /// Who uploaded what (the scheduler's, [`crate::scheduler::SchedulerHandle::submitters`]);
+    /// [`SubmitContext::new`] makes a fresh one.
+    pub submitters: SubmitterLedger,
 }
 
 impl SubmitContext {
@@ -61,6 +74,7 @@ impl SubmitContext {
                 needs_native: false,
                 no_emulation_for: Default::default(),
             },
+            submitters: SubmitterLedger::default(),
         }
     }
 }
@@ -103,11 +117,18 @@ pub fn error_response(e: &SubmitError) -> Response {
     (status, Json(body)).into_response()
 }
 
-#[tracing::instrument(skip_all, fields(content_length))]
-async fn submit(State(state): State<Arc<ServerState>>, headers: HeaderMap, body: Body) -> Response {
+#[tracing::instrument(skip_all, fields(content_length, submitter))]
+async fn submit(
+    State(state): State<Arc<ServerState>>,
+    submitter: Option<Extension<Submitter>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let content_length: Option<u64> =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+    let who = submitter.map_or_else(Submitter::operator, |Extension(s)| s);
     tracing::Span::current().record("content_length", content_length);
+    tracing::Span::current().record("submitter", who.0.as_ref());
     if let Some(cl) = content_length
         && cl > state.ctx.limits.max_total_bytes
     {
@@ -121,13 +142,19 @@ async fn submit(State(state): State<Arc<ServerState>>, headers: HeaderMap, body:
     let Ok(_permit) = state.permits.acquire().await else {
         return error_response(&SubmitError::Internal("the submit endpoint is shutting down".to_string()));
     };
-    if let Some(outstanding) = outstanding_jobs(&state).await
-        && outstanding >= state.ctx.limits.max_outstanding_jobs
-    {
-        let e = SubmitError::Outstanding { outstanding, max: state.ctx.limits.max_outstanding_jobs };
-        tracing::warn!(cause = %e, "refused a submission");
-        return error_response(&e);
+    if let Err(e) = check_outstanding(&state, &who).await {
+        return refuse(&e, body).await;
     }
+    let ledger = &state.ctx.submitters;
+    let max_bytes = state.ctx.limits.max_closure_bytes_per_submitter;
+    let mut reservation = match ledger.reserve(&who, content_length.unwrap_or(0), max_bytes) {
+        Ok(r) => r,
+        Err(usage) => {
+            let upload = content_length.unwrap_or(0);
+            let e = SubmitError::ClosureQuota { submitter: who.to_string(), used: usage.bytes, upload, max: max_bytes };
+            return refuse(&e, body).await;
+        }
+    };
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let worker_state = state.clone();
     let mesh_mode = state.mesh.is_some();
@@ -135,16 +162,27 @@ async fn submit(State(state): State<Arc<ServerState>>, headers: HeaderMap, body:
         let mut reader = ChannelReader { rx, buf: Bytes::new() };
         if mesh_mode {
             super::accept::accept_for_mesh(&worker_state.ctx, &mut reader, content_length, unix_ms())
-                .map(|(r, p)| (r, Some(p)))
+                .map(|(r, p)| (r, Some(p), Default::default()))
         } else {
-            super::accept(&worker_state.ctx, &mut reader, content_length, unix_ms()).map(|r| (r, None))
+            super::accept::accept_queued(&worker_state.ctx, &mut reader, content_length, unix_ms())
+                .map(|(r, queued)| (r, None, queued))
         }
     });
-    forward(body, tx).await;
-    let result = match task.await {
-        Ok(r) => r,
-        Err(e) => Err(SubmitError::Internal(format!("the submit task failed: {e}"))),
+    // A body without `Content-Length` is counted against the quota as it arrives.
+    let metered = content_length.is_none().then_some((&mut reservation, max_bytes));
+    let over_quota = forward(body, tx, metered).await;
+    let result = match (task.await, over_quota) {
+        (_, Some((used, upload))) => {
+            Err(SubmitError::ClosureQuota { submitter: who.to_string(), used, upload, max: max_bytes })
+        }
+        (Ok(r), None) => r,
+        (Err(e), None) => Err(SubmitError::Internal(format!("the submit task failed: {e}"))),
     };
+    let result = result.map(|(resp, plan, queued)| {
+        let bytes = reservation.bytes();
+        ledger.record(&who, bytes, queued, Some(reservation));
+        (resp, plan)
+    });
     // A mesh node hands the derivations to build to the mesh.
     let result = match (result, &state.mesh) {
         (Ok((resp, Some(plan))), Some(mesh)) => {
@@ -176,25 +214,81 @@ async fn submit(State(state): State<Arc<ServerState>>, headers: HeaderMap, body:
     }
 }
 
-/// The submitter's outstanding jobs: unfinished mesh submissions, or queued and running builds
-/// (`None` when the store cannot say; the upload is then not held back).
-async fn outstanding_jobs(state: &Arc<ServerState>) -> Option<usize> {
-    if let Some(mesh) = &state.mesh {
-        return Some(mesh.status().own_submissions);
+/// Answer `e` after reading and discarding up to [`DRAIN_LIMIT`] bytes of the body, so that the
+/// client reads the refusal rather than a reset connection.
+async fn refuse(e: &SubmitError, body: Body) -> Response {
+    tracing::warn!(cause = %e, "refused a submission");
+    let (tx, rx) = mpsc::channel(1);
+    drop(rx);
+    forward(body, tx, None).await;
+    error_response(e)
+}
+
+/// Refuse the upload when `who` (on a mesh node: the node, whose key signs every job) or all
+/// submitters together have as many outstanding jobs as the limits allow. When the store cannot
+/// say, the upload is not held back.
+async fn check_outstanding(state: &Arc<ServerState>, who: &Submitter) -> Result<(), SubmitError> {
+    let limits = &state.ctx.limits;
+    let (mine, all) = match &state.mesh {
+        Some(mesh) => {
+            let own = mesh.status().own_submissions;
+            (Some((format!("this node (whose key signs the jobs of submitter `{who}`)"), own)), Some(own))
+        }
+        None => {
+            let store = state.ctx.store.clone();
+            let counts = tokio::task::spawn_blocking(move || store.build_counts()).await.ok().and_then(Result::ok);
+            let mine = state.ctx.submitters.usage(who).jobs;
+            (Some((format!("submitter `{who}`"), mine)), counts.map(|c| (c.queued + c.running) as usize))
+        }
+    };
+    if let Some((whose, outstanding)) = mine
+        && outstanding >= limits.max_outstanding_jobs
+    {
+        return Err(SubmitError::Outstanding {
+            who: whose,
+            limit: "max_outstanding_jobs",
+            outstanding,
+            max: limits.max_outstanding_jobs,
+        });
     }
-    let store = state.ctx.store.clone();
-    let counts = tokio::task::spawn_blocking(move || store.build_counts()).await.ok()?.ok()?;
-    Some((counts.queued + counts.running) as usize)
+    if let Some(outstanding) = all
+        && outstanding >= limits.max_outstanding_jobs_total
+    {
+        return Err(SubmitError::Outstanding {
+            who: "all submitters together".to_string(),
+            limit: "max_outstanding_jobs_total",
+            outstanding,
+            max: limits.max_outstanding_jobs_total,
+        });
+    }
+    Ok(())
 }
 
 /// Feed the body to the acceptor; once it stops listening, discard up to [`DRAIN_LIMIT`] bytes.
-async fn forward(body: Body, tx: mpsc::Sender<io::Result<Bytes>>) {
+/// With `metered`, every chunk first grows the reservation within its maximum; a chunk that would
+/// pass it stops the upload (the acceptor reads an error), and `Some((used, upload so far))`
+/// comes back.
+async fn forward(
+    body: Body,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    mut metered: Option<(&mut Reservation, u64)>,
+) -> Option<(u64, u64)> {
     let mut stream = body.into_data_stream();
     let mut listening = true;
     let mut drained = 0u64;
+    let mut over = None;
     while let Some(next) = stream.next().await {
         match next {
             Ok(chunk) if listening => {
+                if let Some((reservation, max)) = metered.as_mut()
+                    && let Err(usage) = reservation.grow(chunk.len() as u64, *max)
+                {
+                    let upload = reservation.bytes() + chunk.len() as u64;
+                    over = Some((usage.bytes.saturating_sub(reservation.bytes()), upload));
+                    let _ = tx.send(Err(io::Error::other("over the submitter's closure-byte quota"))).await;
+                    listening = false;
+                    continue;
+                }
                 if tx.send(Ok(chunk)).await.is_err() {
                     listening = false;
                 }
@@ -213,6 +307,7 @@ async fn forward(body: Body, tx: mpsc::Sender<io::Result<Bytes>>) {
             }
         }
     }
+    over
 }
 
 /// A blocking [`Read`] over the chunks of the body.

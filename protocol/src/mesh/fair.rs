@@ -9,17 +9,73 @@
 //! job id), so every node counts it the same way.
 //!
 //! Picking costs `O(submitters waiting + log n)`; the index is kept in step with the table.
+//!
+//! The rule itself is [`fairest`], generic over who a submitter is and over how one submitter's
+//! jobs are ranked, so that a standalone node's local scheduler (`node/src/scheduler/plan.rs`,
+//! submitters named by their API tokens) orders its queue the same way as [`FairQueue`] does
+//! here; [`fair_order`] applies it to whole queues.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::id::NodeId;
+
+/// The fair-share rule: among the submitters with work waiting, given each one's best waiting
+/// job (its `head`, by the caller's ranking within one submitter: lower is better), the one with
+/// the lowest `rank` (the caller's: at least the builds it has running, fewest first), then the
+/// best head. `None` when nothing waits.
+pub fn fairest<'a, S: 'a, K: Ord + 'a, R: Ord>(
+    heads: impl IntoIterator<Item = (&'a S, &'a K)>,
+    rank: impl Fn(&S) -> R,
+) -> Option<(&'a S, &'a K)> {
+    heads.into_iter().map(|(s, k)| ((rank(s), k), (s, k))).min_by(|a, b| a.0.cmp(&b.0)).map(|(_, pick)| pick)
+}
+
+/// The first `take` jobs of `queues` (per submitter, each already in that submitter's own order,
+/// best first) in [`fairest`] order, ranking a submitter by its builds running (`running`, plus
+/// the picks so far), then by when it was last served (`served`: a larger number is more recent;
+/// absent = never), so that with one free slot at a time, when nobody has anything running, the
+/// submitters still take turns. Each pick counts as one more build running and as served last.
+/// Returns the picks and the `served` marks after them. What a scheduler with `take` free slots
+/// starts.
+pub fn fair_order<S: Ord + Clone, K: Ord>(
+    mut queues: BTreeMap<S, VecDeque<K>>,
+    running: &BTreeMap<S, usize>,
+    served: &BTreeMap<S, u64>,
+    take: usize,
+) -> (Vec<(S, K)>, BTreeMap<S, u64>) {
+    let mut running = running.clone();
+    let mut served = served.clone();
+    let mut clock = served.values().copied().max().unwrap_or(0);
+    let mut out = Vec::with_capacity(take.min(queues.values().map(VecDeque::len).sum()));
+    while out.len() < take {
+        let heads = queues.iter().filter_map(|(s, q)| q.front().map(|k| (s, k)));
+        let rank = |s: &S| (running.get(s).copied().unwrap_or(0), served.get(s).copied().unwrap_or(0));
+        let Some((s, _)) = fairest(heads, rank) else { break };
+        let s = s.clone();
+        let Some(q) = queues.get_mut(&s) else { break };
+        let Some(k) = q.pop_front() else { break };
+        if q.is_empty() {
+            queues.remove(&s);
+        }
+        *running.entry(s.clone()).or_insert(0) += 1;
+        clock += 1;
+        served.insert(s.clone(), clock);
+        out.push((s, k));
+    }
+    (out, served)
+}
 
 /// The derivations waiting for a build slot, by submitter (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct FairQueue {
     by_slot: BTreeMap<u32, (NodeId, i32)>,
     by_submitter: BTreeMap<NodeId, BTreeSet<(Reverse<i32>, u32)>>,
+    /// When each submitter with jobs waiting was last popped (larger is more recent): between
+    /// submitters running as many builds, the one served longest ago goes first, so that with one
+    /// slot (nothing running at each pop) the submitters still take turns.
+    served: BTreeMap<NodeId, u64>,
+    clock: u64,
 }
 
 impl FairQueue {
@@ -37,6 +93,7 @@ impl FairQueue {
             set.remove(&(Reverse(priority), slot));
             if set.is_empty() {
                 self.by_submitter.remove(&submitter);
+                self.served.remove(&submitter);
             }
         }
         true
@@ -56,12 +113,14 @@ impl FairQueue {
 
     /// Take the next slot to claim, given the builds running here per submitter.
     pub(crate) fn pop(&mut self, running: &BTreeMap<NodeId, usize>) -> Option<u32> {
-        let (_, slot) = self
-            .by_submitter
-            .iter()
-            .filter_map(|(s, set)| set.first().map(|head| ((running.get(s).copied().unwrap_or(0), *head), head.1)))
-            .min_by_key(|(key, _)| *key)?;
+        let heads = self.by_submitter.iter().filter_map(|(s, set)| set.first().map(|head| (s, head)));
+        let rank = |s: &NodeId| (running.get(s).copied().unwrap_or(0), self.served.get(s).copied().unwrap_or(0));
+        let (&submitter, &(_, slot)) = fairest(heads, rank)?;
         self.remove(slot);
+        if self.by_submitter.contains_key(&submitter) {
+            self.clock += 1;
+            self.served.insert(submitter, self.clock);
+        }
         Some(slot)
     }
 }
@@ -138,5 +197,57 @@ mod tests {
         q.insert(2, b, 0);
         let running = BTreeMap::from([(a, 3usize), (b, 1)]);
         assert_eq!(q.pop(&running), Some(2), "fair share before priority");
+    }
+
+    #[test]
+    fn with_one_slot_the_submitters_still_take_turns() {
+        // One slot: nothing runs when the next job is popped, so "fewest running" ties every time;
+        // the submitter served longest ago goes next, not the one with the older jobs.
+        let (big, small) = (id(1), id(2));
+        let mut q = FairQueue::default();
+        for s in 0..1_000u32 {
+            q.insert(s, big, 0);
+        }
+        for s in 1_000..1_003u32 {
+            q.insert(s, small, 0);
+        }
+        let order = simulate(&mut q, 1, 8);
+        assert_eq!(order, [big, small, big, small, big, small, big, big]);
+        assert!(q.served.len() <= 1, "only submitters with jobs waiting are remembered");
+    }
+
+    #[test]
+    fn fair_order_alternates_between_queues_of_any_size() {
+        // Submitters named by strings, jobs ranked by plain numbers (lower first).
+        let big: VecDeque<u32> = (0..100_000).collect();
+        let small: VecDeque<u32> = (0..3).map(|i| 1_000_000 + i).collect();
+        let queues = BTreeMap::from([("big", big), ("small", small)]);
+        let none = BTreeMap::new();
+        let (order, _) = fair_order(queues.clone(), &BTreeMap::new(), &none, 8);
+        let who: Vec<&str> = order.iter().map(|(s, _)| *s).collect();
+        assert_eq!(who, ["big", "small", "big", "small", "big", "small", "big", "big"], "{order:?}");
+        assert_eq!(order[0].1, 0, "each queue in its own order");
+        // Builds already running count: the small submitter, running none, goes first twice.
+        let running = BTreeMap::from([("big", 2usize)]);
+        let (order, _) = fair_order(queues.clone(), &running, &none, 3);
+        let who: Vec<&str> = order.iter().map(|(s, _)| *s).collect();
+        assert_eq!(who, ["small", "small", "big"]);
+        // One slot, nothing running at each pick: the one served longest ago goes next, so the
+        // queues still take turns (without the served marks the better head would win each time).
+        let mut served = BTreeMap::new();
+        let mut who = Vec::new();
+        let mut queues = queues;
+        for _ in 0..6 {
+            let (order, after) = fair_order(queues.clone(), &BTreeMap::new(), &served, 1);
+            let (s, k) = order[0];
+            queues.get_mut(s).unwrap().retain(|x| *x != k);
+            who.push(s);
+            served = after;
+        }
+        assert_eq!(who, ["big", "small", "big", "small", "big", "small"]);
+        // Ties between submitters never served: the better head.
+        let q = BTreeMap::from([("a", VecDeque::from([5u32])), ("b", VecDeque::from([1u32]))]);
+        assert_eq!(fair_order(q, &BTreeMap::new(), &none, 1).0, vec![("b", 1)]);
+        assert!(fair_order(BTreeMap::<&str, VecDeque<u32>>::new(), &BTreeMap::new(), &none, 4).0.is_empty());
     }
 }

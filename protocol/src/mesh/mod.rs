@@ -77,7 +77,7 @@
 mod config;
 mod designate;
 mod engine;
-mod fair;
+pub mod fair;
 mod io;
 mod membership;
 mod quorum;

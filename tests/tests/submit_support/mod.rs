@@ -399,6 +399,7 @@ pub fn context(store: &Store, limits: SubmitLimits) -> SubmitContext {
         store_dir: sd(),
         limits,
         wake: Arc::new(tokio::sync::Notify::new()),
+        submitters: Default::default(),
         trust: buildmesh::trust::standalone(node_key().node_id()),
     }
 }
