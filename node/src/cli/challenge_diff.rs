@@ -4,7 +4,8 @@
 //! - The mesh's own builders disagree: the node's `GET /api/v1/diff?path=` (the node fetches and
 //!   verifies both builders' NARs).
 //! - A server says another NarHash than the mesh: its NAR (the narinfo's `URL`, `Compression`
-//!   `none` or `zstd`) and the NAR of a builder with the mesh's NarHash (that builder's view on
+//!   `none`, `zstd`, `gzip` or `xz`: what `guix publish`, nar-herder and Nix caches store; not
+//!   Guix's `lzip` nor an old Nix cache's `bzip2`) and the NAR of a builder with the mesh's NarHash (that builder's view on
 //!   the node, `/builder/<peer id>/<hash>.narinfo` and its `URL`) are downloaded into temporary
 //!   files, each checked against the NarHash it claims (a NAR that does not have its claimed hash
 //!   is reported, not compared), then compared.
@@ -104,7 +105,8 @@ fn fetch_nar(
     if text.len() > MAX_NARINFO {
         bail!("{ni_url}: more than {MAX_NARINFO} bytes");
     }
-    let (url, compression) = nar_url(&text).with_context(|| format!("{ni_url}: no NAR in zstd or uncompressed"))?;
+    let (url, compression) =
+        nar_url(&text).with_context(|| format!("{ni_url}: no NAR uncompressed or in zstd, gzip or xz"))?;
     let nar_url = format!("{base}/{url}");
     let expected = NixHash::parse(nar_hash, None).with_context(|| format!("NarHash {nar_hash}"))?;
     let resp = client.get(&nar_url).send().with_context(|| format!("GET {nar_url}"))?;
@@ -113,10 +115,7 @@ fn fetch_nar(
     }
     let mut file = tempfile::NamedTempFile::new().context("a temporary file for a NAR")?;
     let limited = resp.take(MAX_NAR + 1);
-    let mut reader: Box<dyn Read> = match compression {
-        "none" => Box::new(limited),
-        _ => Box::new(zstd::Decoder::new(limited).with_context(|| format!("{nar_url}: zstd"))?),
-    };
+    let mut reader = decoder(compression, limited).with_context(|| format!("{nar_url}: {compression}"))?;
     let mut sha = sha2::Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut size = 0u64;
@@ -140,6 +139,17 @@ fn fetch_nar(
     Ok((file, size))
 }
 
+/// The NAR read from `compressed`, stored with `compression` (one [`nar_url`] returns).
+fn decoder<'a>(compression: &str, compressed: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        "none" => Box::new(compressed),
+        "zstd" => Box::new(zstd::Decoder::new(compressed)?),
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        "xz" => Box::new(liblzma::read::XzDecoder::new_multi_decoder(compressed)),
+        other => bail!("compression {other:?} is not read here"),
+    })
+}
+
 /// The first NAR URL of a narinfo (any layout) that `--diff` can read: `(url, compression)`.
 fn nar_url(text: &str) -> Option<(&str, &'static str)> {
     // Nix: one URL/Compression pair; Guix: one pair per compression, in triples.
@@ -151,6 +161,8 @@ fn nar_url(text: &str) -> Option<(&str, &'static str)> {
             match c {
                 "none" => return Some((u, "none")),
                 "zstd" => return Some((u, "zstd")),
+                "gzip" => return Some((u, "gzip")),
+                "xz" => return Some((u, "xz")),
                 _ => url = None,
             }
         }
@@ -169,6 +181,36 @@ mod tests {
                     URL: nar/zstd/x\nCompression: zstd\nFileSize: 2\nURL: nar/x\nCompression: none\n";
         assert_eq!(nar_url(guix), Some(("nar/zstd/x", "zstd")));
         assert_eq!(nar_url("URL: nar/a.nar\nCompression: none\n"), Some(("nar/a.nar", "none")));
-        assert_eq!(nar_url("URL: nar/a.nar.xz\nCompression: xz\n"), None);
+        assert_eq!(nar_url("URL: nar/a.nar.xz\nCompression: xz\n"), Some(("nar/a.nar.xz", "xz")));
+        assert_eq!(nar_url("URL: nar/gzip/x\nCompression: gzip\n"), Some(("nar/gzip/x", "gzip")));
+        assert_eq!(nar_url("URL: nar/lzip/x\nCompression: lzip\nFileSize: 3\n"), None);
+        assert_eq!(nar_url("URL: nar/a.nar.bz2\nCompression: bzip2\n"), None);
+    }
+
+    #[test]
+    fn reads_every_compression_it_names() {
+        let nar: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let gzip = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&nar).unwrap();
+            e.finish().unwrap()
+        };
+        let xz = {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+            e.write_all(&nar).unwrap();
+            e.finish().unwrap()
+        };
+        let zstd = zstd::encode_all(&nar[..], 3).unwrap();
+        for (c, bytes) in [("none", nar.clone()), ("zstd", zstd), ("gzip", gzip), ("xz", xz.clone())] {
+            let mut out = Vec::new();
+            decoder(c, &bytes[..]).unwrap().read_to_end(&mut out).unwrap();
+            assert!(out == nar, "{c}");
+        }
+        // A damaged stream is an error, not a short NAR.
+        let mut bad = xz;
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        assert!(decoder("xz", &bad[..]).unwrap().read_to_end(&mut Vec::new()).is_err());
+        assert!(decoder("lzip", &b""[..]).is_err());
     }
 }
