@@ -2,6 +2,14 @@
 //! reservations on relays, the relay service's events, hole punches, and which connections to a
 //! peer are relayed (a relayed connection is closed as soon as a direct one exists, so requests,
 //! which libp2p spreads over a peer's connections, take the direct path).
+//!
+//! A peer still reached only through a relay is punched again: DCUtR makes its few attempts
+//! when a relayed connection opens and then gives up, and a punch can fail for reasons that
+//! pass (a NAT mapping not yet made, a busy machine missing the synchronised moment). After
+//! [`PUNCH_RETRY_BASE`] (doubled each time, at most [`PUNCH_RETRIES`] times per peer) this node
+//! dials the peer through the relay again (the address it dialled, or, when the peer dialled
+//! it, the peer's address on the same relay); the new relayed connection starts a new punch,
+//! and the relayed ones are closed as soon as a direct connection exists.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -20,6 +28,21 @@ use super::super::nat::{ConnectionKind, NatConfig, Reachability, SharedNat, circ
 use super::{EVENTS, EventLoop};
 
 type Labels = Vec<(String, String)>;
+
+/// The wait, after a peer was reached through a relay only, before it is punched again
+/// (doubled for every further try).
+pub(crate) const PUNCH_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(4);
+/// New hole punches tried per peer after the one DCUtR makes itself.
+pub(crate) const PUNCH_RETRIES: u32 = 5;
+
+/// A peer reached only through a relay: how to dial it there again, and when (see the module
+/// docs).
+#[derive(Debug)]
+struct PunchRetry {
+    relayed_addr: Multiaddr,
+    failures: u32,
+    next: Instant,
+}
 
 /// The counters of NAT traversal, served at `GET /metrics`.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +99,10 @@ pub(crate) struct NatState {
     /// Addresses this node dialled, per peer (a relay candidate's address).
     dialled: HashMap<PeerId, Multiaddr>,
     last_try: HashMap<PeerId, Instant>,
+    /// The relayed address this node dialled each peer on (to dial it again for a new punch).
+    relayed_dialled: HashMap<PeerId, Multiaddr>,
+    /// Peers reached only through a relay, to be punched again (see the module docs).
+    punch_retries: HashMap<PeerId, PunchRetry>,
 }
 
 impl NatState {
@@ -92,6 +119,8 @@ impl NatState {
             hop_peers: HashMap::new(),
             dialled: HashMap::new(),
             last_try: HashMap::new(),
+            relayed_dialled: HashMap::new(),
+            punch_retries: HashMap::new(),
         }
     }
 
@@ -130,16 +159,38 @@ impl EventLoop {
     /// A connection came up: record whether it is relayed; a direct one replaces relayed ones.
     pub(super) fn nat_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
         let relayed = endpoint.is_relayed();
-        if let ConnectedPoint::Dialer { address, .. } = endpoint
-            && !relayed
-        {
-            self.nat.dialled.insert(peer, address.clone());
+        match endpoint {
+            ConnectedPoint::Dialer { address, .. } if relayed => {
+                self.nat.relayed_dialled.insert(peer, address.clone());
+            }
+            ConnectedPoint::Dialer { address, .. } => {
+                self.nat.dialled.insert(peer, address.clone());
+            }
+            // The peer dialled us through a relay: it is reached on the same relay at our
+            // circuit address with its id in place of ours.
+            ConnectedPoint::Listener { local_addr, .. } if relayed => {
+                let mut addr: Multiaddr =
+                    local_addr.iter().take_while(|p| !matches!(p, libp2p::multiaddr::Protocol::P2pCircuit)).collect();
+                addr.push(libp2p::multiaddr::Protocol::P2pCircuit);
+                addr.push(libp2p::multiaddr::Protocol::P2p(peer));
+                self.nat.relayed_dialled.entry(peer).or_insert(addr);
+            }
+            ConnectedPoint::Listener { .. } => {}
         }
         let conns = self.nat.conns.entry(peer).or_default();
         conns.insert(id, relayed);
         let has_direct = conns.values().any(|r| !r);
         let relayed_ids: Vec<ConnectionId> = conns.iter().filter(|(_, r)| **r).map(|(c, _)| *c).collect();
         debug!(target: EVENTS, event = "connection", %peer, relayed, address = %endpoint.get_remote_address());
+        if has_direct {
+            self.nat.punch_retries.remove(&peer);
+        } else if let Some(addr) = self.nat.relayed_dialled.get(&peer).cloned() {
+            self.nat.punch_retries.entry(peer).or_insert(PunchRetry {
+                relayed_addr: addr,
+                failures: 0,
+                next: Instant::now() + PUNCH_RETRY_BASE,
+            });
+        }
         if has_direct && !relayed_ids.is_empty() {
             info!(target: EVENTS, event = "direct_connection", %peer, closed_relayed = relayed_ids.len(), "direct connection to a peer reached through a relay; closing the relayed one");
             for c in relayed_ids {
@@ -156,6 +207,8 @@ impl EventLoop {
             if c.is_empty() {
                 self.nat.conns.remove(&peer);
                 self.nat.hop_peers.remove(&peer);
+                self.nat.relayed_dialled.remove(&peer);
+                self.nat.punch_retries.remove(&peer);
             }
         }
         self.nat.publish(peer);
@@ -183,8 +236,10 @@ impl EventLoop {
         }
     }
 
-    /// Every tick: reserve on relays while this node is not public.
+    /// Every tick: punch again where a punch failed; reserve on relays while this node is not
+    /// public.
     pub(super) fn nat_housekeeping(&mut self) {
+        self.punch_again();
         if self.nat.reachability == Reachability::Public {
             return;
         }
@@ -289,6 +344,37 @@ impl EventLoop {
             }
             relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
                 debug!(target: EVENTS, event = "circuit_in", src = %src_peer_id);
+            }
+        }
+    }
+
+    /// Dial again, through the relay, the peers whose punch failed and whose retry is due (see
+    /// the module docs).
+    fn punch_again(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, Multiaddr)> = self
+            .nat
+            .punch_retries
+            .iter()
+            .filter(|(p, r)| r.next <= now && self.nat.kind(p) == ConnectionKind::Relayed)
+            .map(|(p, r)| (*p, r.relayed_addr.clone()))
+            .collect();
+        for (peer, addr) in due {
+            if let Some(r) = self.nat.punch_retries.get_mut(&peer) {
+                r.failures += 1;
+                r.next = if r.failures >= PUNCH_RETRIES {
+                    now + std::time::Duration::from_secs(24 * 3600)
+                } else {
+                    now + PUNCH_RETRY_BASE * 2u32.pow(r.failures)
+                };
+            }
+            info!(target: EVENTS, event = "hole_punch_retry", %peer, address = %addr, "dialling a peer through the relay again for a new hole punch");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(vec![addr])
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(target: EVENTS, event = "hole_punch_retry_failed", %peer, cause = %e);
             }
         }
     }
