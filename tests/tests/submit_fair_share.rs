@@ -8,7 +8,11 @@
 //!   `max_closure_bytes_per_submitter`, is refused with 429 naming the limit, alice and the
 //!   numbers; bob's upload of the same size is accepted (the quota is per submitter: alice's and
 //!   bob's bytes together are over it); once alice's builds are done her upload is accepted;
-//! - a submitter's token uploads but cannot use the other control routes (403).
+//! - a submitter's token uploads but cannot use the other control routes (403);
+//! - the ledger of who uploaded what is durable: the node is killed (`SIGKILL`) and restarted
+//!   right after alice's and bob's uploads, and every check above runs on the restarted node (an
+//!   in-memory ledger would count the left-over queue as the operator's: bob would wait for all
+//!   of alice's builds, and alice's quota would be free).
 
 mod node_support;
 
@@ -72,11 +76,22 @@ fn two_submitters_share_the_slot_and_closure_bytes_are_limited_per_submitter() {
     drvs.add("bob-big", &format!("echo bob > $out # {padding}"), &[]);
     let big = vec!["alice-big".to_string()];
 
-    let node = NodeProc::start(&data, &["--slots", "1", "--config", config.to_str().unwrap()]);
+    let args = ["--slots", "1", "--config", config.to_str().unwrap()];
+    let mut node = NodeProc::start(&data, &args);
     let (ok, out, err) = submit_as(&node.url, &drvs, &alice_jobs, &alice);
     assert!(ok, "alice's upload: {out}\n{err}");
     let (ok, out, err) = submit_as(&node.url, &drvs, &bob_jobs, &bob);
     assert!(ok, "bob's upload: {out}\n{err}");
+
+    // kill -9 and restart: what follows runs on the ledger read back from the database.
+    node.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10));
+    drop(node);
+    let node = NodeProc::start(&data, &args);
+    assert!(
+        node.log_text().contains("restored the unfinished uploads"),
+        "the restarted node did not restore the ledger:\n{}",
+        node.log_text()
+    );
 
     // The quota, while alice's backlog is unfinished: 429 naming the limit, alice and the numbers.
     let (ok, out, err) = submit_as(&node.url, &drvs, &big, &alice);

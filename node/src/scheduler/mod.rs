@@ -141,7 +141,7 @@ impl Scheduler {
                 store_dir: store_dir.clone(),
                 wake: Arc::new(Notify::new()),
                 running: Mutex::new(HashMap::new()),
-                submitters: SubmitterLedger::default(),
+                submitters: restore_ledger(&store),
             }),
         };
         let trust = crate::trust::standalone(key.node_id());
@@ -322,8 +322,17 @@ impl Scheduler {
         let mut records =
             self.store.list_builds(&BuildFilter { states: vec![BuildState::Running], ..Default::default() })?;
         records.extend(self.store.queued_builds(0)?);
-        ledger.retain_pending(mark, &records.iter().map(|r| &r.drv).collect::<HashSet<_>>());
+        let finished = ledger.retain_pending(mark, &records.iter().map(|r| &r.drv).collect::<HashSet<_>>());
+        if let Err(e) = self.store.remove_uploads(&finished) {
+            // Harmless: the rows are read back at the next start and found finished then.
+            tracing::warn!(cause = %e, uploads = finished.len(), "could not forget finished uploads");
+        }
         let mut submitter_of = ledger.attribute(records.iter().map(|r| &r.drv));
+        let basenames: Vec<String> = records.iter().map(|r| r.drv.to_string()).collect();
+        let revision_of = self.store.first_revision_of_drvs(basenames.iter().map(String::as_str)).unwrap_or_else(|e| {
+            tracing::warn!(cause = %e, "could not read which revisions the pending builds belong to");
+            HashMap::new()
+        });
         let mut pending = Vec::with_capacity(records.len());
         let mut keep: HashSet<StorePath> = HashSet::new();
         for r in records {
@@ -354,8 +363,10 @@ impl Scheduler {
             }
             keep.insert(r.drv.clone());
             let submitter = submitter_of.remove(&r.drv).unwrap_or_else(Submitter::operator);
+            let revision = revision_of.get(&r.drv.to_string()).copied();
             pending.push(PendingBuild {
                 submitter,
+                revision,
                 drv: r.drv,
                 priority: r.priority,
                 queue_seq: r.queue_seq,
@@ -650,4 +661,21 @@ pub(crate) fn already_attested(
                 .iter()
                 .all(|info| a.entry.outputs.iter().any(|o| o.path == info.path && o.nar_hash == info.nar_hash))
         }))
+}
+
+/// The submitter ledger of the unfinished uploads stored in `store` ([`submitters`]); an empty
+/// one, with a warning, when they cannot be read (their builds then count as the operator's).
+fn restore_ledger(store: &Store) -> SubmitterLedger {
+    match store.list_uploads() {
+        Ok(rows) => {
+            if !rows.is_empty() {
+                tracing::info!(uploads = rows.len(), "restored the unfinished uploads of the submitters");
+            }
+            SubmitterLedger::restore(rows)
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "could not read the unfinished uploads; the queue counts as the operator's");
+            SubmitterLedger::default()
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //!   registered ([`InputStatus::Available`]) and whose retry backoff has passed, by **fair share
 //!   across submitters** (the submitter with the fewest builds running first, the rule of the
 //!   mesh's claims: [`buildmesh_protocol::mesh::fair::fair_order`]), then within one submitter
-//!   **highest effective priority first, then longest critical path**, then queue order;
+//!   **oldest revision first, then highest effective priority, then longest critical path**, then
+//!   queue order;
 //! - which queued builds fail because an input failed permanently, was cancelled, or cannot be
 //!   obtained ([`InputStatus::Failed`]);
 //! - which input derivations are stored but not queued, and must be enqueued;
@@ -14,6 +15,14 @@
 //!
 //! **Effective priority** of a build is the highest priority of itself and every pending build
 //! that (transitively) needs it, so a high-priority submission pulls its dependencies forward.
+//! **Revision** of a build: the oldest revision it belongs to, as the order in which this node
+//! learnt of the revisions whose manifests contain it ([`PendingBuild::revision`]; a manifest
+//! holds a job's whole closure), or of a pending build that (transitively) needs it; a build in
+//! no known revision (a plain `buildmesh submit`) comes after a submitter's revisions. So a
+//! submitter's revisions are built one after the other, each finished before the next starts
+//! (its results can be judged, `buildmesh compare`), instead of several half-built at once; within
+//! a revision, priority and critical path order as before. The local arrival order is used, not
+//! the header's signed `created_at_ms`, which its submitter chooses.
 //! **Critical path** of a build is the number of builds on the longest chain of pending builds
 //! that (transitively) need it, itself included: starting the head of a long chain first
 //! shortens the total time when slots are scarce.
@@ -74,6 +83,9 @@ pub struct PendingBuild {
     pub inputs: Vec<InputNeed>,
     /// Whose upload it counts under (fair share across submitters).
     pub submitter: Submitter,
+    /// When this node first learnt of a revision containing it (the header's local sequence
+    /// number; smaller is older), `None` when it is in no known revision.
+    pub revision: Option<u64>,
 }
 
 /// A build to start, with the keys it was ranked by.
@@ -127,7 +139,7 @@ pub fn plan_fair(pending: &[PendingBuild], free_slots: usize, now_ms: u64, serve
             }
         }
     }
-    let (critical, effective) = rank(pending, &dependents);
+    let (critical, effective, revision) = rank(pending, &dependents);
 
     let mut out = Plan::default();
     let mut ready = Vec::new();
@@ -164,8 +176,10 @@ pub fn plan_fair(pending: &[PendingBuild], free_slots: usize, now_ms: u64, serve
             _ => ready.push(i),
         }
     }
-    // Within one submitter: highest effective priority, longest critical path, queue order.
-    let key = |i: usize| (Reverse(effective[i]), Reverse(critical[i]), pending[i].queue_seq, &pending[i].drv, i);
+    // Within one submitter: oldest revision, highest effective priority, longest critical path,
+    // queue order.
+    let key =
+        |i: usize| (revision[i], Reverse(effective[i]), Reverse(critical[i]), pending[i].queue_seq, &pending[i].drv, i);
     let mut queues: BTreeMap<&Submitter, Vec<_>> = BTreeMap::new();
     for &i in &ready {
         queues.entry(&pending[i].submitter).or_default().push(key(i));
@@ -197,14 +211,16 @@ pub fn plan_fair(pending: &[PendingBuild], free_slots: usize, now_ms: u64, serve
     out
 }
 
-/// Critical path length and effective priority of every pending build, computed over the
+/// Critical path length, effective priority and effective revision (`u64::MAX`: none) of every
+/// pending build, computed over the
 /// "is needed by" edges in reverse topological order (iteratively: real graphs can be thousands
 /// deep). A cycle, which a hash-addressed derivation graph cannot have, is broken arbitrarily
 /// instead of looping.
-fn rank(pending: &[PendingBuild], dependents: &[Vec<usize>]) -> (Vec<u32>, Vec<i32>) {
+fn rank(pending: &[PendingBuild], dependents: &[Vec<usize>]) -> (Vec<u32>, Vec<i32>, Vec<u64>) {
     let n = pending.len();
     let mut critical = vec![0u32; n];
     let mut effective: Vec<i32> = pending.iter().map(|b| b.priority).collect();
+    let mut revision: Vec<u64> = pending.iter().map(|b| b.revision.unwrap_or(u64::MAX)).collect();
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut state = vec![0u8; n];
     for root in 0..n {
@@ -225,19 +241,22 @@ fn rank(pending: &[PendingBuild], dependents: &[Vec<usize>]) -> (Vec<u32>, Vec<i
             }
             let mut longest = 0u32;
             let mut prio = pending[node].priority;
+            let mut oldest = revision[node];
             for &dep in &dependents[node] {
                 if state[dep] == 2 {
                     longest = longest.max(critical[dep]);
                     prio = prio.max(effective[dep]);
+                    oldest = oldest.min(revision[dep]);
                 }
             }
             critical[node] = longest.saturating_add(1);
             effective[node] = prio;
+            revision[node] = oldest;
             state[node] = 2;
             stack.pop();
         }
     }
-    (critical, effective)
+    (critical, effective, revision)
 }
 
 #[cfg(test)]
@@ -257,6 +276,7 @@ mod tests {
             not_before: None,
             inputs: inputs.iter().map(|(d, s)| InputNeed { drv: drv(*d), status: s.clone() }).collect(),
             submitter: Submitter::operator(),
+            revision: None,
         }
     }
 
@@ -372,6 +392,7 @@ mod tests {
                 not_before: None,
                 inputs: if i == 0 { vec![] } else { vec![InputNeed { drv: paths[i - 1].clone(), status: Pending }] },
                 submitter: Submitter::operator(),
+                revision: None,
             })
             .collect();
         let p = plan(&chain, 1, 0);
@@ -416,6 +437,38 @@ mod tests {
         pending[0].running = true;
         pending[2].priority = 100;
         assert_eq!(started(&plan(&pending, 2, 0)), vec![drv(5), drv(4)]);
+    }
+
+    #[test]
+    fn within_a_submitter_the_oldest_revision_goes_first_then_priority() {
+        use InputStatus::*;
+        let (alice, bob) = (Submitter(std::sync::Arc::from("alice")), Submitter(std::sync::Arc::from("bob")));
+        let of = |n: u8, who: &Submitter, revision: Option<u64>, priority: i32| PendingBuild {
+            submitter: who.clone(),
+            revision,
+            ..build(n, priority, &[])
+        };
+        let mut pending = vec![
+            // Alice: a newer revision (seq 9) queued first and with a higher priority, an older
+            // one (seq 4), and a plain upload in no revision.
+            of(1, &alice, Some(9), 50),
+            of(2, &alice, Some(9), 0),
+            of(3, &alice, None, 100),
+            of(4, &alice, Some(4), 0),
+            of(5, &alice, Some(4), 10),
+            // Bob's newest revision still takes its fair turn before Alice's second build.
+            of(6, &bob, Some(20), 0),
+        ];
+        assert_eq!(started(&plan(&pending, 6, 0)), vec![drv(5), drv(6), drv(4), drv(1), drv(2), drv(3)]);
+        // An input needed by a build of the old revision ranks with it, whatever its own.
+        pending.push(PendingBuild {
+            inputs: vec![InputNeed { drv: drv(7), status: Pending }],
+            ..of(8, &alice, Some(4), 0)
+        });
+        pending.push(of(7, &alice, Some(9), 0));
+        // (d7, needed by d8 of revision 4, ranks in revision 4, ahead of d4 by its longer critical
+        // path; in its own revision 9 it would come after d4.)
+        assert_eq!(started(&plan(&pending, 3, 0)), vec![drv(5), drv(6), drv(7)]);
     }
 
     #[test]

@@ -10,8 +10,14 @@
 //! restart, counts as the operator's), and drops finished uploads after each pass
 //! ([`SubmitterLedger::retain_pending`]).
 //!
-//! The ledger is in memory: after a restart the queue left over counts as the operator's, and
-//! the per-submitter limits count only what was uploaded since.
+//! The ledger is durable: each upload is also a `submitter_uploads` row of the store
+//! ([`crate::store::UploadRow`]), written in the transaction that queues its builds; the ledger
+//! is [restored](SubmitterLedger::restore) from those rows at start, and the scheduler removes
+//! the rows of the uploads [`SubmitterLedger::retain_pending`] finds finished. So after a
+//! restart (`kill -9` included) the queue left over still counts under its submitters, and the
+//! per-submitter limits still count what they had outstanding. Only uploads under way (their
+//! reservations) and the fair share's turn order (`served`) are not kept: an interrupted upload
+//! queued nothing, and the turn order starts again from "nobody served yet".
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,6 +51,8 @@ pub struct Usage {
     pub jobs: usize,
     /// Bytes of its unfinished uploads, plus what uploads under way reserved.
     pub bytes: u64,
+    /// Its unfinished uploads.
+    pub uploads: usize,
 }
 
 /// One unfinished upload.
@@ -57,8 +65,9 @@ struct Upload {
 
 #[derive(Debug, Default)]
 struct Ledger {
+    /// One more than the largest upload id recorded (the [`SubmitterLedger::mark`]).
     next: u64,
-    /// Unfinished uploads by arrival order.
+    /// Unfinished uploads by id (their durable ids, which grow with every upload).
     uploads: BTreeMap<u64, Upload>,
     /// Bytes reserved by uploads being received, per submitter.
     reserved: HashMap<Submitter, u64>,
@@ -118,11 +127,13 @@ impl Ledger {
     fn usage(&self, who: &Submitter) -> Usage {
         let mut drvs: HashSet<&StorePath> = HashSet::new();
         let mut bytes = self.reserved.get(who).copied().unwrap_or(0);
+        let mut uploads = 0;
         for u in self.uploads.values().filter(|u| &u.submitter == who) {
             bytes = bytes.saturating_add(u.bytes);
             drvs.extend(&u.drvs);
+            uploads += 1;
         }
-        Usage { jobs: drvs.len(), bytes }
+        Usage { jobs: drvs.len(), bytes, uploads }
     }
 }
 
@@ -144,16 +155,33 @@ impl SubmitterLedger {
         Ok(r)
     }
 
-    /// Record an accepted upload of `who` of `bytes` that queued `drvs` (nothing when it queued
-    /// nothing: it is finished already). Releases `reservation`.
-    pub fn record(&self, who: &Submitter, bytes: u64, drvs: BTreeSet<StorePath>, reservation: Option<Reservation>) {
+    /// The ledger of the unfinished uploads stored in `submitter_uploads` (at start).
+    pub fn restore(rows: Vec<(u64, crate::store::UploadRow)>) -> SubmitterLedger {
+        let ledger = SubmitterLedger::default();
+        for (id, row) in rows {
+            let who = Submitter(Arc::from(row.submitter.as_str()));
+            ledger.record(id, &who, row.bytes, row.drv_paths().into_iter().collect(), None);
+        }
+        ledger
+    }
+
+    /// Record the accepted upload `id` (its `submitter_uploads` id, committed before this call)
+    /// of `who` of `bytes` that queued `drvs` (nothing when it queued nothing: it is finished
+    /// already). Releases `reservation`.
+    pub fn record(
+        &self,
+        id: u64,
+        who: &Submitter,
+        bytes: u64,
+        drvs: BTreeSet<StorePath>,
+        reservation: Option<Reservation>,
+    ) {
         drop(reservation);
         if drvs.is_empty() {
             return;
         }
         let mut l = self.lock();
-        let id = l.next;
-        l.next += 1;
+        l.next = l.next.max(id.saturating_add(1));
         l.uploads.insert(id, Upload { submitter: who.clone(), bytes, drvs });
     }
 
@@ -167,22 +195,30 @@ impl SubmitterLedger {
         self.lock().served = served;
     }
 
-    /// A mark to take before reading the queue for [`retain_pending`](Self::retain_pending).
+    /// A mark to take before reading the queue for [`retain_pending`](Self::retain_pending): one
+    /// more than the largest id recorded. Ids are given in commit order, so every upload with a
+    /// smaller id (recorded here or not yet) was committed before a read that follows.
     pub fn mark(&self) -> u64 {
         self.lock().next
     }
 
     /// Keep only the queued or running derivations (`pending`, read after `mark` was taken) in
-    /// the uploads recorded before `mark`, and drop the uploads left with none: they are
-    /// finished. Uploads recorded since may have queued builds the read did not see: untouched.
-    pub fn retain_pending(&self, mark: u64, pending: &HashSet<&StorePath>) {
+    /// the uploads with ids below `mark`, and drop the uploads left with none: they are
+    /// finished; their ids are returned (for the store to forget them). Uploads from `mark` on
+    /// may have queued builds the read did not see: untouched.
+    pub fn retain_pending(&self, mark: u64, pending: &HashSet<&StorePath>) -> Vec<u64> {
+        let mut finished = Vec::new();
         self.lock().uploads.retain(|id, u| {
             if *id >= mark {
                 return true;
             }
             u.drvs.retain(|d| pending.contains(d));
+            if u.drvs.is_empty() {
+                finished.push(*id);
+            }
             !u.drvs.is_empty()
         });
+        finished
     }
 
     /// The submitter each of `drvs` counts under: that of the oldest unfinished upload that
@@ -215,23 +251,23 @@ mod tests {
     fn uploads_count_until_their_builds_end() {
         let l = SubmitterLedger::default();
         let (a, b) = (who("alice"), who("bob"));
-        l.record(&a, 100, BTreeSet::from([drv(1), drv(2)]), None);
-        l.record(&b, 30, BTreeSet::from([drv(2), drv(3)]), None);
-        l.record(&a, 50, BTreeSet::from([drv(2), drv(4)]), None);
-        l.record(&b, 999, BTreeSet::new(), None); // nothing queued: finished already
-        assert_eq!(l.usage(&a), Usage { jobs: 3, bytes: 150 });
-        assert_eq!(l.usage(&b), Usage { jobs: 2, bytes: 30 });
+        l.record(0, &a, 100, BTreeSet::from([drv(1), drv(2)]), None);
+        l.record(1, &b, 30, BTreeSet::from([drv(2), drv(3)]), None);
+        l.record(2, &a, 50, BTreeSet::from([drv(2), drv(4)]), None);
+        l.record(3, &b, 999, BTreeSet::new(), None); // nothing queued: finished already
+        assert_eq!(l.usage(&a), Usage { jobs: 3, bytes: 150, uploads: 2 });
+        assert_eq!(l.usage(&b), Usage { jobs: 2, bytes: 30, uploads: 1 });
         // A shared derivation counts under the oldest upload; an unknown one is the operator's.
         let by = l.attribute([&drv(2), &drv(3), &drv(9)]);
         assert_eq!((&by[&drv(2)], &by[&drv(3)], &by[&drv(9)]), (&a, &b, &Submitter::operator()));
         // d1 and d2 are done: alice's first upload is finished, her second still has d4.
         let (d3, d4) = (drv(3), drv(4));
         let mark = l.mark();
-        l.record(&b, 7, BTreeSet::from([drv(8)]), None); // after the mark: not seen by that read
-        l.retain_pending(mark, &HashSet::from([&d3, &d4]));
-        assert_eq!(l.usage(&a), Usage { jobs: 1, bytes: 50 });
-        assert_eq!(l.usage(&b), Usage { jobs: 2, bytes: 37 });
-        l.retain_pending(l.mark(), &HashSet::new());
+        l.record(4, &b, 7, BTreeSet::from([drv(8)]), None); // after the mark: not seen by that read
+        assert_eq!(l.retain_pending(mark, &HashSet::from([&d3, &d4])), vec![0], "finished: forget its row");
+        assert_eq!(l.usage(&a), Usage { jobs: 1, bytes: 50, uploads: 1 });
+        assert_eq!(l.usage(&b), Usage { jobs: 2, bytes: 37, uploads: 2 });
+        assert_eq!(l.retain_pending(l.mark(), &HashSet::new()), vec![1, 2, 4]);
         assert_eq!(l.usage(&a), Usage::default());
     }
 
@@ -239,8 +275,8 @@ mod tests {
     fn reservations_count_until_recorded_or_dropped() {
         let l = SubmitterLedger::default();
         let a = who("alice");
-        l.record(&a, 60, BTreeSet::from([drv(1)]), None);
-        assert_eq!(l.reserve(&a, 41, 100).unwrap_err(), Usage { jobs: 1, bytes: 60 });
+        l.record(0, &a, 60, BTreeSet::from([drv(1)]), None);
+        assert_eq!(l.reserve(&a, 41, 100).unwrap_err(), Usage { jobs: 1, bytes: 60, uploads: 1 });
         let mut r = l.reserve(&a, 30, 100).unwrap();
         assert_eq!(l.usage(&a).bytes, 90);
         assert!(r.grow(11, 100).is_err(), "a chunked upload is stopped as it passes the quota");
@@ -250,7 +286,29 @@ mod tests {
         drop(r);
         assert_eq!(l.usage(&a).bytes, 60, "a refused or failed upload gives its bytes back");
         let r = l.reserve(&a, 40, 100).unwrap();
-        l.record(&a, 40, BTreeSet::from([drv(2)]), Some(r));
-        assert_eq!(l.usage(&a), Usage { jobs: 2, bytes: 100 }, "recorded, not counted twice");
+        l.record(1, &a, 40, BTreeSet::from([drv(2)]), Some(r));
+        assert_eq!(l.usage(&a), Usage { jobs: 2, bytes: 100, uploads: 2 }, "recorded, not counted twice");
+    }
+
+    #[test]
+    fn a_ledger_restored_from_its_rows_attributes_and_counts_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let (a, b) = (who("alice"), who("bob"));
+        let up = |who: &Submitter, bytes, drvs: &[StorePath]| {
+            store.write(|w| w.put_upload(&crate::store::UploadRow::new(&who.0, bytes, drvs))).unwrap()
+        };
+        let ids = [up(&a, 100, &[drv(1), drv(2)]), up(&b, 30, &[drv(2), drv(3)])];
+        let l = SubmitterLedger::restore(store.list_uploads().unwrap());
+        assert_eq!(l.usage(&a), Usage { jobs: 2, bytes: 100, uploads: 1 });
+        let by = l.attribute([&drv(2), &drv(3)]);
+        assert_eq!((&by[&drv(2)], &by[&drv(3)]), (&a, &b), "the oldest upload still owns a shared drv");
+        assert!(l.mark() > ids[1], "a new upload's id is above every restored one");
+        let d3 = drv(3);
+        let finished = l.retain_pending(l.mark(), &HashSet::from([&d3]));
+        assert_eq!(finished, vec![ids[0]]);
+        store.remove_uploads(&finished).unwrap();
+        let l = SubmitterLedger::restore(store.list_uploads().unwrap());
+        assert_eq!((l.usage(&a), l.usage(&b).uploads), (Usage::default(), 1));
     }
 }

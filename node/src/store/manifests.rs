@@ -221,6 +221,48 @@ impl Store {
         Ok(out)
     }
 
+    /// For each of `drvs` (`.drv` basenames) that a stored manifest contains, the smallest local
+    /// sequence number of a header naming such a manifest: when this node first learnt of a
+    /// revision that includes it (the scheduler's "then revision" tier, oldest first).
+    /// Derivations in no known revision are left out. One read transaction; each manifest's
+    /// headers are looked up once.
+    pub fn first_revision_of_drvs<'a>(
+        &self,
+        drvs: impl IntoIterator<Item = &'a str>,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let txn = self.read()?;
+        let index = txn.open_table(DRV_MANIFESTS).ctx("opening table drv_manifests")?;
+        let mut by_manifest: std::collections::HashMap<[u8; 32], Option<u64>> = Default::default();
+        let mut out = std::collections::HashMap::new();
+        for drv in drvs {
+            let mut first: Option<u64> = None;
+            for item in index.range((drv, &LOW)..=(drv, &HIGH)).ctx("scanning drv_manifests")? {
+                let (k, _) = item.ctx("scanning drv_manifests")?;
+                let hash = *k.value().1;
+                let seq = match by_manifest.get(&hash) {
+                    Some(s) => *s,
+                    None => {
+                        let mut s: Option<u64> = None;
+                        for id in manifest_revision_ids(&txn, &hash)? {
+                            let r = require(&txn, &id, "revisions_by_manifest")?;
+                            s = Some(s.map_or(r.seq, |s| s.min(r.seq)));
+                        }
+                        by_manifest.insert(hash, s);
+                        s
+                    }
+                };
+                first = match (first, seq) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            if let Some(seq) = first {
+                out.insert(drv.to_string(), seq);
+            }
+        }
+        Ok(out)
+    }
+
     /// The visible headers whose manifest is not stored (what the manifest fetcher still has to
     /// fetch), oldest first.
     pub fn revisions_missing_manifest(&self) -> Result<Vec<StoredRevision>, StoreError> {

@@ -40,6 +40,7 @@ mod revisions;
 mod signed;
 mod tables;
 mod trust_index;
+mod uploads;
 mod usage;
 pub mod verified;
 
@@ -68,6 +69,7 @@ pub use records::{
 };
 pub use revisions::{RevisionEntry, RevisionInserted, StoredRevision};
 pub use trust_index::{MAX_PATHS_PER_NAR_HASH, QuarantinedPath};
+pub use uploads::UploadRow;
 pub use usage::{SignerLimit, SignerUsage};
 
 use blobs::BlobDir;
@@ -398,6 +400,7 @@ impl Store {
         txn.open_table(PEERS).ctx("creating table peers")?;
         txn.open_table(gc::GC_PINS).ctx("creating table gc_pins")?;
         txn.open_table(gc::BLOB_ACCESS).ctx("creating table blob_access")?;
+        txn.open_table(uploads::SUBMITTER_UPLOADS).ctx("creating table submitter_uploads")?;
         usage::backfill(&txn)?;
         txn.commit().ctx("committing the schema transaction")?;
         // The database is open exclusively, so temp blobs are leftovers of a crash.

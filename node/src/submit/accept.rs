@@ -64,19 +64,33 @@ pub fn accept(
     content_length: Option<u64>,
     now: u64,
 ) -> Result<SubmitResponse, SubmitError> {
-    accept_inner(ctx, body, content_length, now, true).map(|(r, _)| r)
+    accept_inner(ctx, body, content_length, now, true, None).map(|(r, _)| r)
 }
 
-/// [`accept`], also returning the derivations it queued (what the upload counts for in its
-/// submitter's ledger, [`crate::scheduler::SubmitterLedger`]).
+/// An upload that queued builds, as recorded for its submitter (the `submitter_uploads` row
+/// written in the same transaction as the builds; [`crate::scheduler::SubmitterLedger`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedUpload {
+    /// Its id in `submitter_uploads` (grows with every upload).
+    pub id: u64,
+    /// The bytes of its body.
+    pub bytes: u64,
+    /// The derivations it queued.
+    pub drvs: BTreeSet<StorePath>,
+}
+
+/// [`accept`] of an upload by `submitter`, also recording it durably for that submitter when it
+/// queued builds (`None` when it queued nothing: it is finished already).
 pub fn accept_queued(
     ctx: &SubmitContext,
     body: &mut dyn Read,
     content_length: Option<u64>,
     now: u64,
-) -> Result<(SubmitResponse, BTreeSet<StorePath>), SubmitError> {
-    let (response, plan) = accept_inner(ctx, body, content_length, now, true)?;
-    Ok((response, plan.jobs.into_iter().map(|(drv, ..)| drv).collect()))
+    submitter: &str,
+) -> Result<(SubmitResponse, Option<QueuedUpload>), SubmitError> {
+    let mut recorded = None;
+    let (response, _) = accept_inner(ctx, body, content_length, now, true, Some((submitter, &mut recorded)))?;
+    Ok((response, recorded))
 }
 
 /// What a mesh node hands to the mesh after [`accept_for_mesh`].
@@ -100,7 +114,7 @@ pub fn accept_for_mesh(
     content_length: Option<u64>,
     now: u64,
 ) -> Result<(SubmitResponse, MeshPlan), SubmitError> {
-    accept_inner(ctx, body, content_length, now, false)
+    accept_inner(ctx, body, content_length, now, false, None)
 }
 
 fn accept_inner(
@@ -109,6 +123,7 @@ fn accept_inner(
     content_length: Option<u64>,
     now: u64,
     enqueue: bool,
+    record_for: Option<(&str, &mut Option<QueuedUpload>)>,
 ) -> Result<(SubmitResponse, MeshPlan), SubmitError> {
     let sd = &ctx.store_dir;
     let limits = &ctx.limits;
@@ -266,6 +281,7 @@ fn accept_inner(
         });
     }
     r.finish()?;
+    let body_bytes = r.bytes_read();
 
     // Which derivations need building (reads only).
     let builds = plan_builds(&mut set, &plan.requested, store, sd, &ctx.trust)?;
@@ -280,7 +296,8 @@ fn accept_inner(
         };
         new_paths.push(path_info(s, blob, ca, now));
     }
-    let (drvs_stored, sources_registered) = store.write(|w| {
+    let queued: BTreeSet<StorePath> = builds.to_build.iter().filter(|_| enqueue).map(|(d, _)| d.clone()).collect();
+    let (drvs_stored, sources_registered, upload_id) = store.write(|w| {
         let mut drvs_stored = 0u64;
         for (p, bytes) in &uploaded {
             drvs_stored += u64::from(w.put_drv(p, bytes)?);
@@ -301,8 +318,18 @@ fn accept_inner(
                 w.retry(drv)?;
             }
         }
-        Ok((drvs_stored, sources_registered))
+        // Who queued them, in the same transaction ([`crate::store::UploadRow`]).
+        let upload_id = match &record_for {
+            Some((who, _)) if !queued.is_empty() => {
+                Some(w.put_upload(&crate::store::UploadRow::new(who, body_bytes, &queued))?)
+            }
+            _ => None,
+        };
+        Ok((drvs_stored, sources_registered, upload_id))
     })?;
+    if let (Some((_, out)), Some(id)) = (record_for, upload_id) {
+        *out = Some(QueuedUpload { id, bytes: body_bytes, drvs: queued });
+    }
     tracing::info!(
         queued = builds.to_build.len(),
         drvs_stored,

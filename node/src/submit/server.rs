@@ -158,13 +158,14 @@ async fn submit(
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let worker_state = state.clone();
     let mesh_mode = state.mesh.is_some();
+    let who_name = who.0.clone();
     let task = tokio::task::spawn_blocking(move || {
         let mut reader = ChannelReader { rx, buf: Bytes::new() };
         if mesh_mode {
             super::accept::accept_for_mesh(&worker_state.ctx, &mut reader, content_length, unix_ms())
                 .map(|(r, p)| (r, Some(p), Default::default()))
         } else {
-            super::accept::accept_queued(&worker_state.ctx, &mut reader, content_length, unix_ms())
+            super::accept::accept_queued(&worker_state.ctx, &mut reader, content_length, unix_ms(), &who_name)
                 .map(|(r, queued)| (r, None, queued))
         }
     });
@@ -179,8 +180,11 @@ async fn submit(
         (Err(e), None) => Err(SubmitError::Internal(format!("the submit task failed: {e}"))),
     };
     let result = result.map(|(resp, plan, queued)| {
-        let bytes = reservation.bytes();
-        ledger.record(&who, bytes, queued, Some(reservation));
+        // Committed with the builds it queued; now counted in memory too.
+        match queued {
+            Some(q) => ledger.record(q.id, &who, q.bytes, q.drvs, Some(reservation)),
+            None => drop(reservation),
+        }
         (resp, plan)
     });
     // A mesh node hands the derivations to build to the mesh.
@@ -237,7 +241,10 @@ async fn check_outstanding(state: &Arc<ServerState>, who: &Submitter) -> Result<
         None => {
             let store = state.ctx.store.clone();
             let counts = tokio::task::spawn_blocking(move || store.build_counts()).await.ok().and_then(Result::ok);
-            let mine = state.ctx.submitters.usage(who).jobs;
+            // Each unfinished upload counts as at least one job, which also bounds the ledger's
+            // rows (`submitter_uploads`) per submitter.
+            let usage = state.ctx.submitters.usage(who);
+            let mine = usage.jobs.max(usage.uploads);
             (Some((format!("submitter `{who}`"), mine)), counts.map(|c| (c.queued + c.running) as usize))
         }
     };
