@@ -187,6 +187,12 @@ fn revisions_of_a_drv_whatever_arrives_first() {
     want.sort();
     assert_eq!(of_hello, want);
     assert_eq!(ids(&store.revisions_of_drv("bbb-libc.drv").unwrap()), vec![r1.id]);
+    // The scheduler's revision tier: the first header this node stored that includes the drv.
+    let first = store.first_revision_of_drvs(["aaa-hello.drv", "bbb-libc.drv", "ccc-none.drv"]).unwrap();
+    let seq1 = store.get_revision(&r1.id).unwrap().unwrap().seq;
+    assert!(seq1 < store.get_revision(&r2.id).unwrap().unwrap().seq);
+    assert_eq!(first.len(), 2, "a drv in no known revision is left out: {first:?}");
+    assert_eq!((first["aaa-hello.drv"], first["bbb-libc.drv"]), (seq1, seq1));
     // A later header for `guix@a` with another manifest supersedes r1: libc is no longer in a
     // visible revision, and the new header's manifest is missing.
     let r1b = revision("guix", "master", "a", 1, 30, b"manifest three");
