@@ -247,3 +247,31 @@ fn headers_manifests_and_cursors_survive_a_reopen() {
     let next = revision("guix", "master", "z", 1, 50, b"z");
     assert_eq!(store.insert_revision(&next).unwrap().seq, 2);
 }
+
+/// What the scheduler's revision tier costs per pass (`Store::first_revision_of_drvs` over every
+/// pending build; not cached): `cargo test -p buildmesh --lib first_revision_bench -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "benchmark: prints a table"]
+fn first_revision_bench() {
+    let (store, _dir) = memory_store();
+    println!("| pending builds | in 2 revisions | first_revision_of_drvs (best of 3) |");
+    println!("|---:|---:|---:|");
+    for n in [1_000usize, 10_000, 100_000] {
+        let names: Vec<String> = (0..n).map(|i| format!("{:032x}-d{i}.drv", i)).collect();
+        for (m, commit) in [(format!("m{n}a").into_bytes(), "a"), (format!("m{n}b").into_bytes(), "b")] {
+            let r = revision("bench", "master", &format!("{commit}{n}"), 1, n as u64, &m);
+            let checked = CheckedManifest::new(r.manifest_hash, &m, 3).unwrap();
+            store.write(|w| w.put_manifest(&checked, names.iter().take(n / 2))).unwrap();
+            store.insert_revision(&r).unwrap();
+        }
+        let mut best = std::time::Duration::MAX;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let got = store.first_revision_of_drvs(names.iter().map(String::as_str)).unwrap();
+            best = best.min(t.elapsed());
+            assert_eq!(got.len(), n / 2);
+        }
+        println!("| {n} | {} | {:.1} ms |", n / 2, best.as_secs_f64() * 1e3);
+    }
+}
