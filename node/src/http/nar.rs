@@ -42,7 +42,7 @@
 //! per client) for as long as they stream; `HEAD` takes none and reads nothing but the record.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -55,7 +55,7 @@ use buildmesh_protocol::nixbase32;
 use super::AppState;
 use super::cache::{NAR_CACHE, internal, not_found, plain};
 use super::range::{self, RangeReader, Ranged};
-use super::stream::{BodyReader, stream_body_with};
+use super::stream::{BodyReader, FileSlice, stream_body_with};
 use crate::store::{ServedNar, StoreError};
 
 /// `Content-Type` of NARs (whatever the compression).
@@ -196,17 +196,15 @@ fn open(
         _ => None,
     };
     let mut reader: BodyReader = match (file.take(), &part) {
-        (Some(file), None) => Box::new(file),
-        (Some(mut file), Some(r)) => {
-            file.seek(SeekFrom::Start(*r.start())).map_err(io("seek blob"))?;
-            Box::new(file.take(r.end() - r.start() + 1))
-        }
+        (Some(file), None) => Box::new(FileSlice::new(file, 0, size)),
+        (Some(file), Some(r)) => Box::new(FileSlice::new(file, *r.start(), r.end() - r.start() + 1)),
         (None, part) => match (st.store().open_nar_for_serving(&blob.blake3)?, part) {
             (nar, None) => Box::new(nar),
             // A plain copy holds verified bytes: a range is a slice of it.
             (ServedNar::Plain(mut copy), Some(r)) => {
                 copy.skip(*r.start()).map_err(io("seek plain copy"))?;
-                Box::new(copy.take(r.end() - r.start() + 1))
+                copy.limit(r.end() - r.start() + 1);
+                Box::new(copy)
             }
             (nar, Some(r)) => Box::new(RangeReader::new(nar, r)),
         },

@@ -14,6 +14,12 @@
 //! 3: the `memset` of a fresh zeroed buffer per chunk was 13% of the node's CPU on four
 //! connections).
 //!
+//! A reader that can read **without blocking** ([`BodySource::read_at_hand`]: a plain copy of a
+//! large NAR, whose bytes are normally in the page cache) is read in the connection's task instead,
+//! one chunk at a time, and goes to a blocking task only for a chunk that is not cached (issue 11
+//! item 3: a blocking task per chunk cost two futex wake-ups and a thread hop per 512 KiB, about a
+//! tenth of the node's CPU per byte on four connections; harmonia reads in its worker threads).
+//!
 //! The last chunk is sent only after the reader reported a clean end (`Ok(0)`), so a reader
 //! that fails at its end, like [`crate::store::NarBlobReader`] when the blob does not hash to its
 //! id, never yields a complete body: the response is cut instead.
@@ -23,6 +29,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::body::{Body, Bytes};
 
+use crate::store::{PlainReader, ServedNar};
+
 /// Bytes per streamed chunk (one blocking read task each). A download holds about four: one
 /// held back, one read ahead, two in the connection's write buffer (plus the zstd decoder's
 /// window and its 256 KiB read buffer). 512 KiB rather than 256 KiB: half the task hops per body
@@ -30,7 +38,105 @@ use axum::body::{Body, Bytes};
 pub const CHUNK: usize = 512 * 1024;
 
 /// A blocking reader of a response body.
-pub type BodyReader = Box<dyn Read + Send>;
+pub type BodyReader = Box<dyn BodySource>;
+
+/// A reader of a response body: a blocking [`Read`], and optionally a read that never blocks.
+pub trait BodySource: Read + Send + 'static {
+    /// Whether [`BodySource::read_at_hand`] may give bytes (then chunks are read in the
+    /// connection's task first); `false` keeps every read in a blocking task, one chunk ahead.
+    fn reads_at_hand(&self) -> bool {
+        false
+    }
+
+    /// Read without blocking: `Some(Ok(0))` at the end, `None` when the bytes are not at hand
+    /// (the chunk is then read with [`Read::read`] in a blocking task).
+    fn read_at_hand(&mut self, _buf: &mut [u8]) -> Option<io::Result<usize>> {
+        None
+    }
+}
+
+/// Bytes of a file read with positioned reads, at hand when they are in the page cache (a
+/// `.nar.zst` blob served as it is on disk). A file shorter than the slice is an error, never a
+/// short clean end.
+#[derive(Debug)]
+pub struct FileSlice {
+    file: std::fs::File,
+    pos: u64,
+    left: u64,
+}
+
+impl FileSlice {
+    /// `len` bytes of `file` from `start`.
+    pub fn new(file: std::fs::File, start: u64, len: u64) -> FileSlice {
+        FileSlice { file, pos: start, left: len }
+    }
+
+    fn took(&mut self, n: usize) -> io::Result<usize> {
+        if n == 0 && self.left > 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file is shorter than the body"));
+        }
+        self.pos += n as u64;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn want(&self, buf_len: usize) -> usize {
+        buf_len.min(usize::try_from(self.left).unwrap_or(usize::MAX))
+    }
+}
+
+impl Read for FileSlice {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt as _;
+        let want = self.want(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.took(n)
+    }
+}
+
+impl BodySource for FileSlice {
+    fn reads_at_hand(&self) -> bool {
+        true
+    }
+
+    fn read_at_hand(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let want = self.want(buf.len());
+        if want == 0 {
+            return Some(Ok(0));
+        }
+        Some(crate::store::plain::pread_at_hand(&self.file, &mut buf[..want], self.pos)?.and_then(|n| self.took(n)))
+    }
+}
+
+impl BodySource for io::Cursor<Vec<u8>> {}
+
+impl<R: Read + Send + 'static> BodySource for super::range::RangeReader<R> {}
+
+impl BodySource for PlainReader {
+    fn reads_at_hand(&self) -> bool {
+        true
+    }
+
+    fn read_at_hand(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        PlainReader::read_at_hand(self, buf)
+    }
+}
+
+impl BodySource for ServedNar {
+    fn reads_at_hand(&self) -> bool {
+        matches!(self, ServedNar::Plain(_))
+    }
+
+    fn read_at_hand(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        match self {
+            ServedNar::Plain(r) => r.read_at_hand(buf),
+            ServedNar::Blob(_) => None,
+        }
+    }
+}
 
 /// A body read from `reader` in [`CHUNK`]s (see the module docs).
 pub fn stream_body(reader: BodyReader) -> Body {
@@ -61,7 +167,8 @@ type ReadResult = (BodyReader, io::Result<Option<Bytes>>);
 
 /// The state of a [`stream_body_with`] stream.
 struct Pump {
-    /// The reader before the first read.
+    /// The reader when no read is in flight (before the first read, and between reads of a
+    /// reader that reads at hand).
     reader: Option<BodyReader>,
     /// The read in flight (one chunk ahead); `None` once the reader ended or failed.
     reading: Option<tokio::task::JoinHandle<ReadResult>>,
@@ -119,34 +226,85 @@ impl Drop for PooledChunk {
 impl Pump {
     /// The next chunk to send; `None` at the end.
     async fn next(&mut self) -> Option<io::Result<Bytes>> {
-        if let Some(reader) = self.reader.take() {
-            let pool = self.pool.clone();
-            self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(reader, &pool)));
-        }
         loop {
-            let reading = self.reading.take()?;
-            let (reader, read) = match reading.await {
-                Ok(v) => v,
-                Err(e) => return Some(Err(io::Error::other(format!("NAR reader task failed: {e}")))),
+            let read = if let Some(mut reader) = self.reader.take() {
+                let at_hand = if reader.reads_at_hand() { read_chunk_at_hand(&mut *reader, &self.pool) } else { None };
+                match at_hand {
+                    Some(read) => {
+                        self.reader = Some(reader);
+                        read
+                    }
+                    None => {
+                        let pool = self.pool.clone();
+                        self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(reader, &pool)));
+                        continue;
+                    }
+                }
+            } else {
+                let reading = self.reading.take()?;
+                let (reader, read) = match reading.await {
+                    Ok(v) => v,
+                    Err(e) => return Some(Err(io::Error::other(format!("NAR reader task failed: {e}")))),
+                };
+                if matches!(read, Ok(Some(_))) {
+                    if reader.reads_at_hand() {
+                        self.reader = Some(reader);
+                    } else {
+                        // Read the next chunk while this one's predecessor is sent.
+                        let pool = self.pool.clone();
+                        self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(reader, &pool)));
+                    }
+                }
+                read
             };
             match read {
                 Ok(Some(chunk)) => {
-                    // Read the next chunk while this one's predecessor is sent.
-                    let pool = self.pool.clone();
-                    self.reading = Some(tokio::task::spawn_blocking(move || read_chunk(reader, &pool)));
                     if let Some(prev) = self.pending.replace(chunk) {
                         return Some(Ok(prev));
                     }
                 }
-                Ok(None) => return self.pending.take().map(Ok),
+                Ok(None) => {
+                    self.reader = None;
+                    return self.pending.take().map(Ok);
+                }
                 Err(e) => {
                     tracing::error!(cause = %e, "streaming a NAR failed; cutting the response");
+                    self.reader = None;
                     self.pending = None;
                     return Some(Err(e));
                 }
             }
         }
     }
+}
+
+/// Read up to [`CHUNK`] bytes at hand (see [`BodySource::read_at_hand`]): `None` when not even the
+/// first byte was at hand, `Some(Ok(None))` at a clean end; a chunk may be short when the rest
+/// was not at hand.
+fn read_chunk_at_hand(reader: &mut dyn BodySource, pool: &ChunkPool) -> Option<io::Result<Option<Bytes>>> {
+    let mut buf = pool.take();
+    let mut filled = 0;
+    while filled < CHUNK {
+        match reader.read_at_hand(&mut buf[filled..]) {
+            Some(Ok(0)) => break,
+            Some(Ok(n)) => filled += n,
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(e)) => {
+                pool.give(buf);
+                return Some(Err(e));
+            }
+            None if filled == 0 => {
+                pool.give(buf);
+                return None;
+            }
+            None => break,
+        }
+    }
+    if filled == 0 {
+        pool.give(buf);
+        return Some(Ok(None));
+    }
+    Some(Ok(Some(Bytes::from_owner(PooledChunk { buf, len: filled, pool: pool.clone() }))))
 }
 
 /// Read up to [`CHUNK`] bytes into a buffer of `pool` (blocking): `Ok(None)` at a clean end.
@@ -182,6 +340,79 @@ mod tests {
                 0 => Err(io::Error::new(io::ErrorKind::InvalidData, "hash mismatch")),
                 n => Ok(n),
             }
+        }
+    }
+
+    impl BodySource for FailAtEnd {}
+
+    /// A reader with bytes at hand on two calls of three (at most 100,000 bytes each), not at
+    /// hand on the third; `fail_at_end` makes its end an error, like a damaged blob's.
+    struct SometimesAtHand {
+        data: io::Cursor<Vec<u8>>,
+        calls: usize,
+        fail_at_end: bool,
+        blocking_reads: Arc<Mutex<usize>>,
+    }
+    impl SometimesAtHand {
+        fn end(&self, n: usize) -> io::Result<usize> {
+            if n == 0 && self.fail_at_end {
+                Err(io::Error::new(io::ErrorKind::InvalidData, "hash mismatch"))
+            } else {
+                Ok(n)
+            }
+        }
+    }
+    impl Read for SometimesAtHand {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            *self.blocking_reads.lock().unwrap() += 1;
+            let n = self.data.read(buf)?;
+            self.end(n)
+        }
+    }
+    impl BodySource for SometimesAtHand {
+        fn reads_at_hand(&self) -> bool {
+            true
+        }
+        fn read_at_hand(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 3 == 0 {
+                return None;
+            }
+            let want = buf.len().min(100_000);
+            Some(self.data.read(&mut buf[..want]).and_then(|n| self.end(n)))
+        }
+    }
+
+    #[tokio::test]
+    async fn readers_at_hand_are_read_in_the_task_and_whole() {
+        use libp2p::futures::StreamExt as _;
+        let data: Vec<u8> = (0..(3 * CHUNK + 777) as u64).map(|i| (i * 13 + i / 997) as u8).collect();
+        let blocking = Arc::new(Mutex::new(0));
+        let reader = SometimesAtHand {
+            data: io::Cursor::new(data.clone()),
+            calls: 0,
+            fail_at_end: false,
+            blocking_reads: blocking.clone(),
+        };
+        let mut stream = stream_body(Box::new(reader)).into_data_stream();
+        let mut got = Vec::new();
+        while let Some(b) = stream.next().await {
+            got.extend_from_slice(&b.unwrap());
+        }
+        assert!(got == data, "the body differs from what was read ({} of {} bytes)", got.len(), data.len());
+        let blocking = *blocking.lock().unwrap();
+        assert!(blocking > 0, "a read not at hand goes to a blocking task");
+        assert!(blocking < 10, "reads at hand stay in the task: {blocking} blocking reads");
+        // A reader at hand that fails at its end never yields a complete body.
+        for len in [10, CHUNK + 10, 3 * CHUNK] {
+            let reader = SometimesAtHand {
+                data: io::Cursor::new(vec![5u8; len]),
+                calls: 0,
+                fail_at_end: true,
+                blocking_reads: Arc::default(),
+            };
+            let (bytes, failed) = collect(stream_body(Box::new(reader))).await;
+            assert!(failed && bytes < len, "{bytes} of {len} bytes sent, failed: {failed}");
         }
     }
 

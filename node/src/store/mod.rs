@@ -62,6 +62,7 @@ pub use health::StoreFailure;
 pub use manifests::{CheckedManifest, MAX_MANIFEST_BYTES};
 pub use paths::capped_log;
 pub use peers::{PeerRecord, PeerRows, Reachability};
+pub use plain::PlainReader;
 pub use records::{
     AttestationEntry, AttestedOutput, BlobInfo, BuildCounts, BuildFilter, BuildRecord, BuildState, EnqueueOutcome,
     EnqueueRequest, FailureEntry, Inserted, PathInfo, SetSummary, StoredAttestation, StoredFailure, SubmittedJob,

@@ -131,3 +131,44 @@ fn plain_copies_stay_within_their_budget() {
     }
     assert!(!dir.path().join(".plain").exists());
 }
+
+/// Read a plain copy with reads at hand only (falling back to `read` when not at hand), in
+/// odd-sized steps.
+fn read_at_hand_all(nar: &mut ServedNar) -> std::io::Result<Vec<u8>> {
+    let ServedNar::Plain(copy) = nar else { panic!("not a plain copy") };
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 70_001];
+    loop {
+        let n = match copy.read_at_hand(&mut buf) {
+            Some(r) => r?,
+            None => copy.read(&mut buf)?,
+        };
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_plain_copy_reads_at_hand_whole_and_never_past_a_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_budget(dir.path(), 1 << 30);
+    let data = bytes(3, LEN);
+    let a = store.put_nar(&mut data.as_slice()).expect("put");
+    assert_eq!(serve(&store, &a.blake3).1.expect("read"), data);
+    // Just written, the copy is in the page cache: read at hand, whole.
+    let mut nar = store.open_nar_for_serving(&a.blake3).expect("open");
+    assert!(read_at_hand_all(&mut nar).expect("read") == data, "the copy read at hand differs");
+    // A range: skip and limit.
+    let mut nar = store.open_nar_for_serving(&a.blake3).expect("open");
+    let ServedNar::Plain(copy) = &mut nar else { panic!("not a plain copy") };
+    copy.skip(1000).expect("skip");
+    copy.limit(5000);
+    assert!(read_at_hand_all(&mut nar).expect("read") == data[1000..6000]);
+    // Cut short while it is sent: an error, never a short clean end.
+    let mut nar = store.open_nar_for_serving(&a.blake3).expect("open");
+    std::fs::File::options().write(true).open(copy_of(dir.path(), &a.blake3)).expect("open").set_len(10).expect("cut");
+    let err = read_at_hand_all(&mut nar).expect_err("cut short");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+}
