@@ -259,6 +259,7 @@ impl EventLoop {
             return;
         }
         self.last_dial.insert(peer, now);
+        let addrs = super::nat::relay_first(addrs, self.nat_private_as_public());
         let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
         if let Err(e) = self.swarm.dial(opts) {
             debug!(%peer, cause = %e, "dial not started");
