@@ -674,8 +674,9 @@ impl EventLoop {
             },
             kad::Event::RoutingUpdated { peer, is_new_peer, addresses, .. } => {
                 trace!(%peer, is_new_peer, "kad routing updated");
+                let addresses = self.nat_prune_routing(peer, addresses.into_vec());
                 if is_new_peer && self.swarm.connected_peers().count() < self.cfg.target_peers {
-                    self.dial_peer(peer, addresses.into_vec());
+                    self.dial_peer(peer, addresses);
                 }
             }
             other => trace!(?other, "kad event"),

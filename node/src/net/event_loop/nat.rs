@@ -210,6 +210,21 @@ impl EventLoop {
         self.nat.publish(peer);
     }
 
+    /// Kademlia recorded `addresses` for `peer`: when the peer has a relayed address (it is
+    /// behind NAT), its direct reachable-looking ones are dropped from the routing table again
+    /// ([`super::super::nat::relay_first`]); the rest is returned. Kademlia records the address
+    /// of every connection this node dialled, a punched one too, and hands it to every peer that
+    /// asks: those peers' queries then dial the NAT address at the same time as the relayed one,
+    /// which breaks their punch (docs/nat.md, "Why a punch failed here").
+    pub(super) fn nat_prune_routing(&mut self, peer: PeerId, addresses: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        let keep = super::super::nat::relay_first(addresses.clone(), self.nat.cfg.private_as_public);
+        for a in addresses.iter().filter(|a| !keep.contains(a)) {
+            debug!(target: EVENTS, event = "nat_address_unlisted", %peer, address = %a);
+            self.swarm.behaviour_mut().kad.remove_address(&peer, a);
+        }
+        keep
+    }
+
     /// Whether private address ranges count as reachable (`nat.private_as_public`).
     pub(super) fn nat_private_as_public(&self) -> bool {
         self.nat.cfg.private_as_public
