@@ -144,13 +144,9 @@ fn homes_behind_nat_punch_through_or_fall_back_to_the_relay() {
     }
 
     // Hole punching: the port-preserving homes reach each other directly; the symmetric home
-    // only through the relay.
-    // KNOWN GAP (issue 18): alone this punch succeeds within seconds every time (13 s for the
-    // whole test), but inside the full `scripts/test.sh` run it did not happen within 60 s twice
-    // on 2026-12-07, for a reason not yet found. Until it is, a missing punch is reported (with
-    // the nodes' logs) rather than failing the suite, and the NAR check below then asks only that
-    // the NAR crossed; everything else here stays strict.
-    let punched = (0..3000).any(|_| {
+    // only through the relay. (This was flaky until a node stopped dialling the NAT address of
+    // a peer it reaches through a relay: docs/nat.md, "Why a punch failed here".)
+    let punched = (0..1200).any(|_| {
         let ok = [(a1, a2), (a1, b), (a2, b), (b, a1), (b, a2)]
             .iter()
             .all(|&(x, y)| nodes.connections(x).get(&peer(y)).map(String::as_str) == Some("direct"));
@@ -159,12 +155,7 @@ fn homes_behind_nat_punch_through_or_fall_back_to_the_relay() {
         }
         ok
     });
-    if !punched {
-        eprintln!(
-            "WARNING: no direct connection between the punchable homes within 150 s (known gap)\n{}",
-            nodes.logs()
-        );
-    }
+    assert!(punched, "no direct connection between the punchable homes within 60 s{}", nodes.logs());
     wait_for("relayed connections to the symmetric home", Duration::from_secs(60), || {
         let ok = [a1, a2, b].iter().all(|&x| nodes.connections(c).get(&peer(x)).map(String::as_str) == Some("relayed"));
         ok.then_some(())
@@ -209,15 +200,11 @@ fn homes_behind_nat_punch_through_or_fall_back_to_the_relay() {
     // through the relay for the symmetric home.
     let direct_b = nodes.response_bytes(b, "nar", "direct");
     let relayed_b = nodes.response_bytes(b, "nar", "relayed");
-    if punched {
-        assert!(
-            direct_b > 0.0 && relayed_b == 0.0,
-            "home 2 fetched x directly: {direct_b} direct, {relayed_b} relayed{}",
-            nodes.logs()
-        );
-    } else {
-        assert!(direct_b + relayed_b > 0.0, "home 2 fetched x: {direct_b} direct, {relayed_b} relayed");
-    }
+    assert!(
+        direct_b > 0.0 && relayed_b == 0.0,
+        "home 2 fetched x directly: {direct_b} direct, {relayed_b} relayed{}",
+        nodes.logs()
+    );
     let relayed_c = nodes.response_bytes(c, "nar", "relayed");
     let direct_c = nodes.response_bytes(c, "nar", "direct");
     assert!(

@@ -259,6 +259,7 @@ impl EventLoop {
             return;
         }
         self.last_dial.insert(peer, now);
+        let addrs = super::nat::relay_first(addrs, self.nat_private_as_public());
         let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
         if let Err(e) = self.swarm.dial(opts) {
             debug!(%peer, cause = %e, "dial not started");
@@ -673,8 +674,9 @@ impl EventLoop {
             },
             kad::Event::RoutingUpdated { peer, is_new_peer, addresses, .. } => {
                 trace!(%peer, is_new_peer, "kad routing updated");
+                let addresses = self.nat_prune_routing(peer, addresses.into_vec());
                 if is_new_peer && self.swarm.connected_peers().count() < self.cfg.target_peers {
-                    self.dial_peer(peer, addresses.into_vec());
+                    self.dial_peer(peer, addresses);
                 }
             }
             other => trace!(?other, "kad event"),

@@ -331,6 +331,23 @@ pub fn is_public_addr(addr: &Multiaddr, private_as_public: bool) -> bool {
     }
 }
 
+/// The addresses to dial a peer on: all of `addrs`, except that when the peer has a relayed
+/// address (it is behind NAT: a node reserves on relays only while it is not public) its direct
+/// reachable-looking addresses are left out and it is dialled through the relay only; DCUtR then
+/// makes the direct connection. Dialling such an address is not only futile (the peer's NAT
+/// drops it) but breaks the punch: the dial leaves a mapping in this node's own NAT from the
+/// listen port to the peer's NAT address, the exact pair the punch uses, so the peer's punch
+/// packet gets through to this node's *listening* socket instead of its punching one (both
+/// sides then wait in the listener role until the upgrade times out), and this node's punch
+/// finds that address pair taken and is sent from a new port the peer's NAT drops. Addresses
+/// that are not reachable from the internet (a shared LAN, unless `private_as_public`) are kept.
+pub(crate) fn relay_first(mut addrs: Vec<Multiaddr>, private_as_public: bool) -> Vec<Multiaddr> {
+    if addrs.iter().any(is_relayed) {
+        addrs.retain(|a| is_relayed(a) || !is_public_addr(a, private_as_public));
+    }
+    addrs
+}
+
 /// The AutoNAT (v1) behaviour of `cfg`: probes connected peers, serves their probes.
 pub(crate) fn autonat_behaviour(peer: PeerId, cfg: &NatConfig) -> autonat::Behaviour {
     autonat::Behaviour::new(
@@ -406,6 +423,19 @@ mod tests {
         assert!(is_public_addr(&a("/ip6/2001:db8::1/tcp/1"), false));
         let relayed = a(&format!("/ip4/8.8.8.8/tcp/1/p2p/{}/p2p-circuit", PeerId::random()));
         assert!(is_relayed(&relayed) && !is_relayed(&a("/ip4/8.8.8.8/tcp/1")));
+    }
+
+    #[test]
+    fn a_peer_behind_nat_is_dialled_through_its_relay_only() {
+        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
+        let relayed = a(&format!("/ip4/8.8.8.8/tcp/1/p2p/{}/p2p-circuit", PeerId::random()));
+        let public = a("/ip4/9.9.9.9/tcp/4001");
+        let lan = a("/ip4/192.168.1.7/tcp/4001");
+        let all = vec![lan.clone(), public.clone(), relayed.clone()];
+        assert_eq!(relay_first(all.clone(), false), vec![lan.clone(), relayed.clone()]);
+        assert_eq!(relay_first(all, true), vec![relayed]);
+        // No relayed address: every address is dialled.
+        assert_eq!(relay_first(vec![lan.clone(), public.clone()], false), vec![lan, public]);
     }
 
     #[test]

@@ -103,7 +103,8 @@ impl NodeProc {
             .arg(data)
             .args(["--http", http, "--mdns", "false", "--listen", listen])
             .args(extra)
-            .env("BUILDMESH_LOG", "info")
+            // `BUILDMESH_TEST_LOG` (e.g. `info,libp2p_dcutr=debug`) lets one look closer at a run.
+            .env("BUILDMESH_LOG", std::env::var("BUILDMESH_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -5,11 +5,16 @@
 //!
 //! A peer still reached only through a relay is punched again: DCUtR makes its few attempts
 //! when a relayed connection opens and then gives up, and a punch can fail for reasons that
-//! pass (a NAT mapping not yet made, a busy machine missing the synchronised moment). After
-//! [`PUNCH_RETRY_BASE`] (doubled each time, at most [`PUNCH_RETRIES`] times per peer) this node
-//! dials the peer through the relay again (the address it dialled, or, when the peer dialled
-//! it, the peer's address on the same relay); the new relayed connection starts a new punch,
-//! and the relayed ones are closed as soon as a direct connection exists.
+//! pass (a NAT mapping not yet made, a busy machine missing the synchronised moment). Once
+//! DCUtR has given up on the peer (or after [`PUNCH_RETRY_FALLBACK`] without a word from it),
+//! and [`PUNCH_RETRY_BASE`] later (doubled each time, at most [`PUNCH_RETRIES`] times per
+//! peer), this node dials the peer through the relay again (the address it dialled, or, when
+//! the peer dialled it, the peer's address on the same relay); the new relayed connection
+//! starts a new punch, and the relayed ones are closed as soon as a direct connection exists.
+//! Only the peer with the smaller id dials again, and a new punch never starts while one to
+//! the same peer may still be dialling: a TCP punch
+//! dials from the listen port to the peer's NAT address, and a second dial of that same address
+//! pair finds it taken and goes out from a new port, which the peer's NAT drops.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -34,6 +39,9 @@ type Labels = Vec<(String, String)>;
 pub(crate) const PUNCH_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(4);
 /// New hole punches tried per peer after the one DCUtR makes itself.
 pub(crate) const PUNCH_RETRIES: u32 = 5;
+/// The wait for DCUtR's verdict on a relayed connection before punching again anyway (its
+/// three attempts take at most 3 x 10 s, the dial timeout).
+pub(crate) const PUNCH_RETRY_FALLBACK: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// A peer reached only through a relay: how to dial it there again, and when (see the module
 /// docs).
@@ -185,11 +193,13 @@ impl EventLoop {
         if has_direct {
             self.nat.punch_retries.remove(&peer);
         } else if let Some(addr) = self.nat.relayed_dialled.get(&peer).cloned() {
-            self.nat.punch_retries.entry(peer).or_insert(PunchRetry {
+            // DCUtR is punching on this connection now: the retry waits for its verdict.
+            let r = self.nat.punch_retries.entry(peer).or_insert(PunchRetry {
                 relayed_addr: addr,
                 failures: 0,
-                next: Instant::now() + PUNCH_RETRY_BASE,
+                next: Instant::now(),
             });
+            r.next = r.next.max(Instant::now() + PUNCH_RETRY_FALLBACK);
         }
         if has_direct && !relayed_ids.is_empty() {
             info!(target: EVENTS, event = "direct_connection", %peer, closed_relayed = relayed_ids.len(), "direct connection to a peer reached through a relay; closing the relayed one");
@@ -198,6 +208,26 @@ impl EventLoop {
             }
         }
         self.nat.publish(peer);
+    }
+
+    /// Kademlia recorded `addresses` for `peer`: when the peer has a relayed address (it is
+    /// behind NAT), its direct reachable-looking ones are dropped from the routing table again
+    /// ([`super::super::nat::relay_first`]); the rest is returned. Kademlia records the address
+    /// of every connection this node dialled, a punched one too, and hands it to every peer that
+    /// asks: those peers' queries then dial the NAT address at the same time as the relayed one,
+    /// which breaks their punch (docs/nat.md, "Why a punch failed here").
+    pub(super) fn nat_prune_routing(&mut self, peer: PeerId, addresses: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        let keep = super::super::nat::relay_first(addresses.clone(), self.nat.cfg.private_as_public);
+        for a in addresses.iter().filter(|a| !keep.contains(a)) {
+            debug!(target: EVENTS, event = "nat_address_unlisted", %peer, address = %a);
+            self.swarm.behaviour_mut().kad.remove_address(&peer, a);
+        }
+        keep
+    }
+
+    /// Whether private address ranges count as reachable (`nat.private_as_public`).
+    pub(super) fn nat_private_as_public(&self) -> bool {
+        self.nat.cfg.private_as_public
     }
 
     /// A connection closed.
@@ -356,16 +386,20 @@ impl EventLoop {
             .nat
             .punch_retries
             .iter()
-            .filter(|(p, r)| r.next <= now && self.nat.kind(p) == ConnectionKind::Relayed)
+            // One side of each pair dials again (the smaller peer id), so that two new relayed
+            // connections, each starting a punch of the same address pair, do not collide.
+            .filter(|(p, r)| r.next <= now && self.local_peer_id < **p && self.nat.kind(p) == ConnectionKind::Relayed)
             .map(|(p, r)| (*p, r.relayed_addr.clone()))
             .collect();
         for (peer, addr) in due {
             if let Some(r) = self.nat.punch_retries.get_mut(&peer) {
                 r.failures += 1;
+                // The new relayed connection's punch reports first (`on_dcutr`); a peer that
+                // is out of retries is left on the relay.
                 r.next = if r.failures >= PUNCH_RETRIES {
                     now + std::time::Duration::from_secs(24 * 3600)
                 } else {
-                    now + PUNCH_RETRY_BASE * 2u32.pow(r.failures)
+                    now + PUNCH_RETRY_FALLBACK
                 };
             }
             info!(target: EVENTS, event = "hole_punch_retry", %peer, address = %addr, "dialling a peer through the relay again for a new hole punch");
@@ -389,6 +423,12 @@ impl EventLoop {
             Err(e) => {
                 info!(target: EVENTS, event = "hole_punch_failed", %peer, cause = %e, "hole punch failed; staying on the relay");
                 self.nat.metrics.hole_punches.get_or_create(&labels(&[("result", "failure")])).inc();
+                // DCUtR is done with this connection: punch again after the back-off.
+                if let Some(r) = self.nat.punch_retries.get_mut(&peer)
+                    && r.failures < PUNCH_RETRIES
+                {
+                    r.next = Instant::now() + PUNCH_RETRY_BASE * 2u32.pow(r.failures);
+                }
             }
         }
     }
