@@ -113,6 +113,7 @@ fn attestation(key: &NodeKey, refs: u8) -> Attestation {
         finished_at_ms: T,
         outputs: BTreeMap::from([("out".to_string(), o)]),
         log: Some(LogDigest::of(b"building seed-1\n")),
+        provenance: None,
     }
 }
 
