@@ -36,6 +36,7 @@ declare -A max_len=(
   [narinfo_parse]=16384
   [submit_body]=65536
   [rpc_decode]=131072
+  [intoto_statement]=36864  # MAX_STATEMENT_LEN is 32 KiB
 )
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

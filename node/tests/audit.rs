@@ -40,6 +40,7 @@ fn attest(store: &Store, key: &NodeKey, drv: &StorePath, out: &StorePath, h: u8,
         finished_at_ms: 2_000,
         outputs: BTreeMap::from([("out".to_string(), output)]),
         log: None,
+        provenance: None,
     };
     let signed = Signed::sign(key, &att).unwrap();
     let verified = signed.verify().unwrap();

@@ -16,6 +16,7 @@
 //! - [`guix`]: Guix narinfo signatures (ECDSA over edwards25519), keys and ACLs as s-expressions.
 //! - [`id`]: `NodeId`, `JobId`, `ArtifactHash`, `MessageId` newtypes (text and binary forms).
 //! - [`identity`]: one ed25519 key per node: PeerId, mesh signatures and Nix signatures.
+//! - [`intoto`]: the builder-signed in-toto/SLSA provenance an attestation carries (DSSE).
 //! - [`signed`]: `Signed<T>` with versioned domain separation.
 //! - [`wire`]: the mesh's message types and their canonical encoding with size limits.
 //! - [`placement`]: weighted rendezvous hashing with eligibility.
@@ -35,6 +36,7 @@ pub mod guix;
 pub mod hash;
 pub mod id;
 pub mod identity;
+pub mod intoto;
 pub mod mesh;
 pub mod nar;
 pub mod narinfo;

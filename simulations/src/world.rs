@@ -598,6 +598,7 @@ impl World {
                 finished_at_ms: now,
                 outputs: [("out".to_string(), out)].into_iter().collect(),
                 log: None,
+                provenance: None,
             };
             // Durable before announced: the driver persists, then the machine publishes.
             self.nodes[i as usize].persisted.push(a.clone());

@@ -12,9 +12,16 @@
 //!   (`buildmesh diff`, `GET /diff` as HTML and as JSON).
 //! - Bounds: 20 concurrent anonymous diffs and 20 concurrent log fetches get 503s that name the
 //!   bound, and the dashboard keeps answering meanwhile.
-//! - in-toto export: every DSSE envelope a builder exports verifies with ed25519 over the PAE
-//!   under the builder's key (checked here, independently of the node), and names the outputs'
-//!   NarHashes; an altered payload does not verify.
+//! - in-toto export of the mesh: the node that built `logged` neither exports every attestation
+//!   it holds, each in the DSSE envelope its builder signed when it attested (checked here,
+//!   independently of the node: ed25519 over the PAE under that builder's key), naming that
+//!   builder's NarHash; nothing is left out (`x-buildmesh-not-exported: 0`, and `buildmesh
+//!   export` says so on stderr); an altered payload does not verify. After a restart a builder
+//!   still exports the other builder's envelope (stored with the attestation).
+//! - forged provenance: an intruder peer gossips attestations whose envelope is signed by
+//!   another key, names a NarHash the attestation does not, or is over the size limit; they are
+//!   rejected (counted), and no node stores or exports them, while the intruder's honest
+//!   attestation with its own envelope is stored and exported signed by the intruder's key.
 //! - `/reproducible.json` and `/metrics` after a revision of both jobs is published.
 
 mod mesh_support;
@@ -27,7 +34,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use buildmesh::store::Store;
-use buildmesh_protocol::store_path::StorePath;
+use buildmesh_protocol::id::ArtifactHash;
+use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::intoto::{MAX_STATEMENT_LEN, PAYLOAD_TYPE, Provenance, Statement, builder_id, pae};
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+use buildmesh_protocol::wire::{Attestation, BuildMode, Encode as _, Kind, Message, OutputAttestation};
+use mesh_support::intruder::{Intruder, now_ms, throwaway};
 use mesh_support::*;
 
 fn submit_wait(c: &Cluster, i: usize, dir: &Path, drv: &StorePath) -> (bool, String) {
@@ -71,6 +83,116 @@ fn flood(urls: &[(String, &str)], n: usize) -> Vec<(usize, (u16, String))> {
         }
     }
     threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// DSSE's PAE of an in-toto payload, spelled out here (not the node's code).
+fn dsse_pae(p: &[u8]) -> Vec<u8> {
+    let mut v = format!("DSSEv1 28 application/vnd.in-toto+json {} ", p.len()).into_bytes();
+    v.extend_from_slice(p);
+    v
+}
+
+/// One subject of an exported envelope: which of `keys` signed it, the output, its sha256.
+type Exported = (usize, String, String);
+
+/// Node `i`'s in-toto export, every envelope checked here: its signature with ed25519 over the
+/// PAE under the key its `keyid` names (one of `keys`), the statement's type and builder id.
+/// Returns the subjects and the `x-buildmesh-not-exported` header.
+fn in_toto_export(c: &Cluster, i: usize, keys: &[NodeKey]) -> (Vec<Exported>, String) {
+    let (s, h, body) = get_with(&format!("{}/api/v1/attestations?format=in-toto", c.urls[i]), "application/json");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let mut out = Vec::new();
+    for line in std::str::from_utf8(&body).unwrap().lines() {
+        let env: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(env["payloadType"], "application/vnd.in-toto+json");
+        let payload = B64.decode(env["payload"].as_str().unwrap()).unwrap();
+        let sig = &env["signatures"][0];
+        let keyid = sig["keyid"].as_str().unwrap();
+        let k = keys.iter().position(|k| k.nix_public_key().to_string() == keyid).expect("a known builder key");
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(keys[k].node_id().as_bytes()).unwrap();
+        let sig = ed25519_dalek::Signature::from_slice(&B64.decode(sig["sig"].as_str().unwrap()).unwrap()).unwrap();
+        vk.verify_strict(&dsse_pae(&payload), &sig).expect("the DSSE signature verifies under the builder key");
+        let mut altered = payload.clone();
+        altered[10] ^= 1;
+        assert!(vk.verify_strict(&dsse_pae(&altered), &sig).is_err(), "an altered statement does not verify");
+        let st: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+        assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+        assert_eq!(st["predicate"]["runDetails"]["builder"]["id"], keyid);
+        for s in st["subject"].as_array().unwrap() {
+            let (name, sha) = (s["name"].as_str().unwrap(), s["digest"]["sha256"].as_str().unwrap());
+            out.push((k, name.to_string(), sha.to_string()));
+        }
+    }
+    let left_out = h.get("x-buildmesh-not-exported").map_or("(no header)", |v| v.to_str().unwrap()).to_string();
+    (out, left_out)
+}
+
+/// The NarHash (hex) builder `b` signed for `path`, as node `i` knows it.
+fn hash_hex(c: &Cluster, i: usize, path: &str, b: usize) -> String {
+    let by = c.attesters(i, path);
+    let (h, _) = by.iter().find(|(_, who)| who.contains(&c.peer_ids[b])).expect("b attested path");
+    hex::encode(buildmesh_protocol::hash::NixHash::parse(h, None).unwrap().digest())
+}
+
+/// An attestation by `key` of a made-up derivation `n` (nobody builds it), NarHash bytes `h`.
+fn made_up(key: &NodeKey, n: u8, h: u8) -> Attestation {
+    let sd = StoreDir::nix();
+    let drv = StorePath::new([n; 20], &format!("forged-{n}.drv")).unwrap();
+    let path = StorePath::new([n; 20], &format!("forged-{n}")).unwrap();
+    let o = OutputAttestation::new_signed(
+        key,
+        &sd,
+        path,
+        [h; 32],
+        112,
+        BTreeSet::new(),
+        ArtifactHash::from_bytes([h; 32]),
+        Some(drv.clone()),
+    )
+    .unwrap();
+    let now = now_ms();
+    Attestation {
+        builder: key.node_id(),
+        store_dir: sd,
+        drv,
+        mode: BuildMode::Native,
+        started_at_ms: now - 10,
+        finished_at_ms: now,
+        outputs: [("out".to_string(), o)].into_iter().collect(),
+        log: None,
+        provenance: None,
+    }
+}
+
+/// The intruder's gossip: its honest attestation (with its own envelope) and three with a forged
+/// one. Returns the honest output and the forged outputs.
+fn forge_provenance(intruder: &Intruder) -> (String, Vec<String>) {
+    let (x, y) = (&intruder.key, throwaway(7));
+    let out = |a: &Attestation| sd().display(&a.outputs["out"].path);
+    let mut honest = made_up(x, 0xa1, 1);
+    honest.provenance = Provenance::sign(x, &honest, None);
+    intruder.publish_as(x, &Message::Attestation(honest.clone()));
+    let mut forged = Vec::new();
+    // Signed by another key (its statement otherwise right).
+    let mut a = made_up(x, 0xa2, 2);
+    a.provenance = Provenance::sign(&y, &a, None);
+    forged.push(a);
+    // Signed by the builder, but a subject's NarHash is not the attested one.
+    let mut a = made_up(x, 0xa3, 3);
+    let mut st = Statement::of(&a, None, &builder_id(&a).unwrap(), None);
+    st.subject[0].digest.sha256 = hex::encode([0xee; 32]);
+    let payload = st.to_bytes();
+    a.provenance = Some(Provenance { signature: *x.sign_nix(&pae(PAYLOAD_TYPE, &payload)).bytes(), payload });
+    forged.push(a);
+    // A statement over the size limit.
+    let mut a = made_up(x, 0xa4, 4);
+    a.provenance = Some(Provenance { payload: vec![b' '; MAX_STATEMENT_LEN + 1], signature: [0; 64] });
+    forged.push(a);
+    for a in &forged {
+        intruder.publish_forged(x, Kind::Attestation, a.to_bytes());
+    }
+    (out(&honest), forged.iter().map(out).collect())
 }
 
 #[test]
@@ -176,50 +298,24 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     let (s, _, _) = get_with(&diff_url, "application/json");
     assert_eq!(s, 200, "diffs are served again after the flood");
 
-    // ---- item 6: in-toto export, verified here with ed25519 over the PAE ----
-    let a = b_idx[0];
-    let (s, body) = get(&format!("{}/api/v1/attestations?format=in-toto", c.urls[a]));
-    assert_eq!(s, 200);
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(c.keys[a].node_id().as_bytes()).unwrap();
-    let mut subjects = BTreeSet::new();
-    let lines: Vec<&str> = std::str::from_utf8(&body).unwrap().lines().collect();
-    // `a` built `logged`; whether it also built `unrepro-dir` depends on placement.
-    assert!(!lines.is_empty(), "builder {a} exports its attestations: {lines:?}");
-    for line in &lines {
-        let env: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(env["payloadType"], "application/vnd.in-toto+json");
-        let payload = B64.decode(env["payload"].as_str().unwrap()).unwrap();
-        let sig = &env["signatures"][0];
-        assert_eq!(sig["keyid"].as_str().unwrap(), c.keys[a].nix_public_key().to_string());
-        let sig = ed25519_dalek::Signature::from_slice(&B64.decode(sig["sig"].as_str().unwrap()).unwrap()).unwrap();
-        let pae = |p: &[u8]| {
-            let mut v = format!("DSSEv1 28 application/vnd.in-toto+json {} ", p.len()).into_bytes();
-            v.extend_from_slice(p);
-            v
-        };
-        vk.verify_strict(&pae(&payload), &sig).expect("the DSSE signature verifies under the builder key");
-        let mut altered = payload.clone();
-        altered[10] ^= 1;
-        assert!(vk.verify_strict(&pae(&altered), &sig).is_err(), "an altered statement does not verify");
-        let st: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-        assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
-        assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
-        assert_eq!(st["predicate"]["runDetails"]["builder"]["id"], c.keys[a].nix_public_key().to_string());
-        for s in st["subject"].as_array().unwrap() {
-            subjects
-                .insert((s["name"].as_str().unwrap().to_string(), s["digest"]["sha256"].as_str().unwrap().to_string()));
-        }
+    // ---- item 6: the in-toto export of the mesh, from the node that built `logged` neither:
+    // every attestation in the envelope its builder signed ----
+    let (exported, left_out) = in_toto_export(&c, other, &c.keys);
+    assert_eq!(left_out, "0", "every attestation carries its builder's envelope");
+    assert_eq!(exported.len(), c.attestation_ids(other).len(), "one envelope per attestation: {exported:?}");
+    for &b in &b_idx {
+        assert_ne!(b, other);
+        let want = (b, logged_s.clone(), hash_hex(&c, other, &logged_s, b));
+        assert!(exported.contains(&want), "builder {b}'s envelope for `logged`: {exported:?}");
     }
-    let hash_of = |path: &str| -> String {
-        let by = c.attesters(a, path);
-        let (h, _) = by.iter().find(|(_, who)| who.contains(&c.peer_ids[a])).unwrap();
-        let n = buildmesh_protocol::hash::NixHash::parse(h, None).unwrap();
-        hex::encode(n.digest())
-    };
-    assert!(subjects.contains(&(logged_s.clone(), hash_of(&logged_s))), "{subjects:?}");
-    let (st, stdout, _) =
-        cli_env(&["export", "--api", &c.urls[a], "--format", "in-toto"], &[("BUILDMESH_LOG", "warn")]);
-    assert!(st.success() && stdout.lines().count() == lines.len());
+    for b in (0..3).filter(|b| builders_of(&c, other, &unrepro_s).contains(&c.peer_ids[*b])) {
+        let want = (b, unrepro_s.clone(), hash_hex(&c, other, &unrepro_s, b));
+        assert!(exported.contains(&want), "builder {b}'s own NarHash of the disputed output: {exported:?}");
+    }
+    let (st, stdout, stderr) =
+        cli_env(&["export", "--api", &c.urls[other], "--format", "in-toto"], &[("BUILDMESH_LOG", "warn")]);
+    assert!(st.success() && stdout.lines().count() == exported.len(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("0 attestations of other builders not exported"), "{stderr}");
 
     // ---- /reproducible.json and /metrics after a revision of both jobs ----
     let rev = serde_json::json!({
@@ -297,4 +393,32 @@ fn logs_diff_export_feed_and_metrics_on_a_real_mesh() {
     assert_eq!(s, 200, "{}\n{}", String::from_utf8_lossy(&body), c.logs());
     assert_eq!(h["x-buildmesh-log-builder"].to_str().unwrap(), c.peer_ids[honest], "the honest builder's log");
     assert!(String::from_utf8_lossy(&body).contains("audit-log-marker-1"));
+
+    // ---- item 6 again: the restarted builder still exports the other builder's envelope ----
+    let (exported, _) = in_toto_export(&c, swapped, &c.keys);
+    let want = (honest, logged_s.clone(), hash_hex(&c, swapped, &logged_s, honest));
+    assert!(exported.contains(&want), "kept across a restart: {exported:?}");
+
+    // ---- forged provenance from an intruder peer: rejected, stored and exported nowhere ----
+    let intruder = Intruder::join(&c, throwaway(6));
+    let rejected = |i: usize| c.mesh(i)["gossip"]["rejected"].as_u64().unwrap_or(0);
+    let before = rejected(0);
+    let (honest_out, forged_outs) = forge_provenance(&intruder);
+    wait_for("the intruder's honest attestation on node 0", Duration::from_secs(30), || {
+        (!c.attesters(0, &honest_out).is_empty()).then_some(())
+    });
+    wait_for("the three forged ones rejected", Duration::from_secs(30), || (rejected(0) >= before + 3).then_some(()));
+    let mut keys = c.keys.clone();
+    keys.push(intruder.key.clone());
+    for i in 0..3 {
+        for f in &forged_outs {
+            assert!(c.attesters(i, f).is_empty(), "node {i} stored the forged attestation of {f}");
+        }
+        let (exported, _) = in_toto_export(&c, i, &keys);
+        assert!(!exported.iter().any(|(_, name, _)| forged_outs.contains(name)), "node {i} exports a forgery");
+        if i == 0 {
+            assert!(exported.iter().any(|(k, name, _)| *k == 3 && *name == honest_out), "the honest one, by its key");
+        }
+    }
+    intruder.shutdown();
 }

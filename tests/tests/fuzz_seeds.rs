@@ -113,7 +113,14 @@ fn attestation(key: &NodeKey, refs: u8) -> Attestation {
         finished_at_ms: T,
         outputs: BTreeMap::from([("out".to_string(), o)]),
         log: Some(LogDigest::of(b"building seed-1\n")),
+        provenance: None,
     }
+}
+
+/// `a` with its builder's provenance (an in-toto statement signed as DSSE).
+fn with_provenance(key: &NodeKey, mut a: Attestation) -> Attestation {
+    a.provenance = buildmesh_protocol::intoto::Provenance::sign(key, &a, None);
+    a
 }
 
 fn failure(builder: NodeId) -> BuildFailure {
@@ -231,6 +238,7 @@ fn seeds() -> Seeds {
         ("attestation", Message::Attestation(attestation(&k, 2))),
         ("failure", Message::BuildFailure(failure(me))),
         ("attestation-large", Message::Attestation(attestation(&k, 60))),
+        ("attestation-provenance", Message::Attestation(with_provenance(&k, attestation(&k, 2)))),
     ];
     for (name, m) in &messages {
         s.insert(("wire_decode", format!("seed-envelope-{name}")), Envelope::sign(&k, m).unwrap().to_bytes());
@@ -249,6 +257,10 @@ fn seeds() -> Seeds {
         bare.extend_from_slice(&b.to_bytes());
         s.insert(("wire_decode", format!("seed-payload-batch-{name}")), bare);
     }
+
+    // intoto_statement: the statement a builder signs for its attestation.
+    let p = with_provenance(&k, attestation(&k, 2)).provenance.unwrap();
+    s.insert(("intoto_statement", "seed-statement".into()), p.payload);
 
     // revision_header and manifest_decode.
     let small = manifest(0);
@@ -425,6 +437,7 @@ fn committed_fuzz_seeds_are_current() {
         "submit_body",
         "rpc_decode",
         "guix_signature",
+        "intoto_statement",
     ] {
         assert!(targets.contains(t), "no seeds for {t}");
     }
@@ -454,6 +467,7 @@ fn fuzz_seeds_decode() {
             }
             "revision_header" => true,
             "manifest_decode" => Manifest::decode(&bytes).is_ok(),
+            "intoto_statement" => buildmesh_protocol::intoto::Statement::parse(&bytes).is_ok(),
             "drv_parse" => Derivation::parse(&bytes, &sd).is_ok(),
             "nar_read" => Node::read_nar(&bytes[..], Default::default()).is_ok(),
             "narinfo_parse" => NarInfo::parse_bytes(&bytes, &sd).is_ok(),

@@ -210,6 +210,7 @@ fn attestation(key: &NodeKey, i: u32) -> Attestation {
         finished_at_ms: now,
         outputs: BTreeMap::from([("out".to_string(), o)]),
         log: None,
+        provenance: None,
     }
 }
 

@@ -78,6 +78,7 @@ fn synthetic_attestations(key: &NodeKey, n: usize) -> Vec<buildmesh::store::Atte
                 finished_at_ms: now,
                 outputs: BTreeMap::from([("out".to_string(), o)]),
                 log: None,
+                provenance: None,
             };
             let v = Envelope::sign(key, &Message::Attestation(a)).unwrap().verify().unwrap();
             match entry_of(&v) {

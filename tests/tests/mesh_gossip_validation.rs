@@ -73,6 +73,7 @@ fn attestation(key: &NodeKey, builder: buildmesh_protocol::id::NodeId, path: &St
         finished_at_ms: now,
         outputs: BTreeMap::from([("out".to_string(), o)]),
         log: None,
+        provenance: None,
     }
 }
 

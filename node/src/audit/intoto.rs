@@ -1,21 +1,20 @@
 //! The standard export for auditors (issue 14): attestations as in-toto Statements v1 with a SLSA
-//! provenance v1 predicate, each in a DSSE envelope signed by the builder's key.
+//! provenance v1 predicate, each in a DSSE envelope signed by **its builder's** key.
 //!
-//! **Who signs.** A DSSE signature by a builder's key can only be made by that builder. So a node
-//! exports the attestations **it built itself**, signing each envelope with its node key at export
-//! time (the statement is a function of the signed attestation and the derivation, so the same
-//! attestation always yields the same statement); it never signs a statement about another
-//! builder's build. To export the mesh, ask each builder (`buildmesh export --api <node>`); the
-//! buildmesh export (`?format=jsonl`) still carries every builder's own signed envelope.
+//! **Whose envelopes.** A builder signs the statement of its attestation when it attests and the
+//! signed statement travels inside the attestation ([`buildmesh_protocol::intoto`] explains the
+//! format and the checks every receiver makes). So a node exports every stored attestation that
+//! carries its builder's provenance, whoever built it, as that builder signed it: the exporting
+//! node adds nothing but the DSSE JSON framing (`keyid` = the builder's Nix public key).
 //!
-//! The statement: one subject per output, `name` = the output's store path, `digest.sha256` = its
-//! NarHash in hex (the sha256 of the NAR, as Nix computes it); `predicate.buildDefinition`:
-//! `buildType` [`BUILD_TYPE`], `externalParameters.derivation` = the `.drv` path,
-//! `internalParameters.system`, `resolvedDependencies` = the derivation's input derivations and
-//! input sources (when the node holds the `.drv`); `predicate.runDetails.builder.id` = the
-//! builder's Nix public key (`<name>:<base64>`), `metadata` = the attestation's message id and
-//! start and end times. DSSE: `payloadType` [`PAYLOAD_TYPE`], the signature is ed25519 over
-//! [`pae`] by the node key, `keyid` = the same Nix public key string.
+//! **What is not exported.** An attestation of another builder without a provenance (made before
+//! builders signed one, by an older node, or whose statement was too large) is skipped and
+//! counted ([`Census::without_envelope`]): a node never signs a statement about someone else's
+//! build. The node's own attestations without one are signed at export time with its key, as
+//! before (their statement also names the attestation's message id as `invocationId`).
+//!
+//! The HTTP export (`?format=in-toto`) reports the count in the `x-buildmesh-not-exported` header,
+//! from a first pass over the store ([`census`]); `buildmesh export` prints it on stderr.
 
 use std::io::Write;
 
@@ -23,22 +22,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::identity::NodeKey;
+pub use buildmesh_protocol::intoto::{BUILD_TYPE, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, pae, rfc3339_ms};
+use buildmesh_protocol::intoto::{Provenance, Statement, builder_id};
 use buildmesh_protocol::signed::Verified;
-use buildmesh_protocol::wire::{Attestation, BuildMode};
+use buildmesh_protocol::wire::Attestation;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{AuditError, for_each_attestation};
 use crate::store::Store;
-
-/// DSSE `payloadType` of an in-toto statement.
-pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
-/// in-toto Statement v1.
-pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
-/// SLSA provenance v1.
-pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
-/// The build type: a Nix-style derivation built by a buildmesh node.
-pub const BUILD_TYPE: &str = "https://buildmesh.invalid/buildtypes/derivation/v1";
 
 /// A DSSE envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,121 +52,183 @@ pub struct DsseSignature {
     pub sig: String,
 }
 
-/// DSSE's pre-authentication encoding: `DSSEv1 SP LEN(type) SP type SP LEN(body) SP body`.
-pub fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, body.len()).into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// Unix milliseconds as RFC 3339 UTC (`2026-12-06T19:20:00.123Z`).
-pub fn rfc3339_ms(ms: u64) -> String {
-    let (secs, milli) = (ms / 1000, ms % 1000);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// The in-toto statement of one attestation (`drv`: the parsed derivation when the node has it).
-pub fn statement(att: &Verified<Attestation>, drv: Option<&Derivation>, builder_key: &str) -> serde_json::Value {
-    let a = att.value();
-    let sd = &a.store_dir;
-    let subject: Vec<serde_json::Value> = a
-        .outputs
-        .values()
-        .map(|o| json!({ "name": sd.display(&o.path), "digest": { "sha256": hex::encode(o.nar_hash) } }))
-        .collect();
-    let mut deps: Vec<serde_json::Value> = Vec::new();
-    let mut internal = json!({ "emulated": a.mode == BuildMode::Emulated });
-    if let Some(d) = drv {
-        for p in d.input_drvs.keys() {
-            deps.push(json!({ "uri": sd.display(p), "name": p.to_string() }));
-        }
-        for p in &d.input_srcs {
-            deps.push(json!({ "uri": sd.display(p), "name": p.to_string() }));
-        }
-        internal["system"] = json!(String::from_utf8_lossy(&d.system));
+/// The envelope of a builder's provenance, as the builder signed it.
+pub fn builder_envelope(att: &Attestation, p: &Provenance) -> DsseEnvelope {
+    DsseEnvelope {
+        payload_type: PAYLOAD_TYPE.to_string(),
+        payload: BASE64.encode(&p.payload),
+        signatures: vec![DsseSignature { keyid: builder_id(att).unwrap_or_default(), sig: BASE64.encode(p.signature) }],
     }
-    json!({
-        "_type": STATEMENT_TYPE,
-        "subject": subject,
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": { "derivation": sd.display(&a.drv) },
-                "internalParameters": internal,
-                "resolvedDependencies": deps,
-            },
-            "runDetails": {
-                "builder": { "id": builder_key },
-                "metadata": {
-                    "invocationId": hex::encode(att.id().as_bytes()),
-                    "startedOn": rfc3339_ms(a.started_at_ms),
-                    "finishedOn": rfc3339_ms(a.finished_at_ms),
-                },
-            },
-        },
-    })
 }
 
-/// The statement's bytes in a DSSE envelope signed by `key`.
-pub fn envelope(key: &NodeKey, statement: &serde_json::Value) -> DsseEnvelope {
-    let body = serde_json::to_vec(statement).unwrap_or_default();
+/// An envelope signed by `key` now, for an attestation of this node that carries no provenance
+/// (made before builders signed one); `drv`: the parsed derivation when the node has it.
+pub fn own_envelope(key: &NodeKey, att: &Verified<Attestation>, drv: Option<&Derivation>) -> DsseEnvelope {
+    let key_id = key.nix_public_key().to_string();
+    let invocation = Some(hex::encode(att.id().as_bytes()));
+    let body = Statement::of(att.value(), drv, &key_id, invocation).to_bytes();
     let sig = key.sign_nix(&pae(PAYLOAD_TYPE, &body));
     DsseEnvelope {
         payload_type: PAYLOAD_TYPE.to_string(),
         payload: BASE64.encode(&body),
-        signatures: vec![DsseSignature { keyid: key.nix_public_key().to_string(), sig: BASE64.encode(sig.bytes()) }],
+        signatures: vec![DsseSignature { keyid: key_id, sig: BASE64.encode(sig.bytes()) }],
     }
 }
 
-/// Write one DSSE envelope per line for every attestation `key` built (see the module docs for
-/// why only those). Returns how many were written.
-pub fn export_in_toto(store: &Store, key: &NodeKey, out: &mut dyn Write) -> Result<u64, AuditError> {
+/// What an in-toto export of a store holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Census {
+    /// Attestations exported: those with their builder's provenance, and this node's own.
+    pub exported: u64,
+    /// Other builders' attestations without a provenance: not exported.
+    pub without_envelope: u64,
+}
+
+/// The envelope to export for `att`, if any (see the module docs).
+fn envelope_of(store: &Store, key: &NodeKey, att: &Verified<Attestation>) -> Result<Option<DsseEnvelope>, AuditError> {
+    let a = att.value();
+    if let Some(p) = &a.provenance {
+        return Ok(Some(builder_envelope(a, p)));
+    }
+    if a.builder != key.node_id() {
+        return Ok(None);
+    }
+    let drv = store.get_drv(&a.drv)?.and_then(|b| Derivation::parse(&b, &a.store_dir).ok());
+    Ok(Some(own_envelope(key, att, drv.as_ref())))
+}
+
+/// Count what [`export_in_toto`] would write and leave out (one pass over the store, verifying
+/// every attestation as the export does).
+pub fn census(store: &Store, key: &NodeKey) -> Result<Census, AuditError> {
     let me = key.node_id();
-    let key_id = key.nix_public_key().to_string();
-    let mut n = 0u64;
+    let mut c = Census::default();
     for_each_attestation(store, |_, att| {
-        if att.value().builder != me {
-            return Ok(());
+        if att.value().provenance.is_some() || att.value().builder == me {
+            c.exported += 1;
+        } else {
+            c.without_envelope += 1;
         }
-        let a = att.value();
-        let drv = store.get_drv(&a.drv)?.and_then(|b| Derivation::parse(&b, &a.store_dir).ok());
-        let env = envelope(key, &statement(&att, drv.as_ref(), &key_id));
-        serde_json::to_writer(&mut *out, &env).map_err(std::io::Error::other)?;
-        out.write_all(b"\n")?;
-        n += 1;
         Ok(())
     })?;
-    Ok(n)
+    Ok(c)
+}
+
+/// Write one DSSE envelope per line for every attestation with its builder's provenance, and for
+/// this node's own (see the module docs). Returns what was written and left out.
+pub fn export_in_toto(store: &Store, key: &NodeKey, out: &mut dyn Write) -> Result<Census, AuditError> {
+    let mut c = Census::default();
+    for_each_attestation(store, |_, att| {
+        match envelope_of(store, key, &att)? {
+            Some(env) => {
+                serde_json::to_writer(&mut *out, &env).map_err(std::io::Error::other)?;
+                out.write_all(b"\n")?;
+                c.exported += 1;
+            }
+            None => c.without_envelope += 1,
+        }
+        Ok(())
+    })?;
+    Ok(c)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
 
-    #[test]
-    fn pae_is_dsse_v1() {
-        assert_eq!(
-            pae("http://example.com/HelloWorld", b"hello world"),
-            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
-        );
+    use buildmesh_protocol::id::ArtifactHash;
+    use buildmesh_protocol::signed::Signed;
+    use buildmesh_protocol::store_path::{StoreDir, StorePath};
+    use buildmesh_protocol::wire::{BuildMode, Encode as _, OutputAttestation};
+
+    use super::*;
+    use crate::store::AttestationEntry;
+
+    /// `key` attests `out` (NarHash bytes `h`), with its provenance or without, into `store`.
+    fn attest(store: &Store, key: &NodeKey, out: &str, h: u8, provenance: bool) {
+        let sd = StoreDir::nix();
+        let drv = StorePath::new([h; 20], &format!("{out}.drv")).unwrap();
+        let path = StorePath::new([h; 20], out).unwrap();
+        let o = OutputAttestation::new_signed(
+            key,
+            &sd,
+            path,
+            [h; 32],
+            8,
+            BTreeSet::new(),
+            ArtifactHash::from_bytes([h; 32]),
+            Some(drv.clone()),
+        )
+        .unwrap();
+        let mut a = Attestation {
+            builder: key.node_id(),
+            store_dir: sd,
+            drv,
+            mode: BuildMode::Native,
+            started_at_ms: 1_000,
+            finished_at_ms: 2_000,
+            outputs: BTreeMap::from([("out".to_string(), o)]),
+            log: None,
+            provenance: None,
+        };
+        if provenance {
+            a.provenance = Provenance::sign(key, &a, None);
+        }
+        let v = Signed::sign(key, &a).unwrap().verify().unwrap();
+        store.insert_attestation(&AttestationEntry::of(v.id(), &v, v.envelope().to_bytes(), 3_000)).unwrap();
     }
 
+    /// Decode an exported line and check its DSSE signature with ed25519 under `key`'s bytes,
+    /// independently of the protocol crate. Returns the statement.
+    fn check_line(line: &str, key: &NodeKey) -> serde_json::Value {
+        let env: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(env["payloadType"], PAYLOAD_TYPE);
+        assert_eq!(env["signatures"][0]["keyid"], key.nix_public_key().to_string());
+        let payload = BASE64.decode(env["payload"].as_str().unwrap()).unwrap();
+        let sig = BASE64.decode(env["signatures"][0]["sig"].as_str().unwrap()).unwrap();
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(key.node_id().as_bytes()).unwrap();
+        let mut pae = format!("DSSEv1 28 application/vnd.in-toto+json {} ", payload.len()).into_bytes();
+        pae.extend_from_slice(&payload);
+        vk.verify_strict(&pae, &ed25519_dalek::Signature::from_slice(&sig).unwrap()).unwrap();
+        serde_json::from_slice(&payload).unwrap()
+    }
+
+    /// Another builder's provenance is exported as it signed it; another builder's attestation
+    /// without one is counted, not signed; this node's own old one is signed at export time.
     #[test]
-    fn times_are_rfc3339() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339_ms(1_796_584_800_000), "2026-12-06T19:20:00.000Z");
+    fn the_export_carries_each_builders_own_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (me, b, old) = (
+            NodeKey::from_seed("me-1", [1; 32]).unwrap(),
+            NodeKey::from_seed("b-1", [2; 32]).unwrap(),
+            NodeKey::from_seed("old-1", [3; 32]).unwrap(),
+        );
+        attest(&store, &b, "by-b", 0x0b, true);
+        attest(&store, &old, "by-old", 0x0c, false);
+        attest(&store, &me, "mine-old", 0x0d, false);
+        attest(&store, &me, "mine-new", 0x0e, true);
+        let mut out = Vec::new();
+        let c = export_in_toto(&store, &me, &mut out).unwrap();
+        assert_eq!(c, Census { exported: 3, without_envelope: 1 });
+        assert_eq!(census(&store, &me).unwrap(), c);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let by = |name: &str| *lines.iter().find(|l| check_line_subject(l).contains(name)).unwrap();
+        let st = check_line(by("-by-b"), &b);
+        assert_eq!(st["subject"][0]["digest"]["sha256"], hex::encode([0x0b; 32]));
+        assert_eq!(st["predicate"]["runDetails"]["builder"]["id"], b.nix_public_key().to_string());
+        assert!(st["predicate"]["runDetails"]["metadata"].get("invocationId").is_none());
+        let st = check_line(by("-mine-old"), &me);
+        assert!(st["predicate"]["runDetails"]["metadata"]["invocationId"].is_string(), "signed at export time");
+        check_line(by("-mine-new"), &me);
+        assert!(!text.contains("by-old"), "never signed on another builder's behalf");
+    }
+
+    fn check_line_subject(line: &str) -> String {
+        let env: serde_json::Value = serde_json::from_str(line).unwrap();
+        let payload = BASE64.decode(env["payload"].as_str().unwrap()).unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        st["subject"][0]["name"].as_str().unwrap().to_string()
     }
 }

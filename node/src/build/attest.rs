@@ -12,8 +12,15 @@
 //!
 //! The returned [`CommittedAttestation`]/[`CommittedFailure`] hold the store entry, whose
 //! `envelope` field is the signed wire bytes to gossip, and the verified message.
+//!
+//! **Provenance**: the attestation carries the builder's DSSE-signed in-toto/SLSA statement of
+//! itself ([`buildmesh_protocol::intoto::Provenance`], made from the `.drv` this node holds), so
+//! that every node can export this builder's provenance signed by this builder. When the
+//! statement would make the message too large, the attestation goes without it (logged).
 
+use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::identity::NodeKey;
+use buildmesh_protocol::intoto::Provenance;
 use buildmesh_protocol::narinfo::FingerprintError;
 use buildmesh_protocol::signed::{SignError, Signed, SignedError, Verified};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
@@ -81,11 +88,13 @@ fn mode(emulated: bool) -> BuildMode {
 }
 
 /// The signed attestation of `report` (not committed), carrying `log`, the digest of the build log
-/// as stored ([`crate::store::capped_log`]); see [`commit_attestation`].
+/// as stored ([`crate::store::capped_log`]), and the builder's provenance (with the inputs of
+/// `drv` when given); see [`commit_attestation`].
 pub fn sign_attestation(
     key: &NodeKey,
     store_dir: &StoreDir,
     drv_path: &StorePath,
+    drv: Option<&Derivation>,
     report: &BuildReport,
     log: Option<LogDigest>,
 ) -> Result<Verified<Attestation>, AttestError> {
@@ -108,7 +117,7 @@ pub fn sign_attestation(
         .map_err(|source| AttestError::Fingerprint { output: name.clone(), source })?;
         outputs.insert(name.clone(), signed);
     }
-    let attestation = Attestation {
+    let mut attestation = Attestation {
         builder: key.node_id(),
         store_dir: store_dir.clone(),
         drv: drv_path.clone(),
@@ -117,8 +126,21 @@ pub fn sign_attestation(
         finished_at_ms: report.finished_at_ms.max(report.started_at_ms),
         outputs,
         log,
+        provenance: None,
     };
-    Ok(Signed::sign(key, &attestation)?.verify()?)
+    attestation.provenance = Provenance::sign(key, &attestation, drv);
+    if attestation.provenance.is_none() {
+        tracing::warn!(drv = %drv_path, "the provenance statement is too large; the attestation goes without it");
+    }
+    let signed = match Signed::sign(key, &attestation) {
+        Err(SignError::TooLarge { len, .. }) if attestation.provenance.is_some() => {
+            tracing::warn!(drv = %drv_path, len, "with its provenance the attestation is too large; it goes without");
+            attestation.provenance = None;
+            Signed::sign(key, &attestation)?
+        }
+        r => r?,
+    };
+    Ok(signed.verify()?)
 }
 
 /// Sign `report` as `key`'s attestation of `drv_path` and commit it, with the build log, in one
@@ -132,7 +154,10 @@ pub fn commit_attestation(
     report: &BuildReport,
 ) -> Result<CommittedAttestation, AttestError> {
     let log = crate::store::capped_log(&report.log, store.options().max_log_bytes);
-    let message = sign_attestation(key, store_dir, drv_path, report, Some(LogDigest::of(&log)))?;
+    // The .drv names the inputs in the provenance; without it (not stored here) the statement
+    // has no dependencies.
+    let drv = store.get_drv(drv_path)?.and_then(|b| Derivation::parse(&b, store_dir).ok());
+    let message = sign_attestation(key, store_dir, drv_path, drv.as_ref(), report, Some(LogDigest::of(&log)))?;
     let entry = AttestationEntry::of(message.id(), &message, message.envelope().to_bytes(), unix_ms());
     let inserted = store.write(|w| {
         let inserted = w.insert_attestation(&entry)?;
@@ -281,6 +306,10 @@ mod tests {
         assert!(fp.starts_with("1;/nix/store/an8vyn8v0lxs937kjy709ghv3zp4wms6-hello;sha256:"), "{fp}");
         assert!(key.nix_public_key().verify(fp.as_bytes(), &o.nix_signature));
         assert_eq!(o.deriver.as_ref(), Some(&drv));
+        // It carries the builder's provenance, which names the output and its NarHash.
+        let st = v.provenance.as_ref().expect("the builder's provenance").verify(&v).unwrap();
+        assert_eq!(st.subject[0].digest.sha256, hex::encode([7; 32]));
+        assert_eq!(st.predicate.run_details.builder.id, key.nix_public_key().to_string());
         // Committing the same report again is idempotent.
         let again = commit_attestation(&store, &key, &StoreDir::nix(), &drv, &report()).unwrap();
         assert!(!again.inserted.new);

@@ -52,6 +52,10 @@ pub struct ExportArgs {
 }
 
 fn get(api: &str, path: &str, query: &[(&str, &str)]) -> Result<Vec<u8>> {
+    get_with_headers(api, path, query).map(|(body, _)| body)
+}
+
+fn get_with_headers(api: &str, path: &str, query: &[(&str, &str)]) -> Result<(Vec<u8>, reqwest::header::HeaderMap)> {
     let base = format!("{}{path}", api.trim_end_matches('/'));
     let url = reqwest::Url::parse_with_params(&base, query).with_context(|| format!("bad API address {base}"))?;
     let client = reqwest::blocking::Client::builder()
@@ -61,6 +65,7 @@ fn get(api: &str, path: &str, query: &[(&str, &str)]) -> Result<Vec<u8>> {
     let resp =
         client.get(url.clone()).header("accept", "application/json").send().with_context(|| format!("GET {url}"))?;
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp.bytes().with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {
         let msg = serde_json::from_slice::<serde_json::Value>(&body)
@@ -69,7 +74,7 @@ fn get(api: &str, path: &str, query: &[(&str, &str)]) -> Result<Vec<u8>> {
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
         bail!("{status}: {msg}");
     }
-    Ok(body.to_vec())
+    Ok((body.to_vec(), headers))
 }
 
 /// Run `buildmesh log`.
@@ -99,10 +104,19 @@ pub fn run_diff(a: DiffArgs) -> Result<()> {
     Ok(())
 }
 
-/// Run `buildmesh export`.
+/// Run `buildmesh export`. For `in-toto`, a line on stderr says how many attestations were
+/// exported and how many of other builders were left out for want of their own envelope.
 pub fn run_export(a: ExportArgs) -> Result<()> {
-    let body = get(&a.api, "/api/v1/attestations", &[("format", a.format.as_str())])?;
+    let (body, headers) = get_with_headers(&a.api, "/api/v1/attestations", &[("format", a.format.as_str())])?;
     std::io::stdout().write_all(&body).context("writing the export")?;
+    let count = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(left_out) = count(crate::http::api::NOT_EXPORTED_HEADER) {
+        let exported = count("x-buildmesh-exported").unwrap_or_else(|| "?".into());
+        eprintln!(
+            "buildmesh export: {exported} envelopes, each signed by its builder; {left_out} attestations of other \
+             builders not exported (no envelope signed by their builder: made by an older node, or too large)"
+        );
+    }
     Ok(())
 }
 

@@ -384,10 +384,7 @@ pub(super) async fn attestations(
             if q.path.is_some() || q.drv.is_some() {
                 return Err(ApiError::bad_request("format=in-toto exports every attestation; drop path= and drv="));
             }
-            let key = state.inner.key.clone();
-            return export_stream(state.store().clone(), "application/jsonl", move |store, w| {
-                audit::intoto::export_in_toto(store, &key, w)
-            });
+            return export_in_toto(state.store().clone(), state.inner.key.clone()).await;
         }
         Some(other) => {
             return Err(ApiError::bad_request(format!("format {} is not json, jsonl or in-toto", super::echo(other))));
@@ -442,16 +439,49 @@ fn export_jsonl(store: Store) -> Result<Response, ApiError> {
     export_stream(store, "application/jsonl", |store, w| audit::export_jsonl(store, w))
 }
 
+/// The header of an in-toto export that counts the attestations left out (other builders'
+/// attestations without their provenance; [`audit::intoto`]).
+pub const NOT_EXPORTED_HEADER: &str = "x-buildmesh-not-exported";
+
+/// `?format=in-toto`: a first pass counts what is left out (the [`NOT_EXPORTED_HEADER`] and
+/// `x-buildmesh-exported` headers), then the envelopes are streamed.
+async fn export_in_toto(
+    store: Store,
+    key: std::sync::Arc<buildmesh_protocol::identity::NodeKey>,
+) -> Result<Response, ApiError> {
+    let permit = export_permit()?;
+    let (s, k) = (store.clone(), key.clone());
+    let census = blocking(move || audit::intoto::census(&s, &k).map_err(|e| ApiError::internal(e.to_string()))).await?;
+    let mut resp = stream_export(permit, store, "application/jsonl", move |store, w| {
+        audit::intoto::export_in_toto(store, &key, w).map(|c| c.exported)
+    });
+    resp.headers_mut().insert(NOT_EXPORTED_HEADER, HeaderValue::from(census.without_envelope));
+    resp.headers_mut().insert("x-buildmesh-exported", HeaderValue::from(census.exported));
+    Ok(resp)
+}
+
+fn export_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    EXPORTS.try_acquire().map_err(|_| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("{MAX_CONCURRENT_EXPORTS} attestation exports are already running; try again later"),
+    })
+}
+
 /// Stream what `export` writes (in a blocking task, at most [`MAX_CONCURRENT_EXPORTS`] at once).
 fn export_stream(
     store: Store,
     content_type: &'static str,
     export: impl FnOnce(&Store, &mut dyn Write) -> Result<u64, audit::AuditError> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    let permit = EXPORTS.try_acquire().map_err(|_| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: format!("{MAX_CONCURRENT_EXPORTS} attestation exports are already running; try again later"),
-    })?;
+    Ok(stream_export(export_permit()?, store, content_type, export))
+}
+
+fn stream_export(
+    permit: tokio::sync::SemaphorePermit<'static>,
+    store: Store,
+    content_type: &'static str,
+    export: impl FnOnce(&Store, &mut dyn Write) -> Result<u64, audit::AuditError> + Send + 'static,
+) -> Response {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -463,7 +493,7 @@ fn export_stream(
         }
     });
     let stream = libp2p::futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], Body::from_stream(stream)).into_response())
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], Body::from_stream(stream)).into_response()
 }
 
 /// A [`Write`] that sends what is written as body chunks (blocking when the client is slow).

@@ -30,6 +30,7 @@ pub(crate) fn att(key: &NodeKey, path: &StorePath, hash: u8) -> Attestation {
         finished_at_ms: 2,
         outputs: BTreeMap::from([("out".to_string(), o)]),
         log: None,
+        provenance: None,
     }
 }
 

@@ -141,6 +141,7 @@ fn attest(store: &Store, m: &Manifest, keys: &[NodeKey], done: &mut HashSet<Stor
                 finished_at_ms: 2,
                 outputs,
                 log: None,
+                provenance: None,
             };
             let signed = Signed::sign(key, &a)?;
             let envelope = buildmesh_protocol::wire::Encode::to_bytes(signed.envelope());

@@ -63,6 +63,7 @@ fn attest_as(store: &Store, key: &NodeKey, path: &StorePath, nar: &[u8], drv: &S
         finished_at_ms: 2,
         outputs: [("out".to_string(), out)].into(),
         log: None,
+        provenance: None,
     };
     let v = Signed::sign(key, &a).unwrap().verify().unwrap();
     let entry = AttestationEntry {

@@ -70,6 +70,7 @@ fn attestation(k: &NodeKey, d: u8, hash: [u8; 32], now: u64) -> Attestation {
         finished_at_ms: now,
         outputs: [("out".to_string(), o)].into_iter().collect(),
         log: None,
+        provenance: None,
     }
 }
 

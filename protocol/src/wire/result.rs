@@ -3,12 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::codec::{Decode, DecodeError, Encode, Reader, Sink, put_i32, put_len, put_option, put_set, put_str};
-use super::codec::{put_u8, put_u32, put_u64};
+use super::codec::{put_bytes, put_u8, put_u32, put_u64};
 use super::read_store_dir;
 use super::{BuildMode, Kind, MAX_OUTPUTS, MAX_REFERENCES, MAX_TEXT_LEN, Payload, read_drv, read_output_name};
 use crate::hash::NixHash;
 use crate::id::{ArtifactHash, NodeId};
 use crate::identity::NodeKey;
+use crate::intoto::{MAX_STATEMENT_LEN, Provenance};
 use crate::narinfo::{self, FingerprintError, NarInfo};
 use crate::nixkey::NixSignature;
 use crate::store_path::{StoreDir, StorePath};
@@ -229,7 +230,10 @@ impl OutputAttestation {
 /// optional (a message without them encodes and decodes as before they existed):
 /// `1` ‖ [`LogDigest`] (issue 14); `2` ‖ the Guix signatures, per output in the same order an
 /// option of the signature text (at most [`MAX_GUIX_SIGNATURE_LEN`] bytes; at least one present,
-/// or the tag and list are absent; issue 17).
+/// or the tag and list are absent; issue 17); `3` ‖ the builder's [`Provenance`]: the in-toto
+/// statement's bytes (length-prefixed, at most [`crate::intoto::MAX_STATEMENT_LEN`], checked
+/// before they are read) ‖ the DSSE signature, 64 bytes (issue 14; checked with the attestation,
+/// see [`crate::intoto`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attestation {
     /// The builder (must be the signer; its key also made the Nix signatures).
@@ -248,6 +252,9 @@ pub struct Attestation {
     pub outputs: BTreeMap<String, OutputAttestation>,
     /// The digest of the build log the builder stored (`None`: an older builder, or no log).
     pub log: Option<LogDigest>,
+    /// The builder's DSSE-signed in-toto statement of this attestation (`None`: an older builder,
+    /// or a statement too large to carry).
+    pub provenance: Option<Provenance>,
 }
 
 impl Encode for Attestation {
@@ -270,11 +277,18 @@ impl Encode for Attestation {
                 put_option(out, o.guix_signature.as_ref(), |out, s| put_str(out, s));
             }
         }
+        if let Some(p) = &self.provenance {
+            put_u8(out, PROVENANCE_TAG);
+            put_bytes(out, &p.payload);
+            out.put(&p.signature);
+        }
     }
 }
 
 /// The tag of the Guix signatures that may follow an attestation's outputs.
 const GUIX_SIGNATURES_TAG: u8 = 2;
+/// The tag of the builder's provenance (after the Guix signatures).
+const PROVENANCE_TAG: u8 = 3;
 
 impl Payload for Attestation {
     const KIND: Kind = Kind::Attestation;
@@ -306,6 +320,7 @@ impl Payload for Attestation {
             outputs.insert(name, o);
         }
         let mut log = None;
+        let mut provenance = None;
         r.extensions("attestation.extensions", |r, tag, offset| {
             match tag {
                 LogDigest::TAG => {
@@ -325,11 +340,17 @@ impl Payload for Attestation {
                         return Err(DecodeError::NotCanonical { field: G, offset });
                     }
                 }
+                PROVENANCE_TAG => {
+                    const P: &str = "attestation.provenance";
+                    let payload = r.bytes(P, MAX_STATEMENT_LEN)?.to_vec();
+                    let signature = r.array::<64>(P)?;
+                    provenance = Some(Provenance { payload, signature });
+                }
                 _ => return Ok(false),
             }
             Ok(true)
         })?;
-        Ok(Attestation { builder, store_dir, drv, mode, started_at_ms, finished_at_ms, outputs, log })
+        Ok(Attestation { builder, store_dir, drv, mode, started_at_ms, finished_at_ms, outputs, log, provenance })
     }
 
     fn author(&self) -> &NodeId {
@@ -350,6 +371,9 @@ impl Payload for Attestation {
                 crate::narinfo::guix_layout::check_output_signature(&self.builder, &self.store_dir, o, sig)
                     .map_err(|e| format!("output {name}: {e}"))?;
             }
+        }
+        if let Some(p) = &self.provenance {
+            p.verify(self).map_err(|e| e.to_string())?;
         }
         Ok(())
     }

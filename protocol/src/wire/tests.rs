@@ -110,7 +110,7 @@ prop_compose! {
             (name, OutputAttestation::new_signed(&k, &store_dir, p, h, s, r, c, d).unwrap())
         }).collect();
         let a = Attestation { builder: k.node_id(), store_dir, drv, mode, started_at_ms: start,
-            finished_at_ms: start + dur, outputs, log: None };
+            finished_at_ms: start + dur, outputs, log: None, provenance: None };
         (k, a)
     }
 }
@@ -291,6 +291,7 @@ fn oversize_is_rejected_before_decoding() {
         finished_at_ms: 0,
         outputs: [("out".to_string(), out)].into_iter().collect(),
         log: None,
+        provenance: None,
     };
     assert!(matches!(Signed::sign(&k, &a), Err(SignError::TooLarge { .. })));
 }
@@ -347,6 +348,7 @@ fn attestation_nix_signatures_are_checked() {
         finished_at_ms: 6,
         outputs: [("out".to_string(), out(&a))].into_iter().collect(),
         log: None,
+        provenance: None,
     };
     let ok = Signed::sign(&a, &att).unwrap().verify().unwrap();
     // The narinfo the gateway would serve verifies with the builder's Nix key.
@@ -532,6 +534,7 @@ fn log_digest_is_an_optional_trailing_extension() {
             .unwrap()
         })]),
         log: None,
+        provenance: None,
     };
     let old = a.to_bytes();
     let with = Attestation { log: Some(digest), ..a.clone() };
@@ -570,6 +573,7 @@ fn guix_signatures_follow_the_outputs_and_are_checked() {
         finished_at_ms: 2,
         outputs: [("dev".to_string(), mk(sd, "g-dev")), ("out".to_string(), mk(sd, "g"))].into_iter().collect(),
         log: None,
+        provenance: None,
     };
     let a = att(&sd);
     assert!(a.outputs.values().all(|o| o.guix_signature.is_some()));

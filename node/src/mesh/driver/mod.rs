@@ -116,7 +116,7 @@ enum Prepared {
     /// Queued for the local scheduler.
     Queued,
     /// This node attested it before: report that.
-    AlreadyAttested(Attestation),
+    AlreadyAttested(Box<Attestation>),
 }
 
 struct BuildSlot {
@@ -539,7 +539,7 @@ impl Driver {
                     }
                     Ok(Prepared::AlreadyAttested(a)) => {
                         self.building.remove(&drv);
-                        self.build_finished(a).await;
+                        self.build_finished(*a).await;
                     }
                     Err(reason) => {
                         self.building.remove(&drv);

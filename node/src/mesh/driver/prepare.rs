@@ -57,7 +57,7 @@ pub(super) async fn prepare(ctx: &Ctx, order: &BuildOrder, mut peers: Vec<PeerId
     if !order.forced
         && let Ok(Some(a)) = tokio::task::spawn_blocking(move || own_attestation(&store, &me, &d)).await
     {
-        return Ok(Prepared::AlreadyAttested(a));
+        return Ok(Prepared::AlreadyAttested(Box::new(a)));
     }
     if let Ok(providers) = ctx.net.get_providers(drv.hash_part().into_bytes()).await {
         for p in providers {
