@@ -345,13 +345,14 @@ mod tests {
 
     impl BodySource for FailAtEnd {}
 
-    /// A reader with bytes at hand on two calls of three (at most 100,000 bytes each), not at
-    /// hand on the third; `fail_at_end` makes its end an error, like a damaged blob's.
+    /// A reader with bytes at hand on two calls of four (at most 100,000 bytes each), not at
+    /// hand on the other two; `fail_at_end` makes its end an error, like a damaged blob's.
     struct SometimesAtHand {
         data: io::Cursor<Vec<u8>>,
         calls: usize,
         fail_at_end: bool,
         blocking_reads: Arc<Mutex<usize>>,
+        at_hand_bytes: Arc<Mutex<usize>>,
     }
     impl SometimesAtHand {
         fn end(&self, n: usize) -> io::Result<usize> {
@@ -375,11 +376,17 @@ mod tests {
         }
         fn read_at_hand(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
             self.calls += 1;
-            if self.calls % 3 == 0 {
+            // Two calls in a row not at hand: the first ends a chunk short, the second comes at
+            // the start of the next chunk, which then goes to a blocking task.
+            if self.calls % 4 < 2 {
                 return None;
             }
             let want = buf.len().min(100_000);
-            Some(self.data.read(&mut buf[..want]).and_then(|n| self.end(n)))
+            let read = self.data.read(&mut buf[..want]).and_then(|n| self.end(n));
+            if let Ok(n) = read {
+                *self.at_hand_bytes.lock().unwrap() += n;
+            }
+            Some(read)
         }
     }
 
@@ -388,11 +395,13 @@ mod tests {
         use libp2p::futures::StreamExt as _;
         let data: Vec<u8> = (0..(3 * CHUNK + 777) as u64).map(|i| (i * 13 + i / 997) as u8).collect();
         let blocking = Arc::new(Mutex::new(0));
+        let at_hand = Arc::new(Mutex::new(0));
         let reader = SometimesAtHand {
             data: io::Cursor::new(data.clone()),
             calls: 0,
             fail_at_end: false,
             blocking_reads: blocking.clone(),
+            at_hand_bytes: at_hand.clone(),
         };
         let mut stream = stream_body(Box::new(reader)).into_data_stream();
         let mut got = Vec::new();
@@ -402,7 +411,8 @@ mod tests {
         assert!(got == data, "the body differs from what was read ({} of {} bytes)", got.len(), data.len());
         let blocking = *blocking.lock().unwrap();
         assert!(blocking > 0, "a read not at hand goes to a blocking task");
-        assert!(blocking < 10, "reads at hand stay in the task: {blocking} blocking reads");
+        let at_hand = *at_hand.lock().unwrap();
+        assert!(at_hand > data.len() / 4, "only {at_hand} of {} bytes were read at hand", data.len());
         // A reader at hand that fails at its end never yields a complete body.
         for len in [10, CHUNK + 10, 3 * CHUNK] {
             let reader = SometimesAtHand {
@@ -410,6 +420,7 @@ mod tests {
                 calls: 0,
                 fail_at_end: true,
                 blocking_reads: Arc::default(),
+                at_hand_bytes: Arc::default(),
             };
             let (bytes, failed) = collect(stream_body(Box::new(reader))).await;
             assert!(failed && bytes < len, "{bytes} of {len} bytes sent, failed: {failed}");
