@@ -258,11 +258,10 @@ fn identify_address_flood_stays_bounded() {
                     tried = Some(tried.unwrap_or(0).max(n));
                 }
                 Some(SwarmEvent::Behaviour(BareEvent::Kad(kad::Event::OutboundQueryProgressed {
-                    result: kad::QueryResult::GetClosestPeers(r),
+                    result: kad::QueryResult::GetClosestPeers(_),
                     step,
                     ..
                 }))) if step.last => {
-                    eprintln!("query result: {r:?}");
                     break;
                 }
                 _ => {}
