@@ -167,6 +167,8 @@ fn build_behaviour(
 
     let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
     kad_cfg.set_query_timeout(cfg.kad_query_timeout);
+    // libp2p's 16 KiB is tight for an answer of 20 peers with 8 relayed addresses each.
+    kad_cfg.set_max_packet_size(64 * 1024);
     let store_cfg = MemoryStoreConfig { max_provided_keys: cfg.max_provider_keys, ..MemoryStoreConfig::default() };
     let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::with_config(peer_id, store_cfg), kad_cfg);
     // Without a confirmed external address (never on loopback) kad would stay a client and

@@ -42,6 +42,11 @@ const MAX_PROVIDER_DIALS: usize = 8;
 const PRIORITY_BUFFER: usize = 4;
 /// Tracing target of the machine-readable events tests and tools may assert on.
 const EVENTS: &str = "buildmesh::_events::net";
+/// Addresses of one peer in Kademlia's routing table at most (libp2p keeps every address it is
+/// given: a peer pushing identify with new addresses grew its entry without bound, and once an
+/// answer naming it passed Kademlia's frame limit, every lookup through this node failed).
+/// Also the most taken from one identify message. 20 peers of 8 addresses fit in one frame.
+pub(crate) const MAX_ROUTING_ADDRS: usize = 8;
 
 type Reply<T> = oneshot::Sender<T>;
 type PendingRequests = HashMap<(RequestProtocol, OutboundRequestId), (PeerId, Reply<Result<Vec<u8>, RequestError>>)>;
@@ -721,10 +726,8 @@ impl EventLoop {
         }
         self.nat_identified(peer_id, &info.protocols);
         if info.protocols.contains(&KAD_PROTOCOL) {
-            for addr in &info.listen_addrs {
-                if is_dialable(addr) {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
-                }
+            for addr in info.listen_addrs.iter().filter(|a| is_dialable(a)).take(MAX_ROUTING_ADDRS) {
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
             }
         }
         self.emit(NetEvent::PeerIdentified {

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::super::RequestProtocol;
 use super::super::nat::{ConnectionKind, NatConfig, Reachability, SharedNat, circuit_listen_addr, is_public_addr};
-use super::{EVENTS, EventLoop};
+use super::{EVENTS, EventLoop, MAX_ROUTING_ADDRS};
 
 type Labels = Vec<(String, String)>;
 
@@ -216,11 +216,21 @@ impl EventLoop {
     /// of every connection this node dialled, a punched one too, and hands it to every peer that
     /// asks: those peers' queries then dial the NAT address at the same time as the relayed one,
     /// which breaks their punch (docs/nat.md, "Why a punch failed here").
+    ///
+    /// Of the rest, only the [`MAX_ROUTING_ADDRS`] added last are kept (Kademlia appends new
+    /// addresses): a peer announcing ever new addresses cannot grow its entry.
     pub(super) fn nat_prune_routing(&mut self, peer: PeerId, addresses: Vec<Multiaddr>) -> Vec<Multiaddr> {
-        let keep = super::super::nat::relay_first(addresses.clone(), self.nat.cfg.private_as_public);
+        let mut keep = super::super::nat::relay_first(addresses.clone(), self.nat.cfg.private_as_public);
         for a in addresses.iter().filter(|a| !keep.contains(a)) {
             debug!(target: EVENTS, event = "nat_address_unlisted", %peer, address = %a);
             self.swarm.behaviour_mut().kad.remove_address(&peer, a);
+        }
+        if keep.len() > MAX_ROUTING_ADDRS {
+            let surplus: Vec<Multiaddr> = keep.drain(..keep.len() - MAX_ROUTING_ADDRS).collect();
+            debug!(target: EVENTS, event = "routing_addresses_capped", %peer, dropped = surplus.len());
+            for a in &surplus {
+                self.swarm.behaviour_mut().kad.remove_address(&peer, a);
+            }
         }
         keep
     }
