@@ -34,12 +34,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use buildmesh::store::Store;
-use buildmesh_protocol::id::ArtifactHash;
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::intoto::{MAX_STATEMENT_LEN, PAYLOAD_TYPE, Provenance, Statement, builder_id, pae};
-use buildmesh_protocol::store_path::{StoreDir, StorePath};
-use buildmesh_protocol::wire::{Attestation, BuildMode, Encode as _, Kind, Message, OutputAttestation};
-use mesh_support::intruder::{Intruder, now_ms, throwaway};
+use buildmesh_protocol::store_path::StorePath;
+use buildmesh_protocol::wire::{Attestation, Encode as _, Kind, Message};
+use mesh_support::intruder::{Intruder, signed_attestation, throwaway};
 use mesh_support::*;
 
 fn submit_wait(c: &Cluster, i: usize, dir: &Path, drv: &StorePath) -> (bool, String) {
@@ -137,32 +136,9 @@ fn hash_hex(c: &Cluster, i: usize, path: &str, b: usize) -> String {
 
 /// An attestation by `key` of a made-up derivation `n` (nobody builds it), NarHash bytes `h`.
 fn made_up(key: &NodeKey, n: u8, h: u8) -> Attestation {
-    let sd = StoreDir::nix();
     let drv = StorePath::new([n; 20], &format!("forged-{n}.drv")).unwrap();
     let path = StorePath::new([n; 20], &format!("forged-{n}")).unwrap();
-    let o = OutputAttestation::new_signed(
-        key,
-        &sd,
-        path,
-        [h; 32],
-        112,
-        BTreeSet::new(),
-        ArtifactHash::from_bytes([h; 32]),
-        Some(drv.clone()),
-    )
-    .unwrap();
-    let now = now_ms();
-    Attestation {
-        builder: key.node_id(),
-        store_dir: sd,
-        drv,
-        mode: BuildMode::Native,
-        started_at_ms: now - 10,
-        finished_at_ms: now,
-        outputs: [("out".to_string(), o)].into_iter().collect(),
-        log: None,
-        provenance: None,
-    }
+    signed_attestation(key, key.node_id(), drv, path, [h; 32], [h; 32])
 }
 
 /// The intruder's gossip: its honest attestation (with its own envelope) and three with a forged

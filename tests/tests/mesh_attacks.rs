@@ -11,17 +11,16 @@
 
 mod mesh_support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use buildmesh_protocol::id::{ArtifactHash, JobId, NodeId};
+use buildmesh_protocol::id::{JobId, NodeId};
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
     Announcement, Attestation, BuildFailure, BuildMode, Claim, Encode as _, FailureReason, Kind, Message,
-    OutputAttestation,
 };
-use mesh_support::intruder::{Intruder, now_ms, throwaway};
+use mesh_support::intruder::{Intruder, now_ms, signed_attestation, throwaway};
 use mesh_support::*;
 
 /// `buildmesh_protocol::wire::MAX_SLOTS` (spelled out so that this test also builds against the
@@ -182,36 +181,13 @@ fn throwaway_claims_do_not_fill_the_builder_table() {
 }
 
 fn attestation(key: &NodeKey, i: u32) -> Attestation {
-    let sd = StoreDir::nix();
     let mut digest = [0u8; 20];
     digest[..4].copy_from_slice(&i.to_le_bytes());
     digest[19] = 0x11;
     let drv = StorePath::new(digest, &format!("flood-{i}.drv")).unwrap();
     digest[18] = 0x22;
     let path = StorePath::new(digest, &format!("flood-{i}")).unwrap();
-    let o = OutputAttestation::new_signed(
-        key,
-        &sd,
-        path,
-        [5; 32],
-        112,
-        BTreeSet::new(),
-        ArtifactHash::from_bytes([6; 32]),
-        Some(drv.clone()),
-    )
-    .unwrap();
-    let now = now_ms();
-    Attestation {
-        builder: key.node_id(),
-        store_dir: sd,
-        drv,
-        mode: BuildMode::Native,
-        started_at_ms: now - 10,
-        finished_at_ms: now,
-        outputs: BTreeMap::from([("out".to_string(), o)]),
-        log: None,
-        provenance: None,
-    }
+    signed_attestation(key, key.node_id(), drv, path, [5; 32], [6; 32])
 }
 
 /// Finding 6d: the node stores at most `untrusted_key_records` of one untrusted key's records.

@@ -8,20 +8,19 @@
 
 mod mesh_support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use buildmesh::net::{MessageAcceptance, NetConfig, NetEvent, NetHandle, keypair_from_seed};
-use buildmesh_protocol::id::ArtifactHash;
 use buildmesh_protocol::id::JobId;
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::signed::{Envelope, Signed};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
-    Announcement, Attestation, Batch, BuildMode, Claim, Encode as _, JobSubmission, Kind, MAX_MESSAGE_SIZE, Message,
-    OutputAttestation,
+    Announcement, Attestation, Batch, Claim, Encode as _, JobSubmission, Kind, MAX_MESSAGE_SIZE, Message,
 };
 use libp2p::PeerId;
+use mesh_support::intruder::signed_attestation;
 use mesh_support::*;
 
 const TOPICS: [&str; 5] =
@@ -50,31 +49,8 @@ fn announcement(node: buildmesh_protocol::id::NodeId, seq: u64) -> Announcement 
 }
 
 fn attestation(key: &NodeKey, builder: buildmesh_protocol::id::NodeId, path: &StorePath) -> Attestation {
-    let sd = StoreDir::nix();
     let drv = StorePath::from_basename("mh08qwc103ql42f2zc4ka9nhz976z7m8-intruder.drv").unwrap();
-    let o = OutputAttestation::new_signed(
-        key,
-        &sd,
-        path.clone(),
-        [5; 32],
-        112,
-        BTreeSet::new(),
-        ArtifactHash::from_bytes([6; 32]),
-        Some(drv.clone()),
-    )
-    .unwrap();
-    let now = now_ms();
-    Attestation {
-        builder,
-        store_dir: sd,
-        drv,
-        mode: BuildMode::Native,
-        started_at_ms: now - 10,
-        finished_at_ms: now,
-        outputs: BTreeMap::from([("out".to_string(), o)]),
-        log: None,
-        provenance: None,
-    }
+    signed_attestation(key, builder, drv, path.clone(), [5; 32], [6; 32])
 }
 
 /// A job for a system no node has, so that nobody tries to build it.

@@ -1,13 +1,16 @@
 //! An attacker on the mesh: a bare libp2p peer (no buildmesh node behind it) bootstrapped to a
 //! cluster's node 0, which publishes whatever gossip a test forges, signed by any key.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use buildmesh::mesh::validate::topic_of;
 use buildmesh::net::{MessageAcceptance, NetConfig, NetEvent, NetHandle, keypair_from_seed};
+use buildmesh_protocol::id::{ArtifactHash, NodeId};
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::signed::Envelope;
+use buildmesh_protocol::store_path::{StoreDir, StorePath};
+use buildmesh_protocol::wire::{Attestation, BuildMode, OutputAttestation};
 use buildmesh_protocol::wire::{Encode as _, Kind, Message};
 use libp2p::PeerId;
 
@@ -115,4 +118,42 @@ pub fn throwaway(i: u32) -> NodeKey {
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// An attestation that `builder` built `drv` with the one output `path` (NarHash bytes
+/// `nar_hash`, artifact hash bytes `artifact`, 112 bytes), the output signed by `key`, finished
+/// now, with no log and no provenance envelope: what an intruder forges (or floods) in the
+/// attack tests. `builder` may differ from `key`'s id to forge a claim on someone else's name.
+pub fn signed_attestation(
+    key: &NodeKey,
+    builder: NodeId,
+    drv: StorePath,
+    path: StorePath,
+    nar_hash: [u8; 32],
+    artifact: [u8; 32],
+) -> Attestation {
+    let sd = StoreDir::nix();
+    let o = OutputAttestation::new_signed(
+        key,
+        &sd,
+        path,
+        nar_hash,
+        112,
+        BTreeSet::new(),
+        ArtifactHash::from_bytes(artifact),
+        Some(drv.clone()),
+    )
+    .unwrap();
+    let now = now_ms();
+    Attestation {
+        builder,
+        store_dir: sd,
+        drv,
+        mode: BuildMode::Native,
+        started_at_ms: now - 10,
+        finished_at_ms: now,
+        outputs: BTreeMap::from([("out".to_string(), o)]),
+        log: None,
+        provenance: None,
+    }
 }
