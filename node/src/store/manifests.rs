@@ -84,6 +84,13 @@ impl CheckedManifest {
     }
 }
 
+/// The cached answers of [`Store::first_revision_of_drvs`] and the epoch they were read at.
+#[derive(Debug, Default)]
+pub(super) struct FirstRevisionCache {
+    epoch: u64,
+    seqs: std::collections::HashMap<String, Option<u64>>,
+}
+
 impl StoreWriter<'_> {
     /// Store a checked manifest and index its derivations (`.drv` basenames); `false` when it was
     /// already stored (nothing written, the index is left as it is).
@@ -101,6 +108,7 @@ impl StoreWriter<'_> {
         for drv in drvs {
             index.insert((drv.as_ref(), &m.hash), ()).ctx("writing drv_manifests")?;
         }
+        self.revision_index_changed = true;
         Ok(true)
     }
 
@@ -224,17 +232,55 @@ impl Store {
     /// For each of `drvs` (`.drv` basenames) that a stored manifest contains, the smallest local
     /// sequence number of a header naming such a manifest: when this node first learnt of a
     /// revision that includes it (the scheduler's "then revision" tier, oldest first).
-    /// Derivations in no known revision are left out. One read transaction; each manifest's
-    /// headers are looked up once.
+    /// Derivations in no known revision are left out.
+    ///
+    /// The scheduler asks this for every pending build on every pass, so answers are cached until
+    /// a manifest or a revision header is added (the only writes that can change one): a pass
+    /// with nothing new reads no table. The cache keeps only the derivations of the last call.
     pub fn first_revision_of_drvs<'a>(
         &self,
         drvs: impl IntoIterator<Item = &'a str>,
     ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        use std::sync::atomic::Ordering;
+        // Read the epoch before the transaction: rows committed in between are newer than the
+        // epoch says, and the next epoch clears them anyway.
+        let epoch = self.inner.revision_index_epoch.load(Ordering::Acquire);
+        let mut cache = self.inner.first_revision_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut kept = std::mem::take(&mut cache.seqs);
+        if cache.epoch != epoch {
+            kept.clear();
+        }
+        let drvs: Vec<&str> = drvs.into_iter().collect();
+        let missing: Vec<&str> = drvs.iter().copied().filter(|d| !kept.contains_key(*d)).collect();
+        let mut looked_up =
+            if missing.is_empty() { Default::default() } else { self.first_revision_uncached(&missing)? };
+        let mut seqs = std::collections::HashMap::with_capacity(drvs.len());
+        let mut out = std::collections::HashMap::new();
+        for drv in drvs {
+            let seq = match kept.remove(drv) {
+                Some(seq) => seq,
+                None => looked_up.remove(drv).flatten(),
+            };
+            if let Some(s) = seq {
+                out.insert(drv.to_string(), s);
+            }
+            seqs.insert(drv.to_string(), seq);
+        }
+        *cache = FirstRevisionCache { epoch, seqs };
+        Ok(out)
+    }
+
+    /// [`Store::first_revision_of_drvs`] read from the tables: `None` for a derivation in no
+    /// known revision. One read transaction; each manifest's headers are looked up once.
+    fn first_revision_uncached(
+        &self,
+        drvs: &[&str],
+    ) -> Result<std::collections::HashMap<String, Option<u64>>, StoreError> {
         let txn = self.read()?;
         let index = txn.open_table(DRV_MANIFESTS).ctx("opening table drv_manifests")?;
         let mut by_manifest: std::collections::HashMap<[u8; 32], Option<u64>> = Default::default();
-        let mut out = std::collections::HashMap::new();
-        for drv in drvs {
+        let mut out = std::collections::HashMap::with_capacity(drvs.len());
+        for &drv in drvs {
             let mut first: Option<u64> = None;
             for item in index.range((drv, &LOW)..=(drv, &HIGH)).ctx("scanning drv_manifests")? {
                 let (k, _) = item.ctx("scanning drv_manifests")?;
@@ -256,9 +302,7 @@ impl Store {
                     (a, b) => a.or(b),
                 };
             }
-            if let Some(seq) = first {
-                out.insert(drv.to_string(), seq);
-            }
+            out.insert(drv.to_string(), first);
         }
         Ok(out)
     }

@@ -293,6 +293,12 @@ struct Inner {
     access: Mutex<std::collections::HashMap<ArtifactHash, u64>>,
     /// Why the node is over its disk limits and does not take new builds (`None`: it is not).
     disk_pressure: Mutex<Option<String>>,
+    /// Bumped after every commit that added a manifest or a revision header (what
+    /// [`Store::first_revision_of_drvs`] reads), so that its cache knows when to start over.
+    revision_index_epoch: std::sync::atomic::AtomicU64,
+    /// The answers of [`Store::first_revision_of_drvs`] at one epoch (only the derivations its
+    /// last call asked for: the scheduler's pending builds).
+    first_revision_cache: Mutex<manifests::FirstRevisionCache>,
 }
 
 /// The node's durable state. Cheap to clone; every clone is the same store.
@@ -420,6 +426,8 @@ impl Store {
                 gc_lock: RwLock::new(()),
                 access: Mutex::default(),
                 disk_pressure: Mutex::new(None),
+                revision_index_epoch: Default::default(),
+                first_revision_cache: Mutex::default(),
             }),
         };
         store.write(|w| w.backfill_nar_hash_index())?;
@@ -465,13 +473,18 @@ impl Store {
     fn write_once<T>(&self, f: impl FnOnce(&mut StoreWriter<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut txn = self.db()?.begin_write().ctx("starting a write transaction")?;
         txn.set_durability(Durability::Immediate).ctx("setting durability")?;
-        let result = {
-            let mut w = StoreWriter { txn: &txn, store: &self.inner };
-            f(&mut w)
+        let (result, revision_index_changed) = {
+            let mut w = StoreWriter { txn: &txn, store: &self.inner, revision_index_changed: false };
+            let result = f(&mut w);
+            (result, w.revision_index_changed)
         };
         match result {
             Ok(v) => {
                 txn.commit().ctx("committing")?;
+                if revision_index_changed {
+                    // After the commit: a reader that sees the new epoch also sees the new rows.
+                    self.inner.revision_index_epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
                 Ok(v)
             }
             Err(e) => {
@@ -505,6 +518,9 @@ impl Store {
 pub struct StoreWriter<'a> {
     txn: &'a WriteTransaction,
     store: &'a Inner,
+    /// Whether this transaction added a manifest or a revision header (see
+    /// [`Inner::revision_index_epoch`]).
+    revision_index_changed: bool,
 }
 
 impl fmt::Debug for StoreWriter<'_> {

@@ -151,6 +151,7 @@ impl StoreWriter<'_> {
             .ctx("opening table revisions_by_manifest")?
             .insert((&entry.manifest_hash, id), ())
             .ctx("writing revisions_by_manifest")?;
+        self.revision_index_changed = true;
         let visible = match self.visible_id(&entry.channel, &entry.commit, &entry.submitter)? {
             None => true,
             Some(current) => {
