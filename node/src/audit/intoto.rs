@@ -14,7 +14,9 @@
 //! before (their statement also names the attestation's message id as `invocationId`).
 //!
 //! The HTTP export (`?format=in-toto`) reports the count in the `x-buildmesh-not-exported` header,
-//! from a first pass over the store ([`census`]); `buildmesh export` prints it on stderr.
+//! from a first pass over the store ([`census`]); `buildmesh export` prints it on stderr. The
+//! export then stops at the last attestation the census saw ([`Census::through_seq`]), so the
+//! headers count exactly the body even while attestations arrive.
 
 use std::io::Write;
 
@@ -28,7 +30,7 @@ use buildmesh_protocol::signed::Verified;
 use buildmesh_protocol::wire::Attestation;
 use serde::{Deserialize, Serialize};
 
-use super::{AuditError, for_each_attestation};
+use super::{AuditError, for_each_stored, verify_stored};
 use crate::store::Store;
 
 /// A DSSE envelope.
@@ -82,6 +84,8 @@ pub struct Census {
     pub exported: u64,
     /// Other builders' attestations without a provenance: not exported.
     pub without_envelope: u64,
+    /// The local sequence number of the last attestation counted (`None`: none stored).
+    pub through_seq: Option<u64>,
 }
 
 /// The envelope to export for `att`, if any (see the module docs).
@@ -97,27 +101,36 @@ fn envelope_of(store: &Store, key: &NodeKey, att: &Verified<Attestation>) -> Res
     Ok(Some(own_envelope(key, att, drv.as_ref())))
 }
 
-/// Count what [`export_in_toto`] would write and leave out (one pass over the store, verifying
-/// every attestation as the export does).
+/// Count what [`export_in_toto`] would write and leave out (one pass over the store; this node's
+/// own attestations are exported whatever they carry, so only the others are decoded and
+/// verified here, as the export does).
 pub fn census(store: &Store, key: &NodeKey) -> Result<Census, AuditError> {
     let me = key.node_id();
     let mut c = Census::default();
-    for_each_attestation(store, |_, att| {
-        if att.value().provenance.is_some() || att.value().builder == me {
+    for_each_stored(store, None, |stored| {
+        if stored.entry.builder == me || verify_stored(stored)?.value().provenance.is_some() {
             c.exported += 1;
         } else {
             c.without_envelope += 1;
         }
+        c.through_seq = Some(stored.seq);
         Ok(())
     })?;
     Ok(c)
 }
 
 /// Write one DSSE envelope per line for every attestation with its builder's provenance, and for
-/// this node's own (see the module docs). Returns what was written and left out.
-pub fn export_in_toto(store: &Store, key: &NodeKey, out: &mut dyn Write) -> Result<Census, AuditError> {
+/// this node's own (see the module docs), up to sequence number `through` when given (a
+/// [`Census::through_seq`]). Returns what was written and left out.
+pub fn export_in_toto(
+    store: &Store,
+    key: &NodeKey,
+    through: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<Census, AuditError> {
     let mut c = Census::default();
-    for_each_attestation(store, |_, att| {
+    for_each_stored(store, through, |stored| {
+        let att = verify_stored(stored)?;
         match envelope_of(store, key, &att)? {
             Some(env) => {
                 serde_json::to_writer(&mut *out, &env).map_err(std::io::Error::other)?;
@@ -126,6 +139,7 @@ pub fn export_in_toto(store: &Store, key: &NodeKey, out: &mut dyn Write) -> Resu
             }
             None => c.without_envelope += 1,
         }
+        c.through_seq = Some(stored.seq);
         Ok(())
     })?;
     Ok(c)
@@ -207,10 +221,13 @@ mod tests {
         attest(&store, &old, "by-old", 0x0c, false);
         attest(&store, &me, "mine-old", 0x0d, false);
         attest(&store, &me, "mine-new", 0x0e, true);
+        let counted = census(&store, &me).unwrap();
+        assert_eq!((counted.exported, counted.without_envelope), (3, 1));
+        // Stored after the census: left out of the export the census describes.
+        attest(&store, &b, "by-b-later", 0x0f, true);
         let mut out = Vec::new();
-        let c = export_in_toto(&store, &me, &mut out).unwrap();
-        assert_eq!(c, Census { exported: 3, without_envelope: 1 });
-        assert_eq!(census(&store, &me).unwrap(), c);
+        let c = export_in_toto(&store, &me, counted.through_seq, &mut out).unwrap();
+        assert_eq!(c, counted, "the export is what its census counted");
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");

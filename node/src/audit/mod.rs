@@ -302,6 +302,16 @@ pub fn for_each_attestation(
     store: &Store,
     mut f: impl FnMut(&StoredAttestation, Verified<Attestation>) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
+    for_each_stored(store, None, |stored| f(stored, verify_stored(stored)?))
+}
+
+/// Visit the stored attestations in local sequence order as stored (not verified), up to and
+/// including sequence number `through` when given (what was stored later is left out).
+pub fn for_each_stored(
+    store: &Store,
+    through: Option<u64>,
+    mut f: impl FnMut(&StoredAttestation) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
     let mut cursor = 0u64;
     loop {
         let page = store.attestations_since(cursor, PAGE)?;
@@ -309,10 +319,12 @@ pub fn for_each_attestation(
             return Ok(());
         }
         for stored in &page {
+            if through.is_some_and(|t| stored.seq > t) {
+                return Ok(());
+            }
             // `attestations_since` is inclusive: continue after the last one seen.
             cursor = cursor.max(stored.seq + 1);
-            let att = verify_stored(stored)?;
-            f(stored, att)?;
+            f(stored)?;
         }
     }
 }

@@ -444,7 +444,8 @@ fn export_jsonl(store: Store) -> Result<Response, ApiError> {
 pub const NOT_EXPORTED_HEADER: &str = "x-buildmesh-not-exported";
 
 /// `?format=in-toto`: a first pass counts what is left out (the [`NOT_EXPORTED_HEADER`] and
-/// `x-buildmesh-exported` headers), then the envelopes are streamed.
+/// `x-buildmesh-exported` headers), then the envelopes are streamed, up to the last attestation
+/// the count saw (the headers describe the body exactly).
 async fn export_in_toto(
     store: Store,
     key: std::sync::Arc<buildmesh_protocol::identity::NodeKey>,
@@ -453,7 +454,7 @@ async fn export_in_toto(
     let (s, k) = (store.clone(), key.clone());
     let census = blocking(move || audit::intoto::census(&s, &k).map_err(|e| ApiError::internal(e.to_string()))).await?;
     let mut resp = stream_export(permit, store, "application/jsonl", move |store, w| {
-        audit::intoto::export_in_toto(store, &key, w).map(|c| c.exported)
+        audit::intoto::export_in_toto(store, &key, census.through_seq, w).map(|c| c.exported)
     });
     resp.headers_mut().insert(NOT_EXPORTED_HEADER, HeaderValue::from(census.without_envelope));
     resp.headers_mut().insert("x-buildmesh-exported", HeaderValue::from(census.exported));
