@@ -3,7 +3,8 @@
 //! its build directory, all made by a real `nix-instantiate`, fail with signed failures that say
 //! "out of memory (limit N bytes)", "too many processes (limit N)" and "build directory too
 //! large (limit N bytes)", while an ordinary build on the same node succeeds and the
-//! node stays healthy.
+//! node stays healthy. A build that spins on the CPU under `--build-cpu-max` is throttled by the
+//! kernel (its cgroup's `cpu.stat` counts throttled periods) and still succeeds.
 
 mod mesh_support;
 
@@ -16,6 +17,39 @@ use mesh_support::*;
 const MEMORY: u64 = 64 << 20;
 const PIDS: u64 = 48;
 const DIR: u64 = 4 << 20;
+/// `--build-cpu-max`: a fifth of one core.
+const CPU: &str = "0.2";
+
+/// The most throttled periods in the `cpu.stat` of any build cgroup of the node with process id
+/// `pid` (cgroup v1 `cpu` hierarchy or v2), 0 when there is none (yet).
+fn throttled_periods(pid: i32) -> u64 {
+    let node = format!("buildmesh-{pid}");
+    let mut best = 0;
+    let mut stack = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with(&node) {
+                // The node's build cgroups (v2: below `<node>-builds`).
+                for build in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                    let stat = std::fs::read_to_string(build.path().join("cpu.stat")).unwrap_or_default();
+                    for line in stat.lines() {
+                        if let Some(n) = line.strip_prefix("nr_throttled ") {
+                            best = best.max(n.trim().parse().unwrap_or(0));
+                        }
+                    }
+                }
+            } else if depth < 4 {
+                stack.push((path, depth + 1));
+            }
+        }
+    }
+    best
+}
 
 fn nix_instantiate(dir: &Path, name: &str, script: &str) -> String {
     let expr = dir.join(format!("{name}.nix"));
@@ -48,7 +82,16 @@ fn a_memory_hog_and_a_fork_bomb_fail_with_signed_reasons_and_the_node_carries_on
     let c = Cluster::start(
         tmp.path(),
         1,
-        &["--build-memory-max", &memory, "--build-pids-max", &pids, "--build-dir-max-bytes", &dir],
+        &[
+            "--build-memory-max",
+            &memory,
+            "--build-pids-max",
+            &pids,
+            "--build-dir-max-bytes",
+            &dir,
+            "--build-cpu-max",
+            CPU,
+        ],
     );
     assert!(c.node(0).log_text().contains("per-build resource limits"), "{}", c.logs());
 
@@ -59,7 +102,13 @@ fn a_memory_hog_and_a_fork_bomb_fail_with_signed_reasons_and_the_node_carries_on
     // Writes 20 MB into its build directory, then waits.
     let filler = nix_instantiate(tmp.path(), "limits-disk-filler", "head -c 20000000 /dev/zero > big; sleep 600");
     let fine = nix_instantiate(tmp.path(), "limits-fine", "echo fine > $out");
-    c.submit(0, tmp.path(), &[hog.clone(), bomb.clone(), filler.clone(), fine.clone()], 1);
+    // Spins on the CPU for 4 s of wall time (one process: the shell), then succeeds.
+    let spinner = nix_instantiate(
+        tmp.path(),
+        "limits-cpu-spinner",
+        "end=$(( $(date +%s) + 4 )); i=0; while [ $(( i += 1 )) -gt 0 ]; do if [ $(( i % 20000 )) = 0 ] && [ $(date +%s) -ge $end ]; then break; fi; done; echo $i > $out",
+    );
+    c.submit(0, tmp.path(), &[hog.clone(), bomb.clone(), filler.clone(), fine.clone(), spinner.clone()], 1);
 
     let url = c.urls[0].clone();
     let states = |c: &Cluster| {
@@ -79,6 +128,19 @@ fn a_memory_hog_and_a_fork_bomb_fail_with_signed_reasons_and_the_node_carries_on
         built(&fine)
     });
     assert!(done, "the ordinary build did not finish:\n{}\n{}", states(&c), c.logs());
+    // The spinner is throttled by the kernel while it runs, and succeeds.
+    let pid = c.node(0).pid();
+    let mut throttled = 0;
+    let spun = (0..600).any(|_| {
+        throttled = throttled.max(throttled_periods(pid));
+        if built(&spinner) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        false
+    });
+    assert!(spun, "the CPU spinner did not finish:\n{}\n{}", states(&c), c.logs());
+    assert!(throttled > 0, "the spinner was never throttled under --build-cpu-max {CPU}:\n{}", c.logs());
     for (drv, want) in [
         (&hog, format!("out of memory (limit {MEMORY} bytes)")),
         (&bomb, format!("too many processes (limit {PIDS})")),
