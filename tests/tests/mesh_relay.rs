@@ -541,7 +541,7 @@ fn bench_relay() {
 
     // Which transports carried node b's bytes (the punched connection: TCP or QUIC).
     let (_, metrics) = get(&format!("{}/metrics", m.url(b)));
-    for l in String::from_utf8_lossy(&metrics).lines().filter(|l| l.starts_with("libp2p_bandwidth_bytes")) {
+    for l in String::from_utf8_lossy(&metrics).lines().filter(|l| l.contains("bandwidth") && !l.starts_with('#')) {
         eprintln!("node {b}: {l}");
     }
 
