@@ -219,8 +219,8 @@ fn bench_wan() {
     // ---- 4. NAR throughput across regions, direct ----
     nar_throughput(&mut rows, &c, &wan, &mut d, nar_mb);
     rows.push((
-        "NAR throughput across regions, relayed (circuit relay v2)".into(),
-        "not measured yet: needs the relay (issue 18 item 1, helper \"nat\"); hook: `nar_throughput` with a relayed fetcher".into(),
+        "NAR throughput, relayed (circuit relay v2) vs punched vs LAN".into(),
+        "measured behind real NAT routers by `mesh_relay`'s `bench_relay` (docs/benchmarks.md)".into(),
     ));
     let (delivered, dropped) = wan.counts();
     rows.push(("packets through the emulated WAN: delivered / dropped".into(), format!("{delivered} / {dropped}")));

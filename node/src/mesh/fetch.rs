@@ -13,7 +13,9 @@
 //! disagrees with the accepted NarHash is replaced by the accepted bytes and quarantined.
 //!
 //! A NAR is fetched as a pipeline of chunk requests over `/buildmesh/nar/1`
-//! ([`NetHandle::fetch_chunked`]) into a temporary file, then stored.
+//! ([`NetHandle::fetch_chunked`]) into a temporary file, then stored. When the connection fails
+//! after some chunks arrived (a relay's circuit reached its byte or time limit), the fetch
+//! resumes after the last chunk written, so a NAR larger than one relay circuit still arrives.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Seek, SeekFrom};
@@ -27,13 +29,32 @@ use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use libp2p::PeerId;
 
 use super::rpc::{self, ClosureRequest, ClosureResponse, NarRequest, NarResponse, SourceInfo};
-use crate::net::{ChunkPlan, NAR_CHUNK_SIZE, NetHandle, RequestProtocol};
+use crate::net::{ChunkError, ChunkPlan, NAR_CHUNK_SIZE, NetHandle, RequestError, RequestProtocol};
 use crate::store::{BlobInfo, PathInfo, Store, StoreError, unix_ms};
 
 /// NAR chunk requests in flight per fetch.
 const NAR_WINDOW: usize = 4;
 /// Peers asked for one object at most.
 const MAX_CANDIDATES: usize = 8;
+/// Pause before a NAR fetch resumes after its connection failed (the closing connection settles,
+/// the next request dials again).
+const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Attempts in a row that may fail before their first chunk once a NAR fetch has resumed
+/// (pauses of 0.4, 0.8, 1.6, 3.2 and 6.4 s between them).
+const MAX_STALLS: u32 = 5;
+
+/// Whether a chunk request that failed this way is worth resuming from the same peer: the
+/// connection went away (or timed out), as opposed to a refusal of the request itself.
+fn resumable(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::ConnectionClosed { .. }
+            | RequestError::DialFailure { .. }
+            | RequestError::Io { .. }
+            | RequestError::Timeout { .. }
+    )
+}
 
 /// Why something could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -247,23 +268,53 @@ impl Fetcher {
         std::fs::create_dir_all(&self.tmp_dir).map_err(tmp_err)?;
         let file = tempfile::tempfile_in(&self.tmp_dir).map_err(tmp_err)?;
         let mut sink = std::io::BufWriter::with_capacity(1 << 20, file);
-        let plan = ChunkPlan { total_len: nar_size, chunk_size: NAR_CHUNK_SIZE, window: NAR_WINDOW };
         let max = self.net_max_nar_response();
-        self.net
-            .fetch_chunked(
-                peer,
-                RequestProtocol::Nar,
-                plan,
-                |offset, len| rpc::encode(&NarRequest { nar_hash, offset, len }),
-                |_, _, response| match rpc::decode::<NarResponse>("NAR response", &response, max)? {
-                    NarResponse::Chunk(data) => Ok(data),
-                    NarResponse::NotFound => Err(ChunkRefused::NotFound),
-                    NarResponse::Error(e) => Err(ChunkRefused::Remote(e)),
-                },
-                &mut sink,
-            )
-            .await
-            .map_err(|e| FetchError::Unavailable { what: "NAR".into(), asked: 1, last: e.to_string() })?;
+        // Bytes of the NAR written to `sink` so far (chunks arrive and are written in order).
+        let mut start = 0u64;
+        // Attempts in a row that failed before their first chunk, after an earlier one resumed.
+        let mut stalls = 0u32;
+        loop {
+            let plan = ChunkPlan { total_len: nar_size - start, chunk_size: NAR_CHUNK_SIZE, window: NAR_WINDOW };
+            let result = self
+                .net
+                .fetch_chunked(
+                    peer,
+                    RequestProtocol::Nar,
+                    plan,
+                    |offset, len| rpc::encode(&NarRequest { nar_hash, offset: start + offset, len }),
+                    |_, _, response| match rpc::decode::<NarResponse>("NAR response", &response, max)? {
+                        NarResponse::Chunk(data) => Ok(data),
+                        NarResponse::NotFound => Err(ChunkRefused::NotFound),
+                        NarResponse::Error(e) => Err(ChunkRefused::Remote(e)),
+                    },
+                    &mut sink,
+                )
+                .await;
+            match result {
+                Ok(_) => break,
+                // The connection failed after some chunks arrived: most often a relayed
+                // connection whose circuit reached the relay's byte or time limit
+                // (`relay_max_circuit_bytes`, `relay_max_circuit_duration_secs`), which closes
+                // it. Starting over would hit the same limit again, so a NAR larger than one
+                // circuit would never cross a relay: resume after the last chunk written, over
+                // whatever connection the next request opens (a new circuit, or a direct one).
+                // The new connection may take a few tries (the relay still counts the closed
+                // circuit for a moment, or both sides redial at once): up to `MAX_STALLS`
+                // attempts in a row without a chunk, each after a longer pause; a peer cannot
+                // keep a fetch going without sending chunks.
+                Err(ChunkError::Request { offset, source })
+                    if resumable(&source) && (offset > 0 || (start > 0 && stalls < MAX_STALLS)) =>
+                {
+                    stalls = if offset > 0 { 0 } else { stalls + 1 };
+                    start += offset;
+                    tracing::debug!(%peer, resume_at = start, nar_size, stalls, cause = %source, "NAR fetch resumes");
+                    tokio::time::sleep(RESUME_PAUSE * 2u32.pow(stalls)).await;
+                }
+                Err(e) => {
+                    return Err(FetchError::Unavailable { what: "NAR".into(), asked: 1, last: e.to_string() });
+                }
+            }
+        }
         let mut file = sink.into_inner().map_err(|e| tmp_err(e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(tmp_err)?;
         let store = self.store.clone();

@@ -448,7 +448,11 @@ impl PeerBook {
                     .filter_map(|a| a.parse::<Multiaddr>().ok())
                     .map(|a| a.with(Protocol::P2p(*p)))
                     .collect();
-                (*p, addrs)
+                // A peer behind NAT (it has a relayed address) is dialled through its relay
+                // only: its NAT address is dropped by its router (a dial that hangs until the
+                // dial timeout, failing every request waiting for it) and such a dial breaks
+                // hole punching (docs/nat.md, "Why a punch failed here").
+                (*p, crate::net::nat::relay_first(addrs, self.limits.private_as_public))
             })
             .collect();
         for (p, _) in &picked {

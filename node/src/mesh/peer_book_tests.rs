@@ -236,6 +236,19 @@ fn dials_most_recent_first_bounded_with_backoff() {
 }
 
 #[test]
+fn a_remembered_peer_behind_nat_is_dialled_through_its_relay_only() {
+    let mut book = empty(limits());
+    let (p, relay) = (peer(1), peer(2));
+    book.connected(p, &ma("/ip4/198.51.100.7/tcp/40000"), 1);
+    let nat = ma("/ip4/198.51.100.7/tcp/7801");
+    let relayed = ma(&format!("/ip4/203.0.113.9/tcp/7801/p2p/{relay}/p2p-circuit"));
+    assert!(book.identified(p, &[nat, relayed.clone()], true, 1));
+    book.disconnected(&p, 2);
+    let due = book.due_dials(1000, 0);
+    assert_eq!(due, vec![(p, vec![relayed.with(Protocol::P2p(p))])], "only the relayed address is dialled");
+}
+
+#[test]
 fn writes_are_batched() {
     let mut book = empty(limits());
     assert_eq!(book.take_batch(1, false), None, "nothing to write");

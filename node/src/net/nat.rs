@@ -372,10 +372,10 @@ pub(crate) fn relay_server_behaviour(peer: PeerId, cfg: &NatConfig) -> relay::Be
     let defaults = relay::Config::default();
     let config = relay::Config {
         max_reservations: l.max_reservations,
-        max_reservations_per_peer: l.max_reservations_per_peer,
+        max_reservations_per_peer: libp2p_per_peer(l.max_reservations_per_peer),
         reservation_duration: l.reservation_duration,
         max_circuits: l.max_circuits,
-        max_circuits_per_peer: l.max_circuits_per_peer,
+        max_circuits_per_peer: libp2p_per_peer(l.max_circuits_per_peer),
         max_circuit_duration: l.max_circuit_duration,
         max_circuit_bytes: l.max_circuit_bytes,
         ..defaults
@@ -387,6 +387,14 @@ pub(crate) fn relay_server_behaviour(peer: PeerId, cfg: &NatConfig) -> relay::Be
         None => {}
     }
     b
+}
+
+/// The value to give libp2p's relay for a per-peer bound of `max`: libp2p (0.57, relay 0.22)
+/// refuses a peer's new reservation or circuit only when the peer already holds *more* than its
+/// `max_*_per_peer` (`count > max`), so it lets `max + 1` through; one less makes the bound the
+/// one configured (at least 1: the settings refuse 0).
+pub(crate) fn libp2p_per_peer(max: usize) -> usize {
+    max.saturating_sub(1)
 }
 
 /// A relay's reservation address: `addr/p2p-circuit` (`addr` ends in `/p2p/<relay>`).

@@ -58,6 +58,13 @@ impl NodeArgs {
         NodeArgs(args)
     }
 
+    /// Another quorum than 2 (`--quorum q`).
+    pub fn quorum(mut self, q: usize) -> NodeArgs {
+        let at = self.0.iter().position(|a| a == "--quorum").expect("--quorum") + 1;
+        self.0[at] = q.to_string();
+        self
+    }
+
     /// These flags after the ones so far.
     pub fn args<S: Into<String>>(mut self, more: impl IntoIterator<Item = S>) -> NodeArgs {
         self.0.extend(more.into_iter().map(Into::into));

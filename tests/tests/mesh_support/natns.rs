@@ -178,6 +178,15 @@ impl NatNet {
         (format!("/ip4/{ip}/tcp/0"), format!("/ip4/{ip}/udp/0/quic-v1"))
     }
 
+    /// Puts the test's own namespace on the public network (an address on the bridge), so that
+    /// peers made in the test process (bare libp2p swarms) reach the public hosts the way a
+    /// public machine would. Returns that address; it goes with the bridge on drop.
+    pub fn join_public(&self) -> String {
+        let addr = format!("10.{}.200.250", self.net);
+        ip(&["addr", "add", &format!("{addr}/24"), "dev", &self.bridge()]);
+        addr
+    }
+
     /// The kind of NAT of home `h`.
     pub fn kind(&self, h: usize) -> NatKind {
         self.homes[h]
