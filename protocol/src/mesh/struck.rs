@@ -131,6 +131,7 @@ impl Mesh {
             if l.lease_expires_at_ms > now
                 || l.lease_expires_at_ms.saturating_sub(l.claimed_at_ms) <= super::RELEASE_LEASE_MS
                 || self.strike_book.has_quorum(&l.node, &drv, self.strike_quorum_for(&l.node))
+                || !self.among_strikers(&l.node, &drv)
             {
                 continue;
             }
@@ -150,6 +151,29 @@ impl Mesh {
                 self.stats.strikes_published += 1;
             }
         }
+    }
+
+    /// Whether this node is one of the `quorum + 1` allowed observers in its view that publish a
+    /// record of `struck` on `drv`, by a rendezvous hash of (observer, struck, drv): the others
+    /// saw the same lapse but stay quiet, so one lapse costs a few records, not one per member.
+    /// (One more than the quorum, so one observer that is down or cut off does not prevent it.)
+    fn among_strikers(&self, struck: &NodeId, drv: &crate::store_path::StorePath) -> bool {
+        let score = |n: &NodeId| {
+            let mut h = blake3::Hasher::new_derive_key("buildmesh v1 strike observers");
+            h.update(n.as_bytes());
+            h.update(struck.as_bytes());
+            h.update(drv.to_string().as_bytes());
+            *h.finalize().as_bytes()
+        };
+        let mine = score(&self.me);
+        let better = self
+            .members
+            .iter()
+            .map(|m| m.ann.node)
+            .filter(|n| n != struck && *n != self.me && self.may_strike(n))
+            .filter(|n| score(n) < mine)
+            .count();
+        better <= self.strike_quorum_for(struck)
     }
 
     /// Republish this node's records of members still penalised (for nodes that restarted or

@@ -159,3 +159,19 @@ fn a_restarted_struck_member_learns_its_strike_from_the_republished_records() {
     assert_eq!(mine.len(), 1);
     assert_eq!((mine[0].node, mine[0].drvs), (me, 1));
 }
+
+#[test]
+fn one_lapse_costs_a_few_records_not_one_per_member() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(9, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let rank = net.rank(4);
+    let first = rank[0];
+    let sub = net.id(rank[8]);
+    net.input(rank[8], Input::Submit { job: job(sub, 4, 1), inputs: BTreeSet::new() });
+    net.mute_claims.insert(first);
+    net.advance(cfg.lease_ms + 1);
+    let published: u64 = net.nodes.iter().map(|n| n.stats().strikes_published).sum();
+    assert!((2..=3).contains(&published), "{published} records for one lapse among 8 observers");
+    assert!(net.nodes.iter().all(|n| n.struck(&net.id(first))));
+}
