@@ -139,6 +139,16 @@ impl Mesh {
     /// The designated builders of an active derivation with a known job.
     fn designate(&mut self, slot: u32) -> Vec<Cand> {
         let need = self.need(slot);
+        // Members struck on this derivation by a quorum of signed records (`strike_book.rs`).
+        let struck_here: BTreeSet<NodeId> = match self.drvs.get(slot) {
+            Some(e) => self
+                .strike_book
+                .on_drv(&e.drv)
+                .filter(|(n, observers)| *observers >= self.strike_quorum_for(n))
+                .map(|(n, _)| n)
+                .collect(),
+            None => BTreeSet::new(),
+        };
         let Some(e) = self.drvs.get_mut(slot) else { return Vec::new() };
         let Some(job) = e.job.as_deref() else { return Vec::new() };
         // A derivation of another shard is only observed here (`shard.rs`).
@@ -170,9 +180,11 @@ impl Mesh {
                 continue;
             }
             let Some(m) = member else { continue };
-            if self.strike_book.penalised(&b.node, self.now_ms) {
-                // Struck by gossiped records (`strike_book.rs`): its claim does not count, on
-                // every node alike (itself included); it ranks with the lapsed members.
+            if struck_here.contains(&b.node) {
+                // Struck on this derivation by gossiped records (`strike_book.rs`): its claim
+                // does not count, on every node alike (itself included); it ranks with the
+                // lapsed members. Its claims elsewhere still count (a spurious strike, e.g. lost
+                // renewals, must not cancel its other builds).
                 lapsed.insert(b.node);
             } else if b.claim.is_some_and(|c| c.received_ms >= m.joined_at_ms) {
                 let cand =
@@ -189,7 +201,10 @@ impl Mesh {
         // Members penalised for not delivering (`strikes.rs`) come last, like lapsed ones.
         let now_ms = self.now_ms;
         lapsed.extend(self.strikes.iter().filter(|(n, s)| **n != self.me && s.until_ms > now_ms).map(|(n, _)| *n));
-        lapsed.extend(self.strike_book.penalised_members(now_ms));
+        // Members struck here by gossiped records are already in `lapsed` (above). The records'
+        // penalty is not applied to other derivations' order: measured in the simulator (100
+        // Sybil members, open mesh) it made completion 2.8x slower than the local penalty alone.
+        lapsed.extend(struck_here.iter().copied());
         // This node waited too long for a free slot: the others are about to count it as
         // lapsed (after the whole timeout), so it steps aside first (after half of it).
         if e.own_wait_since_ms.is_some_and(|t| self.now_ms >= t.saturating_add(self.cfg.claim_timeout_ms / 2)) {

@@ -193,14 +193,14 @@ impl StrikeBook {
         self.by_member.get(node).is_some_and(|m| m.until_ms > now)
     }
 
-    /// Members penalised at `now`.
-    pub(crate) fn penalised_members(&self, now: u64) -> impl Iterator<Item = NodeId> + '_ {
-        self.by_member.iter().filter(move |(_, m)| m.until_ms > now).map(|(n, _)| *n)
-    }
-
     /// Whether `struck` has `quorum` records on `drv`.
     pub(crate) fn has_quorum(&self, struck: &NodeId, drv: &StorePath, quorum: usize) -> bool {
         self.by_member.get(struck).and_then(|m| m.drvs.get(drv)).is_some_and(|o| o.len() >= quorum.max(1))
+    }
+
+    /// Members with records on `drv`, with how many observers each.
+    pub(crate) fn on_drv<'a>(&'a self, drv: &'a StorePath) -> impl Iterator<Item = (NodeId, usize)> + 'a {
+        self.by_member.iter().filter_map(move |(n, m)| m.drvs.get(drv).map(|o| (*n, o.len())))
     }
 
     /// Per member: derivations struck (with a quorum) and penalised-until (0: none).
