@@ -75,7 +75,7 @@ fn a_member_that_stops_delivering_is_struck_everywhere_itself_included() {
     let mut d = Drvs::new(&dir);
     let (drv, out) = d.add("struck-build", "sleep 20; echo done > $out", &[]);
     let (drv_abs, out_abs) = (sd().display(&drv), sd().display(&out));
-    c.submit(0, &dir, &[drv_abs.clone()], 2);
+    c.submit(0, &dir, std::slice::from_ref(&drv_abs), 2);
     let building = |c: &Cluster, i: usize| {
         c.mesh(i)["building"].as_array().is_some_and(|l| l.iter().any(|x| x.as_str() == Some(&drv_abs)))
     };
