@@ -137,6 +137,7 @@ impl Envelope {
             Message::Claim(m) => Signed::sign(key, m).map(Signed::into_envelope),
             Message::Attestation(m) => Signed::sign(key, m).map(Signed::into_envelope),
             Message::BuildFailure(m) => Signed::sign(key, m).map(Signed::into_envelope),
+            Message::Strike(m) => Signed::sign(key, m).map(Signed::into_envelope),
         }
     }
 

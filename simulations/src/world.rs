@@ -487,7 +487,9 @@ impl World {
             Message::JobSubmission(_) => 1,
             Message::Claim(_) => 2,
             Message::Attestation(_) => 3,
-            Message::BuildFailure(_) => 4,
+            // Strike records (a lease that ran out) count with failures: both say an attempt
+            // ended without a result (kept at 5 kinds so the report's columns do not move).
+            Message::BuildFailure(_) | Message::Strike(_) => 4,
         };
         self.by_kind[kind] += 1;
         self.trace.update(&self.now.to_le_bytes());

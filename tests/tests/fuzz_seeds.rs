@@ -26,7 +26,7 @@ use buildmesh_protocol::signed::{Envelope, Signed};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
     Announcement, Attestation, Batch, BuildFailure, BuildMode, Claim, Encode as _, FailureReason, JobSubmission, Kind,
-    LogDigest, Message, OutputAttestation,
+    LogDigest, Message, OutputAttestation, Strike,
 };
 use sha2::Digest as _;
 
@@ -136,6 +136,22 @@ fn failure(builder: NodeId) -> BuildFailure {
     }
 }
 
+/// A strike record of `observer` against another member's claim of seed-1.
+fn strike(observer: NodeId) -> Strike {
+    let other = NodeKey::from_seed("seed-struck", [9; 32]).unwrap().node_id();
+    Strike {
+        observer,
+        struck: other,
+        job: JobId::derive(&other, "seed-1.drv", 1),
+        store_dir: StoreDir::nix(),
+        drv: path(1, "seed-1.drv"),
+        attempt: 1,
+        claimed_at_ms: T,
+        lease_expires_at_ms: T + 120_000,
+        observed_at_ms: T + 120_500,
+    }
+}
+
 fn manifest(extra_drvs: u8) -> Manifest {
     let drv = |i: u8, n: &str, inputs: Vec<u32>| ManifestDrv {
         drv: path(i, &format!("{n}.drv")),
@@ -237,6 +253,7 @@ fn seeds() -> Seeds {
         ("claim", Message::Claim(claim(me, 1))),
         ("attestation", Message::Attestation(attestation(&k, 2))),
         ("failure", Message::BuildFailure(failure(me))),
+        ("strike", Message::Strike(strike(me))),
         ("attestation-large", Message::Attestation(attestation(&k, 60))),
         ("attestation-provenance", Message::Attestation(with_provenance(&k, attestation(&k, 2)))),
     ];

@@ -137,6 +137,14 @@ pub struct PeerView {
     /// Until when (unix ms) placement designates it last for not delivering; `null` if not.
     #[serde(default)]
     pub penalised_until_ms: Option<u64>,
+    /// Derivations on which a quorum of observers' signed strike records struck it (gossiped,
+    /// the same on every node; protocol `mesh/strike_book.rs`).
+    #[serde(default)]
+    pub struck_drvs: u32,
+    /// Until when (unix ms) every node, itself included, counts it as penalised by those
+    /// records (its live claims do not hold a place); `null` if not.
+    #[serde(default)]
+    pub struck_until_ms: Option<u64>,
     /// When this node last saw it (unix ms, this node's clock): now while connected, else the
     /// later of its last announcement heard and the remembered peers ([`peer_book`]); `null`
     /// if neither.
@@ -242,6 +250,23 @@ pub struct MeshStatus {
     /// Peers remembered in the database (table `peers`) as of the last write ([`peer_book`]).
     #[serde(default)]
     pub remembered_peers: u64,
+    /// Every member with gossiped strike records, this node included (`me`).
+    #[serde(default)]
+    pub struck: Vec<StruckView>,
+}
+
+/// A member struck by gossiped, signed strike records (`GET /api/v1/mesh` `struck`, the
+/// builders page's JSON twin).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StruckView {
+    /// Its key (base64, as in `GET /api/v1/peers`).
+    pub key: String,
+    /// Whether it is this node.
+    pub me: bool,
+    /// Derivations on which a quorum of observers struck it.
+    pub drvs: u32,
+    /// Until when (unix ms) it is penalised by them; `null` once that has passed.
+    pub until_ms: Option<u64>,
 }
 
 /// Gossip counters.
@@ -305,6 +330,9 @@ pub struct MachineCounts {
     /// Lapses of designated members that did not deliver (the no-delivery penalty).
     #[serde(default)]
     pub lapses: u64,
+    /// Strike records this node signed and published.
+    #[serde(default)]
+    pub strikes_published: u64,
 }
 
 /// Gossip delays kept for `GET /api/v1/mesh/delays` (the most recent ones).

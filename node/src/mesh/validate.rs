@@ -27,6 +27,7 @@ pub fn topic_of(kind: Kind) -> &'static str {
         Kind::BuildFailure => "buildmesh/failure/1",
         Kind::JobSubmission => "buildmesh/job/1",
         Kind::Revision => "buildmesh/revision/1",
+        Kind::Strike => "buildmesh/strike/1",
         // `Kind` is non-exhaustive; a kind without a topic of its own goes to the job topic,
         // where receivers that do not know it reject it.
         _ => "buildmesh/job/1",

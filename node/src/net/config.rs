@@ -16,13 +16,14 @@ pub const MAX_FRAME_CEILING: usize = 64 * 1024 * 1024;
 pub const NAR_CHUNK_SIZE: u32 = 1024 * 1024;
 
 /// Default gossip topics: announcements, claims, attestations, failures, jobs and revision headers.
-pub const DEFAULT_TOPICS: [&str; 6] = [
+pub const DEFAULT_TOPICS: [&str; 7] = [
     "buildmesh/announce/1",
     "buildmesh/claim/1",
     "buildmesh/attest/1",
     "buildmesh/failure/1",
     "buildmesh/job/1",
     "buildmesh/revision/1",
+    "buildmesh/strike/1",
 ];
 
 /// Size caps of one request-response protocol.

@@ -179,6 +179,11 @@ pub struct MeshConfig {
     /// after every other candidate for this long (default 30 min); each further lapse within the penalty doubles it, up to 16 times. See
     /// `strikes.rs`.
     pub no_delivery_penalty_ms: u64,
+    /// How many distinct observers must have signed a [`crate::wire::Strike`] against one member
+    /// on one derivation before every node applies it (default 2; fewer when fewer observers
+    /// other than the member exist). Observers are the `builders` keys, else the trusted keys,
+    /// else (an open mesh that trusts everyone) any member. See `strike_book.rs`.
+    pub strike_quorum: usize,
     /// Number of shards the mesh is split into (default 1: no split). Each node and each
     /// derivation belongs to one shard; a node hears, tracks and designates among its own shard
     /// only (see `shard.rs`). Every node of a mesh must use the same number.
@@ -217,6 +222,7 @@ impl Default for MeshConfig {
             submitters: None,
             builders: None,
             no_delivery_penalty_ms: 1_800_000,
+            strike_quorum: 2,
             shards: 1,
         }
     }
@@ -228,7 +234,7 @@ impl MeshConfig {
     /// claims), every interval and limit above 0, `failure_quorum ≤ max_attempts`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, reason: String| Err(ConfigError::Invalid { field, reason });
-        let positive: [(&'static str, u64); 11] = [
+        let positive: [(&'static str, u64); 12] = [
             ("announce_interval_ms", self.announce_interval_ms),
             ("member_ttl_ms", self.member_ttl_ms),
             ("lease_ms", self.lease_ms),
@@ -240,6 +246,7 @@ impl MeshConfig {
             ("failure_quorum", u64::from(self.failure_quorum)),
             ("max_replicas", u64::from(self.max_replicas)),
             ("shards", u64::from(self.shards)),
+            ("strike_quorum", self.strike_quorum as u64),
         ];
         for (field, v) in positive {
             if v == 0 {

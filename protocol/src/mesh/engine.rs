@@ -53,14 +53,14 @@ impl Mesh {
         Ok(())
     }
 
-    fn fresh(&self, timestamp_ms: u64, now: u64) -> Result<(), Disposition> {
+    pub(super) fn fresh(&self, timestamp_ms: u64, now: u64) -> Result<(), Disposition> {
         if timestamp_ms > now.saturating_add(self.cfg.max_clock_skew_ms) {
             return Err(Disposition::Ignored(Ignored::FromTheFuture));
         }
         Ok(())
     }
 
-    fn store_dir_ok(&self, dir: &StoreDir) -> Result<(), Disposition> {
+    pub(super) fn store_dir_ok(&self, dir: &StoreDir) -> Result<(), Disposition> {
         if *dir != self.cfg.store_dir {
             return Err(Disposition::Ignored(Ignored::OtherStoreDir));
         }
@@ -269,7 +269,12 @@ impl Mesh {
             if local_expiry <= now {
                 return Disposition::Stale;
             }
-            b.claim = Some(ClaimState { local_expiry_ms: local_expiry, received_ms: now, attempt: c.attempt });
+            b.claim = Some(ClaimState {
+                local_expiry_ms: local_expiry,
+                received_ms: now,
+                attempt: c.attempt,
+                lease_expires_at_ms: c.lease_expires_at_ms,
+            });
             b.lapsed_at_ms = None;
             b.waiting_since_ms = None;
         }

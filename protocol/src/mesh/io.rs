@@ -256,6 +256,12 @@ pub enum Ignored {
     /// A message of another shard: an announcement of a member of another shard, or a message
     /// about a derivation of another shard that this node does not observe (see `shard.rs`).
     OtherShard,
+    /// A strike record signed by a key that may not strike (not a `builders` key, or not trusted
+    /// when that policy is unset). The driver treats it as invalid and penalises the sender.
+    NotAnObserver,
+    /// A strike record of an observer that holds as many records as it may
+    /// ([`crate::mesh::MAX_RECORDS_PER_OBSERVER`]).
+    StrikeQuota,
 }
 
 /// Why an input was refused. The state is unchanged when an error is returned.

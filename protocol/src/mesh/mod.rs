@@ -83,7 +83,9 @@ mod membership;
 mod quorum;
 mod schedule;
 pub mod shard;
+mod strike_book;
 mod strikes;
+mod struck;
 mod table;
 mod vetting;
 
@@ -96,7 +98,9 @@ use std::sync::Arc;
 pub use config::{ConfigError, LocalInfo, MeshConfig, ReplicaRule, TrustConfig};
 pub use io::{BuildOrder, CancelReason, Disposition, Event, Ignored, Input, JobFailure, MeshError, Output};
 pub use quorum::{OutputClaim, assess_attestations, assess_output};
+pub use strike_book::{MAX_DRVS_PER_MEMBER, MAX_RECORDS_PER_OBSERVER};
 pub use strikes::Strike;
+pub use struck::StruckMember;
 
 use crate::id::{JobId, NodeId};
 use crate::store_path::StorePath;
@@ -134,6 +138,8 @@ pub struct MeshStats {
     pub refused_submissions: u64,
     /// Lapses recorded against members (designated and not delivered; see [`Strike`]).
     pub lapses: u64,
+    /// Strike records this node published (`strike_book.rs`).
+    pub strikes_published: u64,
 }
 
 /// A derivation as [`Mesh::job`] shows it.
@@ -198,6 +204,10 @@ pub struct Mesh {
     untrusted_open_total: usize,
     /// Members that were designated and did not deliver (see `strikes.rs`).
     strikes: strikes::Strikes,
+    /// Gossiped strike records, applied alike by every node (see `strike_book.rs`).
+    strike_book: strike_book::StrikeBook,
+    /// When this node next republishes its own strike records.
+    next_strike_republish_ms: u64,
     /// The latest submissions refused by the `submitters` policy: derivation -> submitter, at
     /// most [`MAX_REFUSALS`], oldest forgotten first.
     refused: BTreeMap<StorePath, NodeId>,
@@ -223,6 +233,7 @@ impl Mesh {
     ) -> Result<Mesh, MeshError> {
         cfg.validate()?;
         local.validate()?;
+        let cfg_resubmit = cfg.resubmit_interval_ms;
         let mut mesh = Mesh {
             members: Membership::new(me, cfg.member_ttl_ms),
             warmup_until_ms: now_ms.saturating_add(cfg.warmup_ms),
@@ -243,6 +254,8 @@ impl Mesh {
             untrusted_open: BTreeMap::new(),
             untrusted_open_total: 0,
             strikes: strikes::Strikes::default(),
+            strike_book: strike_book::StrikeBook::default(),
+            next_strike_republish_ms: now_ms.saturating_add(cfg_resubmit),
             refused: BTreeMap::new(),
             refused_order: VecDeque::new(),
         };
@@ -318,6 +331,8 @@ impl Mesh {
             Message::Claim(c) => self.tracks(&c.drv),
             Message::Attestation(a) => self.tracks(&a.drv),
             Message::BuildFailure(f) => self.tracks(&f.drv),
+            // A member's penalty matters in its own shard: the struck member's.
+            Message::Strike(s) => s.struck == self.me || shard::node_shard(&s.struck, self.cfg.shards) == self.shard,
         }
     }
 
@@ -378,6 +393,7 @@ impl Mesh {
             Message::Claim(c) => self.on_claim(c, now),
             Message::Attestation(a) => self.on_attestation(a, now),
             Message::BuildFailure(f) => self.on_failure(f, now),
+            Message::Strike(s) => self.on_strike(s, now),
         };
         match d {
             Disposition::Applied => self.stats.applied += 1,
@@ -418,10 +434,16 @@ impl Mesh {
     /// When [`Mesh::handle_timeout`] should be called next (unix ms), if ever.
     pub fn poll_timeout(&self) -> Option<u64> {
         let warmup = (!self.warmup_done).then_some(self.warmup_until_ms);
-        [Some(self.next_announce_ms), self.members.next_expiry(), warmup, self.drvs.timers.first().map(|(t, _)| *t)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            Some(self.next_announce_ms),
+            Some(self.next_strike_republish_ms),
+            self.members.next_expiry(),
+            warmup,
+            self.drvs.timers.first().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Run the timers due at `now_ms`: announcement, member expiry, the end of the warm-up, lease
@@ -430,6 +452,9 @@ impl Mesh {
         let now = self.clock(now_ms);
         if now >= self.next_announce_ms {
             self.announce(now);
+        }
+        if now >= self.next_strike_republish_ms {
+            self.republish_strikes(now);
         }
         for node in self.members.expire(now) {
             self.outputs.push_back(Output::Event(Event::MemberLeft { node }));

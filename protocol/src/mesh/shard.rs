@@ -57,6 +57,7 @@ pub fn message_shard(m: &Message, shards: u32) -> u32 {
         Message::Claim(c) => drv_shard(&c.drv, shards),
         Message::Attestation(a) => drv_shard(&a.drv, shards),
         Message::BuildFailure(f) => drv_shard(&f.drv, shards),
+        Message::Strike(s) => node_shard(&s.struck, shards),
     }
 }
 

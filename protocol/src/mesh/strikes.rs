@@ -14,30 +14,12 @@
 //! does not end the penalty early: anyone can sign an attestation, so that would let a Sybil
 //! wash its record for free; the penalty runs out by itself.
 //!
-//! Known gap: a penalised member that claims first still keeps its claim (claims are sticky):
-//! the penalty moves the designations others compute, not what it claims for itself.
-//!
-//! Why it stays a gap (looked at again for issue 15, not changed): every node must designate the
-//! same builders, so a rule may only use facts every node has. A claim is such a fact (gossiped,
-//! and "two live claims for one place: the better ranked stays, the other yields" converges
-//! everywhere). A strike is not: it is recorded where a lease **ran out here** (a renewal that
-//! did not arrive in time on this node), and the struck member never sees its own strike, since
-//! from its side it renewed every time (`strikes` skips the node itself). So any rule that drops
-//! or demotes a penalised member's live claim — dropping it outright, or ranking penalised
-//! claimants after unpenalised ones when both claim (the weakest form) — is applied by the
-//! others and not by the member: the member keeps building because it is still chosen in its own
-//! view, the others choose an unpenalised claimant, which then never yields either, and the place
-//! has two builders until one finishes (or more, with nodes that struck at different moments).
-//! `takeover_after_lease_expiry` (`tests.rs`) is exactly that case: the first builder's renewals
-//! are lost, the second takes over, the first's renewals arrive again, and every node, the first
-//! included, must agree that one of them yields; with the first demoted as penalised, the others
-//! would keep the second while the first keeps itself (the attempt made in the previous stop
-//! failed that test for this reason). Making it safe needs the strike itself to be a gossiped,
-//! verifiable fact (e.g. a signed "lease of X on D expired unrenewed at T" that every node
-//! applies alike, and that cannot be forged against an honest member whose renewals are merely
-//! late), which is a protocol change beyond this issue. Meanwhile the cost stays bounded: such a
-//! claim holds one place for at most one lease, after which it lapses everywhere and the member,
-//! penalised, is designated last.
+//! These are local observations: the struck member never sees its own lapse, so they only order
+//! the candidates for unclaimed places (safe: claims stay sticky). What every node applies alike,
+//! the struck member included, is the gossiped, signed record of a lapse (`strike_book.rs`): on a
+//! derivation where a quorum of observers struck a member, its claim no longer holds the place and
+//! it yields in its own view too (`takeover_after_lease_expiry`). A penalised member that claims
+//! a new derivation first still holds it for one lease, then is struck there too.
 //!
 //! Why: a Sybil member that claims and never builds costs each job it claims one lease. Without the penalty it is designated again for every new
 //! derivation at its full weight; with it, every identity costs the mesh at most one timeout per

@@ -37,6 +37,8 @@ pub(crate) struct ClaimState {
     /// view predates the claimant's absence and does not count.
     pub(crate) received_ms: u64,
     pub(crate) attempt: u32,
+    /// The claim's signed lease end (for a strike record if it runs out).
+    pub(crate) lease_expires_at_ms: u64,
 }
 
 /// A failure of one builder.

@@ -16,6 +16,7 @@ mod policy;
 mod props;
 mod replicas;
 mod shards;
+mod strikes;
 
 const T0: u64 = 1_700_000_000_000;
 const SYS: &str = "x86_64-linux";
@@ -84,6 +85,8 @@ struct Net {
     cut: BTreeSet<(usize, usize)>,
     /// Drop this node's claims (a builder whose renewals do not get through).
     mute_claims: BTreeSet<usize>,
+    /// Drop every strike record.
+    mute_strikes: bool,
 }
 
 impl Net {
@@ -107,6 +110,7 @@ impl Net {
             log: Vec::new(),
             cut: BTreeSet::new(),
             mute_claims: BTreeSet::new(),
+            mute_strikes: false,
         };
         net.drain();
         net
@@ -127,7 +131,9 @@ impl Net {
                 while let Some(o) = self.nodes[i].poll_output() {
                     match o {
                         Output::Publish(m) => {
-                            if !(matches!(m, Message::Claim(_)) && self.mute_claims.contains(&i)) {
+                            let muted = (matches!(m, Message::Claim(_)) && self.mute_claims.contains(&i))
+                                || (matches!(m, Message::Strike(_)) && self.mute_strikes);
+                            if !muted {
                                 self.queue.push_back((i, m));
                             }
                         }
@@ -315,9 +321,40 @@ fn takeover_after_lease_expiry() {
     net.advance(cfg.lease_ms - 1);
     assert!(Net::started(&net.log).is_empty(), "no takeover while the lease holds");
     net.advance(2);
+    // The others struck it (`strike_book.rs`): two signed records reach every node, the first
+    // included, so it yields in its own view as in everybody's: never two builders.
+    let log = net.take_log();
+    assert_eq!(Net::started(&log), vec![second]);
+    assert_eq!(Net::cancelled(&log), vec![(first, CancelReason::Yielded)]);
+    for i in 0..4 {
+        assert!(net.nodes[i].struck(&net.id(first)), "node {i} holds the strike");
+    }
+    // Its renewals would arrive again now, but it released the place: one builder everywhere.
+    net.mute_claims.clear();
+    net.advance(cfg.renew_interval_ms);
+    let log = net.take_log();
+    assert!(Net::cancelled(&log).is_empty() && Net::started(&log).is_empty());
+    for i in 0..4 {
+        assert_eq!(net.nodes[i].job(&drv(4)).unwrap().claimants, vec![net.id(second)], "node {i}");
+    }
+}
+
+/// Without strike records (dropped on the way) the rule of sticky claims still agrees: two live
+/// claims for one place resolve to the better ranked on every node; the other yields.
+#[test]
+fn takeover_after_lease_expiry_without_strike_records() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(4, cfg.clone());
+    net.mute_strikes = true;
+    net.advance(cfg.warmup_ms);
+    let rank = net.rank(4);
+    let (first, second) = (rank[0], rank[1]);
+    let a = net.id(0);
+    net.input(0, Input::Submit { job: job(a, 4, 1), inputs: BTreeSet::new() });
+    assert_eq!(Net::started(&net.take_log()), vec![first]);
+    net.mute_claims.insert(first);
+    net.advance(cfg.lease_ms + 1);
     assert_eq!(Net::started(&net.take_log()), vec![second]);
-    // The original builder comes back (its renewals arrive again): claims are sticky, but two
-    // live claims for one place resolve to the better ranked; the other yields.
     net.mute_claims.clear();
     net.advance(cfg.renew_interval_ms);
     let log = net.take_log();

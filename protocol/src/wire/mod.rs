@@ -32,6 +32,7 @@ mod batch;
 pub mod codec;
 mod job;
 mod result;
+mod strike;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -43,6 +44,7 @@ pub use batch::{Batch, BatchError, MAX_BATCH_ITEMS};
 pub use codec::{Decode, DecodeError, Encode, Reader, Sink};
 pub use job::{Claim, JobSubmission};
 pub use result::{Attestation, BuildFailure, FailureReason, LogDigest, MAX_GUIX_SIGNATURE_LEN, OutputAttestation};
+pub use strike::Strike;
 
 use crate::id::NodeId;
 use crate::store_path::{StoreDir, StorePath};
@@ -101,11 +103,13 @@ pub enum Kind {
     /// channel at a commit). Not a [`Message`] variant: the coordination state machine never sees
     /// it; verify it with `Signed::<RevisionHeader>::verify` or [`crate::signed::Envelope::verify_as`].
     Revision,
+    /// [`Strike`]: an observer's record that a member's lease ran out without a result.
+    Strike,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Announcement,
         Kind::JobSubmission,
         Kind::Claim,
@@ -113,6 +117,7 @@ impl Kind {
         Kind::BuildFailure,
         Kind::Batch,
         Kind::Revision,
+        Kind::Strike,
     ];
 
     /// The tag byte in the envelope.
@@ -125,6 +130,7 @@ impl Kind {
             Kind::BuildFailure => 5,
             Kind::Batch => 6,
             Kind::Revision => 7,
+            Kind::Strike => 8,
         }
     }
 
@@ -134,7 +140,7 @@ impl Kind {
     }
 
     /// The name in the signing domain (`announcement`, `job-submission`, `claim`, `attestation`,
-    /// `build-failure`, `batch`, `revision`).
+    /// `build-failure`, `batch`, `revision`, `strike`).
     pub const fn name(self) -> &'static str {
         match self {
             Kind::Announcement => "announcement",
@@ -144,6 +150,7 @@ impl Kind {
             Kind::BuildFailure => "build-failure",
             Kind::Batch => "batch",
             Kind::Revision => "revision",
+            Kind::Strike => "strike",
         }
     }
 
@@ -157,6 +164,7 @@ impl Kind {
             Kind::BuildFailure => b"buildmesh/v1/build-failure\0",
             Kind::Batch => b"buildmesh/v1/batch\0",
             Kind::Revision => b"buildmesh/v1/revision\0",
+            Kind::Strike => b"buildmesh/v1/strike\0",
         }
     }
 }
@@ -226,6 +234,8 @@ pub enum Message {
     Attestation(Attestation),
     /// A failed build.
     BuildFailure(BuildFailure),
+    /// A member's lease that ran out without a result, as one observer saw it.
+    Strike(Strike),
 }
 
 impl Message {
@@ -237,6 +247,7 @@ impl Message {
             Message::Claim(_) => Kind::Claim,
             Message::Attestation(_) => Kind::Attestation,
             Message::BuildFailure(_) => Kind::BuildFailure,
+            Message::Strike(_) => Kind::Strike,
         }
     }
 
@@ -248,6 +259,7 @@ impl Message {
             Message::Claim(m) => m.author(),
             Message::Attestation(m) => m.author(),
             Message::BuildFailure(m) => m.author(),
+            Message::Strike(m) => m.author(),
         }
     }
 
@@ -267,6 +279,7 @@ impl Message {
             Kind::Claim => Message::Claim(Claim::decode_payload(&mut r)?),
             Kind::Attestation => Message::Attestation(Attestation::decode_payload(&mut r)?),
             Kind::BuildFailure => Message::BuildFailure(BuildFailure::decode_payload(&mut r)?),
+            Kind::Strike => Message::Strike(Strike::decode_payload(&mut r)?),
             Kind::Batch => {
                 return Err(Reader::invalid(
                     "kind",
@@ -294,6 +307,7 @@ impl Message {
             Message::Claim(m) => m.check(),
             Message::Attestation(m) => m.check(),
             Message::BuildFailure(m) => m.check(),
+            Message::Strike(m) => m.check(),
         }
     }
 }
@@ -307,6 +321,7 @@ impl Encode for Message {
             Message::Claim(m) => m.encode(out),
             Message::Attestation(m) => m.encode(out),
             Message::BuildFailure(m) => m.encode(out),
+            Message::Strike(m) => m.encode(out),
         }
     }
 }
@@ -320,7 +335,7 @@ macro_rules! into_message {
         }
     )*};
 }
-into_message!(Announcement, JobSubmission, Claim, Attestation, BuildFailure);
+into_message!(Announcement, JobSubmission, Claim, Attestation, BuildFailure, Strike);
 
 // ---- field rules shared by the message types ----
 
@@ -411,5 +426,7 @@ pub(crate) fn read_store_dir(r: &mut Reader<'_>) -> Result<StoreDir, DecodeError
 mod announce_tests;
 #[cfg(test)]
 mod batch_tests;
+#[cfg(test)]
+mod strike_tests;
 #[cfg(test)]
 mod tests;

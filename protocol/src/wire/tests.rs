@@ -138,6 +138,16 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    pub(super) fn arb_strike()(k in arb_key(), struck in arb_key(), job in any::<[u8; 32]>(), store_dir in arb_store_dir(),
+        drv in arb_drv(), attempt in 1u32.., at in 0u64..u64::MAX / 4, lease in 2u64..=MAX_LEASE_MS,
+        late in 0u64..u64::MAX / 4) -> (NodeKey, Strike) {
+        let s = Strike { observer: k.node_id(), struck: struck.node_id(), job: JobId::from_bytes(job), store_dir, drv,
+            attempt, claimed_at_ms: at, lease_expires_at_ms: at + lease, observed_at_ms: at + lease + late };
+        (k, s)
+    }
+}
+
 fn arb_message() -> impl Strategy<Value = (NodeKey, Message)> {
     prop_oneof![
         arb_announcement().prop_map(|(k, m)| (k, m.into())),
@@ -145,6 +155,7 @@ fn arb_message() -> impl Strategy<Value = (NodeKey, Message)> {
         arb_claim().prop_map(|(k, m)| (k, m.into())),
         arb_attestation().prop_map(|(k, m)| (k, m.into())),
         arb_failure().prop_map(|(k, m)| (k, m.into())),
+        arb_strike().prop_filter("observer = struck", |(_, s)| s.observer != s.struck).prop_map(|(k, m)| (k, m.into())),
     ]
 }
 
@@ -190,6 +201,11 @@ proptest! {
 
     #[test]
     fn failure_round_trip((k, m) in arb_failure()) { round_trip(&k, &m); }
+
+    #[test]
+    fn strike_round_trip((k, m) in arb_strike().prop_filter("observer = struck", |(_, s)| s.observer != s.struck)) {
+        round_trip(&k, &m);
+    }
 }
 
 fn rejected(bytes: &[u8]) -> bool {

@@ -16,8 +16,14 @@ use libp2p::PeerId;
 
 use super::Cluster;
 
-const TOPICS: [&str; 5] =
-    ["buildmesh/announce/1", "buildmesh/claim/1", "buildmesh/attest/1", "buildmesh/failure/1", "buildmesh/job/1"];
+const TOPICS: [&str; 6] = [
+    "buildmesh/announce/1",
+    "buildmesh/claim/1",
+    "buildmesh/attest/1",
+    "buildmesh/failure/1",
+    "buildmesh/job/1",
+    "buildmesh/strike/1",
+];
 
 /// The attacker's peer.
 pub struct Intruder {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::layout::{Nav, ago, badge, frame, short, time};
 use super::{PageError, PagesContext, page_or_error, respond};
 use crate::http::api::NodeInfo;
-use crate::mesh::PeerView;
+use crate::mesh::{PeerView, StruckView};
 use crate::qa::agreement::BuilderAgreement;
 
 /// The JSON twin: `GET /api/v1/node`, `GET /api/v1/peers` and the agreement of every builder.
@@ -26,6 +26,9 @@ pub struct BuildersTwin<'a> {
     pub peers: Vec<PeerView>,
     /// Every builder the store has statements of.
     pub agreement: &'a [BuilderAgreement],
+    /// Every member struck by gossiped strike records, this node included (`me`); the same
+    /// list as `GET /api/v1/mesh` `struck`.
+    pub struck: Vec<StruckView>,
 }
 
 /// Every builder's agreement (cached).
@@ -47,11 +50,16 @@ pub async fn page(State(ctx): State<PagesContext>, headers: HeaderMap) -> Respon
 async fn builders_page(ctx: &PagesContext, headers: &HeaderMap) -> Result<Response, PageError> {
     let agreement = agreement(ctx).await?;
     let peers = ctx.mesh().map(|m| m.peers()).unwrap_or_default();
-    let twin = BuildersTwin { node: ctx.info(), peers, agreement: &agreement };
+    let struck = ctx.mesh().map(|m| m.status().struck).unwrap_or_default();
+    let twin = BuildersTwin { node: ctx.info(), peers, agreement: &agreement, struck };
     Ok(respond(headers, &twin, || {
         let body = html! {
             h1 { "Builders" }
             (members(ctx.info(), &twin.peers, &agreement))
+            @if let Some(s) = twin.struck.iter().find(|s| s.me && s.until_ms.is_some()) {
+                p.mute { span.b.no { "this node is struck" } " by its peers' signed strike records on " (s.drvs)
+                    " derivation(s) until " (time(s.until_ms.unwrap_or(0))) " UTC: its claims do not hold a place until then." }
+            }
             h2 { "Agreement of every builder" }
             p.mute { "Outputs another builder attested too, and how often this builder's NarHash is the majority's." }
             (agreement_table(&agreement))
@@ -102,7 +110,8 @@ pub fn members(me: &NodeInfo, peers: &[PeerView], agreement: &[BuilderAgreement]
                     td.n { (p.slots) }
                     td.n { (p.load) }
                     td { @if p.member { (badge("member")) } " " @if p.connected { (badge("connected")) } @else { (badge("no")) }
-                        @if let Some(r) = &p.disk_pressure { " " span.b.no title=(r) { "disk pressure" } } }
+                        @if let Some(r) = &p.disk_pressure { " " span.b.no title=(r) { "disk pressure" } }
+                        @if let Some(t) = p.struck_until_ms { " " span.b.no title=(format!("until {} UTC", time(t))) { "struck" } } }
                     @match p.last_seen_ms {
                         Some(ms) => { td.seen title=(format!("{} UTC", time(ms))) { (ago(ms, now)) } }
                         None => { td.seen { "-" } }

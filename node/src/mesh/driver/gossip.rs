@@ -155,6 +155,13 @@ impl Driver {
         match self.mesh.handle_message(verified.value(), unix_ms()) {
             Ok(Disposition::Applied) => MessageAcceptance::Accept,
             Ok(_) if stored_new => MessageAcceptance::Accept,
+            Ok(Disposition::Ignored(Ignored::NotAnObserver)) => {
+                // A strike record signed by a key that may not strike: invalid, like a bad
+                // signature (the peer that sent it is penalised).
+                tracing::warn!(target: EVENTS, event = "gossip_rejected", signer = %verified.signer(),
+                    "strike record of a key that may not strike");
+                MessageAcceptance::Reject
+            }
             Ok(d) => {
                 tracing::trace!(disposition = ?d, "gossip ignored");
                 MessageAcceptance::Ignore

@@ -22,7 +22,7 @@ use base64::Engine as _;
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::id::{JobId, MessageId, NodeId};
 use buildmesh_protocol::identity::NodeKey;
-use buildmesh_protocol::mesh::{BuildOrder, Disposition, Event, Input, Mesh, MeshError, Output, TrustConfig};
+use buildmesh_protocol::mesh::{BuildOrder, Disposition, Event, Ignored, Input, Mesh, MeshError, Output, TrustConfig};
 use buildmesh_protocol::signed::{Envelope, Signed, Verified};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{
@@ -61,7 +61,7 @@ use super::sync::{Cursors, SyncReport};
 use super::validate::{Checked, SeenCache, check_gossip, topic_of};
 use super::{
     BuildEvent, BuildOutcome, Command, Counters, DrvInMesh, MachineCounts, MeshHandle, MeshParams, MeshStatus,
-    PeerSystems, PeerView, SettingsError, Shared, StartError, SubmitRequest, net_config, trust_policy,
+    PeerSystems, PeerView, SettingsError, Shared, StartError, StruckView, SubmitRequest, net_config, trust_policy,
 };
 use crate::net::{
     InboundId, MessageAcceptance, NetEvent, NetHandle, PublishError, RequestProtocol, keypair_from_seed, short_peer_id,

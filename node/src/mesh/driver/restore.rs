@@ -161,6 +161,8 @@ impl Driver {
             conduct: Default::default(),
             lapses: 0,
             penalised_until_ms: None,
+            struck_drvs: 0,
+            struck_until_ms: None,
             last_seen_ms: None,
             slowdown: BTreeMap::new(),
             disk_pressure: None,
@@ -213,6 +215,17 @@ impl Driver {
                 peers.entry(peer).or_insert_with(|| view_of(&peer, node_of(&peer))).conduct = conduct;
             }
         }
+        // Gossiped strike records: on whatever entry the peer has (a struck member has often left
+        // the view), and every struck member, this node included, in the status.
+        let mut struck = Vec::new();
+        for s in self.mesh.struck_members() {
+            let until_ms = (s.until_ms > now).then_some(s.until_ms);
+            if let Some(v) = peer_of(&s.node).and_then(|p| peers.get_mut(&p)) {
+                v.struck_drvs = s.drvs;
+                v.struck_until_ms = until_ms;
+            }
+            struck.push(StruckView { key: b64.encode(s.node.as_bytes()), me: s.node == me, drvs: s.drvs, until_ms });
+        }
         for (peer, v) in peers.iter_mut() {
             // Now while connected; else the later of its last announcement heard and the
             // remembered peers' record.
@@ -247,8 +260,10 @@ impl Driver {
                 republished: st.republished,
                 refused_submissions: st.refused_submissions,
                 lapses: st.lapses,
+                strikes_published: st.strikes_published,
             },
             remembered_peers: self.peers.stored(),
+            struck,
             ..MeshStatus::default()
         };
         *self.ctx.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
