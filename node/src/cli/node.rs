@@ -94,6 +94,9 @@ pub struct ConfigArgs {
     /// Join the mesh (also on when a bootstrap peer is given): gossip, placement, quorum gateway.
     #[arg(long)]
     pub mesh: bool,
+    /// Shards the mesh is split into (the same on every node; more than 1 needs trusted keys).
+    #[arg(long, value_name = "N")]
+    pub mesh_shards: Option<u32>,
     /// Serve as a relay for peers behind NAT (`nat.relay_server = true`; without it, only while
     /// AutoNAT finds this node publicly reachable).
     #[arg(long)]
@@ -231,6 +234,7 @@ impl ConfigArgs {
         if self.mesh {
             c.mesh.enabled = true;
         }
+        set(&mut c.mesh_shards, &self.mesh_shards);
         if self.relay_server {
             c.nat.relay_server = Some(true);
         }

@@ -242,6 +242,12 @@ pub struct MeshStatus {
     /// Peers remembered in the database (table `peers`) as of the last write ([`peer_book`]).
     #[serde(default)]
     pub remembered_peers: u64,
+    /// This node's shard (`mesh_shards`; 0 with one shard; see `driver/shards.rs`).
+    #[serde(default)]
+    pub shard: u32,
+    /// The mesh's number of shards (`mesh_shards`, 1 = unsharded).
+    #[serde(default)]
+    pub shards: u32,
 }
 
 /// Gossip counters.
@@ -586,6 +592,8 @@ pub struct MeshParams {
     pub builders: Vec<String>,
     /// The mesh timers.
     pub settings: MeshSettings,
+    /// Shards of the mesh (`mesh_shards`; 1 = unsharded; the same on every node).
+    pub shards: u32,
     /// What this machine builds.
     pub systems: Systems,
     /// Build slots.

@@ -230,6 +230,7 @@ impl Node {
                 features: config.features.clone(),
                 mandatory_features: config.mandatory_features.clone(),
                 settings: config.mesh.clone(),
+                shards: config.mesh_shards,
                 systems: systems.clone(),
                 slots: sched_options.slots,
                 scheduler: handle.clone(),

@@ -249,6 +249,8 @@ impl Driver {
                 lapses: st.lapses,
             },
             remembered_peers: self.peers.stored(),
+            shard: self.shards.own(),
+            shards: self.shards.count(),
             ..MeshStatus::default()
         };
         *self.ctx.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
