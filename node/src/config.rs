@@ -122,6 +122,10 @@ pub struct Config {
     /// only, on per-shard gossip topics. Every node of a mesh must use the same number; more
     /// than 1 needs `trusted_keys` (docs/protocol.md *Shards*).
     pub mesh_shards: u32,
+    /// Finished jobs (complete or failed) the mesh state machine keeps in memory, the most
+    /// recent ones, for late messages about them (`MeshConfig::max_finished_drvs`; default 0 =
+    /// keep all). A builder of a large mesh sets it so its memory is bounded by its active jobs.
+    pub mesh_max_finished_drvs: u64,
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
     /// NAT traversal: relays to reserve on, the relay service and its limits, AutoNAT (`[nat]`
@@ -198,6 +202,7 @@ impl Default for Config {
             quorum_needs_native: false,
             no_emulation_for: Vec::new(),
             mesh_shards: 1,
+            mesh_max_finished_drvs: 0,
             mesh: crate::mesh::MeshSettings::default(),
             nat: crate::net::NatSettings::default(),
             sandbox: crate::sandbox::SandboxSettings::default(),

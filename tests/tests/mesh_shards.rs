@@ -50,7 +50,9 @@ fn job_in_shard(submitter: buildmesh_protocol::id::NodeId, want: u32) -> JobSubm
 fn a_sharded_mesh_builds_each_job_in_its_shard_and_rejects_jobs_on_other_shards_topics() {
     let tmp = tempfile::tempdir().unwrap();
     // `--submitter any`: the intruder's job on the right topic is tracked (the control case).
-    let c = Cluster::start_sharded(tmp.path(), 2, SHARDS, &["--submitter", "any"]);
+    // `--mesh-max-finished-drvs 2`: the nodes forget finished jobs beyond the 2 latest while the
+    // 6-job DAG runs (`MeshConfig::max_finished_drvs`).
+    let c = Cluster::start_sharded(tmp.path(), 2, SHARDS, &["--submitter", "any", "--mesh-max-finished-drvs", "2"]);
     let shard_of: Vec<u32> = c.keys.iter().map(|k| node_shard(&k.node_id(), SHARDS)).collect();
     let by_peer: BTreeMap<String, usize> = c.peer_ids.iter().cloned().enumerate().map(|(i, p)| (p, i)).collect();
     for (i, shard) in shard_of.iter().enumerate() {
@@ -120,6 +122,12 @@ fn a_sharded_mesh_builds_each_job_in_its_shard_and_rejects_jobs_on_other_shards_
             );
         }
     }
+    // The submitter forgot the finished jobs beyond the 2 latest (it tracked 6 and the
+    // intruder's active one); their results stay stored.
+    wait_for("node 0 to keep 2 finished jobs", Duration::from_secs(20), || {
+        let m = c.mesh(0);
+        (m["drvs_tracked"].as_u64().unwrap() <= 3).then_some(())
+    });
     // The submitter heard the other shard's results on that shard's topic (not only by sync).
     let heard = c.metrics(0, &shard_topic(Kind::Attestation, other, SHARDS));
     let got = heard.get("gossipsub_topic_msg_recv_counts_unfiltered_total").copied().unwrap_or(0.0);

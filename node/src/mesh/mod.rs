@@ -594,6 +594,8 @@ pub struct MeshParams {
     pub settings: MeshSettings,
     /// Shards of the mesh (`mesh_shards`; 1 = unsharded; the same on every node).
     pub shards: u32,
+    /// Finished jobs kept in the state machine (`mesh_max_finished_drvs`; 0 = all).
+    pub max_finished_drvs: u64,
     /// What this machine builds.
     pub systems: Systems,
     /// Build slots.

@@ -235,6 +235,7 @@ pub(crate) async fn start(
         .map_err(policy_err("submitters"))?;
     mcfg.builders = super::policy::resolve_builders(&params.builders).map_err(policy_err("builders"))?;
     mcfg.shards = params.shards;
+    mcfg.max_finished_drvs = shards::finished_limit(params.max_finished_drvs);
     shards::check(&mcfg)?;
     match &mcfg.submitters {
         None => tracing::warn!("submitters = \"any\": this node accepts and builds jobs of ANY key on the mesh"),

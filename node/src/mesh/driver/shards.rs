@@ -28,6 +28,11 @@ pub(super) fn check(cfg: &MeshConfig) -> Result<(), SettingsError> {
     Ok(())
 }
 
+/// `MeshConfig::max_finished_drvs` from the setting `mesh_max_finished_drvs` (0 = keep all).
+pub(super) fn finished_limit(setting: u64) -> usize {
+    if setting == 0 { usize::MAX } else { usize::try_from(setting).unwrap_or(usize::MAX) }
+}
+
 /// The node's shard, the count, and the shards whose topics it is subscribed to.
 #[derive(Debug)]
 pub(super) struct Subscribed {
@@ -107,6 +112,12 @@ mod tests {
         let mut one = Subscribed::new(0, 1);
         assert_eq!(one.start_topics(), node_topics(0, 1));
         assert!(one.new_shards(&[mine]).is_empty());
+    }
+
+    #[test]
+    fn zero_finished_limit_keeps_all() {
+        assert_eq!(finished_limit(0), usize::MAX);
+        assert_eq!(finished_limit(500), 500);
     }
 
     #[test]
