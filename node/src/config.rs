@@ -117,6 +117,15 @@ pub struct Config {
     /// Systems for which emulated builds do not count at all: this node does not emulate them,
     /// and emulated attestations of their derivations never count towards the quorum here.
     pub no_emulation_for: Vec<String>,
+    /// Shards the mesh is split into (default 1: unsharded). Each node and each derivation
+    /// belongs to one shard; a job is designated, claimed and built in its derivation's shard
+    /// only, on per-shard gossip topics. Every node of a mesh must use the same number; more
+    /// than 1 needs `trusted_keys` (docs/protocol.md *Shards*).
+    pub mesh_shards: u32,
+    /// Finished jobs (complete or failed) the mesh state machine keeps in memory, the most
+    /// recent ones, for late messages about them (`MeshConfig::max_finished_drvs`; default 0 =
+    /// keep all). A builder of a large mesh sets it so its memory is bounded by its active jobs.
+    pub mesh_max_finished_drvs: u64,
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
     /// NAT traversal: relays to reserve on, the relay service and its limits, AutoNAT (`[nat]`
@@ -192,6 +201,8 @@ impl Default for Config {
             emulated_systems: None,
             quorum_needs_native: false,
             no_emulation_for: Vec::new(),
+            mesh_shards: 1,
+            mesh_max_finished_drvs: 0,
             mesh: crate::mesh::MeshSettings::default(),
             nat: crate::net::NatSettings::default(),
             sandbox: crate::sandbox::SandboxSettings::default(),
@@ -335,6 +346,16 @@ impl Config {
         self.cache.validate().map_err(|e| invalid("cache", e))?;
         if self.quorum == 0 {
             return Err(invalid("quorum", "must be at least 1"));
+        }
+        if self.mesh_shards == 0 {
+            return Err(invalid("mesh_shards", "must be at least 1"));
+        }
+        if self.mesh_shards > 1 && self.trusted_keys.is_empty() {
+            return Err(invalid(
+                "mesh_shards",
+                "a sharded mesh needs trusted_keys: a node that trusts only itself cannot count the builds of \
+                 another shard; keep mesh_shards = 1",
+            ));
         }
         if self.replicas == 0 {
             return Err(invalid("replicas", "must be at least 1"));

@@ -94,6 +94,12 @@ pub struct ConfigArgs {
     /// Join the mesh (also on when a bootstrap peer is given): gossip, placement, quorum gateway.
     #[arg(long)]
     pub mesh: bool,
+    /// Shards the mesh is split into (the same on every node; more than 1 needs trusted keys).
+    #[arg(long, value_name = "N")]
+    pub mesh_shards: Option<u32>,
+    /// Finished jobs the mesh keeps in memory, the most recent ones (0 = all).
+    #[arg(long, value_name = "N")]
+    pub mesh_max_finished_drvs: Option<u64>,
     /// Serve as a relay for peers behind NAT (`nat.relay_server = true`; without it, only while
     /// AutoNAT finds this node publicly reachable).
     #[arg(long)]
@@ -231,6 +237,8 @@ impl ConfigArgs {
         if self.mesh {
             c.mesh.enabled = true;
         }
+        set(&mut c.mesh_shards, &self.mesh_shards);
+        set(&mut c.mesh_max_finished_drvs, &self.mesh_max_finished_drvs);
         if self.relay_server {
             c.nat.relay_server = Some(true);
         }

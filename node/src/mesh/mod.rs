@@ -253,6 +253,12 @@ pub struct MeshStatus {
     /// Every member with gossiped strike records, this node included (`me`).
     #[serde(default)]
     pub struck: Vec<StruckView>,
+    /// This node's shard (`mesh_shards`; 0 with one shard; see `driver/shards.rs`).
+    #[serde(default)]
+    pub shard: u32,
+    /// The mesh's number of shards (`mesh_shards`, 1 = unsharded).
+    #[serde(default)]
+    pub shards: u32,
 }
 
 /// A member struck by gossiped, signed strike records (`GET /api/v1/mesh` `struck`, the
@@ -614,6 +620,10 @@ pub struct MeshParams {
     pub builders: Vec<String>,
     /// The mesh timers.
     pub settings: MeshSettings,
+    /// Shards of the mesh (`mesh_shards`; 1 = unsharded; the same on every node).
+    pub shards: u32,
+    /// Finished jobs kept in the state machine (`mesh_max_finished_drvs`; 0 = all).
+    pub max_finished_drvs: u64,
     /// What this machine builds.
     pub systems: Systems,
     /// Build slots.

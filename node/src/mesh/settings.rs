@@ -139,6 +139,14 @@ pub enum SettingsError {
     /// The timers break a rule of the state machine.
     #[error("[mesh] settings: {0}")]
     Timers(String),
+    /// A number of shards the mesh cannot run with (`mesh_shards`).
+    #[error("mesh_shards = {shards}: {reason}")]
+    Shards {
+        /// The configured count.
+        shards: u32,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A zero interval.
     #[error("[mesh] {field} must be above 0")]
     Zero {

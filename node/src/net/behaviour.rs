@@ -94,7 +94,7 @@ fn gossipsub_behaviour(cfg: &NetConfig, registry: &mut Registry) -> Result<gossi
     let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gcfg)
         .map_err(|e| SpawnError::Behaviour(format!("gossipsub: {e}")))?;
     gossipsub
-        .with_peer_score(score_params(&cfg.topics), score_thresholds())
+        .with_peer_score(score_params(cfg.topics.iter().chain(&cfg.scored_topics)), score_thresholds())
         .map_err(|e| SpawnError::Behaviour(format!("gossipsub peer score: {e}")))?;
     Ok(gossipsub.with_metrics(registry.sub_registry_with_prefix("gossipsub"), Default::default()))
 }
@@ -102,7 +102,7 @@ fn gossipsub_behaviour(cfg: &NetConfig, registry: &mut Registry) -> Result<gossi
 /// Peer scoring: only invalid messages (validation `Reject`) count against a peer, strongly and with
 /// slow decay. Mesh-delivery penalties are off (topics are quiet by design) and so is the
 /// IP-colocation penalty (local meshes run many nodes on one address).
-fn score_params(topics: &[String]) -> gossipsub::PeerScoreParams {
+fn score_params<'a>(topics: impl Iterator<Item = &'a String>) -> gossipsub::PeerScoreParams {
     let topic = gossipsub::TopicScoreParams {
         topic_weight: 1.0,
         time_in_mesh_weight: 0.01,
@@ -119,8 +119,7 @@ fn score_params(topics: &[String]) -> gossipsub::PeerScoreParams {
         invalid_message_deliveries_decay: 0.999,
         ..gossipsub::TopicScoreParams::default()
     };
-    let topics: HashMap<_, _> =
-        topics.iter().map(|t| (gossipsub::IdentTopic::new(t.clone()).hash(), topic.clone())).collect();
+    let topics: HashMap<_, _> = topics.map(|t| (gossipsub::IdentTopic::new(t.clone()).hash(), topic.clone())).collect();
     gossipsub::PeerScoreParams {
         topics,
         ip_colocation_factor_weight: 0.0,
@@ -266,7 +265,7 @@ mod tests {
     #[test]
     fn score_params_are_accepted_by_gossipsub() {
         let topics: Vec<String> = super::super::config::DEFAULT_TOPICS.iter().map(|t| t.to_string()).collect();
-        score_params(&topics).validate().unwrap();
+        score_params(topics.iter()).validate().unwrap();
         score_thresholds().validate().unwrap();
     }
 

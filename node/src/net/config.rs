@@ -59,6 +59,10 @@ pub struct NetConfig {
     pub max_gossip_size: usize,
     /// Topics subscribed at start.
     pub topics: Vec<String>,
+    /// Topics scored besides `topics` (invalid messages count against their sender there too):
+    /// those the application may subscribe to later, such as the topics of the mesh's other
+    /// shards (`crate::mesh::validate::all_topics`).
+    pub scored_topics: Vec<String>,
     /// Limits of `/buildmesh/closure/1` (fetch a `.drv` closure).
     pub closure_limits: RrLimits,
     /// Limits of `/buildmesh/nar/1` (one bounded NAR chunk per response).
@@ -121,6 +125,7 @@ impl Default for NetConfig {
             gossip_duplicate_cache: Duration::from_secs(60),
             max_gossip_size: 64 * 1024,
             topics: DEFAULT_TOPICS.iter().map(|t| t.to_string()).collect(),
+            scored_topics: Vec::new(),
             closure_limits: RrLimits { max_request: 64 * 1024, max_response: 32 * 1024 * 1024 },
             nar_limits: RrLimits { max_request: 4 * 1024, max_response: NAR_CHUNK_SIZE as usize + 4 * 1024 },
             sync_limits: RrLimits { max_request: 1024 * 1024, max_response: 16 * 1024 * 1024 },

@@ -230,6 +230,8 @@ impl Node {
                 features: config.features.clone(),
                 mandatory_features: config.mandatory_features.clone(),
                 settings: config.mesh.clone(),
+                shards: config.mesh_shards,
+                max_finished_drvs: config.mesh_max_finished_drvs,
                 systems: systems.clone(),
                 slots: sched_options.slots,
                 scheduler: handle.clone(),

@@ -42,6 +42,12 @@ impl Intruder {
     /// Like [`Intruder::join`], with its network configuration changed by `tweak` first (e.g.
     /// larger request caps than the nodes', to send them oversized requests).
     pub fn join_with(c: &Cluster, key: NodeKey, tweak: impl FnOnce(&mut NetConfig)) -> Intruder {
+        Intruder::join_on(c, key, &TOPICS.map(String::from), tweak)
+    }
+
+    /// Like [`Intruder::join_with`], once node 0 subscribed to each of `topics` (a sharded
+    /// mesh's topics have other names).
+    pub fn join_on(c: &Cluster, key: NodeKey, topics: &[String], tweak: impl FnOnce(&mut NetConfig)) -> Intruder {
         let node_peer: PeerId = c.peer_ids[0].parse().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let mut cfg = NetConfig {
@@ -56,7 +62,7 @@ impl Intruder {
             let (net, mut events, _task) = buildmesh::net::spawn(keypair_from_seed(key.seed()), cfg).unwrap();
             let mut subscribed = BTreeSet::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while subscribed.len() < TOPICS.len() {
+            while !topics.iter().all(|t| subscribed.contains(t)) {
                 let ev = tokio::time::timeout_at(deadline, events.recv()).await.expect("node subscription").unwrap();
                 if let NetEvent::PeerSubscribed { peer, topic } = ev
                     && peer == node_peer

@@ -139,6 +139,30 @@ impl Cluster {
         Cluster::start_full(dir, n, extra, mesh, netns, true, BTreeMap::new())
     }
 
+    /// Like [`Cluster::start`] with `--mesh-shards shards` and `per_shard` nodes in each shard
+    /// (keys picked among the cluster's seeds so that the shards are even); waits until every
+    /// node sees its shard's `per_shard` members.
+    pub fn start_sharded(dir: &Path, per_shard: usize, shards: u32, extra: &[&str]) -> Cluster {
+        let mut count = vec![0usize; shards as usize];
+        let mut keys = Vec::new();
+        for j in 0.. {
+            if keys.len() == per_shard * shards as usize {
+                break;
+            }
+            let k = NodeKey::from_seed(&format!("mesh-test-{j}"), key_seed(dir, j)).unwrap();
+            let s = buildmesh_protocol::mesh::shard::node_shard(&k.node_id(), shards) as usize;
+            if count[s] < per_shard {
+                count[s] += 1;
+                keys.push(k);
+            }
+        }
+        let mut flags: Vec<&str> = vec!["--mesh-shards"];
+        let shards_text = shards.to_string();
+        flags.push(&shards_text);
+        flags.extend_from_slice(extra);
+        Cluster::start_keys(dir, keys, &flags, FAST_MESH, None, true, BTreeMap::new(), per_shard)
+    }
+
     fn start_full(
         dir: &Path,
         n: usize,
@@ -150,6 +174,22 @@ impl Cluster {
     ) -> Cluster {
         let keys: Vec<NodeKey> =
             (0..n).map(|i| NodeKey::from_seed(&format!("mesh-test-{i}"), key_seed(dir, i)).unwrap()).collect();
+        Cluster::start_keys(dir, keys, extra, mesh, netns, trust_each_other, node_extra, n)
+    }
+
+    /// Start one node per key of `keys`; wait until each sees `members` members.
+    #[allow(clippy::too_many_arguments)]
+    fn start_keys(
+        dir: &Path,
+        keys: Vec<NodeKey>,
+        extra: &[&str],
+        mesh: &str,
+        netns: Option<netns::Netns>,
+        trust_each_other: bool,
+        node_extra: BTreeMap<usize, Vec<String>>,
+        members: usize,
+    ) -> Cluster {
+        let n = keys.len();
         let config = dir.join("mesh.toml");
         std::fs::write(&config, mesh).unwrap();
         let mut c = Cluster {
@@ -174,7 +214,7 @@ impl Cluster {
             }
             c.nodes.push(Some(node));
         }
-        c.wait_members(n, Duration::from_secs(30));
+        c.wait_members(members, Duration::from_secs(30));
         c
     }
 

@@ -2,14 +2,22 @@
 //! answering their requests and running anti-entropy sync with them.
 
 use super::*;
+use crate::mesh::validate::message_topic;
+use buildmesh_protocol::mesh::shard;
 
 impl Driver {
     /// Publish job submissions and claims, as few messages as fit: one [`Batch`] per kind (more if
     /// one would exceed the size limit), or the message itself when it is alone.
     pub(super) async fn publish_batched(&mut self, messages: Vec<Message>) {
-        let (jobs, claims): (Vec<Message>, Vec<Message>) =
-            messages.into_iter().partition(|m| m.kind() == Kind::JobSubmission);
-        for group in [jobs, claims] {
+        // One group per kind (job submissions first) and shard: a batch travels on its shard's
+        // topic, so all its items must be of that shard.
+        let shards = self.shards.count();
+        let mut groups: BTreeMap<(bool, u32), Vec<Message>> = BTreeMap::new();
+        for m in messages {
+            let key = (m.kind() != Kind::JobSubmission, shard::message_shard(&m, shards));
+            groups.entry(key).or_default().push(m);
+        }
+        for group in groups.into_values() {
             let batches = match Batch::pack(group) {
                 Ok(b) => b,
                 Err(e) => {
@@ -25,13 +33,14 @@ impl Driver {
                     continue;
                 }
                 let kind = batch.kind();
+                let Some(topic) = batch.items().first().map(|m| message_topic(m, shards)) else { continue };
                 if kind == Kind::Claim && self.alone() {
                     continue; // see `publish`
                 }
                 match Signed::sign(&self.ctx.key, &batch) {
                     Ok(signed) => {
                         Counters::bump(&self.ctx.shared.counters.batched_items, batch.items().len() as u64);
-                        self.send(kind, signed.into_envelope()).await;
+                        self.send(topic, kind, signed.into_envelope()).await;
                     }
                     Err(e) => tracing::error!(%kind, cause = %e, "cannot sign a batch"),
                 }
@@ -79,7 +88,7 @@ impl Driver {
                 self.index.add(a);
             }
         }
-        self.send(kind, envelope).await;
+        self.send(message_topic(&m, self.shards.count()), kind, envelope).await;
     }
 
     /// Whether no peer is connected.
@@ -87,12 +96,13 @@ impl Driver {
         !self.known.values().any(|k| k.connected)
     }
 
-    /// Gossip a signed envelope on the topic of `kind` (the items' kind for a batch).
-    pub(super) async fn send(&mut self, kind: Kind, envelope: Envelope) {
+    /// Gossip a signed envelope of `kind` (the items' kind for a batch) on `topic` (its kind's
+    /// topic in its shard, [`message_topic`]).
+    pub(super) async fn send(&mut self, topic: String, kind: Kind, envelope: Envelope) {
         self.seen.insert(envelope.id());
         let bytes = envelope.to_bytes();
         let len = bytes.len();
-        match self.ctx.net.publish(topic_of(kind), bytes).await {
+        match self.ctx.net.publish(topic, bytes).await {
             Ok(p) => {
                 Counters::bump(&self.ctx.shared.counters.published, 1);
                 Counters::bump(&self.ctx.shared.counters.bytes_out, len as u64);
@@ -105,7 +115,7 @@ impl Driver {
 
     /// Judge one gossip message (see the module docs of [`crate::mesh::validate`]).
     pub(super) async fn judge_gossip(&mut self, topic: &str, data: &[u8], source: PeerId) -> MessageAcceptance {
-        let checked = match check_gossip(topic, data) {
+        let checked = match check_gossip(topic, data, self.shards.count()) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(target: EVENTS, event = "gossip_rejected", topic, cause = %e);

@@ -42,6 +42,7 @@ mod nar_worker;
 mod peers;
 mod prepare;
 mod restore;
+mod shards;
 mod submissions;
 
 pub use prepare::required_features;
@@ -58,7 +59,7 @@ use super::quota::{self, Quotas, Stored};
 use super::rpc::{self, SyncRequest, SyncResponse};
 use super::serve::Server;
 use super::sync::{Cursors, SyncReport};
-use super::validate::{Checked, SeenCache, check_gossip, topic_of};
+use super::validate::{Checked, SeenCache, check_gossip};
 use super::{
     BuildEvent, BuildOutcome, Command, Counters, DrvInMesh, MachineCounts, MeshHandle, MeshParams, MeshStatus,
     PeerSystems, PeerView, SettingsError, Shared, StartError, StruckView, SubmitRequest, net_config, trust_policy,
@@ -181,6 +182,9 @@ pub(crate) struct Driver {
     last_snapshot: Instant,
     /// Remembered peers (table `peers`), dialled after a restart ([`peers`]).
     peers: peers::PeerStore,
+    /// The mesh's shards (`MeshConfig::shards`) and the shards whose topics this node is
+    /// subscribed to: its own and those it observes ([`shards`]).
+    shards: shards::Subscribed,
 }
 
 fn reason_text(s: String) -> String {
@@ -230,6 +234,9 @@ pub(crate) async fn start(
     mcfg.submitters = super::policy::resolve_submitters(&params.submitters, &params.trusted_keys, me)
         .map_err(policy_err("submitters"))?;
     mcfg.builders = super::policy::resolve_builders(&params.builders).map_err(policy_err("builders"))?;
+    mcfg.shards = params.shards;
+    mcfg.max_finished_drvs = shards::finished_limit(params.max_finished_drvs);
+    shards::check(&mcfg)?;
     match &mcfg.submitters {
         None => tracing::warn!("submitters = \"any\": this node accepts and builds jobs of ANY key on the mesh"),
         Some(s) => tracing::info!(keys = s.len(), "accepting jobs of the configured submitters only"),
@@ -240,6 +247,9 @@ pub(crate) async fn start(
     }
     let accepted_submitters = mcfg.submitters.clone();
     let mesh = Mesh::new(mcfg, me, local, unix_ms())?;
+    let shards = shards::Subscribed::new(mesh.shard(), params.shards);
+    netcfg.topics = shards.start_topics();
+    netcfg.scored_topics = super::validate::all_topics(params.shards);
     let (net, net_events, net_task) = crate::net::spawn(keypair_from_seed(key.seed()), netcfg)?;
 
     let index = Arc::new(OutputIndex::default());
@@ -318,6 +328,7 @@ pub(crate) async fn start(
         dirty: true,
         last_snapshot: Instant::now(),
         peers,
+        shards,
         ctx,
     };
     let span = tracing::info_span!("mesh", peer = %short_peer_id(&net.local_peer_id()));
@@ -404,6 +415,11 @@ impl Driver {
 
     /// Give `input` to the machine (draining first if it pushes back).
     async fn input(&mut self, input: Input) -> Result<Disposition, MeshError> {
+        if let Input::Submit { job, inputs } = &input {
+            // Hear the shards of a submission and of the inputs it waits for before publishing.
+            let drvs: Vec<StorePath> = std::iter::once(job.drv.clone()).chain(inputs.iter().cloned()).collect();
+            self.observe(&drvs).await;
+        }
         match self.mesh.handle(input.clone(), unix_ms()) {
             Err(MeshError::Backpressure { .. }) => {
                 self.drain().await;

@@ -264,6 +264,8 @@ impl Driver {
             },
             remembered_peers: self.peers.stored(),
             struck,
+            shard: self.shards.own(),
+            shards: self.shards.count(),
             ..MeshStatus::default()
         };
         *self.ctx.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
