@@ -74,8 +74,31 @@ pub enum IdError {
 /// is not of small order).
 ///
 /// `Ord` is the byte order of the key; placement uses it to break ties.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeId([u8; 32]);
+
+/// The byte order, compared as four big-endian words: the same order as comparing the bytes, but
+/// without a `memcmp` call per comparison (node ids key most of the mesh's tables; searching them
+/// was a tenth of a 10,000-node simulation).
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let word = |b: &[u8; 32], i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[8 * i..8 * i + 8]);
+            u64::from_be_bytes(w)
+        };
+        (0..4)
+            .map(|i| word(&self.0, i).cmp(&word(&other.0, i)))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl NodeId {
     /// Validate 32 public-key bytes: they must decode to an ed25519 point that is not weak.
@@ -360,6 +383,24 @@ impl ArtifactHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_id_order_is_byte_order() {
+        let mut ids = Vec::new();
+        for i in 0..32 {
+            for v in [0u8, 6, 8, 255] {
+                let mut b = [7u8; 32];
+                b[i] = v;
+                ids.push(NodeId(b));
+            }
+        }
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0), "{a:?} {b:?}");
+                assert_eq!(a.partial_cmp(b), Some(a.0.cmp(&b.0)));
+            }
+        }
+    }
 
     /// (seed, public key, PeerId) computed with `libp2p_identity` 0.3.1
     /// (`Keypair::ed25519_from_bytes(seed).public().to_peer_id()`).

@@ -152,7 +152,18 @@ pub struct StorePath {
 /// the digests' bytes from the last to the first. Equal hash parts (fixed length) leave the names.
 impl Ord for StorePath {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.digest.iter().rev().cmp(other.digest.iter().rev()).then_with(|| self.name.cmp(&other.name))
+        // Bytes 19..=12, 11..=4 and 3..=0 as little-endian words: the same order as comparing
+        // byte by byte from the last, in three comparisons (derivation tables are keyed by this).
+        let words = |d: &[u8; 20]| {
+            let mut hi = [0u8; 8];
+            let mut mid = [0u8; 8];
+            let mut lo = [0u8; 4];
+            hi.copy_from_slice(&d[12..20]);
+            mid.copy_from_slice(&d[4..12]);
+            lo.copy_from_slice(&d[..4]);
+            (u64::from_le_bytes(hi), u64::from_le_bytes(mid), u32::from_le_bytes(lo))
+        };
+        words(&self.digest).cmp(&words(&other.digest)).then_with(|| self.name.cmp(&other.name))
     }
 }
 
@@ -392,6 +403,14 @@ mod tests {
             .collect();
         paths.push(StorePath::new([9; 20], "a").unwrap());
         paths.push(StorePath::new([9; 20], "b").unwrap());
+        // Digests that differ in one byte only, at every position (and in each direction).
+        for i in 0..20 {
+            for v in [0u8, 8, 10, 255] {
+                let mut d = [9u8; 20];
+                d[i] = v;
+                paths.push(StorePath::new(d, "x").unwrap());
+            }
+        }
         let mut by_ord = paths.clone();
         by_ord.sort();
         let mut by_string = paths;

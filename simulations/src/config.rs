@@ -137,6 +137,14 @@ impl SimConfig {
             self.mesh.max_drvs,
             self.drvs
         );
+        // Otherwise the clients' machines refuse submissions (a violation) and the run waits for
+        // them until the time limit: 10,000 x 100,000 ran for 48 virtual hours that way.
+        ensure!(
+            self.mesh.max_pending_submissions >= self.drvs,
+            "mesh.max_pending_submissions {} is below --drvs {}: a client could not queue its closure",
+            self.mesh.max_pending_submissions,
+            self.drvs
+        );
         Ok(())
     }
 }

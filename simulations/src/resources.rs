@@ -8,6 +8,15 @@ pub fn peak_rss_bytes() -> Option<u64> {
     parse_vm_hwm(&status)
 }
 
+/// CPU time this thread has run so far, in seconds (first field of `/proc/thread-self/schedstat`,
+/// nanoseconds); 0 where the file does not exist. The simulator is single-threaded.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
 /// `VmHWM:   123456 kB` → bytes.
 fn parse_vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;

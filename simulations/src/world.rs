@@ -125,6 +125,10 @@ pub struct World {
     topics: Topics,
     /// `mesh_cfg`, shared by every node's machine.
     shared_cfg: Arc<MeshConfig>,
+    /// Print a status line on stderr every 2^22 events ([`World::progress`]).
+    progress: bool,
+    /// A client's machine refused a submission: stop (the liveness check reports it).
+    lost_submission: bool,
 }
 
 impl World {
@@ -227,6 +231,8 @@ impl World {
             queued_ms: 0,
             topics,
             shared_cfg,
+            progress: false,
+            lost_submission: false,
             cfg,
         };
         if w.sybil.is_some() {
@@ -337,8 +343,11 @@ impl World {
     fn input(&mut self, i: u32, input: Input) {
         let now = self.now;
         let Some(mesh) = self.nodes[i as usize].mesh.as_mut() else { return };
+        let submission = matches!(input, Input::Submit { .. });
         if let Err(e) = mesh.handle(input, now) {
             self.checker.violation(now, format!("node {i}: the machine refused a driver input: {e}"));
+            // A refused submission is never resolved: the run cannot end before its time limit.
+            self.lost_submission |= submission;
         }
         self.drain(i);
         self.schedule_timer(i);
@@ -378,9 +387,12 @@ impl World {
             };
             if let Some(p) = drv.cloned() {
                 let text = match &o {
-                    Output::Publish(Message::Claim(c)) => {
-                        format!("claim attempt {} lease {}", c.attempt, c.lease_expires_at_ms - c.claimed_at_ms)
-                    }
+                    Output::Publish(Message::Claim(c)) => format!(
+                        "claim attempt {} lease {} {}",
+                        c.attempt,
+                        c.lease_expires_at_ms - c.claimed_at_ms,
+                        self.claim_context(i, &c.drv)
+                    ),
                     other => format!("{other:?}").chars().take(160).collect(),
                 };
                 self.note(i, Some(&p), || text);
@@ -513,7 +525,7 @@ impl World {
             _ => {}
         }
         let subscribers = self.topics.subscribers(&m);
-        let msg = Rc::new(m);
+        let mut deliveries = Vec::with_capacity(subscribers.len());
         for &to in subscribers.iter() {
             if to == from || !self.linked(from, to) || chance(&mut self.rng, self.cfg.loss) {
                 continue;
@@ -521,8 +533,18 @@ impl World {
             let latency = between(&mut self.rng, self.cfg.latency_ms);
             self.transmissions.0 += 1;
             self.transmissions.1 += size;
-            self.push(self.now + latency, Ev::Deliver { to, msg: Rc::clone(&msg) });
+            self.seq += 1;
+            deliveries.push((self.now + latency, self.seq, to));
         }
+        self.fan_out(Rc::new(m), deliveries);
+    }
+
+    /// Queue the deliveries of one message, each numbered already (see [`Ev::Deliver`]).
+    fn fan_out(&mut self, msg: Rc<Message>, mut deliveries: Vec<(u64, u64, u32)>) {
+        let Some(&(time, seq, _)) = deliveries.iter().min() else { return };
+        deliveries.sort_unstable();
+        let fan = Rc::new(events::Fanout { msg, deliveries });
+        self.queue.push(Scheduled { time, seq, ev: Ev::Deliver { fan, next: 0 } });
     }
 
     // ---- the simulated executor ----
@@ -614,18 +636,23 @@ impl World {
 
     /// Process one event; `false` when nothing is left or the work is done.
     pub fn step(&mut self) -> bool {
-        if self.done_at.is_some() {
+        if self.done_at.is_some() || self.lost_submission {
             return false;
         }
         let Some(Scheduled { time, ev, .. }) = self.queue.pop() else { return false };
         self.now = self.now.max(time);
         self.steps += 1;
         match ev {
-            Ev::Deliver { to, msg } => {
+            Ev::Deliver { fan, next } => {
+                let to = fan.deliveries[next as usize].2;
+                if let Some(&(time, seq, _)) = fan.deliveries.get(next as usize + 1) {
+                    let ev = Ev::Deliver { fan: Rc::clone(&fan), next: next + 1 };
+                    self.queue.push(Scheduled { time, seq, ev });
+                }
                 let now = self.now;
                 if let Some(mesh) = self.nodes[to as usize].mesh.as_mut() {
                     self.deliveries += 1;
-                    if let Err(e) = mesh.handle_message(&msg, now) {
+                    if let Err(e) = mesh.handle_message(&fan.msg, now) {
                         self.checker.violation(now, format!("node {to}: message refused: {e}"));
                     }
                     self.drain(to);
@@ -734,7 +761,11 @@ impl World {
 
     /// Step until the virtual time passes `limit` or the work is done.
     pub fn run_until(&mut self, limit: u64) {
-        while self.now <= limit && self.step() {}
+        while self.now <= limit && self.step() {
+            if self.progress && self.steps.is_multiple_of(1 << 22) {
+                self.print_progress();
+            }
+        }
     }
 
     /// The current virtual time.

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeSet;
 
-use super::membership::Change;
+use super::membership::{Change, Renewal};
+use super::shard;
 use super::table::{AttSummary, ClaimState, DrvState, FailureMark, JobInfo};
 use super::{Disposition, Event, Ignored, LocalInfo, Mesh, MeshError, Output, Pending, RELEASE_LEASE_MS};
 use crate::id::{JobId, NodeId};
@@ -80,12 +81,15 @@ impl Mesh {
         if !self.accepts_builder(&a.node) {
             return Disposition::Ignored(Ignored::NotABuilder);
         }
-        match self.members.seq_of(&a.node) {
-            Some(seq) if a.seq < seq => return Disposition::Stale,
-            Some(seq) if a.seq == seq => return Disposition::Duplicate,
-            Some(_) => {}
-            None if self.members.len() >= self.cfg.max_members => return Disposition::Ignored(Ignored::TableFull),
-            None => {}
+        // Most announcements renew a member as it was: one lookup.
+        match self.members.renew(a, now) {
+            Renewal::Stale => return Disposition::Stale,
+            Renewal::Duplicate => return Disposition::Duplicate,
+            Renewal::Renewed => return Disposition::Applied,
+            Renewal::Other => {}
+        }
+        if self.members.get(&a.node).is_none() && self.members.len() >= self.cfg.max_members {
+            return Disposition::Ignored(Ignored::TableFull);
         }
         match self.members.upsert(a, now) {
             Change::Joined => {
@@ -195,8 +199,14 @@ impl Mesh {
         let req = Requirements::of_submission(j);
         match &mut e.job {
             None => {
-                e.job =
-                    Some(Box::new(JobInfo { canonical: j.clone(), key: PlacementKey::for_drv(&j.drv), req, replicas }));
+                let observed = self.cfg.shards > 1 && shard::drv_shard(&j.drv, self.cfg.shards) != self.shard;
+                e.job = Some(Box::new(JobInfo {
+                    canonical: j.clone(),
+                    key: PlacementKey::for_drv(&j.drv),
+                    req,
+                    replicas,
+                    observed,
+                }));
                 let late = now.saturating_sub(j.submitted_at_ms) > fresh_ms;
                 e.hold_until_ms = if late && !own { now.saturating_add(renew_ms + fresh_ms) } else { now };
             }

@@ -1,6 +1,6 @@
 //! The live view: members heard from within the TTL, with the data placement needs.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use super::designate::{Cand, owner_key};
 use crate::id::NodeId;
@@ -75,11 +75,28 @@ pub(crate) enum Change {
     Renewed,
 }
 
+/// What [`Membership::renew`] did with an announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// Older than the latest known (`seq`).
+    Stale,
+    /// The latest known again.
+    Duplicate,
+    /// Newer, with the same capabilities: the member is renewed.
+    Renewed,
+    /// Not a member, or newer with other capabilities: nothing done ([`Membership::upsert`]).
+    Other,
+}
+
 /// The members and the derived placement view.
 #[derive(Debug)]
 pub(crate) struct Membership {
     members: BTreeMap<NodeId, MemberEntry>,
-    expiry: BTreeSet<(u64, NodeId)>,
+    /// (expiry, node) in time order, lazily cleaned: an entry whose member has another expiry
+    /// by now (renewed since, or gone) is stale and skipped; the first entry is never stale.
+    /// A renewal appends (the clock only goes forward) instead of moving an entry in a tree:
+    /// renewals are most of what a node of a large mesh does.
+    expiry: VecDeque<(u64, NodeId)>,
     ttl_ms: u64,
     me: NodeId,
     epoch: u64,
@@ -104,7 +121,7 @@ impl Membership {
     pub(crate) fn new(me: NodeId, ttl_ms: u64) -> Membership {
         Membership {
             members: BTreeMap::new(),
-            expiry: BTreeSet::new(),
+            expiry: VecDeque::new(),
             ttl_ms,
             me,
             epoch: 1,
@@ -127,11 +144,6 @@ impl Membership {
         self.members.values()
     }
 
-    /// The latest `seq` known for a node.
-    pub(crate) fn seq_of(&self, node: &NodeId) -> Option<u64> {
-        self.members.get(node).map(|m| m.ann.seq)
-    }
-
     fn bump(&mut self, node: NodeId) -> u64 {
         self.epoch += 1;
         self.view = None;
@@ -144,23 +156,87 @@ impl Membership {
         self.epoch
     }
 
+    /// The fast path of an announcement (already checked for freshness) of a known member, with
+    /// one lookup: stale or duplicate by `seq`, or a renewal that changes nothing placement uses
+    /// (the member is renewed, no string copied). [`Renewal::Other`] leaves the view as it was:
+    /// the caller decides whether to [`Membership::upsert`].
+    pub(crate) fn renew(&mut self, ann: &Announcement, now_ms: u64) -> Renewal {
+        let Some(m) = self.members.get_mut(&ann.node) else { return Renewal::Other };
+        if ann.seq < m.ann.seq {
+            return Renewal::Stale;
+        }
+        if ann.seq == m.ann.seq {
+            return Renewal::Duplicate;
+        }
+        if !same_capabilities(&m.ann, ann) {
+            return Renewal::Other;
+        }
+        m.last_heard_ms = now_ms;
+        m.ann.seq = ann.seq;
+        m.ann.timestamp_ms = ann.timestamp_ms;
+        m.ann.load = ann.load;
+        if m.ann.version != ann.version {
+            m.ann.version.clone_from(&ann.version);
+        }
+        if ann.node != self.me {
+            self.push_expiry(now_ms.saturating_add(self.ttl_ms), ann.node);
+        }
+        Renewal::Renewed
+    }
+
+    /// The expiry `at` of `node` (its latest): appended in time order; stale entries at the front
+    /// are dropped, and the queue is rebuilt when stale entries outnumber the members (a member
+    /// that announces very often).
+    fn push_expiry(&mut self, at: u64, node: NodeId) {
+        if self.expiry.back().is_none_or(|(t, _)| *t <= at) {
+            self.expiry.push_back((at, node));
+        } else {
+            let pos = self.expiry.partition_point(|(t, _)| *t <= at);
+            self.expiry.insert(pos, (at, node));
+        }
+        self.drop_stale_expiries();
+        if self.expiry.len() > 4 * self.members.len() + 16 {
+            let mut all: Vec<(u64, NodeId)> = self
+                .members
+                .values()
+                .filter(|m| m.ann.node != self.me)
+                .map(|m| (m.last_heard_ms.saturating_add(self.ttl_ms), m.ann.node))
+                .collect();
+            all.sort_unstable();
+            self.expiry = all.into();
+        }
+    }
+
+    /// Whether an expiry entry is the member's current expiry.
+    fn current(&self, (at, node): (u64, NodeId)) -> bool {
+        self.members.get(&node).is_some_and(|m| m.last_heard_ms.saturating_add(self.ttl_ms) == at)
+    }
+
+    fn drop_stale_expiries(&mut self) {
+        while let Some(&front) = self.expiry.front() {
+            if self.current(front) {
+                break;
+            }
+            self.expiry.pop_front();
+        }
+    }
+
     /// Insert or renew a member from an announcement already checked for freshness. This node's
     /// own entry never expires. A renewal that changes nothing placement uses copies no strings.
     pub(crate) fn upsert(&mut self, ann: &Announcement, now_ms: u64) -> Change {
         let node = ann.node;
         let expires = now_ms.saturating_add(self.ttl_ms);
         if let Some(m) = self.members.get_mut(&node) {
-            self.expiry.remove(&(m.last_heard_ms.saturating_add(self.ttl_ms), node));
             m.last_heard_ms = now_ms;
-            if node != self.me {
-                self.expiry.insert((expires, node));
-            }
             if same_capabilities(&m.ann, ann) {
                 m.ann.seq = ann.seq;
                 m.ann.timestamp_ms = ann.timestamp_ms;
                 m.ann.load = ann.load;
                 if m.ann.version != ann.version {
                     m.ann.version.clone_from(&ann.version);
+                }
+                if node != self.me {
+                    self.push_expiry(expires, node);
                 }
                 return Change::Renewed;
             }
@@ -169,13 +245,16 @@ impl Membership {
             let mut entry = MemberEntry::new(ann.clone(), now_ms, epoch, self.median);
             entry.joined_at_ms = joined;
             self.members.insert(node, entry);
+            if node != self.me {
+                self.push_expiry(expires, node);
+            }
             self.reweigh();
             return Change::Changed;
         }
         let epoch = self.bump(node);
         self.members.insert(node, MemberEntry::new(ann.clone(), now_ms, epoch, self.median));
         if node != self.me {
-            self.expiry.insert((expires, node));
+            self.push_expiry(expires, node);
         }
         self.reweigh();
         Change::Joined
@@ -207,26 +286,29 @@ impl Membership {
 
     /// The earliest expiry.
     pub(crate) fn next_expiry(&self) -> Option<u64> {
-        self.expiry.first().map(|(t, _)| *t)
+        self.expiry.front().map(|(t, _)| *t)
     }
 
     /// Remove the members not heard from within the TTL; returns them.
     pub(crate) fn expire(&mut self, now_ms: u64) -> Vec<NodeId> {
         let mut gone = Vec::new();
-        while let Some(&(t, node)) = self.expiry.first() {
+        while let Some(&(t, node)) = self.expiry.front() {
             if t > now_ms {
                 break;
             }
-            self.expiry.pop_first();
+            self.expiry.pop_front();
             self.members.remove(&node);
+            self.drop_stale_expiries();
             self.epoch += 1;
             self.view = None;
-            gone.push(node);
+            gone.push((t, node));
         }
         if !gone.is_empty() {
             self.reweigh();
         }
-        gone
+        // In (expiry, node) order, whatever order the renewals came in.
+        gone.sort_unstable();
+        gone.into_iter().map(|(_, node)| node).collect()
     }
 
     /// The placement view of the current members (`None` only if placement refused the member

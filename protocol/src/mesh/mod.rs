@@ -317,7 +317,8 @@ impl Mesh {
     /// Whether this node tracks `drv`: it designates it, or observes it (a derivation of another
     /// shard that it submitted or waits for; see [`shard`]).
     pub fn tracks(&self, drv: &StorePath) -> bool {
-        self.designates(drv) || self.drvs.lookup(drv).is_some() || self.waiters.contains_key(drv)
+        // Lookups first: `designates` hashes the path.
+        self.drvs.lookup(drv).is_some() || self.waiters.contains_key(drv) || self.designates(drv)
     }
 
     /// Whether a message concerns this node's shard or a derivation it observes.
@@ -326,7 +327,12 @@ impl Mesh {
             return true;
         }
         match m {
-            Message::Announcement(a) => a.node == self.me || shard::node_shard(&a.node, self.cfg.shards) == self.shard,
+            // Only members of this shard are in the view: a lookup saves hashing the id.
+            Message::Announcement(a) => {
+                a.node == self.me
+                    || self.members.get(&a.node).is_some()
+                    || shard::node_shard(&a.node, self.cfg.shards) == self.shard
+            }
             Message::JobSubmission(j) => self.tracks(&j.drv),
             Message::Claim(c) => self.tracks(&c.drv),
             Message::Attestation(a) => self.tracks(&a.drv),

@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 
 use super::designate::{Cand, SelectInput, Selection, select};
-use super::shard;
 use super::struck::Lapse;
 use super::table::{ClaimState, DrvEntry, DrvState, OwnBuild};
 use super::{BuildOrder, CancelReason, Event, JobFailure, Mesh, Output, RELEASE_LEASE_MS};
@@ -30,8 +29,11 @@ impl Mesh {
             {
                 b.claim = None;
                 // Lapsed only if it was in the view when it last claimed; a claim from before
-                // an absence just ends.
-                if self.members.get(&b.node).is_none_or(|m| m.joined_at_ms <= c.received_ms) {
+                // an absence just ends. A builder that attested or failed has delivered: a lease
+                // left behind by a renewal that arrived after its result (gossip reorders) is no
+                // lapse. Striking it here and not elsewhere made nodes designate differently:
+                // transient k + 1 claims in large simulations.
+                if !b.excluded() && self.members.get(&b.node).is_none_or(|m| m.joined_at_ms <= c.received_ms) {
                     b.lapsed_at_ms = Some(now);
                     lapses.push(b.node);
                     facts.push(Lapse {
@@ -152,7 +154,7 @@ impl Mesh {
         let Some(e) = self.drvs.get_mut(slot) else { return Vec::new() };
         let Some(job) = e.job.as_deref() else { return Vec::new() };
         // A derivation of another shard is only observed here (`shard.rs`).
-        if self.cfg.shards > 1 && shard::drv_shard(&e.drv, self.cfg.shards) != self.shard {
+        if job.observed {
             return Vec::new();
         }
         let len = (4 * usize::from(job.replicas)).max(16);

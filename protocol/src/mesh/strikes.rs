@@ -1,7 +1,9 @@
 //! Members that were designated and did not deliver lose their designation weight for a while.
 //!
 //! A *strike* is recorded when a member **claimed and did not deliver**: its lease ran out here
-//! without an attestation or a failure (while it stayed in the view). A designated member that
+//! without an attestation or a failure (while it stayed in the view). A member that attested or
+//! failed is never struck, even if a renewal that gossip delivered after its result left a lease
+//! behind (struck at some nodes and not others, it made them designate differently). A designated member that
 //! does not claim at all is not struck: an honest node busy with its slots steps aside that way
 //! on purpose (see `schedule.rs`), and nodes that observe such lapses at different times would
 //! otherwise designate differently (the simulator's stable-view checker caught more than k

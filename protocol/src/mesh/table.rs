@@ -18,6 +18,9 @@ pub(crate) struct JobInfo {
     pub(crate) req: Requirements,
     /// k: the largest `replicas` of the known submissions, capped by the config.
     pub(crate) replicas: u8,
+    /// The derivation lies in another shard: this node only observes it (`shard.rs`). Kept here
+    /// so that designation does not hash the path on every evaluation.
+    pub(crate) observed: bool,
 }
 
 /// Where a derivation is.

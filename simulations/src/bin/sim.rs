@@ -97,6 +97,10 @@ struct Args {
     /// Print everything that happened to this derivation (index) and what every node knows.
     #[arg(long)]
     watch: Option<u32>,
+    /// Print a status line on stderr every 2^22 events (virtual time, events, queue length,
+    /// deliveries, unresolved submissions, CPU seconds): to follow a long run.
+    #[arg(long)]
+    progress: bool,
     /// Print the run's figures as one JSON object per seed (one line) instead of the table.
     #[arg(long)]
     json: bool,
@@ -179,6 +183,9 @@ fn main_inner() -> Result<bool> {
             ..SimConfig::default()
         };
         cfg.mesh.max_drvs = cfg.mesh.max_drvs.max(a.drvs);
+        // A client may wait on nearly every derivation (its closure): 100,000 derivations gave
+        // ~78,000 pending submissions per client, over the default 65,536.
+        cfg.mesh.max_pending_submissions = cfg.mesh.max_pending_submissions.max(a.drvs);
         if let Some(m) = a.max_finished_drvs {
             cfg.mesh.max_finished_drvs = m;
         }
@@ -197,6 +204,7 @@ fn main_inner() -> Result<bool> {
         if let Some(d) = a.watch {
             world.watch(d);
         }
+        world.progress(a.progress);
         world.run_until(world.limit());
         if let Some(d) = a.watch {
             for line in world.watch_log() {

@@ -7,6 +7,24 @@ use buildmesh_protocol::store_path::StorePath;
 use super::{T0, World};
 
 impl World {
+    /// Print a status line on stderr every 2^22 events: virtual time, events, the event queue's
+    /// length, deliveries, unresolved submissions and the process's CPU time (long runs).
+    pub fn progress(&mut self, on: bool) {
+        self.progress = on;
+    }
+
+    pub(super) fn print_progress(&self) {
+        eprintln!(
+            "sim: t={}s events={} queue={} deliveries={} unresolved={} cpu={:.0}s",
+            (self.now - T0) / 1000,
+            self.steps,
+            self.queue.len(),
+            self.deliveries,
+            self.unresolved,
+            crate::resources::cpu_seconds(),
+        );
+    }
+
     /// Record everything that happens to derivation `d` (see [`World::watch_log`]).
     pub fn watch(&mut self, d: u32) {
         self.watch = Some((d, Vec::new()));
@@ -87,6 +105,17 @@ impl World {
     pub fn over_replicated(&self) -> Vec<u32> {
         let k = usize::from(self.cfg.replicas);
         (0..self.dag.drvs.len() as u32).filter(|d| self.checker.truth[*d as usize].attesters.len() > k).collect()
+    }
+
+    /// Why node `i` claims `drv` (watch lines): the builders it designates and the members it
+    /// penalises (`strikes.rs`), by index.
+    pub(super) fn claim_context(&self, i: u32, drv: &StorePath) -> String {
+        let Some(mesh) = self.nodes[i as usize].mesh.as_ref() else { return String::new() };
+        let designated: Vec<usize> =
+            mesh.job(drv).map(|j| j.designated.iter().map(|n| self.index_of(n)).collect()).unwrap_or_default();
+        let penalised: Vec<usize> =
+            mesh.strikes().filter(|(n, _)| mesh.penalised(n)).map(|(n, _)| self.index_of(n)).collect();
+        format!("designated {designated:?} penalised {penalised:?}")
     }
 
     fn index_of(&self, id: &NodeId) -> usize {

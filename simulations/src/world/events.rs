@@ -5,16 +5,46 @@ use std::rc::Rc;
 
 use buildmesh_protocol::wire::Message;
 
+/// One published message on its way: every delivery's (time, seq, node), sorted, drawn and
+/// numbered when it was published.
+#[derive(Debug)]
+pub(super) struct Fanout {
+    pub(super) msg: Rc<Message>,
+    pub(super) deliveries: Vec<(u64, u64, u32)>,
+}
+
 /// One event of the simulation.
 #[derive(Debug)]
 pub(super) enum Ev {
-    Deliver { to: u32, msg: Rc<Message> },
-    Timer { node: u32, inc: u32 },
-    BuildDone { node: u32, inc: u32, build: u64 },
-    Crash { node: u32 },
-    Restart { node: u32 },
-    PartitionStart { id: u32 },
-    Heal { id: u32 },
+    /// The `next`th delivery of a fan-out. Only the earliest undelivered one of each message is
+    /// in the queue, under its own (time, seq): the queue holds one entry per message in flight
+    /// instead of one per delivery (half a million when 10,000 nodes announce in the same
+    /// millisecond), and the order of events is the same as with one entry per delivery.
+    Deliver {
+        fan: Rc<Fanout>,
+        next: u32,
+    },
+    Timer {
+        node: u32,
+        inc: u32,
+    },
+    BuildDone {
+        node: u32,
+        inc: u32,
+        build: u64,
+    },
+    Crash {
+        node: u32,
+    },
+    Restart {
+        node: u32,
+    },
+    PartitionStart {
+        id: u32,
+    },
+    Heal {
+        id: u32,
+    },
     Submit,
     SybilAnnounce,
 }

@@ -47,11 +47,13 @@ impl Sybils {
 impl World {
     /// Deliver a forged message to every node after a network latency.
     fn inject(&mut self, m: Message) {
-        let msg = Rc::new(m);
+        let mut deliveries = Vec::with_capacity(self.nodes.len());
         for to in 0..self.nodes.len() as u32 {
             let latency = between(&mut self.rng, self.cfg.latency_ms);
-            self.push(self.now + latency, Ev::Deliver { to, msg: Rc::clone(&msg) });
+            self.seq += 1;
+            deliveries.push((self.now + latency, self.seq, to));
         }
+        self.fan_out(Rc::new(m), deliveries);
     }
 
     /// The liar announces itself again (and schedules its next announcement).

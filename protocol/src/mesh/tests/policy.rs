@@ -68,3 +68,40 @@ fn a_claim_left_to_lapse_is_struck_and_designated_last() {
     // Known gap (see strikes.rs): a penalised member that claims first keeps its claim (claims
     // are sticky), so the penalty only moves the designations other members compute.
 }
+
+/// A renewal that arrives after the builder's attestation (gossip reorders messages) leaves a
+/// lease that runs out later: that is no lapse, and the builder is not penalised (it delivered).
+#[test]
+fn a_renewal_overtaken_by_the_attestation_is_no_lapse() {
+    let cfg = MeshConfig::default();
+    let mut net = Net::new(3, cfg.clone());
+    net.advance(cfg.warmup_ms);
+    let submitter = net.id(0);
+    net.input(0, Input::Submit { job: job(submitter, 9, 2), inputs: BTreeSet::new() });
+    let builders = Net::started(&net.take_log());
+    assert_eq!(builders.len(), 2, "two builders claim");
+    let (x, y) = (builders[0], builders[1]);
+    let z = (0..3).find(|i| !builders.contains(i)).unwrap();
+    // X's next renewal is lost on the way ...
+    net.mute_claims.insert(x);
+    net.advance(cfg.renew_interval_ms + 5);
+    let renewal = Claim {
+        job: net.nodes[z].job(&drv(9)).unwrap().jobs[0],
+        claimant: net.id(x),
+        store_dir: StoreDir::nix(),
+        drv: drv(9),
+        attempt: 1,
+        claimed_at_ms: net.now - 5,
+        lease_expires_at_ms: net.now - 5 + cfg.lease_ms,
+    };
+    // ... X finishes; its attestation reaches Z first, then the renewal.
+    net.finish(x, 9, [1; 32]);
+    net.nodes[z].handle_message(&Message::Claim(renewal), net.now).unwrap();
+    // Y is still building when that lease runs out at Z.
+    net.advance(cfg.lease_ms + 1_000);
+    assert_eq!(net.nodes[z].job(&drv(9)).unwrap().state, "active", "Y has not finished");
+    assert!(!net.nodes[z].penalised(&net.id(x)), "node {z} penalises {x}, which attested");
+    assert_eq!(net.nodes[z].stats().lapses, 0);
+    net.finish(y, 9, [1; 32]);
+    assert_eq!(net.nodes[z].job(&drv(9)).unwrap().state, "complete");
+}
