@@ -40,8 +40,9 @@ pub struct Figures {
     /// Messages each node published per derivation.
     pub published_per_node_per_job: f64,
     /// Of `messages_per_node_per_job`, the announcements (every node announces itself every
-    /// `announce_interval_ms` to every other: this share grows with N). Computed from the
-    /// announcements published × (nodes − 1), so it ignores `--loss`.
+    /// `announce_interval_ms` to every other member of its shard: with one shard this share
+    /// grows with N). Computed from the announcements published × (members per shard − 1), so it
+    /// ignores `--loss`.
     #[serde(default)]
     pub announcements_per_node_per_job: f64,
     /// Seconds claimed builds waited for a slot at a busy builder, summed over builds.
@@ -83,7 +84,11 @@ impl Figures {
             messages_per_node_per_job: r.messages_per_node_per_job(),
             bytes_per_node_per_job: r.bytes_per_node_per_job(),
             published_per_node_per_job: r.messages as f64 / per_job,
-            announcements_per_node_per_job: r.messages_by_kind[0] as f64 * r.nodes.saturating_sub(1) as f64 / per_job,
+            // An announcement reaches the other members of its author's shard (all N − 1 nodes
+            // with one shard).
+            announcements_per_node_per_job: r.messages_by_kind[0] as f64
+                * (r.nodes as f64 / f64::from(r.shards.max(1)) - 1.0).max(0.0)
+                / per_job,
             queued_build_s: r.queued_build_ms as f64 / 1000.0,
             drvs_complete: r.drvs_complete,
             drvs_failed: r.drvs_failed,

@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn a_submission_adds_the_shards_of_its_derivation_and_inputs_once() {
         let mut s = Subscribed::new(0, 2);
-        assert_eq!(s.start_topics().len(), 6);
+        assert_eq!(s.start_topics().len(), 7, "6 sharded kinds and the revision topic");
         let other = (0..40).map(drv).find(|d| shard::drv_shard(d, 2) == 1).unwrap();
         let mine = (0..40).map(drv).find(|d| shard::drv_shard(d, 2) == 0).unwrap();
         assert_eq!(s.new_shards(std::slice::from_ref(&mine)), Vec::<u32>::new(), "its own shard is heard already");
