@@ -69,7 +69,7 @@ fn synthetic_attestations(key: &NodeKey, n: usize) -> Vec<buildmesh::store::Atte
                 Some(drv.clone()),
             )
             .unwrap();
-            let a = Attestation {
+            let mut a = Attestation {
                 builder: key.node_id(),
                 store_dir: sd.clone(),
                 drv,
@@ -80,6 +80,8 @@ fn synthetic_attestations(key: &NodeKey, n: usize) -> Vec<buildmesh::store::Atte
                 log: None,
                 provenance: None,
             };
+            // As a builder makes them now: with its signed in-toto provenance (extension 3).
+            a.provenance = buildmesh_protocol::intoto::Provenance::sign(key, &a, None);
             let v = Envelope::sign(key, &Message::Attestation(a)).unwrap().verify().unwrap();
             match entry_of(&v) {
                 Some(Entry::Attestation(e)) => e,
