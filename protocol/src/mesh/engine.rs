@@ -107,40 +107,28 @@ impl Mesh {
     /// the newcomer itself holds a claim there.
     fn view_joined(&mut self, node: NodeId, now: u64, changed: bool) {
         let all = node == self.me;
-        let slots: Vec<u32> = self
-            .drvs
-            .active
-            .iter()
-            .copied()
-            .filter(|&s| {
-                self.drvs.get(s).is_some_and(|e| {
-                    all || !e.settled
-                        || (changed && e.designated.contains(&node))
-                        || e.builder(&node).is_some_and(|b| b.claim.is_some())
-                })
-            })
-            .collect();
-        for slot in slots {
-            self.evaluate(slot, now);
-        }
+        self.evaluate_where(now, |e| {
+            all || !e.settled
+                || (changed && e.designated.contains(&node))
+                || e.builder(&node).is_some_and(|b| b.claim.is_some())
+        });
     }
 
     /// A member left: re-evaluate the derivations where it was designated, claiming, or in the
     /// rank window.
     pub(super) fn view_left(&mut self, node: NodeId, now: u64) {
-        let slots: Vec<u32> = self
-            .drvs
-            .active
-            .iter()
-            .copied()
-            .filter(|&s| {
-                self.drvs.get(s).is_some_and(|e| {
-                    e.designated.contains(&node)
-                        || e.builder(&node).is_some_and(|b| b.claim.is_some())
-                        || e.window.as_ref().is_some_and(|w| w.order.iter().any(|c| c.node == node))
-                })
-            })
-            .collect();
+        self.evaluate_where(now, |e| {
+            e.designated.contains(&node)
+                || e.builder(&node).is_some_and(|b| b.claim.is_some())
+                || e.window.as_ref().is_some_and(|w| w.order.iter().any(|c| c.node == node))
+        });
+    }
+
+    /// Re-evaluate every active derivation whose entry `affected` selects (what a change of the
+    /// view or of a member's penalty can move).
+    pub(super) fn evaluate_where(&mut self, now: u64, affected: impl Fn(&super::table::DrvEntry) -> bool) {
+        let slots: Vec<u32> =
+            self.drvs.active.iter().copied().filter(|&s| self.drvs.get(s).is_some_and(&affected)).collect();
         for slot in slots {
             self.evaluate(slot, now);
         }

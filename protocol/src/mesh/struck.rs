@@ -101,20 +101,9 @@ impl Mesh {
     /// a claim (every active one when it is this node).
     fn struck_changed(&mut self, node: NodeId, now: u64) {
         let all = node == self.me;
-        let slots: Vec<u32> = self
-            .drvs
-            .active
-            .iter()
-            .copied()
-            .filter(|&s| {
-                self.drvs.get(s).is_some_and(|e| {
-                    all || e.designated.contains(&node) || e.builder(&node).is_some_and(|b| b.claim.is_some())
-                })
-            })
-            .collect();
-        for slot in slots {
-            self.evaluate(slot, now);
-        }
+        self.evaluate_where(now, |e| {
+            all || e.designated.contains(&node) || e.builder(&node).is_some_and(|b| b.claim.is_some())
+        });
     }
 
     /// This node saw the leases in `lapses` run out on derivation `slot`: publish a strike record
