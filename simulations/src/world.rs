@@ -110,7 +110,7 @@ pub struct World {
     failures: u64,
     crashes: u64,
     partitions: u64,
-    watch: Option<(u32, Vec<String>)>,
+    watch: Option<debug::Watch>,
     cancels: Vec<(u64, u32, u32, CancelReason)>,
     sybil: Option<sybil::Sybils>,
     /// Per-derivation and per-node draws shared with the central baseline.
@@ -359,6 +359,7 @@ impl World {
         for o in outs {
             self.on_output(i, o);
         }
+        self.note_view(i);
     }
 
     fn schedule_timer(&mut self, i: u32) {
@@ -374,30 +375,7 @@ impl World {
     }
 
     fn on_output(&mut self, i: u32, o: Output) {
-        if self.watch.is_some() {
-            let drv = match &o {
-                Output::Publish(Message::Claim(c)) => Some(&c.drv),
-                Output::Publish(Message::JobSubmission(j)) => Some(&j.drv),
-                Output::Publish(Message::Attestation(a)) => Some(&a.drv),
-                Output::Publish(Message::BuildFailure(f)) => Some(&f.drv),
-                Output::StartBuild(b) => Some(&b.drv),
-                Output::CancelBuild { drv, .. } => Some(drv),
-                Output::Event(Event::JobComplete { drv, .. } | Event::JobFailed { drv, .. }) => Some(drv),
-                _ => None,
-            };
-            if let Some(p) = drv.cloned() {
-                let text = match &o {
-                    Output::Publish(Message::Claim(c)) => format!(
-                        "claim attempt {} lease {} {}",
-                        c.attempt,
-                        c.lease_expires_at_ms - c.claimed_at_ms,
-                        self.claim_context(i, &c.drv)
-                    ),
-                    other => format!("{other:?}").chars().take(160).collect(),
-                };
-                self.note(i, Some(&p), || text);
-            }
-        }
+        self.note_output(i, &o);
         if self.nodes[i as usize].sybil_member {
             return self.sybil_member_output(i, o);
         }

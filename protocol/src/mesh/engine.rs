@@ -261,7 +261,7 @@ impl Mesh {
         if lease <= RELEASE_LEASE_MS {
             b.claim = None;
             b.lapsed_at_ms = None;
-            b.waiting_since_ms = None;
+            b.stop_waiting();
         } else {
             let local_expiry = now.saturating_add(lease).min(c.lease_expires_at_ms.saturating_add(skew));
             if local_expiry <= now {
@@ -274,7 +274,7 @@ impl Mesh {
                 lease_expires_at_ms: c.lease_expires_at_ms,
             });
             b.lapsed_at_ms = None;
-            b.waiting_since_ms = None;
+            b.stop_waiting();
         }
         let now_live = b.claim.is_some();
         if finished || excluded {
@@ -340,7 +340,7 @@ impl Mesh {
             let was_claiming = b.claim.is_some();
             b.attested = true;
             b.claim = None;
-            b.waiting_since_ms = None;
+            b.stop_waiting();
             b.latent_attestation = Some(Box::new(summary));
             if was_claiming && active {
                 self.evaluate(slot, now);
@@ -349,7 +349,7 @@ impl Mesh {
         }
         b.attested = true;
         b.claim = None;
-        b.waiting_since_ms = None;
+        b.stop_waiting();
         let paths: Vec<StorePath> = summary.outputs.iter().map(|o| o.path.clone()).collect();
         e.attestations.push(summary);
         for p in &paths {
@@ -398,7 +398,7 @@ impl Mesh {
         let was_claiming = b.claim.is_some();
         b.failure = Some(FailureMark { attempt, deterministic });
         b.claim = None;
-        b.waiting_since_ms = None;
+        b.stop_waiting();
         if !b.vetted {
             // Latent until designation chooses this builder (see vetting.rs).
             b.latent_reason = deterministic.then(|| Box::new(reason.clone()));

@@ -72,10 +72,22 @@ impl Mesh {
                 if b.claim.is_some_and(|cl| cl.received_ms >= joined) {
                     continue;
                 }
-                // A member cannot claim before its warm-up ends: the timeout starts after it.
-                let since = *b.waiting_since_ms.get_or_insert(now.max(joined.saturating_add(warmup)));
+                // A member cannot claim before its warm-up ends: the timeout starts after it. A
+                // paused wait resumes (`Builder::waited_ms`), unless the member (re)joined since.
+                let since = match b.waiting_since_ms {
+                    Some(since) => since,
+                    None => {
+                        let start = now.max(joined.saturating_add(warmup));
+                        if start > now {
+                            b.waited_ms = 0;
+                        }
+                        let since = start.saturating_sub(b.waited_ms);
+                        b.waiting_since_ms = Some(since);
+                        since
+                    }
+                };
                 if now >= since.saturating_add(timeout) {
-                    b.waiting_since_ms = None;
+                    b.stop_waiting();
                     b.lapsed_at_ms = Some(now);
                     lapsed = true;
                 }
@@ -87,7 +99,7 @@ impl Mesh {
         let Some(e) = self.drvs.get_mut(slot) else { return };
         for b in e.builders.iter_mut() {
             if !chosen.iter().any(|c| c.node == b.node) {
-                b.waiting_since_ms = None;
+                b.pause_waiting(now);
             }
         }
         let need = self.need(slot);
@@ -319,7 +331,7 @@ impl Mesh {
                 lease_expires_at_ms: claimed_at.saturating_add(lease),
             });
             b.lapsed_at_ms = None;
-            b.waiting_since_ms = None;
+            b.stop_waiting();
         }
         self.drvs
             .set_own_build(slot, Some(OwnBuild { attempt, mode, forced, next_renew_ms: now.saturating_add(renew) }));

@@ -76,6 +76,13 @@ pub(crate) struct Builder {
     pub(crate) lapsed_at_ms: Option<u64>,
     /// Designated without a claim since.
     pub(crate) waiting_since_ms: Option<u64>,
+    /// How long it was designated without claiming before designation last dropped it: a wait
+    /// resumes where it stopped ([`Builder::pause_waiting`]). Without this a claim that reached
+    /// this node just before a lapse due here pushed a waiting member out for a few ms and gave
+    /// it a fresh `claim_timeout_ms`, a minute after the other nodes had lapsed it: the next
+    /// member claimed here a minute late, after the others had lapsed it in turn (transient
+    /// k + 1 claims in the simulator).
+    pub(crate) waited_ms: u64,
     pub(crate) failure: Option<FailureMark>,
     pub(crate) attested: bool,
 }
@@ -91,8 +98,24 @@ impl Builder {
             claim: None,
             lapsed_at_ms: None,
             waiting_since_ms: None,
+            waited_ms: 0,
             failure: None,
             attested: false,
+        }
+    }
+
+    /// It is no longer waited for (it claimed, released, delivered or lapsed): forget the wait.
+    pub(crate) fn stop_waiting(&mut self) {
+        self.waiting_since_ms = None;
+        self.waited_ms = 0;
+    }
+
+    /// Designation no longer chooses it: keep how long it was waited for, so that a wait
+    /// interrupted by a displacement (a claim that arrives here before the lapse it followed
+    /// elsewhere) resumes instead of starting over.
+    pub(crate) fn pause_waiting(&mut self, now: u64) {
+        if let Some(since) = self.waiting_since_ms.take() {
+            self.waited_ms = self.waited_ms.saturating_add(now.saturating_sub(since));
         }
     }
 

@@ -17,6 +17,7 @@ mod props;
 mod replicas;
 mod shards;
 mod strikes;
+mod waiting;
 
 const T0: u64 = 1_700_000_000_000;
 const SYS: &str = "x86_64-linux";
@@ -87,6 +88,9 @@ struct Net {
     mute_claims: BTreeSet<usize>,
     /// Drop every strike record.
     mute_strikes: bool,
+    /// Directed links whose messages wait in `held` until [`Net::release_held`] (reordering).
+    hold: BTreeSet<(usize, usize)>,
+    held: Vec<(usize, Message)>,
 }
 
 impl Net {
@@ -111,6 +115,8 @@ impl Net {
             cut: BTreeSet::new(),
             mute_claims: BTreeSet::new(),
             mute_strikes: false,
+            hold: BTreeSet::new(),
+            held: Vec::new(),
         };
         net.drain();
         net
@@ -143,7 +149,9 @@ impl Net {
             }
             let Some((from, m)) = self.queue.pop_front() else { break };
             for to in 0..self.nodes.len() {
-                if to != from && !self.cut.contains(&(from, to)) {
+                if self.hold.contains(&(from, to)) {
+                    self.held.push((to, m.clone()));
+                } else if to != from && !self.cut.contains(&(from, to)) {
                     self.nodes[to].handle_message(&m, self.now).unwrap();
                 }
             }
@@ -166,6 +174,14 @@ impl Net {
             self.drain();
         }
         self.now = to;
+    }
+
+    /// Deliver the held messages now, in the order they were sent.
+    fn release_held(&mut self) {
+        for (to, m) in std::mem::take(&mut self.held) {
+            self.nodes[to].handle_message(&m, self.now).unwrap();
+        }
+        self.drain();
     }
 
     fn advance(&mut self, ms: u64) {
