@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::hash::NixHash;
+use buildmesh_protocol::mesh::shard;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use libp2p::PeerId;
 
 use super::rpc::{
     self, ClosureRequest, ClosureResponse, LOG_CHUNK_SIZE, MANIFEST_CHUNK_SIZE, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
-    NarRequest, NarResponse, SourceInfo, SyncRequest, SyncResponse,
+    MAX_SHARD_SCAN, NarRequest, NarResponse, SourceInfo, SyncRequest, SyncResponse,
 };
 use crate::net::{NAR_CHUNK_SIZE, NetConfig};
 use crate::store::{NarBlobReader, Store, StoreError};
@@ -34,6 +35,8 @@ pub struct Server {
     store_dir: StoreDir,
     readers: Arc<Mutex<VecDeque<CachedReader>>>,
     limits: NetConfig,
+    /// The mesh's shard count (`mesh_shards`), for [`ShardFilter`]ed sync pages.
+    shards: u32,
 }
 
 impl std::fmt::Debug for Server {
@@ -52,7 +55,13 @@ struct CachedReader {
 impl Server {
     /// A server over `store`.
     pub fn new(store: Store, store_dir: StoreDir) -> Server {
-        Server { store, store_dir, readers: Arc::default(), limits: NetConfig::default() }
+        Server { store, store_dir, readers: Arc::default(), limits: NetConfig::default(), shards: 1 }
+    }
+
+    /// The same server in a mesh of `shards` shards (the count [`ShardFilter`]s must name).
+    pub fn with_shards(mut self, shards: u32) -> Server {
+        self.shards = shards.max(1);
+        self
     }
 
     /// Answer a `/buildmesh/closure/1` request body (blocking).
@@ -218,6 +227,28 @@ impl Server {
                 }
             }
             SyncRequest::Log { drv, offset, len } => Ok(self.log_chunk(drv, *offset, *len)),
+            SyncRequest::ShardAttestations { from, limit, filter } => match filter.check(self.shards) {
+                Err(e) => Ok(SyncResponse::Error(e)),
+                Ok(wanted) => self.store.attestations_since(*from, MAX_SHARD_SCAN).and_then(|list| {
+                    let next_seq = self.store.attestation_summary()?.next_seq;
+                    let items = list.into_iter().map(|a| {
+                        let keep = wanted.contains(&shard::drv_shard(&a.entry.drv, self.shards));
+                        (a.seq, keep.then_some(a.entry.envelope))
+                    });
+                    Ok(filtered_page(items, *from, next_seq, *limit))
+                }),
+            },
+            SyncRequest::ShardFailures { from, limit, filter } => match filter.check(self.shards) {
+                Err(e) => Ok(SyncResponse::Error(e)),
+                Ok(wanted) => self.store.failures_since(*from, MAX_SHARD_SCAN).and_then(|list| {
+                    let next_seq = self.store.failure_summary()?.next_seq;
+                    let items = list.into_iter().map(|f| {
+                        let keep = wanted.contains(&shard::drv_shard(&f.entry.drv, self.shards));
+                        (f.seq, keep.then_some(f.entry.envelope))
+                    });
+                    Ok(filtered_page(items, *from, next_seq, *limit))
+                }),
+            },
         };
         r.unwrap_or_else(|e| SyncResponse::Error(e.to_string()))
     }
@@ -261,6 +292,32 @@ fn page(items: impl Iterator<Item = (u64, Vec<u8>)>, from: u64, next_seq: u64) -
         out.push((seq, env));
     }
     SyncResponse::Page { more: next < next_seq && !out.is_empty(), items: out, next }
+}
+
+/// A page of the scanned records `items` (`None`: of a shard not wanted, skipped) holding at
+/// most `limit` (capped at [`MAX_PAGE_ITEMS`]) records and [`MAX_PAGE_BYTES`] of envelopes;
+/// `next` follows the last record scanned, kept or not.
+fn filtered_page(
+    items: impl Iterator<Item = (u64, Option<Vec<u8>>)>,
+    from: u64,
+    next_seq: u64,
+    limit: u32,
+) -> SyncResponse {
+    let limit = limit.clamp(1, MAX_PAGE_ITEMS) as usize;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = from;
+    for (seq, env) in items {
+        if let Some(env) = env {
+            if out.len() >= limit || (!out.is_empty() && bytes + env.len() > MAX_PAGE_BYTES) {
+                break;
+            }
+            bytes += env.len() + 16;
+            out.push((seq, env));
+        }
+        next = seq + 1;
+    }
+    SyncResponse::Page { more: next < next_seq, items: out, next }
 }
 
 #[cfg(test)]

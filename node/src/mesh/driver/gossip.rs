@@ -284,6 +284,13 @@ impl Driver {
         if !self.syncing.insert(peer) {
             return;
         }
+        let generation = self.shards.generation();
+        if self.synced_generation.len() >= MAX_KNOWN_PEERS && !self.synced_generation.contains_key(&peer) {
+            // Forgetting costs the forgotten peers one run from sequence 0 at most.
+            self.synced_generation.clear();
+        }
+        let last = self.synced_generation.insert(peer, generation).unwrap_or(0);
+        let scope = crate::mesh::sync::SyncScope { filter: self.shards.filter(), from_zero: last < generation };
         let ctx = self.ctx.clone();
         let token = self.helpers.child_token();
         tokio::spawn(
@@ -296,6 +303,7 @@ impl Driver {
                         &ctx.quotas,
                         peer,
                         &ctx.synced,
+                        scope,
                     )
                     .await?;
                     // Revision headers (issue 13) after attestations and failures.
