@@ -405,6 +405,9 @@ mod tests {
         assert_eq!(encode(&SyncResponse::ManifestNotFound)[0], 6);
         assert_eq!(encode(&SyncRequest::Log { drv: "x".into(), offset: 0, len: 1 })[0], 7);
         assert_eq!(encode(&SyncResponse::LogNotFound)[0], 8);
+        let filter = ShardFilter { shards: 2, of: vec![1] };
+        assert_eq!(encode(&SyncRequest::ShardAttestations { from: 0, limit: 1, filter: filter.clone() })[0], 8);
+        assert_eq!(encode(&SyncRequest::ShardFailures { from: 0, limit: 1, filter })[0], 9);
         let req = SyncRequest::Manifest { hash: [7; 32], offset: 5, len: MANIFEST_CHUNK_SIZE };
         assert_eq!(decode::<SyncRequest>("r", &encode(&req), 1024).unwrap(), req);
         let resp = SyncResponse::ManifestChunk { total: 9, bytes: vec![1; 1000] };
