@@ -1,11 +1,16 @@
 //! Shard discovery on real nodes (issue 18; docs/protocol.md *Shards*): six `buildmesh node`
 //! processes with `--mesh-shards 2`, three in each shard, every one bootstrapped to node 0 only
-//! and with `target_peers = 1`, so that the ordinary dialling stops at the bootstrap connection:
-//! the members of the shard node 0 is not in would never meet, and their shard's gossip (its
-//! announcements: node 0 does not hear them) would be cut. Shard discovery (a Kademlia provider
-//! record per shard, `shard_peers`) connects them: each holds direct connections to the other two,
-//! their views fill, a k = 2 DAG of that shard submitted to node 0 is built by two of them, node 0
-//! learns every result, and once its submission is done it stops observing that shard.
+//! and with `target_peers = 1`, so that the ordinary dialling stops at the bootstrap connection.
+//! With shard discovery (a Kademlia provider record per shard, `shard_peers`) the members of the
+//! shard node 0 is not in hold direct connections to each other, their views fill, a k = 2 DAG of
+//! that shard submitted to node 0 is built by two of them, node 0 learns every result, and once
+//! its submission is done it stops observing that shard (`shard_released`).
+//!
+//! Known limit: this mesh is smaller than Kademlia's k (20), so Kademlia's own walks (its
+//! automatic bootstrap after each new routing-table entry) contact every node, and gossipsub
+//! keeps the connections of peers sharing a topic: with `shard_peers = 0` this test passes too.
+//! What it shows is that discovery works and stays within the limits; that discovery is needed
+//! only shows in a mesh larger than k. The unsubscribe step fails when the release is removed.
 
 mod mesh_support;
 
@@ -53,10 +58,10 @@ fn the_members_of_a_shard_find_each_other_through_one_bootstrap_node() {
         });
     }
     c.wait_members(3, Duration::from_secs(15));
-    for i in 0..6 {
+    for (i, shard) in shard_of.iter().enumerate() {
         let m = c.mesh(i);
         assert!(m["shard_peers"].as_u64().unwrap() >= 2, "node {i}: {m}");
-        assert_eq!(m["heard_shards"], serde_json::json!([shard_of[i]]), "node {i}");
+        assert_eq!(m["heard_shards"], serde_json::json!([shard]), "node {i}");
     }
 
     // 2. A k = 2 DAG of the far shard, submitted to node 0 (which observes that shard).
