@@ -259,6 +259,14 @@ pub struct MeshStatus {
     /// The mesh's number of shards (`mesh_shards`, 1 = unsharded).
     #[serde(default)]
     pub shards: u32,
+    /// Connected peers that are members of this node's shard (shard discovery keeps at least
+    /// `shard_peers` of them when it can; `driver/discovery.rs`).
+    #[serde(default)]
+    pub shard_peers: usize,
+    /// The shards whose topics the node hears: its own and those it observes for its
+    /// submissions (`[0]` with one shard).
+    #[serde(default)]
+    pub heard_shards: Vec<u32>,
 }
 
 /// A member struck by gossiped, signed strike records (`GET /api/v1/mesh` `struck`, the

@@ -24,6 +24,8 @@
 //! [`SyncResponse::LogNotFound`]); the asker checks the whole log against the
 //! [`buildmesh_protocol::wire::LogDigest`] in the builder's signed attestation or failure.
 
+use std::collections::BTreeSet;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -231,6 +233,65 @@ pub enum SyncRequest {
         /// Most bytes wanted (at most [`LOG_CHUNK_SIZE`]).
         len: u32,
     },
+    /// Attestations of some shards only (issue 18), like `Attestations`: the responder scans at
+    /// most [`MAX_SHARD_SCAN`] records from `from` on and returns those whose derivation lies in
+    /// a shard of `filter`; the page's `next` follows the last record scanned, and `more` says
+    /// whether records follow (a page may be empty and have more). A responder older than this
+    /// answers [`SyncResponse::Error`]; the asker then falls back to `Attestations`.
+    ShardAttestations {
+        /// First sequence number wanted.
+        from: u64,
+        /// Most records wanted (capped at [`MAX_PAGE_ITEMS`]).
+        limit: u32,
+        /// The shards wanted.
+        filter: ShardFilter,
+    },
+    /// Build failures of some shards only, like `ShardAttestations`.
+    ShardFailures {
+        /// First sequence number wanted.
+        from: u64,
+        /// Most records wanted (capped at [`MAX_PAGE_ITEMS`]).
+        limit: u32,
+        /// The shards wanted.
+        filter: ShardFilter,
+    },
+}
+
+/// Records scanned for one [`SyncRequest::ShardAttestations`] or
+/// [`SyncRequest::ShardFailures`] page at most (those of other shards are skipped): one page
+/// costs the responder a bounded read whatever the filter, and serves at most
+/// [`MAX_PAGE_ITEMS`] records and [`MAX_PAGE_BYTES`] like any page.
+pub const MAX_SHARD_SCAN: usize = 8 * MAX_PAGE_ITEMS as usize;
+
+/// Shards named in one [`ShardFilter`] at most.
+pub const MAX_FILTER_SHARDS: usize = 1024;
+
+/// Which shards' records an anti-entropy page should carry: the asker's own shard and those it
+/// observes (docs/protocol.md *Shards*).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardFilter {
+    /// The asker's shard count (`mesh_shards`): a responder with another count refuses.
+    pub shards: u32,
+    /// The shards wanted, each below `shards`.
+    pub of: Vec<u32>,
+}
+
+impl ShardFilter {
+    /// The wanted shards, checked against the responder's shard count `shards`: the same count,
+    /// 1 to [`MAX_FILTER_SHARDS`] shards, each below it. Anything else is refused (an
+    /// unnamed request serves every shard, so naming many gains a peer nothing).
+    pub fn check(&self, shards: u32) -> Result<BTreeSet<u32>, String> {
+        if self.shards != shards {
+            return Err(format!("shard filter for {} shards; this node runs {shards}", self.shards));
+        }
+        if self.of.is_empty() || self.of.len() > MAX_FILTER_SHARDS {
+            return Err(format!("shard filter names {} shards (1..={MAX_FILTER_SHARDS})", self.of.len()));
+        }
+        if let Some(bad) = self.of.iter().find(|s| **s >= shards) {
+            return Err(format!("shard filter names shard {bad} of {shards}"));
+        }
+        Ok(self.of.iter().copied().collect())
+    }
 }
 
 /// Largest log chunk asked for or served (1 MiB, well under the sync response cap).
@@ -344,6 +405,9 @@ mod tests {
         assert_eq!(encode(&SyncResponse::ManifestNotFound)[0], 6);
         assert_eq!(encode(&SyncRequest::Log { drv: "x".into(), offset: 0, len: 1 })[0], 7);
         assert_eq!(encode(&SyncResponse::LogNotFound)[0], 8);
+        let filter = ShardFilter { shards: 2, of: vec![1] };
+        assert_eq!(encode(&SyncRequest::ShardAttestations { from: 0, limit: 1, filter: filter.clone() })[0], 8);
+        assert_eq!(encode(&SyncRequest::ShardFailures { from: 0, limit: 1, filter })[0], 9);
         let req = SyncRequest::Manifest { hash: [7; 32], offset: 5, len: MANIFEST_CHUNK_SIZE };
         assert_eq!(decode::<SyncRequest>("r", &encode(&req), 1024).unwrap(), req);
         let resp = SyncResponse::ManifestChunk { total: 9, bytes: vec![1; 1000] };

@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use buildmesh_protocol::derivation::Derivation;
 use buildmesh_protocol::hash::NixHash;
+use buildmesh_protocol::mesh::shard;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use libp2p::PeerId;
 
 use super::rpc::{
     self, ClosureRequest, ClosureResponse, LOG_CHUNK_SIZE, MANIFEST_CHUNK_SIZE, MAX_PAGE_BYTES, MAX_PAGE_ITEMS,
-    NarRequest, NarResponse, SourceInfo, SyncRequest, SyncResponse,
+    MAX_SHARD_SCAN, NarRequest, NarResponse, SourceInfo, SyncRequest, SyncResponse,
 };
 use crate::net::{NAR_CHUNK_SIZE, NetConfig};
 use crate::store::{NarBlobReader, Store, StoreError};
@@ -34,6 +35,8 @@ pub struct Server {
     store_dir: StoreDir,
     readers: Arc<Mutex<VecDeque<CachedReader>>>,
     limits: NetConfig,
+    /// The mesh's shard count (`mesh_shards`), for [`ShardFilter`]ed sync pages.
+    shards: u32,
 }
 
 impl std::fmt::Debug for Server {
@@ -52,7 +55,13 @@ struct CachedReader {
 impl Server {
     /// A server over `store`.
     pub fn new(store: Store, store_dir: StoreDir) -> Server {
-        Server { store, store_dir, readers: Arc::default(), limits: NetConfig::default() }
+        Server { store, store_dir, readers: Arc::default(), limits: NetConfig::default(), shards: 1 }
+    }
+
+    /// The same server in a mesh of `shards` shards (the count [`ShardFilter`]s must name).
+    pub fn with_shards(mut self, shards: u32) -> Server {
+        self.shards = shards.max(1);
+        self
     }
 
     /// Answer a `/buildmesh/closure/1` request body (blocking).
@@ -218,6 +227,28 @@ impl Server {
                 }
             }
             SyncRequest::Log { drv, offset, len } => Ok(self.log_chunk(drv, *offset, *len)),
+            SyncRequest::ShardAttestations { from, limit, filter } => match filter.check(self.shards) {
+                Err(e) => Ok(SyncResponse::Error(e)),
+                Ok(wanted) => self.store.attestations_since(*from, MAX_SHARD_SCAN).and_then(|list| {
+                    let next_seq = self.store.attestation_summary()?.next_seq;
+                    let items = list.into_iter().map(|a| {
+                        let keep = wanted.contains(&shard::drv_shard(&a.entry.drv, self.shards));
+                        (a.seq, keep.then_some(a.entry.envelope))
+                    });
+                    Ok(filtered_page(items, *from, next_seq, *limit))
+                }),
+            },
+            SyncRequest::ShardFailures { from, limit, filter } => match filter.check(self.shards) {
+                Err(e) => Ok(SyncResponse::Error(e)),
+                Ok(wanted) => self.store.failures_since(*from, MAX_SHARD_SCAN).and_then(|list| {
+                    let next_seq = self.store.failure_summary()?.next_seq;
+                    let items = list.into_iter().map(|f| {
+                        let keep = wanted.contains(&shard::drv_shard(&f.entry.drv, self.shards));
+                        (f.seq, keep.then_some(f.entry.envelope))
+                    });
+                    Ok(filtered_page(items, *from, next_seq, *limit))
+                }),
+            },
         };
         r.unwrap_or_else(|e| SyncResponse::Error(e.to_string()))
     }
@@ -263,9 +294,114 @@ fn page(items: impl Iterator<Item = (u64, Vec<u8>)>, from: u64, next_seq: u64) -
     SyncResponse::Page { more: next < next_seq && !out.is_empty(), items: out, next }
 }
 
+/// A page of the scanned records `items` (`None`: of a shard not wanted, skipped) holding at
+/// most `limit` (capped at [`MAX_PAGE_ITEMS`]) records and [`MAX_PAGE_BYTES`] of envelopes;
+/// `next` follows the last record scanned, kept or not.
+fn filtered_page(
+    items: impl Iterator<Item = (u64, Option<Vec<u8>>)>,
+    from: u64,
+    next_seq: u64,
+    limit: u32,
+) -> SyncResponse {
+    let limit = limit.clamp(1, MAX_PAGE_ITEMS) as usize;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = from;
+    for (seq, env) in items {
+        if let Some(env) = env {
+            if out.len() >= limit || (!out.is_empty() && bytes + env.len() > MAX_PAGE_BYTES) {
+                break;
+            }
+            bytes += env.len() + 16;
+            out.push((seq, env));
+        }
+        next = seq + 1;
+    }
+    SyncResponse::Page { more: next < next_seq, items: out, next }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::mesh::rpc::{MAX_FILTER_SHARDS, ShardFilter};
+    use buildmesh_protocol::identity::NodeKey;
+    use buildmesh_protocol::signed::Envelope;
+    use buildmesh_protocol::wire::Message;
+
+    /// A server of 2 shards over a store holding 40 attestations of 40 derivations, and the
+    /// sequence numbers of those whose derivation lies in shard 1.
+    fn sharded_server() -> (Server, Vec<u64>, tempfile::TempDir) {
+        let (store, dir) = crate::store::test_support::memory_store();
+        let key = NodeKey::from_seed("b", [3; 32]).unwrap();
+        let mut in_one = Vec::new();
+        for i in 0..40u8 {
+            let mut a = crate::mesh::test_util::att(&key, &StorePath::new([i; 20], "o").unwrap(), i);
+            a.drv = StorePath::new([i; 20], "d.drv").unwrap();
+            let v = Envelope::sign(&key, &Message::Attestation(a.clone())).unwrap().verify().unwrap();
+            assert!(crate::mesh::sync::commit(&store, &v).unwrap());
+            if shard::drv_shard(&a.drv, 2) == 1 {
+                in_one.push(u64::from(i));
+            }
+        }
+        assert!(!in_one.is_empty() && in_one.len() < 40);
+        (Server::new(store, StoreDir::nix()).with_shards(2), in_one, dir)
+    }
+
+    fn seqs(r: &SyncResponse) -> (Vec<u64>, u64, bool) {
+        let SyncResponse::Page { items, next, more } = r else { panic!("{r:?}") };
+        (items.iter().map(|(s, _)| *s).collect(), *next, *more)
+    }
+
+    #[test]
+    fn sync_pages_carry_only_the_named_shards_and_move_past_the_others() {
+        let (server, in_one, _dir) = sharded_server();
+        let filter = ShardFilter { shards: 2, of: vec![1] };
+        let all = server.sync(&SyncRequest::ShardAttestations { from: 0, limit: 1024, filter: filter.clone() });
+        assert_eq!(seqs(&all), (in_one.clone(), 40, false), "every record of shard 1, the cursor at the end");
+        // A limit of 2: the page stops after the second record of shard 1 and says more follow.
+        let two = server.sync(&SyncRequest::ShardAttestations { from: 0, limit: 2, filter: filter.clone() });
+        assert_eq!(seqs(&two), (in_one[..2].to_vec(), in_one[1] + 1, true));
+        // Both shards named: what an unnamed request serves.
+        let both = ShardFilter { shards: 2, of: vec![0, 1] };
+        let named = server.sync(&SyncRequest::ShardAttestations { from: 0, limit: 1024, filter: both });
+        let unnamed = server.sync(&SyncRequest::Attestations { from: 0, limit: 1024 });
+        assert_eq!(seqs(&named).0, (0..40).collect::<Vec<u64>>());
+        assert_eq!(seqs(&named).0, seqs(&unnamed).0);
+        // No failures at all: an empty page without more.
+        let none = server.sync(&SyncRequest::ShardFailures { from: 0, limit: 10, filter });
+        assert_eq!(seqs(&none), (vec![], 0, false));
+    }
+
+    #[test]
+    fn a_bad_shard_filter_is_refused() {
+        let (server, _, _dir) = sharded_server();
+        let ask = |shards: u32, of: Vec<u32>| {
+            server.sync(&SyncRequest::ShardAttestations { from: 0, limit: 10, filter: ShardFilter { shards, of } })
+        };
+        for (shards, of, why) in [
+            (3, vec![1], "another shard count"),
+            (2, vec![], "no shard"),
+            (2, vec![2], "a shard out of range"),
+            (2, vec![u32::MAX], "a shard out of range"),
+            (2, vec![1; MAX_FILTER_SHARDS + 1], "too many shards"),
+        ] {
+            assert!(matches!(ask(shards, of), SyncResponse::Error(_)), "{why} accepted");
+        }
+        assert!(matches!(ask(2, vec![1, 1, 0]), SyncResponse::Page { .. }), "repeats are harmless");
+    }
+
+    #[test]
+    fn a_filtered_page_scans_a_bounded_number_of_records() {
+        // Nothing of the wanted shards among the scanned records: an empty page that moves on.
+        let skipped = (5..5 + MAX_SHARD_SCAN as u64).map(|s| (s, None));
+        assert_eq!(seqs(&filtered_page(skipped, 5, 1_000_000, 10)), (vec![], 5 + MAX_SHARD_SCAN as u64, true));
+        // Big envelopes: bounded by bytes like any page.
+        let big = (0..10u64).map(|s| (s, Some(vec![0u8; MAX_PAGE_BYTES / 4])));
+        let (items, next, more) = seqs(&filtered_page(big, 0, 10, 1024));
+        assert!(items.len() < 5 && !items.is_empty() && more);
+        assert_eq!(next, items.len() as u64);
+    }
 
     #[test]
     fn pages_are_bounded_and_say_where_to_go_on() {

@@ -68,6 +68,15 @@ pub struct MeshSettings {
     pub remember_peers: usize,
     /// A remembered peer not seen for this many days is forgotten (default 14).
     pub forget_peers_after_days: u64,
+    /// Peers the node keeps connected to (default 8): while fewer are, it dials peers of its
+    /// Kademlia routing table and remembered peers. A peer it learns of while it has this many is
+    /// not dialled (discovery by shard, `shard_peers`, still is).
+    pub target_peers: usize,
+    /// With `mesh_shards` > 1: connections to members of each shard the node hears (its own and
+    /// those it observes) it looks for (default 4; 0 = no shard discovery). While it has fewer,
+    /// it looks the shard's members up in Kademlia (each node provides a record for its own
+    /// shard) and dials them (`driver/discovery.rs`; docs/protocol.md *Shards*).
+    pub shard_peers: usize,
     /// Where the static busyboxes that measure the emulation slowdown are
     /// (`<dir>/<debian arch>/busybox`; default `/var/cache/buildmesh/busybox`, filled by
     /// `scripts/emulation.sh setup`; see `crate::slowdown`).
@@ -101,6 +110,8 @@ impl Default for MeshSettings {
             peer_sync_requests_per_sec: 128,
             remember_peers: 1024,
             forget_peers_after_days: 14,
+            target_peers: NetConfig::default().target_peers,
+            shard_peers: 4,
             emulation_probe_dir: crate::slowdown::DEFAULT_PROBE_DIR.into(),
         }
     }
@@ -176,6 +187,7 @@ impl MeshSettings {
             ("peer_nar_requests_per_sec", u64::from(self.peer_nar_requests_per_sec)),
             ("peer_sync_requests_per_sec", u64::from(self.peer_sync_requests_per_sec)),
             ("forget_peers_after_days", self.forget_peers_after_days),
+            ("target_peers", self.target_peers as u64),
         ] {
             if v == 0 {
                 return Err(SettingsError::Zero { field });
@@ -285,6 +297,7 @@ pub fn net_config(
         gossip_heartbeat: Duration::from_millis(s.heartbeat_ms.max(1)),
         gossip_duplicate_cache: duplicate_cache(s),
         redial_interval: Duration::from_millis(s.redial_interval_ms.max(1)),
+        target_peers: s.target_peers.max(1),
         max_connections_per_ip: s.max_connections_per_ip,
         peer_limits: crate::net::PeerLimitsConfig {
             closure: rate(s.peer_closure_requests_per_sec),

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::quota::{self, Quotas, Stored};
-use super::rpc::{self, MAX_PAGE_ITEMS, Summary, SyncRequest, SyncResponse};
+use super::rpc::{self, MAX_PAGE_ITEMS, ShardFilter, Summary, SyncRequest, SyncResponse};
 use crate::net::{NetConfig, NetHandle, RequestProtocol};
 use crate::store::{AttestationEntry, FailureEntry, Store, StoreError, unix_ms};
 
@@ -242,6 +242,17 @@ pub fn commit(store: &Store, v: &Verified<Message>) -> Result<bool, StoreError> 
     }
 }
 
+/// What one run asks for: every record, or only those of some shards (issue 18).
+#[derive(Debug, Clone, Default)]
+pub struct SyncScope {
+    /// `Some`: only the records of these shards ([`SyncRequest::ShardAttestations`]); a peer
+    /// that cannot filter (an older build) is asked for everything instead.
+    pub filter: Option<ShardFilter>,
+    /// Page from sequence number 0 instead of the peer's cursor: the filter gained a shard since
+    /// the last run with this peer, and the records of that shard the cursor passed were skipped.
+    pub from_zero: bool,
+}
+
 /// One anti-entropy run against `peer`. Newly committed records are sent to `deliver` one page
 /// at a time, after they are durable (waiting while the receiver is busy, so memory stays bounded
 /// by one page).
@@ -252,7 +263,9 @@ pub async fn sync_with(
     quotas: &Arc<Quotas>,
     peer: PeerId,
     deliver: &tokio::sync::mpsc::Sender<Vec<Verified<Message>>>,
+    scope: SyncScope,
 ) -> Result<SyncReport, SyncError> {
+    let mut filter = scope.filter;
     let max = NetConfig::default().sync_limits.max_response;
     let ask = |req: SyncRequest| {
         let net = net.clone();
@@ -285,7 +298,11 @@ pub async fn sync_with(
         if theirs.same_set(&ours) {
             continue;
         }
-        let mut pos = if kind == Kind::Attestation { cursor.attestations } else { cursor.failures };
+        let mut pos = match (scope.from_zero, kind) {
+            (true, _) => 0,
+            (false, Kind::Attestation) => cursor.attestations,
+            (false, _) => cursor.failures,
+        };
         if pos > theirs.next_seq {
             tracing::info!(%peer, cursor = pos, their_next = theirs.next_seq, "peer's sequence went back; syncing from 0");
             pos = 0;
@@ -294,13 +311,21 @@ pub async fn sync_with(
             if pos >= theirs.next_seq {
                 break;
             }
-            let req = if kind == Kind::Attestation {
-                SyncRequest::Attestations { from: pos, limit: MAX_PAGE_ITEMS }
-            } else {
-                SyncRequest::Failures { from: pos, limit: MAX_PAGE_ITEMS }
+            let (from, limit) = (pos, MAX_PAGE_ITEMS);
+            let req = match (filter.clone(), kind == Kind::Attestation) {
+                (Some(filter), true) => SyncRequest::ShardAttestations { from, limit, filter },
+                (Some(filter), false) => SyncRequest::ShardFailures { from, limit, filter },
+                (None, true) => SyncRequest::Attestations { from, limit },
+                (None, false) => SyncRequest::Failures { from, limit },
             };
             let (items, next, more) = match ask(req).await? {
                 SyncResponse::Page { items, next, more } => (items, next, more),
+                SyncResponse::Error(e) if filter.is_some() => {
+                    // An older build (or another shard count): ask it for everything.
+                    tracing::debug!(%peer, cause = %e, "peer does not filter sync pages by shard; asking for all");
+                    filter = None;
+                    continue;
+                }
                 SyncResponse::Error(e) => return Err(SyncError::Request { peer, reason: e }),
                 _ => return Err(SyncError::Unexpected { peer, got: "something else than a page" }),
             };
@@ -348,6 +373,7 @@ pub async fn sync_with(
             if !batch.is_empty() && deliver.send(batch).await.is_err() {
                 return Err(SyncError::Task("the receiver of synced records stopped".into()));
             }
+            let before = pos;
             pos = next.max(pos);
             if kind == Kind::Attestation {
                 cursor.attestations = pos;
@@ -356,7 +382,8 @@ pub async fn sync_with(
             }
             let (c, cur, p) = (cursors.clone(), cursor, peer);
             tokio::task::spawn_blocking(move || c.set(&p, cur)).await.map_err(|e| SyncError::Task(e.to_string()))??;
-            if !more || items.is_empty() {
+            // A filtered page may be empty and have more; any page that does not move on ends.
+            if !more || pos == before || (items.is_empty() && filter.is_none()) {
                 break;
             }
         }

@@ -27,6 +27,10 @@ pub(crate) enum Command {
         topic: String,
         reply: oneshot::Sender<Result<bool, NetError>>,
     },
+    Unsubscribe {
+        topic: String,
+        reply: oneshot::Sender<bool>,
+    },
     Publish {
         topic: String,
         data: Vec<u8>,
@@ -442,6 +446,13 @@ impl NetHandle {
     pub async fn subscribe(&self, topic: impl Into<String>) -> Result<bool, NetError> {
         let topic = topic.into();
         self.call("subscribe", QUICK_REPLY, |reply| Command::Subscribe { topic, reply }).await?
+    }
+
+    /// Leaves a topic: its gossip is no longer received or forwarded, and messages still queued
+    /// for it are dropped. Returns `false` if it was not subscribed.
+    pub async fn unsubscribe(&self, topic: impl Into<String>) -> Result<bool, NetError> {
+        let topic = topic.into();
+        self.call("unsubscribe", QUICK_REPLY, |reply| Command::Unsubscribe { topic, reply }).await
     }
 
     /// Publishes `data` on `topic`. If no peer is subscribed yet the message is queued (see

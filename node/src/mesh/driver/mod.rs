@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 mod builds;
+mod discovery;
 mod gossip;
 mod local_info;
 mod nar_worker;
@@ -185,6 +186,11 @@ pub(crate) struct Driver {
     /// The mesh's shards (`MeshConfig::shards`) and the shards whose topics this node is
     /// subscribed to: its own and those it observes ([`shards`]).
     shards: shards::Subscribed,
+    /// Looking for members of the heard shards ([`discovery`]).
+    discovery: discovery::Discovery,
+    /// The shard generation ([`shards::Subscribed::generation`]) of the last sync run started
+    /// with each peer: a run after a shard was added pages from 0.
+    synced_generation: HashMap<PeerId, u64>,
 }
 
 fn reason_text(s: String) -> String {
@@ -267,7 +273,7 @@ pub(crate) async fn start(
     let (int_tx, int_rx) = mpsc::channel(1024);
     let (synced_tx, synced_rx) = mpsc::channel(64);
     let (nar_tx, nar_rx) = mpsc::channel(NAR_QUEUE);
-    let server = Server::new(params.store.clone(), params.store_dir.clone());
+    let server = Server::new(params.store.clone(), params.store_dir.clone()).with_shards(params.shards);
     let quotas = Arc::new(Quotas::new(me, trust.clone(), &params.settings).with_submitters(accepted_submitters));
     let revisions = Arc::new(super::revisions::Revisions::new(
         key.clone(),
@@ -295,8 +301,15 @@ pub(crate) async fn start(
     };
     let is_trusted = |p: &PeerId| node_of(p).is_some_and(|n| trust.is_trusted(&n));
     let (remember, forget) = (params.settings.remember_peers, params.settings.forget_peers_after_days);
-    let peers =
-        peers::PeerStore::load(&params.store, net.local_peer_id(), remember, forget, is_trusted).map_err(Box::new)?;
+    let peers = peers::PeerStore::load(
+        &params.store,
+        net.local_peer_id(),
+        remember,
+        forget,
+        params.settings.target_peers,
+        is_trusted,
+    )
+    .map_err(Box::new)?;
     let store_dir = params.store_dir.clone();
     let log_cache =
         Arc::new(super::log_cache::LogCache::new(mesh_dir.join("logs"), super::log_cache::MAX_CACHED_LOG_BYTES));
@@ -329,6 +342,11 @@ pub(crate) async fn start(
         last_snapshot: Instant::now(),
         peers,
         shards,
+        discovery: discovery::Discovery::new(
+            params.settings.shard_peers,
+            Duration::from_millis(params.settings.redial_interval_ms),
+        ),
+        synced_generation: HashMap::new(),
         ctx,
     };
     let span = tracing::info_span!("mesh", peer = %short_peer_id(&net.local_peer_id()));
@@ -393,6 +411,7 @@ impl Driver {
                 _ = sync_tick.tick() => self.periodic_sync(),
                 _ = refresh.tick() => {
                     self.peers_tick();
+                    self.discover();
                     self.refresh_load();
                     self.dirty = true;
                 }
@@ -599,6 +618,7 @@ impl Driver {
                 self.finishing.remove(&drv);
                 if ok && self.submissions.remove(&drv.to_string()) {
                     self.save_submissions();
+                    self.release_shards().await;
                 }
                 self.dirty = true;
             }

@@ -31,17 +31,20 @@ pub(super) struct PeerStore {
 
 impl PeerStore {
     /// Load the book of `local` from `store` and start its writer. `remember` is `[mesh]
-    /// remember_peers`, `forget_after_days` is `forget_peers_after_days`.
+    /// remember_peers`, `forget_after_days` is `forget_peers_after_days`, `target` is
+    /// `target_peers` (remembered peers are dialled while fewer are connected).
     pub(super) fn load(
         store: &Store,
         local: PeerId,
         remember: usize,
         forget_after_days: u64,
+        target: usize,
         is_trusted: impl Fn(&PeerId) -> bool,
     ) -> Result<PeerStore, crate::store::StoreError> {
         let limits = PeerBookLimits {
             max_peers: remember,
             forget_after_ms: forget_after_days.saturating_mul(24 * 3600 * 1000),
+            target: target.max(1),
             ..PeerBookLimits::default()
         };
         let rows = store.list_peers()?;

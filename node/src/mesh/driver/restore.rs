@@ -266,6 +266,8 @@ impl Driver {
             struck,
             shard: self.shards.own(),
             shards: self.shards.count(),
+            shard_peers: self.shard_peers().get(&self.shards.own()).copied().unwrap_or(0),
+            heard_shards: self.shards.heard().iter().copied().collect(),
             ..MeshStatus::default()
         };
         *self.ctx.shared.status.write().unwrap_or_else(std::sync::PoisonError::into_inner) = status;

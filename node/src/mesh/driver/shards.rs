@@ -5,11 +5,14 @@
 //! kind) and the revision topic ([`crate::mesh::validate::node_topics`]). When it submits a job
 //! (or restores one after a restart) it also subscribes to the job topics of the shards of that
 //! derivation and of the inputs it waits for ([`crate::mesh::validate::observed_topics`]):
-//! it observes them to completion like the protocol says. It does not unsubscribe when nothing
-//! needs an observed shard any more: at most `S` shards' topics, and a node that submits keeps
-//! submitting. With one shard nothing changes: the unsharded topics, no extra subscription.
+//! it observes them to completion like the protocol says. Once no unfinished submission of the
+//! node has its derivation or an input there any more, it unsubscribes from an observed shard's
+//! topics ([`Subscribed::release`]; never from its own shard's). Anti-entropy asks peers for the
+//! records of the heard shards only ([`Subscribed::filter`]). With one shard nothing changes:
+//! the unsharded topics, no extra subscription, unfiltered sync.
 
 use super::*;
+use crate::mesh::rpc::ShardFilter;
 use crate::mesh::validate::{node_topics, observed_topics};
 use buildmesh_protocol::mesh::{MeshConfig, ReplicaRule, shard};
 
@@ -39,12 +42,15 @@ pub(super) struct Subscribed {
     shard: u32,
     shards: u32,
     heard: BTreeSet<u32>,
+    /// Bumped each time a shard is added to `heard`: a sync run started before missed its
+    /// records ([`crate::mesh::sync::SyncScope::from_zero`]).
+    generation: u64,
 }
 
 impl Subscribed {
     /// A node of shard `shard` of `shards`, subscribed to its own shard.
     pub(super) fn new(shard: u32, shards: u32) -> Subscribed {
-        Subscribed { shard, shards: shards.max(1), heard: BTreeSet::from([shard]) }
+        Subscribed { shard, shards: shards.max(1), heard: BTreeSet::from([shard]), generation: 0 }
     }
 
     /// The topics subscribed at start.
@@ -62,6 +68,34 @@ impl Subscribed {
         self.shard
     }
 
+    /// The shards whose topics the node hears: its own and those it observes.
+    pub(super) fn heard(&self) -> &BTreeSet<u32> {
+        &self.heard
+    }
+
+    /// How many times a shard was added to the heard ones.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The anti-entropy filter: the heard shards (`None` with one shard: every record).
+    pub(super) fn filter(&self) -> Option<ShardFilter> {
+        (self.shards > 1).then(|| ShardFilter { shards: self.shards, of: self.heard.iter().copied().collect() })
+    }
+
+    /// Forget the observed shards none of `needed` lies in (the derivations and inputs of the
+    /// node's unfinished submissions); returns them, to unsubscribe. The node's own shard stays.
+    fn release<'a>(&mut self, needed: impl IntoIterator<Item = &'a StorePath>) -> Vec<u32> {
+        if self.shards <= 1 {
+            return Vec::new();
+        }
+        let mut keep = BTreeSet::from([self.shard]);
+        keep.extend(needed.into_iter().map(|d| shard::drv_shard(d, self.shards)));
+        let gone: Vec<u32> = self.heard.difference(&keep).copied().collect();
+        self.heard.retain(|s| keep.contains(s));
+        gone
+    }
+
     /// The shards of `drvs` not heard yet (marked heard).
     fn new_shards(&mut self, drvs: &[StorePath]) -> Vec<u32> {
         if self.shards <= 1 {
@@ -71,6 +105,7 @@ impl Subscribed {
         for d in drvs {
             let s = shard::drv_shard(d, self.shards);
             if self.heard.insert(s) {
+                self.generation += 1;
                 out.push(s);
             }
         }
@@ -86,6 +121,25 @@ impl Driver {
             for topic in observed_topics(s, self.shards.count()) {
                 if let Err(e) = self.ctx.net.subscribe(topic.clone()).await {
                     tracing::warn!(%topic, cause = %e, "cannot subscribe to another shard's topic");
+                }
+            }
+        }
+    }
+
+    /// Unsubscribe from the observed shards that no unfinished submission of this node needs
+    /// any more (after one finished).
+    pub(super) async fn release_shards(&mut self) {
+        let needed: Vec<StorePath> = self
+            .submissions
+            .iter()
+            .flat_map(|(drv, job)| std::iter::once(drv).chain(job.inputs.iter()))
+            .filter_map(|b| StorePath::from_basename(b).ok())
+            .collect();
+        for s in self.shards.release(&needed) {
+            tracing::info!(target: EVENTS, event = "shard_released", shard = s, shards = self.shards.count());
+            for topic in observed_topics(s, self.shards.count()) {
+                if let Err(e) = self.ctx.net.unsubscribe(topic.clone()).await {
+                    tracing::warn!(%topic, cause = %e, "cannot unsubscribe from another shard's topic");
                 }
             }
         }
@@ -112,6 +166,34 @@ mod tests {
         let mut one = Subscribed::new(0, 1);
         assert_eq!(one.start_topics(), node_topics(0, 1));
         assert!(one.new_shards(&[mine]).is_empty());
+    }
+
+    #[test]
+    fn an_observed_shard_is_released_when_nothing_needs_it_and_the_own_shard_never() {
+        let in_shard = |want: u32| (0..60).map(drv).filter(move |d| shard::drv_shard(d, 3) == want);
+        let own = 0;
+        let mut s = Subscribed::new(own, 3);
+        let (a1, a2) = {
+            let mut i = in_shard(1);
+            (i.next().unwrap(), i.next().unwrap())
+        };
+        let b = in_shard(2).next().unwrap();
+        let mine = in_shard(own).next().unwrap();
+        assert_eq!(s.new_shards(&[a1.clone(), b.clone()]), vec![1, 2]);
+        assert_eq!(s.generation(), 2);
+        assert_eq!(s.filter(), Some(ShardFilter { shards: 3, of: vec![0, 1, 2] }));
+        // Another derivation of shard 1 still waits: only shard 2 goes.
+        assert_eq!(s.release([&a2, &mine]), vec![2]);
+        assert_eq!(s.heard(), &BTreeSet::from([0, 1]));
+        // Nothing needed at all: shard 1 goes, the own shard stays.
+        assert_eq!(s.release([]), vec![1]);
+        assert_eq!(s.heard(), &BTreeSet::from([own]));
+        assert_eq!(s.release([]), Vec::<u32>::new(), "the own shard is never released");
+        // Heard again later: a new generation (sync pages from 0 again).
+        assert_eq!(s.new_shards(std::slice::from_ref(&b)), vec![2]);
+        assert_eq!(s.generation(), 3);
+        let mut one = Subscribed::new(0, 1);
+        assert!(one.release([]).is_empty() && one.filter().is_none());
     }
 
     #[test]
