@@ -14,7 +14,7 @@ mod mesh_support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use mesh_support::natns::{NatKind, NatNet};
+use mesh_support::natns::{NatKind, NatNet, NatNodes, RelayAddr};
 use mesh_support::*;
 
 /// The `[nat]` timers of the test: AutoNAT probes after 1 s and every 2 s while unsure.
@@ -22,95 +22,71 @@ const FAST_NAT: &str = "\n[nat]\nautonat_boot_delay_ms = 1000\nautonat_retry_int
                         autonat_refresh_interval_ms = 20000\n";
 
 struct Nodes {
-    /// Held for its Drop, which removes the namespaces and the NAT rules.
-    _net: NatNet,
-    procs: Vec<NodeProc>,
-    keys: Vec<buildmesh_protocol::identity::NodeKey>,
+    /// The nodes and their namespaces (removed on drop).
+    n: NatNodes,
 }
 
 impl Nodes {
     fn url(&self, i: usize) -> &str {
-        &self.procs[i].url
+        &self.n.procs[i].url
+    }
+
+    fn peer(&self, i: usize) -> String {
+        self.n.procs[i].peer_id.clone()
     }
 
     fn node(&self, i: usize) -> serde_json::Value {
         get_json(&format!("{}/api/v1/node", self.url(i))).1
     }
 
-    /// Node `i`'s view of each peer: peer id -> `connection`.
-    fn connections(&self, i: usize) -> BTreeMap<String, String> {
+    /// Node `i`'s entries of `/api/v1/peers`, by peer id.
+    fn peers(&self, i: usize) -> BTreeMap<String, serde_json::Value> {
         let (_, peers) = get_json(&format!("{}/api/v1/peers", self.url(i)));
         peers
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|p| {
-                        (p["peer_id"].as_str().unwrap_or("").to_string(), p["connection"].as_str().unwrap_or("").into())
-                    })
-                    .collect()
-            })
+            .map(|a| a.iter().map(|p| (p["peer_id"].as_str().unwrap_or("").to_string(), p.clone())).collect())
             .unwrap_or_default()
+    }
+
+    /// Node `i`'s view of each peer: peer id -> `connection`.
+    fn connections(&self, i: usize) -> BTreeMap<String, String> {
+        self.peers(i).into_iter().map(|(k, p)| (k, p["connection"].as_str().unwrap_or("").to_string())).collect()
     }
 
     /// Node `i`'s `buildmesh_nat_response_bytes_total` for `protocol` over `connection`.
     fn response_bytes(&self, i: usize, protocol: &str, connection: &str) -> f64 {
+        let (p, c) = (format!("protocol=\"{protocol}\""), format!("connection=\"{connection}\""));
+        self.n.metric(i, "buildmesh_nat_response_bytes_total{", &[&p, &c])
+    }
+
+    /// Bytes node `i` received over `transport` (`udp/quic-v1` or `tcp`), all connections
+    /// (libp2p's `…bandwidth_bytes_total{protocols="/ip4/udp/quic-v1…",direction="Inbound"}`).
+    fn received_over(&self, i: usize, transport: &str) -> f64 {
         let (_, body) = get(&format!("{}/metrics", self.url(i)));
+        // The label is the connection's address's protocol stack: `/ip4/udp/quic-v1`, with
+        // `/p2p` on a connection dialled with the peer id.
+        let t = format!("protocols=\"/ip4/{transport}");
         String::from_utf8_lossy(&body)
             .lines()
-            .filter(|l| l.starts_with("buildmesh_nat_response_bytes_total{"))
-            .filter(|l| {
-                l.contains(&format!("protocol=\"{protocol}\"")) && l.contains(&format!("connection=\"{connection}\""))
-            })
+            .filter(|l| l.contains("bandwidth_bytes_total{") && l.contains(&t) && l.contains("direction=\"Inbound\""))
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .sum()
     }
 
     fn logs(&self) -> String {
-        let mut s = String::new();
-        for (i, n) in self.procs.iter().enumerate() {
-            let log = n.log_text();
-            let tail: Vec<&str> = log.lines().filter(|l| l.contains("_events::net") || l.contains("WARN")).collect();
-            let tail = &tail[tail.len().saturating_sub(40)..];
-            s.push_str(&format!("\n--- node {i} ({}) ---\n{}\n", n.peer_id, tail.join("\n")));
-        }
-        s
+        self.n.logs(40)
     }
 }
 
-/// Start the relay (host 0) and one node per home; home nodes offer `features[h]`.
-fn start(dir: &std::path::Path, homes: &[NatKind], features: &[&str]) -> Nodes {
+/// Start the relay (host 0) and one node per home, given the relay's `relay` address; home
+/// nodes offer `features[h]`, and every node has quorum `quorum`.
+fn start(dir: &std::path::Path, homes: &[NatKind], features: &[&str], relay: RelayAddr, quorum: usize) -> Nodes {
     let net = NatNet::new(1, homes);
-    let config = dir.join("mesh.toml");
-    std::fs::write(&config, format!("{FAST_MESH}{FAST_NAT}")).unwrap();
-    let n = net.hosts.len();
-    let keys: Vec<_> = (0..n)
-        .map(|i| buildmesh_protocol::identity::NodeKey::from_seed(&format!("nat-{i}"), key_seed(dir, i)).unwrap())
-        .collect();
-    let mut procs: Vec<NodeProc> = Vec::new();
-    let mut relay = String::new();
-    for i in 0..n {
-        let key = dir.join(format!("key-{i}"));
-        std::fs::write(&key, keys[i].to_file_string()).unwrap();
-        let (tcp, quic) = net.listen(i);
-        let args = NodeArgs::new(&config, &key, &keys).args([
-            "--listen".into(),
-            quic,
-            "--admin-http".into(),
-            net.hosts[i].http.clone(),
-            "--private-as-public".into(),
-        ]);
-        let args = match net.hosts[i].home {
-            None => args.args(["--relay-server", "--mesh"]),
-            Some(h) => args.args(["--bootstrap", relay.as_str(), "--relay", relay.as_str(), "--feature", features[h]]),
-        };
-        let p = args.start_with(&dir.join(format!("node{i}")), &net.wrapper(i), &net.hosts[i].http, &tcp);
-        if i == 0 {
-            relay = libp2p_address(&p.url);
-            assert!(relay.contains("/tcp/"), "the relay's first address is its TCP one: {relay}");
-        }
-        procs.push(p);
-    }
-    Nodes { _net: net, procs, keys }
+    let n = NatNodes::start(dir, net, "nat", &format!("{FAST_MESH}{FAST_NAT}"), relay, |i, args| {
+        let args = args.quorum(quorum);
+        if i == 0 { args } else { args.args(["--feature", features[i - 1]]) }
+    });
+    Nodes { n }
 }
 
 #[test]
@@ -119,8 +95,8 @@ fn homes_behind_nat_punch_through_or_fall_back_to_the_relay() {
     // Homes 0, 1, 2: port-preserving NAT; home 3: symmetric. Hosts: 0 = relay, 1 + h = home h.
     let homes = [NatKind::Cone, NatKind::Cone, NatKind::Cone, NatKind::Symmetric];
     let (a1, a2, b, c) = (1usize, 2usize, 3usize, 4usize);
-    let nodes = start(tmp.path(), &homes, &["side-a", "side-a", "side-b", "side-b"]);
-    let peer = |i: usize| nodes.procs[i].peer_id.clone();
+    let nodes = start(tmp.path(), &homes, &["side-a", "side-a", "side-b", "side-b"], RelayAddr::Tcp, 2);
+    let peer = |i: usize| nodes.peer(i);
 
     // Everyone is a member; the relay is public, every home node private with a relayed address.
     for i in 0..5 {
@@ -219,5 +195,85 @@ fn homes_behind_nat_punch_through_or_fall_back_to_the_relay() {
     let (_, metrics) = get(&format!("{}/metrics", nodes.url(0)));
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("buildmesh_nat_relay_served_total{kind=\"circuit\"}"), "the relay relayed circuits");
-    assert_eq!(nodes.keys.len(), 5);
+    assert_eq!(nodes.n.keys.len(), 5);
+}
+
+/// Two cone homes and a relay; the homes are given the relay's `relay` address. Each home
+/// reaches the relay over QUIC (with its TCP address, as well: identify told the home the
+/// relay's QUIC listen address), and they punch through both NAT routers over QUIC (QUIC first:
+/// `node/src/net/punch.rs`): every direct connection between them is a UDP one, to the other
+/// home's router (its NAT address). A 4 MiB NAR built in one home crosses it to the other (no
+/// NAR byte relayed, the bytes received over QUIC).
+fn quic_punch(relay: RelayAddr) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (1usize, 2usize);
+    let nodes = start(tmp.path(), &[NatKind::Cone, NatKind::Cone], &["quic-a", "quic-b"], relay, 1);
+    let peer = |i: usize| nodes.peer(i);
+    let over = if relay == RelayAddr::Quic { "QUIC" } else { "TCP" };
+    assert_eq!(nodes.n.relay.contains("/quic-v1/"), relay == RelayAddr::Quic, "{}", nodes.n.relay);
+
+    // Node x's direct connections to node y: their remote addresses (`/api/v1/peers`).
+    let direct_to = |x: usize, y: usize| -> Option<Vec<String>> {
+        let p = nodes.peers(x).remove(&peer(y))?;
+        let addrs: Vec<String> =
+            p["direct_addresses"].as_array()?.iter().filter_map(|a| a.as_str().map(String::from)).collect();
+        (p["connection"] == "direct" && !addrs.is_empty()).then_some(addrs)
+    };
+    // The relay sees each home over QUIC (the home's router's UDP mapping), also when the home
+    // was given its TCP address.
+    for h in [a, b] {
+        let router = format!("/ip4/{}/udp/", nodes.n.net.router_ip(h - 1));
+        wait_for(&format!("the relay to reach home node {h} over QUIC"), Duration::from_secs(15), || {
+            direct_to(0, h)?.iter().any(|d| d.starts_with(&router) && d.contains("/quic-v1")).then_some(())
+        });
+    }
+    let direct = wait_for("the homes punched through to each other", Duration::from_secs(25), || {
+        Some((direct_to(a, b)?, direct_to(b, a)?))
+    });
+    eprintln!("relay given over {over}: punched connections {direct:?}");
+    for (x, y, addrs) in [(a, b, &direct.0), (b, a, &direct.1)] {
+        let router = format!("/ip4/{}/", nodes.n.net.router_ip(y - 1));
+        assert!(
+            addrs.iter().all(|d| d.starts_with(&router) && d.contains("/udp/") && d.contains("/quic-v1")),
+            "home node {x} reaches home node {y} (relay given over {over}) over QUIC through {router}: {addrs:?}{}",
+            nodes.logs()
+        );
+    }
+
+    // x (4 MiB of incompressible bytes) is built in home A; y, built in home B, needs it: home B
+    // fetches x's NAR over the punched QUIC connection.
+    let dir = tmp.path().join("drvs");
+    let mut d = Drvs::new(&dir);
+    let script = "head -c 4194304 /dev/zero | openssl enc -aes-128-ctr -K 000102030405060708090a0b0c0d0e0f \
+                  -iv 00000000000000000000000000000000 -nosalt > $out";
+    d.add_requiring("quic-x", script, &[], &["quic-a"]);
+    let (y, _) = d.add_requiring("quic-y", "wc -c < $input0 > $out", &["quic-x"], &["quic-b"]);
+    let (quic_before, tcp_before) = (nodes.received_over(b, "udp/quic-v1"), nodes.received_over(b, "tcp"));
+    let drvs: Vec<String> = ["quic-x", "quic-y"].iter().map(|n| sd().display(&d.drv(n))).collect();
+    let mut args: Vec<String> = vec!["submit".into(), "--api".into(), nodes.url(a).into(), "--from".into()];
+    args.extend([dir.display().to_string(), "--replicas".into(), "1".into(), "--json".into()]);
+    args.extend(drvs);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (st, out, err) = cli(&refs);
+    assert!(st.success(), "submit: {out}\n{err}{}", nodes.logs());
+    wait_state(nodes.url(a), &y, "done", Duration::from_secs(60));
+
+    let (direct_b, relayed_b) = (nodes.response_bytes(b, "nar", "direct"), nodes.response_bytes(b, "nar", "relayed"));
+    let quic = nodes.received_over(b, "udp/quic-v1") - quic_before;
+    let tcp = nodes.received_over(b, "tcp") - tcp_before;
+    eprintln!(
+        "relay given over {over}: home B got {direct_b} NAR bytes direct, {relayed_b} relayed; {quic} B over QUIC, {tcp} B over TCP"
+    );
+    assert!(direct_b > 4e6 && relayed_b == 0.0, "home B fetched x directly: {direct_b} direct, {relayed_b} relayed");
+    assert!(quic > 4e6 && tcp < 1e6, "x crossed over QUIC: {quic} B over QUIC, {tcp} B over TCP{}", nodes.logs());
+}
+
+#[test]
+fn homes_punch_over_quic_when_they_reach_the_relay_over_quic() {
+    quic_punch(RelayAddr::Quic);
+}
+
+#[test]
+fn homes_given_the_relay_tcp_address_still_punch_over_quic() {
+    quic_punch(RelayAddr::Tcp);
 }

@@ -33,7 +33,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, relay, tcp, yamux};
-use mesh_support::natns::{NatKind, NatNet};
+use mesh_support::natns::{NatKind, NatNet, NatNodes, RelayAddr};
 use mesh_support::*;
 
 /// The `[nat]` timers of the tests: AutoNAT probes after 1 s and every 2 s while unsure.
@@ -44,8 +44,7 @@ const MIB: u64 = 1 << 20;
 
 /// Real nodes in namespaces: host 0 the relay, then the other public hosts, then one per home.
 struct Mesh {
-    net: NatNet,
-    procs: Vec<NodeProc>,
+    nodes: NatNodes,
     relay: Multiaddr,
 }
 
@@ -64,52 +63,18 @@ impl Mesh {
         quic: bool,
     ) -> Mesh {
         let net = NatNet::new(public, homes);
-        let config = dir.join("mesh.toml");
-        std::fs::write(&config, format!("{FAST_MESH}{FAST_NAT}{nat}")).unwrap();
-        let n = net.hosts.len();
-        let keys: Vec<_> = (0..n)
-            .map(|i| buildmesh_protocol::identity::NodeKey::from_seed(&format!("relay-{i}"), key_seed(dir, i)).unwrap())
-            .collect();
-        let mut procs: Vec<NodeProc> = Vec::new();
-        let mut relay = String::new();
-        for i in 0..n {
-            let key = dir.join(format!("key-{i}"));
-            std::fs::write(&key, keys[i].to_file_string()).unwrap();
-            let (tcp, udp) = net.listen(i);
-            let mut args = NodeArgs::new(&config, &key, &keys).quorum(1).args([
-                "--listen".into(),
-                udp,
-                "--admin-http".into(),
-                net.hosts[i].http.clone(),
-                "--private-as-public".into(),
-            ]);
-            if let Some(f) = features.get(i).copied().flatten() {
-                args = args.args(["--feature", f]);
+        let relay = if quic { RelayAddr::Quic } else { RelayAddr::Tcp };
+        let config = format!("{FAST_MESH}{FAST_NAT}{nat}");
+        let nodes = NatNodes::start(dir, net, "relay", &config, relay, |i, args| {
+            let args = args.quorum(1);
+            match features.get(i).copied().flatten() {
+                Some(f) => args.args(["--feature", f]),
+                None => args,
             }
-            args = match (i, net.hosts[i].home) {
-                (0, _) => args.args(["--relay-server", "--mesh"]),
-                (_, None) => args.args(["--bootstrap", relay.as_str()]),
-                (_, Some(_)) => args.args(["--bootstrap", relay.as_str(), "--relay", relay.as_str()]),
-            };
-            let p = args.start_with(&dir.join(format!("node{i}")), &net.wrapper(i), &net.hosts[i].http, &tcp);
-            if i == 0 {
-                relay = libp2p_address(&p.url);
-                assert!(relay.contains("/tcp/"), "the relay's first address is its TCP one: {relay}");
-                if quic {
-                    relay = wait_for("the relay's QUIC address", Duration::from_secs(20), || {
-                        let node = get_json(&format!("{}/api/v1/node", p.url)).1;
-                        node["addresses"]
-                            .as_array()?
-                            .iter()
-                            .filter_map(|a| a.as_str())
-                            .find(|a| a.contains("/quic-v1"))
-                            .map(String::from)
-                    });
-                }
-            }
-            procs.push(p);
-        }
-        let m = Mesh { net, procs, relay: relay.parse().unwrap() };
+        });
+        let n = nodes.procs.len();
+        let relay = nodes.relay.parse().unwrap();
+        let m = Mesh { nodes, relay };
         for i in 0..n {
             let url = m.url(i).to_string();
             wait_for(&format!("node {i} to see {n} members"), Duration::from_secs(60), || {
@@ -118,7 +83,7 @@ impl Mesh {
         }
         // Every home private, with its relayed address (its reservation on the relay).
         for i in 0..n {
-            if m.net.hosts[i].home.is_none() {
+            if m.nodes.net.hosts[i].home.is_none() {
                 continue;
             }
             let relayed = format!("/p2p/{}/p2p-circuit/p2p/{}", m.peer(0), m.peer(i));
@@ -132,11 +97,11 @@ impl Mesh {
     }
 
     fn url(&self, i: usize) -> &str {
-        &self.procs[i].url
+        &self.nodes.procs[i].url
     }
 
     fn peer(&self, i: usize) -> String {
-        self.procs[i].peer_id.clone()
+        self.nodes.procs[i].peer_id.clone()
     }
 
     /// Node `i`'s `connection` to node `j` (`direct`, `relayed`, `none`).
@@ -151,15 +116,8 @@ impl Mesh {
             .to_string()
     }
 
-    /// Node `i`'s metric series whose name starts with `prefix` and whose labels contain every
-    /// one of `labels`, summed.
     fn metric(&self, i: usize, prefix: &str, labels: &[&str]) -> f64 {
-        let (_, body) = get(&format!("{}/metrics", self.url(i)));
-        String::from_utf8_lossy(&body)
-            .lines()
-            .filter(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-            .sum()
+        self.nodes.metric(i, prefix, labels)
     }
 
     /// NAR bytes node `i` received as answers over `connection` (`direct` or `relayed`).
@@ -171,8 +129,8 @@ impl Mesh {
     /// Circuits the public nodes (the relay, and any other public node, which offers the relay
     /// service once AutoNAT finds it public) accepted so far.
     fn circuits_served(&self) -> f64 {
-        (0..self.procs.len())
-            .filter(|&i| self.net.hosts[i].home.is_none())
+        (0..self.nodes.procs.len())
+            .filter(|&i| self.nodes.net.hosts[i].home.is_none())
             .map(|i| self.metric(i, "buildmesh_nat_relay_served", &["circuit"]))
             .sum()
     }
@@ -183,18 +141,11 @@ impl Mesh {
         assert_eq!(s, 200, "node {i} /health {what}");
         let (s, m) = get_json(&format!("{}/api/v1/mesh", self.url(i)));
         assert_eq!(s, 200, "node {i} /api/v1/mesh {what}");
-        assert_eq!(m["members"].as_u64(), Some(self.procs.len() as u64), "node {i} lost a member {what}: {m}");
+        assert_eq!(m["members"].as_u64(), Some(self.nodes.procs.len() as u64), "node {i} lost a member {what}: {m}");
     }
 
     fn logs(&self) -> String {
-        let mut s = String::new();
-        for (i, n) in self.procs.iter().enumerate() {
-            let log = n.log_text();
-            let tail: Vec<&str> = log.lines().filter(|l| l.contains("_events::net") || l.contains("WARN")).collect();
-            let tail = &tail[tail.len().saturating_sub(30)..];
-            s.push_str(&format!("\n--- node {i} ({}) ---\n{}\n", n.peer_id, tail.join("\n")));
-        }
-        s
+        self.nodes.logs(30)
     }
 
     /// A job whose output is `mb` MiB of incompressible bytes (AES-CTR of zeros keyed by `name`),
@@ -382,7 +333,7 @@ fn the_relay_bounds_circuits_and_a_nar_larger_than_a_circuit_crosses_it() {
     wait_for("the symmetric home relayed to the cone home", Duration::from_secs(30), || {
         (m.connection(c, a) == "relayed").then_some(())
     });
-    m.net.join_public();
+    m.nodes.net.join_public();
     let target: PeerId = m.peer(c).parse().unwrap();
     let relay = m.relay.clone();
     let served_before = m.circuits_served();

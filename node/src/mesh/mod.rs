@@ -126,6 +126,10 @@ pub struct PeerView {
     /// How it is connected: `direct`, `relayed` (only through a relay) or `none`.
     #[serde(default)]
     pub connection: crate::net::ConnectionKind,
+    /// The remote addresses of its direct (not relayed) connections: which transport a
+    /// punched connection took (`/udp/…/quic-v1` or `/tcp/…`) and the peer's NAT address.
+    #[serde(default)]
+    pub direct_addresses: Vec<String>,
     /// What this node holds against it: gossip score, graylisting, refused requests, oversized
     /// frames (issue 15 item 7; all zero for a peer that behaved).
     #[serde(default)]

@@ -9,8 +9,8 @@ use libp2p::metrics::Registry;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad,
-    mdns, noise, ping, relay, request_response, tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits, gossipsub, identify, kad, mdns,
+    noise, ping, relay, request_response, tcp, yamux,
 };
 
 use super::codec::LengthPrefixedCodec;
@@ -45,8 +45,8 @@ pub(crate) struct MeshBehaviour {
     pub(crate) relay: relay::Behaviour,
     /// Reservations on relays and circuits through them.
     pub(crate) relay_client: relay::client::Behaviour,
-    /// Hole punching over a relayed connection.
-    pub(crate) dcutr: dcutr::Behaviour,
+    /// Hole punching over a relayed connection, over QUIC while it can ([`super::punch`]).
+    pub(crate) dcutr: super::punch::QuicFirstDcutr,
 }
 
 /// Content-addressed gossip message id: blake3 of the payload. Publishing the same bytes twice
@@ -221,7 +221,7 @@ fn build_behaviour(
         autonat,
         relay,
         relay_client,
-        dcutr: dcutr::Behaviour::new(peer_id),
+        dcutr: super::punch::QuicFirstDcutr::new(peer_id),
     })
 }
 

@@ -560,7 +560,7 @@ impl EventLoop {
             let _ = self.swarm.disconnect_peer_id(peer_id);
             return;
         }
-        self.nat_identified(peer_id, &info.protocols);
+        self.nat_identified(peer_id, &info.protocols, &info.listen_addrs);
         if info.protocols.contains(&KAD_PROTOCOL) {
             for addr in info.listen_addrs.iter().filter(|a| is_dialable(a)).take(MAX_ROUTING_ADDRS) {
                 self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());

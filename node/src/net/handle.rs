@@ -398,6 +398,13 @@ impl NetHandle {
         self.nat.connections.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// The remote addresses of the direct (not relayed) connections to every peer that has
+    /// one: a punched connection shows its transport (`/tcp/…` or `/udp/…/quic-v1`) and the
+    /// peer's NAT address.
+    pub fn direct_addresses(&self) -> std::collections::HashMap<PeerId, Vec<libp2p::Multiaddr>> {
+        self.nat.direct_addresses.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// The network's counters in the Prometheus text format (OpenMetrics): gossipsub per topic
     /// (`gossipsub_topic_msg_sent_bytes_total`, `gossipsub_topic_msg_recv_bytes_unfiltered_total`
     /// with duplicates, IDONTWANTs, mesh peers, ...) and transport bytes per direction

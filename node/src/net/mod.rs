@@ -34,6 +34,7 @@ mod handle;
 pub mod ip_limits;
 pub mod nat;
 pub mod peer_limits;
+mod punch;
 
 use std::fmt;
 

@@ -300,6 +300,8 @@ impl NatSettings {
 pub(crate) struct NatShared {
     pub(crate) reachability: RwLock<Reachability>,
     pub(crate) connections: RwLock<HashMap<PeerId, ConnectionKind>>,
+    /// The remote addresses of the direct (not relayed) connections to each peer.
+    pub(crate) direct_addresses: RwLock<HashMap<PeerId, Vec<Multiaddr>>>,
 }
 
 /// Shared handle on [`NatShared`].

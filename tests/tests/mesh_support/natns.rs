@@ -10,9 +10,14 @@
 //!
 //! Reusable: `wan` tests can add `tc netem` on a router's `wan0` ([`NatNet::router_namespace`]).
 
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
+use buildmesh_protocol::identity::NodeKey;
 pub use buildmesh_tests::{ip, ip_program};
+
+use super::{NodeArgs, NodeProc, get, get_json, key_seed, libp2p_address, wait_for};
 
 /// How a home router maps ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +195,108 @@ impl NatNet {
     /// The kind of NAT of home `h`.
     pub fn kind(&self, h: usize) -> NatKind {
         self.homes[h]
+    }
+}
+
+/// How the other nodes are given the relay's address (`--bootstrap`, and `--relay` in homes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayAddr {
+    /// Its TCP address (`/ip4/…/tcp/…/p2p/<relay>`).
+    Tcp,
+    /// Its QUIC address (`/ip4/…/udp/…/quic-v1/p2p/<relay>`).
+    Quic,
+}
+
+/// Real nodes on a [`NatNet`]: host 0 the relay, then the other public hosts, then one per home.
+pub struct NatNodes {
+    /// The namespaces (removed on drop, after the nodes: fields drop in order).
+    pub procs: Vec<NodeProc>,
+    pub net: NatNet,
+    /// Every node's key (every node trusts every key).
+    pub keys: Vec<NodeKey>,
+    /// The relay's address as the others were given it.
+    pub relay: String,
+}
+
+impl NatNodes {
+    /// Starts one node per host of `net`, each in its namespace, listening on TCP and QUIC, with
+    /// `--private-as-public` (the "public" network is 10.x) and `config` as its `mesh.toml`:
+    /// host 0 is the relay (`--relay-server`), the other public hosts bootstrap to it, and each
+    /// home's node bootstraps to it and reserves a slot on it (`--relay`), given its `relay`
+    /// address. Keys are named `{name}-{i}`; `more(i, args)` adds host `i`'s own flags.
+    pub fn start(
+        dir: &Path,
+        net: NatNet,
+        name: &str,
+        config: &str,
+        relay: RelayAddr,
+        more: impl Fn(usize, NodeArgs) -> NodeArgs,
+    ) -> NatNodes {
+        let config_file = dir.join("mesh.toml");
+        std::fs::write(&config_file, config).unwrap();
+        let n = net.hosts.len();
+        let keys: Vec<NodeKey> =
+            (0..n).map(|i| NodeKey::from_seed(&format!("{name}-{i}"), key_seed(dir, i)).unwrap()).collect();
+        let mut procs: Vec<NodeProc> = Vec::new();
+        let mut relay_addr = String::new();
+        for i in 0..n {
+            let key = dir.join(format!("key-{i}"));
+            std::fs::write(&key, keys[i].to_file_string()).unwrap();
+            let (tcp, udp) = net.listen(i);
+            let args = NodeArgs::new(&config_file, &key, &keys).args([
+                "--listen".into(),
+                udp,
+                "--admin-http".into(),
+                net.hosts[i].http.clone(),
+                "--private-as-public".into(),
+            ]);
+            let args = match (i, net.hosts[i].home) {
+                (0, _) => args.args(["--relay-server", "--mesh"]),
+                (_, None) => args.args(["--bootstrap", relay_addr.as_str()]),
+                (_, Some(_)) => args.args(["--bootstrap", relay_addr.as_str(), "--relay", relay_addr.as_str()]),
+            };
+            let p = more(i, args).start_with(&dir.join(format!("node{i}")), &net.wrapper(i), &net.hosts[i].http, &tcp);
+            if i == 0 {
+                relay_addr = libp2p_address(&p.url);
+                assert!(relay_addr.contains("/tcp/"), "the relay's first address is its TCP one: {relay_addr}");
+                if relay == RelayAddr::Quic {
+                    relay_addr = wait_for("the relay's QUIC address", Duration::from_secs(20), || {
+                        let node = get_json(&format!("{}/api/v1/node", p.url)).1;
+                        node["addresses"]
+                            .as_array()?
+                            .iter()
+                            .filter_map(|a| a.as_str())
+                            .find(|a| a.contains("/quic-v1"))
+                            .map(String::from)
+                    });
+                }
+            }
+            procs.push(p);
+        }
+        NatNodes { procs, net, keys, relay: relay_addr }
+    }
+
+    /// Node `i`'s metric series whose name starts with `prefix` and whose labels contain every
+    /// one of `labels`, summed.
+    pub fn metric(&self, i: usize, prefix: &str, labels: &[&str]) -> f64 {
+        let (_, body) = get(&format!("{}/metrics", self.procs[i].url));
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    }
+
+    /// The last `n` network events and warnings of every node's log.
+    pub fn logs(&self, n: usize) -> String {
+        let mut s = String::new();
+        for (i, p) in self.procs.iter().enumerate() {
+            let log = p.log_text();
+            let tail: Vec<&str> = log.lines().filter(|l| l.contains("_events::net") || l.contains("WARN")).collect();
+            let tail = &tail[tail.len().saturating_sub(n)..];
+            s.push_str(&format!("\n--- node {i} ({}) ---\n{}\n", p.peer_id, tail.join("\n")));
+        }
+        s
     }
 }
 

@@ -158,6 +158,7 @@ impl Driver {
             version: String::new(),
             addresses: Vec::new(),
             connection: Default::default(),
+            direct_addresses: Vec::new(),
             conduct: Default::default(),
             lapses: 0,
             penalised_until_ms: None,
@@ -206,6 +207,11 @@ impl Driver {
         for (peer, kind) in self.ctx.net.connection_kinds() {
             if let Some(v) = peers.get_mut(&peer) {
                 v.connection = kind;
+            }
+        }
+        for (peer, addrs) in self.ctx.net.direct_addresses() {
+            if let Some(v) = peers.get_mut(&peer) {
+                v.direct_addresses = addrs.iter().map(|a| a.to_string()).collect();
             }
         }
         // What the net layer holds against peers: shown on their entries, and a graylisted or

@@ -94,8 +94,8 @@ pub(crate) struct NatState {
     shared: SharedNat,
     metrics: NatMetrics,
     reachability: Reachability,
-    /// Open connections per peer: whether each is relayed.
-    conns: HashMap<PeerId, HashMap<ConnectionId, bool>>,
+    /// Open connections per peer: whether each is relayed, and its remote address.
+    conns: HashMap<PeerId, HashMap<ConnectionId, (bool, Multiaddr)>>,
     /// Reservation listeners (pending or accepted) by relay.
     listeners: HashMap<ListenerId, PeerId>,
     /// Relays that accepted a reservation (and whose listener is still open).
@@ -111,6 +111,9 @@ pub(crate) struct NatState {
     relayed_dialled: HashMap<PeerId, Multiaddr>,
     /// Peers reached only through a relay, to be punched again (see the module docs).
     punch_retries: HashMap<PeerId, PunchRetry>,
+    /// Relays this node dialled on their QUIC address too, having reached them over TCP first
+    /// (see [`EventLoop::nat_identified`]), so that they are not dialled again.
+    quic_dialled: BTreeSet<PeerId>,
 }
 
 impl NatState {
@@ -129,12 +132,13 @@ impl NatState {
             last_try: HashMap::new(),
             relayed_dialled: HashMap::new(),
             punch_retries: HashMap::new(),
+            quic_dialled: BTreeSet::new(),
         }
     }
 
     fn kind(&self, peer: &PeerId) -> ConnectionKind {
         match self.conns.get(peer) {
-            Some(c) if c.values().any(|relayed| !relayed) => ConnectionKind::Direct,
+            Some(c) if c.values().any(|(relayed, _)| !relayed) => ConnectionKind::Direct,
             Some(c) if !c.is_empty() => ConnectionKind::Relayed,
             _ => ConnectionKind::None,
         }
@@ -142,17 +146,29 @@ impl NatState {
 
     fn publish(&self, peer: PeerId) {
         let kind = self.kind(&peer);
+        let direct: Vec<Multiaddr> = self
+            .conns
+            .get(&peer)
+            .map(|c| c.values().filter(|(relayed, _)| !relayed).map(|(_, a)| a.clone()).collect())
+            .unwrap_or_default();
         let mut map = self.shared.connections.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if kind == ConnectionKind::None {
             map.remove(&peer);
         } else {
             map.insert(peer, kind);
         }
+        drop(map);
+        let mut map = self.shared.direct_addresses.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if direct.is_empty() {
+            map.remove(&peer);
+        } else {
+            map.insert(peer, direct);
+        }
     }
 
     /// Counts a response of `len` bytes from `peer` on `conn`.
     pub(crate) fn count_response(&self, protocol: RequestProtocol, peer: &PeerId, conn: &ConnectionId, len: usize) {
-        let relayed = self.conns.get(peer).and_then(|c| c.get(conn)).copied().unwrap_or(false);
+        let relayed = self.conns.get(peer).and_then(|c| c.get(conn)).is_some_and(|(relayed, _)| *relayed);
         let kind = if relayed { "relayed" } else { "direct" };
         let name = protocol.to_string();
         let name = name.rsplit('/').nth(1).unwrap_or(&name).to_string();
@@ -186,9 +202,9 @@ impl EventLoop {
             ConnectedPoint::Listener { .. } => {}
         }
         let conns = self.nat.conns.entry(peer).or_default();
-        conns.insert(id, relayed);
-        let has_direct = conns.values().any(|r| !r);
-        let relayed_ids: Vec<ConnectionId> = conns.iter().filter(|(_, r)| **r).map(|(c, _)| *c).collect();
+        conns.insert(id, (relayed, endpoint.get_remote_address().clone()));
+        let has_direct = conns.values().any(|(r, _)| !r);
+        let relayed_ids: Vec<ConnectionId> = conns.iter().filter(|(_, (r, _))| *r).map(|(c, _)| *c).collect();
         debug!(target: EVENTS, event = "connection", %peer, relayed, address = %endpoint.get_remote_address());
         if has_direct {
             self.nat.punch_retries.remove(&peer);
@@ -254,8 +270,18 @@ impl EventLoop {
         self.nat.publish(peer);
     }
 
-    /// Identify told us what `peer` runs: remember peers offering the relay service.
-    pub(super) fn nat_identified(&mut self, peer: PeerId, protocols: &[libp2p::StreamProtocol]) {
+    /// Identify told us what `peer` runs and where it listens: remember peers offering the
+    /// relay service, and reach a relay this node reserves on over QUIC as well when it was
+    /// reached over TCP only.
+    ///
+    /// DCUtR punches with the addresses identify observed for this node, so over the transports
+    /// this node reaches public peers with: a home that reaches its relay over TCP only has no
+    /// UDP candidate and punches over TCP only (where a TCP simultaneous open is the fragile
+    /// one: docs/nat.md, "Why a punch failed here"). So while this node is not public and a
+    /// relay it reserves on (configured or picked) announces a reachable QUIC listen address,
+    /// it dials that address once too (a second connection to the relay): the relay observes
+    /// this node's UDP mapping, which then goes into every punch as a candidate.
+    pub(super) fn nat_identified(&mut self, peer: PeerId, protocols: &[libp2p::StreamProtocol], listen: &[Multiaddr]) {
         if protocols.contains(&relay::HOP_PROTOCOL_NAME) {
             if let Some(addr) = self.nat.dialled.get(&peer)
                 && is_public_addr(addr, self.nat.cfg.private_as_public)
@@ -265,6 +291,31 @@ impl EventLoop {
             }
         } else {
             self.nat.hop_peers.remove(&peer);
+            return;
+        }
+        let ours = self.nat.auto.contains_key(&peer)
+            || self.nat.cfg.relays.iter().any(|a| super::super::peer_id_of(a) == Some(peer));
+        if !ours || self.nat.reachability == Reachability::Public || self.nat.quic_dialled.contains(&peer) {
+            return;
+        }
+        let over_quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
+        let has_quic = self.nat.conns.get(&peer).is_some_and(|c| c.values().any(|(r, a)| !r && over_quic(a)));
+        let Some(quic) = listen.iter().find(|a| {
+            over_quic(a) && !super::super::nat::is_relayed(a) && is_public_addr(a, self.nat.cfg.private_as_public)
+        }) else {
+            return;
+        };
+        if has_quic {
+            return;
+        }
+        self.nat.quic_dialled.insert(peer);
+        info!(target: EVENTS, event = "relay_quic_dial", relay = %peer, address = %quic, "reaching the relay over QUIC as well, for UDP hole punches");
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+            .addresses(vec![quic.clone()])
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(target: EVENTS, event = "relay_quic_dial_failed", relay = %peer, cause = %e);
         }
     }
 
