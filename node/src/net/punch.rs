@@ -47,6 +47,14 @@ impl QuicFirstDcutr {
         QuicFirstDcutr { inner: dcutr::Behaviour::new(peer), held: Vec::new(), quic: false, fallback: false }
     }
 
+    /// A connection is up and DCUtR may punch over it: a node that knows no QUIC candidate has
+    /// nothing to prefer, so it hands over what it held instead of failing one punch first.
+    fn release_without_quic(&mut self) {
+        if !self.quic && !self.fallback && !self.held.is_empty() {
+            self.fall_back();
+        }
+    }
+
     /// A punch failed: hand DCUtR the held candidates, and every later one.
     fn fall_back(&mut self) {
         self.fallback = true;
@@ -76,6 +84,7 @@ impl NetworkBehaviour for QuicFirstDcutr {
         local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.release_without_quic();
         self.inner.handle_established_inbound_connection(id, peer, local, remote)
     }
 
@@ -97,6 +106,7 @@ impl NetworkBehaviour for QuicFirstDcutr {
         role: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.release_without_quic();
         self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use)
     }
 
@@ -124,5 +134,38 @@ impl NetworkBehaviour for QuicFirstDcutr {
             self.fall_back();
         }
         Poll::Ready(ev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(f: &mut QuicFirstDcutr, addr: &str) {
+        let addr: Multiaddr = addr.parse().unwrap();
+        f.on_swarm_event(FromSwarm::NewExternalAddrCandidate(NewExternalAddrCandidate { addr: &addr }));
+    }
+
+    fn connect(f: &mut QuicFirstDcutr) {
+        let local: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().unwrap();
+        let remote: Multiaddr = "/ip4/10.0.0.2/tcp/2".parse().unwrap();
+        let _ =
+            f.handle_established_inbound_connection(ConnectionId::new_unchecked(1), PeerId::random(), &local, &remote);
+    }
+
+    #[test]
+    fn tcp_candidates_wait_for_a_failed_punch_only_when_quic_is_known() {
+        let mut f = QuicFirstDcutr::new(PeerId::random());
+        candidate(&mut f, "/ip4/203.0.113.7/tcp/4001");
+        candidate(&mut f, "/ip4/203.0.113.7/udp/4001/quic-v1");
+        connect(&mut f);
+        assert_eq!(f.held.len(), 1, "with a QUIC candidate the TCP one is held back");
+        assert!(!f.fallback);
+
+        let mut f = QuicFirstDcutr::new(PeerId::random());
+        candidate(&mut f, "/ip4/203.0.113.7/tcp/4001");
+        assert_eq!(f.held.len(), 1);
+        connect(&mut f);
+        assert!(f.held.is_empty() && f.fallback, "without a QUIC candidate nothing is held when a punch can start");
     }
 }
