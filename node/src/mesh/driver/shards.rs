@@ -126,14 +126,15 @@ impl Driver {
         }
     }
 
-    /// Unsubscribe from the observed shards that no unfinished submission of this node needs
-    /// any more (after one finished).
+    /// Unsubscribe from the observed shards that no unfinished submission and no pending local
+    /// build (its inputs) of this node needs any more (after one finished).
     pub(super) async fn release_shards(&mut self) {
         let needed: Vec<StorePath> = self
             .submissions
             .iter()
             .flat_map(|(drv, job)| std::iter::once(drv).chain(job.inputs.iter()))
             .filter_map(|b| StorePath::from_basename(b).ok())
+            .chain(self.building.values().flat_map(|slot| slot.inputs.iter().cloned()))
             .collect();
         for s in self.shards.release(&needed) {
             tracing::info!(target: EVENTS, event = "shard_released", shard = s, shards = self.shards.count());
