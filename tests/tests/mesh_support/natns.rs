@@ -12,6 +12,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use buildmesh_protocol::identity::NodeKey;
@@ -48,7 +49,13 @@ pub struct NatNet {
     /// Every host: the public ones first, then one per home, in the order given.
     pub hosts: Vec<Host>,
     homes: Vec<NatKind>,
+    /// Held while the network exists: names and the 10.x range derive from the process id, so
+    /// two `NatNet`s of one test binary (tests run in parallel threads) would collide.
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
+
+/// Serialises the `NatNet`s of one process (see `NatNet::_one_at_a_time`).
+static NAT_NETS: Mutex<()> = Mutex::new(());
 
 fn nft_program() -> String {
     for p in ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"] {
@@ -70,6 +77,8 @@ impl NatNet {
     /// given kind.
     pub fn new(public: usize, homes: &[NatKind]) -> NatNet {
         assert!(public + homes.len() < 90 && homes.len() < 50);
+        // A test that panicked while holding it dropped its network first: go on.
+        let serial = NAT_NETS.lock().unwrap_or_else(PoisonError::into_inner);
         let pid = std::process::id();
         let routes =
             Command::new(ip_program()).args(["-4", "route", "show", "table", "all"]).output().expect("ip route");
@@ -79,7 +88,13 @@ impl NatNet {
             .map(|k| (100 + (pid + 50 + k) % 100) as u8)
             .find(|net| !routes.contains(&format!("10.{net}.")))
             .expect("a free 10.x.0.0/16");
-        let mut n = NatNet { tag: format!("{:04x}", pid % 0xffff), net, hosts: Vec::new(), homes: homes.to_vec() };
+        let mut n = NatNet {
+            tag: format!("{:04x}", pid % 0xffff),
+            net,
+            hosts: Vec::new(),
+            homes: homes.to_vec(),
+            _one_at_a_time: serial,
+        };
         ip(&["link", "add", &n.bridge(), "type", "bridge"]);
         ip(&["link", "set", &n.bridge(), "up"]);
         for i in 0..public {
