@@ -106,10 +106,17 @@ fn homes_behind_nat_punch_through_or_fall_back_to_the_relay() {
         });
     }
     let reach = |i: usize| nodes.node(i)["reachability"].as_str().unwrap_or("").to_string();
-    wait_for("AutoNAT: the relay public, every home private", Duration::from_secs(40), || {
-        let r: Vec<String> = (0..5).map(reach).collect();
-        (r == ["public", "private", "private", "private", "private"]).then_some(())
+    let mut last = Vec::new();
+    let verdicts = std::time::Instant::now();
+    wait_for("AutoNAT: the relay public, every home private", Duration::from_secs(90), || {
+        let now = (0..5).map(reach).collect::<Vec<String>>();
+        if now != last {
+            eprintln!("AutoNAT verdicts {now:?} after {:?}", verdicts.elapsed());
+            last = now;
+        }
+        (last == ["public", "private", "private", "private", "private"]).then_some(())
     });
+    eprintln!("AutoNAT verdicts {last:?} after {:?}", verdicts.elapsed());
     for i in 1..5 {
         let addrs = nodes.node(i)["addresses"].clone();
         let relayed = format!("/p2p/{}/p2p-circuit/p2p/{}", peer(0), peer(i));
