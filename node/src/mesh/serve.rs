@@ -64,6 +64,16 @@ impl Server {
         self
     }
 
+    /// Scanned records `(seq, derivation, envelope)` with the envelope kept only for the
+    /// derivations of a `wanted` shard (for [`filtered_page`]).
+    fn in_shards<'a>(
+        &'a self,
+        wanted: &'a BTreeSet<u32>,
+        records: impl Iterator<Item = (u64, StorePath, Vec<u8>)> + 'a,
+    ) -> impl Iterator<Item = (u64, Option<Vec<u8>>)> + 'a {
+        records.map(move |(seq, drv, env)| (seq, wanted.contains(&shard::drv_shard(&drv, self.shards)).then_some(env)))
+    }
+
     /// Answer a `/buildmesh/closure/1` request body (blocking).
     pub fn closure(&self, body: &[u8]) -> Vec<u8> {
         let resp = match rpc::decode::<ClosureRequest>("closure request", body, self.limits.closure_limits.max_request)
@@ -231,22 +241,16 @@ impl Server {
                 Err(e) => Ok(SyncResponse::Error(e)),
                 Ok(wanted) => self.store.attestations_since(*from, MAX_SHARD_SCAN).and_then(|list| {
                     let next_seq = self.store.attestation_summary()?.next_seq;
-                    let items = list.into_iter().map(|a| {
-                        let keep = wanted.contains(&shard::drv_shard(&a.entry.drv, self.shards));
-                        (a.seq, keep.then_some(a.entry.envelope))
-                    });
-                    Ok(filtered_page(items, *from, next_seq, *limit))
+                    let items = list.into_iter().map(|a| (a.seq, a.entry.drv, a.entry.envelope));
+                    Ok(filtered_page(self.in_shards(&wanted, items), *from, next_seq, *limit))
                 }),
             },
             SyncRequest::ShardFailures { from, limit, filter } => match filter.check(self.shards) {
                 Err(e) => Ok(SyncResponse::Error(e)),
                 Ok(wanted) => self.store.failures_since(*from, MAX_SHARD_SCAN).and_then(|list| {
                     let next_seq = self.store.failure_summary()?.next_seq;
-                    let items = list.into_iter().map(|f| {
-                        let keep = wanted.contains(&shard::drv_shard(&f.entry.drv, self.shards));
-                        (f.seq, keep.then_some(f.entry.envelope))
-                    });
-                    Ok(filtered_page(items, *from, next_seq, *limit))
+                    let items = list.into_iter().map(|f| (f.seq, f.entry.drv, f.entry.envelope));
+                    Ok(filtered_page(self.in_shards(&wanted, items), *from, next_seq, *limit))
                 }),
             },
         };
