@@ -413,6 +413,12 @@ impl Scheduler {
                 ledger.set_served(p.served);
             }
             for s in &p.start {
+                if self.handle.lock_running().contains_key(&s.drv) {
+                    // The previous attempt (cancelled, then queued again) is still stopping: never
+                    // two builders of one derivation at once. Its end wakes the scheduler.
+                    tracing::debug!(drv = %s.drv, "previous attempt still stopping; starting it later");
+                    continue;
+                }
                 let Ok(Some(derivation)) = self.derivation(&s.drv) else { continue };
                 let token = shutdown.child_token();
                 // Register the token first, so that a cancel racing with the start finds it.

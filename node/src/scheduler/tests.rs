@@ -26,6 +26,8 @@ enum Behaviour {
     Transient(u32),
     /// Run until cancelled.
     Block,
+    /// Run until cancelled, then take this long to stop (a builder process slow to die).
+    SlowStop(Duration),
 }
 
 #[derive(Debug)]
@@ -98,6 +100,11 @@ impl Executor for TestExec {
             let result = match b {
                 Behaviour::Block => {
                     cancel.cancelled().await;
+                    Err(BuildError::Cancelled)
+                }
+                Behaviour::SlowStop(stop) => {
+                    cancel.cancelled().await;
+                    tokio::time::sleep(stop).await;
                     Err(BuildError::Cancelled)
                 }
                 other => {
@@ -359,6 +366,34 @@ async fn cancel_stops_a_running_build_and_fails_its_dependents() {
     let handle = h.handle.clone();
     let e = tokio::task::spawn_blocking(move || handle.cancel(&drv_path(2))).await.unwrap().unwrap_err();
     assert!(e.to_string().contains("failed"), "{e}");
+    h.stop().await;
+}
+
+/// A build cancelled and retried at once while its builder is still stopping: the new attempt
+/// waits for the old one to end (never two builders of one derivation at once), and the old one's
+/// end does not count against the new attempt (it once marked it failed: "cancelled by something
+/// other than the API").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_right_after_a_cancel_waits_for_the_old_builder_and_keeps_running() {
+    let mut h = Harness::new(2, 3, Duration::from_millis(2));
+    h.add_drv(1, &[]);
+    h.exec.set(&drv_path(1), Behaviour::SlowStop(Duration::from_millis(300)));
+    h.enqueue(1, 0);
+    h.start();
+    h.wait_for("t1 to run", |h| h.state(1) == BuildState::Running).await;
+    let handle = h.handle.clone();
+    tokio::task::spawn_blocking(move || {
+        handle.cancel(&drv_path(1)).unwrap();
+        handle.retry(&drv_path(1)).unwrap();
+    })
+    .await
+    .unwrap();
+    h.wait_for("the retried t1 to start", |h| h.exec.started().len() == 2).await;
+    assert_eq!(h.exec.max_running.load(Ordering::SeqCst), 1, "two builders of t1 ran at once");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = h.store.get_build(&drv_path(1)).unwrap().unwrap();
+    assert_eq!(r.state, BuildState::Running, "the retried attempt: {r:?}");
+    assert_eq!(h.handle.running(), vec![drv_path(1)]);
     h.stop().await;
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::store_path::StorePath;
@@ -290,15 +290,41 @@ impl Cluster {
         (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
     }
 
-    /// Wait until every running node has `n` members in its view.
+    /// Wait until every running node has `n` members in its view; on a timeout, panic with what
+    /// every node sees (its members, its connected peers) and the tail of its log.
     pub fn wait_members(&self, n: usize, limit: Duration) {
         for i in self.running() {
             let url = self.urls[i].clone();
-            wait_for(&format!("node {i} to see {n} members"), limit, || {
+            let deadline = Instant::now() + limit;
+            loop {
                 let (s, j) = get_json(&format!("{url}/api/v1/mesh"));
-                (s == 200 && j["members"].as_u64() == Some(n as u64)).then_some(())
-            });
+                if s == 200 && j["members"].as_u64() == Some(n as u64) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "timed out after {limit:?} waiting for node {i} to see {n} members\n{}{}",
+                        self.views(),
+                        self.logs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
+    }
+
+    /// Each running node's member count and connected peers (for failure messages).
+    pub fn views(&self) -> String {
+        let mut s = String::new();
+        for i in self.running() {
+            let (_, mesh) = get_json(&format!("{}/api/v1/mesh", self.urls[i]));
+            let (_, peers) = get_json(&format!("{}/api/v1/peers", self.urls[i]));
+            s.push_str(&format!(
+                "node {i} ({}): members {} mesh {mesh}\n  peers {peers}\n",
+                self.peer_ids[i], mesh["members"]
+            ));
+        }
+        s
     }
 
     pub fn mesh(&self, i: usize) -> serde_json::Value {
