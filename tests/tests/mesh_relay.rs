@@ -17,6 +17,12 @@
 //!   home (a NATed member serving), and a direct LAN baseline between two public nodes. Run with
 //!   `cargo test -p buildmesh-tests --test mesh_relay -- --ignored --nocapture bench_relay`
 //!   (`BENCH_RELAY_NAR_MB`, `BENCH_RELAY_ROUNDS`, `BENCH_RELAY_BIG_MB`).
+//! - `bench_wan_relay` (ignored; prints a table): the same relayed and punched paths with the
+//!   public network emulated as a WAN (`NatNet::with_wan`: one delayed, jittered, lossy access
+//!   link per home), for several delays and NAR sizes. Run with
+//!   `cargo test -p buildmesh-tests --test mesh_relay -- --ignored --nocapture bench_wan_relay`
+//!   (`BENCH_WAN_RELAY_LINKS`, `BENCH_WAN_RELAY_SIZES_MB`, `BENCH_WAN_RELAY_ROUNDS`,
+//!   `BENCH_WAN_RELAY_LIMIT_S`, `BENCH_WAN_RELAY_QUIC`).
 //!
 //! Needs root, iproute2 and nftables (`scripts/install-deps.sh`).
 
@@ -34,6 +40,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, relay, tcp, yamux};
 use mesh_support::natns::{NatKind, NatNet, NatNodes, RelayAddr};
+use mesh_support::wan::WanModel;
 use mesh_support::*;
 
 /// The `[nat]` timers of the tests: AutoNAT probes after 1 s and every 2 s while unsure.
@@ -62,7 +69,11 @@ impl Mesh {
         nat: &str,
         quic: bool,
     ) -> Mesh {
-        let net = NatNet::new(public, homes);
+        Mesh::start_on(dir, NatNet::new(public, homes), features, nat, quic)
+    }
+
+    /// [`Mesh::start`] on a network already made (e.g. [`NatNet::with_wan`]).
+    fn start_on(dir: &std::path::Path, net: NatNet, features: &[Option<&str>], nat: &str, quic: bool) -> Mesh {
         let relay = if quic { RelayAddr::Quic } else { RelayAddr::Tcp };
         let config = format!("{FAST_MESH}{FAST_NAT}{nat}");
         let nodes = NatNodes::start(dir, net, "relay", &config, relay, |i, args| {
@@ -77,7 +88,7 @@ impl Mesh {
         let m = Mesh { nodes, relay };
         for i in 0..n {
             let url = m.url(i).to_string();
-            wait_for(&format!("node {i} to see {n} members"), Duration::from_secs(60), || {
+            wait_for(&format!("node {i} to see {n} members"), Duration::from_secs(90), || {
                 (get_json(&format!("{url}/api/v1/mesh")).1["members"] == n).then_some(())
             });
         }
@@ -87,7 +98,7 @@ impl Mesh {
                 continue;
             }
             let relayed = format!("/p2p/{}/p2p-circuit/p2p/{}", m.peer(0), m.peer(i));
-            wait_for(&format!("home node {i} private with a relayed address"), Duration::from_secs(60), || {
+            wait_for(&format!("home node {i} private with a relayed address"), Duration::from_secs(90), || {
                 let node = get_json(&format!("{}/api/v1/node", m.url(i))).1;
                 let has = node["addresses"].as_array()?.iter().any(|a| a.as_str().unwrap_or("").ends_with(&relayed));
                 (has && node["reachability"] == "private").then_some(())
@@ -172,6 +183,12 @@ impl Mesh {
     /// Node `fetcher` serves `out` through its quorum gateway (narinfo, then the NAR), which
     /// pulls the NAR from the builder over the mesh. Returns (NarSize, seconds), or what failed.
     fn fetch(&self, fetcher: usize, out: &StorePath) -> Result<(u64, f64), String> {
+        self.fetch_within(fetcher, out, Duration::from_secs(600))
+    }
+
+    /// [`Mesh::fetch`], each of the two requests given up after `limit` (an `Err` saying
+    /// "timed out").
+    fn fetch_within(&self, fetcher: usize, out: &StorePath, limit: Duration) -> Result<(u64, f64), String> {
         let url = self.url(fetcher);
         let path = sd().display(out);
         wait_for(&format!("node {fetcher} to hold the attestation of {path}"), Duration::from_secs(30), || {
@@ -179,13 +196,13 @@ impl Mesh {
             (!j.as_array()?.is_empty()).then_some(())
         });
         let t = Instant::now();
-        let (s, narinfo) = get(&format!("{url}/{}.narinfo", out.hash_part()));
+        let (s, narinfo) = slow_get(&format!("{url}/{}.narinfo", out.hash_part()), limit)?;
         let narinfo = String::from_utf8_lossy(&narinfo).to_string();
         if s != 200 {
             return Err(format!("narinfo of {path} on node {fetcher}: {s} {narinfo}"));
         }
         let nar_url = narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL in the narinfo").to_string();
-        let (s, nar) = get(&format!("{url}/{nar_url}"));
+        let (s, nar) = slow_get(&format!("{url}/{nar_url}"), limit)?;
         if s != 200 || nar.is_empty() {
             return Err(format!("NAR of {path} on node {fetcher}: {s} {}", String::from_utf8_lossy(&nar)));
         }
@@ -193,6 +210,18 @@ impl Mesh {
         let size: u64 = narinfo.lines().find_map(|l| l.strip_prefix("NarSize: ")).and_then(|v| v.parse().ok()).unwrap();
         Ok((size, secs))
     }
+}
+
+/// GET `url` waiting up to `limit` (a NAR over a slow emulated WAN), returning status and body,
+/// or what failed ("timed out" when it took longer).
+fn slow_get(url: &str, limit: Duration) -> Result<(u16, Vec<u8>), String> {
+    let client = reqwest::blocking::Client::builder().timeout(limit).build().expect("client");
+    let failed = |e: reqwest::Error| {
+        if e.is_timeout() { format!("GET {url}: timed out after {limit:?}") } else { format!("GET {url}: {e}") }
+    };
+    let r = client.get(url).send().map_err(failed)?;
+    let status = r.status().as_u16();
+    Ok((status, r.bytes().map_err(failed)?.to_vec()))
 }
 
 // ------------------------------------------------------------------------- peers of the test
@@ -511,6 +540,127 @@ fn bench_relay() {
             "| relayed, {:.0} MiB NAR (larger than one circuit's 256 MiB): cone home to symmetric home | {:.1} ({secs:.1} s, {circuits} new circuits) |",
             size as f64 / MIB as f64,
             size as f64 / MIB as f64 / secs
+        );
+    }
+}
+
+/// One access-link setting of `bench_wan_relay`: one way per link (ms) and loss per link.
+fn wan_links() -> Vec<(u64, f64)> {
+    let spec = std::env::var("BENCH_WAN_RELAY_LINKS").unwrap_or_else(|_| "0:0,10:0,75:0,75:0.5".into());
+    spec.split(',')
+        .map(|s| {
+            let (ms, loss) = s.split_once(':').unwrap_or((s, "0"));
+            (ms.trim().parse().expect("BENCH_WAN_RELAY_LINKS: ms:loss%,…"), loss.trim().parse::<f64>().unwrap() / 100.0)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "benchmark: prints a table (BENCH_WAN_RELAY_LINKS, _SIZES_MB, _ROUNDS, _LIMIT_S, _QUIC=1)"]
+fn bench_wan_relay() {
+    let sizes: Vec<u64> = std::env::var("BENCH_WAN_RELAY_SIZES_MB")
+        .unwrap_or_else(|_| "1,16".into())
+        .split(',')
+        .map(|v| v.trim().parse().expect("BENCH_WAN_RELAY_SIZES_MB"))
+        .collect();
+    let rounds = env("BENCH_WAN_RELAY_ROUNDS", 1);
+    // A transfer taking longer is given up (and the setting's later transfers skipped).
+    let limit = Duration::from_secs(env("BENCH_WAN_RELAY_LIMIT_S", 120));
+    // BENCH_WAN_RELAY_QUIC=1: the homes are given the relay's QUIC address (no TCP at all).
+    let quic = env("BENCH_WAN_RELAY_QUIC", 0) == 1;
+    // Hosts: 0 the relay (public), 1 and 2 cone homes (they punch), 3 a symmetric home (relayed).
+    let (a, b, c) = (1usize, 2usize, 3usize);
+    let homes = [NatKind::Cone, NatKind::Cone, NatKind::Symmetric];
+    let features = [None, Some("home-a"), None, None];
+    let mut rows = Vec::new();
+    for (ms, loss) in wan_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = WanModel::access_links(homes.len(), Duration::from_millis(ms), loss);
+        eprintln!("network: {}", model.describe());
+        let t0 = Instant::now();
+        let m = Mesh::start_on(tmp.path(), NatNet::with_wan(1, &homes, model.clone()), &features, "", quic);
+        wait_for("the cone homes punched through", Duration::from_secs(180), || {
+            (m.connection(a, b) == "direct" && m.connection(b, a) == "direct").then_some(())
+        });
+        wait_for("the symmetric home relayed", Duration::from_secs(90), || {
+            (m.connection(c, a) == "relayed" && m.connection(a, c) == "relayed").then_some(())
+        });
+        let ready = t0.elapsed().as_secs_f64();
+        let (_, peers) = get_json(&format!("{}/api/v1/peers", m.url(b)));
+        let punched = peers
+            .as_array()
+            .and_then(|v| v.iter().find(|p| p["peer_id"] == m.peer(a).as_str()))
+            .map(|p| p["direct_addresses"].to_string())
+            .unwrap_or_default();
+        let transport = if punched.contains("quic") { "QUIC" } else { "TCP" };
+        eprintln!("{ms} ms/link: mesh up and punched in {ready:.0} s, home B reaches home A at {punched}");
+        let mut d = Drvs::new(&tmp.path().join("drvs"));
+        let served = m.circuits_served();
+        'sizes: for &mb in &sizes {
+            // (path, fetcher, the connection the NAR must take)
+            for (what, fetcher, conn) in [("relayed", c, "relayed"), ("direct", b, "direct")] {
+                let mut times = Vec::new();
+                for round in 0..rounds {
+                    let out = m.build_nar(&mut d, a, &format!("wan-relay-{ms}-{mb}-{what}-{round}"), mb, "home-a");
+                    let before = m.nar_bytes(fetcher, conn);
+                    let (size, secs) = match m.fetch_within(fetcher, &out, limit) {
+                        Ok(r) => r,
+                        // Too slow to wait for: the row says "more than the limit". The node goes
+                        // on fetching in the background, so the later rows of this setting would
+                        // share the path with it: skip them.
+                        Err(e) if e.contains("timed out") => {
+                            eprintln!("{ms} ms/link: {mb} MiB {what}: {e}");
+                            times.push(None);
+                            rows.push((ms, loss, mb, what, transport, times));
+                            break 'sizes;
+                        }
+                        Err(e) => panic!("{what}: {e}{}", m.logs()),
+                    };
+                    let got = m.nar_bytes(fetcher, conn) - before;
+                    assert!(got >= size as f64, "{what}: the NAR did not come over a {conn} connection ({got} B)");
+                    eprintln!(
+                        "{ms} ms/link: {mb} MiB {what}: {:.2} MiB/s ({secs:.2} s)",
+                        size as f64 / MIB as f64 / secs
+                    );
+                    times.push(Some(secs));
+                }
+                rows.push((ms, loss, mb, what, transport, times));
+            }
+        }
+        let wan = m.nodes.net.wan().expect("a WAN");
+        let (delivered, dropped) = wan.counts();
+        eprintln!(
+            "{ms} ms/link: {} new circuits; packets delivered / dropped {delivered} / {dropped}",
+            m.circuits_served() - served
+        );
+    }
+    println!();
+    let over = if quic { "QUIC" } else { "TCP" };
+    println!("relay reached over {over}, {rounds} round(s)");
+    println!(
+        "| one way A–B (per access link) | loss A–B | NAR | path | MiB/s over all runs (each run) | s per transfer |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (ms, loss, mb, what, transport, times) in rows {
+        let done: Vec<f64> = times.iter().flatten().copied().collect();
+        let rate = |s: &Option<f64>| match s {
+            Some(s) => format!("{:.2}", mb as f64 / s),
+            None => format!("< {:.2}", mb as f64 / limit.as_secs_f64()),
+        };
+        let mean = match done.len() == times.len() {
+            true => format!("{:.2}", mb as f64 * done.len() as f64 / done.iter().sum::<f64>()),
+            false => "—".to_string(),
+        };
+        let each: Vec<String> = times.iter().map(rate).collect();
+        let secs: Vec<String> =
+            times.iter().map(|s| s.map_or(format!("> {}", limit.as_secs()), |s| format!("{s:.2}"))).collect();
+        let path = if what == "direct" { format!("direct, punched ({transport})") } else { "relayed".to_string() };
+        println!(
+            "| {} ms ({ms} ms) | {:.2}% | {mb} MiB | {path} | {mean} ({}) | {} |",
+            2 * ms,
+            (1.0 - (1.0 - loss).powi(2)) * 100.0,
+            each.join(", "),
+            secs.join(", ")
         );
     }
 }

@@ -8,7 +8,10 @@
 //! fails). Every host also gets a point-to-point "control" link to the test's namespace for its
 //! HTTP API. Needs root, `ip` and `nft`; everything is removed on drop.
 //!
-//! Reusable: `wan` tests can add `tc netem` on a router's `wan0` ([`NatNet::router_namespace`]).
+//! Over a WAN ([`NatNet::with_wan`]): the public network is then not a bridge but `wan.rs`'s
+//! user-space emulator, each public host and each router holding a TUN device instead of a veth
+//! on the bridge, so that every packet between them gets the model's one-way delay, jitter and
+//! loss (e.g. [`WanModel::access_links`]: one lossy, delayed access link per home).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use buildmesh_protocol::identity::NodeKey;
 pub use buildmesh_tests::{ip, ip_program};
 
+use super::wan::{Wan, WanEnd, WanModel};
 use super::{NodeArgs, NodeProc, get, get_json, key_seed, libp2p_address, wait_for};
 
 /// How a home router maps ports.
@@ -49,6 +53,8 @@ pub struct NatNet {
     /// Every host: the public ones first, then one per home, in the order given.
     pub hosts: Vec<Host>,
     homes: Vec<NatKind>,
+    /// The emulated public network, if any (else the bridge).
+    wan: Option<Wan>,
     /// Held while the network exists: names and the 10.x range derive from the process id, so
     /// two `NatNet`s of one test binary (tests run in parallel threads) would collide.
     _one_at_a_time: MutexGuard<'static, ()>,
@@ -76,6 +82,18 @@ impl NatNet {
     /// `public` hosts on the public network and one host in each home, behind a router of the
     /// given kind.
     pub fn new(public: usize, homes: &[NatKind]) -> NatNet {
+        NatNet::create(public, homes, None)
+    }
+
+    /// [`NatNet::new`] with the public network emulated over a WAN: the public hosts in region 0
+    /// of `model`, home `h`'s router in region `h + 1` (`model` has `homes.len() + 1` regions,
+    /// as [`WanModel::access_links`] makes).
+    pub fn with_wan(public: usize, homes: &[NatKind], model: WanModel) -> NatNet {
+        assert_eq!(model.regions.len(), homes.len() + 1, "region 0 public, then one per home");
+        NatNet::create(public, homes, Some(model))
+    }
+
+    fn create(public: usize, homes: &[NatKind], model: Option<WanModel>) -> NatNet {
         assert!(public + homes.len() < 90 && homes.len() < 50);
         // A test that panicked while holding it dropped its network first: go on.
         let serial = NAT_NETS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -93,16 +111,28 @@ impl NatNet {
             net,
             hosts: Vec::new(),
             homes: homes.to_vec(),
+            wan: None,
             _one_at_a_time: serial,
         };
         ip(&["link", "add", &n.bridge(), "type", "bridge"]);
         ip(&["link", "set", &n.bridge(), "up"]);
+        // The public side of each public host and router: a port of the bridge, or over a WAN a
+        // TUN device of the emulator (`ends`, in region `regions`).
+        let (mut ends, mut regions) = (Vec::new(), Vec::new());
+        let mut plug = |n: &NatNet, ns: &str, port: String, inner: &str, addr: &str, region: usize| match model {
+            Some(_) => {
+                let end = WanEnd { namespace: ns.into(), device: inner.into(), ip: addr.into() };
+                ends.push(end);
+                regions.push(region);
+            }
+            None => n.plug_public(ns, &port, inner, addr),
+        };
         for i in 0..public {
             let ns = n.host_ns(i);
             ip(&["netns", "add", &ns]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             let addr = format!("10.{}.200.{}", n.net, i + 1);
-            n.plug_public(&ns, &format!("bm{}p{i}", n.tag), "eth0", &addr);
+            plug(&n, &ns, format!("bm{}p{i}", n.tag), "eth0", &addr, 0);
             n.hosts.push(Host { namespace: ns, ip: addr, home: None, http: String::new() });
         }
         for (h, kind) in homes.iter().enumerate() {
@@ -110,7 +140,7 @@ impl NatNet {
             ip(&["netns", "add", &router]);
             ip(&["-n", &router, "link", "set", "lo", "up"]);
             let wan = format!("10.{}.200.{}", n.net, 100 + h);
-            n.plug_public(&router, &format!("bm{}w{h}", n.tag), "wan0", &wan);
+            plug(&n, &router, format!("bm{}w{h}", n.tag), "wan0", &wan, h + 1);
             let i = public + h;
             let ns = n.host_ns(i);
             ip(&["netns", "add", &ns]);
@@ -156,7 +186,13 @@ impl NatNet {
             ip(&["-n", &ns, "link", "set", "ctl0", "up"]);
             n.hosts[i].http = format!("10.{}.{i}.1:0", n.net);
         }
+        n.wan = model.map(|m| Wan::start_on(&ends, &regions, m));
         n
+    }
+
+    /// The emulated public network, when made [`NatNet::with_wan`].
+    pub fn wan(&self) -> Option<&Wan> {
+        self.wan.as_ref()
     }
 
     /// A veth from `ns` (named `inner`, address `addr`/24) to a port `port` of the public bridge.
@@ -202,6 +238,7 @@ impl NatNet {
     /// peers made in the test process (bare libp2p swarms) reach the public hosts the way a
     /// public machine would. Returns that address; it goes with the bridge on drop.
     pub fn join_public(&self) -> String {
+        assert!(self.wan.is_none(), "join_public: the public network is an emulated WAN, not the bridge");
         let addr = format!("10.{}.200.250", self.net);
         ip(&["addr", "add", &format!("{addr}/24"), "dev", &self.bridge()]);
         addr

@@ -42,8 +42,12 @@ pub struct WanModel {
     pub one_way: Vec<Vec<Duration>>,
     /// Jitter: each packet's delay is uniform in `delay ± jitter` (at most `delay`), `jitter[a][b]`.
     pub jitter: Vec<Vec<Duration>>,
-    /// Probability that a packet is dropped (every packet, either direction, any pair).
+    /// Probability that a packet is dropped (every packet, either direction, any pair), unless
+    /// `pair_loss` is given.
     pub loss: f64,
+    /// Probability that a packet from region `a` to region `b` is dropped (`pair_loss[a][b]`),
+    /// instead of `loss` (for paths that cross several lossy links: [`WanModel::access_links`]).
+    pub pair_loss: Option<Vec<Vec<f64>>>,
     /// Seed of the loss and jitter draws.
     pub seed: u64,
 }
@@ -60,13 +64,55 @@ impl WanModel {
             .iter()
             .map(|r| r.iter().map(|&d| if d <= 2 { Duration::from_micros(500) } else { ms(d / 10) }).collect())
             .collect();
-        WanModel { regions: vec!["west".into(), "central".into(), "east".into()], one_way, jitter, loss, seed: 18 }
+        WanModel {
+            regions: vec!["west".into(), "central".into(), "east".into()],
+            one_way,
+            jitter,
+            loss,
+            pair_loss: None,
+            seed: 18,
+        }
+    }
+
+    /// A public network ("public", region 0, no delay inside) and `homes` homes (regions 1..),
+    /// each on its own access link to it: `one_way` ± 10% and `loss` per packet on each link.
+    /// A packet between two homes crosses both links (2 × `one_way` ± 20%, lost with
+    /// 1 − (1 − `loss`)²), the same as one relayed through a public host, so relayed and direct
+    /// paths between homes see the same delay and loss.
+    pub fn access_links(homes: usize, one_way: Duration, loss: f64) -> WanModel {
+        let n = homes + 1;
+        // Access links a packet from region a to region b crosses (one host per home).
+        let links = |a: usize, b: usize| if a == b { 0 } else { usize::from(a != 0) + usize::from(b != 0) };
+        let links: Vec<Vec<usize>> = (0..n).map(|a| (0..n).map(|b| links(a, b)).collect()).collect();
+        let by = |f: &dyn Fn(usize) -> Duration| links.iter().map(|r| r.iter().map(|&k| f(k)).collect()).collect();
+        let pair_loss = links.iter().map(|r| r.iter().map(|&k| 1.0 - (1.0 - loss).powi(k as i32)).collect()).collect();
+        let mut regions = vec!["public".to_string()];
+        regions.extend((0..homes).map(|h| format!("home {h}")));
+        WanModel {
+            regions,
+            one_way: by(&|k| one_way * k as u32),
+            jitter: by(&|k| (one_way / 10) * k as u32),
+            loss,
+            pair_loss: Some(pair_loss),
+            seed: 18,
+        }
+    }
+
+    /// The probability that a packet from region `a` to region `b` is dropped.
+    pub fn loss_between(&self, a: usize, b: usize) -> f64 {
+        self.pair_loss.as_ref().map_or(self.loss, |m| m[a][b])
     }
 
     /// The same regions with no delay, jitter or loss (a baseline: what the machine itself adds).
     pub fn without_delay_or_loss(&self) -> WanModel {
         let zero = |m: &Vec<Vec<Duration>>| m.iter().map(|r| vec![Duration::ZERO; r.len()]).collect();
-        WanModel { one_way: zero(&self.one_way), jitter: zero(&self.jitter), loss: 0.0, ..self.clone() }
+        WanModel {
+            one_way: zero(&self.one_way),
+            jitter: zero(&self.jitter),
+            loss: 0.0,
+            pair_loss: None,
+            ..self.clone()
+        }
     }
 
     /// The largest one-way delay between two regions.
@@ -79,9 +125,16 @@ impl WanModel {
         let mut parts = Vec::new();
         for a in 0..self.regions.len() {
             for b in a..self.regions.len() {
+                if a == b && self.pair_loss.is_some() {
+                    continue;
+                }
                 let (d, j) = (self.one_way[a][b], self.jitter[a][b]);
+                let loss = match self.pair_loss {
+                    Some(_) => format!(", {:.2}% loss", self.loss_between(a, b) * 100.0),
+                    None => String::new(),
+                };
                 parts.push(format!(
-                    "{}–{} {} ± {} ms",
+                    "{}–{} {} ± {} ms{loss}",
                     self.regions[a],
                     self.regions[b],
                     d.as_millis(),
@@ -89,7 +142,10 @@ impl WanModel {
                 ));
             }
         }
-        format!("one way {}; {}% loss per packet", parts.join(", "), self.loss * 100.0)
+        match self.pair_loss {
+            Some(_) => format!("one way {}", parts.join("; ")),
+            None => format!("one way {}; {}% loss per packet", parts.join(", "), self.loss * 100.0),
+        }
     }
 }
 
@@ -115,6 +171,18 @@ pub struct Wan {
     pub region_of: Vec<usize>,
     /// The model it runs.
     pub model: WanModel,
+}
+
+/// One device of the emulated network: a TUN device `device` in network namespace `namespace`,
+/// holding address `ip`.
+#[derive(Clone, Debug)]
+pub struct WanEnd {
+    /// The namespace (`/run/netns/<namespace>`).
+    pub namespace: String,
+    /// The TUN device's name.
+    pub device: String,
+    /// Its IPv4 address (a /24, the subnet routed through it).
+    pub ip: String,
 }
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, the flags, padding to the union's size.
@@ -184,18 +252,30 @@ impl Ord for InFlight {
 
 impl Wan {
     /// Give node `i` of `ns` (created with [`Netns::without_mesh_link`]) a TUN device `wan0`
-    /// with its mesh address, in region `region_of[i]` of `model`, and start the network: one
-    /// reader thread per device (blocking reads), one thread delivering packets when due.
+    /// with its mesh address, in region `region_of[i]` of `model`, and start the network (see
+    /// [`Wan::start_on`]).
     pub fn start(ns: &Netns, region_of: &[usize], model: WanModel) -> Wan {
+        let ends: Vec<WanEnd> = (0..region_of.len())
+            .map(|i| WanEnd { namespace: ns.namespace(i), device: "wan0".into(), ip: ns.mesh_ip(i).to_string() })
+            .collect();
+        Wan::start_on(&ends, region_of, model)
+    }
+
+    /// Give each of `ends` its TUN device (address `ip`/24, in its namespace), end `i` in region
+    /// `region_of[i]` of `model`, and start the network between them: one reader thread per
+    /// device (blocking reads), one thread delivering packets when due. A packet goes to the end
+    /// that holds its destination address.
+    pub fn start_on(ends: &[WanEnd], region_of: &[usize], model: WanModel) -> Wan {
+        assert_eq!(ends.len(), region_of.len(), "one region per end");
         let mut files = Vec::new();
         let mut by_ip = HashMap::new();
-        for (i, &r) in region_of.iter().enumerate() {
-            assert!(r < model.regions.len(), "node {i}: region {r} of {}", model.regions.len());
-            let name = ns.namespace(i);
-            let tun = open_tun_in(&name, "wan0").unwrap_or_else(|e| panic!("TUN device in {name}: {e}"));
-            ip(&["-n", &name, "addr", "add", &format!("{}/24", ns.mesh_ip(i)), "dev", "wan0"]);
-            ip(&["-n", &name, "link", "set", "wan0", "up"]);
-            let addr: Ipv4Addr = ns.mesh_ip(i).parse().unwrap();
+        for (i, (end, &r)) in ends.iter().zip(region_of).enumerate() {
+            assert!(r < model.regions.len(), "end {i}: region {r} of {}", model.regions.len());
+            let (name, dev) = (&end.namespace, end.device.as_str());
+            let tun = open_tun_in(name, dev).unwrap_or_else(|e| panic!("TUN device {dev} in {name}: {e}"));
+            ip(&["-n", name, "addr", "add", &format!("{}/24", end.ip), "dev", dev]);
+            ip(&["-n", name, "link", "set", dev, "up"]);
+            let addr: Ipv4Addr = end.ip.parse().unwrap();
             by_ip.insert(addr.octets(), i);
             files.push(Arc::new(tun));
         }
@@ -306,11 +386,11 @@ fn read_loop(
             continue;
         };
         let mut s = q.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if unit(&mut s.rng) < model.loss {
+        let (a, b) = (region_of[from], region_of[to]);
+        if unit(&mut s.rng) < model.loss_between(a, b) {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let (a, b) = (region_of[from], region_of[to]);
         let (d, j) = (model.one_way[a][b], model.jitter[a][b].min(model.one_way[a][b]));
         let spread = unit(&mut s.rng) * 2.0 - 1.0;
         let delay = if spread >= 0.0 { d + j.mul_f64(spread) } else { d - j.mul_f64(-spread) };
