@@ -4,7 +4,9 @@
 //! of its shard; the submitter learns every result, of the other shard too (over that shard's
 //! topics, which it subscribed to). A job of one shard that an intruder publishes on another
 //! shard's topic is rejected (the sender penalised), while the same job on its own shard's topic
-//! is not. A node that trusts only itself refuses to start sharded.
+//! is not. Anti-entropy asks peers by shard: builders of a shard hear (and sync) the shards of
+//! their inputs while they build, and a node holds no records of a shard it does not hear. A
+//! node that trusts only itself refuses to start sharded.
 
 mod mesh_support;
 
@@ -132,6 +134,34 @@ fn a_sharded_mesh_builds_each_job_in_its_shard_and_rejects_jobs_on_other_shards_
     let heard = c.metrics(0, &shard_topic(Kind::Attestation, other, SHARDS));
     let got = heard.get("gossipsub_topic_msg_recv_counts_unfiltered_total").copied().unwrap_or(0.0);
     assert!(got > 0.0, "node 0 received no gossip on the other shard's attestation topic: {heard:?}");
+
+    // 4. Anti-entropy asks by shard. Node j of node 0's shard submitted nothing; a job of the
+    //    other shard alone (no inputs), submitted to a node x of that shard, is built there. Node
+    //    j, having asked its peers with the shard filter, holds none of its attestations after
+    //    several more sync runs (unfiltered, it would pull them).
+    let j = (1..shard_of.len()).find(|&i| shard_of[i] == home).expect("two nodes per shard");
+    let x = (0..shard_of.len()).find(|&i| shard_of[i] == other).expect("two nodes per shard");
+    let solo = (0..64)
+        .map(|i| format!("solo-{i}"))
+        .find(|n| drv_shard(&d.add(n, &format!("echo {n} > $out"), &[]).0, SHARDS) == other)
+        .expect("a derivation of the other shard among 64");
+    c.submit(x, &dir, &[sd().display(&d.drv(&solo))], 2);
+    wait_state(&c.urls[x], &d.drv(&solo), "done", Duration::from_secs(120));
+    let solo_out = sd().display(&d.out(&solo));
+    wait_for("two attestations of the solo job on its submitter", Duration::from_secs(30), || {
+        (c.attesters(x, &solo_out).values().map(BTreeSet::len).sum::<usize>() >= 2).then_some(())
+    });
+    let runs = c.mesh(j)["sync"]["runs"].as_u64().unwrap();
+    wait_for("node j to run 3 more syncs", Duration::from_secs(60), || {
+        (c.mesh(j)["sync"]["runs"].as_u64().unwrap() >= runs + 3).then_some(())
+    });
+    let m = c.mesh(j);
+    assert!(m["sync"]["shard_pages"].as_u64().unwrap() > 0, "node {j} never asked by shard: {m}");
+    assert!(
+        c.attesters(j, &solo_out).is_empty(),
+        "node {j} (shard {home}) holds attestations of a job of shard {other} it does not hear\n{}",
+        c.logs()
+    );
 }
 
 #[test]

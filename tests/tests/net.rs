@@ -539,3 +539,56 @@ async fn throughput_64_mib_in_1_mib_chunks_tcp() {
 async fn throughput_64_mib_in_1_mib_chunks_quic() {
     throughput(Transport::Quic).await;
 }
+
+/// A listening on TCP and QUIC, with private ranges counted as reachable (AutoNAT probes and
+/// serves on 127.0.0.1) and AutoNAT probing on `timers`.
+fn autonat_cfg(timers: buildmesh::net::nat::AutonatTimers) -> NetConfig {
+    let mut cfg = test_cfg(Transport::Tcp);
+    cfg.listen.push("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap());
+    cfg.nat =
+        buildmesh::net::NatConfig { private_as_public: true, autonat: timers, ..buildmesh::net::NatConfig::default() };
+    cfg
+}
+
+/// Issue 18 (the relay of `mesh_nat` turned `private`): a public node asked its one AutoNAT
+/// server again and again, a server that holds two connections to it already (a home reaches
+/// its relay over TCP and over QUIC), stays `public`. Each dial-back is a new connection; when
+/// the server kept it, the next dial-back was the fourth connection to the same peer, refused by
+/// the per-peer connection limit, and AutoNAT v1 answers any failed dial-back "dial error": the
+/// client took itself for private. The server now closes its dial-back connection once it has
+/// proved the address (`node/src/net/event_loop/nat.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_node_probed_again_by_a_doubly_connected_peer_stays_public() {
+    use buildmesh::net::Reachability;
+    use buildmesh::net::nat::AutonatTimers;
+    let fast = Duration::from_millis(400);
+    // A probes every 400 ms, also once sure, so that its one server is asked again and again
+    // (the server's throttle follows the retry interval).
+    let a = start(autonat_cfg(AutonatTimers { boot_delay: fast, retry_interval: fast, refresh_interval: fast })).await;
+    // B never probes (its own dial-backs to A would add connections too).
+    let hour = Duration::from_secs(3600);
+    let b = start(autonat_cfg(AutonatTimers { boot_delay: hour, retry_interval: hour, refresh_interval: hour })).await;
+    let deadline = Instant::now() + SOON;
+    let addrs = loop {
+        let addrs = a.handle.addresses().await.unwrap();
+        let has = |t: &str| addrs.iter().any(|a| a.to_string().contains(t));
+        if has("/tcp/") && has("/quic-v1") {
+            break addrs;
+        }
+        assert!(Instant::now() < deadline, "A listens on TCP and QUIC: {addrs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // B reaches A twice: over TCP and over QUIC (dialled without the peer id: a second connection).
+    for transport in ["/tcp/", "/quic-v1"] {
+        let mut addr = addrs.iter().find(|a| a.to_string().contains(transport)).unwrap().clone();
+        addr.pop();
+        assert_eq!(b.handle.dial(addr).await.unwrap(), a.id());
+    }
+    eventually("A public", || async { a.handle.reachability() == Reachability::Public }).await;
+    // 6 s: about 15 probes, every one answered by B.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(a.handle.reachability(), Reachability::Public, "A was found private by a peer that reaches it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

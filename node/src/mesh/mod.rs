@@ -195,6 +195,8 @@ pub struct Counters {
     pub synced_attestations: AtomicU64,
     /// Failures received through anti-entropy.
     pub synced_failures: AtomicU64,
+    /// Anti-entropy pages asked with a shard filter.
+    pub synced_shard_pages: AtomicU64,
     /// Paths fetched from peers.
     pub fetched_paths: AtomicU64,
     /// Builds started for the mesh.
@@ -321,6 +323,10 @@ pub struct SyncCounts {
     pub attestations: u64,
     /// Failures received.
     pub failures: u64,
+    /// Pages asked with a shard filter (only the heard shards' records, docs/protocol.md
+    /// *Shards*).
+    #[serde(default)]
+    pub shard_pages: u64,
 }
 
 /// The state machine's counters.
@@ -556,6 +562,7 @@ impl MeshHandle {
             runs: Counters::get(&c.sync_runs),
             attestations: Counters::get(&c.synced_attestations),
             failures: Counters::get(&c.synced_failures),
+            shard_pages: Counters::get(&c.synced_shard_pages),
         };
         s.fetched_paths = Counters::get(&c.fetched_paths);
         s.builds_started = Counters::get(&c.builds_started);

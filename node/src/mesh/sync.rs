@@ -195,6 +195,9 @@ pub struct SyncReport {
     pub over_quota: u64,
     /// Pages fetched.
     pub pages: u64,
+    /// Of those, pages asked with a shard filter ([`SyncScope::filter`]).
+    #[serde(default)]
+    pub shard_pages: u64,
 }
 
 /// The store entry of a verified attestation or failure (`None` for other kinds).
@@ -330,6 +333,7 @@ pub async fn sync_with(
                 _ => return Err(SyncError::Unexpected { peer, got: "something else than a page" }),
             };
             report.pages += 1;
+            report.shard_pages += u64::from(filter.is_some());
             let mut verified = Vec::with_capacity(items.len());
             for (_, bytes) in &items {
                 match Envelope::decode(bytes).map_err(|e| e.to_string()).and_then(|env| {

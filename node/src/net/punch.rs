@@ -11,6 +11,13 @@
 //! its other candidates are held back and it punches over QUIC only; after the first punch that
 //! fails (a peer behind a symmetric NAT, a network that drops UDP, ...), every candidate goes to
 //! DCUtR from then on, and the next punch (the node's retry, `event_loop/nat.rs`) can take TCP.
+//! A node that knows no QUIC candidate when a relayed connection comes up (DCUtR punches over
+//! relayed connections only) hands DCUtR its TCP candidates then, instead of failing one punch
+//! first. A direct connection does not: a home reaching its relay over TCP first learns its TCP
+//! candidate, then opens the QUIC connection that brings the UDP one, and any direct connection
+//! in between (that QUIC connection itself, an AutoNAT dial-back) used to hand over TCP for good,
+//! so that punches raced TCP against QUIC again (`mesh_nat`'s TCP-given test punched over TCP in
+//! 4 of 12 runs, 2026-12-07).
 
 use std::task::{Context, Poll};
 
@@ -47,10 +54,15 @@ impl QuicFirstDcutr {
         QuicFirstDcutr { inner: dcutr::Behaviour::new(peer), held: Vec::new(), quic: false, fallback: false }
     }
 
-    /// A connection is up and DCUtR may punch over it: a node that knows no QUIC candidate has
-    /// nothing to prefer, so it hands over what it held instead of failing one punch first.
-    fn release_without_quic(&mut self) {
-        if !self.quic && !self.fallback && !self.held.is_empty() {
+    /// A connection is up: if it is relayed, DCUtR may punch over it, and a node that knows no
+    /// QUIC candidate has nothing to prefer, so it hands over what it held instead of failing
+    /// one punch first.
+    fn release_without_quic(&mut self, addr: &Multiaddr) {
+        if super::nat::is_relayed(addr) && !self.quic && !self.fallback && !self.held.is_empty() {
+            tracing::debug!(
+                held = self.held.len(),
+                "no QUIC candidate when a relayed connection came up: punching with TCP too"
+            );
             self.fall_back();
         }
     }
@@ -84,7 +96,8 @@ impl NetworkBehaviour for QuicFirstDcutr {
         local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.release_without_quic();
+        // A relayed inbound connection arrives on the circuit listen address.
+        self.release_without_quic(local);
         self.inner.handle_established_inbound_connection(id, peer, local, remote)
     }
 
@@ -106,7 +119,7 @@ impl NetworkBehaviour for QuicFirstDcutr {
         role: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.release_without_quic();
+        self.release_without_quic(addr);
         self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use)
     }
 
@@ -146,11 +159,17 @@ mod tests {
         f.on_swarm_event(FromSwarm::NewExternalAddrCandidate(NewExternalAddrCandidate { addr: &addr }));
     }
 
-    fn connect(f: &mut QuicFirstDcutr) {
-        let local: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().unwrap();
+    /// An inbound connection on `local` (a circuit address when relayed).
+    fn connect_on(f: &mut QuicFirstDcutr, local: &str) {
+        let local: Multiaddr = local.parse().unwrap();
         let remote: Multiaddr = "/ip4/10.0.0.2/tcp/2".parse().unwrap();
         let _ =
             f.handle_established_inbound_connection(ConnectionId::new_unchecked(1), PeerId::random(), &local, &remote);
+    }
+
+    /// A relayed inbound connection: DCUtR may punch over it.
+    fn connect(f: &mut QuicFirstDcutr) {
+        connect_on(f, &format!("/ip4/10.0.0.1/tcp/1/p2p/{}/p2p-circuit", PeerId::random()));
     }
 
     #[test]
@@ -167,5 +186,26 @@ mod tests {
         assert_eq!(f.held.len(), 1);
         connect(&mut f);
         assert!(f.held.is_empty() && f.fallback, "without a QUIC candidate nothing is held when a punch can start");
+    }
+
+    #[test]
+    fn a_direct_connection_before_the_quic_candidate_does_not_release_tcp() {
+        // A home reaches its relay over TCP (TCP candidate), then over QUIC: that connection,
+        // or an AutoNAT dial-back, is up before identify brings the UDP candidate.
+        let mut f = QuicFirstDcutr::new(PeerId::random());
+        candidate(&mut f, "/ip4/203.0.113.7/tcp/4001");
+        connect_on(&mut f, "/ip4/10.0.0.1/udp/1/quic-v1");
+        let relay: Multiaddr = "/ip4/10.0.0.9/udp/9/quic-v1".parse().unwrap();
+        let _ = f.handle_established_outbound_connection(
+            ConnectionId::new_unchecked(2),
+            PeerId::random(),
+            &relay,
+            Endpoint::Dialer,
+            PortUse::New,
+        );
+        assert!(!f.fallback && f.held.len() == 1, "a direct connection is no punch: TCP stays held");
+        candidate(&mut f, "/ip4/203.0.113.7/udp/4001/quic-v1");
+        connect(&mut f);
+        assert!(!f.fallback && f.held.len() == 1, "the punch over the relayed connection offers QUIC only");
     }
 }

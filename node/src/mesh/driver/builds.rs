@@ -13,7 +13,7 @@ impl Driver {
         tracing::info!(target: EVENTS, event = "start_build", drv = %drv, attempt = order.attempt, forced = order.forced);
         Counters::bump(&self.ctx.shared.counters.builds_started, 1);
         let token = self.helpers.child_token();
-        self.building.insert(drv.clone(), BuildSlot { token: token.clone() });
+        self.building.insert(drv.clone(), BuildSlot { token: token.clone(), inputs: Vec::new() });
         self.dirty = true;
         let mut peers: Vec<PeerId> = self.submitters.get(&drv).into_iter().flatten().filter_map(peer_of).collect();
         // Any connected peer may have the closure too (last resort).
@@ -31,8 +31,33 @@ impl Driver {
         );
     }
 
+    /// Forget the local build of `drv`; if it observed its inputs' shards, check them for release
+    /// (after the current drain).
+    pub(super) fn end_build(&mut self, drv: &StorePath) -> Option<BuildSlot> {
+        let slot = self.building.remove(drv)?;
+        self.release_due |= !slot.inputs.is_empty();
+        Some(slot)
+    }
+
+    /// A build being prepared waits for the attestations of `inputs`: hear their shards while it
+    /// is pending, and ask peers for those shards' records now (filtered, from sequence 0).
+    pub(super) async fn observe_inputs(&mut self, drv: StorePath, inputs: Vec<StorePath>) {
+        let Some(slot) = self.building.get_mut(&drv) else { return };
+        slot.inputs = inputs.clone();
+        let before = self.shards.generation();
+        self.observe(&inputs).await;
+        if self.shards.generation() == before {
+            return;
+        }
+        let mut peers: Vec<PeerId> = self.known.iter().filter(|(_, k)| k.connected).map(|(p, _)| *p).collect();
+        peers.sort();
+        for peer in peers.into_iter().take(INPUT_SYNC_PEERS) {
+            self.start_sync(peer);
+        }
+    }
+
     pub(super) fn cancel_build(&mut self, drv: &StorePath) {
-        let Some(slot) = self.building.remove(drv) else { return };
+        let Some(slot) = self.end_build(drv) else { return };
         slot.token.cancel();
         self.dirty = true;
         let (sched, d) = (self.ctx.scheduler.clone(), drv.clone());
@@ -73,7 +98,7 @@ impl Driver {
     }
 
     pub(super) async fn on_build_event(&mut self, ev: BuildEvent) {
-        let Some(_slot) = self.building.remove(&ev.drv) else {
+        let Some(slot) = self.end_build(&ev.drv) else {
             // Not a build for the mesh (or cancelled by it): nothing to report.
             if let BuildOutcome::Built(Some(a)) = &ev.outcome {
                 self.index.add(a.value());
@@ -87,7 +112,8 @@ impl Driver {
                 let ctx = self.ctx.clone();
                 let drv = ev.drv.clone();
                 // Re-insert the slot until the attestation is found.
-                self.building.insert(ev.drv.clone(), BuildSlot { token: self.helpers.child_token() });
+                let slot = BuildSlot { token: self.helpers.child_token(), inputs: slot.inputs };
+                self.building.insert(ev.drv.clone(), slot);
                 tokio::spawn(async move {
                     let (store, me, d) = (ctx.store.clone(), ctx.me, drv.clone());
                     let attestation =

@@ -5,13 +5,6 @@ use super::*;
 use crate::mesh::validate::message_topic;
 use buildmesh_protocol::mesh::shard;
 
-/// Whether anti-entropy asks peers for the records of the heard shards only
-/// ([`crate::mesh::rpc::ShardFilter`]). Off: a builder of one shard needs the attestations of
-/// inputs built in other shards, and it neither hears those shards' topics nor would sync them
-/// (the `mesh_shards` test's cross-shard DAG never completes with it on). Nodes serve filtered
-/// pages either way.
-const ASK_BY_SHARD: bool = false;
-
 impl Driver {
     /// Publish job submissions and claims, as few messages as fit: one [`Batch`] per kind (more if
     /// one would exceed the size limit), or the message itself when it is alone.
@@ -297,13 +290,9 @@ impl Driver {
             self.synced_generation.clear();
         }
         let last = self.synced_generation.insert(peer, generation).unwrap_or(0);
-        // Not asked yet (ASK_BY_SHARD): a builder needs the attestations of its inputs, which may
-        // lie in shards it does not hear; filtered, it would never learn them.
-        let scope = if ASK_BY_SHARD {
-            crate::mesh::sync::SyncScope { filter: self.shards.filter(), from_zero: last < generation }
-        } else {
-            crate::mesh::sync::SyncScope::default()
-        };
+        // Only the heard shards' records (one shard: all). A build waiting for inputs of other
+        // shards observes them first (`observe_inputs`), which bumps the generation.
+        let scope = crate::mesh::sync::SyncScope { filter: self.shards.filter(), from_zero: last < generation };
         let ctx = self.ctx.clone();
         let token = self.helpers.child_token();
         tokio::spawn(

@@ -91,6 +91,8 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 const FINISH_ATTEMPTS: u32 = 10;
 /// Attempts to prepare a build while input attestations may still be on their way.
 const PREPARE_ATTEMPTS: u32 = 5;
+/// How many connected peers a build waiting for inputs of newly observed shards syncs with.
+const INPUT_SYNC_PEERS: usize = 2;
 
 /// Results of helper tasks.
 enum Internal {
@@ -110,6 +112,11 @@ enum Internal {
         drv: StorePath,
         attestation: Option<Attestation>,
     },
+    /// A build being prepared waits for attestations of these inputs ([`shards`]).
+    Inputs {
+        drv: StorePath,
+        inputs: Vec<StorePath>,
+    },
     /// The measured slowdown of the emulated systems (`crate::slowdown`), to announce.
     Slowdown(BTreeMap<String, u32>),
 }
@@ -123,6 +130,8 @@ enum Prepared {
 
 struct BuildSlot {
     token: CancellationToken,
+    /// The input derivations it waits for, whose shards the node observes meanwhile.
+    inputs: Vec<StorePath>,
 }
 
 #[derive(Default)]
@@ -176,6 +185,8 @@ pub(crate) struct Driver {
     submissions: Submissions,
     finishing: HashSet<StorePath>,
     syncing: HashSet<PeerId>,
+    /// A build that observed its inputs' shards ended: check which observed shards to release.
+    release_due: bool,
     sync_turn: usize,
     index: Arc<OutputIndex>,
     helpers: CancellationToken,
@@ -335,6 +346,7 @@ pub(crate) async fn start(
         submissions: Submissions::load(params.store.clone(), &mesh_dir.join("submissions.json")).map_err(Box::new)?,
         finishing: HashSet::new(),
         syncing: HashSet::new(),
+        release_due: false,
         sync_turn: 0,
         index,
         helpers: CancellationToken::new(),
@@ -417,6 +429,9 @@ impl Driver {
                 }
             }
             self.drain().await;
+            if std::mem::take(&mut self.release_due) {
+                self.release_shards().await;
+            }
             if self.dirty && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
                 self.snapshot();
             }
@@ -573,17 +588,17 @@ impl Driver {
                         tracing::debug!(drv = %drv, "build queued locally");
                     }
                     Ok(Prepared::AlreadyAttested(a)) => {
-                        self.building.remove(&drv);
+                        self.end_build(&drv);
                         self.build_finished(*a).await;
                     }
                     Err(reason) => {
-                        self.building.remove(&drv);
+                        self.end_build(&drv);
                         self.build_failed(drv, reason).await;
                     }
                 }
             }
             Internal::OwnAttestation { drv, attestation } => {
-                if self.building.remove(&drv).is_none() {
+                if self.end_build(&drv).is_none() {
                     return;
                 }
                 match attestation {
@@ -606,6 +621,7 @@ impl Driver {
                     Ok(r) => {
                         Counters::bump(&self.ctx.shared.counters.synced_attestations, r.attestations);
                         Counters::bump(&self.ctx.shared.counters.synced_failures, r.failures);
+                        Counters::bump(&self.ctx.shared.counters.synced_shard_pages, r.shard_pages);
                         Counters::bump(&self.ctx.shared.counters.over_quota, r.over_quota);
                         if r.attestations + r.failures > 0 {
                             tracing::info!(target: EVENTS, event = "synced", %peer, attestations = r.attestations, failures = r.failures, pages = r.pages);
@@ -614,6 +630,7 @@ impl Driver {
                     Err(e) => tracing::debug!(%peer, cause = %e, "anti-entropy run failed"),
                 }
             }
+            Internal::Inputs { drv, inputs } => self.observe_inputs(drv, inputs).await,
             Internal::Finished { drv, ok } => {
                 self.finishing.remove(&drv);
                 if ok && self.submissions.remove(&drv.to_string()) {

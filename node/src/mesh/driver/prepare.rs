@@ -50,6 +50,21 @@ pub(super) fn own_attestation(store: &Store, me: &NodeId, drv: &StorePath) -> Op
         .map(Verified::into_value)
 }
 
+/// Have the driver hear the shards of `drv`'s input derivations and sync them (their
+/// attestations may lie in shards this node does not hear, docs/protocol.md *Shards*).
+async fn observe_inputs(ctx: &Ctx, drv: &StorePath) {
+    let (store, sd, d) = (ctx.store.clone(), ctx.store_dir.clone(), drv.clone());
+    let inputs = tokio::task::spawn_blocking(move || crate::mesh::fetch::load_drv(&store, &sd, &d))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|parsed| parsed.input_drvs.keys().cloned().collect::<Vec<StorePath>>())
+        .unwrap_or_default();
+    if !inputs.is_empty() {
+        let _ = ctx.internal.send(Internal::Inputs { drv: drv.clone(), inputs }).await;
+    }
+}
+
 /// Fetch what a build needs and queue it locally (a helper task).
 pub(super) async fn prepare(ctx: &Ctx, order: &BuildOrder, mut peers: Vec<PeerId>) -> Result<Prepared, FailureReason> {
     let drv = order.drv.clone();
@@ -67,6 +82,7 @@ pub(super) async fn prepare(ctx: &Ctx, order: &BuildOrder, mut peers: Vec<PeerId
         }
     }
     let mut attempt = 0;
+    let mut observed = false;
     let fetched = loop {
         attempt += 1;
         match ctx.fetcher.prepare_build(&drv, &peers).await {
@@ -74,6 +90,9 @@ pub(super) async fn prepare(ctx: &Ctx, order: &BuildOrder, mut peers: Vec<PeerId
             // Input attestations may still be on their way (gossip, anti-entropy).
             Err(FetchError::Unknown { path }) if attempt < PREPARE_ATTEMPTS => {
                 tracing::debug!(drv = %drv, path, attempt, "input not attested here yet; waiting");
+                if !std::mem::replace(&mut observed, true) {
+                    observe_inputs(ctx, &drv).await;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(FetchError::NotAccepted { path, reason }) if reason.may_resolve() && attempt < PREPARE_ATTEMPTS => {

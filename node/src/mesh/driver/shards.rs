@@ -5,8 +5,10 @@
 //! kind) and the revision topic ([`crate::mesh::validate::node_topics`]). When it submits a job
 //! (or restores one after a restart) it also subscribes to the job topics of the shards of that
 //! derivation and of the inputs it waits for ([`crate::mesh::validate::observed_topics`]):
-//! it observes them to completion like the protocol says. Once no unfinished submission of the
-//! node has its derivation or an input there any more, it unsubscribes from an observed shard's
+//! it observes them to completion like the protocol says. A build being prepared whose inputs'
+//! attestations are missing here observes its inputs' shards too (`Driver::observe_inputs`),
+//! while it is pending. Once no unfinished submission of the node has its derivation or an input
+//! there, and no pending build an input, any more, it unsubscribes from an observed shard's
 //! topics ([`Subscribed::release`]; never from its own shard's). Anti-entropy asks peers for the
 //! records of the heard shards only ([`Subscribed::filter`]). With one shard nothing changes:
 //! the unsharded topics, no extra subscription, unfiltered sync.
@@ -126,14 +128,15 @@ impl Driver {
         }
     }
 
-    /// Unsubscribe from the observed shards that no unfinished submission of this node needs
-    /// any more (after one finished).
+    /// Unsubscribe from the observed shards that no unfinished submission and no pending local
+    /// build (its inputs) of this node needs any more (after one finished).
     pub(super) async fn release_shards(&mut self) {
         let needed: Vec<StorePath> = self
             .submissions
             .iter()
             .flat_map(|(drv, job)| std::iter::once(drv).chain(job.inputs.iter()))
             .filter_map(|b| StorePath::from_basename(b).ok())
+            .chain(self.building.values().flat_map(|slot| slot.inputs.iter().cloned()))
             .collect();
         for s in self.shards.release(&needed) {
             tracing::info!(target: EVENTS, event = "shard_released", shard = s, shards = self.shards.count());

@@ -15,11 +15,18 @@
 //! the same peer may still be dialling: a TCP punch
 //! dials from the listen port to the peer's NAT address, and a second dial of that same address
 //! pair finds it taken and goes out from a new port, which the peer's NAT drops.
+//!
+//! As an AutoNAT server, this node closes each dial-back connection as soon as it is up (when
+//! the peer has another connection): it has proved the address, and kept, it would count against
+//! the per-peer connection limit on both sides (libp2p spreads requests over a peer's
+//! connections, so sync and NAR traffic keeps it from ever going idle). The next dial-back to that
+//! peer was then refused by the limit, AutoNAT v1 answers any failed dial-back "dial error", and
+//! a public node (a relay reached over TCP and QUIC by its homes) took itself for private.
 
 use std::collections::{BTreeSet, HashMap};
 
-use libp2p::core::ConnectedPoint;
-use libp2p::core::transport::ListenerId;
+use libp2p::core::transport::{ListenerId, PortUse};
+use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId, autonat, dcutr, relay};
 use prometheus_client::metrics::counter::Counter;
@@ -114,6 +121,9 @@ pub(crate) struct NatState {
     /// Relays this node dialled on their QUIC address too, having reached them over TCP first
     /// (see [`EventLoop::nat_identified`]), so that they are not dialled again.
     quic_dialled: BTreeSet<PeerId>,
+    /// AutoNAT dial-backs this node (as a server) is making: per peer (one at a time), the probe
+    /// and the addresses it dials (see the module docs).
+    dial_backs: HashMap<PeerId, (autonat::ProbeId, Vec<Multiaddr>)>,
 }
 
 impl NatState {
@@ -133,6 +143,39 @@ impl NatState {
             relayed_dialled: HashMap::new(),
             punch_retries: HashMap::new(),
             quic_dialled: BTreeSet::new(),
+            dial_backs: HashMap::new(),
+        }
+    }
+
+    /// Whether a connection this node dialled to `peer` at `address` is its AutoNAT dial-back
+    /// (AutoNAT dials from a new port, as the dialer, one of the addresses of its probe);
+    /// forgets the dial-back if so.
+    fn take_dial_back(&mut self, peer: &PeerId, endpoint: &ConnectedPoint) -> bool {
+        let ConnectedPoint::Dialer { address, role_override: Endpoint::Dialer, port_use: PortUse::New } = endpoint
+        else {
+            return false;
+        };
+        let ours = self.dial_backs.get(peer).is_some_and(|(_, addrs)| addrs.contains(address));
+        if ours {
+            self.dial_backs.remove(peer);
+        }
+        ours
+    }
+
+    /// AutoNAT's server side: remember the dial-back of a probe until its connection is up or it
+    /// failed.
+    fn on_inbound_probe(&mut self, ev: &autonat::InboundProbeEvent) {
+        match ev {
+            autonat::InboundProbeEvent::Request { probe_id, peer, addresses } => {
+                self.dial_backs.insert(*peer, (*probe_id, addresses.clone()));
+            }
+            autonat::InboundProbeEvent::Response { probe_id, peer, .. }
+            | autonat::InboundProbeEvent::Error { probe_id, peer, .. } => {
+                // A refused second request of the same peer does not end the one under way.
+                if self.dial_backs.get(peer).is_some_and(|(p, _)| p == probe_id) {
+                    self.dial_backs.remove(peer);
+                }
+            }
         }
     }
 
@@ -180,8 +223,16 @@ impl NatState {
 }
 
 impl EventLoop {
-    /// A connection came up: record whether it is relayed; a direct one replaces relayed ones.
+    /// A connection came up: record whether it is relayed; a direct one replaces relayed ones;
+    /// an AutoNAT dial-back is closed at once (see the module docs).
     pub(super) fn nat_connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+        if self.nat.take_dial_back(&peer, endpoint) && self.nat.conns.get(&peer).is_some_and(|c| !c.is_empty()) {
+            // AutoNAT has seen it (behaviours hear of a connection before the loop does) and
+            // answers the probe on the connection the request came on.
+            debug!(target: EVENTS, event = "autonat_dial_back_closed", %peer, address = %endpoint.get_remote_address());
+            self.swarm.close_connection(id);
+            return;
+        }
         let relayed = endpoint.is_relayed();
         match endpoint {
             ConnectedPoint::Dialer { address, .. } if relayed => {
@@ -262,6 +313,7 @@ impl EventLoop {
             c.remove(&id);
             if c.is_empty() {
                 self.nat.conns.remove(&peer);
+                self.nat.dial_backs.remove(&peer);
                 self.nat.hop_peers.remove(&peer);
                 self.nat.relayed_dialled.remove(&peer);
                 self.nat.punch_retries.remove(&peer);
@@ -392,6 +444,10 @@ impl EventLoop {
                     // Reservations on picked relays are not needed any more (configured ones stay).
                     self.nat.auto.clear();
                 }
+            }
+            autonat::Event::InboundProbe(probe) => {
+                debug!(?probe, "autonat");
+                self.nat.on_inbound_probe(&probe);
             }
             other => debug!(?other, "autonat"),
         }
