@@ -225,7 +225,10 @@ fn hostile_shard_filtered_sync_requests_are_refused_and_the_mesh_keeps_syncing()
             let r = ask(&asker, node0, &set.request(0, 10, Some(ShardFilter { shards, of }))).unwrap();
             match r {
                 SyncResponse::Error(e) => assert!(e.contains(says), "{set:?}: {e:?} does not say {says:?}"),
-                other => panic!("{set:?}: a filter that {says} was served: {other:?}"),
+                SyncResponse::Page { items, .. } => {
+                    panic!("{set:?}: a filter that {says} was served {} records", items.len())
+                }
+                other => panic!("{set:?}: a filter that {says} was answered {other:?}"),
             }
         }
     }
@@ -285,7 +288,10 @@ fn hostile_shard_filtered_sync_requests_are_refused_and_the_mesh_keeps_syncing()
         answered += answers.iter().filter(|a| a.is_ok()).count();
     }
     eprintln!("flood: {answered} of {sent} filtered requests answered");
-    assert!(answered < sent / 2, "{answered} of {sent} flooded requests answered");
+    // The bucket holds 2 × SYNC_PER_SEC and refills at SYNC_PER_SEC: 40 plus what the few
+    // seconds of the waves refill (the pending cap of 96 alone would let some 300 through).
+    let most = 3 * 2 * SYNC_PER_SEC as usize;
+    assert!(answered <= most, "{answered} of {sent} flooded requests answered (at most {most} expected)");
     // (The peer list shows a snapshot the event loop refreshes.)
     let k = wait_for("the flooder's refusals in node 0's peer list", Duration::from_secs(20), || {
         let k = conduct(&c, &flooder.net.local_peer_id());
