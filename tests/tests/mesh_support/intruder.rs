@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use buildmesh::mesh::rpc::{self, SyncRequest, SyncResponse};
 use buildmesh::mesh::validate::topic_of;
-use buildmesh::net::{MessageAcceptance, NetConfig, NetEvent, NetHandle, keypair_from_seed};
+use buildmesh::net::{MessageAcceptance, NetConfig, NetEvent, NetHandle, RequestProtocol, keypair_from_seed};
 use buildmesh_protocol::id::{ArtifactHash, NodeId};
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::signed::Envelope;
@@ -113,6 +114,20 @@ impl Intruder {
                 tokio::time::sleep(every).await;
             }
         });
+    }
+
+    /// Send the raw request body `body` on `/buildmesh/sync/1` to `to` (framed by the node's own
+    /// length-prefixed codec, whatever the bytes are) and return the raw answer, or the error
+    /// the requester saw (e.g. the stream closed on a refused request).
+    pub fn sync_raw(&self, to: PeerId, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        self.rt.block_on(self.net.send_request(to, RequestProtocol::Sync, body)).map_err(|e| e.to_string())
+    }
+
+    /// Send `req` on `/buildmesh/sync/1` to `to` and decode the answer.
+    pub fn sync(&self, to: PeerId, req: &SyncRequest) -> Result<SyncResponse, String> {
+        let answer = self.sync_raw(to, rpc::encode(req))?;
+        rpc::decode::<SyncResponse>("sync response", &answer, NetConfig::default().sync_limits.max_response)
+            .map_err(|e| e.to_string())
     }
 
     pub fn shutdown(self) {
