@@ -86,6 +86,8 @@ pub struct EventLoop {
     publish_queue: HashMap<gossipsub::TopicHash, VecDeque<QueuedPublish>>,
     queued_publishes: usize,
     bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// Failed dials of bootstrap peers so far (the 1st, 10th, 100th, ... are logged at warn).
+    bootstrap_dial_failures: u64,
     last_dial: HashMap<PeerId, Instant>,
     last_redial: Instant,
     kad_bootstrapped: bool,
@@ -173,6 +175,7 @@ impl EventLoop {
             publish_queue: HashMap::new(),
             queued_publishes: 0,
             bootstrap,
+            bootstrap_dial_failures: 0,
             last_dial: HashMap::new(),
             last_redial: Instant::now(),
             kad_bootstrapped: false,
@@ -423,6 +426,15 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 debug!(peer = ?peer_id, cause = %error, "outgoing connection failed");
+                if let Some(peer) = peer_id
+                    && self.bootstrap.iter().any(|(b, _)| *b == peer)
+                {
+                    // An operator's first question when a node does not join: why.
+                    self.bootstrap_dial_failures += 1;
+                    if is_power_of_ten(self.bootstrap_dial_failures) {
+                        warn!(%peer, failures = self.bootstrap_dial_failures, cause = %error, "bootstrap peer not reached");
+                    }
+                }
                 if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(DialError::Failed { addr, reason: error.to_string() }));
                 }
