@@ -258,12 +258,6 @@ impl EventLoop {
     // ---------------------------------------------------------------- dialling
 
     fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        self.dial_peer_from(peer, addrs, false);
-    }
-
-    /// Like [`EventLoop::dial_peer`]; `new_port`: from a fresh local port instead of the listen
-    /// port (libp2p's default, which hole punching needs).
-    fn dial_peer_from(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, new_port: bool) {
         if peer == self.local_peer_id || self.swarm.is_connected(&peer) {
             return;
         }
@@ -275,8 +269,7 @@ impl EventLoop {
         }
         self.last_dial.insert(peer, now);
         let addrs = super::nat::relay_first(addrs, self.nat_private_as_public());
-        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing);
-        let opts = if new_port { opts.allocate_new_port().build() } else { opts.build() };
+        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
         if let Err(e) = self.swarm.dial(opts) {
             debug!(%peer, cause = %e, "dial not started");
         }
@@ -289,11 +282,7 @@ impl EventLoop {
                 plain.pop();
             }
             self.swarm.behaviour_mut().kad.add_address(&peer, plain);
-            // After a failed dial, every other one goes out from a fresh port: a dial from the
-            // listen port reuses one address pair, and whatever stood in its way (a stale
-            // connection of that pair, a middlebox's mapping) stands in the way of every retry.
-            let new_port = self.bootstrap_dial_failures % 2 == 1;
-            self.dial_peer_from(peer, vec![addr], new_port);
+            self.dial_peer(peer, vec![addr]);
         }
     }
 
