@@ -154,13 +154,7 @@ fn homes_behind_nat_punch_through_or_fall_back_to_the_relay() {
     let (_, x_out) = d.add_requiring("nat-x", "echo x > $out", &[], &["side-a"]);
     let (_, y_out) = d.add_requiring("nat-y", "cat $input0 > $out; echo y >> $out", &["nat-x"], &["side-b"]);
     let (z, z_out) = d.add_requiring("nat-z", "cat $input0 > $out; echo z >> $out", &["nat-y"], &["side-a"]);
-    let drvs: Vec<String> = ["nat-x", "nat-y", "nat-z"].iter().map(|n| sd().display(&d.drv(n))).collect();
-    let mut args: Vec<String> = vec!["submit".into(), "--api".into(), nodes.url(a1).into(), "--from".into()];
-    args.extend([dir.display().to_string(), "--replicas".into(), "2".into(), "--json".into()]);
-    args.extend(drvs);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (st, out, err) = cli(&refs);
-    assert!(st.success(), "submit: {out}\n{err}{}", nodes.logs());
+    submit(&nodes, a1, &d, &dir, &["nat-x", "nat-y", "nat-z"], 2);
     wait_state(nodes.url(a1), &z, "done", Duration::from_secs(90));
 
     // Every output attested by both builders of its side, on every node.
@@ -256,13 +250,7 @@ fn quic_punch(relay: RelayAddr) {
     d.add_requiring("quic-x", script, &[], &["quic-a"]);
     let (y, _) = d.add_requiring("quic-y", "wc -c < $input0 > $out", &["quic-x"], &["quic-b"]);
     let (quic_before, tcp_before) = (nodes.received_over(b, "udp/quic-v1"), nodes.received_over(b, "tcp"));
-    let drvs: Vec<String> = ["quic-x", "quic-y"].iter().map(|n| sd().display(&d.drv(n))).collect();
-    let mut args: Vec<String> = vec!["submit".into(), "--api".into(), nodes.url(a).into(), "--from".into()];
-    args.extend([dir.display().to_string(), "--replicas".into(), "1".into(), "--json".into()]);
-    args.extend(drvs);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (st, out, err) = cli(&refs);
-    assert!(st.success(), "submit: {out}\n{err}{}", nodes.logs());
+    submit(&nodes, a, &d, &dir, &["quic-x", "quic-y"], 1);
     wait_state(nodes.url(a), &y, "done", Duration::from_secs(60));
 
     let (direct_b, relayed_b) = (nodes.response_bytes(b, "nar", "direct"), nodes.response_bytes(b, "nar", "relayed"));
@@ -283,4 +271,15 @@ fn homes_punch_over_quic_when_they_reach_the_relay_over_quic() {
 #[test]
 fn homes_given_the_relay_tcp_address_still_punch_over_quic() {
     quic_punch(RelayAddr::Tcp);
+}
+
+/// `buildmesh submit --json` of the derivations `names` of `d` (stored in `dir`) to node `i`
+/// with `replicas` builders each; asserts that it succeeded.
+fn submit(nodes: &Nodes, i: usize, d: &Drvs, dir: &std::path::Path, names: &[&str], replicas: u32) {
+    let mut args: Vec<String> = vec!["submit".into(), "--api".into(), nodes.url(i).into(), "--from".into()];
+    args.extend([dir.display().to_string(), "--replicas".into(), replicas.to_string(), "--json".into()]);
+    args.extend(names.iter().map(|n| sd().display(&d.drv(n))));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (st, out, err) = cli(&refs);
+    assert!(st.success(), "submit: {out}\n{err}{}", nodes.logs());
 }
