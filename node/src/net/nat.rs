@@ -399,6 +399,14 @@ pub(crate) fn libp2p_per_peer(max: usize) -> usize {
     max.saturating_sub(1)
 }
 
+/// The address of a relay picked among connected peers, ending in `/p2p/<relay>` exactly once:
+/// the address this node dialled it on may carry the id already (a bootstrap address, a punch),
+/// and `/p2p/X/p2p/X/p2p-circuit` is refused by the relay transport, so that reserving a slot
+/// failed at every try. `None` when the address names another peer.
+pub(crate) fn picked_relay_addr(dialled: &Multiaddr, relay: PeerId) -> Option<Multiaddr> {
+    dialled.clone().with_p2p(relay).ok()
+}
+
 /// A relay's reservation address: `addr/p2p-circuit` (`addr` ends in `/p2p/<relay>`).
 pub(crate) fn circuit_listen_addr(relay_addr: &Multiaddr) -> Multiaddr {
     relay_addr.clone().with(Protocol::P2pCircuit)
@@ -446,6 +454,22 @@ mod tests {
         assert_eq!(relay_first(all, true), vec![relayed]);
         // No relayed address: every address is dialled.
         assert_eq!(relay_first(vec![lan.clone(), public.clone()], false), vec![lan, public]);
+    }
+
+    #[test]
+    fn a_picked_relay_address_is_one_the_relay_transport_takes() {
+        use libp2p::core::transport::{ListenerId, Transport};
+        let relay = PeerId::random();
+        let (mut transport, _behaviour) = libp2p::relay::client::new(PeerId::random());
+        for dialled in ["/ip4/10.0.0.1/tcp/4001", &format!("/ip4/10.0.0.1/udp/4001/quic-v1/p2p/{relay}")] {
+            let dialled: Multiaddr = dialled.parse().unwrap();
+            let addr = picked_relay_addr(&dialled, relay).unwrap();
+            assert_eq!(addr.iter().filter(|p| matches!(p, Protocol::P2p(_))).count(), 1, "{addr}");
+            let circuit = circuit_listen_addr(&addr);
+            assert!(transport.listen_on(ListenerId::next(), circuit.clone()).is_ok(), "{circuit}");
+        }
+        let other: Multiaddr = format!("/ip4/10.0.0.1/tcp/4001/p2p/{}", PeerId::random()).parse().unwrap();
+        assert_eq!(picked_relay_addr(&other, relay), None);
     }
 
     #[test]

@@ -401,8 +401,8 @@ impl EventLoop {
                 .hop_peers
                 .iter()
                 .filter(|(p, _)| !self.nat.auto.contains_key(p) && !wanted.iter().any(|(w, _)| w == *p))
+                .filter_map(|(p, a)| Some((*p, super::super::nat::picked_relay_addr(a, *p)?)))
                 .take(room)
-                .map(|(p, a)| (*p, a.clone().with(libp2p::multiaddr::Protocol::P2p(*p))))
                 .collect();
             for (p, a) in picks {
                 info!(target: EVENTS, event = "relay_picked", relay = %p, address = %a, "reserving on a connected peer that offers the relay service");
