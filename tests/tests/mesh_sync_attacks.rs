@@ -372,7 +372,8 @@ fn garbage_sync_traffic_costs_strikes_and_old_peers_are_asked_for_everything() {
     c.wait_members(1, Duration::from_secs(30));
     let node0: PeerId = c.peer_ids[0].parse().unwrap();
     let topics = vec![shard_topic(Kind::Announcement, node_shard(&c.keys[0].node_id(), SHARDS), SHARDS)];
-    let error_of = |answer: Result<Vec<u8>, String>| match answer.map(|b| rpc::decode::<SyncResponse>("r", &b, 1 << 20)) {
+    let error_of = |answer: Result<Vec<u8>, String>| match answer.map(|b| rpc::decode::<SyncResponse>("r", &b, 1 << 20))
+    {
         Ok(Ok(SyncResponse::Error(e))) => e,
         other => panic!("not an error answer: {other:?}"),
     };
@@ -383,7 +384,11 @@ fn garbage_sync_traffic_costs_strikes_and_old_peers_are_asked_for_everything() {
         cfg.sync_limits.max_request = 4 * cap;
     });
     let filtered = |n: usize| {
-        rpc::encode(&SyncRequest::ShardAttestations { from: 0, limit: 1, filter: ShardFilter { shards: SHARDS, of: vec![1; n] } })
+        rpc::encode(&SyncRequest::ShardAttestations {
+            from: 0,
+            limit: 1,
+            filter: ShardFilter { shards: SHARDS, of: vec![1; n] },
+        })
     };
     let (big, bigger) = (filtered(2 * default_cap), filtered(cap + 16));
     assert!(big.len() > default_cap && big.len() < cap && bigger.len() > cap);
@@ -452,14 +457,18 @@ fn garbage_sync_traffic_costs_strikes_and_old_peers_are_asked_for_everything() {
     );
     std::thread::sleep(Duration::from_millis(1500));
     let k = conduct(&c, &old.net.local_peer_id());
-    assert!(k["malformed"].as_u64().unwrap_or(0) == 0 && k["strikes"].as_f64().unwrap_or(0.0) == 0.0, "old peer struck: {k}");
+    assert!(
+        k["malformed"].as_u64().unwrap_or(0) == 0 && k["strikes"].as_f64().unwrap_or(0.0) == 0.0,
+        "old peer struck: {k}"
+    );
 
     let (valid, valid_path) = foreign_record(&signer, "among-garbage");
     let (mut forged, _) = foreign_record(&signer, "badly-signed");
     let last = forged.len() - 1;
     forged[last] ^= 1;
     let answer = sync_peer(vec![vec![1, 2, 3], valid, forged], true, Arc::default());
-    let liar = Intruder::join_answering(&c, NodeKey::from_seed("sync-liar", [88; 32]).unwrap(), &topics, |_| {}, answer);
+    let liar =
+        Intruder::join_answering(&c, NodeKey::from_seed("sync-liar", [88; 32]).unwrap(), &topics, |_| {}, answer);
     wait_for("node 0 to store the valid record among garbage", Duration::from_secs(30), || {
         (!c.attesters(0, &valid_path).is_empty()).then_some(())
     });

@@ -311,10 +311,7 @@ pub fn net_config(
             sync: rate(s.peer_sync_requests_per_sec),
             ..crate::net::PeerLimitsConfig::default()
         },
-        sync_limits: crate::net::RrLimits {
-            max_request: s.sync_request_max_bytes,
-            ..NetConfig::default().sync_limits
-        },
+        sync_limits: crate::net::RrLimits { max_request: s.sync_request_max_bytes, ..NetConfig::default().sync_limits },
         ..NetConfig::default()
     })
 }

@@ -258,8 +258,8 @@ pub fn commit(store: &Store, v: &Verified<Message>) -> Result<bool, StoreError> 
 /// `bytes` as a verified record of `kind`, or why not and whether only because it is of another
 /// protocol version (which an honest peer of another build may serve, so it costs no strike).
 fn check_record(bytes: &[u8], kind: Kind) -> Result<Verified<Message>, (String, bool)> {
-    let env = Envelope::decode(bytes)
-        .map_err(|e| (e.to_string(), matches!(e, DecodeError::UnsupportedVersion { .. })))?;
+    let env =
+        Envelope::decode(bytes).map_err(|e| (e.to_string(), matches!(e, DecodeError::UnsupportedVersion { .. })))?;
     if env.kind() != kind {
         return Err((format!("a {} record in the {kind} sequence", env.kind()), false));
     }
