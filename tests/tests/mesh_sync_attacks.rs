@@ -11,25 +11,40 @@
 //! 2. every malformed filter (another shard count, no shard, more than `MAX_FILTER_SHARDS`, a
 //!    shard out of range): an error answer naming what is wrong; the node then still serves good
 //!    pages and its stored records are unchanged;
-//! 3. garbage bodies (an error answer, no strike) and oversized request frames (refused, the
-//!    stream closed, counted as `oversized_frames` and strikes in `GET /api/v1/peers`);
+//! 3. oversized request frames (refused, the stream closed, counted as `oversized_frames` and
+//!    strikes in `GET /api/v1/peers`);
 //! 4. a flood of filtered requests beyond `peer_sync_requests_per_sec`: refused past the bucket
 //!    (`requests_refused`), while the honest nodes keep syncing and a new job completes.
+//!
+//! `garbage_sync_traffic_costs_strikes_and_old_peers_are_asked_for_everything` (1 node per
+//! shard, `sync_request_max_bytes` raised to 4 MiB) checks the rest of what a sync peer can send:
+//!
+//! 5. a request between the default cap and the configured one is decoded (the configured cap
+//!    applies, not the default), one above it is refused as oversized;
+//! 6. garbage request bodies are answered with an error and cost a strike each (three graylist
+//!    the sender, whose next request is refused), a newer build's request (an unknown variant)
+//!    costs nothing;
+//! 7. a peer that answers shard-filtered requests with an error (an older build) is asked for
+//!    everything and its records are stored, at no cost to it (nor for a record of another
+//!    protocol version); a peer whose pages carry records that do not verify costs a strike per
+//!    page, and its valid records are still stored.
 
 mod mesh_support;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use buildmesh::mesh::rpc::{self, MAX_FILTER_SHARDS, MAX_PAGE_ITEMS, ShardFilter, SyncRequest, SyncResponse};
+use buildmesh::mesh::rpc::{self, MAX_FILTER_SHARDS, MAX_PAGE_ITEMS, ShardFilter, Summary, SyncRequest, SyncResponse};
 use buildmesh::mesh::validate::shard_topic;
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::mesh::shard::{drv_shard, node_shard};
 use buildmesh_protocol::signed::Envelope;
-use buildmesh_protocol::wire::{Kind, Message};
+use buildmesh_protocol::store_path::StorePath;
+use buildmesh_protocol::wire::{Encode as _, Kind, Message, PROTOCOL_VERSION};
 use libp2p::PeerId;
 use libp2p::futures::future::join_all;
-use mesh_support::intruder::Intruder;
+use mesh_support::intruder::{Intruder, SyncAnswer, signed_attestation};
 use mesh_support::*;
 
 const SHARDS: u32 = 2;
@@ -236,25 +251,11 @@ fn hostile_shard_filtered_sync_requests_are_refused_and_the_mesh_keeps_syncing()
     assert!(after.starts_with(&before), "records changed");
     assert!(c.attestation_ids(0).is_superset(&stored), "node 0 lost stored attestations");
 
-    // 3. Garbage and oversized request bytes.
-    let garbage: [Vec<u8>; 5] = [
-        vec![],
-        vec![0xff; 64],
-        vec![8, 0],
-        // A filter claiming 2^32 - 1 shards in a 9-byte body.
-        vec![8, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 0x0f],
-        rpc::encode(&SyncRequest::Summary).repeat(2),
-    ];
-    for g in garbage {
-        let bytes = ask_raw(&asker, node0, g.clone()).unwrap_or_else(|e| panic!("garbage {g:?}: no answer ({e})"));
-        match rpc::decode::<SyncResponse>("r", &bytes, 1 << 20) {
-            Ok(SyncResponse::Error(e)) => assert!(e.contains("malformed sync request"), "{g:?}: {e}"),
-            other => panic!("garbage {g:?} answered {other:?}"),
-        }
-    }
+    // 3. Oversized request bytes (garbage bodies: `garbage_sync_traffic_costs_strikes_...`).
+    //    The malformed filters above cost the asker nothing: another build may send them.
     let k = conduct(&c, &asker.net.local_peer_id());
-    assert_eq!(k["oversized_frames"], 0, "{k}");
-    assert_eq!(k["graylisted"], false, "well-formed and garbage requests graylisted the asker: {k}");
+    assert!(k["oversized_frames"] == 0 && k["malformed"] == 0, "{k}");
+    assert_eq!(k["graylisted"], false, "well-formed requests graylisted the asker: {k}");
     let max = buildmesh::net::NetConfig::default().sync_limits.max_request;
     let bloater = Intruder::join_on(&c, NodeKey::from_seed("sync-bloater", [82; 32]).unwrap(), &topics, |cfg| {
         cfg.sync_limits.max_request = 4 * max;
@@ -317,4 +318,170 @@ fn hostile_shard_filtered_sync_requests_are_refused_and_the_mesh_keeps_syncing()
     asker.shutdown();
     bloater.shutdown();
     flooder.shutdown();
+}
+
+/// An attestation signed by `key` for a derivation `name` nobody builds: its envelope bytes and
+/// its output path (as `/api/v1/attestations?path=` takes it).
+fn foreign_record(key: &NodeKey, name: &str) -> (Vec<u8>, String) {
+    let mut digest = [0u8; 20];
+    digest.copy_from_slice(&blake3::hash(name.as_bytes()).as_bytes()[..20]);
+    let drv = StorePath::new(digest, &format!("{name}.drv")).unwrap();
+    digest[0] ^= 1;
+    let path = StorePath::new(digest, name).unwrap();
+    let a = signed_attestation(key, key.node_id(), drv, path.clone(), [5; 32], [6; 32]);
+    (Envelope::sign(key, &Message::Attestation(a)).unwrap().to_bytes(), sd().display(&path))
+}
+
+/// A sync peer holding the attestation pages `records` (sequence numbers 0, 1, ...) and no
+/// failure; every request it gets is pushed to `asked`. With `filters`, it serves
+/// shard-filtered requests the records unfiltered; without, it answers them with an error like
+/// a build older than shards (and so every request it does not know).
+fn sync_peer(records: Vec<Vec<u8>>, filters: bool, asked: Arc<Mutex<Vec<SyncRequest>>>) -> SyncAnswer {
+    Box::new(move |body| {
+        let old = || SyncResponse::Error("malformed sync request: unknown variant".into());
+        let Ok(req) = rpc::decode::<SyncRequest>("r", body, 1 << 20) else { return Some(rpc::encode(&old())) };
+        asked.lock().unwrap().push(req.clone());
+        let n = records.len() as u64;
+        let page = |from: u64, items: &[Vec<u8>]| SyncResponse::Page {
+            items: items.iter().cloned().enumerate().map(|(i, r)| (i as u64, r)).skip(from as usize).collect(),
+            next: from.max(items.len() as u64),
+            more: false,
+        };
+        let resp = match req {
+            SyncRequest::Summary => SyncResponse::Summary {
+                attestations: Summary { count: n, xor: [7; 32], next_seq: n },
+                failures: Summary { count: 0, xor: [0; 32], next_seq: 0 },
+            },
+            SyncRequest::Attestations { from, .. } => page(from, &records),
+            SyncRequest::ShardAttestations { from, .. } if filters => page(from, &records),
+            SyncRequest::Failures { from, .. } => page(from, &[]),
+            SyncRequest::ShardFailures { from, .. } if filters => page(from, &[]),
+            _ => old(),
+        };
+        Some(rpc::encode(&resp))
+    })
+}
+
+#[test]
+fn garbage_sync_traffic_costs_strikes_and_old_peers_are_asked_for_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cap = 4 << 20;
+    let mesh = format!("{FAST_MESH}peer_sync_requests_per_sec = {SYNC_PER_SEC}\nsync_request_max_bytes = {cap}\n");
+    let c = Cluster::start_sharded_with_mesh(tmp.path(), 1, SHARDS, &["--submitter", "any"], &mesh);
+    // (A node counts the members of its own shard.)
+    c.wait_members(1, Duration::from_secs(30));
+    let node0: PeerId = c.peer_ids[0].parse().unwrap();
+    let topics = vec![shard_topic(Kind::Announcement, node_shard(&c.keys[0].node_id(), SHARDS), SHARDS)];
+    let error_of = |answer: Result<Vec<u8>, String>| match answer.map(|b| rpc::decode::<SyncResponse>("r", &b, 1 << 20))
+    {
+        Ok(Ok(SyncResponse::Error(e))) => e,
+        other => panic!("not an error answer: {other:?}"),
+    };
+
+    // 5. The configured request cap (4 MiB), not the default (1 MiB).
+    let default_cap = buildmesh::net::NetConfig::default().sync_limits.max_request;
+    let bloater = Intruder::join_on(&c, NodeKey::from_seed("cap-bloater", [84; 32]).unwrap(), &topics, |cfg| {
+        cfg.sync_limits.max_request = 4 * cap;
+    });
+    let filtered = |n: usize| {
+        rpc::encode(&SyncRequest::ShardAttestations {
+            from: 0,
+            limit: 1,
+            filter: ShardFilter { shards: SHARDS, of: vec![1; n] },
+        })
+    };
+    let (big, bigger) = (filtered(2 * default_cap), filtered(cap + 16));
+    assert!(big.len() > default_cap && big.len() < cap && bigger.len() > cap);
+    let e = error_of(ask_raw(&bloater, node0, big));
+    assert!(e.contains(&format!("names {} shards", 2 * default_cap)), "a request under the configured cap: {e}");
+    let r = ask_raw(&bloater, node0, bigger);
+    assert!(r.is_err(), "a request above the configured cap was answered: {:?}", r.map(|b| b.len()));
+    let k = wait_for("the oversized frame in node 0's peer list", Duration::from_secs(20), || {
+        let k = conduct(&c, &bloater.net.local_peer_id());
+        (k["oversized_frames"] == 1).then_some(k)
+    });
+    assert_eq!(k["malformed"], 0, "a well-formed request with a bad filter was struck: {k}");
+
+    // 6. A newer build's requests cost nothing, garbage a strike each.
+    let garbler = Intruder::join_on(&c, NodeKey::from_seed("sync-garbler", [85; 32]).unwrap(), &topics, |_| {});
+    let me = garbler.net.local_peer_id();
+    for newer in [vec![SyncRequest::VARIANTS as u8], vec![SyncRequest::VARIANTS as u8 + 1, 1, 2]] {
+        let e = error_of(ask_raw(&garbler, node0, newer.clone()));
+        assert!(e.contains("malformed sync request"), "{newer:?}: {e}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let k = conduct(&c, &me);
+    assert!(k["malformed"] == 0 && k["strikes"] == 0.0, "a newer build's request was struck: {k}");
+    let garbage: [Vec<u8>; 5] = [
+        vec![],
+        vec![0xff; 64],
+        // A filter claiming 2^32 - 1 shards in a 9-byte body.
+        vec![8, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        vec![8, 0],
+        rpc::encode(&SyncRequest::Summary).repeat(2),
+    ];
+    for g in &garbage[..3] {
+        let e = error_of(ask_raw(&garbler, node0, g.clone()));
+        assert!(e.contains("malformed sync request"), "{g:?}: {e}");
+    }
+    let k = wait_for("three malformed requests in node 0's peer list", Duration::from_secs(20), || {
+        let k = conduct(&c, &me);
+        (k["malformed"] == 3).then_some(k)
+    });
+    assert!(k["strikes"].as_f64().unwrap() > 2.9, "{k}");
+    assert_eq!(k["graylisted"], true, "three malformed requests did not graylist: {k}");
+    for g in &garbage[3..] {
+        let r = ask_raw(&garbler, node0, g.clone());
+        assert!(r.is_err(), "a graylisted peer's request {g:?} was answered: {r:?}");
+    }
+
+    // 7. An older build (errors for filtered requests) is asked for everything, at no cost to
+    //    it, even for a record of another protocol version; a peer serving records that do not
+    //    verify costs a strike per page, and its valid records are stored.
+    let signer = NodeKey::from_seed("sync-signer", [86; 32]).unwrap();
+    let (good, good_path) = foreign_record(&signer, "from-an-old-peer");
+    let (mut newer, _) = foreign_record(&signer, "of-another-version");
+    newer[0] = PROTOCOL_VERSION + 1;
+    let asked_old = Arc::new(Mutex::new(Vec::new()));
+    let answer = sync_peer(vec![good, newer], false, asked_old.clone());
+    let old = Intruder::join_answering(&c, NodeKey::from_seed("sync-old", [87; 32]).unwrap(), &topics, |_| {}, answer);
+    wait_for("node 0 to store the old peer's record", Duration::from_secs(30), || {
+        (!c.attesters(0, &good_path).is_empty()).then_some(())
+    });
+    let asked = asked_old.lock().unwrap().clone();
+    let first_filtered = asked.iter().position(|r| matches!(r, SyncRequest::ShardAttestations { .. }));
+    let first_plain = asked.iter().position(|r| matches!(r, SyncRequest::Attestations { .. }));
+    assert!(
+        matches!((first_filtered, first_plain), (Some(f), Some(p)) if f < p),
+        "node 0 did not ask by shard first, then for everything: {asked:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let k = conduct(&c, &old.net.local_peer_id());
+    assert!(
+        k["malformed"].as_u64().unwrap_or(0) == 0 && k["strikes"].as_f64().unwrap_or(0.0) == 0.0,
+        "old peer struck: {k}"
+    );
+
+    let (valid, valid_path) = foreign_record(&signer, "among-garbage");
+    let (mut forged, _) = foreign_record(&signer, "badly-signed");
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let answer = sync_peer(vec![vec![1, 2, 3], valid, forged], true, Arc::default());
+    let liar =
+        Intruder::join_answering(&c, NodeKey::from_seed("sync-liar", [88; 32]).unwrap(), &topics, |_| {}, answer);
+    wait_for("node 0 to store the valid record among garbage", Duration::from_secs(30), || {
+        (!c.attesters(0, &valid_path).is_empty()).then_some(())
+    });
+    let k = wait_for("the garbage page in node 0's peer list", Duration::from_secs(20), || {
+        let k = conduct(&c, &liar.net.local_peer_id());
+        (k["malformed"].as_u64() >= Some(1)).then_some(k)
+    });
+    assert!(k["strikes"].as_f64().unwrap() >= 0.9, "{k}");
+    for i in 1..c.nodes.len() {
+        let k = conduct(&c, &c.peer_ids[i].parse().unwrap());
+        assert!(k["malformed"].as_u64().unwrap_or(0) == 0 && k["graylisted"] != true, "honest node {i}: {k}");
+    }
+    for i in [bloater, garbler, old, liar] {
+        i.shutdown();
+    }
 }

@@ -257,6 +257,20 @@ pub enum SyncRequest {
     },
 }
 
+impl SyncRequest {
+    /// The variants this build knows ([`SyncRequest::ShardFailures`] is the last). A body whose
+    /// variant index is at least this comes from a newer build (see [`is_unknown_variant`]).
+    pub const VARIANTS: u32 = 10;
+}
+
+/// Whether `body` starts with a postcard variant index of `variants` or more: a request of a
+/// newer build (variants are appended at the end), which this node answers with an error but
+/// does not count against the sender. Any other body that does not decode is malformed: no
+/// build sends it.
+pub fn is_unknown_variant(body: &[u8], variants: u32) -> bool {
+    postcard::take_from_bytes::<u32>(body).is_ok_and(|(index, _)| index >= variants)
+}
+
 /// Records scanned for one [`SyncRequest::ShardAttestations`] or
 /// [`SyncRequest::ShardFailures`] page at most (those of other shards are skipped): one page
 /// costs the responder a bounded read whatever the filter, and serves at most
@@ -408,12 +422,31 @@ mod tests {
         let filter = ShardFilter { shards: 2, of: vec![1] };
         assert_eq!(encode(&SyncRequest::ShardAttestations { from: 0, limit: 1, filter: filter.clone() })[0], 8);
         assert_eq!(encode(&SyncRequest::ShardFailures { from: 0, limit: 1, filter })[0], 9);
+        assert_eq!(SyncRequest::VARIANTS, 10, "a new variant moves SyncRequest::VARIANTS");
         let req = SyncRequest::Manifest { hash: [7; 32], offset: 5, len: MANIFEST_CHUNK_SIZE };
         assert_eq!(decode::<SyncRequest>("r", &encode(&req), 1024).unwrap(), req);
         let resp = SyncResponse::ManifestChunk { total: 9, bytes: vec![1; 1000] };
         let bytes = encode(&resp);
         assert!(bytes.len() < 1010, "chunks are raw bytes: {}", bytes.len());
         assert_eq!(decode::<SyncResponse>("r", &bytes, 4096).unwrap(), resp);
+    }
+
+    /// A newer build's request (a variant index this build does not know) is told apart from
+    /// garbage: only garbage counts against the sender.
+    #[test]
+    fn unknown_variants_are_told_apart_from_garbage() {
+        let n = SyncRequest::VARIANTS;
+        for newer in [vec![10], vec![11, 1, 2], vec![0x80, 0x01], vec![0xff, 0xff, 0xff, 0xff, 0x0f]] {
+            assert!(decode::<SyncRequest>("r", &newer, 100).is_err(), "{newer:?}");
+            assert!(is_unknown_variant(&newer, n), "{newer:?}");
+        }
+        let summary = encode(&SyncRequest::Summary);
+        for garbage in [vec![], vec![0xff; 64], vec![8, 0], summary.repeat(2), vec![3, 200]] {
+            assert!(decode::<SyncRequest>("r", &garbage, 100).is_err(), "{garbage:?}");
+            assert!(!is_unknown_variant(&garbage, n), "{garbage:?}");
+        }
+        let filter = ShardFilter { shards: 2, of: vec![1] };
+        assert!(!is_unknown_variant(&encode(&SyncRequest::ShardFailures { from: 0, limit: 1, filter }), n));
     }
 
     proptest! {

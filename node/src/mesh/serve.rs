@@ -58,6 +58,13 @@ impl Server {
         Server { store, store_dir, readers: Arc::default(), limits: NetConfig::default(), shards: 1 }
     }
 
+    /// The same server decoding requests and capping answers with the node's configured
+    /// request-response limits (default: [`NetConfig::default`]'s).
+    pub fn with_limits(mut self, limits: NetConfig) -> Server {
+        self.limits = limits;
+        self
+    }
+
     /// The same server in a mesh of `shards` shards (the count [`ShardFilter`]s must name).
     pub fn with_shards(mut self, shards: u32) -> Server {
         self.shards = shards.max(1);

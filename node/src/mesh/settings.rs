@@ -63,6 +63,10 @@ pub struct MeshSettings {
     pub peer_nar_requests_per_sec: u32,
     /// `/buildmesh/sync/1` requests per peer and second (default 128).
     pub peer_sync_requests_per_sec: u32,
+    /// Largest `/buildmesh/sync/1` request body accepted, in bytes (default 1 MiB; at most
+    /// 64 MiB). A larger frame is refused unread and costs its sender a strike. Honest requests
+    /// are a few bytes (a shard filter names at most 1024 shards).
+    pub sync_request_max_bytes: usize,
     /// Most peers remembered in the database (table `peers`) and dialled after a restart,
     /// besides `bootstrap` (default 1024; 0 = remember none and forget those remembered).
     pub remember_peers: usize,
@@ -108,6 +112,7 @@ impl Default for MeshSettings {
             peer_closure_requests_per_sec: 128,
             peer_nar_requests_per_sec: 512,
             peer_sync_requests_per_sec: 128,
+            sync_request_max_bytes: NetConfig::default().sync_limits.max_request,
             remember_peers: 1024,
             forget_peers_after_days: 14,
             target_peers: NetConfig::default().target_peers,
@@ -186,6 +191,7 @@ impl MeshSettings {
             ("peer_closure_requests_per_sec", u64::from(self.peer_closure_requests_per_sec)),
             ("peer_nar_requests_per_sec", u64::from(self.peer_nar_requests_per_sec)),
             ("peer_sync_requests_per_sec", u64::from(self.peer_sync_requests_per_sec)),
+            ("sync_request_max_bytes", self.sync_request_max_bytes as u64),
             ("forget_peers_after_days", self.forget_peers_after_days),
             ("target_peers", self.target_peers as u64),
         ] {
@@ -305,6 +311,7 @@ pub fn net_config(
             sync: rate(s.peer_sync_requests_per_sec),
             ..crate::net::PeerLimitsConfig::default()
         },
+        sync_limits: crate::net::RrLimits { max_request: s.sync_request_max_bytes, ..NetConfig::default().sync_limits },
         ..NetConfig::default()
     })
 }

@@ -11,6 +11,12 @@
 //! connection, so both converge. A cursor beyond the peer's next sequence number (the peer lost
 //! its database) is reset to 0.
 //!
+//! A peer that answers with bytes no build sends (an answer that does not decode or is of
+//! another kind than asked, a page with records that do not verify) is reported to the net
+//! layer ([`NetHandle::malformed`]): one strike per answer, as for a malformed request it sent.
+//! An error answer is never counted (an older build answers a shard-filtered request with one,
+//! and is then asked for everything), nor a record of another protocol version.
+//!
 //! Cursors live in the store's redb database (table `sync_cursors`, one row per peer), each set in
 //! its own durable transaction. An older build kept them in `DATA/mesh/sync-cursors.json`:
 //! [`Cursors::load`] imports that file once and renames it (see `import_legacy_json`).
@@ -20,14 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use buildmesh_protocol::signed::{Envelope, Verified};
-use buildmesh_protocol::wire::{Kind, Message};
+use buildmesh_protocol::wire::{DecodeError, Kind, Message};
 use libp2p::PeerId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::quota::{self, Quotas, Stored};
 use super::rpc::{self, MAX_PAGE_ITEMS, ShardFilter, Summary, SyncRequest, SyncResponse};
-use crate::net::{NetConfig, NetHandle, RequestProtocol};
+use crate::net::{NetHandle, RequestProtocol};
 use crate::store::{AttestationEntry, FailureEntry, Store, StoreError, unix_ms};
 
 /// Pages pulled from one peer in one run at most (bounds one run; the next run continues).
@@ -198,6 +204,10 @@ pub struct SyncReport {
     /// Of those, pages asked with a shard filter ([`SyncScope::filter`]).
     #[serde(default)]
     pub shard_pages: u64,
+    /// Of those, pages with records that do not verify (other than of another protocol
+    /// version): each cost the peer a strike ([`NetHandle::malformed`]).
+    #[serde(default)]
+    pub garbage_pages: u64,
 }
 
 /// The store entry of a verified attestation or failure (`None` for other kinds).
@@ -245,6 +255,17 @@ pub fn commit(store: &Store, v: &Verified<Message>) -> Result<bool, StoreError> 
     }
 }
 
+/// `bytes` as a verified record of `kind`, or why not and whether only because it is of another
+/// protocol version (which an honest peer of another build may serve, so it costs no strike).
+fn check_record(bytes: &[u8], kind: Kind) -> Result<Verified<Message>, (String, bool)> {
+    let env =
+        Envelope::decode(bytes).map_err(|e| (e.to_string(), matches!(e, DecodeError::UnsupportedVersion { .. })))?;
+    if env.kind() != kind {
+        return Err((format!("a {} record in the {kind} sequence", env.kind()), false));
+    }
+    env.verify().map_err(|e| (e.to_string(), false))
+}
+
 /// What one run asks for: every record, or only those of some shards (issue 18).
 #[derive(Debug, Clone, Default)]
 pub struct SyncScope {
@@ -258,7 +279,9 @@ pub struct SyncScope {
 
 /// One anti-entropy run against `peer`. Newly committed records are sent to `deliver` one page
 /// at a time, after they are durable (waiting while the receiver is busy, so memory stays bounded
-/// by one page).
+/// by one page). Answers above `max_response` bytes (the node's configured
+/// `sync_limits.max_response`) are refused.
+#[allow(clippy::too_many_arguments)]
 pub async fn sync_with(
     net: &NetHandle,
     store: &Store,
@@ -267,9 +290,9 @@ pub async fn sync_with(
     peer: PeerId,
     deliver: &tokio::sync::mpsc::Sender<Vec<Verified<Message>>>,
     scope: SyncScope,
+    max_response: usize,
 ) -> Result<SyncReport, SyncError> {
     let mut filter = scope.filter;
-    let max = NetConfig::default().sync_limits.max_response;
     let ask = |req: SyncRequest| {
         let net = net.clone();
         async move {
@@ -277,14 +300,23 @@ pub async fn sync_with(
                 .send_request(peer, RequestProtocol::Sync, rpc::encode(&req))
                 .await
                 .map_err(|e| SyncError::Request { peer, reason: e.to_string() })?;
-            rpc::decode::<SyncResponse>("sync response", &bytes, max)
-                .map_err(|e| SyncError::Request { peer, reason: e.to_string() })
+            match rpc::decode::<SyncResponse>("sync response", &bytes, max_response) {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    net.malformed(peer, "sync response").await;
+                    Err(SyncError::Request { peer, reason: e.to_string() })
+                }
+            }
         }
+    };
+    let unexpected = |got: &'static str| async move {
+        net.malformed(peer, "sync answer of another kind").await;
+        SyncError::Unexpected { peer, got }
     };
     let (theirs_a, theirs_f) = match ask(SyncRequest::Summary).await? {
         SyncResponse::Summary { attestations, failures } => (attestations, failures),
         SyncResponse::Error(e) => return Err(SyncError::Request { peer, reason: e }),
-        _ => return Err(SyncError::Unexpected { peer, got: "something else than a summary" }),
+        _ => return Err(unexpected("something else than a summary").await),
     };
     let (ours_a, ours_f): (Summary, Summary) = {
         let store = store.clone();
@@ -330,24 +362,26 @@ pub async fn sync_with(
                     continue;
                 }
                 SyncResponse::Error(e) => return Err(SyncError::Request { peer, reason: e }),
-                _ => return Err(SyncError::Unexpected { peer, got: "something else than a page" }),
+                _ => return Err(unexpected("something else than a page").await),
             };
             report.pages += 1;
             report.shard_pages += u64::from(filter.is_some());
             let mut verified = Vec::with_capacity(items.len());
+            let mut garbage = 0u64;
             for (_, bytes) in &items {
-                match Envelope::decode(bytes).map_err(|e| e.to_string()).and_then(|env| {
-                    if env.kind() != kind {
-                        return Err(format!("a {} record in the {kind} sequence", env.kind()));
-                    }
-                    env.verify().map_err(|e| e.to_string())
-                }) {
+                match check_record(bytes, kind) {
                     Ok(v) => verified.push(v),
-                    Err(reason) => {
+                    Err((reason, other_version)) => {
                         report.invalid += 1;
+                        garbage += u64::from(!other_version);
                         tracing::warn!(%peer, reason, "peer served a record that does not verify; skipped");
                     }
                 }
+            }
+            if garbage > 0 {
+                // One strike per page, however many of its records are garbage.
+                report.garbage_pages += 1;
+                net.malformed(peer, "sync page").await;
             }
             let (store2, batch, q) = (store.clone(), verified, quotas.clone());
             let (new, over, batch) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {

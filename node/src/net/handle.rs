@@ -79,6 +79,10 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    Malformed {
+        peer: PeerId,
+        what: &'static str,
+    },
     Block {
         peer: PeerId,
         blocked: bool,
@@ -596,6 +600,15 @@ impl NetHandle {
     /// The gossipsub score of a peer (negative after rejected messages), if known.
     pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NetError> {
         self.call("peer_score", QUICK_REPLY, |reply| Command::PeerScore { peer, reply }).await
+    }
+
+    /// Counts a malformed body `peer` sent (`what` names it in the log: "sync request", "sync
+    /// page", ...) against it: one strike, like an oversized frame ([`super::PeerConduct`]).
+    /// Report only bytes no honest node sends, at most once per request or response: not an
+    /// error answer, nor a request variant a newer build may add. Does not wait for the event
+    /// loop; a stopped loop is ignored.
+    pub async fn malformed(&self, peer: PeerId, what: &'static str) {
+        let _ = self.commands.send(Command::Malformed { peer, what }).await;
     }
 
     /// Closes every connection to `peer`. Returns `false` if it was not connected.

@@ -1,7 +1,9 @@
 //! Bounds on what one peer may ask of this node: a token bucket per (peer, protocol) for inbound
 //! requests, a cap on a peer's unanswered requests, and "strikes" for misbehaviour that feed the
-//! peer's gossipsub application score, so that a peer flooding requests or sending oversized
-//! frames is graylisted for gossip as well (and a graylisted peer gets no answers either).
+//! peer's gossipsub application score, so that a peer flooding requests, sending oversized
+//! frames or malformed bodies ([`PeerLimits::malformed`], reported by the application through
+//! [`NetHandle::malformed`](super::NetHandle::malformed)) is graylisted for gossip as well (and a
+//! graylisted peer gets no answers either).
 //!
 //! The event loop asks [`PeerLimits::admit`] for every inbound request before it hands it to
 //! the application; what is refused is dropped there (the requester sees its stream closed) and
@@ -26,6 +28,10 @@ pub const STRIKE_SCORE: f64 = -30.0;
 const STRIKE_PER_REFUSAL: f64 = 0.05;
 /// Strikes an oversized request frame costs (an honest node checks the size before sending).
 const STRIKE_PER_OVERSIZED: f64 = 1.0;
+/// Strikes a malformed request or response body costs (bytes an honest node never sends: the
+/// application reports only those, not what a newer or older build may send, see
+/// [`PeerLimits::malformed`]).
+const STRIKE_PER_MALFORMED: f64 = 1.0;
 /// Strikes are multiplied by this every [`PeerLimits::decay`] call (the event loop's 500 ms
 /// tick): a half-life of about 6 minutes, so a peer graylisted by 10 strikes is forgiven after
 /// about 25 minutes of good behaviour.
@@ -110,7 +116,8 @@ pub struct PeerConduct {
     /// Whether the score is below the graylist threshold: its gossip is ignored and its requests
     /// refused.
     pub graylisted: bool,
-    /// Misbehaviour counted against it (decaying): oversized frames, floods of refused requests.
+    /// Misbehaviour counted against it (decaying): oversized frames, malformed bodies, floods of
+    /// refused requests.
     pub strikes: f64,
     /// Inbound requests of it refused so far (rate, pending cap, graylist).
     pub requests_refused: u64,
@@ -118,6 +125,10 @@ pub struct PeerConduct {
     pub requests_admitted: u64,
     /// Oversized request frames it sent.
     pub oversized_frames: u64,
+    /// Malformed request or response bodies it sent (e.g. a sync request that does not decode,
+    /// a sync page with records that do not verify).
+    #[serde(default)]
+    pub malformed: u64,
 }
 
 #[derive(Debug)]
@@ -134,6 +145,7 @@ struct PeerState {
     refused: u64,
     admitted: u64,
     oversized: u64,
+    malformed: u64,
 }
 
 /// The per-peer request limiter and strike record. Owned by the event loop.
@@ -207,6 +219,15 @@ impl PeerLimits {
         st.strikes += STRIKE_PER_OVERSIZED;
     }
 
+    /// `peer` sent a body that does not decode or records that do not verify: bytes no honest
+    /// node sends. The caller reports at most one per request or response, and nothing a peer
+    /// of another version may honestly send (an unknown request variant, an error answer).
+    pub fn malformed(&mut self, peer: PeerId) {
+        let st = self.peers.entry(peer).or_default();
+        st.malformed += 1;
+        st.strikes += STRIKE_PER_MALFORMED;
+    }
+
     /// The gossipsub application score `peer` has earned here (0 without strikes).
     pub fn app_score(&self, peer: &PeerId) -> f64 {
         self.peers.get(peer).map_or(0.0, |st| st.strikes * STRIKE_SCORE)
@@ -245,6 +266,7 @@ impl PeerLimits {
             requests_refused: st.refused,
             requests_admitted: st.admitted,
             oversized_frames: st.oversized,
+            malformed: st.malformed,
         }
     }
 
@@ -308,6 +330,13 @@ mod tests {
             l.oversized(p);
         }
         assert!(l.app_score(&p) < -80.0, "three oversized frames graylist: {}", l.app_score(&p));
+        let m = PeerId::random();
+        l.malformed(m);
+        l.malformed(m);
+        assert!(l.app_score(&m) > -80.0, "two malformed bodies do not graylist: {}", l.app_score(&m));
+        l.malformed(m);
+        assert!(l.app_score(&m) < -80.0, "three malformed bodies graylist: {}", l.app_score(&m));
+        assert_eq!(l.conduct(&m).malformed, 3);
         let q = PeerId::random();
         for _ in 0..100 {
             if l.admit(q, RequestProtocol::Sync, false, t0).is_ok() {
@@ -322,6 +351,7 @@ mod tests {
             l.decay(t);
         }
         assert_eq!(l.app_score(&p), 0.0);
+        assert_eq!(l.app_score(&m), 0.0);
         assert_eq!(l.peers().count(), 0, "quiet, forgiven peers are forgotten");
     }
 }

@@ -26,6 +26,10 @@ const TOPICS: [&str; 6] = [
     "buildmesh/strike/1",
 ];
 
+/// How an intruder answers the sync requests it receives: the raw answer to a raw request body,
+/// or `None` to leave it unanswered (the asker's request then times out).
+pub type SyncAnswer = Box<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
+
 /// The attacker's peer.
 pub struct Intruder {
     pub rt: tokio::runtime::Runtime,
@@ -49,6 +53,18 @@ impl Intruder {
     /// Like [`Intruder::join_with`], once node 0 subscribed to each of `topics` (a sharded
     /// mesh's topics have other names).
     pub fn join_on(c: &Cluster, key: NodeKey, topics: &[String], tweak: impl FnOnce(&mut NetConfig)) -> Intruder {
+        Intruder::join_answering(c, key, topics, tweak, Box::new(|_| None))
+    }
+
+    /// Like [`Intruder::join_on`], answering the nodes' `/buildmesh/sync/1` requests with
+    /// `answer` from the start (a node asks every peer that connects for its records).
+    pub fn join_answering(
+        c: &Cluster,
+        key: NodeKey,
+        topics: &[String],
+        tweak: impl FnOnce(&mut NetConfig),
+        answer: SyncAnswer,
+    ) -> Intruder {
         let node_peer: PeerId = c.peer_ids[0].parse().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let mut cfg = NetConfig {
@@ -74,8 +90,16 @@ impl Intruder {
             let n = net.clone();
             tokio::spawn(async move {
                 while let Some(ev) = events.recv().await {
-                    if let NetEvent::Gossip(g) = ev {
-                        let _ = n.report_validation(g.id, g.propagation_source, MessageAcceptance::Ignore).await;
+                    match ev {
+                        NetEvent::Gossip(g) => {
+                            let _ = n.report_validation(g.id, g.propagation_source, MessageAcceptance::Ignore).await;
+                        }
+                        NetEvent::InboundRequest { protocol: RequestProtocol::Sync, id, data, .. } => {
+                            if let Some(bytes) = answer(&data) {
+                                let _ = n.respond(id, bytes).await;
+                            }
+                        }
+                        _ => {}
                     }
                 }
             });

@@ -234,12 +234,17 @@ impl Driver {
                 });
             }
             RequestProtocol::Sync => {
-                let max = crate::net::NetConfig::default().sync_limits.max_request;
-                let req = match rpc::decode::<SyncRequest>("sync request", &data, max) {
+                let req = match rpc::decode::<SyncRequest>("sync request", &data, self.ctx.sync_limits.max_request) {
                     Ok(r) => r,
                     Err(e) => {
+                        // A newer build's request is answered with an error (it falls back);
+                        // garbage no build sends also costs the sender a strike.
+                        let garbage = !rpc::is_unknown_variant(&data, SyncRequest::VARIANTS);
                         let net = self.ctx.net.clone();
                         tokio::spawn(async move {
+                            if garbage {
+                                net.malformed(peer, "sync request").await;
+                            }
                             let _ = net.respond(id, rpc::encode(&SyncResponse::Error(e.to_string()))).await;
                         });
                         return;
@@ -306,6 +311,7 @@ impl Driver {
                         peer,
                         &ctx.synced,
                         scope,
+                        ctx.sync_limits.max_response,
                     )
                     .await?;
                     // Revision headers (issue 13) after attestations and failures.

@@ -158,6 +158,9 @@ struct Ctx {
     server: Server,
     serve_permits: Arc<Semaphore>,
     revisions: Arc<super::revisions::Revisions>,
+    /// The node's configured `/buildmesh/sync/1` caps (`NetConfig::sync_limits`): inbound
+    /// requests are decoded and sync answers read against these, as the codec framed them.
+    sync_limits: crate::net::RrLimits,
 }
 
 /// The driver (see the module docs).
@@ -267,6 +270,7 @@ pub(crate) async fn start(
     let shards = shards::Subscribed::new(mesh.shard(), params.shards);
     netcfg.topics = shards.start_topics();
     netcfg.scored_topics = super::validate::all_topics(params.shards);
+    let (sync_limits, serve_limits) = (netcfg.sync_limits, netcfg.clone());
     let (net, net_events, net_task) = crate::net::spawn(keypair_from_seed(key.seed()), netcfg)?;
 
     let index = Arc::new(OutputIndex::default());
@@ -284,7 +288,9 @@ pub(crate) async fn start(
     let (int_tx, int_rx) = mpsc::channel(1024);
     let (synced_tx, synced_rx) = mpsc::channel(64);
     let (nar_tx, nar_rx) = mpsc::channel(NAR_QUEUE);
-    let server = Server::new(params.store.clone(), params.store_dir.clone()).with_shards(params.shards);
+    let server = Server::new(params.store.clone(), params.store_dir.clone())
+        .with_shards(params.shards)
+        .with_limits(serve_limits);
     let quotas = Arc::new(Quotas::new(me, trust.clone(), &params.settings).with_submitters(accepted_submitters));
     let revisions = Arc::new(super::revisions::Revisions::new(
         key.clone(),
@@ -309,6 +315,7 @@ pub(crate) async fn start(
         server,
         serve_permits: Arc::new(Semaphore::new(SERVE_CONCURRENCY)),
         revisions: revisions.clone(),
+        sync_limits,
     };
     let is_trusted = |p: &PeerId| node_of(p).is_some_and(|n| trust.is_trusted(&n));
     let (remember, forget) = (params.settings.remember_peers, params.settings.forget_peers_after_days);

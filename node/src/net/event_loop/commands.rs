@@ -85,6 +85,12 @@ impl EventLoop {
             Command::PeerScore { peer, reply } => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
+            Command::Malformed { peer, what } => {
+                self.peer_limits.malformed(peer);
+                let total = self.peer_limits.conduct(&peer).malformed;
+                warn!(target: EVENTS, event = "malformed_body", %peer, what, total, "a peer sent a malformed body; one strike");
+                self.tell_app_score(peer);
+            }
             Command::Disconnect { peer, reply } => {
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }

@@ -127,7 +127,7 @@ impl EventLoop {
     }
 
     /// Tells gossipsub the application score `peer` earned here.
-    fn tell_app_score(&mut self, peer: PeerId) {
+    pub(super) fn tell_app_score(&mut self, peer: PeerId) {
         let score = self.peer_limits.app_score(&peer);
         self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
     }
