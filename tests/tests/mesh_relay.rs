@@ -457,6 +457,34 @@ fn the_relay_bounds_circuits_and_a_nar_larger_than_a_circuit_crosses_it() {
     assert!(broken.is_empty(), "{}{}", broken.join("\n"), m.logs());
 }
 
+/// A relay whose circuits carry less than one NAR chunk (640 KiB against 1 MiB): the fetch's
+/// first attempt fails before its first chunk, and the fetch halves its chunks and still gets a
+/// 2 MiB NAR from the cone home to the symmetric one, over several circuits. Before the chunks
+/// halved, a first attempt that failed before its first chunk ended the fetch (and a circuit
+/// with less than a chunk left at the start of a fetch failed it: this test's flaky sibling
+/// above, "chunk at offset 0: connection closed before a response").
+#[test]
+fn a_nar_crosses_a_relay_whose_circuits_carry_less_than_a_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nat = format!("relay_max_circuit_bytes = {}\n", 640 * 1024);
+    let (a, c) = (1usize, 2usize);
+    let m =
+        Mesh::start(tmp.path(), 1, &[NatKind::Cone, NatKind::Symmetric], &[None, Some("home-a"), None], &nat, false);
+    wait_for("the symmetric home relayed to the cone home", Duration::from_secs(30), || {
+        (m.connection(c, a) == "relayed").then_some(())
+    });
+    let mut d = Drvs::new(&tmp.path().join("drvs"));
+    let out = m.build_nar(&mut d, a, "small-circuits-2mib", 2, "home-a");
+    let (served, relayed) = (m.circuits_served(), m.nar_bytes(c, "relayed"));
+    let (size, secs) = m.fetch(c, &out).unwrap_or_else(|e| panic!("{e}{}", m.logs()));
+    let circuits = m.circuits_served() - served;
+    let got_relayed = m.nar_bytes(c, "relayed") - relayed;
+    eprintln!("{size} B NAR over circuits of 640 KiB in {secs:.1} s, {got_relayed} B relayed, {circuits} new circuits");
+    assert!(size > 2 * MIB, "NarSize {size}");
+    assert!(got_relayed >= size as f64, "the NAR came through the relay: {got_relayed} B relayed");
+    assert!(circuits >= 3.0, "2 MiB over circuits of 640 KiB took {circuits} new circuits");
+}
+
 /// Issue 18: two cone homes, each on an access link of 75 ms and 0.5% loss (150 ms one way and
 /// 1% loss between them, `NatNet::with_wan`), punch over QUIC, and home B fetches a 4 MiB NAR
 /// built in home A over the punched connection within 20 s. With quinn's default controller

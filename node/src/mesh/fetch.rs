@@ -16,6 +16,10 @@
 //! ([`NetHandle::fetch_chunked`]) into a temporary file, then stored. When the connection fails
 //! after some chunks arrived (a relay's circuit reached its byte or time limit), the fetch
 //! resumes after the last chunk written, so a NAR larger than one relay circuit still arrives.
+//! An attempt that fails before its first chunk (the connection closed under the first requests,
+//! or every chunk outlived the request timeout on a slow path) is tried again with chunks half
+//! the size, down to [`MIN_NAR_CHUNK`], a few times: a circuit with less than a chunk left, or a
+//! link too slow to move a whole chunk within the timeout, still carries the NAR.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Seek, SeekFrom};
@@ -43,6 +47,16 @@ const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Attempts in a row that may fail before their first chunk once a NAR fetch has resumed
 /// (pauses of 0.4, 0.8, 1.6, 3.2 and 6.4 s between them).
 const MAX_STALLS: u32 = 5;
+/// Attempts in a row that may fail before their first chunk while nothing of the NAR has arrived
+/// yet and no connection to the peer closed under a request (each request timed out): fewer than
+/// [`MAX_STALLS`], so a peer that answers nothing holds a fetch up for at most 3 request timeouts
+/// before the next candidate is asked. A peer that could not be dialled at all is given up at once,
+/// as before; one whose connection closed under a request (a relay circuit at its byte limit) gets
+/// [`MAX_STALLS`], since the next connection takes a few tries.
+const MAX_FIRST_STALLS: u32 = 2;
+/// Smallest chunk an attempt that failed before its first chunk falls back to (the chunk size
+/// halves at each such failure, from [`NAR_CHUNK_SIZE`]).
+pub const MIN_NAR_CHUNK: u32 = 64 * 1024;
 
 /// Whether a chunk request that failed this way is worth resuming from the same peer: the
 /// connection went away (or timed out), as opposed to a refusal of the request itself.
@@ -54,6 +68,20 @@ fn resumable(e: &RequestError) -> bool {
             | RequestError::Io { .. }
             | RequestError::Timeout { .. }
     )
+}
+
+/// How many attempts in a row without a chunk a NAR fetch may make, after one more failed with
+/// `source` (see [`MAX_STALLS`], [`MAX_FIRST_STALLS`]); `start` is the bytes written so far and
+/// `dropped` whether a connection closed under a request of this fetch (updated here).
+fn stall_limit(start: u64, dropped: &mut bool, source: &RequestError) -> u32 {
+    *dropped |= matches!(source, RequestError::ConnectionClosed { .. } | RequestError::Io { .. });
+    if start > 0 || *dropped {
+        MAX_STALLS
+    } else if matches!(source, RequestError::Timeout { .. }) {
+        MAX_FIRST_STALLS
+    } else {
+        0
+    }
 }
 
 /// Why something could not be fetched.
@@ -273,8 +301,12 @@ impl Fetcher {
         let mut start = 0u64;
         // Attempts in a row that failed before their first chunk, after an earlier one resumed.
         let mut stalls = 0u32;
+        // Halved at each attempt that fails before its first chunk (see the module docs).
+        let mut chunk_size = NAR_CHUNK_SIZE;
+        // Whether a connection to the peer closed under a request of this fetch.
+        let mut dropped = false;
         loop {
-            let plan = ChunkPlan { total_len: nar_size - start, chunk_size: NAR_CHUNK_SIZE, window: NAR_WINDOW };
+            let plan = ChunkPlan { total_len: nar_size - start, chunk_size, window: NAR_WINDOW };
             let result = self
                 .net
                 .fetch_chunked(
@@ -301,13 +333,21 @@ impl Fetcher {
                 // The new connection may take a few tries (the relay still counts the closed
                 // circuit for a moment, or both sides redial at once): up to `MAX_STALLS`
                 // attempts in a row without a chunk, each after a longer pause; a peer cannot
-                // keep a fetch going without sending chunks.
+                // keep a fetch going without sending chunks. An attempt without a chunk halves
+                // the chunk size (a circuit with less than a chunk left, a link too slow for a
+                // whole chunk within the request timeout); before anything arrived, see
+                // `MAX_FIRST_STALLS`.
                 Err(ChunkError::Request { offset, source })
-                    if resumable(&source) && (offset > 0 || (start > 0 && stalls < MAX_STALLS)) =>
+                    if resumable(&source) && (offset > 0 || stalls < stall_limit(start, &mut dropped, &source)) =>
                 {
-                    stalls = if offset > 0 { 0 } else { stalls + 1 };
+                    if offset > 0 {
+                        stalls = 0;
+                    } else {
+                        stalls += 1;
+                        chunk_size = (chunk_size / 2).max(MIN_NAR_CHUNK);
+                    }
                     start += offset;
-                    tracing::debug!(%peer, resume_at = start, nar_size, stalls, cause = %source, "NAR fetch resumes");
+                    tracing::debug!(%peer, resume_at = start, nar_size, stalls, chunk_size, cause = %source, "NAR fetch resumes");
                     tokio::time::sleep(RESUME_PAUSE * 2u32.pow(stalls)).await;
                 }
                 Err(e) => {
@@ -640,6 +680,25 @@ mod tests {
     use buildmesh_protocol::identity::NodeKey;
 
     use super::*;
+
+    #[test]
+    fn a_fetch_without_a_chunk_retries_only_a_peer_it_reached() {
+        let (protocol, peer) = (RequestProtocol::Nar, PeerId::random());
+        let dial = RequestError::DialFailure { protocol, peer };
+        let closed = RequestError::ConnectionClosed { protocol, peer };
+        let timeout = RequestError::Timeout { protocol, peer };
+        // Nothing arrived yet: a peer that cannot be dialled is given up at once, one that only
+        // times out gets a few tries with smaller chunks ...
+        assert_eq!(stall_limit(0, &mut false, &dial), 0);
+        assert_eq!(stall_limit(0, &mut false, &timeout), MAX_FIRST_STALLS);
+        // ... and one whose connection closed under a request (a relay circuit at its byte limit)
+        // as many as a resumed fetch, dial failures after it included.
+        let mut dropped = false;
+        assert_eq!(stall_limit(0, &mut dropped, &closed), MAX_STALLS);
+        assert_eq!(stall_limit(0, &mut dropped, &dial), MAX_STALLS);
+        // A resumed fetch: always.
+        assert_eq!(stall_limit(1, &mut false, &dial), MAX_STALLS);
+    }
 
     #[test]
     fn peer_and_node_ids_convert() {
