@@ -477,11 +477,33 @@ fn garbage_sync_traffic_costs_strikes_and_old_peers_are_asked_for_everything() {
         (k["malformed"].as_u64() >= Some(1)).then_some(k)
     });
     assert!(k["strikes"].as_f64().unwrap() >= 0.9, "{k}");
+
+    // 8. A peer answering node 0's sync with bytes that do not decode, and one answering the
+    //    summary with a page (another kind than asked): a strike each.
+    let undecodable: SyncAnswer = Box::new(|_| Some(vec![0xff; 32]));
+    let mumbler = Intruder::join_answering(
+        &c,
+        NodeKey::from_seed("sync-mumbler", [89; 32]).unwrap(),
+        &topics,
+        |_| {},
+        undecodable,
+    );
+    let wrong_kind: SyncAnswer =
+        Box::new(|_| Some(rpc::encode(&SyncResponse::Page { items: Vec::new(), next: 0, more: false })));
+    let dodger =
+        Intruder::join_answering(&c, NodeKey::from_seed("sync-dodger", [90; 32]).unwrap(), &topics, |_| {}, wrong_kind);
+    for (who, name) in [(&mumbler, "undecodable answers"), (&dodger, "answers of another kind")] {
+        let k = wait_for(&format!("the {name} in node 0's peer list"), Duration::from_secs(30), || {
+            let k = conduct(&c, &who.net.local_peer_id());
+            (k["malformed"].as_u64() >= Some(1)).then_some(k)
+        });
+        assert!(k["strikes"].as_f64().unwrap() >= 0.9, "{name}: {k}");
+    }
     for i in 1..c.nodes.len() {
         let k = conduct(&c, &c.peer_ids[i].parse().unwrap());
         assert!(k["malformed"].as_u64().unwrap_or(0) == 0 && k["graylisted"] != true, "honest node {i}: {k}");
     }
-    for i in [bloater, garbler, old, liar] {
+    for i in [bloater, garbler, old, liar, mumbler, dodger] {
         i.shutdown();
     }
 }
