@@ -158,6 +158,17 @@ impl Mesh {
         assert_eq!(m["members"].as_u64(), Some(self.nodes.procs.len() as u64), "node {i} lost a member {what}: {m}");
     }
 
+    /// The `direct_addresses` node `i` lists for node `j` in `GET /api/v1/peers` (as JSON text;
+    /// empty when `j` is not listed).
+    fn direct_addresses(&self, i: usize, j: usize) -> String {
+        let (_, peers) = get_json(&format!("{}/api/v1/peers", self.url(i)));
+        peers
+            .as_array()
+            .and_then(|v| v.iter().find(|p| p["peer_id"] == self.peer(j).as_str()))
+            .map(|p| p["direct_addresses"].to_string())
+            .unwrap_or_default()
+    }
+
     fn logs(&self) -> String {
         self.nodes.logs(30)
     }
@@ -502,12 +513,7 @@ fn a_punched_quic_connection_carries_a_nar_over_a_long_lossy_path() {
     wait_for("the homes punched through", Duration::from_secs(120), || {
         (m.connection(a, b) == "direct" && m.connection(b, a) == "direct").then_some(())
     });
-    let (_, peers) = get_json(&format!("{}/api/v1/peers", m.url(b)));
-    let direct = peers
-        .as_array()
-        .and_then(|v| v.iter().find(|p| p["peer_id"] == m.peer(a).as_str()))
-        .map(|p| p["direct_addresses"].to_string())
-        .unwrap_or_default();
+    let direct = m.direct_addresses(b, a);
     assert!(direct.contains("/quic-v1"), "the punched connection is QUIC: {direct}");
     let mut d = Drvs::new(&tmp.path().join("drvs"));
     let out = m.build_nar(&mut d, a, "lossy-quic", 4, "home-a");
@@ -653,12 +659,7 @@ fn bench_wan_relay() {
             (m.connection(c, a) == "relayed" && m.connection(a, c) == "relayed").then_some(())
         });
         let ready = t0.elapsed().as_secs_f64();
-        let (_, peers) = get_json(&format!("{}/api/v1/peers", m.url(b)));
-        let punched = peers
-            .as_array()
-            .and_then(|v| v.iter().find(|p| p["peer_id"] == m.peer(a).as_str()))
-            .map(|p| p["direct_addresses"].to_string())
-            .unwrap_or_default();
+        let punched = m.direct_addresses(b, a);
         let transport = if punched.contains("quic") { "QUIC" } else { "TCP" };
         eprintln!("{ms} ms/link: mesh up and punched in {ready:.0} s, home B reaches home A at {punched}");
         let mut d = Drvs::new(&tmp.path().join("drvs"));
