@@ -374,7 +374,7 @@ async fn several_mib_object_is_fetched_in_chunks() {
 
     let mut requests = 0;
     let mut out = Vec::new();
-    let plan = ChunkPlan { total_len: obj.len() as u64, chunk_size: 1024 * 1024, window: 3 };
+    let plan = ChunkPlan { total_len: obj.len() as u64, chunk_size: 1024 * 1024, min_chunk: 1024 * 1024, window: 3 };
     let n = a
         .handle
         .fetch_chunked(
@@ -399,7 +399,8 @@ async fn several_mib_object_is_fetched_in_chunks() {
     assert!(err.is_err(), "a 5 MiB response on /buildmesh/nar/1 must be refused: {err:?}");
 
     // A responder that returns short chunks is caught.
-    let plan = ChunkPlan { total_len: obj.len() as u64 + 10, chunk_size: 1024 * 1024, window: 2 };
+    let plan =
+        ChunkPlan { total_len: obj.len() as u64 + 10, chunk_size: 1024 * 1024, min_chunk: 1024 * 1024, window: 2 };
     let err = a
         .handle
         .fetch_chunked(b_id, RequestProtocol::Nar, plan, encode_chunk_req, |_, _, r| Ok::<_, Never>(r), &mut Vec::new())
@@ -517,7 +518,7 @@ async fn throughput(transport: Transport) {
     let (b_id, _h, _task) = serve(b, chunk_server(obj));
     let mut hasher = blake3::Hasher::new();
     let started = Instant::now();
-    let plan = ChunkPlan { total_len: 64 * 1024 * 1024, chunk_size: 1024 * 1024, window: 4 };
+    let plan = ChunkPlan { total_len: 64 * 1024 * 1024, chunk_size: 1024 * 1024, min_chunk: 1024 * 1024, window: 4 };
     let n = a
         .handle
         .fetch_chunked(b_id, RequestProtocol::Nar, plan, encode_chunk_req, |_, _, r| Ok::<_, Never>(r), &mut hasher)

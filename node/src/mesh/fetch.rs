@@ -13,7 +13,11 @@
 //! disagrees with the accepted NarHash is replaced by the accepted bytes and quarantined.
 //!
 //! A NAR is fetched as a pipeline of chunk requests over `/buildmesh/nar/1`
-//! ([`NetHandle::fetch_chunked`]) into a temporary file, then stored. When the connection fails
+//! ([`NetHandle::fetch_chunked`], 4 in flight) into a temporary file, then stored. The requests
+//! are paced to the peer's throughput (from one of [`MIN_NAR_CHUNK`] up to [`NAR_CHUNK_SIZE`],
+//! 3 s of it in flight: see [`crate::net::ChunkPlan::min_chunk`]), so that a peer behind a slow
+//! uplink (1 Mbit/s, ADSL) answers each of them within seconds instead of timing out on all of
+//! them. When the connection fails
 //! after some chunks arrived (a relay's circuit reached its byte or time limit), the fetch
 //! resumes after the last chunk written, so a NAR larger than one relay circuit still arrives.
 //! An attempt that fails before its first chunk (the connection closed under the first requests,
@@ -306,7 +310,8 @@ impl Fetcher {
         // Whether a connection to the peer closed under a request of this fetch.
         let mut dropped = false;
         loop {
-            let plan = ChunkPlan { total_len: nar_size - start, chunk_size, window: NAR_WINDOW };
+            let plan =
+                ChunkPlan { total_len: nar_size - start, chunk_size, min_chunk: MIN_NAR_CHUNK, window: NAR_WINDOW };
             let result = self
                 .net
                 .fetch_chunked(

@@ -9,6 +9,7 @@ use libp2p::futures::stream::FuturesOrdered;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::pacing::Pacer;
 use super::{InboundId, MessageAcceptance, MessageId, RequestProtocol};
 
 /// A command for the event loop; each carries its reply channel.
@@ -344,8 +345,14 @@ pub enum ChunkError<E: std::error::Error + 'static> {
 pub struct ChunkPlan {
     /// Total length of the object in bytes (e.g. the NarSize).
     pub total_len: u64,
-    /// Bytes per request (at most the responder's cap, e.g. [`NAR_CHUNK_SIZE`](super::NAR_CHUNK_SIZE)).
+    /// Bytes per request at most (at most the responder's cap, e.g.
+    /// [`NAR_CHUNK_SIZE`](super::NAR_CHUNK_SIZE)).
     pub chunk_size: u32,
+    /// Bytes per request at least, before the object's end: below `chunk_size`, the requests are
+    /// paced to the throughput seen so far (`min_chunk` first, then sized so that the bytes in
+    /// flight take 3 s at that throughput, with fewer than `window` of them in flight if need
+    /// be (at least 2); see `net/pacing.rs`); at `chunk_size` or above, every request is of `chunk_size`.
+    pub min_chunk: u32,
     /// Requests in flight at once (pipelining); responses are still written in order.
     pub window: usize,
 }
@@ -520,7 +527,8 @@ impl NetHandle {
     }
 
     /// Fetches an object of `plan.total_len` bytes from `peer` as a sequence of requests of at most
-    /// `plan.chunk_size` bytes, `plan.window` of them in flight, writing the chunks to `sink` in
+    /// `plan.chunk_size` bytes (paced to the throughput when `plan.min_chunk` is smaller: see
+    /// [`ChunkPlan::min_chunk`]), `plan.window` of them in flight, writing the chunks to `sink` in
     /// order. `encode(offset, len)` builds the request body for a chunk; `decode(offset, len,
     /// response)` extracts the chunk's bytes from a response, which must then be exactly `len`
     /// bytes long. Returns the number of bytes written (`plan.total_len`).
@@ -545,10 +553,13 @@ impl NetHandle {
         let mut in_flight: FuturesOrdered<_> = FuturesOrdered::new();
         let mut next_offset = 0u64;
         let mut written = 0u64;
+        let started = std::time::Instant::now();
+        let mut pacer = Pacer::new(&plan, self.timeouts.request, started);
         loop {
-            while in_flight.len() < plan.window && next_offset < plan.total_len {
-                let len = u32::try_from((plan.total_len - next_offset).min(u64::from(plan.chunk_size)))
-                    .unwrap_or(plan.chunk_size);
+            while in_flight.len() < pacer.window(std::time::Instant::now()) && next_offset < plan.total_len {
+                let paced = pacer.next_len(std::time::Instant::now());
+                let len = u32::try_from((plan.total_len - next_offset).min(u64::from(paced))).unwrap_or(paced);
+                pacer.sent(len);
                 let offset = next_offset;
                 let req = encode(offset, len);
                 let handle = self.clone();
@@ -563,7 +574,17 @@ impl NetHandle {
             }
             sink.write_all(&bytes).map_err(|source| ChunkError::Sink { offset, source })?;
             written += bytes.len() as u64;
+            pacer.answered(len);
         }
+        tracing::debug!(
+            %peer,
+            bytes = written,
+            requests = pacer.requests,
+            smallest = pacer.smallest,
+            largest = pacer.largest,
+            secs = started.elapsed().as_secs_f64(),
+            "chunked fetch done"
+        );
         Ok(written)
     }
 

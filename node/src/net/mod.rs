@@ -33,6 +33,7 @@ mod event_loop;
 mod handle;
 pub mod ip_limits;
 pub mod nat;
+mod pacing;
 pub mod peer_limits;
 mod punch;
 

@@ -107,7 +107,7 @@ impl NatNet {
             .find(|net| !routes.contains(&format!("10.{net}.")))
             .expect("a free 10.x.0.0/16");
         let mut n = NatNet {
-            tag: format!("{:04x}", pid % 0xffff),
+            tag: super::netns::net_tag(),
             net,
             hosts: Vec::new(),
             homes: homes.to_vec(),

@@ -17,6 +17,19 @@ pub struct Netns {
 
 pub use buildmesh_tests::{ip, ip_program};
 
+/// The tag in the names of a test's interfaces and namespaces: 4 hex digits of the process id,
+/// or `$BM_NET_TAG` (at most 6 characters, e.g. a branch name, to tell whose they are on a
+/// shared machine) followed by 2 of them.
+pub fn net_tag() -> String {
+    let pid = std::process::id();
+    match std::env::var("BM_NET_TAG") {
+        Ok(t) if !t.is_empty() && t.len() <= 6 && t.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            format!("{t}{:02x}", pid % 0xff)
+        }
+        _ => format!("{:04x}", pid % 0xffff),
+    }
+}
+
 impl Netns {
     /// Create namespaces for `nodes` nodes, every mesh port on bridge A.
     pub fn new(nodes: usize) -> Netns {
@@ -40,7 +53,7 @@ impl Netns {
             .map(|k| (100 + (pid + k) % 100) as u8)
             .find(|net| !routes.contains(&format!("10.{net}.")))
             .expect("a free 10.x.0.0/16");
-        let n = Netns { tag: format!("{:04x}", pid % 0xffff), net, nodes };
+        let n = Netns { tag: net_tag(), net, nodes };
         for bridge in [n.bridge('a'), n.bridge('b')] {
             ip(&["link", "add", &bridge, "type", "bridge"]);
             ip(&["link", "set", &bridge, "up"]);

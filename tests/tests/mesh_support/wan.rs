@@ -12,7 +12,10 @@
 //! control, head-of-line blocking): this is what `netem delay D J loss L` on both ends would do,
 //! except that packets of one direction of one pair are never reordered (jitter never lets a
 //! packet overtake the one sent before it: netem's jitter reorders, which real paths rarely do).
-//! There is no bandwidth cap; what limits throughput is TCP under the emulated delay and loss.
+//! A region may have an uplink cap ([`Uplink`]): every node in it sends through its own
+//! router, a FIFO of bounded size drained at the cap, that drops a packet arriving at a full
+//! queue (tail drop, like a home router's buffer), so TCP and QUIC see real queueing delay and
+//! real drops. Without one, what limits throughput is TCP under the emulated delay and loss.
 //!
 //! Needs root, iproute2 and `/dev/net/tun`; the devices disappear with their file descriptors
 //! when the [`Wan`] is dropped (and with the namespaces).
@@ -50,6 +53,28 @@ pub struct WanModel {
     pub pair_loss: Option<Vec<Vec<f64>>>,
     /// Seed of the loss and jitter draws.
     pub seed: u64,
+    /// The uplink cap of each node in region `r` (`uplink[r]`), `None` for none: every packet a
+    /// node sends (to any other node) passes its uplink first, then the delay and loss.
+    pub uplink: Vec<Option<Uplink>>,
+}
+
+/// A node's uplink: packets leave at `bytes_per_s` (IP bytes) through a FIFO holding at most
+/// `queue_bytes` waiting bytes; a packet that would overflow it is dropped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Uplink {
+    /// The rate, in IP bytes per second.
+    pub bytes_per_s: u64,
+    /// The router's buffer, in bytes.
+    pub queue_bytes: u64,
+}
+
+impl Uplink {
+    /// A cap of `kbit_per_s` kbit/s (1000 bits) with a buffer of `queue_ms` milliseconds at
+    /// that rate (at least 16 KiB).
+    pub fn kbit(kbit_per_s: u64, queue_ms: u64) -> Uplink {
+        let bytes_per_s = kbit_per_s * 1000 / 8;
+        Uplink { bytes_per_s, queue_bytes: (bytes_per_s * queue_ms / 1000).max(16 * 1024) }
+    }
 }
 
 impl WanModel {
@@ -71,6 +96,7 @@ impl WanModel {
             loss,
             pair_loss: None,
             seed: 18,
+            uplink: vec![None; 3],
         }
     }
 
@@ -95,6 +121,23 @@ impl WanModel {
             loss,
             pair_loss: Some(pair_loss),
             seed: 18,
+            uplink: vec![None; n],
+        }
+    }
+
+    /// Two regions `one_way` apart (± 10%, no loss), 1 ms inside each: "fast" (region 0) with no
+    /// cap and "slow" (region 1), whose nodes send through `uplink` (a volunteer at home on an
+    /// asymmetric line: its downlink is not capped).
+    pub fn slow_uplink(one_way: Duration, uplink: Uplink) -> WanModel {
+        let ms = Duration::from_millis;
+        WanModel {
+            regions: vec!["fast".into(), "slow".into()],
+            one_way: vec![vec![ms(1), one_way], vec![one_way, ms(1)]],
+            jitter: vec![vec![Duration::ZERO, one_way / 10], vec![one_way / 10, Duration::ZERO]],
+            loss: 0.0,
+            pair_loss: None,
+            seed: 18,
+            uplink: vec![None, Some(uplink)],
         }
     }
 
@@ -111,6 +154,7 @@ impl WanModel {
             jitter: zero(&self.jitter),
             loss: 0.0,
             pair_loss: None,
+            uplink: vec![None; self.regions.len()],
             ..self.clone()
         }
     }
@@ -142,9 +186,20 @@ impl WanModel {
                 ));
             }
         }
+        let caps: Vec<String> = (self.uplink.iter().enumerate())
+            .filter_map(|(r, u)| {
+                let u = (*u)?;
+                Some(format!(
+                    "; uplink of {} {} kbit/s, {} KiB buffer",
+                    self.regions[r],
+                    u.bytes_per_s * 8 / 1000,
+                    u.queue_bytes / 1024
+                ))
+            })
+            .collect();
         match self.pair_loss {
-            Some(_) => format!("one way {}", parts.join("; ")),
-            None => format!("one way {}; {}% loss per packet", parts.join(", "), self.loss * 100.0),
+            Some(_) => format!("one way {}{}", parts.join("; "), caps.concat()),
+            None => format!("one way {}; {}% loss per packet{}", parts.join(", "), self.loss * 100.0, caps.concat()),
         }
     }
 }
@@ -156,6 +211,8 @@ pub struct WanStats {
     pub delivered: AtomicU64,
     /// Packets dropped by the loss draw.
     pub dropped: AtomicU64,
+    /// Packets dropped at a full uplink queue.
+    pub tail_dropped: AtomicU64,
     /// Packets with no known destination (IPv6, other subnets), discarded.
     pub discarded: AtomicU64,
 }
@@ -285,6 +342,7 @@ impl Wan {
             state: Mutex::new(QueueState {
                 heap: BinaryHeap::new(),
                 last: vec![Instant::now(); files.len() * files.len()],
+                uplink_free: vec![Instant::now(); files.len()],
                 seq: 0,
                 rng: ChaCha8Rng::seed_from_u64(model.seed),
             }),
@@ -348,6 +406,8 @@ struct QueueState {
     heap: BinaryHeap<Reverse<InFlight>>,
     /// The latest delivery time queued per (from, to): jitter never reorders one direction.
     last: Vec<Instant>,
+    /// When each node's uplink has sent every packet queued on it (in the past: idle).
+    uplink_free: Vec<Instant>,
     seq: u64,
     rng: ChaCha8Rng,
 }
@@ -355,6 +415,17 @@ struct QueueState {
 /// A uniform draw in [0, 1).
 fn unit(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// When a packet of `len` bytes has left an uplink `u` that is busy until `free` (idle if that
+/// is before `now`), or `None` if the bytes waiting before it leave no room in the buffer.
+pub fn uplink_departure(free: Instant, now: Instant, len: usize, u: Uplink) -> Option<Instant> {
+    let start = free.max(now);
+    let waiting = (start - now).as_secs_f64() * u.bytes_per_s as f64;
+    if waiting + len as f64 > u.queue_bytes as f64 {
+        return None;
+    }
+    Some(start + Duration::from_secs_f64(len as f64 / u.bytes_per_s as f64))
 }
 
 /// Read the packets node `from` sends; drop, or queue each for its destination when due.
@@ -387,6 +458,22 @@ fn read_loop(
         };
         let mut s = q.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (a, b) = (region_of[from], region_of[to]);
+        let now = Instant::now();
+        // The uplink: the packet leaves once the packets queued before it have, or is dropped
+        // if they fill the buffer.
+        let departs = match model.uplink[a] {
+            None => now,
+            Some(u) => match uplink_departure(s.uplink_free[from], now, packet.len(), u) {
+                Some(t) => {
+                    s.uplink_free[from] = t;
+                    t
+                }
+                None => {
+                    stats.tail_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
         if unit(&mut s.rng) < model.loss_between(a, b) {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -394,7 +481,7 @@ fn read_loop(
         let (d, j) = (model.one_way[a][b], model.jitter[a][b].min(model.one_way[a][b]));
         let spread = unit(&mut s.rng) * 2.0 - 1.0;
         let delay = if spread >= 0.0 { d + j.mul_f64(spread) } else { d - j.mul_f64(-spread) };
-        let due = (Instant::now() + delay).max(s.last[from * n + to]);
+        let due = (departs + delay).max(s.last[from * n + to]);
         s.last[from * n + to] = due;
         s.seq += 1;
         let seq = s.seq;
@@ -448,6 +535,23 @@ impl super::Cluster {
         let ns = Netns::without_mesh_link(region_of.len());
         let wan = Wan::start(&ns, region_of, model);
         let c = super::Cluster::start_with(dir, region_of.len(), extra, mesh, Some(ns));
+        (c, wan)
+    }
+
+    /// [`Cluster::start_in_wan`](super::Cluster::start_in_wan) with flags per node: node `i`
+    /// gets `each[i]`.
+    pub fn start_in_wan_each(
+        dir: &std::path::Path,
+        region_of: &[usize],
+        model: WanModel,
+        each: &[&[&str]],
+        mesh: &str,
+    ) -> (super::Cluster, Wan) {
+        assert_eq!(region_of.len(), each.len(), "flags for each node");
+        let ns = Netns::without_mesh_link(region_of.len());
+        let wan = Wan::start(&ns, region_of, model);
+        let node_extra = each.iter().enumerate().map(|(i, f)| (i, f.iter().map(|s| s.to_string()).collect())).collect();
+        let c = super::Cluster::start_full(dir, region_of.len(), &[], mesh, Some(ns), true, node_extra);
         (c, wan)
     }
 }
