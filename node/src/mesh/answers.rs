@@ -163,7 +163,10 @@ mod tests {
         assert_eq!(read::<SyncResponse>(&rpc::encode(&page), 1024), Ok(page));
         for garbage in [vec![], vec![0xff; 32], vec![1], rpc::encode(&SyncResponse::LogNotFound).repeat(2)] {
             assert!(matches!(read::<SyncResponse>(&garbage, 1024), Err(Unreadable::Garbage(_))), "{garbage:?}");
+        }
+        for garbage in [vec![], vec![0xff; 32], vec![0], rpc::encode(&NarResponse::NotFound).repeat(2)] {
             assert!(matches!(read::<NarResponse>(&garbage, 1024), Err(Unreadable::Garbage(_))), "{garbage:?}");
+            assert!(matches!(read::<ClosureResponse>(&garbage, 1024), Err(Unreadable::Garbage(_))), "{garbage:?}");
         }
         let newer = vec![SyncResponse::VARIANTS as u8, 1, 2];
         assert!(matches!(read::<SyncResponse>(&newer, 1024), Err(Unreadable::Excused(_))));
