@@ -14,7 +14,8 @@
 //! revision summary answered with another kind; a manifest request answered with a log chunk; a
 //! log request answered with a manifest chunk; a retry request answered with bytes that do not
 //! decode; a `/buildmesh/closure/1` answer that does not decode (the submitter of a job node 0
-//! builds).
+//! builds); a `/buildmesh/nar/1` chunk answer that does not decode (the submitter of a job whose
+//! closure names an input source it serves).
 
 mod mesh_support;
 
@@ -22,8 +23,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use buildmesh::mesh::rpc::{self, Summary, SyncRequest, SyncResponse};
+use buildmesh::mesh::rpc::{self, ClosureResponse, SourceInfo, Summary, SyncRequest, SyncResponse};
 use buildmesh::net::RequestProtocol;
+use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::id::JobId;
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::revision::{Manifest, ManifestDrv, ManifestJob, ManifestOutput, RevisionHeader};
@@ -121,6 +123,25 @@ fn revision(key: &NodeKey, commit: &str, salt: u8) -> Vec<u8> {
     let (m, bytes) = manifest(salt);
     let h = RevisionHeader::for_manifest(key.node_id(), now_ms(), "guix", "master", commit, 2, &m, &bytes).unwrap();
     Signed::sign(key, &h).unwrap().to_bytes()
+}
+
+/// A job by `key` for `drv` on this host's system, one replica (node 0, the only member, builds
+/// it and asks the submitter for the closure first).
+fn job(key: &NodeKey, drv: StorePath) -> Message {
+    let mut id = [0u8; 32];
+    id.copy_from_slice(blake3::hash(drv.to_string().as_bytes()).as_bytes());
+    Message::JobSubmission(JobSubmission {
+        job: JobId::from_bytes(id),
+        submitter: key.node_id(),
+        submitted_at_ms: now_ms(),
+        store_dir: StoreDir::nix(),
+        drv,
+        outputs: BTreeSet::new(),
+        system: local_system(),
+        required_features: BTreeSet::new(),
+        priority: 0,
+        replicas: 1,
+    })
 }
 
 /// Node 0's view of `peer`'s conduct in `GET /api/v1/peers`.
@@ -320,28 +341,50 @@ fn garbage_answers_cost_a_strike_in_every_reader_and_newer_builds_none() {
     });
     let job_topics = ["buildmesh/job/1".to_string()];
     let closure_peer = Intruder::join_answering_all(&c, job_key.clone(), &job_topics, |_| {}, answer);
-    let job = JobSubmission {
-        job: JobId::from_bytes([107; 32]),
-        submitter: job_key.node_id(),
-        submitted_at_ms: now_ms(),
-        store_dir: StoreDir::nix(),
-        drv: StorePath::new([107; 20], "closure-garbage.drv").unwrap(),
-        outputs: BTreeSet::new(),
-        system: local_system(),
-        required_features: BTreeSet::new(),
-        priority: 0,
-        replicas: 1,
-    };
-    closure_peer.publish_as(&job_key, &Message::JobSubmission(job));
+    closure_peer.publish_as(&job_key, &job(&job_key, StorePath::new([107; 20], "closure-garbage.drv").unwrap()));
     wait_for("node 0 to ask the submitter for the closure", Duration::from_secs(30), || {
         (*closure_asked.lock().unwrap() >= 1).then_some(())
     });
     wait_struck(&c, &closure_peer, "an undecodable closure answer");
 
+    // A submitter whose closure names an input source it serves, answering the NAR chunk request
+    // with bytes that do not decode.
+    let nar_key = NodeKey::from_seed("answers-nar", [108; 32]).unwrap();
+    let src = StorePath::new([108; 20], "garbage-source").unwrap();
+    let mut d = Drvs::new(&tmp.path().join("drvs"));
+    let (nar_drv, _) = d.add_with_sources("nar-garbage", "true", &[], std::slice::from_ref(&src));
+    let aterm = std::fs::read(d.dir.join("nar-garbage.drv")).unwrap();
+    let source = SourceInfo {
+        path: src.to_string(),
+        nar_hash: NixHash::sha256([7; 32]).to_string(),
+        nar_size: 112,
+        references: vec![],
+        ca: None,
+    };
+    let closure =
+        rpc::encode(&ClosureResponse::Found { drvs: vec![(nar_drv.to_string(), aterm)], sources: vec![source] });
+    let sync = peer(vec![], vec![], Asked::default(), honest());
+    let nar_asked = Arc::new(Mutex::new(0u32));
+    let counted = nar_asked.clone();
+    let answer: Answer = Box::new(move |protocol, body| match protocol {
+        RequestProtocol::Closure => Some(closure.clone()),
+        RequestProtocol::Nar => {
+            *counted.lock().unwrap() += 1;
+            Some(vec![0xff; 16])
+        }
+        RequestProtocol::Sync => sync(body),
+    });
+    let nar_peer = Intruder::join_answering_all(&c, nar_key.clone(), &job_topics, |_| {}, answer);
+    nar_peer.publish_as(&nar_key, &job(&nar_key, nar_drv));
+    wait_for("node 0 to ask the submitter for the source's NAR", Duration::from_secs(30), || {
+        (*nar_asked.lock().unwrap() >= 1).then_some(())
+    });
+    wait_struck(&c, &nar_peer, "an undecodable NAR chunk answer");
+
     // The newer build is still not struck.
     let k = conduct(&c, &newer.net.local_peer_id());
     assert!(k["malformed"].as_u64().unwrap_or(0) == 0, "a newer build was struck: {k}");
-    for i in [newer, forger, dodger, submitter_peer, builder_peer, mumbler, closure_peer] {
+    for i in [newer, forger, dodger, submitter_peer, builder_peer, mumbler, closure_peer, nar_peer] {
         i.shutdown();
     }
 }
