@@ -24,6 +24,12 @@
 //! or every chunk outlived the request timeout on a slow path) is tried again with chunks half
 //! the size, down to [`MIN_NAR_CHUNK`], a few times: a circuit with less than a chunk left, or a
 //! link too slow to move a whole chunk within the timeout, still carries the NAR.
+//!
+//! Closure and NAR chunk answers are read as every answer from a peer is ([`super::answers`]):
+//! against the node's configured `closure_limits` / `nar_limits`, and an answer that does not
+//! decode (other than a newer build's variant) costs the peer one strike. Other refusals (a
+//! `.drv` that does not hash to its name, a NAR that is not the expected NarHash) cost none:
+//! the bytes are refused and the next peer is asked.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Seek, SeekFrom};
@@ -36,6 +42,7 @@ use buildmesh_protocol::mesh::TrustConfig;
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use libp2p::PeerId;
 
+use super::answers::{self, Unreadable};
 use super::rpc::{self, ClosureRequest, ClosureResponse, NarRequest, NarResponse, SourceInfo};
 use crate::net::{ChunkError, ChunkPlan, NAR_CHUNK_SIZE, NetHandle, RequestError, RequestProtocol};
 use crate::store::{BlobInfo, PathInfo, Store, StoreError, unix_ms};
@@ -165,7 +172,7 @@ pub enum FetchError {
 #[derive(Debug, thiserror::Error)]
 enum ChunkRefused {
     #[error(transparent)]
-    Rpc(#[from] rpc::RpcError),
+    Unreadable(#[from] Unreadable),
     #[error("the peer does not have this NAR")]
     NotFound,
     #[error("the peer failed: {0}")]
@@ -319,7 +326,7 @@ impl Fetcher {
                     RequestProtocol::Nar,
                     plan,
                     |offset, len| rpc::encode(&NarRequest { nar_hash, offset: start + offset, len }),
-                    |_, _, response| match rpc::decode::<NarResponse>("NAR response", &response, max)? {
+                    |_, _, response| match answers::read::<NarResponse>(&response, max)? {
                         NarResponse::Chunk(data) => Ok(data),
                         NarResponse::NotFound => Err(ChunkRefused::NotFound),
                         NarResponse::Error(e) => Err(ChunkRefused::Remote(e)),
@@ -356,6 +363,9 @@ impl Fetcher {
                     tokio::time::sleep(RESUME_PAUSE * 2u32.pow(stalls)).await;
                 }
                 Err(e) => {
+                    if let ChunkError::Decode { source: ChunkRefused::Unreadable(Unreadable::Garbage(_)), .. } = &e {
+                        self.net.malformed(peer, <NarResponse as answers::Answer>::WHAT).await;
+                    }
                     return Err(FetchError::Unavailable { what: "NAR".into(), asked: 1, last: e.to_string() });
                 }
             }
@@ -366,8 +376,9 @@ impl Fetcher {
         blocking(move || Ok(store.put_nar_expecting(&mut file, &NixHash::sha256(nar_hash), nar_size)?)).await
     }
 
+    /// The node's configured cap of a NAR chunk answer (what the codec enforces too).
     fn net_max_nar_response(&self) -> usize {
-        crate::net::NetConfig::default().nar_limits.max_response
+        self.net.limits(RequestProtocol::Nar).max_response
     }
 
     /// Make sure `drv`'s `.drv` closure is stored and its input sources registered, asking
@@ -411,8 +422,9 @@ impl Fetcher {
         let req = rpc::encode(&ClosureRequest { drv: drv.to_string() });
         let resp =
             self.net.send_request(peer, RequestProtocol::Closure, req).await.map_err(|e| unavailable(e.to_string()))?;
-        let max = crate::net::NetConfig::default().closure_limits.max_response;
-        let (drvs, sources) = match rpc::decode::<ClosureResponse>("closure response", &resp, max)
+        // Read like every answer (`answers`): the configured cap, a strike for garbage.
+        let (drvs, sources) = match answers::read_from::<ClosureResponse>(&self.net, peer, &resp)
+            .await
             .map_err(|e| unavailable(e.to_string()))?
         {
             ClosureResponse::Found { drvs, sources } => (drvs, sources),

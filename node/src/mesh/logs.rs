@@ -10,6 +10,12 @@
 //! [`MAX_CONCURRENT_LOG_FETCHES`] fetches run at once (each holds up to 64 MiB); beyond,
 //! [`LogError::Busy`]. A fetched log is kept in the [`LogCache`] and read from there next time,
 //! checked again against the digests signed for the derivation.
+//!
+//! Answers are read as every answer from a peer is ([`super::answers`]): the node's configured
+//! cap, and one strike for an answer that does not decode or is of another kind than a log chunk,
+//! "not found" or an error ([`LogRefused::WrongKind`]). A log of another size or hash than signed
+//! costs no strike: a builder keeps only the log of its latest build, which this node may not have
+//! the signature of yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -19,9 +25,10 @@ use buildmesh_protocol::signed::Signed;
 use buildmesh_protocol::store_path::StorePath;
 use buildmesh_protocol::wire::{Attestation, BuildFailure, LogDigest};
 
+use super::answers;
 use super::log_cache::LogCache;
-use super::rpc::{self, LOG_CHUNK_SIZE, SyncRequest, SyncResponse};
-use crate::net::{NetConfig, NetHandle, RequestProtocol};
+use super::rpc::{LOG_CHUNK_SIZE, SyncRequest, SyncResponse};
+use crate::net::NetHandle;
 use crate::store::{Store, StoreError};
 
 /// Largest log fetched from a peer (64 MiB, the most a store ever decompresses of a log).
@@ -88,7 +95,14 @@ pub enum LogRefused {
         /// The sha256 of the bytes received (hex).
         got: String,
     },
-    /// A chunk that is not a log chunk, or out of place.
+    /// An answer of another kind than a log chunk, "not found" or an error (garbage: the peer
+    /// gets a strike).
+    #[error("the answer at offset {offset} is not a log chunk")]
+    WrongKind {
+        /// Where.
+        offset: u64,
+    },
+    /// A chunk out of place (wrong length, changed total).
     #[error("bad chunk at offset {offset}: {reason}")]
     BadChunk {
         /// Where.
@@ -167,7 +181,7 @@ where
             SyncResponse::LogChunk { total, bytes } => (total, bytes),
             SyncResponse::LogNotFound => return Err(LogRefused::NotFound),
             SyncResponse::Error(e) => return Err(LogRefused::Peer(e)),
-            _ => return Err(bad("an answer that is not a log chunk")),
+            _ => return Err(LogRefused::WrongKind { offset }),
         };
         match total {
             None => {
@@ -224,21 +238,10 @@ pub async fn fetch(
         return Ok(VerifiedLog { builder, digest, bytes, cached: true });
     }
     let _permit = FETCHES.try_acquire().map_err(|_| LogError::Busy(MAX_CONCURRENT_LOG_FETCHES))?;
-    let max = NetConfig::default().sync_limits.max_response;
     let mut tried = Vec::new();
     for (node, signed) in digests {
         let Some(peer) = super::fetch::peer_of(&node) else { continue };
-        let net = net.clone();
-        let ask = |req: SyncRequest| {
-            let net = net.clone();
-            async move {
-                let bytes = net
-                    .send_request(peer, RequestProtocol::Sync, rpc::encode(&req))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                rpc::decode::<SyncResponse>("sync response", &bytes, max).map_err(|e| e.to_string())
-            }
-        };
+        let ask = |req: SyncRequest| async move { answers::ask_sync(net, peer, &req).await.map_err(|e| e.to_string()) };
         match fetch_from(drv, &signed, ask).await {
             Ok((digest, bytes)) => {
                 let (c, b) = (cache.clone(), bytes.clone());
@@ -247,6 +250,9 @@ pub async fn fetch(
                 return Ok(VerifiedLog { builder: node, digest, bytes, cached: false });
             }
             Err(e) => {
+                if let LogRefused::WrongKind { .. } = e {
+                    answers::wrong_kind(net, peer, "log answer of another kind").await;
+                }
                 tracing::info!(drv = %drv, builder = %peer, cause = %e, "log refused");
                 tried.push(format!("{peer}: {e}"));
             }
@@ -291,5 +297,7 @@ mod tests {
         assert!(matches!(err, LogRefused::WrongSize { total: 5, .. }), "{err}");
         let err = fetch_from(&drv(), &signed, |_| std::future::ready(Ok(SyncResponse::LogNotFound))).await.unwrap_err();
         assert_eq!(err, LogRefused::NotFound);
+        let manifest = |_| std::future::ready(Ok(SyncResponse::ManifestChunk { total: 1, bytes: vec![1] }));
+        assert_eq!(fetch_from(&drv(), &signed, manifest).await.unwrap_err(), LogRefused::WrongKind { offset: 0 });
     }
 }

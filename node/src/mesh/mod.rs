@@ -26,13 +26,16 @@
 //! - [`serve`]: answers closure, NAR-chunk and anti-entropy requests from the store;
 //! - [`sync`]: pulls missing attestations and failures from peers when they connect;
 //! - [`fetch`]: gets closures and NARs from peers, verified;
-//! - [`gateway`]: the quorum narinfo (served only when enough trusted builders agree).
+//! - [`gateway`]: the quorum narinfo (served only when enough trusted builders agree);
+//! - [`answers`]: how every answer from a peer is read: the node's configured caps, and a strike
+//!   for bytes no honest build sends.
 //!
 //! # Restart
 //! At start the driver verifies and feeds every stored attestation and failure to the machine
 //! (its own attestations as `RestoreAttestation`), then resubmits its own unfinished submissions
 //! ([`jobs`]). Registered outputs are announced as DHT provider records.
 
+pub mod answers;
 pub mod driver;
 pub mod fetch;
 pub mod gateway;

@@ -122,6 +122,12 @@ pub enum ClosureResponse {
     },
 }
 
+impl ClosureResponse {
+    /// The variants this build knows: an answer whose variant index is at least this comes from
+    /// a newer build ([`is_unknown_variant`]).
+    pub const VARIANTS: u32 = 3;
+}
+
 // ---- /buildmesh/nar/1 ----
 
 /// Ask for `len` bytes at `offset` of the NAR whose sha256 is `nar_hash`.
@@ -144,6 +150,11 @@ pub enum NarResponse {
     NotFound,
     /// The responder failed (or the range lies outside the NAR).
     Error(String),
+}
+
+impl NarResponse {
+    /// The variants this build knows (see [`ClosureResponse::VARIANTS`]).
+    pub const VARIANTS: u32 = 3;
 }
 
 mod serde_bytes_vec {
@@ -263,10 +274,10 @@ impl SyncRequest {
     pub const VARIANTS: u32 = 10;
 }
 
-/// Whether `body` starts with a postcard variant index of `variants` or more: a request of a
-/// newer build (variants are appended at the end), which this node answers with an error but
-/// does not count against the sender. Any other body that does not decode is malformed: no
-/// build sends it.
+/// Whether `body` starts with a postcard variant index of `variants` or more: a request (or
+/// answer) of a newer build (variants are appended at the end), which this node answers with an
+/// error (or drops) but does not count against the sender. Any other body that does not decode
+/// is malformed: no build sends it.
 pub fn is_unknown_variant(body: &[u8], variants: u32) -> bool {
     postcard::take_from_bytes::<u32>(body).is_ok_and(|(index, _)| index >= variants)
 }
@@ -385,6 +396,12 @@ pub enum SyncResponse {
     LogNotFound,
 }
 
+impl SyncResponse {
+    /// The variants this build knows ([`SyncResponse::LogNotFound`] is the last; see
+    /// [`ClosureResponse::VARIANTS`]).
+    pub const VARIANTS: u32 = 9;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +440,11 @@ mod tests {
         assert_eq!(encode(&SyncRequest::ShardAttestations { from: 0, limit: 1, filter: filter.clone() })[0], 8);
         assert_eq!(encode(&SyncRequest::ShardFailures { from: 0, limit: 1, filter })[0], 9);
         assert_eq!(SyncRequest::VARIANTS, 10, "a new variant moves SyncRequest::VARIANTS");
+        // The last known variant of each answer sits just below its VARIANTS.
+        assert_eq!(encode(&SyncResponse::LogNotFound), [SyncResponse::VARIANTS as u8 - 1]);
+        assert_eq!(encode(&NarResponse::Error(String::new()))[0], NarResponse::VARIANTS as u8 - 1);
+        let closure_error = ClosureResponse::Error { message: String::new() };
+        assert_eq!(encode(&closure_error)[0], ClosureResponse::VARIANTS as u8 - 1);
         let req = SyncRequest::Manifest { hash: [7; 32], offset: 5, len: MANIFEST_CHUNK_SIZE };
         assert_eq!(decode::<SyncRequest>("r", &encode(&req), 1024).unwrap(), req);
         let resp = SyncResponse::ManifestChunk { total: 9, bytes: vec![1; 1000] };

@@ -53,16 +53,11 @@ struct CachedReader {
 }
 
 impl Server {
-    /// A server over `store`.
-    pub fn new(store: Store, store_dir: StoreDir) -> Server {
-        Server { store, store_dir, readers: Arc::default(), limits: NetConfig::default(), shards: 1 }
-    }
-
-    /// The same server decoding requests and capping answers with the node's configured
-    /// request-response limits (default: [`NetConfig::default`]'s).
-    pub fn with_limits(mut self, limits: NetConfig) -> Server {
-        self.limits = limits;
-        self
+    /// A server over `store`, decoding requests and capping answers with `limits`: the node's
+    /// configured request-response limits (its `NetConfig`; there is no default, so a node
+    /// cannot serve with other caps than its codec enforces).
+    pub fn new(store: Store, store_dir: StoreDir, limits: NetConfig) -> Server {
+        Server { store, store_dir, readers: Arc::default(), limits, shards: 1 }
     }
 
     /// The same server in a mesh of `shards` shards (the count [`ShardFilter`]s must name).
@@ -356,7 +351,7 @@ mod tests {
             }
         }
         assert!(!in_one.is_empty() && in_one.len() < 40);
-        (Server::new(store, StoreDir::nix()).with_shards(2), in_one, dir)
+        (Server::new(store, StoreDir::nix(), NetConfig::default()).with_shards(2), in_one, dir)
     }
 
     fn seqs(r: &SyncResponse) -> (Vec<u64>, u64, bool) {

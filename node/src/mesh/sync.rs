@@ -11,11 +11,14 @@
 //! connection, so both converge. A cursor beyond the peer's next sequence number (the peer lost
 //! its database) is reset to 0.
 //!
-//! A peer that answers with bytes no build sends (an answer that does not decode or is of
-//! another kind than asked, a page with records that do not verify) is reported to the net
-//! layer ([`NetHandle::malformed`]): one strike per answer, as for a malformed request it sent.
-//! An error answer is never counted (an older build answers a shard-filtered request with one,
-//! and is then asked for everything), nor a record of another protocol version.
+//! Answers are read as every answer from a peer is ([`super::answers`]): against the node's
+//! configured `sync_limits.max_response`, with one strike ([`NetHandle::malformed`]) for an
+//! answer that does not decode or is of another kind than asked, and one per page with records
+//! that are not envelopes of the sequence's kind or whose signature does not verify. An error
+//! answer is never counted (an older build answers a shard-filtered request with one, and is
+//! then asked for everything), nor an answer variant this build does not know, a record of
+//! another protocol version, or a correctly signed record that fails this build's checks (it is
+//! skipped: a later build may check it differently).
 //!
 //! Cursors live in the store's redb database (table `sync_cursors`, one row per peer), each set in
 //! its own durable transaction. An older build kept them in `DATA/mesh/sync-cursors.json`:
@@ -26,14 +29,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use buildmesh_protocol::signed::{Envelope, Verified};
-use buildmesh_protocol::wire::{DecodeError, Kind, Message};
+use buildmesh_protocol::wire::{Kind, Message};
 use libp2p::PeerId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::answers;
 use super::quota::{self, Quotas, Stored};
-use super::rpc::{self, MAX_PAGE_ITEMS, ShardFilter, Summary, SyncRequest, SyncResponse};
-use crate::net::{NetHandle, RequestProtocol};
+use super::rpc::{MAX_PAGE_ITEMS, ShardFilter, Summary, SyncRequest, SyncResponse};
+use crate::net::NetHandle;
 use crate::store::{AttestationEntry, FailureEntry, Store, StoreError, unix_ms};
 
 /// Pages pulled from one peer in one run at most (bounds one run; the next run continues).
@@ -204,8 +208,9 @@ pub struct SyncReport {
     /// Of those, pages asked with a shard filter ([`SyncScope::filter`]).
     #[serde(default)]
     pub shard_pages: u64,
-    /// Of those, pages with records that do not verify (other than of another protocol
-    /// version): each cost the peer a strike ([`NetHandle::malformed`]).
+    /// Of those, pages with records no build serves (not an envelope of the sequence's kind, or
+    /// a bad signature; [`super::answers::check_record`]): each cost the peer a strike
+    /// ([`NetHandle::malformed`]).
     #[serde(default)]
     pub garbage_pages: u64,
 }
@@ -255,17 +260,6 @@ pub fn commit(store: &Store, v: &Verified<Message>) -> Result<bool, StoreError> 
     }
 }
 
-/// `bytes` as a verified record of `kind`, or why not and whether only because it is of another
-/// protocol version (which an honest peer of another build may serve, so it costs no strike).
-fn check_record(bytes: &[u8], kind: Kind) -> Result<Verified<Message>, (String, bool)> {
-    let env =
-        Envelope::decode(bytes).map_err(|e| (e.to_string(), matches!(e, DecodeError::UnsupportedVersion { .. })))?;
-    if env.kind() != kind {
-        return Err((format!("a {} record in the {kind} sequence", env.kind()), false));
-    }
-    env.verify().map_err(|e| (e.to_string(), false))
-}
-
 /// What one run asks for: every record, or only those of some shards (issue 18).
 #[derive(Debug, Clone, Default)]
 pub struct SyncScope {
@@ -279,9 +273,8 @@ pub struct SyncScope {
 
 /// One anti-entropy run against `peer`. Newly committed records are sent to `deliver` one page
 /// at a time, after they are durable (waiting while the receiver is busy, so memory stays bounded
-/// by one page). Answers above `max_response` bytes (the node's configured
-/// `sync_limits.max_response`) are refused.
-#[allow(clippy::too_many_arguments)]
+/// by one page). Answers are read with [`super::answers`] (the node's configured cap; garbage
+/// costs `peer` a strike).
 pub async fn sync_with(
     net: &NetHandle,
     store: &Store,
@@ -290,27 +283,13 @@ pub async fn sync_with(
     peer: PeerId,
     deliver: &tokio::sync::mpsc::Sender<Vec<Verified<Message>>>,
     scope: SyncScope,
-    max_response: usize,
 ) -> Result<SyncReport, SyncError> {
     let mut filter = scope.filter;
-    let ask = |req: SyncRequest| {
-        let net = net.clone();
-        async move {
-            let bytes = net
-                .send_request(peer, RequestProtocol::Sync, rpc::encode(&req))
-                .await
-                .map_err(|e| SyncError::Request { peer, reason: e.to_string() })?;
-            match rpc::decode::<SyncResponse>("sync response", &bytes, max_response) {
-                Ok(r) => Ok(r),
-                Err(e) => {
-                    net.malformed(peer, "sync response").await;
-                    Err(SyncError::Request { peer, reason: e.to_string() })
-                }
-            }
-        }
+    let ask = |req: SyncRequest| async move {
+        answers::ask_sync(net, peer, &req).await.map_err(|e| SyncError::Request { peer, reason: e.to_string() })
     };
     let unexpected = |got: &'static str| async move {
-        net.malformed(peer, "sync answer of another kind").await;
+        answers::wrong_kind(net, peer, "sync answer of another kind").await;
         SyncError::Unexpected { peer, got }
     };
     let (theirs_a, theirs_f) = match ask(SyncRequest::Summary).await? {
@@ -369,12 +348,12 @@ pub async fn sync_with(
             let mut verified = Vec::with_capacity(items.len());
             let mut garbage = 0u64;
             for (_, bytes) in &items {
-                match check_record(bytes, kind) {
+                match answers::check_record(bytes, kind, Envelope::verify) {
                     Ok(v) => verified.push(v),
-                    Err((reason, other_version)) => {
+                    Err(refused) => {
                         report.invalid += 1;
-                        garbage += u64::from(!other_version);
-                        tracing::warn!(%peer, reason, "peer served a record that does not verify; skipped");
+                        garbage += u64::from(refused.garbage);
+                        tracing::warn!(%peer, reason = refused.reason, "peer served a record that does not verify; skipped");
                     }
                 }
             }

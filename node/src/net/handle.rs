@@ -378,6 +378,8 @@ pub struct NetHandle {
     pub(crate) conduct: super::SharedConduct,
     /// Reachability and the kind of connection to each peer ([`super::nat`]).
     pub(crate) nat: super::nat::SharedNat,
+    /// The configured size caps of the closure, NAR and sync protocols, in that order.
+    pub(crate) limits: [super::RrLimits; 3],
 }
 
 /// Slack added to the event loop's own timeouts before the handle gives up waiting.
@@ -389,6 +391,17 @@ impl NetHandle {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// The configured size caps of `protocol` (`NetConfig::closure_limits`, `nar_limits`,
+    /// `sync_limits`): the codec refuses frames above them, and readers of answers decode
+    /// against the same `max_response`.
+    pub fn limits(&self, protocol: super::RequestProtocol) -> super::RrLimits {
+        match protocol {
+            super::RequestProtocol::Closure => self.limits[0],
+            super::RequestProtocol::Nar => self.limits[1],
+            super::RequestProtocol::Sync => self.limits[2],
+        }
     }
 
     /// What this node holds against the peers it has a record of (gossip score, graylisting,

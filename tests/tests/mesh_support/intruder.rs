@@ -30,6 +30,9 @@ const TOPICS: [&str; 6] = [
 /// or `None` to leave it unanswered (the asker's request then times out).
 pub type SyncAnswer = Box<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
 
+/// Like [`SyncAnswer`], for requests on any of the three protocols.
+pub type Answer = Box<dyn Fn(RequestProtocol, &[u8]) -> Option<Vec<u8>> + Send + Sync>;
+
 /// The attacker's peer.
 pub struct Intruder {
     pub rt: tokio::runtime::Runtime,
@@ -65,6 +68,22 @@ impl Intruder {
         tweak: impl FnOnce(&mut NetConfig),
         answer: SyncAnswer,
     ) -> Intruder {
+        let answer: Answer = Box::new(move |protocol, body| match protocol {
+            RequestProtocol::Sync => answer(body),
+            _ => None,
+        });
+        Intruder::join_answering_all(c, key, topics, tweak, answer)
+    }
+
+    /// Like [`Intruder::join_answering`], answering requests on every protocol (closures, NAR
+    /// chunks, sync) with `answer`.
+    pub fn join_answering_all(
+        c: &Cluster,
+        key: NodeKey,
+        topics: &[String],
+        tweak: impl FnOnce(&mut NetConfig),
+        answer: Answer,
+    ) -> Intruder {
         let node_peer: PeerId = c.peer_ids[0].parse().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let mut cfg = NetConfig {
@@ -94,8 +113,8 @@ impl Intruder {
                         NetEvent::Gossip(g) => {
                             let _ = n.report_validation(g.id, g.propagation_source, MessageAcceptance::Ignore).await;
                         }
-                        NetEvent::InboundRequest { protocol: RequestProtocol::Sync, id, data, .. } => {
-                            if let Some(bytes) = answer(&data) {
+                        NetEvent::InboundRequest { protocol, id, data, .. } => {
+                            if let Some(bytes) = answer(protocol, &data) {
                                 let _ = n.respond(id, bytes).await;
                             }
                         }

@@ -144,17 +144,19 @@ impl Driver {
         let net = self.ctx.net.clone();
         tokio::spawn(
             async move {
-                let body = rpc::encode(&SyncRequest::Retry { drv: drv.to_string() });
-                let max = crate::net::NetConfig::default().sync_limits.max_response;
-                match net.send_request(peer, RequestProtocol::Sync, body).await {
-                    Ok(bytes) => match rpc::decode::<SyncResponse>("retry answer", &bytes, max) {
-                        Ok(SyncResponse::Retry(Ok(()))) => tracing::info!(%peer, drv = %drv, "retry taken by the peer"),
-                        Ok(SyncResponse::Retry(Err(e))) => {
-                            tracing::warn!(%peer, drv = %drv, reason = %e, "retry refused")
-                        }
-                        Ok(_) => tracing::warn!(%peer, "unexpected answer to a retry request"),
-                        Err(e) => tracing::warn!(%peer, cause = %e, "bad answer to a retry request"),
-                    },
+                // Read like every answer (crate::mesh::answers): garbage costs the peer a strike,
+                // and so does an answer of another kind than a retry verdict or an error.
+                let req = SyncRequest::Retry { drv: drv.to_string() };
+                match crate::mesh::answers::ask_sync(&net, peer, &req).await {
+                    Ok(SyncResponse::Retry(Ok(()))) => tracing::info!(%peer, drv = %drv, "retry taken by the peer"),
+                    Ok(SyncResponse::Retry(Err(e))) => {
+                        tracing::warn!(%peer, drv = %drv, reason = %e, "retry refused")
+                    }
+                    Ok(SyncResponse::Error(e)) => tracing::warn!(%peer, drv = %drv, cause = %e, "retry request failed"),
+                    Ok(_) => {
+                        crate::mesh::answers::wrong_kind(&net, peer, "retry answer of another kind").await;
+                        tracing::warn!(%peer, "unexpected answer to a retry request");
+                    }
                     Err(e) => tracing::warn!(%peer, drv = %drv, cause = %e, "retry request failed"),
                 }
             }

@@ -311,7 +311,6 @@ impl Driver {
                         peer,
                         &ctx.synced,
                         scope,
-                        ctx.sync_limits.max_response,
                     )
                     .await?;
                     // Revision headers (issue 13) after attestations and failures.

@@ -288,9 +288,7 @@ pub(crate) async fn start(
     let (int_tx, int_rx) = mpsc::channel(1024);
     let (synced_tx, synced_rx) = mpsc::channel(64);
     let (nar_tx, nar_rx) = mpsc::channel(NAR_QUEUE);
-    let server = Server::new(params.store.clone(), params.store_dir.clone())
-        .with_shards(params.shards)
-        .with_limits(serve_limits);
+    let server = Server::new(params.store.clone(), params.store_dir.clone(), serve_limits).with_shards(params.shards);
     let quotas = Arc::new(Quotas::new(me, trust.clone(), &params.settings).with_submitters(accepted_submitters));
     let revisions = Arc::new(super::revisions::Revisions::new(
         key.clone(),

@@ -12,6 +12,10 @@
 //! most `manifest_size` bytes; then [`RevisionHeader::check_manifest`]: exactly `manifest_size`,
 //! blake3 equal to the signed hash, strict decode, counts as signed. Only then is the manifest
 //! stored (with its derivations indexed). A peer that fails a check is skipped for the next one.
+//! Answers are read as every answer from a peer is ([`crate::mesh::answers`]): the node's
+//! configured cap, and one strike for an answer that does not decode or is of another kind than
+//! a manifest chunk, "not found" or an error ([`FetchFailure::WrongKind`]). Bytes that do not
+//! match the signed size or hash cost no strike (refused, the next peer is asked).
 //!
 //! When every peer failed, the manifest is **missing** ([`MissingManifest`]: hash, peers tried,
 //! the last error per peer) and is tried again every `retry_ms` (the stored headers without a
@@ -30,10 +34,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::mesh::answers;
 use crate::mesh::fetch::peer_of;
 use crate::mesh::quota::Quotas;
-use crate::mesh::rpc::{self, MANIFEST_CHUNK_SIZE, SyncRequest, SyncResponse};
-use crate::net::{NetConfig, NetHandle, RequestProtocol};
+use crate::mesh::rpc::{MANIFEST_CHUNK_SIZE, SyncRequest, SyncResponse};
+use crate::net::NetHandle;
 use crate::store::{CheckedManifest, Store, unix_ms};
 
 /// Headers waiting for their manifest to be fetched, at most.
@@ -103,7 +108,14 @@ pub enum FetchFailure {
     /// The submitter's storage quota does not admit it.
     #[error("{0}")]
     Quota(String),
-    /// A chunk broke the protocol (wrong length, changed total, unexpected answer).
+    /// An answer of another kind than a manifest chunk, "not found" or an error (garbage: the
+    /// peer gets a strike).
+    #[error("answer at offset {offset} is not a manifest chunk")]
+    WrongKind {
+        /// Where.
+        offset: u64,
+    },
+    /// A chunk broke the protocol (wrong length, changed total).
     #[error("bad chunk at offset {offset}: {reason}")]
     BadChunk {
         /// Where.
@@ -147,7 +159,7 @@ where
             SyncResponse::ManifestChunk { total, bytes } => (total, bytes),
             SyncResponse::ManifestNotFound => return Err(FetchFailure::NotFound),
             SyncResponse::Error(e) => return Err(FetchFailure::Peer(e)),
-            _ => return Err(bad("an answer that is not a manifest chunk".into())),
+            _ => return Err(FetchFailure::WrongKind { offset }),
         };
         match total {
             None => {
@@ -373,18 +385,8 @@ impl ManifestFetcher {
 
     /// Fetch from one peer, check, and store within the submitter's quota.
     async fn fetch_one(&self, header: &RevisionHeader, peer: PeerId) -> Result<(), FetchFailure> {
-        let max = NetConfig::default().sync_limits.max_response;
-        let net = self.inner.net.clone();
-        let ask = |req: SyncRequest| {
-            let net = net.clone();
-            async move {
-                let bytes = net
-                    .send_request(peer, RequestProtocol::Sync, rpc::encode(&req))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                rpc::decode::<SyncResponse>("sync response", &bytes, max).map_err(|e| e.to_string())
-            }
-        };
+        let net = &self.inner.net;
+        let ask = |req: SyncRequest| async move { answers::ask_sync(net, peer, &req).await.map_err(|e| e.to_string()) };
         let limit = self.inner.quotas.limit_for(&header.submitter).copied();
         let usage = self.inner.store.signer_usage(&header.submitter).unwrap_or_default();
         let admit = |len: u64| match &limit {
@@ -393,7 +395,15 @@ impl ManifestFetcher {
             }
             _ => Ok(()),
         };
-        let (raw, manifest) = fetch_from(header, admit, ask).await?;
+        let (raw, manifest) = match fetch_from(header, admit, ask).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                if let FetchFailure::WrongKind { .. } = e {
+                    answers::wrong_kind(net, peer, "manifest answer of another kind").await;
+                }
+                return Err(e);
+            }
+        };
         let (store, h) = (self.inner.store.clone(), header.clone());
         let stored = tokio::task::spawn_blocking(move || -> Result<Option<bool>, String> {
             let checked =

@@ -98,6 +98,8 @@ fn broken_chunk_streams_and_answers_are_errors() {
     assert_eq!(run(fetch_from(&h, |_| Ok(()), not_found)), Err(FetchFailure::NotFound));
     let older_peer = |_req: SyncRequest| std::future::ready(Ok(SyncResponse::Error("malformed sync request".into())));
     assert!(matches!(run(fetch_from(&h, |_| Ok(()), older_peer)), Err(FetchFailure::Peer(_))));
+    let log_chunk = |_req: SyncRequest| std::future::ready(Ok(SyncResponse::LogChunk { total: 1, bytes: vec![1] }));
+    assert_eq!(run(fetch_from(&h, |_| Ok(()), log_chunk)), Err(FetchFailure::WrongKind { offset: 0 }));
     let gone = |_req: SyncRequest| std::future::ready(Err::<SyncResponse, _>("connection closed".to_string()));
     assert!(matches!(run(fetch_from(&h, |_| Ok(()), gone)), Err(FetchFailure::Peer(_))));
 }

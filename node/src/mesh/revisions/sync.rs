@@ -4,6 +4,12 @@
 //! (`verify_as::<RevisionHeader>`) and committed within the submitters' quotas in one transaction
 //! before the cursor moves. A peer that does not know these requests (an older node) answers
 //! [`SyncResponse::Error`]: nothing to pull from it, and that is not an error.
+//!
+//! Answers and records are read as every answer from a peer is ([`crate::mesh::answers`]): the
+//! node's configured cap, one strike for an answer that does not decode or is of another kind
+//! than asked, and one per page with records that are not revision envelopes or whose signature
+//! does not verify. A correctly signed header that fails this build's checks is skipped without
+//! a strike, as is one of another protocol version.
 
 use buildmesh_protocol::revision::RevisionHeader;
 use buildmesh_protocol::signed::{Envelope, Verified};
@@ -11,10 +17,11 @@ use buildmesh_protocol::wire::Kind;
 use libp2p::PeerId;
 
 use super::insert;
+use crate::mesh::answers;
 use crate::mesh::quota::{Quotas, Stored};
-use crate::mesh::rpc::{self, MAX_PAGE_ITEMS, Summary, SyncRequest, SyncResponse};
+use crate::mesh::rpc::{MAX_PAGE_ITEMS, Summary, SyncRequest, SyncResponse};
 use crate::mesh::sync::SyncError;
-use crate::net::{NetConfig, NetHandle, RequestProtocol};
+use crate::net::NetHandle;
 use crate::store::{Store, StoreError};
 
 /// Pages pulled from one peer in one run at most.
@@ -27,6 +34,8 @@ pub struct RevisionSyncReport {
     pub new: Vec<RevisionHeader>,
     /// Records that did not verify (skipped).
     pub invalid: u64,
+    /// Pages with records no build serves: each cost the peer a strike.
+    pub garbage_pages: u64,
     /// Records skipped because their submitter is at its quota.
     pub over_quota: u64,
     /// Whether the peer answered the revision requests at all (`false`: an older node).
@@ -40,17 +49,12 @@ pub async fn sync_revisions(
     quotas: &std::sync::Arc<Quotas>,
     peer: PeerId,
 ) -> Result<RevisionSyncReport, SyncError> {
-    let max = NetConfig::default().sync_limits.max_response;
-    let ask = |req: SyncRequest| {
-        let net = net.clone();
-        async move {
-            let bytes = net
-                .send_request(peer, RequestProtocol::Sync, rpc::encode(&req))
-                .await
-                .map_err(|e| SyncError::Request { peer, reason: e.to_string() })?;
-            rpc::decode::<SyncResponse>("sync response", &bytes, max)
-                .map_err(|e| SyncError::Request { peer, reason: e.to_string() })
-        }
+    let ask = |req: SyncRequest| async move {
+        answers::ask_sync(net, peer, &req).await.map_err(|e| SyncError::Request { peer, reason: e.to_string() })
+    };
+    let unexpected = |got: &'static str| async move {
+        answers::wrong_kind(net, peer, "revision sync answer of another kind").await;
+        SyncError::Unexpected { peer, got }
     };
     let mut report = RevisionSyncReport::default();
     let theirs = match ask(SyncRequest::RevisionSummary).await? {
@@ -59,7 +63,7 @@ pub async fn sync_revisions(
             tracing::debug!(%peer, cause = e, "peer does not serve revisions (an older node?)");
             return Ok(report);
         }
-        _ => return Err(SyncError::Unexpected { peer, got: "something else than a revision summary" }),
+        _ => return Err(unexpected("something else than a revision summary").await),
     };
     report.supported = true;
     let key = peer.to_base58();
@@ -85,22 +89,24 @@ pub async fn sync_revisions(
         let (items, next, more) = match ask(SyncRequest::Revisions { from: pos, limit: MAX_PAGE_ITEMS }).await? {
             SyncResponse::Page { items, next, more } => (items, next, more),
             SyncResponse::Error(e) => return Err(SyncError::Request { peer, reason: e }),
-            _ => return Err(SyncError::Unexpected { peer, got: "something else than a page" }),
+            _ => return Err(unexpected("something else than a page").await),
         };
         let mut verified: Vec<Verified<RevisionHeader>> = Vec::with_capacity(items.len());
+        let mut garbage = false;
         for (_, bytes) in &items {
-            match Envelope::decode(bytes).map_err(|e| e.to_string()).and_then(|env| {
-                if env.kind() != Kind::Revision {
-                    return Err(format!("a {} record in the revision sequence", env.kind()));
-                }
-                env.verify_as::<RevisionHeader>().map_err(|e| e.to_string())
-            }) {
+            match answers::check_record(bytes, Kind::Revision, Envelope::verify_as::<RevisionHeader>) {
                 Ok(v) => verified.push(v),
-                Err(reason) => {
+                Err(refused) => {
                     report.invalid += 1;
-                    tracing::warn!(%peer, reason, "peer served a revision header that does not verify; skipped");
+                    garbage |= refused.garbage;
+                    tracing::warn!(%peer, reason = refused.reason, "peer served a revision header that does not verify; skipped");
                 }
             }
+        }
+        if garbage {
+            // One strike per page, however many of its records are garbage.
+            report.garbage_pages += 1;
+            net.malformed(peer, "revision sync page").await;
         }
         let new_pos = next.max(pos);
         let (store2, q, key2) = (store.clone(), quotas.clone(), key.clone());
