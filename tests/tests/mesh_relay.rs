@@ -676,7 +676,8 @@ fn bench_wan_relay() {
         let model = WanModel::access_links(homes.len(), Duration::from_millis(ms), loss);
         eprintln!("network: {}", model.describe());
         let t0 = Instant::now();
-        let m = Mesh::start_on(tmp.path(), NatNet::with_wan(1, &homes, model.clone()), &features, &congestion().0, quic);
+        let m =
+            Mesh::start_on(tmp.path(), NatNet::with_wan(1, &homes, model.clone()), &features, &congestion().0, quic);
         wait_for("the cone homes punched through", Duration::from_secs(180), || {
             (m.connection(a, b) == "direct" && m.connection(b, a) == "direct").then_some(())
         });

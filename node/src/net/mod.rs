@@ -46,8 +46,8 @@ use tokio::task::JoinHandle;
 pub use behaviour::{AGENT_VERSION, ID_PROTOCOL_VERSION, KAD_PROTOCOL, message_id};
 pub use codec::{FrameKind, FrameTooLarge};
 pub use config::{
-    DEFAULT_TOPICS, MAX_FRAME_CEILING, NAR_CHUNK_SIZE, NetConfig, NetConfigError, NetSettings, QuicCongestion, RrLimits,
-    peer_id_of,
+    DEFAULT_TOPICS, MAX_FRAME_CEILING, NAR_CHUNK_SIZE, NetConfig, NetConfigError, NetSettings, QuicCongestion,
+    RrLimits, peer_id_of,
 };
 pub use event_loop::EventLoop;
 pub use handle::{

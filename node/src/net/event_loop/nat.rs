@@ -393,7 +393,8 @@ impl EventLoop {
 
     /// Whether `peer` is a relay this node reserves on (configured or picked).
     fn nat_is_our_relay(&self, peer: &PeerId) -> bool {
-        self.nat.auto.contains_key(peer) || self.nat.cfg.relays.iter().any(|a| super::super::peer_id_of(a) == Some(*peer))
+        self.nat.auto.contains_key(peer)
+            || self.nat.cfg.relays.iter().any(|a| super::super::peer_id_of(a) == Some(*peer))
     }
 
     /// Dial the QUIC address of each relay of this node that it reaches, but not over QUIC, and
