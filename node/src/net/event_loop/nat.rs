@@ -401,8 +401,7 @@ impl EventLoop {
     /// whose back-off allows it ([`super::relay_quic`]): at once the first time, and again after
     /// that QUIC connection closed (relay restart, NAT mapping expiry).
     fn relay_quic_dial(&mut self) {
-        let mut ours: BTreeSet<PeerId> =
-            self.nat.cfg.relays.iter().filter_map(|a| super::super::peer_id_of(a)).collect();
+        let mut ours: BTreeSet<PeerId> = self.nat.cfg.relays.iter().filter_map(super::super::peer_id_of).collect();
         ours.extend(self.nat.auto.keys().copied());
         let NatState { relay_quic, conns, .. } = &mut self.nat;
         relay_quic.retain(|p| ours.contains(p));
