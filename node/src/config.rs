@@ -128,6 +128,9 @@ pub struct Config {
     pub mesh_max_finished_drvs: u64,
     /// The mesh: whether it runs and its timers (`[mesh]` table; see [`crate::mesh::MeshSettings`]).
     pub mesh: crate::mesh::MeshSettings,
+    /// Transport settings: QUIC's congestion controller (`[net]` table; see
+    /// [`crate::net::NetSettings`] and docs/nat.md).
+    pub net: crate::net::NetSettings,
     /// NAT traversal: relays to reserve on, the relay service and its limits, AutoNAT (`[nat]`
     /// table; see [`crate::net::NatSettings`] and docs/nat.md).
     pub nat: crate::net::NatSettings,
@@ -204,6 +207,7 @@ impl Default for Config {
             mesh_shards: 1,
             mesh_max_finished_drvs: 0,
             mesh: crate::mesh::MeshSettings::default(),
+            net: crate::net::NetSettings::default(),
             nat: crate::net::NatSettings::default(),
             sandbox: crate::sandbox::SandboxSettings::default(),
             submit: crate::submit::SubmitSettings::default(),
@@ -463,6 +467,24 @@ mod tests {
         assert_eq!(c.quorum, 3);
         assert_eq!(c.executor, ExecutorKind::Nix);
         assert_eq!(c.replicas, 2);
+    }
+
+    #[test]
+    fn quic_congestion_is_bbr_unless_set_and_bad_values_name_the_key() {
+        assert_eq!(Config::default().net.quic_congestion, crate::net::QuicCongestion::Bbr);
+        let c = Config::from_toml("[net]\nquic_congestion = \"cubic\"\n").unwrap();
+        assert_eq!(c.net.quic_congestion, crate::net::QuicCongestion::Cubic);
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+        let c = Config::from_toml("[net]\nquic_congestion = \"bbr\"\n").unwrap();
+        assert_eq!(c.net.quic_congestion, crate::net::QuicCongestion::Bbr);
+        for bad in ["\"reno\"", "\"BBR\"", "1", "\"\""] {
+            let e = Config::from_toml(&format!("[net]\nquic_congestion = {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("quic_congestion") && e.contains("line 2"), "{bad}: {e}");
+        }
+        let e = Config::from_toml("[net]\nquic_congestion = \"reno\"\n").unwrap_err().to_string();
+        assert!(e.contains("`bbr`") && e.contains("`cubic`"), "the error names the accepted values: {e}");
+        let e = Config::from_toml("[net]\nquic_congestoin = \"bbr\"\n").unwrap_err().to_string();
+        assert!(e.contains("quic_congestoin"), "{e}");
     }
 
     #[test]

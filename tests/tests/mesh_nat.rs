@@ -273,6 +273,42 @@ fn homes_given_the_relay_tcp_address_still_punch_over_quic() {
     quic_punch(RelayAddr::Tcp);
 }
 
+/// A relay restarts (same key, same ports): the homes, given its TCP address, reach it over TCP
+/// again (their reservations) and dial its QUIC address again too (`net/event_loop/relay_quic.rs`),
+/// so the restarted relay reaches each home over QUIC at its router's address again, and their
+/// punches keep a UDP candidate. Homes used to dial a relay's QUIC address once per process.
+#[test]
+fn homes_reach_a_restarted_relay_over_quic_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = start(tmp.path(), &[NatKind::Cone, NatKind::Cone], &["rq-a", "rq-b"], RelayAddr::Tcp, 1);
+    // Whether the relay has a QUIC connection to home node `h` at its router's address.
+    let over_quic = |nodes: &Nodes, h: usize| -> Option<()> {
+        let router = format!("/ip4/{}/udp/", nodes.n.net.router_ip(h - 1));
+        let p = nodes.peers(0).remove(&nodes.peer(h))?;
+        let addrs = p["direct_addresses"].as_array()?.clone();
+        addrs.iter().filter_map(|a| a.as_str()).any(|a| a.starts_with(&router) && a.contains("/quic-v1")).then_some(())
+    };
+    for h in [1, 2] {
+        wait_for(&format!("the relay to reach home node {h} over QUIC"), Duration::from_secs(30), || {
+            over_quic(&nodes, h)
+        });
+    }
+    nodes.n.restart(0);
+    let restarted = std::time::Instant::now();
+    for h in [1, 2] {
+        let what = format!("the restarted relay to reach home node {h} over QUIC again");
+        let got = (0..600).any(|_| {
+            let ok = over_quic(&nodes, h).is_some();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ok
+        });
+        assert!(got, "{what} within 60 s{}", nodes.logs());
+    }
+    eprintln!("the restarted relay reached both homes over QUIC after {:?}", restarted.elapsed());
+}
+
 /// `buildmesh submit --json` of the derivations `names` of `d` (stored in `dir`) to node `i`
 /// with `replicas` builders each; asserts that it succeeded.
 fn submit(nodes: &Nodes, i: usize, d: &Drvs, dir: &std::path::Path, names: &[&str], replicas: u32) {

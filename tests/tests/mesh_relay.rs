@@ -169,6 +169,15 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// How many direct connections node `i` has to node `j` (the length of its
+    /// `direct_addresses`).
+    fn direct_connections(&self, i: usize, j: usize) -> usize {
+        serde_json::from_str::<serde_json::Value>(&self.direct_addresses(i, j))
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    }
+
     fn logs(&self) -> String {
         self.nodes.logs(30)
     }
@@ -525,12 +534,27 @@ fn a_punched_quic_connection_carries_a_nar_over_a_long_lossy_path() {
     assert!(got >= size as f64, "the NAR did not come over the direct connection ({got} B)");
     eprintln!("4 MiB over the punched QUIC connection: {secs:.2} s ({:.2} MiB/s)", size as f64 / MIB as f64 / secs);
     assert!(secs < 20.0, "4 MiB over the punched QUIC connection took {secs:.1} s");
+    // One direct connection each way: a second QUIC connection on the same address pair (a
+    // second punch of the pair) is closed by the peer with the smaller id (net/event_loop/nat.rs).
+    for (i, j) in [(a, b), (b, a)] {
+        let n = m.direct_connections(i, j);
+        assert_eq!(n, 1, "home {i} holds {n} direct connections to home {j}: {}", m.direct_addresses(i, j));
+    }
 }
 
 // ------------------------------------------------------------------------------------ benchmark
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `BENCH_QUIC_CONGESTION=bbr|cubic`: every node's `[net] quic_congestion` (unset: the node's
+/// default, BBR), as configuration text, and its name for the tables.
+fn congestion() -> (String, String) {
+    match std::env::var("BENCH_QUIC_CONGESTION") {
+        Ok(c) => (format!("\n[net]\nquic_congestion = \"{c}\"\n"), c),
+        Err(_) => (String::new(), "bbr (default)".into()),
+    }
 }
 
 /// Best, median and worst of `v` in MiB/s.
@@ -541,7 +565,7 @@ fn spread(v: &[f64]) -> String {
 }
 
 #[test]
-#[ignore = "benchmark: prints a table (BENCH_RELAY_NAR_MB, _ROUNDS, _BIG_MB, _QUIC=1)"]
+#[ignore = "benchmark: prints a table (BENCH_RELAY_NAR_MB, _ROUNDS, _BIG_MB, _QUIC=1, BENCH_QUIC_CONGESTION)"]
 fn bench_relay() {
     let mb = env("BENCH_RELAY_NAR_MB", 64);
     let rounds = env("BENCH_RELAY_ROUNDS", 3);
@@ -554,7 +578,8 @@ fn bench_relay() {
     let t0 = Instant::now();
     // BENCH_RELAY_QUIC=1: the nodes reach the relay over QUIC, so the homes can punch over UDP.
     let quic = env("BENCH_RELAY_QUIC", 0) == 1;
-    let m = Mesh::start(tmp.path(), 2, &homes, &features, "", quic);
+    let (cc, cc_name) = congestion();
+    let m = Mesh::start(tmp.path(), 2, &homes, &features, &cc, quic);
     wait_for("the cone homes punched through", Duration::from_secs(120), || {
         (m.connection(a, b) == "direct" && m.connection(b, a) == "direct").then_some(())
     });
@@ -601,7 +626,7 @@ fn bench_relay() {
     println!();
     let over = if quic { "QUIC" } else { "TCP" };
     println!(
-        "| relay benchmark: {mb} MiB NAR, {rounds} rounds, relay reached over {over} (mesh up and punched in {:.0} s) | MiB/s best / median / worst |",
+        "| relay benchmark: {mb} MiB NAR, {rounds} rounds, relay reached over {over}, QUIC congestion control {cc_name} (mesh up and punched in {:.0} s) | MiB/s best / median / worst |",
         ready.as_secs_f64()
     );
     println!("|---|---|");
@@ -629,7 +654,7 @@ fn wan_links() -> Vec<(u64, f64)> {
 }
 
 #[test]
-#[ignore = "benchmark: prints a table (BENCH_WAN_RELAY_LINKS, _SIZES_MB, _ROUNDS, _LIMIT_S, _QUIC=1)"]
+#[ignore = "benchmark: prints a table (BENCH_WAN_RELAY_LINKS, _SIZES_MB, _ROUNDS, _LIMIT_S, _QUIC=1, BENCH_QUIC_CONGESTION)"]
 fn bench_wan_relay() {
     let sizes: Vec<u64> = std::env::var("BENCH_WAN_RELAY_SIZES_MB")
         .unwrap_or_else(|_| "1,16".into())
@@ -651,7 +676,8 @@ fn bench_wan_relay() {
         let model = WanModel::access_links(homes.len(), Duration::from_millis(ms), loss);
         eprintln!("network: {}", model.describe());
         let t0 = Instant::now();
-        let m = Mesh::start_on(tmp.path(), NatNet::with_wan(1, &homes, model.clone()), &features, "", quic);
+        let m =
+            Mesh::start_on(tmp.path(), NatNet::with_wan(1, &homes, model.clone()), &features, &congestion().0, quic);
         wait_for("the cone homes punched through", Duration::from_secs(180), || {
             (m.connection(a, b) == "direct" && m.connection(b, a) == "direct").then_some(())
         });
@@ -704,7 +730,7 @@ fn bench_wan_relay() {
     }
     println!();
     let over = if quic { "QUIC" } else { "TCP" };
-    println!("relay reached over {over}, {rounds} round(s)");
+    println!("relay reached over {over}, {rounds} round(s), QUIC congestion control {}", congestion().1);
     println!(
         "| one way A–B (per access link) | loss A–B | NAR | path | MiB/s over all runs (each run) | s per transfer |"
     );

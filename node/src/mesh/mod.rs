@@ -618,6 +618,8 @@ pub struct MeshParams {
     pub bootstrap: Vec<String>,
     /// NAT traversal (`[nat]`).
     pub nat: crate::net::NatSettings,
+    /// Transport settings (`[net]`).
+    pub net: crate::net::NetSettings,
     /// Whether to discover peers on the local network (`mdns`).
     pub mdns: bool,
     /// Nix public keys whose builds count (`trusted_keys`; this node's own key always does).

@@ -226,6 +226,16 @@ fn build_behaviour(
     })
 }
 
+/// quinn's congestion controller for `choice`.
+fn congestion_controller(
+    choice: super::config::QuicCongestion,
+) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+    match choice {
+        super::config::QuicCongestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        super::config::QuicCongestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+    }
+}
+
 /// Builds the swarm: TCP (noise + yamux), QUIC and relayed (noise + yamux over a circuit)
 /// transports, all behaviours, idle timeout.
 /// Gossipsub's counters (per topic: messages and bytes sent, received with and without
@@ -241,12 +251,14 @@ pub(crate) fn build_swarm(
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| SpawnError::Transport(format!("tcp/noise: {e}")))?
-        // BBR instead of quinn's default CUBIC for every QUIC connection: on a long lossy path
-        // (300 ms round trip, 1% random loss) CUBIC took each loss for congestion, kept the window
-        // at 10-15 datagrams, and a punched QUIC connection moved NARs at about 0.05 MiB/s against
-        // 1.2-1.4 MiB/s over the TCP relay; BBR sizes the window from the delivery rate and moved
-        // them faster than the relay (docs/nat.md, "Throughput"; quinn marks its BBR experimental).
-        .with_quic_config(|c| c.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())))
+        // BBR instead of quinn's default CUBIC for every QUIC connection, unless configured
+        // (`[net] quic_congestion`): on a long lossy path (300 ms round trip, 1% random loss)
+        // CUBIC took each loss for congestion, kept the window at 10-15 datagrams, and a punched
+        // QUIC connection moved NARs at about 0.05 MiB/s against 1.2-1.4 MiB/s over the TCP
+        // relay; BBR sizes the window from the delivery rate and moved them faster than the relay
+        // (docs/nat.md, "Throughput"; quinn marks its BBR experimental). At LAN speed BBR was
+        // 4-47% slower than CUBIC.
+        .with_quic_config(|c| c.congestion_controller_factory(congestion_controller(cfg.quic_congestion)))
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| SpawnError::Transport(format!("relay client/noise: {e}")))?
         .with_bandwidth_metrics(registry.sub_registry_with_prefix("libp2p"))

@@ -31,6 +31,7 @@ use super::{GossipMessage, InboundId, NetEvent, RequestProtocol, SharedConduct, 
 
 mod commands;
 mod nat;
+mod relay_quic;
 mod requests;
 
 /// Commands handled in a row before the swarm gets a turn.

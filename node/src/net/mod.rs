@@ -46,7 +46,10 @@ use tokio::task::JoinHandle;
 
 pub use behaviour::{AGENT_VERSION, ID_PROTOCOL_VERSION, KAD_PROTOCOL, message_id};
 pub use codec::{FrameKind, FrameTooLarge};
-pub use config::{DEFAULT_TOPICS, MAX_FRAME_CEILING, NAR_CHUNK_SIZE, NetConfig, NetConfigError, RrLimits, peer_id_of};
+pub use config::{
+    DEFAULT_TOPICS, MAX_FRAME_CEILING, NAR_CHUNK_SIZE, NetConfig, NetConfigError, NetSettings, QuicCongestion,
+    RrLimits, peer_id_of,
+};
 pub use event_loop::EventLoop;
 pub use handle::{
     ChunkError, ChunkPlan, DialError, NetError, NetHandle, PublishError, Published, RequestError, RespondError,

@@ -218,6 +218,7 @@ impl Node {
                 listen: config.listen.clone(),
                 bootstrap: config.bootstrap.clone(),
                 nat: config.nat.clone(),
+                net: config.net.clone(),
                 mdns: config.mdns,
                 trusted_keys: config.trusted_keys.clone(),
                 submitters: config.submitters.clone(),

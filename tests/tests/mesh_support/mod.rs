@@ -71,6 +71,16 @@ impl NodeArgs {
         self
     }
 
+    /// The flags with every `from` replaced by `to`.
+    pub fn replaced(mut self, from: &str, to: &str) -> NodeArgs {
+        for a in &mut self.0 {
+            if a == from {
+                *a = to.to_string();
+            }
+        }
+        self
+    }
+
     fn refs(&self) -> Vec<&str> {
         self.0.iter().map(String::as_str).collect()
     }

@@ -13,7 +13,7 @@
 //! on the bridge, so that every packet between them gets the model's one-way delay, jitter and
 //! loss (e.g. [`WanModel::access_links`]: one lossy, delayed access link per home).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -268,6 +268,8 @@ pub struct NatNodes {
     pub keys: Vec<NodeKey>,
     /// The relay's address as the others were given it.
     pub relay: String,
+    /// Every node's flags and data directory (for [`NatNodes::restart`]).
+    started: Vec<(NodeArgs, PathBuf)>,
 }
 
 impl NatNodes {
@@ -290,6 +292,7 @@ impl NatNodes {
         let keys: Vec<NodeKey> =
             (0..n).map(|i| NodeKey::from_seed(&format!("{name}-{i}"), key_seed(dir, i)).unwrap()).collect();
         let mut procs: Vec<NodeProc> = Vec::new();
+        let mut started = Vec::new();
         let mut relay_addr = String::new();
         for i in 0..n {
             let key = dir.join(format!("key-{i}"));
@@ -307,7 +310,9 @@ impl NatNodes {
                 (_, None) => args.args(["--bootstrap", relay_addr.as_str()]),
                 (_, Some(_)) => args.args(["--bootstrap", relay_addr.as_str(), "--relay", relay_addr.as_str()]),
             };
-            let p = more(i, args).start_with(&dir.join(format!("node{i}")), &net.wrapper(i), &net.hosts[i].http, &tcp);
+            let (args, data) = (more(i, args), dir.join(format!("node{i}")));
+            let p = args.start_with(&data, &net.wrapper(i), &net.hosts[i].http, &tcp);
+            started.push((args, data));
             if i == 0 {
                 relay_addr = libp2p_address(&p.url);
                 assert!(relay_addr.contains("/tcp/"), "the relay's first address is its TCP one: {relay_addr}");
@@ -325,7 +330,28 @@ impl NatNodes {
             }
             procs.push(p);
         }
-        NatNodes { procs, net, keys, relay: relay_addr }
+        NatNodes { procs, net, keys, relay: relay_addr, started }
+    }
+
+    /// Stops node `i` (SIGTERM) and starts it again with the same flags, key and data directory,
+    /// listening on the TCP and UDP ports it had, so that the addresses the others know of it
+    /// (a relay's, say) still reach it.
+    pub fn restart(&mut self, i: usize) {
+        let ip = format!("/ip4/{}/", self.net.hosts[i].ip);
+        let node = get_json(&format!("{}/api/v1/node", self.procs[i].url)).1;
+        let addrs: Vec<String> =
+            node["addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str().map(String::from)).collect();
+        let own = |kind: &str| {
+            let a = addrs.iter().find(|a| a.starts_with(&ip) && a.contains(kind) && !a.contains("p2p-circuit"));
+            let a = a.unwrap_or_else(|| panic!("node {i} listens on {kind}: {addrs:?}"));
+            a.split("/p2p/").next().unwrap().to_string()
+        };
+        let (tcp, udp) = (own("/tcp/"), own("/quic-v1"));
+        let (_, udp_before) = self.net.listen(i);
+        let (args, data) = &self.started[i];
+        let args = args.clone().replaced(&udp_before, &udp);
+        self.procs[i].stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+        self.procs[i] = args.start_with(data, &self.net.wrapper(i), &self.net.hosts[i].http, &tcp);
     }
 
     /// Node `i`'s metric series whose name starts with `prefix` and whose labels contain every

@@ -231,6 +231,7 @@ pub(crate) async fn start(
     trust.needs_native = params.quorum_needs_native;
     trust.no_emulation_for = params.no_emulation_for.iter().cloned().collect();
     let mut netcfg = net_config(&params.listen, &params.bootstrap, params.mdns, &params.settings)?;
+    netcfg.quic_congestion = params.net.quic_congestion;
     netcfg.nat = params.nat.to_config().map_err(|e| SettingsError::Multiaddr {
         field: "nat",
         addr: params.nat.relays.join(" "),

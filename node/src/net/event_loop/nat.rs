@@ -16,6 +16,17 @@
 //! dials from the listen port to the peer's NAT address, and a second dial of that same address
 //! pair finds it taken and goes out from a new port, which the peer's NAT drops.
 //!
+//! Two peers can end up with two direct QUIC connections on the same address pair (seen in
+//! `bench_wan_relay`: home B held one it dialled and one it accepted, both at home A's NAT
+//! address): a punch dials from the listen port, and a second punch of the same pair (DCUtR's
+//! next attempt after the first timed out on one side, or the punch of a second relayed
+//! connection when both peers dialled each other through the relay) completes a second
+//! connection on the same 4-tuple, which QUIC tells apart by connection ids. It carried traffic
+//! (libp2p spreads requests over a peer's connections), counted against the per-peer limit and
+//! kept a second congestion state on the same path. So a new direct QUIC connection at the
+//! address of one the peer already has is closed at once, by the peer with the smaller id only
+//! (both see both connections, and might pick different ones were both to close one).
+//!
 //! As an AutoNAT server, this node closes each dial-back connection as soon as it is up (when
 //! the peer has another connection): it has proved the address, and kept, it would count against
 //! the per-peer connection limit on both sides (libp2p spreads requests over a peer's
@@ -40,6 +51,10 @@ use super::super::nat::{ConnectionKind, NatConfig, Reachability, SharedNat, circ
 use super::{EVENTS, EventLoop, MAX_ROUTING_ADDRS};
 
 type Labels = Vec<(String, String)>;
+
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+}
 
 /// The wait, after a peer was reached through a relay only, before it is punched again
 /// (doubled for every further try).
@@ -118,9 +133,9 @@ pub(crate) struct NatState {
     relayed_dialled: HashMap<PeerId, Multiaddr>,
     /// Peers reached only through a relay, to be punched again (see the module docs).
     punch_retries: HashMap<PeerId, PunchRetry>,
-    /// Relays this node dialled on their QUIC address too, having reached them over TCP first
-    /// (see [`EventLoop::nat_identified`]), so that they are not dialled again.
-    quic_dialled: BTreeSet<PeerId>,
+    /// Relays this node dials on their QUIC address too, having reached them over TCP first
+    /// (see [`EventLoop::nat_identified`]), and when ([`super::relay_quic`]).
+    relay_quic: super::relay_quic::RelayQuicDials,
     /// AutoNAT dial-backs this node (as a server) is making: per peer (one at a time), the probe
     /// and the addresses it dials (see the module docs).
     dial_backs: HashMap<PeerId, (autonat::ProbeId, Vec<Multiaddr>)>,
@@ -142,7 +157,7 @@ impl NatState {
             last_try: HashMap::new(),
             relayed_dialled: HashMap::new(),
             punch_retries: HashMap::new(),
-            quic_dialled: BTreeSet::new(),
+            relay_quic: Default::default(),
             dial_backs: HashMap::new(),
         }
     }
@@ -177,6 +192,16 @@ impl NatState {
                 }
             }
         }
+    }
+
+    /// Whether `peer` already has a direct QUIC connection at `remote` (ignoring a trailing
+    /// `/p2p/<peer id>`): a new one is the duplicate of a simultaneous open (see the module docs).
+    fn duplicate_quic(&self, peer: &PeerId, remote: &Multiaddr) -> bool {
+        let bare = |a: &Multiaddr| -> Multiaddr {
+            a.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
+        };
+        let remote = bare(remote);
+        self.conns.get(peer).is_some_and(|c| c.values().any(|(r, a)| !r && is_quic(a) && bare(a) == remote))
     }
 
     fn kind(&self, peer: &PeerId) -> ConnectionKind {
@@ -234,6 +259,14 @@ impl EventLoop {
             return;
         }
         let relayed = endpoint.is_relayed();
+        if !relayed && is_quic(endpoint.get_remote_address()) {
+            if self.nat.duplicate_quic(&peer, endpoint.get_remote_address()) && self.local_peer_id < peer {
+                info!(target: EVENTS, event = "duplicate_connection_closed", %peer, address = %endpoint.get_remote_address(), "a second QUIC connection on the same address pair; closing the new one");
+                self.swarm.close_connection(id);
+                return;
+            }
+            self.nat.relay_quic.connected(&peer);
+        }
         match endpoint {
             ConnectedPoint::Dialer { address, .. } if relayed => {
                 self.nat.relayed_dialled.insert(peer, address.clone());
@@ -331,8 +364,9 @@ impl EventLoop {
     /// UDP candidate and punches over TCP only (where a TCP simultaneous open is the fragile
     /// one: docs/nat.md, "Why a punch failed here"). So while this node is not public and a
     /// relay it reserves on (configured or picked) announces a reachable QUIC listen address,
-    /// it dials that address once too (a second connection to the relay): the relay observes
-    /// this node's UDP mapping, which then goes into every punch as a candidate.
+    /// it dials that address too (a second connection to the relay): the relay observes this
+    /// node's UDP mapping, which then goes into every punch as a candidate. It dials it again
+    /// whenever that QUIC connection is gone, with a back-off ([`super::relay_quic`]).
     pub(super) fn nat_identified(&mut self, peer: PeerId, protocols: &[libp2p::StreamProtocol], listen: &[Multiaddr]) {
         if protocols.contains(&relay::HOP_PROTOCOL_NAME) {
             if let Some(addr) = self.nat.dialled.get(&peer)
@@ -345,29 +379,46 @@ impl EventLoop {
             self.nat.hop_peers.remove(&peer);
             return;
         }
-        let ours = self.nat.auto.contains_key(&peer)
-            || self.nat.cfg.relays.iter().any(|a| super::super::peer_id_of(a) == Some(peer));
-        if !ours || self.nat.reachability == Reachability::Public || self.nat.quic_dialled.contains(&peer) {
+        if !self.nat_is_our_relay(&peer) || self.nat.reachability == Reachability::Public {
             return;
         }
-        let over_quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
-        let has_quic = self.nat.conns.get(&peer).is_some_and(|c| c.values().any(|(r, a)| !r && over_quic(a)));
         let Some(quic) = listen.iter().find(|a| {
-            over_quic(a) && !super::super::nat::is_relayed(a) && is_public_addr(a, self.nat.cfg.private_as_public)
+            is_quic(a) && !super::super::nat::is_relayed(a) && is_public_addr(a, self.nat.cfg.private_as_public)
         }) else {
             return;
         };
-        if has_quic {
-            return;
-        }
-        self.nat.quic_dialled.insert(peer);
-        info!(target: EVENTS, event = "relay_quic_dial", relay = %peer, address = %quic, "reaching the relay over QUIC as well, for UDP hole punches");
-        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-            .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
-            .addresses(vec![quic.clone()])
-            .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            debug!(target: EVENTS, event = "relay_quic_dial_failed", relay = %peer, cause = %e);
+        self.nat.relay_quic.learn(peer, quic.clone(), Instant::now());
+        self.relay_quic_dial();
+    }
+
+    /// Whether `peer` is a relay this node reserves on (configured or picked).
+    fn nat_is_our_relay(&self, peer: &PeerId) -> bool {
+        self.nat.auto.contains_key(peer)
+            || self.nat.cfg.relays.iter().any(|a| super::super::peer_id_of(a) == Some(*peer))
+    }
+
+    /// Dial the QUIC address of each relay of this node that it reaches, but not over QUIC, and
+    /// whose back-off allows it ([`super::relay_quic`]): at once the first time, and again after
+    /// that QUIC connection closed (relay restart, NAT mapping expiry).
+    fn relay_quic_dial(&mut self) {
+        let mut ours: BTreeSet<PeerId> = self.nat.cfg.relays.iter().filter_map(super::super::peer_id_of).collect();
+        ours.extend(self.nat.auto.keys().copied());
+        let NatState { relay_quic, conns, .. } = &mut self.nat;
+        relay_quic.retain(|p| ours.contains(p));
+        // Reached directly (over TCP), not over QUIC: a relay not reached at all is dialled
+        // over TCP by the reservation first, and identify on that connection brings it here.
+        let due = relay_quic.due(Instant::now(), |p| {
+            conns.get(p).is_some_and(|c| c.values().any(|(r, _)| !r) && !c.values().any(|(r, a)| !r && is_quic(a)))
+        });
+        for (peer, quic) in due {
+            info!(target: EVENTS, event = "relay_quic_dial", relay = %peer, address = %quic, "reaching the relay over QUIC as well, for UDP hole punches");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(vec![quic])
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(target: EVENTS, event = "relay_quic_dial_failed", relay = %peer, cause = %e);
+            }
         }
     }
 
@@ -386,6 +437,7 @@ impl EventLoop {
         if self.nat.reachability == Reachability::Public {
             return;
         }
+        self.relay_quic_dial();
         let now = Instant::now();
         let retry = self.cfg.redial_interval.max(std::time::Duration::from_secs(1));
         let mut wanted: Vec<(PeerId, Multiaddr)> = Vec::new();
