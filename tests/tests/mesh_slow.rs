@@ -17,8 +17,8 @@
 //!   `BM_NET_TAG=slow18 cargo test -p buildmesh-tests --test mesh_slow -- --ignored --nocapture bench_slow_uplink`
 //!   (`BENCH_SLOW_KBIT`, `BENCH_SLOW_MB`, `BENCH_SLOW_LIMIT_S`).
 //!
-//! Needs root, iproute2 and `/dev/net/tun`. Each test makes its own namespaces: run them one at
-//! a time (`--test-threads 1`) when `BM_NET_TAG` is set, since the tag is then per process.
+//! Needs root, iproute2 and `/dev/net/tun`. Each test makes its own namespaces, named after the
+//! process; the tests of this binary take turns (`Netns` holds a lock while it lives).
 
 mod mesh_support;
 

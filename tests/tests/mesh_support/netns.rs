@@ -5,6 +5,11 @@
 //! Needs root and `ip` (iproute2); everything is removed on drop.
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// One `Netns` at a time per test process: the names carry the process's tag, so two tests of
+/// one binary running at once would create (and remove) each other's interfaces.
+static NETNS: Mutex<()> = Mutex::new(());
 
 /// The namespaces, bridges and addresses of one test.
 pub struct Netns {
@@ -13,6 +18,8 @@ pub struct Netns {
     /// Second octet of the test's private addresses (10.`net`.x.y).
     net: u8,
     nodes: usize,
+    /// Held until everything is removed (fields drop after `Drop::drop`).
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
 
 pub use buildmesh_tests::{ip, ip_program};
@@ -44,6 +51,7 @@ impl Netns {
 
     fn create(nodes: usize, bridged: bool) -> Netns {
         assert!(nodes < 200);
+        let serial = NETNS.lock().unwrap_or_else(PoisonError::into_inner);
         let pid = std::process::id();
         // A 10.x.0.0/16 that no route of this machine uses yet.
         let routes =
@@ -53,7 +61,7 @@ impl Netns {
             .map(|k| (100 + (pid + k) % 100) as u8)
             .find(|net| !routes.contains(&format!("10.{net}.")))
             .expect("a free 10.x.0.0/16");
-        let n = Netns { tag: net_tag(), net, nodes };
+        let n = Netns { tag: net_tag(), net, nodes, _one_at_a_time: serial };
         for bridge in [n.bridge('a'), n.bridge('b')] {
             ip(&["link", "add", &bridge, "type", "bridge"]);
             ip(&["link", "set", &bridge, "up"]);
