@@ -33,7 +33,7 @@ use buildmesh_protocol::signed::{Envelope, Signed};
 use buildmesh_protocol::store_path::{StoreDir, StorePath};
 use buildmesh_protocol::wire::{Encode as _, JobSubmission, Kind, LogDigest, Message, PROTOCOL_VERSION};
 use libp2p::PeerId;
-use mesh_support::intruder::{Answer, Intruder, SyncAnswer, now_ms, signed_attestation};
+use mesh_support::intruder::{Answer, Intruder, SyncAnswer, conduct, now_ms, signed_attestation};
 use mesh_support::*;
 
 /// What a peer answers to one request instead of the honest answer (`None`: honest).
@@ -142,15 +142,6 @@ fn job(key: &NodeKey, drv: StorePath) -> Message {
         priority: 0,
         replicas: 1,
     })
-}
-
-/// Node 0's view of `peer`'s conduct in `GET /api/v1/peers`.
-fn conduct(c: &Cluster, peer: &PeerId) -> serde_json::Value {
-    let (_, list) = get_json(&format!("{}/api/v1/peers", c.urls[0]));
-    list.as_array()
-        .and_then(|l| l.iter().find(|p| p["peer_id"] == peer.to_base58()))
-        .map(|p| p["conduct"].clone())
-        .unwrap_or_default()
 }
 
 /// Whether node 0 holds the revision `guix@<commit>`.

@@ -44,7 +44,7 @@ use buildmesh_protocol::store_path::StorePath;
 use buildmesh_protocol::wire::{Encode as _, Kind, Message, PROTOCOL_VERSION};
 use libp2p::PeerId;
 use libp2p::futures::future::join_all;
-use mesh_support::intruder::{Intruder, SyncAnswer, signed_attestation};
+use mesh_support::intruder::{Intruder, SyncAnswer, conduct, signed_attestation};
 use mesh_support::*;
 
 const SHARDS: u32 = 2;
@@ -121,15 +121,6 @@ fn ask(i: &Intruder, to: PeerId, req: &SyncRequest) -> Result<SyncResponse, Stri
 fn ask_raw(i: &Intruder, to: PeerId, body: Vec<u8>) -> Result<Vec<u8>, String> {
     std::thread::sleep(PACE);
     i.sync_raw(to, body)
-}
-
-/// Node 0's view of `peer`'s conduct in `GET /api/v1/peers`.
-fn conduct(c: &Cluster, peer: &PeerId) -> serde_json::Value {
-    let (_, list) = get_json(&format!("{}/api/v1/peers", c.urls[0]));
-    list.as_array()
-        .and_then(|l| l.iter().find(|p| p["peer_id"] == peer.to_base58()))
-        .map(|p| p["conduct"].clone())
-        .unwrap_or_default()
 }
 
 /// Submit `names` (already added to `d`) to node 0 and wait until each is `state` there.

@@ -227,3 +227,12 @@ pub fn signed_attestation(
         provenance: None,
     }
 }
+
+/// Node 0's view of `peer`'s conduct in `GET /api/v1/peers`.
+pub fn conduct(c: &Cluster, peer: &PeerId) -> serde_json::Value {
+    let (_, list) = super::get_json(&format!("{}/api/v1/peers", c.urls[0]));
+    list.as_array()
+        .and_then(|l| l.iter().find(|p| p["peer_id"] == peer.to_base58()))
+        .map(|p| p["conduct"].clone())
+        .unwrap_or_default()
+}
