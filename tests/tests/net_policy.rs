@@ -7,7 +7,7 @@
 //!   behind the token; the CLI finds the admin listener by itself (`submit`, `cancel`);
 //! - `submitters`: a stranger's job gossiped by an intruder, and a job of a real node whose key is
 //!   not allowed, are not built by the mesh's nodes, and `buildmesh explain` names the refused
-//!   submitter;
+//!   submitter, also when a claim opened the derivation before its refused job arrived;
 //! - `builders`: an intruder announcing itself does not become a member of a mesh whose nodes
 //!   list their builders, and does in an open mesh.
 
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use buildmesh_protocol::id::JobId;
 use buildmesh_protocol::store_path::StoreDir;
-use buildmesh_protocol::wire::{Announcement, JobSubmission, Message};
+use buildmesh_protocol::wire::{Announcement, Claim, JobSubmission, Message};
 use mesh_support::intruder::{Intruder, now_ms, throwaway};
 use mesh_support::*;
 
@@ -113,6 +113,19 @@ fn job(submitter: &buildmesh_protocol::identity::NodeKey, drv: &str) -> Message 
     })
 }
 
+fn claim(claimant: &buildmesh_protocol::identity::NodeKey, drv: &str) -> Message {
+    let now = now_ms();
+    Message::Claim(Claim {
+        job: JobId::from_bytes(*blake3::hash(drv.as_bytes()).as_bytes()),
+        claimant: claimant.node_id(),
+        store_dir: StoreDir::nix(),
+        drv: sd().parse_path(drv).unwrap(),
+        attempt: 1,
+        claimed_at_ms: now,
+        lease_expires_at_ms: now + 6000,
+    })
+}
+
 fn explain(url: &str, drv: &str) -> serde_json::Value {
     let (st, out, err) = cli(&["explain", "--api", url, "--json", drv]);
     assert!(st.success(), "explain: {out}\n{err}");
@@ -140,6 +153,29 @@ fn jobs_of_keys_that_are_not_submitters_are_refused_and_explained() {
         let who = e["refused_submitter"].as_str().unwrap();
         assert!(who.contains(&stranger.node_id().to_string()), "{e}");
         assert!(e["reasons"][0].as_str().unwrap().contains("submitters"), "{e}");
+    }
+
+    // 1b. The race the outsider below can hit: its claim reaches the cluster before its job
+    // (the job topic's gossip mesh was not formed yet), so a claim opened the derivation's entry.
+    // The refusal of the job that follows must still be what explain says.
+    let raced = "/nix/store/00000000000000000000000000000032-raced.drv";
+    let signer = stranger.clone();
+    intruder.repeat(stranger.clone(), Duration::from_millis(500), move || announcement(&signer));
+    let signer = stranger.clone();
+    intruder.repeat(stranger.clone(), Duration::from_millis(500), move || claim(&signer, raced));
+    for i in 0..2 {
+        wait_for("a claim opens the raced derivation", Duration::from_secs(20), || {
+            (explain(&c.urls[i], raced)["mesh_state"] == "active").then_some(())
+        });
+    }
+    let signer = stranger.clone();
+    intruder.repeat(stranger.clone(), Duration::from_millis(500), move || job(&signer, raced));
+    for i in 0..2 {
+        let e = wait_for("explain names the stranger after its claim", Duration::from_secs(20), || {
+            let e = explain(&c.urls[i], raced);
+            (e["mesh_state"] == "refused").then_some(e)
+        });
+        assert!(e["refused_submitter"].as_str().unwrap().contains(&stranger.node_id().to_string()), "{e}");
     }
     intruder.shutdown();
 

@@ -710,13 +710,14 @@ impl Driver {
             Command::Jobs { drvs, reply } => {
                 let views = drvs
                     .iter()
-                    .map(|d| match self.mesh.job(d) {
-                        Some(v) => DrvInMesh::Tracked(Box::new(v)),
-                        None if self.mesh.is_pending(d) => DrvInMesh::Pending,
-                        None => match self.mesh.refusal(d) {
-                            Some(submitter) => DrvInMesh::Refused { submitter },
-                            None => DrvInMesh::Unknown,
-                        },
+                    .map(|d| match (self.mesh.job(d), self.mesh.refusal(d)) {
+                        // An entry that only claims or attestations opened (no accepted
+                        // submission: `replicas` unknown) says less than a refusal of its job.
+                        (Some(v), Some(submitter)) if v.replicas.is_none() => DrvInMesh::Refused { submitter },
+                        (Some(v), _) => DrvInMesh::Tracked(Box::new(v)),
+                        (None, _) if self.mesh.is_pending(d) => DrvInMesh::Pending,
+                        (None, Some(submitter)) => DrvInMesh::Refused { submitter },
+                        (None, None) => DrvInMesh::Unknown,
                     })
                     .collect();
                 let _ = reply.send(Ok(views));
