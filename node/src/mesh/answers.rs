@@ -13,7 +13,10 @@
 //! What never does, because an honest build of another version may send it:
 //! - an error answer, a "not found" answer;
 //! - an answer whose variant index this build does not know (a newer build appends variants;
-//!   [`Unreadable::Excused`]);
+//!   [`Unreadable::Excused`]). Such answers are counted per peer and protocol instead
+//!   ([`read_noted`]): 16 in a row with no readable answer between bench the peer on that
+//!   protocol for 10 minutes (it is not asked there; [`crate::net::unread`]), so a peer that
+//!   answers nothing else cannot waste this node's requests forever;
 //! - a record of another protocol version;
 //! - a correctly signed record that fails this build's checks after its signature (its payload
 //!   does not decode, names another author, or fails its kind's content checks): the record is
@@ -84,9 +87,26 @@ pub fn read<T: Answer>(bytes: &[u8], max: usize) -> Result<T, Unreadable> {
 /// Decode the answer `bytes` that `peer` sent against the node's configured cap for its
 /// protocol, giving `peer` a strike when it is garbage.
 pub async fn read_from<T: Answer>(net: &NetHandle, peer: PeerId, bytes: &[u8]) -> Result<T, Unreadable> {
-    let read = read::<T>(bytes, net.limits(T::PROTOCOL).max_response);
+    let read = read_noted::<T>(net, peer, bytes);
     if let Err(Unreadable::Garbage(_)) = &read {
         net.malformed(peer, T::WHAT).await;
+    }
+    read
+}
+
+/// Decode the answer `bytes` that `peer` sent against the node's configured cap for its
+/// protocol, and count it in the node's book of unreadable answers ([`crate::net::unread`]): an
+/// answer of a variant this build does not know counts one more in a row (many in a row bench
+/// the peer on that protocol), a readable one clears the count. No strike here (the caller of
+/// [`read_from`] strikes garbage; the NAR chunk reader after its chunked fetch).
+pub fn read_noted<T: Answer>(net: &NetHandle, peer: PeerId, bytes: &[u8]) -> Result<T, Unreadable> {
+    let read = read::<T>(bytes, net.limits(T::PROTOCOL).max_response);
+    match &read {
+        Ok(_) => net.answer_read(peer, T::PROTOCOL),
+        Err(Unreadable::Excused(RpcError::Malformed { .. })) => {
+            net.answer_unread(peer, T::PROTOCOL);
+        }
+        Err(_) => {}
     }
     read
 }

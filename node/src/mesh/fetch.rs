@@ -307,7 +307,6 @@ impl Fetcher {
         std::fs::create_dir_all(&self.tmp_dir).map_err(tmp_err)?;
         let file = tempfile::tempfile_in(&self.tmp_dir).map_err(tmp_err)?;
         let mut sink = std::io::BufWriter::with_capacity(1 << 20, file);
-        let max = self.net_max_nar_response();
         // Bytes of the NAR written to `sink` so far (chunks arrive and are written in order).
         let mut start = 0u64;
         // Attempts in a row that failed before their first chunk, after an earlier one resumed.
@@ -326,7 +325,7 @@ impl Fetcher {
                     RequestProtocol::Nar,
                     plan,
                     |offset, len| rpc::encode(&NarRequest { nar_hash, offset: start + offset, len }),
-                    |_, _, response| match answers::read::<NarResponse>(&response, max)? {
+                    |_, _, response| match answers::read_noted::<NarResponse>(&self.net, peer, &response)? {
                         NarResponse::Chunk(data) => Ok(data),
                         NarResponse::NotFound => Err(ChunkRefused::NotFound),
                         NarResponse::Error(e) => Err(ChunkRefused::Remote(e)),
@@ -374,11 +373,6 @@ impl Fetcher {
         file.seek(SeekFrom::Start(0)).map_err(tmp_err)?;
         let store = self.store.clone();
         blocking(move || Ok(store.put_nar_expecting(&mut file, &NixHash::sha256(nar_hash), nar_size)?)).await
-    }
-
-    /// The node's configured cap of a NAR chunk answer (what the codec enforces too).
-    fn net_max_nar_response(&self) -> usize {
-        self.net.limits(RequestProtocol::Nar).max_response
     }
 
     /// Make sure `drv`'s `.drv` closure is stored and its input sources registered, asking

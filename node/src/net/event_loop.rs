@@ -146,6 +146,7 @@ impl EventLoop {
         let nat = nat::NatState::new(cfg.nat.clone(), nat_shared.clone(), nat::NatMetrics::register(&mut registry));
         let handle = NetHandle {
             limits: [cfg.closure_limits, cfg.nar_limits, cfg.sync_limits],
+            unread: super::unread::SharedUnread::default(),
             nat: nat_shared,
             conduct: conduct.clone(),
             commands: cmd_tx,

@@ -270,6 +270,15 @@ pub enum RequestError {
     /// The event loop has stopped.
     #[error("the network event loop has stopped")]
     Stopped,
+    /// The peer answered this protocol only with what this build cannot read, many times in a
+    /// row: it is not asked on it for a while ([`super::unread`]); nothing was sent.
+    #[error("{peer} is not asked on {protocol} for a while (its answers are unreadable here)")]
+    Benched {
+        /// Protocol.
+        protocol: RequestProtocol,
+        /// The peer.
+        peer: PeerId,
+    },
 }
 
 /// Why [`NetHandle::respond`] failed.
@@ -380,6 +389,8 @@ pub struct NetHandle {
     pub(crate) nat: super::nat::SharedNat,
     /// The configured size caps of the closure, NAR and sync protocols, in that order.
     pub(crate) limits: [super::RrLimits; 3],
+    /// The peers whose answers this build cannot read ([`super::unread`]).
+    pub(crate) unread: super::unread::SharedUnread,
 }
 
 /// Slack added to the event loop's own timeouts before the handle gives up waiting.
@@ -516,12 +527,14 @@ impl NetHandle {
 
     /// Sends one request and awaits the response (dialling the peer if needed, using any address
     /// the swarm knows for it). Bounded by `request_timeout` (+ `dial_timeout` when dialling).
+    /// A peer benched on `protocol` is not asked ([`RequestError::Benched`], see [`super::unread`]).
     pub async fn send_request(
         &self,
         peer: PeerId,
         protocol: RequestProtocol,
         data: Vec<u8>,
     ) -> Result<Vec<u8>, RequestError> {
+        self.check_benched(peer, protocol)?;
         let after = self.timeouts.request + self.timeouts.dial + REPLY_SLACK;
         match self.call("send_request", after, |reply| Command::SendRequest { peer, protocol, data, reply }).await {
             Ok(r) => r,

@@ -36,6 +36,7 @@ pub mod nat;
 mod pacing;
 pub mod peer_limits;
 mod punch;
+pub mod unread;
 
 use std::fmt;
 
@@ -57,6 +58,7 @@ pub use handle::{
 pub use libp2p::gossipsub::{MessageAcceptance, MessageId};
 pub use nat::{ConnectionKind, NatConfig, NatSettings, NatSettingsError, Reachability, RelayLimits};
 pub use peer_limits::{PeerConduct, PeerLimitsConfig, RateLimit};
+pub use unread::UnreadBook;
 
 /// The per-peer records the event loop publishes for [`NetHandle::peer_conduct`].
 pub(crate) type SharedConduct = std::sync::Arc<std::sync::RwLock<std::collections::HashMap<PeerId, PeerConduct>>>;

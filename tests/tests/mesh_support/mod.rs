@@ -14,6 +14,7 @@ pub mod node_support;
 
 pub use node_support::*;
 
+pub mod answering;
 pub mod intruder;
 pub mod natns;
 pub mod netns;
