@@ -6,8 +6,8 @@
 //!   manifest, log, retry, closure, NAR chunk), and the node goes on: it asks the next peer for
 //!   the manifest and the closure, and asks for the revision page again later;
 //! - answers whose variant this build does not know cost no strike, but 16 in a row bench the
-//!   peer on that protocol (the node stops asking it there for a while); a readable answer
-//!   between starts the count over;
+//!   peer on that protocol (the node stops asking it there for a while, and `GET /api/v1/peers`
+//!   shows it in `conduct.benched`); a readable answer between starts the count over;
 //! - a peer whose bytes were not the signed manifest is not asked for that manifest again (the
 //!   other peers still are, every retry round), and is not struck.
 
@@ -260,6 +260,18 @@ fn unreadable_answers_in_a_row_bench_a_peer_without_a_strike() {
     }
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(mute_asked.lock().unwrap().len(), asked, "a benched peer was asked again");
+    // `GET /api/v1/peers` shows the bench (the peers' list is refreshed within a second or so).
+    let benched = |who: &Intruder| conduct(&c, &who.net.local_peer_id())["benched"].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while benched(&mute) != serde_json::json!(["/buildmesh/sync/1"]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench is not shown: conduct {}",
+            conduct(&c, &mute.net.local_peer_id())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(benched(&chatty), serde_json::json!([]), "a peer that is not benched shows an empty list");
     assert_unstruck(&c, &mute, "a peer answering unknown variants");
     assert_unstruck(&c, &chatty, "a peer answering unknown variants");
     mute.shutdown();

@@ -417,9 +417,14 @@ impl NetHandle {
 
     /// What this node holds against the peers it has a record of (gossip score, graylisting,
     /// refused requests, oversized frames), as of the event loop's last housekeeping tick
-    /// (every 500 ms). Peers without a record behaved.
+    /// (every 500 ms), and the protocols each is benched on now ([`super::unread`]). Peers
+    /// without a record behaved.
     pub fn peer_conduct(&self) -> std::collections::HashMap<PeerId, super::PeerConduct> {
-        self.conduct.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        let mut records = self.conduct.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for (peer, protocol) in self.benches() {
+            records.entry(peer).or_default().benched.push(protocol.name().to_string());
+        }
+        records
     }
 
     /// Whether this node is publicly reachable, as AutoNAT last found it.

@@ -129,6 +129,10 @@ pub struct PeerConduct {
     /// a sync page with records that do not verify).
     #[serde(default)]
     pub malformed: u64,
+    /// The request protocols (`/buildmesh/sync/1`, …) this node does not ask it on for now,
+    /// because its last answers there were all unreadable ([`super::unread`]); empty otherwise.
+    #[serde(default)]
+    pub benched: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -267,6 +271,7 @@ impl PeerLimits {
             requests_admitted: st.admitted,
             oversized_frames: st.oversized,
             malformed: st.malformed,
+            benched: Vec::new(),
         }
     }
 

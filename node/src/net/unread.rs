@@ -78,6 +78,14 @@ impl UnreadBook {
             None => false,
         }
     }
+
+    /// The live benches at `now`: (peer, protocol), ordered by peer, then protocol.
+    pub fn benches(&self, now: Instant) -> Vec<(PeerId, RequestProtocol)> {
+        let mut live: Vec<(PeerId, RequestProtocol)> =
+            self.entries.iter().filter(|(_, e)| e.benched_until.is_some_and(|t| t > now)).map(|(k, _)| *k).collect();
+        live.sort();
+        live
+    }
 }
 
 /// The book a [`NetHandle`] shares between its clones.
@@ -111,6 +119,12 @@ impl NetHandle {
         self.unread_book().benched(peer, protocol, Instant::now())
     }
 
+    /// The (peer, protocol) pairs benched now, as `GET /api/v1/peers` shows them
+    /// (`conduct.benched`).
+    pub fn benches(&self) -> Vec<(PeerId, RequestProtocol)> {
+        self.unread_book().benches(Instant::now())
+    }
+
     /// [`RequestError::Benched`] when `peer` is benched on `protocol`.
     pub(crate) fn check_benched(&self, peer: PeerId, protocol: RequestProtocol) -> Result<(), RequestError> {
         if self.benched(peer, protocol) { Err(RequestError::Benched { protocol, peer }) } else { Ok(()) }
@@ -141,10 +155,12 @@ mod tests {
         assert!(b.benched(p, sync, t0));
         // Only that peer, only that protocol.
         assert!(!b.benched(q, sync, t0) && !b.benched(p, nar, t0));
+        assert_eq!(b.benches(t0), vec![(p, sync)], "listed while benched");
         assert!(!b.unread(p, sync, t0), "already benched: not benched again");
         // For a while.
         assert!(b.benched(p, sync, t0 + BENCH - Duration::from_secs(1)));
         assert!(!b.benched(p, sync, t0 + BENCH));
+        assert!(b.benches(t0 + BENCH).is_empty(), "not listed once the bench is over");
         for _ in 0..UNREAD_IN_A_ROW - 1 {
             assert!(!b.unread(p, sync, t0 + BENCH));
         }

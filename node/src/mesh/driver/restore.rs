@@ -214,10 +214,10 @@ impl Driver {
                 v.direct_addresses = addrs.iter().map(|a| a.to_string()).collect();
             }
         }
-        // What the net layer holds against peers: shown on their entries, and a graylisted or
-        // struck peer that is neither a member nor connected still gets one.
+        // What the net layer holds against peers: shown on their entries, and a graylisted,
+        // struck or benched peer that is neither a member nor connected still gets one.
         for (peer, conduct) in self.ctx.net.peer_conduct() {
-            if conduct.graylisted || conduct.strikes > 0.0 || peers.contains_key(&peer) {
+            if conduct.graylisted || conduct.strikes > 0.0 || !conduct.benched.is_empty() || peers.contains_key(&peer) {
                 peers.entry(peer).or_insert_with(|| view_of(&peer, node_of(&peer))).conduct = conduct;
             }
         }

@@ -244,7 +244,10 @@ where
 }
 
 enum Tracked {
-    Fetching,
+    /// Queued or being fetched, after `failed` attempts that failed.
+    Fetching {
+        failed: u32,
+    },
     Missing(MissingManifest),
 }
 
@@ -319,13 +322,13 @@ impl ManifestFetcher {
         let hash = header.manifest_hash;
         let previous = {
             let mut states = self.states();
-            if matches!(states.get(&hash), Some(Tracked::Fetching)) {
-                return;
-            }
-            if states.len() >= MAX_TRACKED && !states.contains_key(&hash) {
-                return; // the retry round asks again
-            }
-            states.insert(hash, Tracked::Fetching)
+            let failed = match states.get(&hash) {
+                Some(Tracked::Fetching { .. }) => return,
+                Some(Tracked::Missing(m)) => m.attempts,
+                None if states.len() >= MAX_TRACKED => return, // the retry round asks again
+                None => 0,
+            };
+            states.insert(hash, Tracked::Fetching { failed })
         };
         if self.inner.tx.try_send(header).is_err() {
             let mut states = self.states();
@@ -435,9 +438,11 @@ impl ManifestFetcher {
         };
         tracing::warn!(target: "buildmesh::_events::mesh", event = "manifest_missing", %error);
         let mut states = self.states();
+        // The attempts before this one are kept while it is queued and fetched (`want`).
         let attempts = match states.get(&hash) {
-            Some(Tracked::Missing(m)) => m.attempts + 1,
-            _ => 1,
+            Some(Tracked::Fetching { failed }) => failed.saturating_add(1),
+            Some(Tracked::Missing(m)) => m.attempts.saturating_add(1),
+            None => 1,
         };
         states.insert(
             hash,

@@ -138,3 +138,36 @@ fn a_peer_that_served_wrong_bytes_is_skipped_for_that_manifest_a_while() {
     assert!(!FetchFailure::Peer("error".into()).served_wrong_bytes());
     assert!(!FetchFailure::Quota("full".into()).served_wrong_bytes());
 }
+
+/// Every failed attempt counts in `attempts` (`want` used to overwrite the missing state with
+/// "fetching", so `attempts` stayed 1 forever); while queued again it shows as fetching. A real
+/// store and a real network task with no peer: every attempt fails with "no peer to ask".
+#[tokio::test]
+async fn every_failed_attempt_counts() {
+    use buildmesh_protocol::mesh::TrustConfig;
+
+    use crate::mesh::MeshSettings;
+    use crate::net::{NetConfig, keypair_from_seed};
+
+    let me = NodeKey::from_seed("me", [5; 32]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let cfg = NetConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()], mdns: false, ..NetConfig::default() };
+    let (net, _events, _task) = crate::net::spawn(keypair_from_seed(me.seed()), cfg).unwrap();
+    let quotas = Arc::new(Quotas::new(me.node_id(), TrustConfig::default(), &MeshSettings::default()));
+    let fetcher = ManifestFetcher::new(store, net.clone(), quotas, 60_000);
+    let (h, _) = header(&me, "c1", 1, 3, 0);
+    for n in 1..=3 {
+        fetcher.want(h.clone());
+        assert_eq!(fetcher.state(&h.manifest_hash), ManifestState::Fetching);
+        fetcher.want(h.clone()); // already queued: nothing changes
+        fetcher.fetch(h.clone()).await;
+        let ManifestState::Missing(m) = fetcher.state(&h.manifest_hash) else {
+            panic!("not missing after attempt {n}")
+        };
+        assert_eq!(m.attempts, n, "attempts after {n} failed attempts: {m:?}");
+        assert!(m.error.contains("no peer to ask"), "{}", m.error);
+    }
+    assert_eq!(fetcher.counts(), (0, 3));
+    net.shutdown().await;
+}
