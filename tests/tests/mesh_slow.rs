@@ -9,8 +9,7 @@
 //!   measures within 10% of the cap (1 Mbit/s and 512 kbit/s), and the other direction is not
 //!   capped.
 //! - `a_nar_crosses_a_512_kbit_uplink` (CI): a node on the fast side fetches a 2 MiB NAR from
-//!   builders behind 512 kbit/s uplinks (ADSL) within 1.75 times what the link takes at its cap
-//!   (it takes about 1.25 times; without pacing it did not arrive within 90 s),
+//!   builders behind 512 kbit/s uplinks (ADSL) within 1.5 times what the link takes at its cap,
 //!   complete and verified (the quorum gateway serves it only after `put_nar_expecting`); and
 //!   while it crosses, each builder (so also the one serving it, its uplink saturated) gets an
 //!   attestation it makes to the fetcher within 3 s and answers the fetcher's request for that
@@ -329,7 +328,7 @@ fn a_nar_crosses_a_512_kbit_uplink() {
     let ideal = at_cap(size, uplink);
     eprintln!("{size} B NAR over a 512 kbit/s uplink in {secs:.1} s ({ideal:.1} s at the cap)");
     assert!(size > 2 * MIB, "NarSize {size}");
-    assert!(secs < 1.75 * ideal, "{size} B over 512 kbit/s took {secs:.1} s, {ideal:.1} s at the cap\n{}", c.logs());
+    assert!(secs < 1.5 * ideal, "{size} B over 512 kbit/s took {secs:.1} s, {ideal:.1} s at the cap\n{}", c.logs());
 }
 
 /// The CI bounds of `a_nar_crosses_a_512_kbit_uplink`'s probes: an attestation of a builder whose
