@@ -359,7 +359,7 @@ pub struct ChunkPlan {
     pub chunk_size: u32,
     /// Bytes per request at least, before the object's end: below `chunk_size`, the requests are
     /// paced to the throughput seen so far (`min_chunk` first, then sized so that the bytes in
-    /// flight take 1 s at that throughput, with fewer than `window` of them in flight if need
+    /// flight take 3 s at that throughput, with fewer than `window` of them in flight if need
     /// be (at least 2); see `net/pacing.rs`); at `chunk_size` or above, every request is of `chunk_size`.
     pub min_chunk: u32,
     /// Requests in flight at once (pipelining); responses are still written in order.
