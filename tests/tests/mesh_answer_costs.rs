@@ -16,9 +16,8 @@ mod mesh_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use buildmesh::mesh::rpc::{self, ClosureRequest, ClosureResponse, NarResponse, SourceInfo, SyncRequest, SyncResponse};
+use buildmesh::mesh::rpc::{self, ClosureRequest, ClosureResponse, NarResponse, SyncRequest, SyncResponse};
 use buildmesh::net::RequestProtocol;
-use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::signed::Envelope;
 use buildmesh_protocol::store_path::StorePath;
@@ -82,18 +81,7 @@ fn error_answers_cost_nothing_in_any_reader_and_the_node_asks_on() {
         }),
     );
     let src = StorePath::new([112; 20], "refused-source").unwrap();
-    let mut d = Drvs::new(&tmp.path().join("drvs"));
-    let (nar_drv, _) = d.add_with_sources("nar-refused", "true", &[], std::slice::from_ref(&src));
-    let aterm = std::fs::read(d.dir.join("nar-refused.drv")).unwrap();
-    let source = SourceInfo {
-        path: src.to_string(),
-        nar_hash: NixHash::sha256([7; 32]).to_string(),
-        nar_size: 112,
-        references: vec![],
-        ca: None,
-    };
-    let found =
-        rpc::encode(&ClosureResponse::Found { drvs: vec![(nar_drv.to_string(), aterm)], sources: vec![source] });
+    let (nar_drv, found) = closure_with_source(&tmp.path().join("drvs"), "nar-refused", &src);
     let closure_error = rpc::encode(&ClosureResponse::Error { message: "no".into() });
     let (refuser_closures, refuser_nars) = (ClosuresAsked::default(), Arc::new(Mutex::new(0u32)));
     let (closures, nars, nar_name) = (refuser_closures.clone(), refuser_nars.clone(), nar_drv.to_string());

@@ -24,9 +24,8 @@ mod mesh_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use buildmesh::mesh::rpc::{self, ClosureResponse, SourceInfo, SyncRequest, SyncResponse};
+use buildmesh::mesh::rpc::{self, SyncRequest, SyncResponse};
 use buildmesh::net::RequestProtocol;
-use buildmesh_protocol::hash::NixHash;
 use buildmesh_protocol::identity::NodeKey;
 use buildmesh_protocol::signed::Envelope;
 use buildmesh_protocol::store_path::StorePath;
@@ -215,18 +214,7 @@ fn garbage_answers_cost_a_strike_in_every_reader_and_newer_builds_none() {
     // with bytes that do not decode.
     let nar_key = NodeKey::from_seed("answers-nar", [108; 32]).unwrap();
     let src = StorePath::new([108; 20], "garbage-source").unwrap();
-    let mut d = Drvs::new(&tmp.path().join("drvs"));
-    let (nar_drv, _) = d.add_with_sources("nar-garbage", "true", &[], std::slice::from_ref(&src));
-    let aterm = std::fs::read(d.dir.join("nar-garbage.drv")).unwrap();
-    let source = SourceInfo {
-        path: src.to_string(),
-        nar_hash: NixHash::sha256([7; 32]).to_string(),
-        nar_size: 112,
-        references: vec![],
-        ca: None,
-    };
-    let closure =
-        rpc::encode(&ClosureResponse::Found { drvs: vec![(nar_drv.to_string(), aterm)], sources: vec![source] });
+    let (nar_drv, closure) = closure_with_source(&tmp.path().join("drvs"), "nar-garbage", &src);
     let sync = peer(vec![], vec![], Asked::default(), honest());
     let nar_asked = Arc::new(Mutex::new(0u32));
     let counted = nar_asked.clone();

@@ -158,3 +158,22 @@ pub fn wait_struck(c: &Cluster, who: &Intruder, what: &str) {
     });
     assert!(k["strikes"].as_f64().unwrap() >= 0.9, "{what}: {k}");
 }
+
+/// A `.drv` `name` (made in `dir`, reading the input source `src`) and the closure answer that
+/// names it and `src` as a source (a made-up NAR hash of 112 bytes): what a submitter serves for
+/// a job whose input it must also serve as a NAR.
+pub fn closure_with_source(dir: &std::path::Path, name: &str, src: &StorePath) -> (StorePath, Vec<u8>) {
+    let mut d = super::Drvs::new(dir);
+    let (drv, _) = d.add_with_sources(name, "true", &[], std::slice::from_ref(src));
+    let aterm = std::fs::read(d.dir.join(format!("{name}.drv"))).unwrap();
+    let source = rpc::SourceInfo {
+        path: src.to_string(),
+        nar_hash: buildmesh_protocol::hash::NixHash::sha256([7; 32]).to_string(),
+        nar_size: 112,
+        references: vec![],
+        ca: None,
+    };
+    let found =
+        rpc::encode(&rpc::ClosureResponse::Found { drvs: vec![(drv.to_string(), aterm)], sources: vec![source] });
+    (drv, found)
+}
