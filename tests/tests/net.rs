@@ -200,6 +200,27 @@ async fn dial_by_address_returns_peer_id() {
     assert!(b.handle.dial(dead).await.is_err());
 }
 
+/// A node whose listening port another socket holds on another local address (here 127.0.0.2;
+/// on a real machine an outgoing connection from another interface, or its TIME_WAIT) cannot
+/// bind `0.0.0.0:<port>` to dial from it: it must dial from a new port instead of failing every
+/// dial (it stayed out of the mesh for a minute, seen in a `trust_mesh` run).
+#[tokio::test]
+async fn a_node_whose_listening_port_is_taken_elsewhere_still_dials() {
+    let a = start(test_cfg(Transport::Tcp)).await;
+    let holder = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let mut cfg = test_cfg(Transport::Tcp);
+    cfg.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    let b = start_with_bootstrap(cfg, &[&a]).await;
+    let (a_id, b_id) = (a.id(), b.id());
+    eventually("the bootstrap dial connects", || async { connected(&b).await.contains(&a_id) }).await;
+    assert!(connected(&a).await.contains(&b_id));
+    // A dial by address (its reply waits for the dial from the new port).
+    let c = start(test_cfg(Transport::Tcp)).await;
+    assert_eq!(b.handle.dial(c.addr.clone()).await.unwrap(), c.id());
+    drop(holder);
+}
+
 #[tokio::test]
 async fn rejected_message_is_not_forwarded_and_penalises_sender() {
     // Line topology A - B - C, enforced with block lists so kad cannot connect A and C.

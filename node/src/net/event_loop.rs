@@ -278,6 +278,48 @@ impl EventLoop {
         }
     }
 
+    /// Dial again from a new port the addresses a dial could not bind its listening port for.
+    ///
+    /// A TCP dial reuses the listening port (for hole punching), binding `0.0.0.0:<port>`. Any
+    /// other socket on that port on another local address (an outgoing connection from another
+    /// interface, or its TIME_WAIT) makes that bind fail for as long as the socket lives,
+    /// although the listener on `127.0.0.1:<port>` bound fine: every dial of such a node failed
+    /// for a minute and it stayed out of the mesh. Returns whether a new dial took over (a
+    /// pending [`Command::Dial`] reply moves to it).
+    fn redial_from_new_port(
+        &mut self,
+        failed: ConnectionId,
+        peer: Option<PeerId>,
+        error: &libp2p::swarm::DialError,
+    ) -> bool {
+        let libp2p::swarm::DialError::Transport(errors) = error else { return false };
+        let addrs: Vec<Multiaddr> = errors.iter().filter(|(_, e)| port_in_use(e)).map(|(a, _)| a.clone()).collect();
+        if addrs.is_empty() {
+            return false;
+        }
+        let opts = match peer {
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::Disconnected)
+                .allocate_new_port()
+                .build(),
+            None if addrs.len() == 1 => {
+                DialOpts::unknown_peer_id().address(addrs[0].clone()).allocate_new_port().build()
+            }
+            None => return false,
+        };
+        let id = opts.connection_id();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(?peer, cause = %e, "dial from a new port not started");
+            return false;
+        }
+        debug!(target: EVENTS, event = "dial_port_in_use", ?peer, "listening port taken for dialling; dialling from a new port");
+        if let Some(pending) = self.pending_dials.remove(&failed) {
+            self.pending_dials.insert(id, pending);
+        }
+        true
+    }
+
     fn dial_bootstrap_peers(&mut self) {
         for (peer, addr) in self.bootstrap.clone() {
             let mut plain = addr.clone();
@@ -429,6 +471,9 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 debug!(peer = ?peer_id, cause = %error, "outgoing connection failed");
+                if self.redial_from_new_port(connection_id, peer_id, &error) {
+                    return;
+                }
                 if let Some(peer) = peer_id
                     && self.bootstrap.iter().any(|(b, _)| *b == peer)
                 {
@@ -614,6 +659,26 @@ pub(super) fn is_power_of_ten(mut n: u64) -> bool {
     n == 1
 }
 
+/// Whether a transport error is a dial that could not bind its local port (`EADDRINUSE`),
+/// however deep the transport layers wrapped it. The `Either`s of the transport stack hide the
+/// `io::Error` from `source()` chains, so the rendered error is what is matched: the OS's own
+/// rendering of that code, `(os error 98)` on Linux.
+fn port_in_use(error: &libp2p::TransportError<std::io::Error>) -> bool {
+    let libp2p::TransportError::Other(e) = error else { return false };
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        return true;
+    }
+    let needle = format!("(os error {})", nix::errno::Errno::EADDRINUSE as i32);
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains(&needle) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Whether an address a peer reports is worth storing (not unspecified, not empty).
 fn is_dialable(addr: &Multiaddr) -> bool {
     match addr.iter().next() {
@@ -633,6 +698,16 @@ mod tests {
         assert!(is_dialable(&"/ip4/127.0.0.1/tcp/1".parse().unwrap()));
         assert!(!is_dialable(&"/ip4/0.0.0.0/tcp/1".parse().unwrap()));
         assert!(!is_dialable(&Multiaddr::empty()));
+    }
+
+    #[test]
+    fn a_port_in_use_is_found_under_the_transport_layers() {
+        use std::io::{Error, ErrorKind};
+        let wrapped = Error::other(Error::other(Error::from_raw_os_error(98)));
+        assert!(port_in_use(&libp2p::TransportError::Other(wrapped)));
+        let refused = Error::other(Error::from(ErrorKind::ConnectionRefused));
+        assert!(!port_in_use(&libp2p::TransportError::Other(refused)));
+        assert!(!port_in_use(&libp2p::TransportError::MultiaddrNotSupported(Multiaddr::empty())));
     }
 
     #[test]
