@@ -1,16 +1,19 @@
 //! Shard discovery on real nodes (issue 18; docs/protocol.md *Shards*): six `buildmesh node`
-//! processes with `--mesh-shards 2`, three in each shard, every one bootstrapped to node 0 only
-//! and with `target_peers = 1`, so that the ordinary dialling stops at the bootstrap connection.
-//! With shard discovery (a Kademlia provider record per shard, `shard_peers`) the members of the
-//! shard node 0 is not in hold direct connections to each other, their views fill, a k = 2 DAG of
-//! that shard submitted to node 0 is built by two of them, node 0 learns every result, and once
-//! its submission is done it stops observing that shard (`shard_released`).
+//! processes with `--mesh-shards 2`, three in each shard, each in its own network namespace,
+//! every one bootstrapped to node 0 only and with `target_peers = 1`, so that the ordinary
+//! dialling stops at the bootstrap connection.
 //!
-//! Known limit: this mesh is smaller than Kademlia's k (20), so Kademlia's own walks (its
-//! automatic bootstrap after each new routing-table entry) contact every node, and gossipsub
-//! keeps the connections of peers sharing a topic: with `shard_peers = 0` this test passes too.
-//! What it shows is that discovery works and stays within the limits; that discovery is needed
-//! only shows in a mesh larger than k. The unsubscribe step fails when the release is removed.
+//! The members of the shard node 0 is not in ("far") join while the paths between them are cut
+//! (`prohibit` routes: a dial fails at once); every other path is open. In a mesh this small
+//! Kademlia's walks at the join reach every node they can, so without the cut they would connect
+//! the far members anyway (gossipsub then keeps the connection: the test passed with discovery
+//! off). With the cut the walks miss them, as they miss most of a shard in a mesh much larger
+//! than Kademlia's k; once the walks are over the paths open, and only shard discovery (a
+//! Kademlia provider record per shard, `shard_peers`) brings the far members together: their
+//! views fill, a k = 2 DAG of that shard submitted to node 0 is built by two of them, node 0
+//! learns every result, and once its submission is done it stops observing that shard
+//! (`shard_released`). With `shard_peers = 0` the test fails at "connect to the rest of shard".
+//! Needs root and iproute2, like `mesh_netns`.
 
 mod mesh_support;
 
@@ -21,8 +24,11 @@ use buildmesh_protocol::mesh::shard::{drv_shard, node_shard};
 use mesh_support::*;
 
 const SHARDS: u32 = 2;
+/// Time for Kademlia's walks at the join to end.
+const WALKS: Duration = Duration::from_secs(3);
 
-/// The fast timers, the bootstrap connection as the only ordinary one, and shard discovery.
+/// The fast timers, the bootstrap connection as the only ordinary one, and shard discovery
+/// (`shard_peers = 0` turns it off: then this test fails).
 fn mesh_config() -> String {
     format!("{FAST_MESH}target_peers = 1\nshard_peers = 4\n")
 }
@@ -42,15 +48,45 @@ fn connected(c: &Cluster, i: usize) -> Vec<String> {
 #[test]
 fn the_members_of_a_shard_find_each_other_through_one_bootstrap_node() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = Cluster::start_sharded_with_mesh(tmp.path(), 3, SHARDS, &[], &mesh_config());
-    let shard_of: Vec<u32> = c.keys.iter().map(|k| node_shard(&k.node_id(), SHARDS)).collect();
-    let by_peer: BTreeMap<String, usize> = c.peer_ids.iter().cloned().enumerate().map(|(i, p)| (p, i)).collect();
+    let keys = sharded_keys(tmp.path(), 3, SHARDS);
+    let shard_of: Vec<u32> = keys.iter().map(|k| node_shard(&k.node_id(), SHARDS)).collect();
     let other = 1 - shard_of[0];
     let far: Vec<usize> = (0..6).filter(|i| shard_of[*i] == other).collect();
     assert_eq!(far.len(), 3);
+    let far_but = |i: usize| -> Vec<usize> { far.iter().copied().filter(|j| *j != i).collect() };
 
-    // 1. The far shard's members connect to each other (they only knew node 0) and see each
-    //    other in their views; every node counts its shard's connections.
+    // 0. The far shard's members join while they cannot reach each other (every other path is
+    //    open): Kademlia's walks at the join, which in a mesh this small reach every node they
+    //    can, miss them. Once the walks are over, the paths open.
+    let ns = netns::Netns::new(6);
+    for &i in &far {
+        ns.cut(i, &far_but(i));
+    }
+    let c = Cluster::start_sharded_in(tmp.path(), keys, SHARDS, &mesh_config(), ns);
+    let by_peer: BTreeMap<String, usize> = c.peer_ids.iter().cloned().enumerate().map(|(i, p)| (p, i)).collect();
+    for &i in &far {
+        wait_for(&format!("node {i} to connect to node 0"), Duration::from_secs(20), || {
+            connected(&c, i).contains(&c.peer_ids[0]).then_some(())
+        });
+    }
+    // The first walk takes milliseconds; Kademlia starts another one 500 ms after new entries
+    // of its routing table (each node's last ones come in as the last nodes join): all are over
+    // well within this.
+    std::thread::sleep(WALKS);
+    for &i in &far {
+        let mine = connected(&c, i);
+        assert!(
+            far_but(i).iter().all(|j| !mine.contains(&c.peer_ids[*j])),
+            "node {i} reached its shard through the cut"
+        );
+    }
+    let ns = c.netns.as_ref().expect("namespaces");
+    for &i in &far {
+        ns.join(i, &far_but(i));
+    }
+
+    // 1. The far shard's members connect to each other (nothing but shard discovery dials them
+    //    now) and see each other in their views; every node counts its shard's connections.
     for &i in &far {
         wait_for(&format!("node {i} to connect to the rest of shard {other}"), Duration::from_secs(20), || {
             let mine = connected(&c, i);

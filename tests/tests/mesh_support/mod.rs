@@ -100,7 +100,7 @@ impl NodeArgs {
 
 /// Keys of the cluster in `dir` (picked among its seeds in order) with `per_shard` in each of
 /// `shards` shards.
-fn sharded_keys(dir: &Path, per_shard: usize, shards: u32) -> Vec<NodeKey> {
+pub fn sharded_keys(dir: &Path, per_shard: usize, shards: u32) -> Vec<NodeKey> {
     let mut count = vec![0usize; shards as usize];
     let mut keys = Vec::new();
     for j in 0.. {
@@ -189,6 +189,13 @@ impl Cluster {
         let mut flags: Vec<&str> = vec!["--mesh-shards", &shards_text];
         flags.extend_from_slice(extra);
         Cluster::start_keys(dir, keys, &flags, mesh, None, true, BTreeMap::new(), 0)
+    }
+
+    /// Like [`Cluster::start_sharded_with_mesh`] with the keys `keys` (see [`sharded_keys`]),
+    /// each node in its own namespace of `netns`, where the caller may have cut paths first.
+    pub fn start_sharded_in(dir: &Path, keys: Vec<NodeKey>, shards: u32, mesh: &str, netns: netns::Netns) -> Cluster {
+        let shards_text = shards.to_string();
+        Cluster::start_keys(dir, keys, &["--mesh-shards", &shards_text], mesh, Some(netns), true, BTreeMap::new(), 0)
     }
 
     fn start_full(

@@ -134,6 +134,23 @@ impl Netns {
         }
     }
 
+    /// Cut the mesh path from node `i` to each of `others`: a `prohibit` route in `i`'s
+    /// namespace per address, so that `i`'s dials to them, and its answers to their dials, fail
+    /// at once (a dial does not hang in SYN retries that might succeed after [`Netns::join`]).
+    /// Cut both ends of a pair.
+    pub fn cut(&self, i: usize, others: &[usize]) {
+        for &j in others {
+            ip(&["-n", &self.namespace(i), "route", "add", "prohibit", &format!("{}/32", self.mesh_ip(j))]);
+        }
+    }
+
+    /// Remove the routes [`Netns::cut`] added in node `i`'s namespace for `others`.
+    pub fn join(&self, i: usize, others: &[usize]) {
+        for &j in others {
+            ip(&["-n", &self.namespace(i), "route", "del", "prohibit", &format!("{}/32", self.mesh_ip(j))]);
+        }
+    }
+
     /// Every mesh port back on bridge A.
     pub fn heal(&self) {
         for i in 0..self.nodes {
