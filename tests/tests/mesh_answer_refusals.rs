@@ -121,8 +121,7 @@ fn unreadable_closure_and_nar_answers_bench_a_peer_and_the_other_is_asked() {
         }
     });
     let mute = Intruder::join_answering_all(&c, mute_key.clone(), &topics, |_| {}, answer);
-    let (carrier_closures, carrier_nars) =
-        (Arc::new(Mutex::new(Vec::<String>::new())), Arc::new(AtomicUsize::new(0)));
+    let (carrier_closures, carrier_nars) = (Arc::new(Mutex::new(Vec::<String>::new())), Arc::new(AtomicUsize::new(0)));
     let serving = Arc::new(AtomicBool::new(false));
     let (closures, nars, serves) = (carrier_closures.clone(), carrier_nars.clone(), serving.clone());
     let carrier_sync = peer(vec![attestation(&carrier_key, &drv, &out, None)], vec![], Asked::default(), honest());
@@ -135,7 +134,11 @@ fn unreadable_closure_and_nar_answers_bench_a_peer_and_the_other_is_asked() {
         }
         RequestProtocol::Nar => {
             nars.fetch_add(1, Ordering::SeqCst);
-            Some(if serves.load(Ordering::SeqCst) { chunk_of(body, &right_nar()) } else { rpc::encode(&NarResponse::NotFound) })
+            Some(if serves.load(Ordering::SeqCst) {
+                chunk_of(body, &right_nar())
+            } else {
+                rpc::encode(&NarResponse::NotFound)
+            })
         }
     });
     let carrier = Intruder::join_answering_all(&c, carrier_key, &topics, |_| {}, answer);
@@ -205,10 +208,15 @@ fn unreadable_closure_and_nar_answers_bench_a_peer_and_the_other_is_asked() {
 #[test]
 fn a_peer_serving_a_wrong_nar_or_log_is_not_asked_for_it_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let (liar_key, honest_key) = (
+    // The liar is the builder node 0 asks first (builders are asked in node id order), so that
+    // only its skip keeps the second request from reaching it.
+    let (mut liar_key, mut honest_key) = (
         NodeKey::from_seed("refusals-liar", [151; 32]).unwrap(),
         NodeKey::from_seed("refusals-honest", [152; 32]).unwrap(),
     );
+    if liar_key.node_id() > honest_key.node_id() {
+        std::mem::swap(&mut liar_key, &mut honest_key);
+    }
     let c = start(tmp.path(), &[&liar_key, &honest_key]);
     let topics = ["buildmesh/announce/1".to_string()];
     let drv = StorePath::from_basename("4123456789abcdfghijklmnpqrsvwxyz-wrong-bytes.drv").unwrap();
@@ -248,7 +256,11 @@ fn a_peer_serving_a_wrong_nar_or_log_is_not_asked_for_it_again() {
         RequestProtocol::Sync => honest_sync(body),
         RequestProtocol::Nar => {
             nars.fetch_add(1, Ordering::SeqCst);
-            Some(if serves.load(Ordering::SeqCst) { chunk_of(body, &right_nar()) } else { rpc::encode(&NarResponse::NotFound) })
+            Some(if serves.load(Ordering::SeqCst) {
+                chunk_of(body, &right_nar())
+            } else {
+                rpc::encode(&NarResponse::NotFound)
+            })
         }
         RequestProtocol::Closure => None,
     });
@@ -272,7 +284,8 @@ fn a_peer_serving_a_wrong_nar_or_log_is_not_asked_for_it_again() {
     // The log: asked of the liar once; the second request does not reach it; the honest log is
     // served.
     let log_url = |q: &str| format!("{}/api/v1/builds/{drv}/log{q}", c.urls[0]);
-    let logs_asked = |asked: &Asked| asked.lock().unwrap().iter().filter(|r| matches!(r, SyncRequest::Log { .. })).count();
+    let logs_asked =
+        |asked: &Asked| asked.lock().unwrap().iter().filter(|r| matches!(r, SyncRequest::Log { .. })).count();
     let by_liar = format!("?builder={}", liar.net.local_peer_id());
     let (s, body) = get(&log_url(&by_liar));
     assert_eq!(s, 502, "{}", String::from_utf8_lossy(&body));

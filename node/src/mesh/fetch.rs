@@ -376,8 +376,10 @@ impl Fetcher {
                     tokio::time::sleep(RESUME_PAUSE * 2u32.pow(stalls)).await;
                 }
                 Err(e) => {
-                    let garbage =
-                        matches!(&e, ChunkError::Decode { source: ChunkRefused::Unreadable(Unreadable::Garbage(_)), .. });
+                    let garbage = matches!(
+                        &e,
+                        ChunkError::Decode { source: ChunkRefused::Unreadable(Unreadable::Garbage(_)), .. }
+                    );
                     if garbage {
                         self.net.malformed(peer, <NarResponse as answers::Answer>::WHAT).await;
                     }

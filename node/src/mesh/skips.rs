@@ -45,11 +45,8 @@ impl Skips {
         if !self.by_object.contains_key(&object) && self.by_object.len() >= MAX_OBJECTS {
             self.by_object.retain(|_, l| l.iter().any(|(_, until)| *until > now));
             if self.by_object.len() >= MAX_OBJECTS {
-                let first = self
-                    .by_object
-                    .iter()
-                    .min_by_key(|(_, l)| l.iter().map(|(_, until)| *until).max())
-                    .map(|(k, _)| *k);
+                let first =
+                    self.by_object.iter().min_by_key(|(_, l)| l.iter().map(|(_, until)| *until).max()).map(|(k, _)| *k);
                 if let Some(k) = first {
                     self.by_object.remove(&k);
                 }

@@ -42,8 +42,8 @@ use tokio_util::sync::CancellationToken;
 use crate::mesh::answers;
 use crate::mesh::fetch::peer_of;
 use crate::mesh::quota::Quotas;
-use crate::mesh::skips::SharedSkips;
 use crate::mesh::rpc::{MANIFEST_CHUNK_SIZE, SyncRequest, SyncResponse};
+use crate::mesh::skips::SharedSkips;
 use crate::net::NetHandle;
 use crate::store::{CheckedManifest, Store, unix_ms};
 
