@@ -25,7 +25,8 @@
 //!   would cut honest new peers off.
 //! - bytes that do not match a signed hash or size (a manifest, a log, a NAR, a `.drv`): they are
 //!   refused and the next peer is asked, but the peer may be honest (a builder keeps only its
-//!   latest log of a derivation, a disk may rot).
+//!   latest log of a derivation, a disk may rot). It is skipped for that object a while instead
+//!   ([`super::skips`]).
 
 use buildmesh_protocol::signed::{Envelope, SignedError, Verified};
 use buildmesh_protocol::wire::{DecodeError, Kind};

@@ -29,7 +29,10 @@
 //! against the node's configured `closure_limits` / `nar_limits`, and an answer that does not
 //! decode (other than a newer build's variant) costs the peer one strike. Other refusals (a
 //! `.drv` that does not hash to its name, a NAR that is not the expected NarHash) cost none:
-//! the bytes are refused and the next peer is asked.
+//! the bytes are refused and the next peer is asked. A peer whose bytes were not the NAR asked
+//! for (a hash or size mismatch, a chunk of the wrong length or garbage) is skipped for that
+//! NarHash for [`super::skips::MISMATCH_SKIP`] ([`Fetcher::skips`]): the next build needing it
+//! asks the other peers, not the same one again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Seek, SeekFrom};
@@ -44,6 +47,7 @@ use libp2p::PeerId;
 
 use super::answers::{self, Unreadable};
 use super::rpc::{self, ClosureRequest, ClosureResponse, NarRequest, NarResponse, SourceInfo};
+use super::skips::SharedSkips;
 use crate::net::{ChunkError, ChunkPlan, NAR_CHUNK_SIZE, NetHandle, RequestError, RequestProtocol};
 use crate::store::{BlobInfo, PathInfo, Store, StoreError, unix_ms};
 
@@ -222,6 +226,9 @@ pub struct Fetcher {
     /// The realised-path directory (`DATA/store`): the copy of a quarantined registration is
     /// deleted from it.
     pub realised: PathBuf,
+    /// The peers that served other bytes than a NarHash, skipped for that NarHash a while
+    /// ([`crate::mesh::skips`]).
+    pub skips: SharedSkips,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -285,12 +292,19 @@ impl Fetcher {
         }
         let mut last = "no candidate peers".to_string();
         let me = self.net.local_peer_id();
+        let mut candidates: Vec<PeerId> = peers.iter().filter(|p| **p != me).copied().collect();
+        let before = candidates.len();
+        self.skips.retain_unskipped(&nar_hash, &mut candidates);
+        if candidates.len() < before {
+            last = format!("{} peer(s) skipped: they served other bytes for this NarHash", before - candidates.len());
+        }
         let mut asked = 0;
-        for peer in peers.iter().filter(|p| **p != me).take(MAX_CANDIDATES) {
+        for peer in candidates.into_iter().take(MAX_CANDIDATES) {
             asked += 1;
-            match self.fetch_nar_from(*peer, nar_hash, nar_size).await {
+            match self.fetch_nar_from(peer, nar_hash, nar_size).await {
                 Ok(b) => {
                     tracing::debug!(%peer, nar_hash = %expected, nar_size, "fetched a NAR");
+                    self.skips.forget(&nar_hash);
                     return Ok(b);
                 }
                 Err(e) => {
@@ -362,8 +376,15 @@ impl Fetcher {
                     tokio::time::sleep(RESUME_PAUSE * 2u32.pow(stalls)).await;
                 }
                 Err(e) => {
-                    if let ChunkError::Decode { source: ChunkRefused::Unreadable(Unreadable::Garbage(_)), .. } = &e {
+                    let garbage = matches!(
+                        &e,
+                        ChunkError::Decode { source: ChunkRefused::Unreadable(Unreadable::Garbage(_)), .. }
+                    );
+                    if garbage {
                         self.net.malformed(peer, <NarResponse as answers::Answer>::WHAT).await;
+                    }
+                    if garbage || matches!(e, ChunkError::WrongLength { .. }) {
+                        self.served_wrong_bytes(peer, nar_hash, &e);
                     }
                     return Err(FetchError::Unavailable { what: "NAR".into(), asked: 1, last: e.to_string() });
                 }
@@ -372,7 +393,23 @@ impl Fetcher {
         let mut file = sink.into_inner().map_err(|e| tmp_err(e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(tmp_err)?;
         let store = self.store.clone();
-        blocking(move || Ok(store.put_nar_expecting(&mut file, &NixHash::sha256(nar_hash), nar_size)?)).await
+        let stored =
+            blocking(move || Ok(store.put_nar_expecting(&mut file, &NixHash::sha256(nar_hash), nar_size)?)).await;
+        if let Err(e @ FetchError::Store(StoreError::NarHashMismatch { .. } | StoreError::NarSizeMismatch { .. })) =
+            &stored
+        {
+            self.served_wrong_bytes(peer, nar_hash, e);
+        }
+        stored
+    }
+
+    /// `peer` served other bytes than the NAR `nar_hash` (`why`): it is not asked for it again
+    /// for a while ([`crate::mesh::skips`]; no strike, see the module docs).
+    fn served_wrong_bytes(&self, peer: PeerId, nar_hash: [u8; 32], why: &dyn std::fmt::Display) {
+        tracing::info!(target: "buildmesh::_events::mesh", event = "nar_wrong_bytes", %peer,
+            nar_hash = %NixHash::sha256(nar_hash), cause = %why,
+            skip_secs = super::skips::MISMATCH_SKIP.as_secs(), "a peer served other bytes than a NAR; skipped for it a while");
+        self.skips.add(nar_hash, peer);
     }
 
     /// Make sure `drv`'s `.drv` closure is stored and its input sources registered, asking

@@ -15,7 +15,9 @@
 //! cap, and one strike for an answer that does not decode or is of another kind than a log chunk,
 //! "not found" or an error ([`LogRefused::WrongKind`]). A log of another size or hash than signed
 //! costs no strike: a builder keeps only the log of its latest build, which this node may not have
-//! the signature of yet.
+//! the signature of yet. But a builder whose bytes were not its signed log is not asked for that
+//! log again for [`crate::mesh::skips::MISMATCH_SKIP`] (keyed by [`skip_key`] of its signed
+//! digests, so a newly signed log is asked for at once).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -28,6 +30,7 @@ use buildmesh_protocol::wire::{Attestation, BuildFailure, LogDigest};
 use super::answers;
 use super::log_cache::LogCache;
 use super::rpc::{LOG_CHUNK_SIZE, SyncRequest, SyncResponse};
+use super::skips::SharedSkips;
 use crate::net::NetHandle;
 use crate::store::{Store, StoreError};
 
@@ -205,13 +208,40 @@ where
     }
 }
 
+/// What identifies the log a builder is asked for in the skip book: a hash of the digests it
+/// signed for the derivation (a new signed digest, e.g. after a rebuild, is a new object).
+pub fn skip_key(signed: &BTreeSet<LogDigest>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for d in signed {
+        h.update(&d.sha256);
+        h.update(&d.size.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+impl LogRefused {
+    /// Whether the peer served other bytes than the signed log (it is then skipped for that log
+    /// a while, [`crate::mesh::skips`]); `false` for a failed request, an error or "not found".
+    pub fn served_wrong_bytes(&self) -> bool {
+        match self {
+            LogRefused::Peer(_) | LogRefused::NotFound => false,
+            LogRefused::WrongSize { .. }
+            | LogRefused::WrongHash { .. }
+            | LogRefused::WrongKind { .. }
+            | LogRefused::BadChunk { .. } => true,
+        }
+    }
+}
+
 /// The log of `drv` from the builders that signed one (only `builder`, when given), the first
 /// whose bytes match its signed digest: from `cache` when it holds one of those digests, else
-/// fetched (and then cached). `me` is skipped (the caller reads its own store).
+/// fetched (and then cached). `me` is skipped (the caller reads its own store). A builder that
+/// served other bytes than its signed log is not asked for that log again for a while
+/// (`skips`, [`crate::mesh::skips`]).
 pub async fn fetch(
     net: &NetHandle,
     store: &Store,
-    cache: &std::sync::Arc<LogCache>,
+    (cache, skips): (&std::sync::Arc<LogCache>, &SharedSkips),
     drv: &StorePath,
     builder: Option<NodeId>,
     me: NodeId,
@@ -241,17 +271,26 @@ pub async fn fetch(
     let mut tried = Vec::new();
     for (node, signed) in digests {
         let Some(peer) = super::fetch::peer_of(&node) else { continue };
+        let key = skip_key(&signed);
+        if skips.skipped(&key, &peer) {
+            tried.push(format!("{peer}: skipped (it served other bytes than this signed log a while ago)"));
+            continue;
+        }
         let ask = |req: SyncRequest| async move { answers::ask_sync(net, peer, &req).await.map_err(|e| e.to_string()) };
         match fetch_from(drv, &signed, ask).await {
             Ok((digest, bytes)) => {
                 let (c, b) = (cache.clone(), bytes.clone());
                 // Checked by `fetch_from` against the builder's signed digest before it goes in.
                 let _ = tokio::task::spawn_blocking(move || c.put(&digest, &b)).await;
+                skips.forget(&key);
                 return Ok(VerifiedLog { builder: node, digest, bytes, cached: false });
             }
             Err(e) => {
                 if let LogRefused::WrongKind { .. } = e {
                     answers::wrong_kind(net, peer, "log answer of another kind").await;
+                }
+                if e.served_wrong_bytes() {
+                    skips.add(key, peer);
                 }
                 tracing::info!(drv = %drv, builder = %peer, cause = %e, "log refused");
                 tried.push(format!("{peer}: {e}"));

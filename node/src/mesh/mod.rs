@@ -49,6 +49,7 @@ pub mod revisions;
 pub mod rpc;
 pub mod serve;
 pub mod settings;
+pub mod skips;
 pub mod sync;
 #[cfg(test)]
 mod test_util;
@@ -439,6 +440,7 @@ pub struct MeshHandle {
     net: crate::net::NetHandle,
     revisions: Arc<revisions::Revisions>,
     log_cache: Arc<log_cache::LogCache>,
+    log_skips: skips::SharedSkips,
 }
 
 impl MeshHandle {
@@ -481,7 +483,7 @@ impl MeshHandle {
         drv: &StorePath,
         builder: Option<NodeId>,
     ) -> Result<logs::VerifiedLog, logs::LogError> {
-        logs::fetch(&self.net, store, &self.log_cache, drv, builder, self.node_id()).await
+        logs::fetch(&self.net, store, (&self.log_cache, &self.log_skips), drv, builder, self.node_id()).await
     }
 
     /// Fetch the NAR with this NarHash and NarSize from `builders` (verified; stored as a blob,

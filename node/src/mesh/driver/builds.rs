@@ -16,8 +16,12 @@ impl Driver {
         self.building.insert(drv.clone(), BuildSlot { token: token.clone(), inputs: Vec::new() });
         self.dirty = true;
         let mut peers: Vec<PeerId> = self.submitters.get(&drv).into_iter().flatten().filter_map(peer_of).collect();
-        // Any connected peer may have the closure too (last resort).
-        peers.extend(self.known.iter().filter(|(_, k)| k.connected).map(|(p, _)| *p));
+        // Any connected peer may have the closure too (last resort), each asked once.
+        for (p, _) in self.known.iter().filter(|(_, k)| k.connected) {
+            if !peers.contains(p) {
+                peers.push(*p);
+            }
+        }
         let ctx = self.ctx.clone();
         tokio::spawn(
             async move {

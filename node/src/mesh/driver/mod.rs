@@ -282,6 +282,7 @@ pub(crate) async fn start(
         tmp_dir,
         trust: trust.clone(),
         realised: params.data_dir.join(crate::build::STORE_FS_DIR),
+        skips: Default::default(),
     };
     let gateway = Gateway::new(fetcher.clone(), index.clone());
     let shared = Arc::new(Shared::default());
@@ -330,7 +331,16 @@ pub(crate) async fn start(
     let store_dir = params.store_dir.clone();
     let log_cache =
         Arc::new(super::log_cache::LogCache::new(mesh_dir.join("logs"), super::log_cache::MAX_CACHED_LOG_BYTES));
-    let handle = MeshHandle { commands: cmd_tx, shared, gateway, store_dir, net: net.clone(), revisions, log_cache };
+    let handle = MeshHandle {
+        commands: cmd_tx,
+        shared,
+        gateway,
+        store_dir,
+        net: net.clone(),
+        revisions,
+        log_cache,
+        log_skips: Default::default(),
+    };
     let driver = Driver {
         configured_slots,
         mesh,

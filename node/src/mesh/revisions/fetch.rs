@@ -15,7 +15,7 @@
 //! A peer whose bytes were not the signed manifest (a chunk breaking the protocol, an announced
 //! length beyond the bound, bytes that do not decompress, hash or decode as signed) or that
 //! answered with another kind is not asked for *that* manifest again for [`MISMATCH_SKIP`]
-//! (at most [`MAX_SKIPPED`] peers per manifest, for at most [`MAX_TRACKED`] manifests): without
+//! (at most [`MAX_SKIPPED`] peers per manifest; [`crate::mesh::skips`] for the bounds): without
 //! it, such a peer would cost this node up to the signed size in bandwidth at every retry round.
 //! Answers are read as every answer from a peer is ([`crate::mesh::answers`]): the node's
 //! configured cap, and one strike for an answer that does not decode or is of another kind than
@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use buildmesh_protocol::revision::{Manifest, RevisionHeader};
 use buildmesh_protocol::signed::Envelope;
@@ -43,6 +43,7 @@ use crate::mesh::answers;
 use crate::mesh::fetch::peer_of;
 use crate::mesh::quota::Quotas;
 use crate::mesh::rpc::{MANIFEST_CHUNK_SIZE, SyncRequest, SyncResponse};
+use crate::mesh::skips::SharedSkips;
 use crate::net::NetHandle;
 use crate::store::{CheckedManifest, Store, unix_ms};
 
@@ -56,10 +57,7 @@ pub const MAX_PEERS_TRIED: usize = 8;
 /// at their next attempt).
 pub const MAX_TRACKED: usize = 4096;
 
-/// How long a peer whose bytes were not the signed manifest is not asked for it again.
-pub const MISMATCH_SKIP: Duration = Duration::from_secs(3600);
-/// Peers skipped for one manifest at most (the oldest is forgotten first).
-pub const MAX_SKIPPED: usize = 16;
+pub use crate::mesh::skips::{MAX_SKIPPED, MISMATCH_SKIP};
 
 /// The most compressed bytes a manifest of `size` bytes may take (zstd's worst case, with room).
 pub fn compressed_bound(size: u64) -> u64 {
@@ -162,35 +160,6 @@ impl FetchFailure {
     }
 }
 
-/// Per manifest hash, the peers that served wrong bytes for it and until when they are skipped.
-#[derive(Debug, Default)]
-struct Skips {
-    by_hash: BTreeMap<[u8; 32], Vec<(PeerId, Instant)>>,
-}
-
-impl Skips {
-    /// Skip `peer` for `hash` until `now + MISMATCH_SKIP`.
-    fn add(&mut self, hash: [u8; 32], peer: PeerId, now: Instant) {
-        if !self.by_hash.contains_key(&hash) && self.by_hash.len() >= MAX_TRACKED {
-            self.by_hash.retain(|_, l| l.iter().any(|(_, until)| *until > now));
-            if self.by_hash.len() >= MAX_TRACKED {
-                return; // the peer is asked again at the next round
-            }
-        }
-        let list = self.by_hash.entry(hash).or_default();
-        list.retain(|(p, until)| *p != peer && *until > now);
-        if list.len() >= MAX_SKIPPED {
-            list.remove(0);
-        }
-        list.push((peer, now + MISMATCH_SKIP));
-    }
-
-    /// Whether `peer` is skipped for `hash` at `now`.
-    fn skipped(&self, hash: &[u8; 32], peer: &PeerId, now: Instant) -> bool {
-        self.by_hash.get(hash).is_some_and(|l| l.iter().any(|(p, until)| p == peer && *until > now))
-    }
-}
-
 /// Fetch one manifest through `ask` (one peer) and check it against `header` (see the module
 /// docs); `admit(compressed_len)` is the quota check. Returns the canonical bytes and the decoded
 /// manifest.
@@ -259,7 +228,7 @@ struct Inner {
     tx: mpsc::Sender<RevisionHeader>,
     rx: Mutex<Option<mpsc::Receiver<RevisionHeader>>>,
     states: Mutex<BTreeMap<[u8; 32], Tracked>>,
-    skips: Mutex<Skips>,
+    skips: SharedSkips,
     fetched: AtomicU64,
     failed: AtomicU64,
 }
@@ -289,7 +258,7 @@ impl ManifestFetcher {
                 tx,
                 rx: Mutex::new(Some(rx)),
                 states: Mutex::default(),
-                skips: Mutex::default(),
+                skips: SharedSkips::default(),
                 fetched: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             }),
@@ -303,10 +272,6 @@ impl ManifestFetcher {
 
     fn states(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 32], Tracked>> {
         self.inner.states.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn skips(&self) -> std::sync::MutexGuard<'_, Skips> {
-        self.inner.skips.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The state of a manifest that is not stored (see [`super::Revisions::manifest_state`]).
@@ -405,17 +370,14 @@ impl ManifestFetcher {
             }
         }
         peers.retain(|p| *p != me);
-        {
-            let (skips, now) = (self.skips(), Instant::now());
-            peers.retain(|p| !skips.skipped(&hash, p, now));
-        }
+        self.inner.skips.retain_unskipped(&hash, &mut peers);
         peers.truncate(MAX_PEERS_TRIED);
         let mut tried = Vec::new();
         for peer in peers {
             match self.fetch_one(&header, peer).await {
                 Ok(()) => {
                     self.states().remove(&hash);
-                    self.skips().by_hash.remove(&hash);
+                    self.inner.skips.forget(&hash);
                     self.inner.fetched.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(target: "buildmesh::_events::mesh", event = "manifest_fetched",
                         hash = %hex::encode(hash), %peer, revision = %header.id());
@@ -424,7 +386,7 @@ impl ManifestFetcher {
                 Err(e) => {
                     tracing::info!(hash = %hex::encode(hash), %peer, cause = %e, "manifest fetch from a peer failed");
                     if e.served_wrong_bytes() {
-                        self.skips().add(hash, peer, Instant::now());
+                        self.inner.skips.add(hash, peer);
                     }
                     tried.push(format!("{peer}: {e}"));
                 }

@@ -105,31 +105,7 @@ fn broken_chunk_streams_and_answers_are_errors() {
 }
 
 #[test]
-fn a_peer_that_served_wrong_bytes_is_skipped_for_that_manifest_a_while() {
-    let (p, q) = (PeerId::random(), PeerId::random());
-    let (h1, h2) = ([1u8; 32], [2u8; 32]);
-    let mut s = Skips::default();
-    let t0 = Instant::now();
-    s.add(h1, p, t0);
-    assert!(s.skipped(&h1, &p, t0));
-    assert!(!s.skipped(&h1, &q, t0) && !s.skipped(&h2, &p, t0), "only that peer, only that manifest");
-    assert!(s.skipped(&h1, &p, t0 + MISMATCH_SKIP - Duration::from_secs(1)));
-    assert!(!s.skipped(&h1, &p, t0 + MISMATCH_SKIP));
-    // Bounded per manifest: the oldest is forgotten first.
-    let many: Vec<PeerId> = (0..MAX_SKIPPED).map(|_| PeerId::random()).collect();
-    for m in &many {
-        s.add(h1, *m, t0);
-    }
-    assert!(!s.skipped(&h1, &p, t0) && many.iter().all(|m| s.skipped(&h1, m, t0)));
-    assert_eq!(s.by_hash[&h1].len(), MAX_SKIPPED);
-    // Bounded in manifests: a full book takes no new one while every entry is live.
-    for i in 0..MAX_TRACKED as u32 {
-        let mut h = [0u8; 32];
-        h[..4].copy_from_slice(&i.to_le_bytes());
-        h[31] = 9;
-        s.add(h, p, t0);
-    }
-    assert!(s.by_hash.len() <= MAX_TRACKED);
+fn what_counts_as_wrong_bytes_for_a_manifest() {
     // What counts as wrong bytes.
     assert!(FetchFailure::Invalid("hash".into()).served_wrong_bytes());
     assert!(FetchFailure::Decompress { size: 1, reason: "x".into() }.served_wrong_bytes());
