@@ -14,10 +14,12 @@
 //!
 //! A NAR is fetched as a pipeline of chunk requests over `/buildmesh/nar/1`
 //! ([`NetHandle::fetch_chunked`], 4 in flight) into a temporary file, then stored. The requests
-//! are paced to the peer's throughput (from one of [`MIN_NAR_CHUNK`] up to [`NAR_CHUNK_SIZE`],
-//! 3 s of it in flight: see [`crate::net::ChunkPlan::min_chunk`]), so that a peer behind a slow
-//! uplink (1 Mbit/s, ADSL) answers each of them within seconds instead of timing out on all of
-//! them. When the connection fails
+//! are paced to the path (from [`PACED_MIN_CHUNK`] up to [`NAR_CHUNK_SIZE`], the measured rate
+//! times the path's base delay and 1 s in flight: see [`crate::net::ChunkPlan::min_chunk`]), so
+//! that a peer behind a slow uplink (1 Mbit/s, ADSL, down to 64 kbit/s) answers each of them
+//! within seconds instead of timing out on all of them, its other traffic to this node
+//! (anti-entropy and log answers, gossip) waits behind about a second of NAR bytes, and a long
+//! path still fills. When the connection fails
 //! after some chunks arrived (a relay's circuit reached its byte or time limit), the fetch
 //! resumes after the last chunk written, so a NAR larger than one relay circuit still arrives.
 //! An attempt that fails before its first chunk (the connection closed under the first requests,
@@ -72,6 +74,11 @@ const MAX_FIRST_STALLS: u32 = 2;
 /// Smallest chunk an attempt that failed before its first chunk falls back to (the chunk size
 /// halves at each such failure, from [`NAR_CHUNK_SIZE`]).
 pub const MIN_NAR_CHUNK: u32 = 64 * 1024;
+/// The first and smallest request of a paced NAR fetch ([`crate::net::ChunkPlan::min_chunk`]):
+/// one takes 2 s at 64 kbit/s. Measured (docs/benchmarks.md, "A builder's other traffic while
+/// it serves a NAR"): with 64 KiB ones and 3 s in flight, anti-entropy runs with a builder
+/// serving a NAR over 512 kbit/s took 6.6 s (0.4 s with an idle one).
+pub const PACED_MIN_CHUNK: u32 = 16 * 1024;
 
 /// Whether a chunk request that failed this way is worth resuming from the same peer: the
 /// connection went away (or timed out), as opposed to a refusal of the request itself.
@@ -331,7 +338,7 @@ impl Fetcher {
         let mut dropped = false;
         loop {
             let plan =
-                ChunkPlan { total_len: nar_size - start, chunk_size, min_chunk: MIN_NAR_CHUNK, window: NAR_WINDOW };
+                ChunkPlan { total_len: nar_size - start, chunk_size, min_chunk: PACED_MIN_CHUNK, window: NAR_WINDOW };
             let result = self
                 .net
                 .fetch_chunked(

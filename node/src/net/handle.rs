@@ -358,9 +358,10 @@ pub struct ChunkPlan {
     /// [`NAR_CHUNK_SIZE`](super::NAR_CHUNK_SIZE)).
     pub chunk_size: u32,
     /// Bytes per request at least, before the object's end: below `chunk_size`, the requests are
-    /// paced to the throughput seen so far (`min_chunk` first, then sized so that the bytes in
-    /// flight take 3 s at that throughput, with fewer than `window` of them in flight if need
-    /// be (at least 2); see `net/pacing.rs`); at `chunk_size` or above, every request is of `chunk_size`.
+    /// paced to the path (`min_chunk` first, then sized so that the bytes in flight are the
+    /// measured rate times the path's base delay and 1 s, with fewer than `window` of them in
+    /// flight if need be; see `net/pacing.rs`); at `chunk_size` or above, every request is of
+    /// `chunk_size`.
     pub min_chunk: u32,
     /// Requests in flight at once (pipelining); responses are still written in order.
     pub window: usize,
@@ -558,7 +559,7 @@ impl NetHandle {
     }
 
     /// Fetches an object of `plan.total_len` bytes from `peer` as a sequence of requests of at most
-    /// `plan.chunk_size` bytes (paced to the throughput when `plan.min_chunk` is smaller: see
+    /// `plan.chunk_size` bytes (paced to the path when `plan.min_chunk` is smaller: see
     /// [`ChunkPlan::min_chunk`]), `plan.window` of them in flight, writing the chunks to `sink` in
     /// order. `encode(offset, len)` builds the request body for a chunk; `decode(offset, len,
     /// response)` extracts the chunk's bytes from a response, which must then be exactly `len`
@@ -585,19 +586,19 @@ impl NetHandle {
         let mut next_offset = 0u64;
         let mut written = 0u64;
         let started = std::time::Instant::now();
-        let mut pacer = Pacer::new(&plan, self.timeouts.request, started);
+        let mut pacer = Pacer::new(&plan, self.timeouts.request);
         loop {
-            while in_flight.len() < pacer.window(std::time::Instant::now()) && next_offset < plan.total_len {
-                let paced = pacer.next_len(std::time::Instant::now());
+            while in_flight.len() < pacer.window() && next_offset < plan.total_len {
+                let paced = pacer.next_len();
                 let len = u32::try_from((plan.total_len - next_offset).min(u64::from(paced))).unwrap_or(paced);
-                pacer.sent(len);
+                pacer.sent(len, std::time::Instant::now());
                 let offset = next_offset;
                 let req = encode(offset, len);
                 let handle = self.clone();
                 in_flight.push_back(chunk_future(handle, peer, protocol, offset, len, req));
                 next_offset += u64::from(len);
             }
-            let Some((offset, len, result)) = in_flight.next().await else { break };
+            let Some((offset, len, result, done)) = in_flight.next().await else { break };
             let response = result.map_err(|source| ChunkError::Request { offset, source })?;
             let bytes = decode(offset, len, response).map_err(|source| ChunkError::Decode { offset, source })?;
             if bytes.len() != len as usize {
@@ -605,7 +606,7 @@ impl NetHandle {
             }
             sink.write_all(&bytes).map_err(|source| ChunkError::Sink { offset, source })?;
             written += bytes.len() as u64;
-            pacer.answered(len);
+            pacer.answered(len, done);
         }
         tracing::debug!(
             %peer,
@@ -690,6 +691,8 @@ async fn chunk_future(
     offset: u64,
     len: u32,
     req: Vec<u8>,
-) -> (u64, u32, Result<Vec<u8>, RequestError>) {
-    (offset, len, handle.send_request(peer, protocol, req).await)
+) -> (u64, u32, Result<Vec<u8>, RequestError>, std::time::Instant) {
+    // When the answer arrived (the pacer's samples), not when it is handed over in order.
+    let result = handle.send_request(peer, protocol, req).await;
+    (offset, len, result, std::time::Instant::now())
 }

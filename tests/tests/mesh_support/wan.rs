@@ -333,6 +333,14 @@ impl Wan {
             ip(&["-n", name, "addr", "add", &format!("{}/24", end.ip), "dev", dev]);
             ip(&["-n", name, "link", "set", dev, "up"]);
             let addr: Ipv4Addr = end.ip.parse().unwrap();
+            // `BM_NET_TCP_CC=cubic`: TCP over the WAN uses that congestion control instead of the
+            // host's default (BBR on the VM of docs/benchmarks.md), set on the subnet's route.
+            if let Ok(cc) = std::env::var("BM_NET_TCP_CC") {
+                let [a, b, c, _] = addr.octets();
+                let net = format!("{a}.{b}.{c}.0/24");
+                let route = ["-n", name, "route", "replace", &net, "dev", dev, "proto", "kernel", "scope", "link"];
+                ip(&[&route[..], &["src", &end.ip, "congctl", &cc]].concat());
+            }
             by_ip.insert(addr.octets(), i);
             files.push(Arc::new(tun));
         }

@@ -322,10 +322,14 @@ impl Driver {
                     ctx.revisions.synced(revs.new);
                     Ok::<_, crate::mesh::sync::SyncError>(report)
                 };
+                let started = std::time::Instant::now();
                 let result = tokio::select! {
                     _ = token.cancelled() => return,
                     r = run => r.map_err(|e| e.to_string()),
                 };
+                // How long a run took (mesh_slow's bench reads it: sync with a peer whose uplink
+                // a NAR saturates).
+                tracing::debug!(%peer, secs = started.elapsed().as_secs_f64(), ok = result.is_ok(), "anti-entropy run done");
                 let _ = ctx.internal.send(Internal::SyncDone { peer, result }).await;
             }
             .in_current_span(),
