@@ -218,53 +218,26 @@ fn a_peer_serving_a_wrong_nar_or_log_is_not_asked_for_it_again() {
         std::mem::swap(&mut liar_key, &mut honest_key);
     }
     let c = start(tmp.path(), &[&liar_key, &honest_key]);
-    let topics = ["buildmesh/announce/1".to_string()];
     let drv = StorePath::from_basename("4123456789abcdfghijklmnpqrsvwxyz-wrong-bytes.drv").unwrap();
     let out = StorePath::from_basename("5123456789abcdfghijklmnpqrsvwxyz-wrong-bytes").unwrap();
     let (liar_log, honest_log) = (b"the liar's signed log\n".to_vec(), b"the honest builder's log\n".to_vec());
 
     // Both attest the output with the same NarHash, each with its own log. The liar serves other
     // bytes of the same length for both; the honest peer has no NAR until `serving` is set.
-    let (liar_nars, liar_asked) = (Arc::new(AtomicUsize::new(0)), Asked::default());
-    let nars = liar_nars.clone();
     let forged_log: Vec<u8> = liar_log.iter().map(|b| b ^ 1).collect();
-    let liar_sync = peer(
-        vec![attestation(&liar_key, &drv, &out, Some(&liar_log))],
-        vec![],
-        liar_asked.clone(),
-        Box::new(move |r| log_chunk(r, &forged_log)),
-    );
-    let answer: Answer = Box::new(move |protocol, body| match protocol {
-        RequestProtocol::Sync => liar_sync(body),
-        RequestProtocol::Nar => {
-            nars.fetch_add(1, Ordering::SeqCst);
-            Some(chunk_of(body, &right_nar().iter().map(|b| b ^ 0xff).collect::<Vec<u8>>()))
-        }
-        RequestProtocol::Closure => None,
-    });
-    let liar = Intruder::join_answering_all(&c, liar_key, &topics, |_| {}, answer);
-    let (honest_nars, honest_asked) = (Arc::new(AtomicUsize::new(0)), Asked::default());
+    let forged_nar: Vec<u8> = right_nar().iter().map(|b| b ^ 0xff).collect();
+    let (liar, liar_nars, liar_asked) =
+        builder(&c, liar_key, (&drv, &out), (&liar_log, forged_log), move |body| chunk_of(body, &forged_nar));
     let serving = Arc::new(AtomicBool::new(false));
-    let (nars, serves, log) = (honest_nars.clone(), serving.clone(), honest_log.clone());
-    let honest_sync = peer(
-        vec![attestation(&honest_key, &drv, &out, Some(&honest_log))],
-        vec![],
-        honest_asked.clone(),
-        Box::new(move |r| log_chunk(r, &log)),
-    );
-    let answer: Answer = Box::new(move |protocol, body| match protocol {
-        RequestProtocol::Sync => honest_sync(body),
-        RequestProtocol::Nar => {
-            nars.fetch_add(1, Ordering::SeqCst);
-            Some(if serves.load(Ordering::SeqCst) {
+    let serves = serving.clone();
+    let (honest, honest_nars, honest_asked) =
+        builder(&c, honest_key, (&drv, &out), (&honest_log, honest_log.clone()), move |body| {
+            if serves.load(Ordering::SeqCst) {
                 chunk_of(body, &right_nar())
             } else {
                 rpc::encode(&NarResponse::NotFound)
-            })
-        }
-        RequestProtocol::Closure => None,
-    });
-    let honest = Intruder::join_answering_all(&c, honest_key, &topics, |_| {}, answer);
+            }
+        });
     wait_for("node 0 to store both attestations", Duration::from_secs(30), || {
         (c.attesters(0, &format!("/nix/store/{out}")).values().map(|s| s.len()).sum::<usize>() == 2).then_some(())
     });
@@ -304,4 +277,34 @@ fn a_peer_serving_a_wrong_nar_or_log_is_not_asked_for_it_again() {
     assert_unstruck(&c, &honest, "an honest peer");
     liar.shutdown();
     honest.shutdown();
+}
+
+/// A builder peer joining `c` with `key`: it attests `out` of `drv` with the digest of
+/// `signed_log`, answers log requests with `served_log` and NAR chunk requests with `nar`
+/// (counted). Returns the peer, its NAR request count and its sync requests.
+fn builder(
+    c: &Cluster,
+    key: NodeKey,
+    (drv, out): (&StorePath, &StorePath),
+    (signed_log, served_log): (&[u8], Vec<u8>),
+    nar: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+) -> (Intruder, Arc<AtomicUsize>, Asked) {
+    let (nars, asked) = (Arc::new(AtomicUsize::new(0)), Asked::default());
+    let sync = peer(
+        vec![attestation(&key, drv, out, Some(signed_log))],
+        vec![],
+        asked.clone(),
+        Box::new(move |r| log_chunk(r, &served_log)),
+    );
+    let counted = nars.clone();
+    let answer: Answer = Box::new(move |protocol, body| match protocol {
+        RequestProtocol::Sync => sync(body),
+        RequestProtocol::Nar => {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Some(nar(body))
+        }
+        RequestProtocol::Closure => None,
+    });
+    let topics = ["buildmesh/announce/1".to_string()];
+    (Intruder::join_answering_all(c, key, &topics, |_| {}, answer), nars, asked)
 }
